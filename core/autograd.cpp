@@ -1,0 +1,141 @@
+// The thread-local tape and the reverse loop (see autograd.h).
+#include "core/autograd.h"
+
+#include "core/backend.h"
+#include "core/ops.h"
+
+namespace ssmtrain {
+
+namespace {
+
+struct Node {
+  const char* name;
+  std::vector<std::shared_ptr<AutogradMeta>> inputs;   // null where the input needs no grad
+  std::vector<Dims> input_shapes;
+  std::vector<DType> input_dtypes;
+  std::vector<std::shared_ptr<AutogradMeta>> outputs;
+  std::vector<Dims> output_shapes;
+  std::vector<DType> output_dtypes;
+  Device device;
+  BackwardFn fn;
+};
+
+struct Tape {
+  std::vector<Node> nodes;
+  int no_grad_depth = 0;
+};
+
+thread_local Tape g_tape;
+
+// grad += g, out of place so that a gradient shared with a saved tensor is never mutated.
+void accumulate(AutogradMeta& meta, const Tensor& g) {
+  if (!meta.grad) {
+    meta.grad = g.impl_ptr();
+  } else {
+    meta.grad = add(Tensor(meta.grad), g).impl_ptr();
+  }
+}
+
+}  // namespace
+
+NoGradGuard::NoGradGuard() : prev_(false) { ++g_tape.no_grad_depth; }
+NoGradGuard::~NoGradGuard() { --g_tape.no_grad_depth; }
+
+bool grad_enabled() { return g_tape.no_grad_depth == 0; }
+
+bool any_requires_grad(const std::vector<Tensor>& inputs) {
+  if (!grad_enabled()) return false;
+  for (const Tensor& t : inputs)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+void record(const char* op_name, const std::vector<Tensor>& inputs, const std::vector<Tensor>& outputs,
+            BackwardFn backward_fn) {
+  Node node;
+  node.name = op_name;
+  node.fn = std::move(backward_fn);
+  for (const Tensor& t : inputs) {
+    node.inputs.push_back(t.defined() && t.requires_grad() ? t.impl()->autograd : nullptr);
+    node.input_shapes.push_back(t.defined() ? t.shape() : Dims{});
+    node.input_dtypes.push_back(t.defined() ? t.dtype() : DType::f32);
+  }
+  SSMT_ASSERT(!outputs.empty(), op_name);
+  node.device = outputs[0].device();
+  for (const Tensor& t : outputs) {
+    auto meta = std::make_shared<AutogradMeta>();
+    meta->requires_grad = true;
+    meta->is_leaf = false;
+    t.impl()->autograd = meta;
+    node.outputs.push_back(meta);
+    node.output_shapes.push_back(t.shape());
+    node.output_dtypes.push_back(t.dtype());
+  }
+  g_tape.nodes.push_back(std::move(node));
+}
+
+void backward(const Tensor& root, const Tensor& grad) {
+  SSMT_CHECK(root.defined() && root.requires_grad(), "backward: ", root.describe(),
+             " does not require grad (no trainable input reached it)");
+  Tensor seed = grad;
+  if (!seed.defined()) {
+    SSMT_CHECK(root.numel() == 1, "backward: ", root.describe(),
+               " is not a single element; pass the gradient of the root explicitly");
+    seed = Tensor::ones(root.shape(), root.dtype(), root.device());
+  }
+  SSMT_CHECK(seed.shape() == root.shape() && seed.dtype() == root.dtype(), "backward: seed gradient ",
+             seed.describe(), " does not match root ", root.describe());
+  NoGradGuard no_grad;
+  accumulate(*root.impl()->autograd, seed);
+
+  std::vector<Node> nodes;
+  nodes.swap(g_tape.nodes);  // the tape is consumed even if a backward closure throws
+  for (size_t k = nodes.size(); k-- > 0;) {
+    Node& node = nodes[k];
+    bool any = false;
+    for (auto& m : node.outputs) any = any || m->grad != nullptr;
+    bool wanted = false;
+    for (auto& m : node.inputs) wanted = wanted || m != nullptr;
+    if (!any || !wanted) {
+      for (auto& m : node.outputs) m->grad.reset();
+      node.fn = nullptr;
+      continue;
+    }
+    std::vector<Tensor> grads_out;
+    for (size_t i = 0; i < node.outputs.size(); ++i) {
+      auto& m = node.outputs[i];
+      grads_out.push_back(m->grad ? Tensor(m->grad)
+                                  : Tensor::zeros(node.output_shapes[i], node.output_dtypes[i], node.device));
+      m->grad.reset();  // intermediate gradients die with their node
+    }
+    std::vector<Tensor> grads_in = node.fn(grads_out);
+    SSMT_ASSERT(grads_in.size() == node.inputs.size(), node.name, ": backward returned ", grads_in.size(),
+                " gradients for ", node.inputs.size(), " inputs");
+    for (size_t i = 0; i < node.inputs.size(); ++i) {
+      if (!node.inputs[i] || !grads_in[i].defined()) continue;
+      const Tensor& g = grads_in[i];
+      SSMT_ASSERT(g.shape() == node.input_shapes[i], node.name, ": gradient of input ", i, " has shape ",
+                  g.shape().str(), ", expected ", node.input_shapes[i].str());
+      SSMT_ASSERT(g.dtype() == node.input_dtypes[i], node.name, ": gradient of input ", i, " has dtype ",
+                  dtype_name(g.dtype()), ", expected ", dtype_name(node.input_dtypes[i]));
+      accumulate(*node.inputs[i], g);
+    }
+    node.fn = nullptr;  // frees the saved tensors now
+  }
+}
+
+void clear_tape() { g_tape.nodes.clear(); }
+size_t tape_size() { return g_tape.nodes.size(); }
+
+Tensor sum_to_shape(const Tensor& g, const Dims& shape) {
+  if (g.shape() == shape) return g;
+  int lead = g.dim() - shape.size();
+  SSMT_ASSERT(lead >= 0, "sum_to_shape: ", g.shape().str(), " -> ", shape.str());
+  Dims axes;
+  for (int i = 0; i < g.dim(); ++i)
+    if (i < lead || (shape[i - lead] == 1 && g.size(i) != 1)) axes.push_back(i);
+  Tensor r = axes.empty() ? g : sum(g, axes, true);
+  return r.reshape(shape);
+}
+
+}  // namespace ssmtrain

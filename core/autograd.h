@@ -1,0 +1,58 @@
+// The tape: reverse-mode autodiff as one thread-local linear list of nodes.
+//
+// Each differentiable op records ONE node holding its backward closure and only what that
+// closure needs. Forward order is already topological, so backward() is a reverse loop:
+// each node reads the gradients of its outputs, returns the gradients of its inputs, which
+// are accumulated (shape and dtype checked), and is then destroyed, freeing its saved
+// tensors. Gradients of intermediate tensors are freed as soon as their producer ran.
+//
+// Adding a fused op (docs/autodiff.md): compute the forward with raw backend kernels,
+// then, if any_requires_grad(inputs), call record() with a closure that computes all
+// input gradients from the output gradients. The closure runs under NoGradGuard.
+#pragma once
+
+#include <functional>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace ssmtrain {
+
+// Disables recording for its lifetime (nestable). Thread-local.
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
+bool grad_enabled();
+
+// True when recording is on and at least one (defined) input requires grad.
+bool any_requires_grad(const std::vector<Tensor>& inputs);
+
+// grads_in[i] is the gradient of outputs[i]: always defined and of its shape/dtype (zeros
+// when that output was unused). Returns one gradient per input (undefined = none).
+using BackwardFn = std::function<std::vector<Tensor>(const std::vector<Tensor>& grads_in)>;
+
+// Records a node: marks the outputs as non-leaf tensors requiring grad. Call only when
+// any_requires_grad(inputs).
+void record(const char* op_name, const std::vector<Tensor>& inputs, const std::vector<Tensor>& outputs,
+            BackwardFn backward_fn);
+
+// Runs the tape backwards from `root` (seed: `grad`, or 1 for a single-element root),
+// accumulating into the .grad of leaves that require grad, then clears the tape.
+void backward(const Tensor& root, const Tensor& grad = Tensor());
+
+// Drops all recorded nodes (e.g. after an evaluation forward with grad on).
+void clear_tape();
+size_t tape_size();
+
+// Sum `g` down to `shape` over broadcast axes (the backward of broadcasting).
+Tensor sum_to_shape(const Tensor& g, const Dims& shape);
+
+}  // namespace ssmtrain

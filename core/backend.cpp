@@ -1,0 +1,74 @@
+// Device dispatch, names of enum values, and the small global settings of core/.
+#include "core/backend.h"
+
+#include <atomic>
+
+namespace ssmtrain {
+
+namespace {
+std::atomic<bool> g_allow_tf32{false};
+}
+
+bool allow_tf32() { return g_allow_tf32.load(); }
+void set_allow_tf32(bool on) { g_allow_tf32.store(on); }
+
+Backend& backend(Device device) {
+  if (device.is_cpu()) return cpu::cpu_backend();
+#if defined(SSMTRAIN_WITH_CUDA)
+  int n = cuda::device_count();
+  SSMT_CHECK(n > 0, "device ", device.str(), ": no CUDA GPU is visible (CUDA_VISIBLE_DEVICES? driver?)");
+  SSMT_CHECK(device.index >= 0 && device.index < n, "device ", device.str(), ": only ", n, " CUDA device(s) visible");
+  return cuda::cuda_backend(device.index);
+#else
+  throw UserError("device " + device.str() + ": ssmtrain was built without CUDA (configure with -DSSMTRAIN_CUDA=ON)");
+#endif
+}
+
+bool cuda_available() {
+#if defined(SSMTRAIN_WITH_CUDA)
+  return cuda::device_count() > 0;
+#else
+  return false;
+#endif
+}
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::f32: return "f32";
+    case DType::bf16: return "bf16";
+    case DType::f64: return "f64";
+    case DType::i32: return "i32";
+    case DType::i64: return "i64";
+  }
+  return "?";
+}
+
+DType dtype_from_name(const std::string& name) {
+  for (DType t : {DType::f32, DType::bf16, DType::f64, DType::i32, DType::i64})
+    if (name == dtype_name(t)) return t;
+  throw UserError("unknown dtype '" + name + "' (expected f32, bf16, f64, i32 or i64)");
+}
+
+Device Device::parse(const std::string& s) {
+  if (s == "cpu") return Device::cpu();
+  if (s == "cuda") return Device::cuda(0);
+  if (s.rfind("cuda:", 0) == 0 && s.size() > 5 && s.find_first_not_of("0123456789", 5) == std::string::npos)
+    return Device::cuda(std::stoi(s.substr(5)));
+  throw UserError("unknown device '" + s + "' (expected cpu, cuda or cuda:N)");
+}
+
+const char* unary_op_name(UnaryOp op) {
+  static const char* names[] = {"neg",        "exp",        "log",         "log1p",       "sqrt",
+                                "rsqrt",      "square",     "abs",         "sigmoid",     "softplus",
+                                "silu",       "gelu",       "tanh",        "relu",        "add_scalar",
+                                "mul_scalar", "rsub_scalar", "rdiv_scalar", "pow_scalar", "clamp"};
+  return names[static_cast<int>(op)];
+}
+
+const char* binary_op_name(BinaryOp op) {
+  static const char* names[] = {"add", "sub", "mul", "div", "maximum", "minimum",
+                                "eq",  "ne",  "lt",  "le",  "gt",      "ge"};
+  return names[static_cast<int>(op)];
+}
+
+}  // namespace ssmtrain
