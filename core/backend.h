@@ -138,6 +138,8 @@ int device_count();  // 0 when the driver or a GPU is missing (never throws)
 void memcpy_h2d(void* dst, const void* src, size_t nbytes, int device);
 void memcpy_d2h(void* dst, const void* src, size_t nbytes, int device);
 void memcpy_d2d(void* dst, const void* src, size_t nbytes, int device);
+// The compute stream of `device` (a cudaStream_t), for kernels launched outside core/.
+void* compute_stream(int device);
 }  // namespace cuda
 
 }  // namespace ssmtrain

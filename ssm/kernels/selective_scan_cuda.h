@@ -1,0 +1,46 @@
+// CUDA launchers of the selective scan (SPECS section 1), forward and backward.
+//
+// Hardware-aware layout: a thread block owns 32 channels of one (batch, group) and walks
+// the sequence in tiles; each channel's N states live in registers of 4 threads (N/4
+// each). The (B, L, D, N) state is never written to global memory: the forward stores the
+// state at the start of every tile of kScanTile steps (B, D, L/kScanTile, N) when the
+// backward will need it, and the backward recomputes the states inside each tile.
+//
+// All sequence tensors (u, delta, z, Bm, Cm, dout) must be contiguous and share one dtype
+// (f32 or bf16); A, Dskip, delta_bias, h0, dh_last are f32. Gradients are returned in the
+// dtype of the tensor they belong to. Results are deterministic (no float atomics).
+#pragma once
+
+#include "core/tensor.h"
+
+namespace ssmtrain {
+
+constexpr int kScanTile = 32;  // steps per tile; the backward's recompute granularity
+
+struct SelectiveScanInputs {
+  Tensor u;           // (B, L, D)
+  Tensor delta;       // (B, L, D)
+  Tensor A;           // (D, N) f32
+  Tensor Bm;          // (B, L, G, N)
+  Tensor Cm;          // (B, L, G, N)
+  Tensor Dskip;       // (D) f32 or undefined
+  Tensor z;           // (B, L, D) or undefined
+  Tensor delta_bias;  // (D) f32 or undefined
+  Tensor h0;          // (B, D, N) f32 or undefined
+  bool delta_softplus = false;
+};
+
+struct SelectiveScanGrads {
+  Tensor du, ddelta, dA, dBm, dCm, dDskip, dz, ddelta_bias, dh0;  // undefined when the input was
+};
+
+// out (B, L, D) in u's dtype; h_last (B, D, N) f32; checkpoints (B, D, ceil(L/kScanTile), N)
+// f32 filled when save_checkpoints (the state before each tile), else left undefined.
+void selective_scan_forward_cuda(const SelectiveScanInputs& in, Tensor& out, Tensor& h_last, Tensor& checkpoints,
+                                 bool save_checkpoints);
+
+// dout (B, L, D) in u's dtype; dh_last (B, D, N) f32 or undefined.
+SelectiveScanGrads selective_scan_backward_cuda(const SelectiveScanInputs& in, const Tensor& checkpoints,
+                                                const Tensor& dout, const Tensor& dh_last);
+
+}  // namespace ssmtrain

@@ -1,0 +1,142 @@
+#include "train/cli.h"
+
+#include <cstring>
+#include <iostream>
+#include <set>
+
+#include "core/error.h"
+
+namespace ssmtrain {
+
+namespace {
+
+struct Command {
+  const char* name;
+  const char* usage;
+  const char* help;
+  std::set<std::string> value_flags;   // --flag VALUE
+  std::set<std::string> switch_flags;  // --flag
+  int (*fn)(const Args&);
+};
+
+const std::vector<Command>& commands() {
+  static const std::vector<Command> cmds = {
+      {"train", "ssmtrain train CONFIG.yaml [--run-dir DIR] [--resume auto|PATH] [key.path=value ...]",
+       "Train a model from a YAML config. Overrides like optim.lr=3e-4 are type-checked like the file.\n"
+       "The run directory (default runs/<run.name>) receives config.yaml, metrics.jsonl, train.log and\n"
+       "checkpoints/. --resume auto continues from the newest valid checkpoint of the run directory;\n"
+       "--resume PATH from that checkpoint. Ctrl-C or SIGTERM finishes the step, saves and exits 0.\n"
+       "--quiet prints nothing but errors (logs and metrics are still written).",
+       {"--run-dir", "--resume"}, {"--quiet"}, cmd_train},
+      {"eval", "ssmtrain eval CKPT.h5 [--batches N] [key.path=value ...]",
+       "Evaluate a checkpoint on its validation split: loss, bits per byte (byte-level data) or\n"
+       "answer accuracy (synthetic tasks). Overrides change the data (e.g. data.eval_seq_len=4096).",
+       {"--batches"}, {}, cmd_eval},
+      {"sample", "ssmtrain sample CKPT.h5 [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]",
+       "Generate text from a checkpoint with the recurrent step (constant time per token).",
+       {"--prompt", "--tokens", "--temperature", "--top-k", "--top-p", "--seed", "--device"}, {}, cmd_sample},
+      {"info", "ssmtrain info CKPT.h5", "Print a checkpoint's config, step, tokens seen and parameter counts.", {}, {},
+       cmd_info},
+      {"prepare", "ssmtrain prepare --input FILE... --output DIR [--val-fraction F] [--shard-tokens N]",
+       "Turn text files (plain or .gz) into byte-level token shards (llm.c format) with a train/val split.",
+       {"--output", "--val-fraction", "--shard-tokens"}, {}, cmd_prepare},
+      {"config", "ssmtrain config --docs | ssmtrain config CONFIG.yaml [key.path=value ...]",
+       "--docs prints the reference of every config key (docs/config.md); with a file, prints the\n"
+       "resolved config after defaults and overrides.",
+       {}, {"--docs"}, cmd_config},
+  };
+  return cmds;
+}
+
+void print_usage(std::ostream& os) {
+  os << "usage: ssmtrain <command> [options]\n\ncommands:\n";
+  for (const auto& c : commands()) os << "  " << c.usage << "\n";
+  os << "\n`ssmtrain <command> --help` explains one command.\n";
+}
+
+}  // namespace
+
+std::string Args::get(const std::string& f, const std::string& def) const {
+  auto it = flags.find(f);
+  return it == flags.end() ? def : it->second;
+}
+
+double Args::get_double(const std::string& f, double def) const {
+  auto it = flags.find(f);
+  if (it == flags.end()) return def;
+  try {
+    size_t pos;
+    double v = std::stod(it->second, &pos);
+    if (pos == it->second.size()) return v;
+  } catch (...) {
+  }
+  throw UserError(f + ": expected a number, got '" + it->second + "'");
+}
+
+int64_t Args::get_int(const std::string& f, int64_t def) const {
+  auto it = flags.find(f);
+  if (it == flags.end()) return def;
+  try {
+    size_t pos;
+    long long v = std::stoll(it->second, &pos);
+    if (pos == it->second.size()) return v;
+  } catch (...) {
+  }
+  throw UserError(f + ": expected an integer, got '" + it->second + "'");
+}
+
+int run_cli(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    print_usage(argc < 2 ? std::cerr : std::cout);
+    return argc < 2 ? 2 : 0;
+  }
+  std::string name = argv[1];
+  const Command* cmd = nullptr;
+  for (const auto& c : commands())
+    if (name == c.name) cmd = &c;
+  if (!cmd) {
+    std::cerr << "ssmtrain: unknown command '" << name << "'\n";
+    print_usage(std::cerr);
+    return 2;
+  }
+  Args args;
+  args.command = name;
+  for (int i = 2; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::cout << "usage: " << cmd->usage << "\n\n" << cmd->help << "\n";
+      return 0;
+    }
+    if (a.rfind("--", 0) == 0) {
+      std::string key = a, value;
+      auto eq = a.find('=');
+      if (eq != std::string::npos) key = a.substr(0, eq), value = a.substr(eq + 1);
+      if (cmd->switch_flags.count(key)) {
+        args.flags[key] = "1";
+      } else if (cmd->value_flags.count(key)) {
+        if (eq == std::string::npos) {
+          if (i + 1 >= argc) throw UserError(key + ": expects a value (see `ssmtrain " + name + " --help`)");
+          value = argv[++i];
+        }
+        // --input takes several files: collect them all, separated by newlines.
+        args.flags[key] = value;
+      } else if (key == "--input" && name == "prepare") {
+        std::string files;
+        if (eq != std::string::npos) files = value;
+        while (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) {
+          if (!files.empty()) files += "\n";
+          files += argv[++i];
+        }
+        if (files.empty()) throw UserError("--input: expects at least one file");
+        args.flags[key] = files;
+      } else {
+        throw UserError("unknown option '" + key + "' for `ssmtrain " + name + "` (see `ssmtrain " + name + " --help`)");
+      }
+    } else {
+      args.positionals.push_back(a);
+    }
+  }
+  return cmd->fn(args);
+}
+
+}  // namespace ssmtrain

@@ -1,0 +1,19 @@
+// The ssmtrain executable: runs the CLI and turns exceptions into exit codes
+// (2 for the user's mistakes, 1 for failures during a run), without stack traces.
+#include <exception>
+#include <iostream>
+
+#include "core/error.h"
+#include "train/cli.h"
+
+int main(int argc, char** argv) {
+  try {
+    return ssmtrain::run_cli(argc, argv);
+  } catch (const ssmtrain::UserError& e) {
+    std::cerr << "error: " << e.what() << std::endl;
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "failure: " << e.what() << std::endl;
+    return 1;
+  }
+}

@@ -1,0 +1,128 @@
+#include "train/metrics.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace ssmtrain {
+
+std::string json_escape(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    switch (c) {
+      case '"': o += "\\\""; break;
+      case '\\': o += "\\\\"; break;
+      case '\n': o += "\\n"; break;
+      case '\t': o += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          o += buf;
+        } else {
+          o += c;
+        }
+    }
+  }
+  return o;
+}
+
+void JsonLine::key(const std::string& k) {
+  if (!body_.empty()) body_ += ", ";
+  body_ += "\"" + json_escape(k) + "\": ";
+}
+
+JsonLine& JsonLine::add(const std::string& k, double v) {
+  key(k);
+  if (!std::isfinite(v)) {
+    body_ += std::isnan(v) ? "NaN" : (v > 0 ? "Infinity" : "-Infinity");
+  } else {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.17g", v);
+    body_ += buf;
+  }
+  return *this;
+}
+
+JsonLine& JsonLine::add(const std::string& k, int64_t v) {
+  key(k);
+  body_ += std::to_string(v);
+  return *this;
+}
+
+JsonLine& JsonLine::add(const std::string& k, const std::string& v) {
+  key(k);
+  body_ += "\"" + json_escape(v) + "\"";
+  return *this;
+}
+
+RunLog::RunLog(const std::string& run_dir, bool quiet) : quiet_(quiet) {
+  std::filesystem::create_directories(run_dir);
+  metrics_.open(run_dir + "/metrics.jsonl", std::ios::app);
+  log_.open(run_dir + "/train.log", std::ios::app);
+  SSMT_CHECK(metrics_ && log_, "cannot write to run directory '", run_dir, "'");
+  tty_ = isatty(STDOUT_FILENO) && !quiet;
+}
+
+void RunLog::metrics(const JsonLine& line) {
+  metrics_ << line.str() << "\n";
+  metrics_.flush();
+}
+
+void RunLog::info(const std::string& line) {
+  log_ << line << "\n";
+  log_.flush();
+  if (quiet_) return;
+  if (bar_shown_) std::cout << "\r\033[2K";
+  std::cout << line << std::endl;
+  bar_shown_ = false;
+}
+
+void RunLog::progress(int64_t step, int64_t total, double loss, double lr, double tps, double eta) {
+  if (!tty_) return;
+  const int width = 24;
+  int filled = total > 0 ? static_cast<int>(width * static_cast<double>(step) / total) : 0;
+  std::string bar(filled, '#');
+  bar += std::string(width - filled, '.');
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "\r\033[2K[%s] %lld/%lld loss %.4f lr %.2e %s tok/s ETA %s", bar.c_str(),
+                static_cast<long long>(step), static_cast<long long>(total), loss, lr, format_count(tps).c_str(),
+                format_duration(eta).c_str());
+  std::cout << buf << std::flush;
+  bar_shown_ = true;
+}
+
+void RunLog::finish_progress() {
+  if (bar_shown_) std::cout << "\n";
+  bar_shown_ = false;
+}
+
+std::string format_count(double n) {
+  char buf[32];
+  const char* units[] = {"", "k", "M", "B", "T"};
+  int u = 0;
+  while (std::fabs(n) >= 1000 && u < 4) n /= 1000, ++u;
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f%s" : "%.3g%s", n, units[u]);
+  return buf;
+}
+
+std::string format_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  long t = std::lround(s);
+  char buf[32];
+  if (t >= 3600)
+    std::snprintf(buf, sizeof buf, "%ldh%02ldm", t / 3600, (t % 3600) / 60);
+  else if (t >= 60)
+    std::snprintf(buf, sizeof buf, "%ldm%02lds", t / 60, t % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%lds", t);
+  return buf;
+}
+
+}  // namespace ssmtrain

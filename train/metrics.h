@@ -1,0 +1,50 @@
+// Run outputs a person or a script reads while training: metrics.jsonl (one JSON object per
+// log or eval step), train.log (every line printed), and the terminal display (a live bar on a
+// TTY, one line per log interval otherwise).
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ssmtrain {
+
+// A flat JSON object built field by field; numbers are written with full precision so that
+// two runs can be compared bitwise through their metrics files.
+class JsonLine {
+ public:
+  JsonLine& add(const std::string& key, double v);
+  JsonLine& add(const std::string& key, int64_t v);
+  JsonLine& add(const std::string& key, const std::string& v);
+  std::string str() const { return "{" + body_ + "}"; }
+
+ private:
+  void key(const std::string& k);
+  std::string body_;
+};
+
+std::string json_escape(const std::string& s);
+
+class RunLog {
+ public:
+  // Opens (appending) run_dir/metrics.jsonl and run_dir/train.log.
+  explicit RunLog(const std::string& run_dir, bool quiet = false);
+  void metrics(const JsonLine& line);
+  // A line for the log file and the terminal (clearing a live bar first).
+  void info(const std::string& line);
+  // The live bar on a TTY; on a pipe nothing (info() lines carry the progress).
+  void progress(int64_t step, int64_t total, double loss, double lr, double tokens_per_s, double eta_s);
+  void finish_progress();
+  bool is_tty() const { return tty_; }
+
+ private:
+  std::ofstream metrics_, log_;
+  bool tty_ = false, bar_shown_ = false, quiet_ = false;
+};
+
+std::string format_count(double n);     // 1.23M, 45.6k, 7.8B
+std::string format_duration(double s);  // 1h02m, 3m05s, 12s
+
+}  // namespace ssmtrain
