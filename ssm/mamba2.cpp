@@ -1,0 +1,92 @@
+#include "ssm/mamba2.h"
+
+#include <cmath>
+
+#include "core/backend.h"
+#include "core/ops.h"
+#include "nn/init.h"
+#include "ssm/kernels/causal_conv1d.h"
+#include "ssm/kernels/ssd.h"
+#include "ssm/mixer_util.h"
+
+namespace ssmtrain {
+
+Mamba2::Mamba2(const Mamba2Options& o, Generator& gen) : opt_(o) {
+  d_inner_ = o.expand * o.d_model;
+  SSMT_CHECK(o.headdim > 0 && d_inner_ % o.headdim == 0, "mamba2: d_inner = expand * d_model = ", d_inner_,
+             " is not divisible by headdim ", o.headdim);
+  nheads_ = d_inner_ / o.headdim;
+  SSMT_CHECK(o.ngroups > 0 && nheads_ % o.ngroups == 0, "mamba2: heads ", nheads_, " not divisible by ngroups ",
+             o.ngroups);
+  conv_dim_ = d_inner_ + 2 * o.ngroups * o.d_state;
+  LinearOptions nobias;
+  nobias.bias = false;
+  in_proj_ = register_module("in_proj",
+                             std::make_shared<Linear>(o.d_model, 2 * d_inner_ + 2 * o.ngroups * o.d_state + nheads_,
+                                                      gen, nobias));
+  conv_ = register_module("conv1d", std::make_shared<Conv1dParams>(conv_dim_, o.d_conv, gen));
+  dt_bias_ = register_parameter("dt_bias", Tensor::empty({nheads_}), {param_tag::no_decay});
+  init_dt_bias(dt_bias_, gen, o.dt_min, o.dt_max, o.dt_init_floor);
+  std::vector<float> alog(static_cast<size_t>(nheads_));
+  for (float& a : alog) a = static_cast<float>(std::log(1.0 + 15.0 * gen.uniform()));  // log U(1, 16)
+  A_log_ = register_parameter("A_log", Tensor::from_vector(alog, {nheads_}), {param_tag::no_decay});
+  D_ = register_parameter("D", Tensor::ones({nheads_}), {param_tag::no_decay});
+  norm_weight_ = register_parameter("norm_weight", Tensor::ones({d_inner_}), {param_tag::no_decay});
+  out_proj_ = register_module("out_proj", std::make_shared<Linear>(d_inner_, o.d_model, gen, nobias));
+}
+
+Tensor Mamba2::mix(const Tensor& xBC, const Tensor& z, const Tensor& dt, const Tensor& h0, Tensor* h_last) {
+  const int64_t Bsz = xBC.size(0), L = xBC.size(1), G = opt_.ngroups, N = opt_.d_state, P = opt_.headdim;
+  auto parts = xBC.split({d_inner_, G * N, G * N}, -1);
+  Tensor x = parts[0].reshape({Bsz, L, nheads_, P});
+  Tensor Bm = parts[1].reshape({Bsz, L, G, N});
+  Tensor Cm = parts[2].reshape({Bsz, L, G, N});
+  auto r = ssd_chunked(x, dt, -exp(A_log_), Bm, Cm, D_, dt_bias_, /*dt_softplus=*/true, opt_.chunk_size, h0);
+  if (h_last) *h_last = r.h_last;
+  Tensor y = r.y.reshape({Bsz, L, d_inner_}) * silu(z);
+  // Gated RMSNorm, normalised per group of d_inner / G channels, then the weight.
+  Tensor yg = y.reshape({Bsz, L, G, d_inner_ / G});
+  Tensor yn = rms_norm(yg, Tensor(), opt_.norm_eps).reshape({Bsz, L, d_inner_});
+  return yn * as_dtype(norm_weight_, yn.dtype());
+}
+
+Tensor Mamba2::forward(const Tensor& x) {
+  SSMT_CHECK(x.dim() == 3 && x.size(2) == opt_.d_model, "mamba2: input ", x.describe(), ": expected (B, L, ",
+             opt_.d_model, ")");
+  const DType dtp = x.dtype();
+  Tensor proj = linear(x, as_dtype(in_proj_->weight(), dtp));
+  auto parts = proj.split({d_inner_, conv_dim_, nheads_}, -1);
+  Tensor xBC = causal_conv1d(parts[1], conv_->weight, conv_->bias, /*silu=*/true).out;
+  Tensor y = mix(xBC, parts[0], parts[2], Tensor(), nullptr);
+  return linear(y, as_dtype(out_proj_->weight(), dtp));
+}
+
+namespace {
+struct Mamba2State : MixerState {
+  Tensor conv;  // (B, conv_dim, d_conv - 1)
+  Tensor ssm;   // (B, H, P, N)
+};
+}  // namespace
+
+std::unique_ptr<MixerState> Mamba2::init_state(int64_t batch, Device device, DType dtype) {
+  auto s = std::make_unique<Mamba2State>();
+  s->conv = Tensor::zeros({batch, conv_dim_, opt_.d_conv - 1}, dtype, device);
+  s->ssm = Tensor::zeros({batch, nheads_, opt_.headdim, opt_.d_state}, dtype == DType::f64 ? DType::f64 : DType::f32,
+                         device);
+  return s;
+}
+
+Tensor Mamba2::step(const Tensor& x_t, MixerState& state) {
+  auto& s = dynamic_cast<Mamba2State&>(state);
+  NoGradGuard ng;
+  const DType dtp = x_t.dtype();
+  Tensor proj = linear(x_t, as_dtype(in_proj_->weight(), dtp));  // (B, ...)
+  auto parts = proj.split({d_inner_, conv_dim_, nheads_}, -1);
+  Tensor xBC = causal_conv1d_step(parts[1].contiguous(), s.conv, conv_->weight, conv_->bias, /*silu=*/true);
+  Tensor h_last;
+  Tensor y = mix(xBC.unsqueeze(1), parts[0].unsqueeze(1), parts[2].unsqueeze(1), s.ssm, &h_last);
+  s.ssm = h_last;
+  return linear(y.squeeze(1), as_dtype(out_proj_->weight(), dtp));
+}
+
+}  // namespace ssmtrain

@@ -1,0 +1,66 @@
+// Switch mixture-of-experts FFN (SPECS section 5), the MoE half of MoE-Mamba stacks.
+//
+//   p = softmax(W_r x) over E experts; top-1 expert i* per token; out = p_i* Expert_i*(x)
+// Each expert is an FFN d_model -> d_ff -> d_model without bias. Capacity per expert is
+// floor(capacity_factor * tokens / E); tokens beyond it (in token order) are dropped: the
+// block returns 0 for them and the residual stream carries them. Capacity applies in
+// training mode only: evaluation and generation route every token. Load-balancing loss
+// alpha * E * sum_i f_i P_i (f_i: fraction of tokens whose argmax is i, before capacity;
+// P_i: mean router probability) and the optional router z-loss (mean logsumexp(logits)^2)
+// are added through Mixer::add_aux_loss.
+//
+// Routing needs the per-expert token lists on the host: one device-to-host copy of the
+// argmax per forward. Dispatch and combine are index_select ops, so the backward reaches
+// the router (through p_i*) and every expert that received tokens.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nn/linear.h"
+#include "nn/mixer.h"
+#include "nn/mlp.h"
+
+namespace ssmtrain {
+
+struct MoEOptions {
+  int64_t d_model = 0;
+  int64_t num_experts = 8;
+  int64_t d_ff = 0;  // 0: 3 * d_model
+  double capacity_factor = 1.0;
+  std::string activation = "gelu";  // relu | gelu
+  double aux_loss_coef = 0.01;
+  double z_loss_coef = 0.0;
+};
+
+struct ExpertUsage {
+  std::vector<int64_t> tokens_routed;  // per expert, before capacity
+  int64_t tokens = 0;
+  int64_t dropped = 0;
+  double aux_loss = 0;  // value of the last load-balancing loss (without its coefficient)
+};
+
+class SwitchMoE : public Mixer {
+ public:
+  SwitchMoE(const MoEOptions& options, Generator& gen);
+
+  Tensor forward(const Tensor& x) override;  // (B, L, D) -> (B, L, D)
+
+  // Position-wise, so the step is the forward on one position.
+  bool supports_step() const override { return true; }
+  std::unique_ptr<MixerState> init_state(int64_t batch, Device device, DType dtype) override;
+  Tensor step(const Tensor& x_t, MixerState& state) override;
+
+  const ExpertUsage& last_usage() const { return usage_; }
+  const MoEOptions& options() const { return opt_; }
+
+ private:
+  MoEOptions opt_;
+  Activation act_;
+  std::shared_ptr<Linear> router_;
+  std::vector<std::shared_ptr<Linear>> fc1_, fc2_;
+  ExpertUsage usage_;
+};
+
+}  // namespace ssmtrain
