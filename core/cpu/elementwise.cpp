@@ -1,0 +1,185 @@
+// Elementwise kernels: unary math and its derivative, binary arithmetic and comparisons,
+// where. Every operand may be any view of the output's shape (strides, broadcasts).
+//
+// The formulas are the definitions the CUDA kernels reproduce:
+//   sigmoid(x)  = 1 / (1 + exp(-x)) for x >= 0, exp(x) / (1 + exp(x)) otherwise (no overflow)
+//   softplus(x) = x for x > 20, else log1p(exp(x))
+//   silu(x)     = x * sigmoid(x)
+//   gelu(x)     = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+#include <cmath>
+#include <limits>
+
+#include "core/cpu/backend_cpu.h"
+#include "core/cpu/kernel_util.h"
+#include "core/cpu/row_reduce.h"  // max_nan, min_nan
+
+namespace ssmtrain::cpu {
+
+namespace {
+
+template <typename A> A sigmoid_of(A x) {
+  if (x >= A(0)) return A(1) / (A(1) + std::exp(-x));
+  A e = std::exp(x);
+  return e / (A(1) + e);
+}
+
+template <typename A> A softplus_of(A x) { return x > A(20) ? x : std::log1p(std::exp(x)); }
+
+template <typename A> constexpr A kGeluScale = static_cast<A>(0.7978845608028654);  // sqrt(2 / pi)
+constexpr double kGeluCubic = 0.044715;
+
+template <typename A> A gelu_of(A x) {
+  A inner = kGeluScale<A> * (x + A(kGeluCubic) * x * x * x);
+  return A(0.5) * x * (A(1) + std::tanh(inner));
+}
+
+template <typename A> A gelu_derivative(A x) {
+  A inner = kGeluScale<A> * (x + A(kGeluCubic) * x * x * x);
+  A t = std::tanh(inner);
+  A dinner = kGeluScale<A> * (A(1) + A(3 * kGeluCubic) * x * x);
+  return A(0.5) * (A(1) + t) + A(0.5) * x * (A(1) - t * t) * dinner;
+}
+
+template <typename T>
+void unary_typed(UnaryOp op, const Tensor& x, const Tensor& out, acc_t<T> p0, acc_t<T> p1) {
+  using A = acc_t<T>;
+  auto run = [&](auto f) { map_elements<T, T>(out, {&x}, f); };
+  switch (op) {
+    case UnaryOp::neg: return run([](A v) { return -v; });
+    case UnaryOp::exp: return run([](A v) { return std::exp(v); });
+    case UnaryOp::log: return run([](A v) { return std::log(v); });
+    case UnaryOp::log1p: return run([](A v) { return std::log1p(v); });
+    case UnaryOp::sqrt: return run([](A v) { return std::sqrt(v); });
+    case UnaryOp::rsqrt: return run([](A v) { return A(1) / std::sqrt(v); });
+    case UnaryOp::square: return run([](A v) { return v * v; });
+    case UnaryOp::abs: return run([](A v) { return std::abs(v); });
+    case UnaryOp::sigmoid: return run([](A v) { return sigmoid_of(v); });
+    case UnaryOp::softplus: return run([](A v) { return softplus_of(v); });
+    case UnaryOp::silu: return run([](A v) { return v * sigmoid_of(v); });
+    case UnaryOp::gelu: return run([](A v) { return gelu_of(v); });
+    case UnaryOp::tanh: return run([](A v) { return std::tanh(v); });
+    case UnaryOp::relu: return run([](A v) { return v < A(0) ? A(0) : v; });  // NaN passes through
+    case UnaryOp::add_scalar: return run([=](A v) { return v + p0; });
+    case UnaryOp::mul_scalar: return run([=](A v) { return v * p0; });
+    case UnaryOp::rsub_scalar: return run([=](A v) { return p0 - v; });
+    case UnaryOp::rdiv_scalar: return run([=](A v) { return p0 / v; });
+    case UnaryOp::pow_scalar: return run([=](A v) { return std::pow(v, p0); });
+    case UnaryOp::clamp: return run([=](A v) { return std::min(std::max(v, p0), p1); });
+  }
+  SSMT_ASSERT(false, "unary: unknown op ", static_cast<int>(op));
+}
+
+// gx = gy * f'(x).
+template <typename T>
+void unary_backward_typed(UnaryOp op, const Tensor& x, const Tensor& gy, const Tensor& gx, acc_t<T> p0,
+                          acc_t<T> p1) {
+  using A = acc_t<T>;
+  auto run = [&](auto dfdx) { map_elements<T, T, T>(gx, {&x, &gy}, [=](A v, A g) { return g * dfdx(v); }); };
+  switch (op) {
+    case UnaryOp::neg: return run([](A) { return A(-1); });
+    case UnaryOp::exp: return run([](A v) { return std::exp(v); });
+    case UnaryOp::log: return run([](A v) { return A(1) / v; });
+    case UnaryOp::log1p: return run([](A v) { return A(1) / (A(1) + v); });
+    case UnaryOp::sqrt: return run([](A v) { return A(0.5) / std::sqrt(v); });
+    case UnaryOp::rsqrt: return run([](A v) { return A(-0.5) / (v * std::sqrt(v)); });
+    case UnaryOp::square: return run([](A v) { return A(2) * v; });
+    case UnaryOp::abs: return run([](A v) { return v > A(0) ? A(1) : (v < A(0) ? A(-1) : A(0)); });
+    case UnaryOp::sigmoid:
+      return run([](A v) {
+        A s = sigmoid_of(v);
+        return s * (A(1) - s);
+      });
+    case UnaryOp::softplus: return run([](A v) { return v > A(20) ? A(1) : sigmoid_of(v); });
+    case UnaryOp::silu:
+      return run([](A v) {
+        A s = sigmoid_of(v);
+        return s * (A(1) + v * (A(1) - s));
+      });
+    case UnaryOp::gelu: return run([](A v) { return gelu_derivative(v); });
+    case UnaryOp::tanh:
+      return run([](A v) {
+        A t = std::tanh(v);
+        return A(1) - t * t;
+      });
+    case UnaryOp::relu: return run([](A v) { return v > A(0) ? A(1) : A(0); });
+    case UnaryOp::add_scalar: return run([](A) { return A(1); });
+    case UnaryOp::mul_scalar: return run([=](A) { return p0; });
+    case UnaryOp::rsub_scalar: return run([](A) { return A(-1); });
+    case UnaryOp::rdiv_scalar: return run([=](A v) { return -p0 / (v * v); });
+    case UnaryOp::pow_scalar: return run([=](A v) { return p0 * std::pow(v, p0 - A(1)); });
+    case UnaryOp::clamp: return run([=](A v) { return v >= p0 && v <= p1 ? A(1) : A(0); });
+  }
+  SSMT_ASSERT(false, "unary_backward: unknown op ", static_cast<int>(op));
+}
+
+template <typename T>
+void binary_typed(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+  using A = acc_t<T>;
+  auto run = [&](auto f) { map_elements<T, T, T>(out, {&a, &b}, f); };
+  switch (op) {
+    case BinaryOp::add: return run([](A x, A y) { return x + y; });
+    case BinaryOp::sub: return run([](A x, A y) { return x - y; });
+    case BinaryOp::mul: return run([](A x, A y) { return x * y; });
+    case BinaryOp::div:
+      if constexpr (std::is_integral_v<A>) {
+        // Truncating division; x / 0 gives 0 instead of trapping the process.
+        return run([](A x, A y) { return y == 0 ? A(0) : x / y; });
+      } else {
+        return run([](A x, A y) { return x / y; });
+      }
+    case BinaryOp::maximum: return run([](A x, A y) { return max_nan(x, y); });
+    case BinaryOp::minimum: return run([](A x, A y) { return min_nan(x, y); });
+    case BinaryOp::eq: return run([](A x, A y) { return A(x == y ? 1 : 0); });
+    case BinaryOp::ne: return run([](A x, A y) { return A(x != y ? 1 : 0); });
+    case BinaryOp::lt: return run([](A x, A y) { return A(x < y ? 1 : 0); });
+    case BinaryOp::le: return run([](A x, A y) { return A(x <= y ? 1 : 0); });
+    case BinaryOp::gt: return run([](A x, A y) { return A(x > y ? 1 : 0); });
+    case BinaryOp::ge: return run([](A x, A y) { return A(x >= y ? 1 : 0); });
+  }
+  SSMT_ASSERT(false, "binary: unknown op ", static_cast<int>(op));
+}
+
+}  // namespace
+
+void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out, double p0, double p1) {
+  SSMT_ASSERT(x.shape() == out.shape() && x.dtype() == out.dtype(), "unary ", unary_op_name(op), ": ",
+              x.describe(), " -> ", out.describe());
+  SSMT_DISPATCH_FLOAT(x.dtype(), unary_op_name(op), [&] {
+    using A = acc_t<scalar_t>;
+    unary_typed<scalar_t>(op, x, out, static_cast<A>(p0), static_cast<A>(p1));
+  });
+}
+
+void CpuBackend::unary_backward(UnaryOp op, const Tensor& x, const Tensor& gy, const Tensor& gx, double p0,
+                                double p1) {
+  SSMT_ASSERT(x.shape() == gx.shape() && gy.shape() == gx.shape() && x.dtype() == gx.dtype() &&
+                  gy.dtype() == gx.dtype(),
+              "unary_backward ", unary_op_name(op), ": ", x.describe(), ", ", gy.describe(), " -> ", gx.describe());
+  SSMT_DISPATCH_FLOAT(x.dtype(), unary_op_name(op), [&] {
+    using A = acc_t<scalar_t>;
+    unary_backward_typed<scalar_t>(op, x, gy, gx, static_cast<A>(p0), static_cast<A>(p1));
+  });
+}
+
+void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+  SSMT_ASSERT(a.shape() == out.shape() && b.shape() == out.shape() && a.dtype() == out.dtype() &&
+                  b.dtype() == out.dtype(),
+              "binary ", binary_op_name(op), ": ", a.describe(), ", ", b.describe(), " -> ", out.describe());
+  SSMT_DISPATCH_ALL(out.dtype(), binary_op_name(op), [&] { binary_typed<scalar_t>(op, a, b, out); });
+}
+
+void CpuBackend::where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) {
+  SSMT_ASSERT(cond.shape() == out.shape() && a.shape() == out.shape() && b.shape() == out.shape() &&
+                  a.dtype() == out.dtype() && b.dtype() == out.dtype(),
+              "where: ", cond.describe(), ", ", a.describe(), ", ", b.describe(), " -> ", out.describe());
+  SSMT_DISPATCH_ALL(out.dtype(), "where", [&] {
+    using T = scalar_t;
+    SSMT_DISPATCH_ALL(cond.dtype(), "where", [&] {
+      using C = scalar_t;
+      map_elements<T, C, T, T>(out, {&cond, &a, &b},
+                               [](acc_t<C> c, acc_t<T> x, acc_t<T> y) { return c != acc_t<C>(0) ? x : y; });
+    });
+  });
+}
+
+}  // namespace ssmtrain::cpu

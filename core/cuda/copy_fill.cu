@@ -1,0 +1,122 @@
+// Data movement and creation on CUDA: copy with dtype conversion (any strided views), fill,
+// arange, and the counter-based random fills. Random element i uses Philox counter
+// offset + i, through the same SSMT_HD functions of core/random.h that the CPU runs, so
+// uniform draws are bit-identical across devices. Normal draws go through logf/cosf/sqrtf,
+// which CUDA and glibc both compute to within an ulp or two but not always to the same
+// last bit; the tests hold them to 1e-6 relative.
+#include "core/cuda/backend_cuda.cuh"
+#include "core/cuda/elementwise.cuh"
+#include "core/random.h"
+
+namespace ssmtrain::cuda_detail {
+namespace {
+
+template <typename To, typename From>
+struct ConvertFn {
+  __device__ __forceinline__ To operator()(From x) const { return convert<To>(x); }
+};
+
+template <typename T>
+struct FillFn {
+  T value;
+  __device__ __forceinline__ T operator()() const { return value; }
+};
+
+template <typename T>
+__global__ void arange_kernel(T* __restrict__ out, int64_t n, double start, double step) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = convert<T>(start + static_cast<double>(i) * step);
+}
+
+enum class Draw { uniform, normal, randint };
+
+// dst[i] = low + (high - low) * u (uniform), mean + std * z (normal), or the integer draw.
+template <Draw D, typename T>
+__global__ void random_kernel(T* __restrict__ out, int64_t n, uint64_t seed, uint64_t offset, double a,
+                              double b, int64_t ilow, uint64_t irange) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const uint64_t counter = offset + static_cast<uint64_t>(i);
+    if constexpr (D == Draw::uniform) {
+      out[i] = convert<T>(a + (b - a) * static_cast<double>(random_uniform(seed, counter)));
+    } else if constexpr (D == Draw::normal) {
+      out[i] = convert<T>(a + b * static_cast<double>(random_normal(seed, counter)));
+    } else {
+      const uint64_t word = philox4x32(counter, seed).v[2];
+      out[i] = convert<T>(ilow + static_cast<int64_t>(word % irange));
+    }
+  }
+}
+
+template <Draw D>
+void launch_random(const Tensor& dst, uint64_t seed, uint64_t offset, double a, double b, int64_t ilow,
+                   uint64_t irange) {
+  SSMT_ASSERT(dst.is_contiguous(), "random fill of ", dst.describe(), ": dst must be contiguous");
+  const int64_t n = dst.numel();
+  if (n == 0) return;
+  DeviceContext& ctx = context_of(dst);
+  SSMT_DISPATCH_ALL(dst.dtype(), "random fill", [&] {
+    random_kernel<D, scalar_t><<<elementwise_grid(n, ctx.sm_count), kElementwiseThreads, 0, ctx.stream.get()>>>(
+        static_cast<scalar_t*>(dst.data_ptr()), n, seed, offset, a, b, ilow, irange);
+    CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace
+
+void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
+  DeviceGuard guard(device_);
+  SSMT_ASSERT(src.shape() == dst.shape(), "copy ", src.describe(), " -> ", dst.describe());
+  if (dst.numel() == 0) return;
+  if (src.dtype() == dst.dtype() && src.is_contiguous() && dst.is_contiguous()) {
+    CUDA_CHECK(cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), dst.nbytes(), cudaMemcpyDeviceToDevice,
+                               stream_of(dst)));
+    return;
+  }
+  SSMT_DISPATCH_ALL(dst.dtype(), "copy", [&] {
+    using To = scalar_t;
+    SSMT_DISPATCH_ALL(src.dtype(), "copy", [&] {
+      using From = scalar_t;
+      launch_elementwise<To, From>(ConvertFn<To, From>{}, dst, src);
+    });
+  });
+}
+
+void CudaBackend::fill(const Tensor& dst, double value) {
+  DeviceGuard guard(device_);
+  SSMT_DISPATCH_ALL(dst.dtype(), "fill", [&] {
+    launch_elementwise<scalar_t>(FillFn<scalar_t>{convert<scalar_t>(value)}, dst);
+  });
+}
+
+void CudaBackend::arange(const Tensor& dst, double start, double step) {
+  DeviceGuard guard(device_);
+  SSMT_ASSERT(dst.is_contiguous() && dst.dim() == 1, "arange into ", dst.describe());
+  const int64_t n = dst.numel();
+  if (n == 0) return;
+  DeviceContext& ctx = context_of(dst);
+  SSMT_DISPATCH_ALL(dst.dtype(), "arange", [&] {
+    arange_kernel<<<elementwise_grid(n, ctx.sm_count), kElementwiseThreads, 0, ctx.stream.get()>>>(
+        static_cast<scalar_t*>(dst.data_ptr()), n, start, step);
+    CUDA_CHECK_LAUNCH();
+  });
+}
+
+void CudaBackend::fill_uniform(const Tensor& dst, uint64_t seed, uint64_t offset, double low, double high) {
+  DeviceGuard guard(device_);
+  launch_random<Draw::uniform>(dst, seed, offset, low, high, 0, 1);
+}
+
+void CudaBackend::fill_normal(const Tensor& dst, uint64_t seed, uint64_t offset, double mean, double std) {
+  DeviceGuard guard(device_);
+  launch_random<Draw::normal>(dst, seed, offset, mean, std, 0, 1);
+}
+
+void CudaBackend::fill_randint(const Tensor& dst, uint64_t seed, uint64_t offset, int64_t low, int64_t high) {
+  DeviceGuard guard(device_);
+  SSMT_CHECK(high > low, "randint into ", dst.describe(), ": empty range [", low, ", ", high, ")");
+  launch_random<Draw::randint>(dst, seed, offset, 0, 0, low, static_cast<uint64_t>(high - low));
+}
+
+}  // namespace ssmtrain::cuda_detail

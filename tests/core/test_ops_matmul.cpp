@@ -1,0 +1,194 @@
+// matmul (NumPy semantics: 1-D promotion, batch broadcasting, strided operands, empty
+// dimensions) and linear against host triple loops, with finite-difference gradients.
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "core/ops.h"
+#include "gradcheck.h"
+#include "op_reference.h"
+
+using namespace ssmtrain;
+
+namespace {
+
+// NumPy matmul on the host.
+Tensor matmul_reference(const Tensor& a, const Tensor& b) {
+  Dims sa = a.shape(), sb = b.shape();
+  if (sa.size() == 1) sa.insert(0, 1);
+  if (sb.size() == 1) sb.push_back(1);
+  int64_t m = sa[sa.size() - 2], k = sa[sa.size() - 1], n = sb[sb.size() - 1];
+  Dims ba(sa.begin(), sa.end() - 2), bb(sb.begin(), sb.end() - 2);
+  Dims batch = broadcast_shapes(ba, bb, "reference");
+  Dims full_a = batch, full_b = batch, out_shape = batch;
+  full_a.push_back(m), full_a.push_back(k);
+  full_b.push_back(k), full_b.push_back(n);
+  std::vector<double> va = ref::broadcast(ref::host(a), sa, full_a), vb = ref::broadcast(ref::host(b), sb, full_b);
+  std::vector<double> out;
+  for (int64_t t = 0; t < batch.numel(); ++t)
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        double s = 0;
+        for (int64_t l = 0; l < k; ++l) s += va[(t * m + i) * k + l] * vb[(t * k + l) * n + j];
+        out.push_back(s);
+      }
+  if (a.dim() > 1) out_shape.push_back(m);
+  if (b.dim() > 1) out_shape.push_back(n);
+  return ref::make(out, out_shape);
+}
+
+struct MatmulCase {
+  const char* what;
+  Dims a, b;
+};
+
+std::vector<MatmulCase> shape_cases() {
+  return {
+      {"2d @ 2d", {4, 3}, {3, 5}},
+      {"1d @ 2d", {3}, {3, 5}},
+      {"2d @ 1d", {4, 3}, {3}},
+      {"1d @ 1d", {3}, {3}},
+      {"batched", {2, 4, 3}, {2, 3, 5}},
+      {"batched @ shared matrix", {2, 3, 4, 3}, {3, 5}},
+      {"shared matrix @ batched", {4, 3}, {2, 3, 5}},
+      {"broadcast batch", {2, 1, 4, 3}, {3, 3, 5}},
+      {"1d @ batched", {3}, {2, 3, 5}},
+      {"batched @ 1d", {2, 4, 3}, {3}},
+      {"odd sizes", {1, 7}, {7, 1}},
+      {"empty inner", {4, 0}, {0, 5}},
+      {"empty rows", {0, 3}, {3, 5}},
+      {"empty batch", {0, 2, 3}, {3, 2}},
+  };
+}
+
+// Strided variants of an operand: as is, a transposed copy viewed back (last-axis stride
+// != 1), and a column range of a wider matrix (row stride > row length).
+std::vector<Tensor> layouts(const Dims& shape, Generator& gen, DType dt) {
+  std::vector<Tensor> out{random_tensor(shape, gen, dt)};
+  if (shape.size() >= 2) {
+    Dims swapped = shape;
+    std::swap(swapped[swapped.size() - 1], swapped[swapped.size() - 2]);
+    out.push_back(random_tensor(swapped, gen, dt).transpose(-1, -2));
+    Dims wide = shape;
+    wide[wide.size() - 1] += 3;
+    out.push_back(random_tensor(wide, gen, dt).narrow(-1, 2, shape[shape.size() - 1]));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("matmul matches host loops for every shape rule and layout") {
+  Generator gen(30);
+  for (const MatmulCase& c : shape_cases())
+    for (DType dt : {DType::f32, DType::f64, DType::bf16})
+      for (const Tensor& a : layouts(c.a, gen, dt))
+        for (const Tensor& b : layouts(c.b, gen, dt)) {
+          INFO(std::string(c.what), " ", std::string(dtype_name(dt)), " a ", a.shape().str(), " strides ",
+               a.strides().str(), " b strides ", b.strides().str());
+          Tensor y = matmul(a, b);
+          Tensor expect = matmul_reference(a, b);
+          CHECK(y.shape() == expect.shape());
+          CHECK(y.dtype() == dt);
+          // bf16: inputs exact, products accumulated in f32, output rounded once.
+          ref::Tolerance tol = ref::forward_tolerance(dt);
+          check_close(y, expect, tol.rtol, dt == DType::bf16 ? 2e-2 : tol.atol * 10, c.what);
+        }
+}
+
+TEST_CASE("matmul gradients match finite differences") {
+  Generator gen(31);
+  for (const MatmulCase& c : shape_cases()) {
+    INFO(std::string(c.what));
+    Tensor a = grad_leaf(c.a, gen), b = grad_leaf(c.b, gen);
+    check_gradients([](const std::vector<Tensor>& in) { return matmul(in[0], in[1]); }, {a, b});
+  }
+}
+
+TEST_CASE("matmul gradients through transposed operands") {
+  Generator gen(32);
+  Tensor a = grad_leaf({2, 3, 4}, gen), b = grad_leaf({5, 3}, gen);
+  check_gradients(
+      [](const std::vector<Tensor>& in) { return matmul(in[0].transpose(-1, -2), in[1].transpose(0, 1)); }, {a, b});
+  // Strided leaves (not views on the tape) exercise the transpose flags in the backward.
+  Tensor at = random_tensor({2, 4, 3}, gen, DType::f64).transpose(-1, -2).detach().requires_grad_();
+  Tensor bt = random_tensor({3, 5}, gen, DType::f64).transpose(0, 1).detach().requires_grad_();
+  check_gradients([](const std::vector<Tensor>& in) { return matmul(in[1], in[0]); }, {at, bt});
+}
+
+TEST_CASE("matmul names both operands when inner dimensions differ") {
+  Tensor a = Tensor::zeros({4, 3}), b = Tensor::zeros({5, 2});
+  CHECK_THROWS_WITH_AS(matmul(a, b),
+                       "matmul: a tensor (4, 3) f32 cpu and b tensor (5, 2) f32 cpu: inner dimensions differ (3 vs 5)",
+                       UserError);
+  CHECK_THROWS_WITH_AS(matmul(Tensor::zeros({2, 4, 3}), Tensor::zeros({3, 3, 2})),
+                       doctest::Contains("cannot be broadcast"), UserError);
+  CHECK_THROWS_AS(matmul(Tensor::zeros({4, 3}), Tensor::zeros({3, 2}, DType::f64)), UserError);
+  CHECK_THROWS_AS(matmul(Tensor::scalar(1), Tensor::zeros({3})), UserError);
+}
+
+// ---- linear ----
+
+namespace {
+Tensor linear_reference(const Tensor& x, const Tensor& w, const Tensor& b) {
+  Tensor y = matmul_reference(x, w.transpose(0, 1).contiguous());
+  if (!b.defined()) return y;
+  std::vector<double> vy = ref::host(y), vb = ref::host(b);
+  for (size_t i = 0; i < vy.size(); ++i) vy[i] += vb[i % vb.size()];
+  return ref::make(vy, y.shape());
+}
+}  // namespace
+
+TEST_CASE("linear matches x @ W^T + b") {
+  Generator gen(33);
+  for (DType dt : {DType::f32, DType::f64, DType::bf16})
+    for (Dims xs : {Dims{6, 4}, Dims{2, 3, 4}, Dims{4}, Dims{0, 4}})
+      for (bool with_bias : {true, false}) {
+        INFO(std::string(dtype_name(dt)), " x ", xs.str(), " bias ", with_bias);
+        Tensor x = random_tensor(xs, gen, dt), w = random_tensor({5, 4}, gen, dt);
+        Tensor b = with_bias ? random_tensor({5}, gen, dt) : Tensor();
+        Tensor y = linear(x, w, b);
+        ref::Tolerance tol = ref::forward_tolerance(dt);
+        check_close(y, linear_reference(x, w, b), tol.rtol, dt == DType::bf16 ? 2e-2 : tol.atol * 10, "linear");
+        // A transposed weight (e.g. a tied embedding viewed as W^T^T) takes the same path.
+        Tensor wt = w.transpose(0, 1).contiguous().transpose(0, 1);
+        check_close(linear(x, wt, b), linear_reference(x, w, b), tol.rtol, dt == DType::bf16 ? 2e-2 : tol.atol * 10,
+                    "linear with a strided weight");
+      }
+}
+
+TEST_CASE("linear gradients match finite differences") {
+  Generator gen(34);
+  for (Dims xs : {Dims{6, 4}, Dims{2, 3, 4}, Dims{4}, Dims{0, 4}}) {
+    INFO("x ", xs.str());
+    Tensor x = grad_leaf(xs, gen), w = grad_leaf({5, 4}, gen), b = grad_leaf({5}, gen);
+    check_gradients([](const std::vector<Tensor>& in) { return linear(in[0], in[1], in[2]); }, {x, w, b});
+    check_gradients([](const std::vector<Tensor>& in) { return linear(in[0], in[1]); }, {x, w});
+    // Non-contiguous x is copied into rows; W transposed goes through the gemm flags.
+    check_gradients(
+        [](const std::vector<Tensor>& in) { return linear(in[0], in[1].transpose(0, 1).contiguous().transpose(0, 1)); },
+        {x, w});
+  }
+  Tensor xt = random_tensor({4, 6}, gen, DType::f64).transpose(0, 1).detach().requires_grad_();
+  Tensor w = grad_leaf({3, 4}, gen);
+  check_gradients([](const std::vector<Tensor>& in) { return linear(in[0], in[1]); }, {xt, w});
+}
+
+TEST_CASE("linear checks its argument shapes") {
+  CHECK_THROWS_WITH_AS(linear(Tensor::zeros({2, 3}), Tensor::zeros({5, 4})), doctest::Contains("expected x (.., 4)"),
+                       UserError);
+  CHECK_THROWS_WITH_AS(linear(Tensor::zeros({2, 4}), Tensor::zeros({5, 4}), Tensor::zeros({4})),
+                       doctest::Contains("bias"), UserError);
+  CHECK_THROWS_AS(linear(Tensor::zeros({2, 4}), Tensor::zeros({4})), UserError);
+}
+
+TEST_CASE("linear records one tape node") {
+  Tensor x = Tensor::ones({3, 4}), w = Tensor::ones({2, 4}).requires_grad_(), b = Tensor::zeros({2}).requires_grad_();
+  clear_tape();
+  Tensor y = linear(x, w, b);
+  CHECK(tape_size() == 1);
+  backward(sum(y));
+  CHECK(ref::host(w.grad()) == std::vector<double>(8, 3.0));
+  CHECK(ref::host(b.grad()) == std::vector<double>{3, 3});
+  CHECK_FALSE(x.grad().defined());
+}
