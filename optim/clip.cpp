@@ -1,0 +1,141 @@
+// Gradient norm and clipping: an OpenMP reduction per tensor on the CPU, multi-tensor
+// kernels on CUDA.
+#include "optim/clip.h"
+
+#include <cmath>
+#include <map>
+#include <unordered_set>
+
+#include "core/autograd.h"
+#include "core/dtype.h"
+#include "optim/multi_tensor_cuda.h"
+
+namespace ssmtrain {
+
+namespace {
+
+// The gradients, each made contiguous and given memory of its own (set back on the
+// parameter): autograd may hand the same tensor to two parameters (the backward of an add
+// returns one gradient for both), and in-place scaling must reach each exactly once.
+std::vector<Tensor> owned_grads(const std::vector<Tensor>& params) {
+  std::vector<Tensor> grads;
+  std::unordered_set<const Storage*> seen;
+  std::unordered_set<const TensorImpl*> seen_params;  // a tied weight listed twice counts once
+  NoGradGuard no_grad;
+  for (const Tensor& p : params) {
+    SSMT_CHECK(p.defined(), "clip_grad_norm: an undefined parameter was passed");
+    if (!seen_params.insert(p.impl()).second) continue;
+    Tensor g = p.grad();
+    if (!g.defined()) continue;
+    if (!g.is_contiguous() || seen.count(g.storage().get())) {
+      g = g.clone();
+      Tensor handle = p;
+      handle.set_grad(g);
+    }
+    seen.insert(g.storage().get());
+    grads.push_back(g);
+  }
+  return grads;
+}
+
+template <typename T>
+double sum_of_squares_typed(const T* x, int64_t n) {
+  double acc = 0;
+#pragma omp parallel for reduction(+ : acc) schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) {
+    double v = static_cast<double>(static_cast<acc_t<T>>(x[i]));
+    acc += v * v;
+  }
+  return acc;
+}
+
+template <typename T>
+void scale_typed(T* x, int64_t n, double factor) {
+  const auto f = static_cast<acc_t<T>>(factor);
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) x[i] = static_cast<T>(static_cast<acc_t<T>>(x[i]) * f);
+}
+
+double sum_of_squares_cpu(const Tensor& g) {
+  return SSMT_DISPATCH_FLOAT(g.dtype(), "grad_norm",
+                             [&] { return sum_of_squares_typed(g.data<scalar_t>(), g.numel()); });
+}
+
+void scale_cpu(const Tensor& g, double factor) {
+  SSMT_DISPATCH_FLOAT(g.dtype(), "scale_gradients", [&] { scale_typed(g.data<scalar_t>(), g.numel(), factor); });
+}
+
+// Splits gradients by device: the CPU ones, and one list per CUDA device.
+void split_by_device(const std::vector<Tensor>& grads, std::vector<Tensor>& cpu,
+                     std::map<int, std::vector<Tensor>>& cuda_lists) {
+  for (const Tensor& g : grads) {
+    if (g.device().is_cpu()) {
+      cpu.push_back(g);
+    } else {
+      SSMT_CHECK(g.dtype() == DType::f32, "clip_grad_norm: CUDA gradient ", g.describe(), " must be f32");
+      cuda_lists[g.device().index].push_back(g);
+    }
+  }
+}
+
+[[noreturn]] void no_cuda(const Tensor& t) {
+  throw UserError(detail::concat("clip_grad_norm: ", t.describe(), " is on a CUDA device but ssmtrain was built without CUDA"));
+}
+
+double total_norm(const std::vector<Tensor>& grads) {
+  std::vector<Tensor> cpu;
+  std::map<int, std::vector<Tensor>> cuda_lists;
+  split_by_device(grads, cpu, cuda_lists);
+  double sum = 0;
+  for (const Tensor& g : cpu) sum += sum_of_squares_cpu(g);
+  // Launch every device's reduction before reading any result back.
+  std::vector<Tensor> device_sums;
+  for (auto& [device, list] : cuda_lists) {
+#if defined(SSMTRAIN_WITH_CUDA)
+    device_sums.push_back(sum_of_squares_cuda(list));
+#else
+    no_cuda(list.front());
+#endif
+  }
+  for (const Tensor& s : device_sums) sum += s.item<double>();
+  return std::sqrt(sum);
+}
+
+void scale_all(const std::vector<Tensor>& grads, double factor) {
+  std::vector<Tensor> cpu;
+  std::map<int, std::vector<Tensor>> cuda_lists;
+  split_by_device(grads, cpu, cuda_lists);
+  for (const Tensor& g : cpu) scale_cpu(g, factor);
+  for (auto& [device, list] : cuda_lists) {
+#if defined(SSMTRAIN_WITH_CUDA)
+    scale_cuda(list, static_cast<float>(factor));
+#else
+    no_cuda(list.front());
+#endif
+  }
+}
+
+}  // namespace
+
+double grad_norm(const std::vector<Tensor>& params) { return total_norm(owned_grads(params)); }
+
+ClipResult clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
+  std::vector<Tensor> grads = owned_grads(params);
+  ClipResult r;
+  r.norm = total_norm(grads);
+  r.finite = std::isfinite(r.norm);
+  if (!r.finite || max_norm <= 0) return r;
+  double coef = max_norm / (r.norm + 1e-6);
+  if (coef < 1.0) {
+    scale_all(grads, coef);
+    r.clipped = true;
+    r.scale = coef;
+  }
+  return r;
+}
+
+void scale_gradients(const std::vector<Tensor>& params, double factor) {
+  scale_all(owned_grads(params), factor);
+}
+
+}  // namespace ssmtrain

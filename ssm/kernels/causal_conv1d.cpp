@@ -1,0 +1,266 @@
+// Causal depthwise conv1d: checks, the tape node, the CPU forward/backward and the step.
+#include "ssm/kernels/causal_conv1d.h"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/error.h"
+
+namespace ssmtrain {
+
+using namespace ssm_detail;
+
+namespace {
+
+constexpr const char* kOp = "causal_conv1d";
+constexpr int64_t kChannelBlock = 64;  // channels per task: contiguous inner loops
+
+// xext[b, e, c] for e in [0, L + K - 1): the initial state for e < K - 1, then x.
+template <typename T> struct ExtendedInput {
+  const T* x;
+  SeqView xv;
+  const T* state;  // (B, C, K-1) or null
+  int64_t C, K;
+  acc_t<T> operator()(int64_t b, int64_t e, int64_t c) const {
+    if (e >= K - 1) return static_cast<acc_t<T>>(x[b * xv.batch_stride + (e - K + 1) * xv.seq_stride + c]);
+    return state ? static_cast<acc_t<T>>(state[(b * C + c) * (K - 1) + e]) : acc_t<T>(0);
+  }
+};
+
+template <typename T>
+ExtendedInput<T> extended_input(const CausalConv1dParams& p) {
+  return {static_cast<const T*>(p.x.data), p.x, static_cast<const T*>(p.initial_state), p.C, p.K};
+}
+
+// bias + sum_k w[c, k] xext[b, t + k, c], before the activation.
+template <typename T>
+acc_t<T> pre_activation(const ExtendedInput<T>& xext, const acc_t<T>* w, const acc_t<T>* bias, int64_t b, int64_t t,
+                        int64_t c, int64_t K) {
+  acc_t<T> acc = bias ? bias[c] : acc_t<T>(0);
+  for (int64_t k = 0; k < K; ++k) acc += w[c * K + k] * xext(b, t + k, c);
+  return acc;
+}
+
+template <typename T>
+void forward_kernel(const CausalConv1dParams& p) {
+  using Acc = acc_t<T>;
+  const int64_t B = p.B, L = p.L, C = p.C, K = p.K, nblocks = (C + kChannelBlock - 1) / kChannelBlock;
+  const auto xext = extended_input<T>(p);
+  const Acc* w = static_cast<const Acc*>(p.weight);
+  const Acc* bias = static_cast<const Acc*>(p.bias);
+  T* out = static_cast<T*>(p.out);
+  T* final_state = static_cast<T*>(p.final_state);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+      const int64_t c0 = blk * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock);
+      for (int64_t t = 0; t < L; ++t) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const Acc v = pre_activation(xext, w, bias, b, t, c, K);
+          out[(b * L + t) * C + c] = static_cast<T>(p.silu ? ssm_math::silu(v) : v);
+        }
+      }
+      if (final_state)
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t j = 0; j < K - 1; ++j) final_state[(b * C + c) * (K - 1) + j] = static_cast<T>(xext(b, L + j, c));
+    }
+  }
+}
+
+template <typename T>
+void backward_kernel(const CausalConv1dParams& p) {
+  using Acc = acc_t<T>;
+  const int64_t B = p.B, L = p.L, C = p.C, K = p.K, nblocks = (C + kChannelBlock - 1) / kChannelBlock;
+  const auto xext = extended_input<T>(p);
+  const Acc* w = static_cast<const Acc*>(p.weight);
+  const Acc* bias = static_cast<const Acc*>(p.bias);
+  const T* dout = static_cast<const T*>(p.dout.data);
+  const T* dfinal = static_cast<const T*>(p.dfinal_state);
+  T* dx = static_cast<T*>(p.dx);
+  T* dstate = static_cast<T*>(p.dinitial_state);
+  // Per-batch partial sums of the weight and bias gradients, added in batch order after.
+  std::vector<Acc> dw_part(static_cast<size_t>(B * C * K), Acc(0)), dbias_part(static_cast<size_t>(B * C), Acc(0));
+
+#pragma omp parallel
+  {
+    std::vector<Acc> dpre;  // (L, block): gradient of the pre-activation
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t blk = 0; blk < nblocks; ++blk) {
+        const int64_t c0 = blk * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock), width = c1 - c0;
+        dpre.assign(static_cast<size_t>(L * width), Acc(0));
+        for (int64_t t = 0; t < L; ++t) {
+          for (int64_t c = c0; c < c1; ++c) {
+            Acc g = static_cast<Acc>(dout[b * p.dout.batch_stride + t * p.dout.seq_stride + c]);
+            if (p.silu) g *= ssm_math::silu_grad(pre_activation(xext, w, bias, b, t, c, K));
+            dpre[t * width + c - c0] = g;
+            dbias_part[b * C + c] += g;
+            for (int64_t k = 0; k < K; ++k) dw_part[(b * C + c) * K + k] += g * xext(b, t + k, c);
+          }
+        }
+        // d xext[e] = sum_k w[k] dpre[e - k] (+ d final_state for the last K - 1 entries).
+        for (int64_t e = 0; e < L + K - 1; ++e) {
+          if (e >= K - 1 && !dx) continue;
+          if (e < K - 1 && !dstate) continue;
+          for (int64_t c = c0; c < c1; ++c) {
+            Acc acc = (dfinal && e >= L) ? static_cast<Acc>(dfinal[(b * C + c) * (K - 1) + e - L]) : Acc(0);
+            for (int64_t k = std::max<int64_t>(0, e - L + 1); k <= std::min(K - 1, e); ++k)
+              acc += w[c * K + k] * dpre[(e - k) * width + c - c0];
+            if (e >= K - 1)
+              dx[(b * L + e - K + 1) * C + c] = static_cast<T>(acc);
+            else
+              dstate[(b * C + c) * (K - 1) + e] = static_cast<T>(acc);
+          }
+        }
+      }
+    }
+  }
+  auto reduce_batch = [&](const std::vector<Acc>& part, int64_t width, void* dst_raw) {
+    if (!dst_raw) return;
+    Acc* dst = static_cast<Acc*>(dst_raw);
+    for (int64_t i = 0; i < width; ++i) {
+      Acc acc = 0;
+      for (int64_t b = 0; b < B; ++b) acc += part[b * width + i];
+      dst[i] = acc;
+    }
+  };
+  reduce_batch(dw_part, C * K, p.dweight);
+  reduce_batch(dbias_part, C, p.dbias);
+}
+
+}  // namespace
+
+void causal_conv1d_fwd_cpu(const CausalConv1dParams& p) {
+  SSMT_DISPATCH_FLOAT(p.dtype, kOp, [&] { forward_kernel<scalar_t>(p); });
+}
+
+void causal_conv1d_bwd_cpu(const CausalConv1dParams& p) {
+  SSMT_DISPATCH_FLOAT(p.dtype, kOp, [&] { backward_kernel<scalar_t>(p); });
+}
+
+CausalConv1dResult causal_conv1d(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in,
+                                 bool silu_activation, const Tensor& initial_state_in) {
+  check_present(kOp, "x", x_in);
+  check_present(kOp, "weight", weight_in);
+  check_floating_arg(kOp, "x", x_in);
+  check_rank(kOp, "x", x_in, 3, "(B, L, C)");
+  const int64_t B = x_in.size(0), L = x_in.size(1), C = x_in.size(2);
+  check_rank(kOp, "weight", weight_in, 2, "(C, K)");
+  const int64_t K = weight_in.size(1);
+  check_shape(kOp, "weight", weight_in, {C, K}, "(C, K)");
+  SSMT_CHECK(K >= 1, kOp, ": weight ", weight_in.shape().str(), ": the kernel width K must be at least 1");
+  check_floating_arg(kOp, "weight", weight_in);
+  check_device(kOp, "weight", weight_in, x_in.device(), "x");
+  if (bias_in.defined()) {
+    check_shape(kOp, "bias", bias_in, {C}, "(C)");
+    check_floating_arg(kOp, "bias", bias_in);
+    check_device(kOp, "bias", bias_in, x_in.device(), "x");
+  }
+  if (initial_state_in.defined()) {
+    check_shape(kOp, "initial_state", initial_state_in, {B, C, K - 1}, "(B, C, K-1)");
+    check_device(kOp, "initial_state", initial_state_in, x_in.device(), "x");
+    check_dtype(kOp, "initial_state", initial_state_in, x_in.dtype(), "x");
+  }
+  if (x_in.device().is_cuda()) throw_cuda_not_built(kOp, x_in);
+
+  const DType cd = compute_dtype(x_in.dtype());
+  Tensor x = with_contiguous_rows(x_in, 1);
+  Tensor weight = weight_in.to(cd).contiguous();
+  Tensor bias = bias_in.defined() ? bias_in.to(cd).contiguous() : Tensor();
+  Tensor state = initial_state_in.defined() ? initial_state_in.contiguous() : Tensor();
+
+  CausalConv1dParams p;
+  p.dtype = x.dtype();
+  p.B = B, p.L = L, p.C = C, p.K = K, p.silu = silu_activation;
+  p.x = seq_view(x);
+  p.weight = weight.data_ptr();
+  p.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  p.initial_state = state.defined() ? state.data_ptr() : nullptr;
+  Tensor out = Tensor::empty({B, L, C}, x.dtype(), x.device());
+  Tensor final_state = Tensor::empty({B, C, K - 1}, x.dtype(), x.device());
+  p.out = out.data_ptr();
+  p.final_state = final_state.data_ptr();
+  causal_conv1d_fwd_cpu(p);
+
+  const std::vector<Tensor> inputs = {x, weight, bias, state};
+  if (any_requires_grad(inputs)) {
+    std::array<bool, 4> want;
+    for (int i = 0; i < 4; ++i) want[i] = wants_grad(inputs[i]);
+    Tensor x_keep = saved(x), w_keep = saved(weight), b_keep = saved(bias), s_keep = saved(state);
+    record(kOp, inputs, {out, final_state}, [=](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
+      Tensor dout = with_contiguous_rows(grads[0], 1), dfinal = grads[1].contiguous();
+      CausalConv1dParams q = p;
+      q.x = seq_view(x_keep);
+      q.weight = w_keep.data_ptr();
+      q.bias = b_keep.defined() ? b_keep.data_ptr() : nullptr;
+      q.initial_state = s_keep.defined() ? s_keep.data_ptr() : nullptr;
+      q.out = q.final_state = nullptr;
+      q.dout = seq_view(dout);
+      q.dfinal_state = dfinal.data_ptr();
+      const Tensor like[4] = {x_keep, w_keep, b_keep, s_keep};
+      std::vector<Tensor> result(4);
+      void** dst[4] = {&q.dx, &q.dweight, &q.dbias, &q.dinitial_state};
+      for (int i = 0; i < 4; ++i) {
+        if (!want[i]) continue;
+        result[i] = Tensor::empty(like[i].shape(), like[i].dtype(), like[i].device());
+        *dst[i] = result[i].data_ptr();
+      }
+      causal_conv1d_bwd_cpu(q);
+      return result;
+    });
+  }
+  return {out, final_state};
+}
+
+Tensor causal_conv1d_step(const Tensor& x_t, const Tensor& state, const Tensor& weight_in, const Tensor& bias_in,
+                          bool silu_activation) {
+  constexpr const char* op = "causal_conv1d_step";
+  NoGradGuard no_grad;
+  check_present(op, "x_t", x_t);
+  check_present(op, "state", state);
+  check_present(op, "weight", weight_in);
+  check_floating_arg(op, "x_t", x_t);
+  check_rank(op, "x_t", x_t, 2, "(B, C)");
+  const int64_t B = x_t.size(0), C = x_t.size(1);
+  check_rank(op, "weight", weight_in, 2, "(C, K)");
+  const int64_t K = weight_in.size(1);
+  check_shape(op, "weight", weight_in, {C, K}, "(C, K)");
+  SSMT_CHECK(K >= 1, op, ": weight ", weight_in.shape().str(), ": the kernel width K must be at least 1");
+  check_shape(op, "state", state, {B, C, K - 1}, "(B, C, K-1)");
+  check_dtype(op, "state", state, x_t.dtype(), "x_t");
+  SSMT_CHECK(state.is_contiguous(), op, ": state ", state.shape().str(),
+             " must be contiguous: it is updated in place");
+  check_device(op, "state", state, x_t.device(), "x_t");
+  check_device(op, "weight", weight_in, x_t.device(), "x_t");
+  if (bias_in.defined()) {
+    check_shape(op, "bias", bias_in, {C}, "(C)");
+    check_device(op, "bias", bias_in, x_t.device(), "x_t");
+  }
+  if (x_t.device().is_cuda()) throw_cuda_not_built(op, x_t);
+
+  // One step is the full op with L = 1 whose initial state is `state`; the new window is
+  // written to a scratch tensor first because the kernel reads the old one meanwhile.
+  const DType cd = compute_dtype(x_t.dtype());
+  Tensor x = x_t.contiguous();
+  Tensor weight = weight_in.to(cd).contiguous();
+  Tensor bias = bias_in.defined() ? bias_in.to(cd).contiguous() : Tensor();
+  CausalConv1dParams p;
+  p.dtype = x.dtype();
+  p.B = B, p.L = 1, p.C = C, p.K = K, p.silu = silu_activation;
+  p.x = SeqView{x.data_ptr(), C, C};
+  p.weight = weight.data_ptr();
+  p.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  p.initial_state = state.data_ptr();
+  Tensor out = Tensor::empty({B, C}, x.dtype(), x.device());
+  Tensor new_state = Tensor::empty(state.shape(), state.dtype(), state.device());
+  p.out = out.data_ptr();
+  p.final_state = new_state.data_ptr();
+  causal_conv1d_fwd_cpu(p);
+  std::memcpy(state.data_ptr(), new_state.data_ptr(), static_cast<size_t>(state.nbytes()));
+  return out;
+}
+
+}  // namespace ssmtrain

@@ -1,0 +1,69 @@
+// Argument checks and layout helpers of the SSM ops (see kernel_common.h).
+#include "ssm/kernels/kernel_common.h"
+
+#include "core/error.h"
+
+namespace ssmtrain::ssm_detail {
+
+namespace {
+// "Bm (2, 16, 3, 8) f32 cpu" (the tensor's own name is added when it has one).
+std::string describe_arg(const char* arg, const Tensor& t) {
+  std::string s = arg;
+  if (!t.name().empty()) s += " '" + t.name() + "'";
+  return s + " " + t.shape().str() + " " + dtype_name(t.dtype()) + " " + t.device().str();
+}
+}  // namespace
+
+void check_present(const char* op, const char* arg, const Tensor& t) {
+  SSMT_CHECK(t.defined(), op, ": ", arg, " is an undefined tensor (it is required)");
+}
+
+void check_rank(const char* op, const char* arg, const Tensor& t, int rank, const char* names) {
+  SSMT_CHECK(t.dim() == rank, op, ": ", describe_arg(arg, t), ": expected ", rank, " dimensions ", names);
+}
+
+void check_shape(const char* op, const char* arg, const Tensor& t, const Dims& expected, const char* names) {
+  check_rank(op, arg, t, expected.size(), names);
+  SSMT_CHECK(t.shape() == expected, op, ": ", describe_arg(arg, t), ": expected ", names, " = ", expected.str());
+}
+
+void check_device(const char* op, const char* arg, const Tensor& t, Device device, const char* ref) {
+  SSMT_CHECK(t.device() == device, op, ": ", describe_arg(arg, t), ": expected device ", device.str(), " (the device of ",
+             ref, ")");
+}
+
+void check_dtype(const char* op, const char* arg, const Tensor& t, DType dtype, const char* ref) {
+  SSMT_CHECK(t.dtype() == dtype, op, ": ", describe_arg(arg, t), ": expected dtype ", dtype_name(dtype),
+             " (the dtype of ", ref, ")");
+}
+
+void check_floating_arg(const char* op, const char* arg, const Tensor& t) {
+  SSMT_CHECK(is_floating(t.dtype()), op, ": ", describe_arg(arg, t), ": expected a floating dtype (f32, bf16, f64)");
+}
+
+void throw_cuda_not_built(const char* op, const Tensor& t) {
+  throw UserError(detail::concat(op, ": CUDA kernel not built yet (input on ", t.device().str(),
+                                 "); run this op on the CPU"));
+}
+
+Tensor with_contiguous_rows(const Tensor& t, int inner_dims) {
+  int64_t expect = 1;
+  for (int i = t.dim() - 1; i >= t.dim() - inner_dims; --i) {
+    if (t.size(i) != 1 && t.strides()[i] != expect) return t.contiguous();
+    expect *= t.size(i);
+  }
+  return t;
+}
+
+SeqView seq_view(const Tensor& t) {
+  SSMT_ASSERT(t.dim() >= 2, "seq_view of ", t.describe());
+  return SeqView{t.data_ptr(), t.strides()[0], t.strides()[1]};
+}
+
+Tensor cast_or_undefined(const Tensor& t, DType dtype) { return t.defined() ? t.to(dtype) : Tensor(); }
+
+Tensor saved(const Tensor& t) { return t.defined() ? t.detach() : Tensor(); }
+
+bool wants_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
+
+}  // namespace ssmtrain::ssm_detail

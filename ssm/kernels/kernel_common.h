@@ -1,0 +1,79 @@
+// Pieces shared by the SSM ops of ssm/kernels/ (selective scan, SSD, causal conv, linear
+// scan): the scalar math every kernel uses (softplus with the reference threshold, sigmoid,
+// silu and their derivatives), the strided view of a (B, L, ...) sequence tensor that the
+// params structs carry, and the argument checks whose messages name the op, the tensor and
+// the expected shape, e.g.
+//   "selective_scan: Bm (2, 16, 3, 8) f32 cpu: expected (B, L, G, N) = (2, 16, 1, 8)".
+//
+// Dtype convention of every op here: sequence tensors (activations) are f32, bf16 or f64 and
+// share one dtype; parameters and recurrent states are in the compute dtype (f64 for f64
+// inputs, f32 otherwise), so bf16 activations are scanned in fp32.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace ssmtrain {
+
+// A (B, L, ...) tensor as a kernel sees it: element i of the contiguous trailing block at
+// (b, t) lives at data[b * batch_stride + t * seq_stride + i]. Batch and time may be strided
+// (a slice of a wider projection output needs no copy); the trailing axes are contiguous.
+struct SeqView {
+  void* data = nullptr;
+  int64_t batch_stride = 0;
+  int64_t seq_stride = 0;
+};
+
+namespace ssm_math {
+
+// softplus as the reference code computes it: x above 20, else log1p(exp(x)).
+template <typename T> inline T softplus(T x) { return x > T(20) ? x : std::log1p(std::exp(x)); }
+// d softplus / dx, consistent with the threshold (1 above it).
+template <typename T> inline T softplus_grad(T x) { return x > T(20) ? T(1) : T(1) / (T(1) + std::exp(-x)); }
+template <typename T> inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+template <typename T> inline T silu(T x) { return x * sigmoid(x); }
+// d silu / dx = s (1 + x (1 - s)), s = sigmoid(x).
+template <typename T> inline T silu_grad(T x) {
+  T s = sigmoid(x);
+  return s * (T(1) + x * (T(1) - s));
+}
+
+}  // namespace ssm_math
+
+namespace ssm_detail {
+
+// f64 for f64, f32 for f32 and bf16: the dtype of parameters, states and accumulators.
+inline DType compute_dtype(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
+
+// The argument checks. `names` spells the expected axes, e.g. "(B, L, D)".
+void check_present(const char* op, const char* arg, const Tensor& t);
+void check_rank(const char* op, const char* arg, const Tensor& t, int rank, const char* names);
+void check_shape(const char* op, const char* arg, const Tensor& t, const Dims& expected, const char* names);
+// t on `device`, naming `ref` (the tensor that fixed the device).
+void check_device(const char* op, const char* arg, const Tensor& t, Device device, const char* ref);
+// t of dtype `dtype`, naming `ref` (the tensor that fixed the dtype).
+void check_dtype(const char* op, const char* arg, const Tensor& t, DType dtype, const char* ref);
+void check_floating_arg(const char* op, const char* arg, const Tensor& t);
+// The UserError for ops whose CUDA kernel is not in this build yet.
+[[noreturn]] void throw_cuda_not_built(const char* op, const Tensor& t);
+
+// t itself when its last `inner_dims` axes are contiguous (any strides for the others),
+// else a contiguous copy (recorded on the tape like any copy).
+Tensor with_contiguous_rows(const Tensor& t, int inner_dims);
+// The SeqView of a (B, L, ...) tensor whose trailing axes are contiguous.
+SeqView seq_view(const Tensor& t);
+// Differentiable conversion to `dtype`; an undefined tensor stays undefined.
+Tensor cast_or_undefined(const Tensor& t, DType dtype);
+// t.detach() or undefined: what a backward closure keeps (data, no history).
+Tensor saved(const Tensor& t);
+// True when t is defined and requires grad (decides which gradients a backward computes).
+bool wants_grad(const Tensor& t);
+
+// Typed data pointer of an optional tensor (null when undefined).
+template <typename T> inline T* data_or_null(const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; }
+
+}  // namespace ssm_detail
+
+}  // namespace ssmtrain

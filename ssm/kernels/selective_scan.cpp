@@ -1,0 +1,354 @@
+// Selective scan: argument checks, the tape node, the CPU kernels (forward with interval
+// checkpoints, backward recomputing each interval) and the plain reference.
+#include "ssm/kernels/selective_scan.h"
+
+#include <algorithm>
+#include <array>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/error.h"
+
+namespace ssmtrain {
+
+using namespace ssm_detail;
+
+namespace {
+
+constexpr const char* kOp = "selective_scan";
+
+// The tensors of one call after checks and conversions (what the backward keeps).
+struct ScanTensors {
+  Tensor u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0;  // see selective_scan.h for shapes
+  std::vector<Tensor> list() const { return {u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0}; }
+  ScanTensors detached() const {
+    return {saved(u), saved(delta), saved(A), saved(Bm), saved(Cm), saved(Dskip), saved(z), saved(delta_bias),
+            saved(h0)};
+  }
+};
+
+template <typename T> inline acc_t<T> load(const T* p, int64_t i) { return static_cast<acc_t<T>>(p[i]); }
+
+SelectiveScanParams make_params(const ScanTensors& t, bool delta_softplus) {
+  SelectiveScanParams p;
+  p.dtype = t.u.dtype();
+  p.B = t.u.size(0), p.L = t.u.size(1), p.D = t.u.size(2), p.N = t.A.size(1), p.G = t.Bm.size(2);
+  p.delta_softplus = delta_softplus;
+  p.u = seq_view(t.u), p.delta = seq_view(t.delta), p.Bm = seq_view(t.Bm), p.Cm = seq_view(t.Cm);
+  if (t.z.defined()) p.z = seq_view(t.z);
+  p.A = t.A.data_ptr();
+  p.Dskip = t.Dskip.defined() ? t.Dskip.data_ptr() : nullptr;
+  p.delta_bias = t.delta_bias.defined() ? t.delta_bias.data_ptr() : nullptr;
+  p.h0 = t.h0.defined() ? t.h0.data_ptr() : nullptr;
+  return p;
+}
+
+// Channel slices per (batch, group) task of the backward: enough tasks to keep the cores
+// busy, chosen from the shapes only so the summation order never depends on the thread count.
+int64_t backward_channel_slices(const SelectiveScanParams& p) {
+  int64_t per_group = p.D / p.G, tasks = std::max<int64_t>(p.B * p.G, 1);
+  return std::clamp<int64_t>((64 + tasks - 1) / tasks, 1, std::max<int64_t>(per_group, 1));
+}
+
+template <typename T>
+void forward_kernel(const SelectiveScanParams& p) {
+  using C = acc_t<T>;
+  const int64_t B = p.B, L = p.L, D = p.D, N = p.N, per_group = D / p.G;
+  const int64_t interval = p.checkpoint_interval, nck = p.num_checkpoints();
+  const T* u = static_cast<const T*>(p.u.data);
+  const T* delta = static_cast<const T*>(p.delta.data);
+  const T* z = static_cast<const T*>(p.z.data);
+  const T* Bm = static_cast<const T*>(p.Bm.data);
+  const T* Cm = static_cast<const T*>(p.Cm.data);
+  const C* A = static_cast<const C*>(p.A);
+  const C* Dskip = static_cast<const C*>(p.Dskip);
+  const C* delta_bias = static_cast<const C*>(p.delta_bias);
+  const C* h0 = static_cast<const C*>(p.h0);
+  T* out = static_cast<T*>(p.out);
+  C* h_last = static_cast<C*>(p.h_last);
+  C* ckpt = static_cast<C*>(p.checkpoints);
+
+#pragma omp parallel
+  {
+    std::vector<C> h(N);
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t d = 0; d < D; ++d) {
+        const int64_t g = d / per_group, bd = b * D + d;
+        const C* A_row = A + d * N;
+        const C skip = Dskip ? Dskip[d] : C(0), bias = delta_bias ? delta_bias[d] : C(0);
+        for (int64_t n = 0; n < N; ++n) h[n] = h0 ? h0[bd * N + n] : C(0);
+        for (int64_t t = 0; t < L; ++t) {
+          if (ckpt && t % interval == 0) std::copy(h.begin(), h.end(), ckpt + (bd * nck + t / interval) * N);
+          const C ut = load(u, b * p.u.batch_stride + t * p.u.seq_stride + d);
+          C dt = load(delta, b * p.delta.batch_stride + t * p.delta.seq_stride + d) + bias;
+          if (p.delta_softplus) dt = ssm_math::softplus(dt);
+          const T* B_row = Bm + b * p.Bm.batch_stride + t * p.Bm.seq_stride + g * N;
+          const T* C_row = Cm + b * p.Cm.batch_stride + t * p.Cm.seq_stride + g * N;
+          const C dtu = dt * ut;
+          C y = 0;
+          for (int64_t n = 0; n < N; ++n) {
+            h[n] = std::exp(dt * A_row[n]) * h[n] + dtu * load(B_row, n);
+            y += load(C_row, n) * h[n];
+          }
+          y += skip * ut;
+          if (z) y *= ssm_math::silu(load(z, b * p.z.batch_stride + t * p.z.seq_stride + d));
+          out[(b * L + t) * D + d] = static_cast<T>(y);
+        }
+        std::copy(h.begin(), h.end(), h_last + bd * N);
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_kernel(const SelectiveScanParams& p) {
+  using C = acc_t<T>;
+  const int64_t B = p.B, L = p.L, D = p.D, N = p.N, G = p.G, per_group = D / G;
+  const int64_t interval = p.checkpoint_interval, nck = p.num_checkpoints();
+  const int64_t slices = backward_channel_slices(p);
+  SSMT_ASSERT(L == 0 || p.checkpoints, "selective_scan backward needs the forward's checkpoints");
+  const T* u = static_cast<const T*>(p.u.data);
+  const T* delta = static_cast<const T*>(p.delta.data);
+  const T* z = static_cast<const T*>(p.z.data);
+  const T* Bm = static_cast<const T*>(p.Bm.data);
+  const T* Cm = static_cast<const T*>(p.Cm.data);
+  const T* dout = static_cast<const T*>(p.dout.data);
+  const C* A = static_cast<const C*>(p.A);
+  const C* Dskip = static_cast<const C*>(p.Dskip);
+  const C* delta_bias = static_cast<const C*>(p.delta_bias);
+  const C* ckpt = static_cast<const C*>(p.checkpoints);
+  const C* dh_last = static_cast<const C*>(p.dh_last);
+  T* du = static_cast<T*>(p.du);
+  T* ddelta = static_cast<T*>(p.ddelta);
+  T* dz = static_cast<T*>(p.dz);
+  C* dh0 = static_cast<C*>(p.dh0);
+
+  // Partial sums owned by one task each, added in a fixed order afterwards:
+  // dB/dC per (slice, b, t, g, n); dA per (b, d, n); dDskip and ddelta_bias per (b, d).
+  const size_t bc_size = static_cast<size_t>(slices * B * L * G * N);
+  std::vector<C> dB_part(p.dBm ? bc_size : 0, C(0)), dC_part(p.dCm ? bc_size : 0, C(0));
+  std::vector<C> dA_part(static_cast<size_t>(B * D * N)), dD_part(static_cast<size_t>(B * D));
+  std::vector<C> dbias_part(static_cast<size_t>(B * D));
+
+#pragma omp parallel
+  {
+    std::vector<C> lam(N), h_buf((interval + 1) * N), a_buf(interval * N), dA_acc(N);
+#pragma omp for collapse(3) schedule(dynamic)
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t g = 0; g < G; ++g) {
+        for (int64_t s = 0; s < slices; ++s) {
+          const int64_t d_begin = g * per_group + per_group * s / slices;
+          const int64_t d_end = g * per_group + per_group * (s + 1) / slices;
+          for (int64_t d = d_begin; d < d_end; ++d) {
+            const int64_t bd = b * D + d;
+            const C* A_row = A + d * N;
+            const C skip = Dskip ? Dskip[d] : C(0), bias = delta_bias ? delta_bias[d] : C(0);
+            C dskip_acc = 0, dbias_acc = 0;
+            // lam carries a_{t+1} * lambda_{t+1}; at the end of the sequence, d(h_last).
+            for (int64_t n = 0; n < N; ++n) lam[n] = dh_last ? dh_last[bd * N + n] : C(0);
+            std::fill(dA_acc.begin(), dA_acc.end(), C(0));
+
+            for (int64_t c = nck - 1; c >= 0; --c) {
+              const int64_t t0 = c * interval, t1 = std::min(L, t0 + interval);
+              // Recompute the interval's states from its checkpoint: h_buf[k] = state after
+              // step t0 + k - 1 (h_buf[0] is the checkpoint), a_buf[k] = decay of step t0 + k.
+              std::copy(ckpt + (bd * nck + c) * N, ckpt + (bd * nck + c + 1) * N, h_buf.begin());
+              for (int64_t t = t0; t < t1; ++t) {
+                const C ut = load(u, b * p.u.batch_stride + t * p.u.seq_stride + d);
+                C dt = load(delta, b * p.delta.batch_stride + t * p.delta.seq_stride + d) + bias;
+                if (p.delta_softplus) dt = ssm_math::softplus(dt);
+                const T* B_row = Bm + b * p.Bm.batch_stride + t * p.Bm.seq_stride + g * N;
+                const C dtu = dt * ut;
+                const C* h_prev = &h_buf[(t - t0) * N];
+                C* h_cur = &h_buf[(t - t0 + 1) * N];
+                C* a = &a_buf[(t - t0) * N];
+                for (int64_t n = 0; n < N; ++n) {
+                  a[n] = std::exp(dt * A_row[n]);
+                  h_cur[n] = a[n] * h_prev[n] + dtu * load(B_row, n);
+                }
+              }
+              for (int64_t t = t1 - 1; t >= t0; --t) {
+                const int64_t seq_index = (b * L + t) * D + d;
+                const C ut = load(u, b * p.u.batch_stride + t * p.u.seq_stride + d);
+                const C dt_raw = load(delta, b * p.delta.batch_stride + t * p.delta.seq_stride + d) + bias;
+                const C dt = p.delta_softplus ? ssm_math::softplus(dt_raw) : dt_raw;
+                const T* B_row = Bm + b * p.Bm.batch_stride + t * p.Bm.seq_stride + g * N;
+                const T* C_row = Cm + b * p.Cm.batch_stride + t * p.Cm.seq_stride + g * N;
+                const C* h_prev = &h_buf[(t - t0) * N];
+                const C* h_cur = &h_buf[(t - t0 + 1) * N];
+                const C* a = &a_buf[(t - t0) * N];
+                const C dout_t = load(dout, b * p.dout.batch_stride + t * p.dout.seq_stride + d);
+                C gy = dout_t;  // gradient of y_t (before the gate)
+                if (z) {
+                  const C zt = load(z, b * p.z.batch_stride + t * p.z.seq_stride + d);
+                  C y = skip * ut;
+                  for (int64_t n = 0; n < N; ++n) y += load(C_row, n) * h_cur[n];
+                  gy = dout_t * ssm_math::silu(zt);
+                  if (dz) dz[seq_index] = static_cast<T>(dout_t * y * ssm_math::silu_grad(zt));
+                }
+                const int64_t part = (((s * B + b) * L + t) * G + g) * N;
+                C du_t = skip * gy, ddt = 0;
+                for (int64_t n = 0; n < N; ++n) {
+                  const C Bn = load(B_row, n);
+                  const C lam_t = lam[n] + gy * load(C_row, n);
+                  if (p.dCm) dC_part[part + n] += gy * h_cur[n];
+                  if (p.dBm) dB_part[part + n] += lam_t * dt * ut;
+                  du_t += lam_t * dt * Bn;
+                  const C decay_h = a[n] * h_prev[n];
+                  ddt += lam_t * (A_row[n] * decay_h + Bn * ut);
+                  dA_acc[n] += lam_t * dt * decay_h;
+                  lam[n] = a[n] * lam_t;
+                }
+                dskip_acc += gy * ut;
+                const C ddelta_t = p.delta_softplus ? ddt * ssm_math::softplus_grad(dt_raw) : ddt;
+                dbias_acc += ddelta_t;
+                if (du) du[seq_index] = static_cast<T>(du_t);
+                if (ddelta) ddelta[seq_index] = static_cast<T>(ddelta_t);
+              }
+            }
+            if (dh0) std::copy(lam.begin(), lam.end(), dh0 + bd * N);
+            std::copy(dA_acc.begin(), dA_acc.end(), dA_part.begin() + bd * N);
+            dD_part[bd] = dskip_acc;
+            dbias_part[bd] = dbias_acc;
+          }
+        }
+      }
+    }
+  }
+
+  // Fixed-order reductions of the partial sums.
+  auto reduce_bc = [&](const std::vector<C>& part, T* dst) {
+    if (!dst) return;
+    const int64_t row = G * N, rows = B * L;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = 0; i < row; ++i) {
+        C acc = 0;
+        for (int64_t s = 0; s < slices; ++s) acc += part[(s * rows + r) * row + i];
+        dst[r * row + i] = static_cast<T>(acc);
+      }
+    }
+  };
+  reduce_bc(dB_part, static_cast<T*>(p.dBm));
+  reduce_bc(dC_part, static_cast<T*>(p.dCm));
+  auto reduce_batch = [&](const std::vector<C>& part, int64_t width, void* dst_raw) {
+    if (!dst_raw) return;
+    C* dst = static_cast<C*>(dst_raw);
+    for (int64_t i = 0; i < width; ++i) {
+      C acc = 0;
+      for (int64_t b = 0; b < B; ++b) acc += part[b * width + i];
+      dst[i] = acc;
+    }
+  };
+  reduce_batch(dA_part, D * N, p.dA);
+  reduce_batch(dD_part, D, p.dDskip);
+  reduce_batch(dbias_part, D, p.ddelta_bias);
+}
+
+// Checks every argument against u's (B, L, D) and A's N; returns the converted tensors.
+ScanTensors checked_inputs(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
+                           const Tensor& Dskip, const Tensor& z, const Tensor& delta_bias, const Tensor& h0) {
+  check_present(kOp, "u", u);
+  check_present(kOp, "delta", delta);
+  check_present(kOp, "A", A);
+  check_present(kOp, "Bm", Bm);
+  check_present(kOp, "Cm", Cm);
+  check_floating_arg(kOp, "u", u);
+  check_rank(kOp, "u", u, 3, "(B, L, D)");
+  const int64_t B = u.size(0), L = u.size(1), D = u.size(2);
+  check_rank(kOp, "A", A, 2, "(D, N)");
+  const int64_t N = A.size(1);
+  check_shape(kOp, "A", A, {D, N}, "(D, N)");
+  check_shape(kOp, "delta", delta, {B, L, D}, "(B, L, D)");
+  check_rank(kOp, "Bm", Bm, 4, "(B, L, G, N)");
+  const int64_t G = Bm.size(2);
+  check_shape(kOp, "Bm", Bm, {B, L, G, N}, "(B, L, G, N)");
+  SSMT_CHECK(G > 0 && D % G == 0, kOp, ": Bm ", Bm.shape().str(), ": the group count G = ", G,
+             " must divide D = ", D);
+  check_shape(kOp, "Cm", Cm, {B, L, G, N}, "(B, L, G, N)");
+  if (Dskip.defined()) check_shape(kOp, "Dskip", Dskip, {D}, "(D)");
+  if (z.defined()) check_shape(kOp, "z", z, {B, L, D}, "(B, L, D)");
+  if (delta_bias.defined()) check_shape(kOp, "delta_bias", delta_bias, {D}, "(D)");
+  if (h0.defined()) check_shape(kOp, "h0", h0, {B, D, N}, "(B, D, N)");
+
+  const char* names[] = {"delta", "A", "Bm", "Cm", "Dskip", "z", "delta_bias", "h0"};
+  const Tensor* others[] = {&delta, &A, &Bm, &Cm, &Dskip, &z, &delta_bias, &h0};
+  for (int i = 0; i < 8; ++i) {
+    if (!others[i]->defined()) continue;
+    check_device(kOp, names[i], *others[i], u.device(), "u");
+    check_floating_arg(kOp, names[i], *others[i]);
+  }
+  for (int i : {0, 2, 3, 5})
+    if (others[i]->defined()) check_dtype(kOp, names[i], *others[i], u.dtype(), "u");
+  if (u.device().is_cuda()) throw_cuda_not_built(kOp, u);
+
+  const DType cd = compute_dtype(u.dtype());
+  auto param = [&](const Tensor& t) { return t.defined() ? t.to(cd).contiguous() : Tensor(); };
+  ScanTensors s;
+  s.u = with_contiguous_rows(u, 1);
+  s.delta = with_contiguous_rows(delta, 1);
+  s.z = z.defined() ? with_contiguous_rows(z, 1) : Tensor();
+  s.Bm = with_contiguous_rows(Bm, 2);
+  s.Cm = with_contiguous_rows(Cm, 2);
+  s.A = param(A), s.Dskip = param(Dskip), s.delta_bias = param(delta_bias), s.h0 = param(h0);
+  return s;
+}
+
+}  // namespace
+
+void selective_scan_fwd_cpu(const SelectiveScanParams& p) {
+  SSMT_DISPATCH_FLOAT(p.dtype, kOp, [&] { forward_kernel<scalar_t>(p); });
+}
+
+void selective_scan_bwd_cpu(const SelectiveScanParams& p) {
+  SSMT_DISPATCH_FLOAT(p.dtype, kOp, [&] { backward_kernel<scalar_t>(p); });
+}
+
+SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
+                                   const Tensor& Cm, const Tensor& Dskip, const Tensor& z, const Tensor& delta_bias,
+                                   bool delta_softplus, const Tensor& h0) {
+  ScanTensors in = checked_inputs(u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0);
+  const std::vector<Tensor> inputs = in.list();
+  const bool need_grad = any_requires_grad(inputs);
+
+  SelectiveScanParams p = make_params(in, delta_softplus);
+  const DType cd = compute_dtype(p.dtype);
+  Tensor out = Tensor::empty({p.B, p.L, p.D}, p.dtype, u.device());
+  Tensor h_last = Tensor::empty({p.B, p.D, p.N}, cd, u.device());
+  Tensor checkpoints;
+  if (need_grad) checkpoints = Tensor::empty({p.B, p.D, p.num_checkpoints(), p.N}, cd, u.device());
+  p.out = out.data_ptr();
+  p.h_last = h_last.data_ptr();
+  p.checkpoints = need_grad ? checkpoints.data_ptr() : nullptr;
+  selective_scan_fwd_cpu(p);
+
+  if (need_grad) {
+    const ScanTensors keep = in.detached();
+    std::array<bool, 9> want;
+    for (int i = 0; i < 9; ++i) want[i] = wants_grad(inputs[i]);
+    record(kOp, inputs, {out, h_last},
+           [keep, checkpoints, want, delta_softplus](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
+             SelectiveScanParams q = make_params(keep, delta_softplus);
+             q.checkpoints = checkpoints.data_ptr();
+             Tensor dout = with_contiguous_rows(grads[0], 1);
+             Tensor dh_last = grads[1].contiguous();
+             q.dout = seq_view(dout);
+             q.dh_last = dh_last.data_ptr();
+             const std::vector<Tensor> like = keep.list();
+             std::vector<Tensor> result(9);
+             auto alloc = [&](int i) -> void* {
+               if (!want[i]) return nullptr;
+               result[i] = Tensor::empty(like[i].shape(), like[i].dtype(), like[i].device());
+               return result[i].data_ptr();
+             };
+             q.du = alloc(0), q.ddelta = alloc(1), q.dA = alloc(2), q.dBm = alloc(3), q.dCm = alloc(4);
+             q.dDskip = alloc(5), q.dz = alloc(6), q.ddelta_bias = alloc(7), q.dh0 = alloc(8);
+             selective_scan_bwd_cpu(q);
+             return result;
+           });
+  }
+  return {out, h_last};
+}
+
+}  // namespace ssmtrain

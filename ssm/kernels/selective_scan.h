@@ -1,0 +1,98 @@
+// The selective scan of Mamba-1 (S6, SPECS section 1) as one differentiable tape op.
+//
+//   dt_t[d]   = softplus(delta_t[d] + delta_bias[d])   (or without softplus)
+//   h_t[d,n]  = exp(dt_t[d] A[d,n]) h_{t-1}[d,n] + dt_t[d] Bm_t[g,n] u_t[d]   (h_{-1} = h0 or 0)
+//   y_t[d]    = sum_n Cm_t[g,n] h_t[d,n] + Dskip[d] u_t[d];   out = y * silu(z) when z is given
+// with channel d in group g = d / (D / G). The backward is the adjoint recurrence of
+// SPECS section 1 and returns gradients for every input, h0 included, and takes the
+// gradient flowing in through h_last.
+//
+// Memory: the (B, L, D, N) state is never stored. When a gradient is needed the forward
+// keeps the state at the start of every kSelectiveScanCheckpointInterval steps,
+// (B, D, ceil(L / 64), N) in the compute dtype, i.e. B*D*N*L/64 values, and the backward
+// recomputes the states inside each interval (docs/ssm_ops.md).
+//
+// Layout: entry points take any views; sequence tensors are used in place when their
+// trailing axes are contiguous (batch and time strides are free), else copied. The CPU
+// kernels are called through SelectiveScanParams (pointers + strides, no Tensor) so a CUDA
+// launcher `selective_scan_fwd_cuda(params, stream)` can be added in selective_scan.cu.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+#include "ssm/kernels/kernel_common.h"
+
+namespace ssmtrain {
+
+struct SelectiveScanResult {
+  Tensor out;     // (B, L, D) in u's dtype
+  Tensor h_last;  // (B, D, N) in the compute dtype (f32, or f64 for f64 inputs)
+};
+
+// u, delta, z (B, L, D), Bm, Cm (B, L, G, N) share u's dtype (f32, bf16, f64).
+// A (D, N), Dskip (D), delta_bias (D), h0 (B, D, N) are converted to the compute dtype
+// (differentiably). Dskip, z, delta_bias and h0 may be undefined. G must divide D.
+SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
+                                   const Tensor& Cm, const Tensor& Dskip = Tensor(), const Tensor& z = Tensor(),
+                                   const Tensor& delta_bias = Tensor(), bool delta_softplus = false,
+                                   const Tensor& h0 = Tensor());
+
+// The definition, written as plainly as possible for tests: a double loop in double
+// precision that keeps every state. No autodiff; same arguments and results as above.
+SelectiveScanResult selective_scan_reference(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
+                                             const Tensor& Cm, const Tensor& Dskip = Tensor(),
+                                             const Tensor& z = Tensor(), const Tensor& delta_bias = Tensor(),
+                                             bool delta_softplus = false, const Tensor& h0 = Tensor());
+
+// ---- kernel interface ----
+
+constexpr int64_t kSelectiveScanCheckpointInterval = 64;
+
+// One selective-scan call as the kernels see it. Sequence tensors are SeqViews in `dtype`;
+// parameters, states and accumulators are contiguous in the compute dtype (double for f64,
+// else float). Optional inputs and unwanted gradients are null.
+struct SelectiveScanParams {
+  DType dtype = DType::f32;
+  int64_t B = 0, L = 0, D = 0, N = 0, G = 1;
+  bool delta_softplus = false;
+  int64_t checkpoint_interval = kSelectiveScanCheckpointInterval;
+
+  // inputs
+  SeqView u, delta, z;       // (B, L, D); z optional
+  SeqView Bm, Cm;            // (B, L, G, N)
+  const void* A = nullptr;           // (D, N)
+  const void* Dskip = nullptr;       // (D)
+  const void* delta_bias = nullptr;  // (D)
+  const void* h0 = nullptr;          // (B, D, N)
+
+  // forward outputs
+  void* out = nullptr;          // (B, L, D) contiguous, dtype
+  void* h_last = nullptr;       // (B, D, N)
+  void* checkpoints = nullptr;  // (B, D, ceil(L / checkpoint_interval), N): state before each interval; may be null
+
+  // backward inputs (checkpoints above are read)
+  SeqView dout;                  // (B, L, D)
+  const void* dh_last = nullptr; // (B, D, N), may be null (zero)
+  // backward outputs: sequence gradients contiguous in dtype, the others in the compute dtype
+  void* du = nullptr;           // (B, L, D)
+  void* ddelta = nullptr;       // (B, L, D)
+  void* dz = nullptr;           // (B, L, D)
+  void* dBm = nullptr;          // (B, L, G, N)
+  void* dCm = nullptr;          // (B, L, G, N)
+  void* dA = nullptr;           // (D, N)
+  void* dDskip = nullptr;       // (D)
+  void* ddelta_bias = nullptr;  // (D)
+  void* dh0 = nullptr;          // (B, D, N)
+
+  int64_t num_checkpoints() const { return (L + checkpoint_interval - 1) / checkpoint_interval; }
+};
+
+// Forward: writes out and h_last, and checkpoints when non-null. OpenMP over (b, d).
+void selective_scan_fwd_cpu(const SelectiveScanParams& p);
+// Backward: needs the checkpoints of the forward; writes every non-null gradient.
+// OpenMP over (b, group, channel slice); reductions go through per-task partial sums added
+// in a fixed order, so results do not depend on the number of threads.
+void selective_scan_bwd_cpu(const SelectiveScanParams& p);
+
+}  // namespace ssmtrain

@@ -1,0 +1,374 @@
+// The training configuration: one typed struct per YAML section (model, data, optim,
+// schedule, budget, train, run), each declaring its keys exactly once in `visit()`:
+//
+//   v.field("d_model", d_model, "width of the residual stream", ge(1));
+//
+// Every use of the keys is a visitor over these declarations (train/config.cpp): reading
+// YAML files and key.path=value overrides, range and choice checks, dumping the resolved
+// config, listing the keys for did-you-mean suggestions, and the reference in
+// docs/config.md. Adding a key is one line here plus its use elsewhere; nothing else needs
+// to learn about it.
+//
+// Values marked "0 = auto" (dt_rank, d_ff, ssm_lr, ...) stay 0 in the config so that a
+// changed d_model still derives them; the resolved_* helpers at the end compute them.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ssmtrain {
+
+// What a key accepts beyond its type: numeric bounds (for lists: each element), allowed
+// strings (for lists: each element), an exact list length, or a custom check. Written with
+// the helpers below: gt(0), ge(0).lt(1), one_of({"relu", "gelu"}).
+struct Rule {
+  std::optional<double> min, max;
+  bool min_open = false, max_open = false;  // > and < instead of >= and <=
+  std::vector<std::string> choices;
+  int64_t length = -1;  // lists: required number of elements; -1 = any
+  // A check the fields above cannot express: returns "" when the text is valid, otherwise
+  // what is wrong with it. `form` describes the valid texts in the reference.
+  std::string (*check)(const std::string& text) = nullptr;
+  const char* form = nullptr;
+
+  Rule lt(double x) const { Rule r = *this; r.max = x, r.max_open = true; return r; }
+  Rule le(double x) const { Rule r = *this; r.max = x, r.max_open = false; return r; }
+  Rule size(int64_t n) const { Rule r = *this; r.length = n; return r; }
+};
+
+inline Rule gt(double x) { Rule r; r.min = x, r.min_open = true; return r; }
+inline Rule ge(double x) { Rule r; r.min = x; return r; }
+inline Rule one_of(std::vector<std::string> choices) { Rule r; r.choices = std::move(choices); return r; }
+
+// "" for "cpu", "cuda" and "cuda:N"; otherwise what is wrong with `device`.
+std::string device_problem(const std::string& device);
+
+// The mixer names a model layer may use (the model factory's names, ssm/model.h).
+const std::vector<std::string>& mixer_names();
+
+struct MoeSection {
+  int64_t every = 0;
+  int64_t experts = 8;
+  double capacity_factor = 1.0;
+  int64_t d_ff = 0;
+  std::string activation = "gelu";
+  double aux_loss_coef = 0.01;
+  double z_loss_coef = 0.0;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("every", every,
+            "with k > 0, layers k-1, 2k-1, ... are Switch-MoE blocks (MoE-Mamba alternates with k = 2); "
+            "0 = no MoE layers",
+            ge(0));
+    v.field("experts", experts, "experts per MoE layer (E)", ge(1));
+    v.field("capacity_factor", capacity_factor,
+            "expert capacity = floor(capacity_factor * tokens / E); tokens over it are dropped (training only)",
+            gt(0));
+    v.field("d_ff", d_ff, "hidden width of each expert FFN; 0 = 3 * d_model", ge(0));
+    v.field("activation", activation, "activation of the expert FFNs", one_of({"relu", "gelu"}));
+    v.field("aux_loss_coef", aux_loss_coef, "weight alpha of the load-balancing loss alpha * E * sum_i f_i P_i",
+            ge(0));
+    v.field("z_loss_coef", z_loss_coef, "weight of the router z-loss mean(logsumexp(logits)^2); 0 = off", ge(0));
+  }
+  bool operator==(const MoeSection&) const = default;
+};
+
+struct S4Section {
+  std::string kernel = "dplr";
+  std::string init = "legs";
+  std::string discretization = "zoh";
+  double lr = 1e-3;
+  double dt_min = 1e-3;
+  double dt_max = 1e-1;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("kernel", kernel,
+            "convolution kernel of the s4 mixer: dplr (Cauchy kernel + Woodbury) or diag (Vandermonde); "
+            "s4d is always diag",
+            one_of({"dplr", "diag"}));
+    v.field("init", init, "state matrix init: HiPPO-LegS, or S4D-Lin / S4D-Inv / S4D-Real",
+            one_of({"legs", "lin", "inv", "real"}));
+    v.field("discretization", discretization, "zero-order hold or bilinear", one_of({"zoh", "bilinear"}));
+    v.field("lr", lr,
+            "learning rate of the SSM parameters of s4/s4d layers (A, B, log dt), without weight decay; "
+            "0 = optim.lr; optim.ssm_lr overrides it when set",
+            ge(0));
+    v.field("dt_min", dt_min, "log dt is initialised uniform in [log dt_min, log dt_max]", gt(0));
+    v.field("dt_max", dt_max, "upper end of the dt init range", gt(0));
+  }
+  bool operator==(const S4Section&) const = default;
+};
+
+struct ModelSection {
+  std::string mixer = "mamba";
+  std::vector<std::string> layers;
+  int64_t d_model = 256;
+  int64_t n_layer = 4;
+  int64_t vocab_size = 256;
+  int64_t pad_vocab_multiple = 8;
+  int64_t d_state = 16;
+  int64_t d_conv = 4;
+  int64_t expand = 2;
+  int64_t dt_rank = 0;
+  int64_t headdim = 64;
+  int64_t ngroups = 1;
+  int64_t chunk_size = 256;
+  double norm_eps = 1e-5;
+  bool tie_embeddings = true;
+  double mlp_ratio = 4.0;
+  double dropout = 0.0;
+  MoeSection moe;
+  S4Section s4;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("mixer", mixer,
+            "sequence mixer of every layer: mamba (Mamba-1), mamba2 (SSD), s6 (selective SSM without gate), "
+            "mamba_lti (Mamba block with an LTI SSM), s4, s4d, mlp, moe, attention",
+            one_of(mixer_names()));
+    v.field("layers", layers,
+            "one mixer name per layer for mixed stacks, e.g. [mamba, attention, mamba, mamba]; "
+            "its length must equal n_layer; empty = mixer everywhere",
+            one_of(mixer_names()));
+    v.field("d_model", d_model, "width of the residual stream (D)", ge(1));
+    v.field("n_layer", n_layer, "number of residual blocks", ge(1));
+    v.field("vocab_size", vocab_size,
+            "vocabulary size (256 for byte-level text); padded up to a multiple of pad_vocab_multiple when the "
+            "model is built",
+            ge(1));
+    v.field("pad_vocab_multiple", pad_vocab_multiple, "the embedding has a multiple of this many rows (50277 -> 50280)",
+            ge(1));
+    v.field("d_state", d_state, "SSM state size N per channel (Mamba-2: per head)", ge(1));
+    v.field("d_conv", d_conv, "kernel width of the causal depthwise convolution", ge(1));
+    v.field("expand", expand, "inner width d_inner = expand * d_model", ge(1));
+    v.field("dt_rank", dt_rank, "rank R of the Mamba-1 dt projection; 0 = ceil(d_model / 16)", ge(0));
+    v.field("headdim", headdim,
+            "head dimension P of mamba2 (heads = d_inner / headdim) and of attention (heads = d_model / headdim)",
+            ge(1));
+    v.field("ngroups", ngroups, "mamba2: groups G sharing B and C; must divide the number of heads", ge(1));
+    v.field("chunk_size", chunk_size, "mamba2: SSD chunk length Q", ge(1));
+    v.field("norm_eps", norm_eps, "epsilon of the RMSNorms", gt(0));
+    v.field("tie_embeddings", tie_embeddings, "the LM head reuses the embedding matrix");
+    v.field("mlp_ratio", mlp_ratio, "mlp mixer: hidden width = round(mlp_ratio * d_model)", gt(0));
+    v.field("dropout", dropout, "dropout probability inside the blocks; 0 = off (the Mamba recipe)", ge(0).lt(1));
+    v.section("moe", moe, "Switch mixture-of-experts layers (MoE-Mamba, SPECS section 5).");
+    v.section("s4", s4, "S4 and S4D layers (SPECS section 4).");
+  }
+  bool operator==(const ModelSection&) const = default;
+};
+
+struct DataSection {
+  std::string kind = "text";
+  std::vector<std::string> path;
+  std::vector<std::string> val_path;
+  double val_fraction = 0.01;
+  std::string task = "selective_copy";
+  int64_t task_vocab = 16;
+  int64_t task_tokens = 16;
+  int64_t eval_seq_len = 0;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("kind", kind,
+            "text: byte-level tokens of text files; shards: llm.c token shards; synthetic: a generated task",
+            one_of({"text", "shards", "synthetic"}));
+    v.field("path", path,
+            "training data, required unless kind is synthetic: text files (plain or .gz) for text; shard "
+            "files, directories or globs for shards; one path may be written without brackets");
+    v.field("val_path", val_path,
+            "validation data in the same form; empty = hold out val_fraction of the training data");
+    v.field("val_fraction", val_fraction, "share of the training data held out for validation when val_path is empty",
+            ge(0).lt(1));
+    v.field("task", task, "synthetic task: selective copying, induction heads, or multi-query associative recall",
+            one_of({"selective_copy", "induction", "mqar"}));
+    v.field("task_vocab", task_vocab, "synthetic vocabulary size (special tokens included)", ge(4));
+    v.field("task_tokens", task_tokens,
+            "selective_copy: data tokens to copy (M); mqar: key-value pairs; induction: unused", ge(1));
+    v.field("eval_seq_len", eval_seq_len,
+            "sequence length of evaluation, e.g. longer than training to test extrapolation; 0 = train.seq_len",
+            ge(0));
+  }
+  bool operator==(const DataSection&) const = default;
+};
+
+struct OptimSection {
+  std::string name = "adamw";
+  double lr = 1e-3;
+  std::vector<double> betas = {0.9, 0.95};
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  double momentum = 0.9;
+  double grad_clip = 1.0;
+  double ssm_lr = 0.0;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("name", name, "optimizer", one_of({"adamw", "sgd"}));
+    v.field("lr", lr, "peak learning rate (the schedule scales it)", gt(0));
+    v.field("betas", betas, "adamw: (beta1, beta2)", ge(0).lt(1).size(2));
+    v.field("eps", eps, "adamw: denominator epsilon", gt(0));
+    v.field("weight_decay", weight_decay,
+            "decoupled weight decay of the weight matrices; biases, norms and SSM parameters get none", ge(0));
+    v.field("momentum", momentum, "sgd: momentum", ge(0).lt(1));
+    v.field("grad_clip", grad_clip, "clip the global gradient norm to this; 0 = off", ge(0));
+    v.field("ssm_lr", ssm_lr, "learning rate of the SSM parameters of s4/s4d layers; 0 = model.s4.lr", ge(0));
+  }
+  bool operator==(const OptimSection&) const = default;
+};
+
+struct ScheduleSection {
+  std::string kind = "cosine";
+  int64_t warmup_steps = -1;
+  double warmup_fraction = 0.01;
+  double min_lr = 1e-5;
+  double decay_fraction = 0.2;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("kind", kind,
+            "shape after the linear warmup: constant, cosine or linear decay to min_lr, or warmup-stable-decay",
+            one_of({"constant", "cosine", "linear", "wsd"}));
+    v.field("warmup_steps", warmup_steps, "linear warmup length in steps; -1 = round(warmup_fraction * total steps)",
+            ge(-1));
+    v.field("warmup_fraction", warmup_fraction, "warmup length as a share of the total steps", ge(0).le(1));
+    v.field("min_lr", min_lr, "learning rate at the end of the decay; must not exceed optim.lr", ge(0));
+    v.field("decay_fraction", decay_fraction, "wsd: share of the total steps spent decaying to min_lr", ge(0).le(1));
+  }
+  bool operator==(const ScheduleSection&) const = default;
+};
+
+struct BudgetSection {
+  int64_t tokens = 0;
+  double tokens_per_param = 20.0;
+  int64_t steps = 0;
+  std::string params = "non_embedding";
+
+  template <class V>
+  void visit(V& v) {
+    v.field("tokens", tokens, "training tokens D (rounded up to whole steps); 0 = tokens_per_param * N", ge(0));
+    v.field("tokens_per_param", tokens_per_param, "D / N when tokens and steps are 0 (Chinchilla: 20)", gt(0));
+    v.field("steps", steps, "optimizer steps; when > 0 it wins over tokens and tokens_per_param", ge(0));
+    v.field("params", params, "which parameter count is N (MoE models: active)",
+            one_of({"total", "non_embedding", "active"}));
+  }
+  bool operator==(const BudgetSection&) const = default;
+};
+
+struct TrainSection {
+  int64_t batch_size = 8;
+  int64_t seq_len = 256;
+  int64_t grad_accum = 1;
+  std::string precision = "fp32";
+  std::string device = "cpu";
+  int64_t seed = 1234;
+  int64_t log_every = 10;
+  int64_t eval_every = 100;
+  int64_t eval_batches = 4;
+  int64_t checkpoint_every = 0;
+  int64_t keep_last = 3;
+  bool deterministic = false;
+  int64_t max_nonfinite = 5;
+  int64_t sample_tokens = 64;
+  int64_t threads = 0;
+
+  template <class V>
+  void visit(V& v) {
+    Rule device_rule;
+    device_rule.check = device_problem;
+    device_rule.form = "`cpu`, `cuda`, `cuda:N`";
+    v.field("batch_size", batch_size, "sequences per micro-batch", ge(1));
+    v.field("seq_len", seq_len, "tokens per training sequence", ge(1));
+    v.field("grad_accum", grad_accum,
+            "micro-batches per optimizer step (tokens per step = batch_size * seq_len * grad_accum)", ge(1));
+    v.field("precision", precision, "fp32, or bf16 activations and GEMMs with fp32 master weights",
+            one_of({"fp32", "bf16"}));
+    v.field("device", device, "where to train; cuda = cuda:0", device_rule);
+    v.field("seed", seed, "seed of initialisation, data order, dropout and sampling", ge(0));
+    v.field("log_every", log_every, "steps between log lines and metrics records", ge(1));
+    v.field("eval_every", eval_every, "steps between evaluations; 0 = only at the end", ge(0));
+    v.field("eval_batches", eval_batches, "batches per evaluation", ge(1));
+    v.field("checkpoint_every", checkpoint_every, "steps between checkpoints; 0 = only at the end", ge(0));
+    v.field("keep_last", keep_last, "periodic checkpoints kept (the final one always is); 0 = keep all", ge(0));
+    v.field("deterministic", deterministic, "bitwise reproducible kernels (fixed reduction order), at some speed cost");
+    v.field("max_nonfinite", max_nonfinite,
+            "stop after this many consecutive steps with a non-finite loss or gradient (each is skipped)", ge(0));
+    v.field("sample_tokens", sample_tokens, "tokens of sample text generated at each evaluation; 0 = none", ge(0));
+    v.field("threads", threads, "CPU threads (OpenMP); 0 = all cores", ge(0));
+  }
+  bool operator==(const TrainSection&) const = default;
+};
+
+struct RunSection {
+  std::string name;
+  std::string dir;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("name", name, "run name; empty = the config file's name without extension");
+    v.field("dir", dir, "run directory (config, logs, metrics, checkpoints); empty = runs/<name>");
+  }
+  bool operator==(const RunSection&) const = default;
+};
+
+struct Config {
+  ModelSection model;
+  DataSection data;
+  OptimSection optim;
+  ScheduleSection schedule;
+  BudgetSection budget;
+  TrainSection train;
+  RunSection run;
+
+  template <class V>
+  void visit(V& v) {
+    v.section("model", model, "The language model: embedding, a stack of pre-norm residual blocks, final norm, head.");
+    v.section("data", data, "Training and validation data.");
+    v.section("optim", optim, "Optimizer. Weight decay skips biases, norms and SSM parameters (docs/optim.md).");
+    v.section("schedule", schedule, "Learning-rate schedule: linear warmup to optim.lr, then the chosen shape.");
+    v.section("budget", budget,
+              "How long to train. Precedence: steps, then tokens, then tokens_per_param * N (SPECS section 8).");
+    v.section("train", train, "The training loop.");
+    v.section("run", run, "Where the run's files go.");
+  }
+  bool operator==(const Config&) const = default;
+};
+
+// Reads a YAML config file and applies `overrides` ("key.path=value", value parsed as YAML,
+// e.g. optim.betas=[0.9,0.99]) in order. Every problem is a UserError naming the file and
+// line or the override, the key, and what was expected.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// The same for YAML text; `source_name` is the file name used in messages and for the
+// default run name.
+Config parse_config(const std::string& yaml_text, const std::string& source_name,
+                    const std::vector<std::string>& overrides = {});
+
+// Range, choice and cross-key checks (load/parse_config run them); UserError naming the key.
+void validate(const Config& config);
+
+// Every key with its value, as YAML that parse_config reads back to an equal Config.
+std::string to_yaml(const Config& config);
+
+// "key: a vs b" for each key whose values differ (empty when the configs are equal).
+std::vector<std::string> config_differences(const Config& a, const Config& b);
+
+// Every key's dotted path (model.d_model, model.moe.every, ...), in declaration order.
+std::vector<std::string> config_keys();
+
+// The reference of every key, as kept in docs/config.md (`ssmtrain config --docs`).
+std::string config_docs_markdown();
+
+// The values that "0 = auto" and "-1 = auto" keys stand for.
+int64_t resolved_dt_rank(const ModelSection& model);     // ceil(d_model / 16)
+int64_t resolved_expert_d_ff(const ModelSection& model);  // 3 * d_model
+int64_t resolved_mlp_hidden(const ModelSection& model);   // round(mlp_ratio * d_model)
+std::vector<std::string> resolved_layer_mixers(const ModelSection& model);  // one per layer, MoE included
+double resolved_ssm_lr(const Config& config);  // optim.ssm_lr, else model.s4.lr, else optim.lr
+int64_t resolved_warmup_steps(const ScheduleSection& schedule, int64_t total_steps);
+int64_t resolved_eval_seq_len(const Config& config);
+
+}  // namespace ssmtrain
