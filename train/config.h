@@ -128,10 +128,10 @@ struct ModelSection {
   void visit(V& v) {
     v.field("mixer", mixer,
             "sequence mixer of every layer: mamba (Mamba-1), mamba2 (SSD), s6 (selective SSM without gate), "
-            "mamba_lti (Mamba block with an LTI SSM), s4, s4d, mlp, moe, attention",
+            "mamba_lti (Mamba block with an LTI SSM), s4, s4d, mlp, moe",
             one_of(mixer_names()));
     v.field("layers", layers,
-            "one mixer name per layer for mixed stacks, e.g. [mamba, attention, mamba, mamba]; "
+            "one mixer name per layer for mixed stacks, e.g. [mamba, s4d, mamba, mamba]; "
             "its length must equal n_layer; empty = mixer everywhere",
             one_of(mixer_names()));
     v.field("d_model", d_model, "width of the residual stream (D)", ge(1));
@@ -147,7 +147,7 @@ struct ModelSection {
     v.field("expand", expand, "inner width d_inner = expand * d_model", ge(1));
     v.field("dt_rank", dt_rank, "rank R of the Mamba-1 dt projection; 0 = ceil(d_model / 16)", ge(0));
     v.field("headdim", headdim,
-            "head dimension P of mamba2 (heads = d_inner / headdim) and of attention (heads = d_model / headdim)",
+            "mamba2: head dimension P (heads = d_inner / headdim)",
             ge(1));
     v.field("ngroups", ngroups, "mamba2: groups G sharing B and C; must divide the number of heads", ge(1));
     v.field("chunk_size", chunk_size, "mamba2: SSD chunk length Q", ge(1));
@@ -342,8 +342,8 @@ struct Config {
 // line or the override, the key, and what was expected.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 
-// The same for YAML text; `source_name` is the file name used in messages and for the
-// default run name.
+// The same for YAML text; `source_name` is the file name used in messages (and, through
+// resolved_run_name, for the default run name). An empty text gives the defaults.
 Config parse_config(const std::string& yaml_text, const std::string& source_name,
                     const std::vector<std::string>& overrides = {});
 
@@ -370,5 +370,9 @@ std::vector<std::string> resolved_layer_mixers(const ModelSection& model);  // o
 double resolved_ssm_lr(const Config& config);  // optim.ssm_lr, else model.s4.lr, else optim.lr
 int64_t resolved_warmup_steps(const ScheduleSection& schedule, int64_t total_steps);
 int64_t resolved_eval_seq_len(const Config& config);
+// run.name, else the stem of the config file name `source_name` (configs/x.yaml -> x).
+std::string resolved_run_name(const Config& config, const std::string& source_name);
+// run.dir, else runs/<resolved_run_name>.
+std::string resolved_run_dir(const Config& config, const std::string& source_name);
 
 }  // namespace ssmtrain
