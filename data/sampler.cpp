@@ -1,6 +1,7 @@
 #include "data/sampler.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <utility>
 
@@ -24,6 +25,30 @@ constexpr uint64_t kShuffleTag = 0x53485546464C4531ull;  // "SHUFFLE1"
 }  // namespace
 
 uint64_t derive_key(uint64_t seed, uint64_t tag) { return splitmix64(splitmix64(seed) ^ tag); }
+
+int64_t HoldOut::tail_tokens(int64_t n) const {
+  if (part == Part::whole) return 0;
+  auto tail = static_cast<int64_t>(std::ceil(fraction * static_cast<double>(n)));
+  return std::min(n, std::max(tail, min_tokens));
+}
+
+int64_t HoldOut::begin(int64_t n) const { return part == Part::tail ? n - tail_tokens(n) : 0; }
+
+int64_t HoldOut::size(int64_t n) const {
+  switch (part) {
+    case Part::whole: return n;
+    case Part::head: return n - tail_tokens(n);
+    case Part::tail: return tail_tokens(n);
+  }
+  return n;
+}
+
+std::string HoldOut::describe() const {
+  if (part == Part::whole) return "";
+  std::string rule = detail::concat("last ", fraction * 100, "% of each file");
+  if (min_tokens > 0) rule += detail::concat(", at least ", min_tokens, " tokens");
+  return (part == Part::head ? "training part (all but the " : "validation part (the ") + rule + ")";
+}
 
 WindowSampler::WindowSampler(std::vector<int64_t> segment_tokens, WindowOrder order, uint64_t seed, int rank,
                              int world_size)

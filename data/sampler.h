@@ -29,6 +29,22 @@ uint64_t derive_key(uint64_t seed, uint64_t tag);
 
 enum class WindowOrder { shuffled, sequential };
 
+// Validation held out of the training data itself: the last tail_tokens(n) tokens of each
+// segment of n tokens are validation, the rest training. tail_tokens(n) = min(n,
+// max(ceil(fraction n), min_tokens)), so a positive fraction always holds out at least one
+// token, and min_tokens (e.g. one evaluation window) keeps short files usable for validation.
+struct HoldOut {
+  enum class Part { whole, head, tail };
+  Part part = Part::whole;  // whole: no hold-out; head: the training part; tail: validation
+  double fraction = 0;      // share of each segment held out, in [0, 1)
+  int64_t min_tokens = 0;   // the held-out tail is at least this long (capped at the segment)
+
+  int64_t tail_tokens(int64_t n) const;
+  int64_t begin(int64_t n) const;  // first token of this part in a segment of n tokens
+  int64_t size(int64_t n) const;   // tokens of this part
+  std::string describe() const;    // "", "training part" or "validation part" with the rule
+};
+
 struct WindowRef {
   int64_t segment = 0;
   int64_t start = 0;  // first token of the window within its segment

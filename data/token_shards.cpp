@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -225,6 +226,34 @@ void write_token_shard(const std::string& path, const std::vector<int32_t>& toke
 // ---------------------------------------------------------------------------------------------
 // Finding shards
 
+namespace {
+
+// `word` occurs in `name` delimited by the ends or by characters other than letters and digits
+// ("val" is in "fineweb_val_000000.bin" but not in "interval_train.bin").
+bool has_word(const std::string& name, const std::string& word) {
+  auto boundary = [](char c) { return !std::isalnum(static_cast<unsigned char>(c)); };
+  for (size_t at = name.find(word); at != std::string::npos; at = name.find(word, at + 1)) {
+    bool left = at == 0 || boundary(name[at - 1]);
+    bool right = at + word.size() == name.size() || boundary(name[at + word.size()]);
+    if (left && right) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::vector<std::string> shards_in_directory(const std::string& dir, const std::string& split) {
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    std::string name = entry.path().filename().string();
+    if (entry.is_regular_file() && entry.path().extension() == ".bin" && has_word(name, split))
+      files.push_back(entry.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
 std::vector<std::string> list_token_shards(const std::string& spec, const std::string& split, const std::string& what) {
   SSMT_CHECK(!spec.empty(), what, ": is empty; expected a shard directory, file or glob pattern");
   std::vector<std::string> files;
@@ -241,12 +270,8 @@ std::vector<std::string> list_token_shards(const std::string& spec, const std::s
     auto status = fs::status(spec, ec);
     SSMT_CHECK(fs::exists(status), what, ": ", quoted(spec), " does not exist");
     if (fs::is_directory(status)) {
-      for (const auto& entry : fs::directory_iterator(spec)) {
-        std::string name = entry.path().filename().string();
-        if (entry.is_regular_file() && entry.path().extension() == ".bin" && name.find(split) != std::string::npos)
-          files.push_back(entry.path().string());
-      }
-      SSMT_CHECK(!files.empty(), what, ": the directory ", quoted(spec), " holds no *.bin file with '", split,
+      files = shards_in_directory(spec, split);
+      SSMT_CHECK(!files.empty(), what, ": the directory ", quoted(spec), " holds no *.bin file with the word '", split,
                  "' in its name");
     } else {
       files.push_back(spec);
@@ -268,10 +293,16 @@ std::vector<std::unique_ptr<TokenShard>> open_shards(const std::vector<std::stri
   return shards;
 }
 
-std::vector<int64_t> shard_sizes(const std::vector<std::unique_ptr<TokenShard>>& shards) {
+std::vector<int64_t> shard_sizes(const std::vector<std::unique_ptr<TokenShard>>& shards, const HoldOut& holdout) {
   std::vector<int64_t> sizes;
-  for (const auto& s : shards) sizes.push_back(s->num_tokens());
+  for (const auto& s : shards) sizes.push_back(holdout.size(s->num_tokens()));
   return sizes;
+}
+
+std::vector<int64_t> shard_begins(const std::vector<std::unique_ptr<TokenShard>>& shards, const HoldOut& holdout) {
+  std::vector<int64_t> begins;
+  for (const auto& s : shards) begins.push_back(holdout.begin(s->num_tokens()));
+  return begins;
 }
 
 std::string describe_files(const std::vector<std::unique_ptr<TokenShard>>& shards) {
@@ -283,10 +314,13 @@ std::string describe_files(const std::vector<std::unique_ptr<TokenShard>>& shard
 }  // namespace
 
 TokenShardDataset::TokenShardDataset(const std::vector<std::string>& files, int64_t vocab_size, WindowOrder order,
-                                     uint64_t seed, int rank, int world_size)
+                                     uint64_t seed, int rank, int world_size, HoldOut holdout)
     : shards_(open_shards(files)),
-      sampler_(shard_sizes(shards_), order, seed, rank, world_size),
+      holdout_(holdout),
+      first_token_(shard_begins(shards_, holdout_)),
+      sampler_(shard_sizes(shards_, holdout_), order, seed, rank, world_size),
       what_("token shards " + describe_files(shards_)) {
+  if (holdout_.part != HoldOut::Part::whole) what_ += " (" + holdout_.describe() + ")";
   int64_t recorded = 0;
   const TokenShard* largest = nullptr;
   for (const auto& s : shards_) {
@@ -294,11 +328,11 @@ TokenShardDataset::TokenShardDataset(const std::vector<std::string>& files, int6
     byte_level_ = byte_level_ && s->byte_level();
   }
   if (vocab_size == 0) {
-    SSMT_CHECK(recorded > 0, "data.vocab_size: must be set for ", what_,
+    SSMT_CHECK(recorded > 0, "model.vocab_size: must be set for ", what_,
                ": their headers do not record a vocabulary size (llm.c leaves header word 3 at 0)");
     vocab_size_ = recorded;
   } else {
-    SSMT_CHECK(vocab_size >= recorded, "data.vocab_size: ", vocab_size, " is smaller than the vocabulary size ",
+    SSMT_CHECK(vocab_size >= recorded, "model.vocab_size: ", vocab_size, " is smaller than the vocabulary size ",
                recorded, " recorded in ", largest ? largest->path() : std::string());
     vocab_size_ = vocab_size;
   }
@@ -313,10 +347,11 @@ Batch TokenShardDataset::next(int64_t batch, int64_t seq_len) {
   std::vector<int32_t> window(seq_len + 1);
   for (int64_t j = 0; j < batch; ++j) {
     const TokenShard& shard = *shards_[windows[j].segment];
-    shard.copy_tokens(windows[j].start, seq_len + 1, window.data());
+    int64_t start = first_token_[windows[j].segment] + windows[j].start;
+    shard.copy_tokens(start, seq_len + 1, window.data());
     for (int64_t i = 0; i <= seq_len; ++i)
       SSMT_CHECK(window[i] >= 0 && window[i] < vocab_size_, shard.path(), ": token ",
-                 static_cast<uint32_t>(window[i]), " at position ", windows[j].start + i,
+                 static_cast<uint32_t>(window[i]), " at position ", start + i,
                  " is outside the vocabulary [0, ", vocab_size_, ")");
     std::copy(window.begin(), window.end() - 1, b.inputs.begin() + j * seq_len);
     std::copy(window.begin() + 1, window.end(), b.targets.begin() + j * seq_len);

@@ -101,20 +101,26 @@ void write_token_shard(const std::string& path, const std::vector<int32_t>& toke
                        bool byte_level = false);
 
 // Shard files named by `spec`, sorted by path: a glob pattern (any of * ? [), a single file,
-// or a directory, of which the *.bin files with `split` ("train" or "val") in their name are
-// taken. `what` names the config key in errors (e.g. "data.path"). UserError when nothing
-// matches.
+// or a directory, of which the *.bin files with the word `split` ("train" or "val") in their
+// name are taken (see shards_in_directory). `what` names the config key in errors (e.g.
+// "data.path"). UserError when nothing matches.
 std::vector<std::string> list_token_shards(const std::string& spec, const std::string& split, const std::string& what);
+
+// The *.bin files directly inside `dir` whose name holds `split` as a word (delimited by the
+// ends or by characters other than letters and digits: "fineweb_val_000000.bin" and
+// "val_000000.bin" are val shards, "interval_train.bin" is not), sorted; empty when none.
+std::vector<std::string> shards_in_directory(const std::string& dir, const std::string& split);
 
 // Language-model batches from shards: windows of L + 1 tokens (data/sampler.h), inputs =
 // window[:-1], targets = window[1:]. Each shard is one segment, so windows never cross
-// shards. Every token read is checked against the vocabulary.
+// shards. Every token read is checked against the vocabulary. With a hold-out, each shard
+// contributes only its head (training) or its tail (validation) part.
 class TokenShardDataset : public Dataset {
  public:
   // vocab_size 0 takes the largest size recorded in the shard headers (UserError if none
   // records one: llm.c's shards leave it 0).
   TokenShardDataset(const std::vector<std::string>& files, int64_t vocab_size, WindowOrder order, uint64_t seed,
-                    int rank, int world_size);
+                    int rank, int world_size, HoldOut holdout = {});
 
   Batch next(int64_t batch, int64_t seq_len) override;
   int64_t vocab_size() const override { return vocab_size_; }
@@ -129,6 +135,8 @@ class TokenShardDataset : public Dataset {
 
  private:
   std::vector<std::unique_ptr<TokenShard>> shards_;
+  HoldOut holdout_;
+  std::vector<int64_t> first_token_;  // (num_shards) where each shard's part begins
   int64_t vocab_size_ = 0;
   bool byte_level_ = true;
   WindowSampler sampler_;
