@@ -1,6 +1,7 @@
 #include "ssm/model.h"
 
 #include "nn/mlp.h"
+#include "ssm/s4.h"
 
 namespace ssmtrain {
 
@@ -40,6 +41,18 @@ std::shared_ptr<Mixer> make_mixer(const ModelSpec& spec, const std::string& name
     o.norm_eps = spec.norm_eps;
     return std::make_shared<Mamba2>(o, gen);
   }
+  if (name == "s4" || name == "s4d") {
+    // s4: the kernel of model.s4.kernel (dplr or diag); s4d: always the diagonal kernel.
+    S4Options o;
+    o.d_model = spec.d_model;
+    o.d_state = spec.d_state;
+    o.kernel = name == "s4d" ? "diag" : spec.s4.kernel;
+    o.init = spec.s4.init;
+    o.discretization = spec.s4.discretization;
+    o.dt_min = spec.s4.dt_min;
+    o.dt_max = spec.s4.dt_max;
+    return std::make_shared<S4>(o, gen);
+  }
   if (name == "moe") {
     MoEOptions o = spec.moe;
     o.d_model = spec.d_model;
@@ -63,6 +76,7 @@ std::shared_ptr<LanguageModel> build_language_model(const ModelSpec& spec, Gener
   lc.n_layer = spec.n_layer;
   lc.pad_vocab_multiple = spec.pad_vocab_multiple;
   lc.norm_eps = spec.norm_eps;
+  lc.compute_dtype = spec.compute_dtype;
   MixerFactory factory = [&](int i) { return make_mixer(spec, layer_mixer(spec, i), gen); };
   return std::make_shared<LanguageModel>(lc, factory, gen);
 }

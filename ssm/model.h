@@ -21,7 +21,7 @@ namespace ssmtrain {
 struct S4Spec {
   std::string kernel = "dplr";          // dplr | diag
   std::string init = "legs";            // legs | lin | inv | real
-  std::string discretization = "zoh";   // zoh | bilinear
+  std::string discretization = "bilinear";   // zoh | bilinear
   double dt_min = 1e-3, dt_max = 1e-1;
 };
 
@@ -40,6 +40,7 @@ struct ModelSpec {
   int64_t ngroups = 1;
   int64_t chunk_size = 256;
   double norm_eps = 1e-5;
+  DType compute_dtype = DType::f32;  // dtype the mixers run in (bf16: mixed precision)
   int64_t mlp_hidden = 0;  // 0: the gated-MLP default for d_model
   int moe_every = 0;
   MoEOptions moe;

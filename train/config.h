@@ -79,7 +79,7 @@ struct MoeSection {
 struct S4Section {
   std::string kernel = "dplr";
   std::string init = "legs";
-  std::string discretization = "zoh";
+  std::string discretization = "bilinear";
   double lr = 1e-3;
   double dt_min = 1e-3;
   double dt_max = 1e-1;

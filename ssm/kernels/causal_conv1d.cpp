@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/backend.h"
 #include "core/error.h"
 
 namespace ssmtrain {
@@ -131,6 +132,34 @@ void backward_kernel(const CausalConv1dParams& p) {
   reduce_batch(dbias_part, C, p.dbias);
 }
 
+// The kernels of the device the tensors live on.
+void run_forward(const CausalConv1dParams& p, Device device) {
+#if defined(SSMTRAIN_WITH_CUDA)
+  if (device.is_cuda()) return causal_conv1d_fwd_cuda(p, device.index);
+#endif
+  causal_conv1d_fwd_cpu(p);
+}
+
+void run_backward(const CausalConv1dParams& p, Device device) {
+#if defined(SSMTRAIN_WITH_CUDA)
+  if (device.is_cuda()) return causal_conv1d_bwd_cuda(p, device.index);
+#endif
+  causal_conv1d_bwd_cpu(p);
+}
+
+// The CUDA kernel's limits, checked before anything is allocated.
+void check_cuda_support(const char* op, const Tensor& x, int64_t K) {
+#if defined(SSMTRAIN_WITH_CUDA)
+  SSMT_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::bf16, op, ": x ", x.shape().str(), " ",
+             dtype_name(x.dtype()), " on ", x.device().str(),
+             ": the CUDA kernel takes f32 or bf16 inputs (run f64 on the CPU)");
+  SSMT_CHECK(K >= 1 && K <= 4, op, ": weight: the CUDA kernel supports kernel widths 1 to 4, got K = ", K,
+             " (run it on the CPU)");
+#else
+  throw_cuda_not_built(op, x);
+#endif
+}
+
 }  // namespace
 
 void causal_conv1d_fwd_cpu(const CausalConv1dParams& p) {
@@ -164,7 +193,7 @@ CausalConv1dResult causal_conv1d(const Tensor& x_in, const Tensor& weight_in, co
     check_device(kOp, "initial_state", initial_state_in, x_in.device(), "x");
     check_dtype(kOp, "initial_state", initial_state_in, x_in.dtype(), "x");
   }
-  if (x_in.device().is_cuda()) throw_cuda_not_built(kOp, x_in);
+  if (x_in.device().is_cuda()) check_cuda_support(kOp, x_in, K);
 
   const DType cd = compute_dtype(x_in.dtype());
   Tensor x = with_contiguous_rows(x_in, 1);
@@ -183,7 +212,7 @@ CausalConv1dResult causal_conv1d(const Tensor& x_in, const Tensor& weight_in, co
   Tensor final_state = Tensor::empty({B, C, K - 1}, x.dtype(), x.device());
   p.out = out.data_ptr();
   p.final_state = final_state.data_ptr();
-  causal_conv1d_fwd_cpu(p);
+  run_forward(p, x.device());
 
   const std::vector<Tensor> inputs = {x, weight, bias, state};
   if (any_requires_grad(inputs)) {
@@ -208,7 +237,7 @@ CausalConv1dResult causal_conv1d(const Tensor& x_in, const Tensor& weight_in, co
         result[i] = Tensor::empty(like[i].shape(), like[i].dtype(), like[i].device());
         *dst[i] = result[i].data_ptr();
       }
-      causal_conv1d_bwd_cpu(q);
+      run_backward(q, x_keep.device());
       return result;
     });
   }
@@ -239,7 +268,7 @@ Tensor causal_conv1d_step(const Tensor& x_t, const Tensor& state, const Tensor& 
     check_shape(op, "bias", bias_in, {C}, "(C)");
     check_device(op, "bias", bias_in, x_t.device(), "x_t");
   }
-  if (x_t.device().is_cuda()) throw_cuda_not_built(op, x_t);
+  if (x_t.device().is_cuda()) check_cuda_support(op, x_t, K);
 
   // One step is the full op with L = 1 whose initial state is `state`; the new window is
   // written to a scratch tensor first because the kernel reads the old one meanwhile.
@@ -258,8 +287,11 @@ Tensor causal_conv1d_step(const Tensor& x_t, const Tensor& state, const Tensor& 
   Tensor new_state = Tensor::empty(state.shape(), state.dtype(), state.device());
   p.out = out.data_ptr();
   p.final_state = new_state.data_ptr();
-  causal_conv1d_fwd_cpu(p);
-  std::memcpy(state.data_ptr(), new_state.data_ptr(), static_cast<size_t>(state.nbytes()));
+  run_forward(p, x.device());
+  if (x.device().is_cuda())
+    backend(x.device()).copy(new_state, state);  // stream-ordered after the kernel
+  else
+    std::memcpy(state.data_ptr(), new_state.data_ptr(), static_cast<size_t>(state.nbytes()));
   return out;
 }
 

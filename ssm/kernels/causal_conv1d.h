@@ -10,8 +10,8 @@
 // Backward: gradients for x, weight, bias and the initial state, including the gradient
 // flowing in through final_state. Saved: the inputs only (the pre-activation is recomputed).
 // Layout: x is used in place when its channel axis is contiguous (batch and time strides
-// are free: a slice of a projection output needs no copy). CPU kernels go through
-// CausalConv1dParams so a CUDA launcher can be added in causal_conv1d.cu.
+// are free: a slice of a projection output needs no copy). CPU and CUDA kernels
+// (causal_conv1d_cuda.cu: f32 or bf16, K <= 4) share CausalConv1dParams.
 #pragma once
 
 #include <cstdint>
@@ -61,5 +61,11 @@ struct CausalConv1dParams {
 
 void causal_conv1d_fwd_cpu(const CausalConv1dParams& p);
 void causal_conv1d_bwd_cpu(const CausalConv1dParams& p);
+
+// CUDA launchers (causal_conv1d_cuda.cu, CUDA builds only) on the compute stream of
+// `device`: the same params with weight, bias, dweight, dbias in f32; dtype f32 or bf16 and
+// 1 <= K <= 4 (UserError otherwise). Deterministic: no float atomics.
+void causal_conv1d_fwd_cuda(const CausalConv1dParams& p, int device);
+void causal_conv1d_bwd_cuda(const CausalConv1dParams& p, int device);
 
 }  // namespace ssmtrain

@@ -8,6 +8,7 @@
 
 #include "core/autograd.h"
 #include "core/error.h"
+#include "ssm/kernels/selective_scan_cuda.h"
 
 namespace ssmtrain {
 
@@ -281,16 +282,32 @@ ScanTensors checked_inputs(const Tensor& u, const Tensor& delta, const Tensor& A
   }
   for (int i : {0, 2, 3, 5})
     if (others[i]->defined()) check_dtype(kOp, names[i], *others[i], u.dtype(), "u");
-  if (u.device().is_cuda()) throw_cuda_not_built(kOp, u);
+  const bool on_cuda = u.device().is_cuda();
+  if (on_cuda) {
+#if defined(SSMTRAIN_WITH_CUDA)
+    SSMT_CHECK(u.dtype() == DType::f32 || u.dtype() == DType::bf16, kOp, ": u ", u.shape().str(), " ",
+               dtype_name(u.dtype()), " on ", u.device().str(),
+               ": the CUDA kernel takes f32 or bf16 sequence tensors (run f64 on the CPU)");
+    SSMT_CHECK(N >= 1 && N <= kSelectiveScanCudaMaxState, kOp, ": A ", A.shape().str(), ": the CUDA kernel supports ",
+               "a state size N from 1 to ", kSelectiveScanCudaMaxState, ", got N = ", N, " (run it on the CPU)");
+#else
+    throw_cuda_not_built(kOp, u);
+#endif
+  }
 
   const DType cd = compute_dtype(u.dtype());
   auto param = [&](const Tensor& t) { return t.defined() ? t.to(cd).contiguous() : Tensor(); };
+  // The CUDA kernels index sequence tensors densely; the CPU kernels take strided rows.
+  auto seq = [&](const Tensor& t, int inner) {
+    if (!t.defined()) return Tensor();
+    return on_cuda ? t.contiguous() : with_contiguous_rows(t, inner);
+  };
   ScanTensors s;
-  s.u = with_contiguous_rows(u, 1);
-  s.delta = with_contiguous_rows(delta, 1);
-  s.z = z.defined() ? with_contiguous_rows(z, 1) : Tensor();
-  s.Bm = with_contiguous_rows(Bm, 2);
-  s.Cm = with_contiguous_rows(Cm, 2);
+  s.u = seq(u, 1);
+  s.delta = seq(delta, 1);
+  s.z = seq(z, 1);
+  s.Bm = seq(Bm, 2);
+  s.Cm = seq(Cm, 2);
   s.A = param(A), s.Dskip = param(Dskip), s.delta_bias = param(delta_bias), s.h0 = param(h0);
   return s;
 }
@@ -305,10 +322,53 @@ void selective_scan_bwd_cpu(const SelectiveScanParams& p) {
   SSMT_DISPATCH_FLOAT(p.dtype, kOp, [&] { backward_kernel<scalar_t>(p); });
 }
 
+#if defined(SSMTRAIN_WITH_CUDA)
+namespace {
+
+SelectiveScanInputs cuda_inputs(const ScanTensors& t, bool delta_softplus) {
+  SelectiveScanInputs in;
+  in.u = t.u, in.delta = t.delta, in.A = t.A, in.Bm = t.Bm, in.Cm = t.Cm;
+  in.Dskip = t.Dskip, in.z = t.z, in.delta_bias = t.delta_bias, in.h0 = t.h0;
+  in.delta_softplus = delta_softplus;
+  return in;
+}
+
+// The CUDA path: the fused kernels of selective_scan_cuda.cu. The forward keeps the state
+// before every kScanTile steps when a gradient is needed; the backward recomputes the rest.
+SelectiveScanResult selective_scan_on_cuda(const ScanTensors& in, bool delta_softplus) {
+  const std::vector<Tensor> inputs = in.list();
+  const bool need_grad = any_requires_grad(inputs);
+  Tensor out, h_last, checkpoints;
+  selective_scan_forward_cuda(cuda_inputs(in, delta_softplus), out, h_last, checkpoints, need_grad);
+  if (need_grad) {
+    const ScanTensors keep = in.detached();
+    std::array<bool, 9> want;
+    for (int i = 0; i < 9; ++i) want[i] = wants_grad(inputs[i]);
+    record(kOp, inputs, {out, h_last},
+           [keep, checkpoints, want, delta_softplus](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
+             const Tensor dout = grads[0].to(keep.u.dtype()).contiguous();
+             const Tensor dh_last = grads[1].to(DType::f32).contiguous();
+             SelectiveScanGrads g =
+                 selective_scan_backward_cuda(cuda_inputs(keep, delta_softplus), checkpoints, dout, dh_last);
+             std::vector<Tensor> result = {g.du, g.ddelta, g.dA, g.dBm, g.dCm, g.dDskip, g.dz, g.ddelta_bias, g.dh0};
+             for (int i = 0; i < 9; ++i)
+               if (!want[i]) result[i] = Tensor();
+             return result;
+           });
+  }
+  return {out, h_last};
+}
+
+}  // namespace
+#endif
+
 SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
                                    const Tensor& Cm, const Tensor& Dskip, const Tensor& z, const Tensor& delta_bias,
                                    bool delta_softplus, const Tensor& h0) {
   ScanTensors in = checked_inputs(u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0);
+#if defined(SSMTRAIN_WITH_CUDA)
+  if (in.u.device().is_cuda()) return selective_scan_on_cuda(in, delta_softplus);
+#endif
   const std::vector<Tensor> inputs = in.list();
   const bool need_grad = any_requires_grad(inputs);
 

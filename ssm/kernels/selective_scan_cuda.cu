@@ -14,7 +14,10 @@
 // is deterministic.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include "core/backend.h"
+#include "core/cuda/device.cuh"
 #include "core/dtype.h"
 #include "ssm/kernels/selective_scan_cuda.h"
 
@@ -408,7 +411,8 @@ __global__ void reduce_batch(const float* part, float* out, int B, int M) {
 }
 
 int states_per_lane(int N) {
-  SSMT_CHECK(N >= 1 && N <= 32, "selective_scan (CUDA): d_state N = ", N, " is not supported (1 <= N <= 32)");
+  SSMT_CHECK(N >= 1 && N <= kSelectiveScanCudaMaxState, "selective_scan (CUDA): d_state N = ", N,
+             " is not supported (1 <= N <= ", kSelectiveScanCudaMaxState, ")");
   return N <= 4 ? 1 : N <= 8 ? 2 : N <= 16 ? 4 : 8;
 }
 
@@ -483,7 +487,9 @@ void selective_scan_forward_cuda(const SelectiveScanInputs& in, Tensor& out, Ten
   p.out = out.data_ptr();
   p.h_last = h_last.data<float>();
   p.ckpt = save_checkpoints ? checkpoints.data<float>() : nullptr;
-  if (p.B == 0 || p.L == 0 || p.D == 0) return;
+  // L == 0 still launches: the kernel then copies h0 (or zeros) to h_last.
+  if (p.B == 0 || p.D == 0) return;
+  cuda_detail::DeviceGuard guard(dev.index);
   auto stream = static_cast<cudaStream_t>(cuda::compute_stream(dev.index));
   dim3 grid(p.nblocks_per_group, p.G, p.B);
   dispatch(in.u.dtype(), states_per_lane(p.N), [&](auto t, auto nl) {
@@ -510,7 +516,14 @@ SelectiveScanGrads selective_scan_backward_cuda(const SelectiveScanInputs& in, c
   if (in.Dskip.defined()) gr.dDskip = Tensor::empty({p.D}, DType::f32, dev);
   if (in.delta_bias.defined()) gr.ddelta_bias = Tensor::empty({p.D}, DType::f32, dev);
   if (in.h0.defined()) gr.dh0 = Tensor::empty({p.B, p.D, p.N}, DType::f32, dev);
-  if (p.B == 0 || p.L == 0 || p.D == 0) return gr;
+  if (p.B == 0 || p.D == 0) return gr;
+  SSMT_CHECK(checkpoints.defined() && checkpoints.dtype() == DType::f32 &&
+                 checkpoints.shape() == Dims({p.B, p.D, p.nchunks, p.N}),
+             "selective_scan (CUDA) backward: the forward's checkpoints are missing or of the wrong shape");
+  SSMT_CHECK(!dh_last.defined() || (dh_last.is_contiguous() && dh_last.dtype() == DType::f32 &&
+                                    dh_last.shape() == Dims({p.B, p.D, p.N})),
+             "selective_scan (CUDA) backward: ", dh_last.describe(), " must be contiguous f32 (B, D, N)");
+  cuda_detail::DeviceGuard guard(dev.index);
 
   Tensor dB_part = Tensor::empty({p.B, p.G, p.nblocks_per_group, p.L, p.N}, DType::f32, dev);
   Tensor dC_part = Tensor::empty({p.B, p.G, p.nblocks_per_group, p.L, p.N}, DType::f32, dev);
@@ -542,7 +555,10 @@ SelectiveScanGrads selective_scan_backward_cuda(const SelectiveScanInputs& in, c
   SCAN_CUDA_CHECK(cudaGetLastError());
 
   const int threads = 256;
-  auto blocks = [&](size_t n) { return static_cast<int>(std::min<size_t>((n + threads - 1) / threads, 4096)); };
+  // At least one block: a launch with an empty grid is an error (L == 0 gives nBC == 0).
+  auto blocks = [&](size_t n) {
+    return static_cast<int>(std::clamp<size_t>((n + threads - 1) / threads, 1, 4096));
+  };
   size_t nBC = static_cast<size_t>(p.B) * p.L * p.G * p.N;
   if (dt == DType::bf16) {
     reduce_channel_blocks<bf16><<<blocks(nBC), threads, 0, stream>>>(p.dB_part, gr.dBm.data_ptr(), p.B, p.L, p.G, p.nblocks_per_group, p.N);

@@ -7,7 +7,8 @@
 // backward will need it, and the backward recomputes the states inside each tile.
 //
 // All sequence tensors (u, delta, z, Bm, Cm, dout) must be contiguous and share one dtype
-// (f32 or bf16); A, Dskip, delta_bias, h0, dh_last are f32. Gradients are returned in the
+// (f32 or bf16); A, Dskip, delta_bias, h0, dh_last are f32. 1 <= N <= 32 (UserError
+// otherwise). Kernels run on the compute stream of u's device. Gradients are returned in the
 // dtype of the tensor they belong to. Results are deterministic (no float atomics).
 #pragma once
 
@@ -16,6 +17,7 @@
 namespace ssmtrain {
 
 constexpr int kScanTile = 32;  // steps per tile; the backward's recompute granularity
+constexpr int kSelectiveScanCudaMaxState = 32;  // largest N: 4 lanes x 8 registers per channel
 
 struct SelectiveScanInputs {
   Tensor u;           // (B, L, D)
@@ -39,7 +41,9 @@ struct SelectiveScanGrads {
 void selective_scan_forward_cuda(const SelectiveScanInputs& in, Tensor& out, Tensor& h_last, Tensor& checkpoints,
                                  bool save_checkpoints);
 
-// dout (B, L, D) in u's dtype; dh_last (B, D, N) f32 or undefined.
+// dout (B, L, D) in u's dtype; dh_last (B, D, N) f32 or undefined. Every gradient is
+// computed (dz, dDskip, ddelta_bias, dh0 only when that input is defined); reductions over
+// channels and batch go through per-block partials summed in a fixed order.
 SelectiveScanGrads selective_scan_backward_cuda(const SelectiveScanInputs& in, const Tensor& checkpoints,
                                                 const Tensor& dout, const Tensor& dh_last);
 

@@ -11,6 +11,8 @@
 
 #include "core/autograd.h"
 #include "core/error.h"
+#include "core/ops.h"
+#include "ssm/kernels/ssd_composed.h"
 
 namespace ssmtrain {
 
@@ -339,7 +341,9 @@ SsdTensors checked_inputs(const char* op, const Tensor& x, const Tensor& dt, con
     check_floating_arg(op, names[i], *others[i]);
   }
   for (int i : {0, 2, 3}) check_dtype(op, names[i], *others[i], x.dtype(), "x");
+#if !defined(SSMTRAIN_WITH_CUDA)
   if (x.device().is_cuda()) throw_cuda_not_built(op, x);
+#endif
 
   const DType cd = compute_dtype(x.dtype());
   auto param = [&](const Tensor& t) { return t.defined() ? t.to(cd).contiguous() : Tensor(); };
@@ -372,10 +376,31 @@ void ssd_bwd_cpu(const SsdParams& p) {
   SSMT_DISPATCH_FLOAT(p.dtype, kOp, [&] { backward_kernel<scalar_t>(p); });
 }
 
+namespace {
+
+// The CUDA path: the chunked algorithm composed of differentiable tensor ops (batched GEMMs
+// through the backend, cumsums, masked exponentials), see ssd_composed.h. Sequence tensors
+// are cast (differentiably) to the compute dtype first, so bf16 inputs are computed in
+// fp32 like on the CPU, and y is rounded back to x's dtype once. The tape differentiates it.
+SsdResult ssd_on_device(const SsdTensors& in, bool dt_softplus, int64_t chunk_size) {
+  const DType dtype = in.x.dtype(), cd = compute_dtype(dtype);
+  if (in.x.size(1) == 0) {  // an empty sequence: no chunks; the state passes through
+    const Device dev = in.x.device();
+    return {Tensor::zeros(in.x.shape(), dtype, dev),
+            in.h0.defined() ? in.h0 : Tensor::zeros({in.x.size(0), in.x.size(2), in.x.size(3), in.Bm.size(3)}, cd, dev)};
+  }
+  auto [y, h_last] = ssd_chunked_composed(in.x.to(cd), in.dt.to(cd), in.A, in.Bm.to(cd), in.Cm.to(cd), in.D,
+                                          in.dt_bias, dt_softplus, chunk_size, in.h0);
+  return {y.to(dtype), h_last};
+}
+
+}  // namespace
+
 SsdResult ssd_chunked(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
                       const Tensor& D, const Tensor& dt_bias, bool dt_softplus, int64_t chunk_size, const Tensor& h0) {
   SSMT_CHECK(chunk_size >= 1, kOp, ": chunk_size must be at least 1, got ", chunk_size);
   const SsdTensors in = checked_inputs(kOp, x, dt, A, Bm, Cm, D, dt_bias, h0);
+  if (in.x.device().is_cuda()) return ssd_on_device(in, dt_softplus, chunk_size);
   SsdParams p = make_params(in, dt_softplus, chunk_size);
   Tensor y = Tensor::empty({p.B, p.L, p.H, p.P}, p.dtype, x.device());
   Tensor h_last = Tensor::empty({p.B, p.H, p.P, p.N}, compute_dtype(p.dtype), x.device());

@@ -1,0 +1,298 @@
+// Causal depthwise conv1d on CUDA: forward, backward and (through the forward with L = 1)
+// the generation step. Same CausalConv1dParams as the CPU kernels (causal_conv1d.h): x and
+// dout are SeqViews (batch and time strides free, channels contiguous), weight and bias f32,
+// states and sequence outputs in x's dtype (f32 or bf16), kernel width 1 <= K <= 4.
+//
+// Work split (channels are the fast, coalesced axis everywhere):
+//  - forward: one thread per output (b, t, c) reading its K inputs of the extended sequence
+//    xext (initial state, then x); a second small kernel writes final_state.
+//  - dx and d initial_state: one thread per position e of xext (gather form of the
+//    transposed convolution, so no atomics): d xext[e] = sum_k w[k] dpre[e - k] plus the
+//    final-state gradient for the last K - 1 positions. dpre = dout * silu'(pre) is
+//    recomputed from the inputs (K loads each), never stored.
+//  - dweight and dbias: each thread sums one channel over one time slice of one batch row
+//    into a partial (B, slices, C, K + 1); a second kernel adds the partials in a fixed
+//    order, so the result is deterministic (no float atomics). The slice count depends on
+//    the shapes only.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "core/backend.h"
+#include "core/cuda/device.cuh"
+#include "core/dtype.h"
+#include "ssm/kernels/causal_conv1d.h"
+
+namespace ssmtrain {
+
+namespace {
+
+#define CONV_CUDA_CHECK(expr)                                                                              \
+  do {                                                                                                     \
+    cudaError_t e_ = (expr);                                                                               \
+    if (e_ != cudaSuccess)                                                                                 \
+      throw InternalError(detail::concat(__FILE__, ":", __LINE__, ": ", #expr, ": ", cudaGetErrorString(e_))); \
+  } while (0)
+
+constexpr int kThreads = 256;
+constexpr int kMaxWidth = 4;
+
+struct ConvArgs {
+  int B, L, C;
+  bool silu;
+  const void* x;
+  long long x_bs, x_ss;  // batch and time strides of x (elements)
+  const float* w;        // (C, K)
+  const float* bias;     // (C) or null
+  const void* state;     // (B, C, K-1) or null
+  void* out;             // (B, L, C)
+  void* final_state;     // (B, C, K-1) or null
+  const void* dout;
+  long long d_bs, d_ss;  // strides of dout
+  const void* dfinal;    // (B, C, K-1) or null
+  void* dx;              // (B, L, C) or null
+  void* dstate;          // (B, C, K-1) or null
+  float* part;           // (B, slices, C, K + 1)
+  int slices, slice_len;
+};
+
+template <typename T> __device__ __forceinline__ float ld(const void* p, long long i) {
+  return static_cast<float>(static_cast<const T*>(p)[i]);
+}
+template <typename T> __device__ __forceinline__ void st(void* p, long long i, float v) {
+  static_cast<T*>(p)[i] = T(v);
+}
+
+__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
+
+// xext[b, e, c], e in [0, L + K - 1): the initial state (or 0) for e < K - 1, then x.
+template <typename T, int K>
+__device__ __forceinline__ float xext(const ConvArgs& a, int b, int e, int c) {
+  if (e >= K - 1) return ld<T>(a.x, b * a.x_bs + static_cast<long long>(e - (K - 1)) * a.x_ss + c);
+  if constexpr (K > 1) {
+    if (a.state) return ld<T>(a.state, (static_cast<long long>(b) * a.C + c) * (K - 1) + e);
+  }
+  return 0.f;
+}
+
+// bias + sum_k w[c, k] xext[b, t + k, c] (before the activation).
+template <typename T, int K>
+__device__ __forceinline__ float pre_act(const ConvArgs& a, int b, int t, int c) {
+  float acc = a.bias ? a.bias[c] : 0.f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) acc += a.w[c * K + k] * xext<T, K>(a, b, t + k, c);
+  return acc;
+}
+
+// Gradient of the pre-activation at (b, t, c).
+template <typename T, int K>
+__device__ __forceinline__ float dpre(const ConvArgs& a, int b, int t, int c) {
+  float g = ld<T>(a.dout, b * a.d_bs + static_cast<long long>(t) * a.d_ss + c);
+  if (a.silu) {
+    const float v = pre_act<T, K>(a, b, t, c), s = sigmoid_f(v);
+    g *= s * (1.f + v * (1.f - s));
+  }
+  return g;
+}
+
+template <typename T, int K>
+__global__ void __launch_bounds__(kThreads) conv_forward_kernel(ConvArgs a) {
+  const long long total = static_cast<long long>(a.B) * a.L * a.C;
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const int c = static_cast<int>(i % a.C);
+    const long long r = i / a.C;
+    const int t = static_cast<int>(r % a.L), b = static_cast<int>(r / a.L);
+    const float v = pre_act<T, K>(a, b, t, c);
+    st<T>(a.out, i, a.silu ? v * sigmoid_f(v) : v);
+  }
+}
+
+// final_state[b, c, j] = xext[b, L + j, c], j < K - 1.
+template <typename T, int K>
+__global__ void conv_final_state_kernel(ConvArgs a) {
+  const long long total = static_cast<long long>(a.B) * a.C * (K - 1);
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const int j = static_cast<int>(i % (K - 1));
+    const long long r = i / (K - 1);
+    const int c = static_cast<int>(r % a.C), b = static_cast<int>(r / a.C);
+    st<T>(a.final_state, i, xext<T, K>(a, b, a.L + j, c));
+  }
+}
+
+// d xext[b, e, c] for e in [0, L + K - 1): to dx (e >= K - 1) or d initial_state (e < K - 1).
+template <typename T, int K>
+__global__ void __launch_bounds__(kThreads) conv_dx_kernel(ConvArgs a) {
+  const int E = a.L + K - 1;
+  const long long total = static_cast<long long>(a.B) * E * a.C;
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const int c = static_cast<int>(i % a.C);
+    const long long r = i / a.C;
+    const int e = static_cast<int>(r % E), b = static_cast<int>(r / E);
+    const bool to_dx = e >= K - 1;
+    if (to_dx ? !a.dx : !a.dstate) continue;
+    float acc = 0.f;
+    if (a.dfinal && e >= a.L) acc = ld<T>(a.dfinal, (static_cast<long long>(b) * a.C + c) * (K - 1) + (e - a.L));
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int t = e - k;
+      if (t >= 0 && t < a.L) acc += a.w[c * K + k] * dpre<T, K>(a, b, t, c);
+    }
+    if (to_dx)
+      st<T>(a.dx, (static_cast<long long>(b) * a.L + (e - (K - 1))) * a.C + c, acc);
+    else
+      st<T>(a.dstate, (static_cast<long long>(b) * a.C + c) * (K - 1) + e, acc);
+  }
+}
+
+// part[b, s, c, k] = sum over t in slice s of dpre * xext[t + k]; part[b, s, c, K] = sum dpre.
+// Grid: (ceil(C / kThreads), slices, B).
+template <typename T, int K>
+__global__ void __launch_bounds__(kThreads) conv_dweight_partial_kernel(ConvArgs a) {
+  const int c = blockIdx.x * kThreads + threadIdx.x, s = blockIdx.y, b = blockIdx.z;
+  if (c >= a.C) return;
+  const int t0 = s * a.slice_len, t1 = min(a.L, t0 + a.slice_len);
+  float acc[K + 1];
+#pragma unroll
+  for (int k = 0; k <= K; ++k) acc[k] = 0.f;
+  for (int t = t0; t < t1; ++t) {
+    const float g = dpre<T, K>(a, b, t, c);
+#pragma unroll
+    for (int k = 0; k < K; ++k) acc[k] += g * xext<T, K>(a, b, t + k, c);
+    acc[K] += g;
+  }
+  float* dst = a.part + ((static_cast<long long>(b) * a.slices + s) * a.C + c) * (K + 1);
+#pragma unroll
+  for (int k = 0; k <= K; ++k) dst[k] = acc[k];
+}
+
+// dweight[c, k] = sum_{b, s} part[b, s, c, k], dbias[c] = sum_{b, s} part[b, s, c, K],
+// in the fixed order (b, s).
+template <int K>
+__global__ void conv_dweight_reduce_kernel(const float* part, int rows, int C, float* dweight, float* dbias) {
+  const int width = C * (K + 1);
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < width; j += gridDim.x * blockDim.x) {
+    float acc = 0.f;
+    for (int r = 0; r < rows; ++r) acc += part[static_cast<long long>(r) * width + j];
+    const int c = j / (K + 1), k = j % (K + 1);
+    if (k < K) {
+      if (dweight) dweight[c * K + k] = acc;
+    } else if (dbias) {
+      dbias[c] = acc;
+    }
+  }
+}
+
+int grid_for(long long n) {
+  return static_cast<int>(std::clamp<long long>((n + kThreads - 1) / kThreads, 1, 65536));
+}
+
+ConvArgs make_args(const CausalConv1dParams& p) {
+  SSMT_CHECK(p.dtype == DType::f32 || p.dtype == DType::bf16,
+             "causal_conv1d: the CUDA kernel takes f32 or bf16 inputs, got ", dtype_name(p.dtype),
+             " (run f64 on the CPU)");
+  SSMT_CHECK(p.K >= 1 && p.K <= kMaxWidth, "causal_conv1d: the CUDA kernel supports kernel widths 1 to ", kMaxWidth,
+             ", got K = ", p.K, " (run it on the CPU)");
+  SSMT_CHECK(p.B * (p.L + p.K) * p.C < (int64_t{1} << 62) && p.L < (int64_t{1} << 30) && p.C < (int64_t{1} << 30),
+             "causal_conv1d: shape too large for the CUDA kernel");
+  ConvArgs a{};
+  a.B = static_cast<int>(p.B), a.L = static_cast<int>(p.L), a.C = static_cast<int>(p.C);
+  a.silu = p.silu;
+  a.x = p.x.data, a.x_bs = p.x.batch_stride, a.x_ss = p.x.seq_stride;
+  a.w = static_cast<const float*>(p.weight);
+  a.bias = static_cast<const float*>(p.bias);
+  a.state = p.initial_state;
+  a.out = p.out;
+  a.final_state = p.final_state;
+  a.dout = p.dout.data, a.d_bs = p.dout.batch_stride, a.d_ss = p.dout.seq_stride;
+  a.dfinal = p.dfinal_state;
+  a.dx = p.dx;
+  a.dstate = p.dinitial_state;
+  return a;
+}
+
+// Calls fn(T{}, integral_constant<int, K>{}) for the runtime dtype and width.
+template <typename Fn>
+void dispatch(DType dt, int64_t K, Fn&& fn) {
+  auto by_width = [&](auto tag) {
+    switch (K) {
+      case 1: fn(tag, std::integral_constant<int, 1>{}); break;
+      case 2: fn(tag, std::integral_constant<int, 2>{}); break;
+      case 3: fn(tag, std::integral_constant<int, 3>{}); break;
+      default: fn(tag, std::integral_constant<int, 4>{}); break;
+    }
+  };
+  if (dt == DType::bf16)
+    by_width(bf16{});
+  else
+    by_width(float{});
+}
+
+}  // namespace
+
+void causal_conv1d_fwd_cuda(const CausalConv1dParams& p, int device) {
+  ConvArgs a = make_args(p);
+  if (p.B == 0 || p.C == 0) return;
+  cuda_detail::DeviceGuard guard(device);
+  auto stream = static_cast<cudaStream_t>(cuda::compute_stream(device));
+  dispatch(p.dtype, p.K, [&](auto t, auto k) {
+    using T = decltype(t);
+    constexpr int K = decltype(k)::value;
+    if (p.L > 0 && p.out) {
+      conv_forward_kernel<T, K><<<grid_for(p.B * p.L * p.C), kThreads, 0, stream>>>(a);
+      CONV_CUDA_CHECK(cudaGetLastError());
+    }
+    if constexpr (K > 1) {
+      if (p.final_state) {
+        conv_final_state_kernel<T, K><<<grid_for(p.B * p.C * (K - 1)), kThreads, 0, stream>>>(a);
+        CONV_CUDA_CHECK(cudaGetLastError());
+      }
+    }
+  });
+}
+
+void causal_conv1d_bwd_cuda(const CausalConv1dParams& p, int device) {
+  ConvArgs a = make_args(p);
+  const Device dev = Device::cuda(device);
+  if (p.C == 0) return;
+  SSMT_CHECK(p.B <= 65535, "causal_conv1d: batch ", p.B, " too large for the CUDA kernel (at most 65535)");
+  cuda_detail::DeviceGuard guard(device);
+  auto stream = static_cast<cudaStream_t>(cuda::compute_stream(device));
+  if (p.B == 0) {
+    // An empty batch: the weight and bias gradients are empty sums.
+    if (p.dweight) CONV_CUDA_CHECK(cudaMemsetAsync(p.dweight, 0, sizeof(float) * p.C * p.K, stream));
+    if (p.dbias) CONV_CUDA_CHECK(cudaMemsetAsync(p.dbias, 0, sizeof(float) * p.C, stream));
+    return;
+  }
+  // Time slices per batch row for the weight-gradient partials: about 2048 blocks in all,
+  // at least 32 steps per slice; from the shapes only, so the summation order is fixed.
+  const int64_t cblocks = (p.C + kThreads - 1) / kThreads;
+  const int64_t want = std::max<int64_t>(1, (2048 + p.B * cblocks - 1) / (p.B * cblocks));
+  const int64_t slices = std::clamp<int64_t>(want, 1, std::max<int64_t>(1, (p.L + 31) / 32));
+  a.slices = static_cast<int>(slices);
+  a.slice_len = static_cast<int>(std::max<int64_t>(1, (p.L + slices - 1) / slices));
+  Tensor part;
+  const bool need_dw = p.dweight || p.dbias;
+  dispatch(p.dtype, p.K, [&](auto t, auto k) {
+    using T = decltype(t);
+    constexpr int K = decltype(k)::value;
+    if (p.dx || p.dinitial_state) {
+      conv_dx_kernel<T, K><<<grid_for(p.B * (p.L + K - 1) * p.C), kThreads, 0, stream>>>(a);
+      CONV_CUDA_CHECK(cudaGetLastError());
+    }
+    if (need_dw) {
+      part = Tensor::empty({p.B, slices, p.C, K + 1}, DType::f32, dev);
+      a.part = part.data<float>();
+      dim3 grid(static_cast<unsigned>(cblocks), static_cast<unsigned>(slices), static_cast<unsigned>(p.B));
+      conv_dweight_partial_kernel<T, K><<<grid, kThreads, 0, stream>>>(a);
+      CONV_CUDA_CHECK(cudaGetLastError());
+      conv_dweight_reduce_kernel<K><<<grid_for(p.C * (K + 1)), kThreads, 0, stream>>>(
+          a.part, static_cast<int>(p.B * slices), a.C, static_cast<float*>(p.dweight), static_cast<float*>(p.dbias));
+      CONV_CUDA_CHECK(cudaGetLastError());
+    }
+  });
+}
+
+}  // namespace ssmtrain

@@ -1,0 +1,108 @@
+// The S4 block (SPECS section 4): a linear time-invariant SSM per channel, run as a long
+// convolution for training and as a recurrence for generation, followed by the position-wise
+// output stage of the S4 paper:
+//
+//   K      = kernel(log_dt, A, B, [P,] C)          (H, L)  Vandermonde (diag) or Cauchy (dplr)
+//   y      = fft_conv(x, K) + D * x                (B, L, H)
+//   y      = dropout(gelu(y))
+//   out    = GLU(output_linear(y))                 Linear(H -> 2H), a * sigmoid(b)
+//
+// One class serves S4 (kernel "dplr": A = Lambda - P P^*, bilinear discretization) and S4D
+// (kernel "diag": A = Lambda, ZOH or bilinear). Each channel has N2 = d_state / 2 complex
+// modes, one of each conjugate pair; complex parameters are real tensors (.., 2) = (re, im).
+//
+// Parameters (names relative to the mixer; "ssm" = tagged param_tag::ssm: own lr, no weight
+// decay, SPECS 4):
+//   log_dt      (H)          ssm   dt = exp(log_dt), init U(log dt_min, log dt_max)
+//   log_A_real  (H, N2)      ssm   Re A = -exp(log_A_real)
+//   A_imag      (H, N2)      ssm   Im A
+//   B           (H, N2, 2)   ssm
+//   P           (H, N2, 2)   ssm   dplr only: the low-rank term
+//   C           (H, N2, 2)         dplr: stores Ct = C (I - Abar^Lk) for the kernel length Lk
+//   D           (H)                skip (no decay: rank 1)
+//   output_linear.weight (2H, H), output_linear.bias (2H)
+//
+// Inits (SPECS 4): legs (HiPPO-LegS; dplr keeps the rank-one term, diag gives S4D-LegS),
+// lin, inv, real (S4D; with the dplr kernel they start with P = 0, which then stays 0 since
+// the kernel is quadratic in P).
+//
+// DPLR kernel length: the Ct parametrisation belongs to one kernel length Lk (options.l_max,
+// or the first forward's L when 0). Shorter inputs use the first L taps of the length-Lk
+// kernel; a longer input doubles Lk (Ct <- Ct (I + Abar^Lk), exact, under no-grad) until it
+// fits. Lk is layer state outside the checkpointed tensors: set l_max for runs that resume.
+//
+// Generation: init_state() snapshots the discretised system (f64 on the host, then the
+// compute dtype on the layer's device); step() advances h <- Abar h + Bbar x_t and reads
+// y = C h (S4D: diagonal Abar and 2 Re over the kept modes; S4: the dense N x N Abar of the
+// full conjugate-symmetric state and C = Ct (I - Abar^Lk)^{-1}).
+#pragma once
+
+#include <complex>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/random.h"
+#include "nn/dropout.h"
+#include "nn/linear.h"
+#include "nn/mixer.h"
+#include "ssm/kernels/s4_kernel.h"
+
+namespace ssmtrain {
+
+struct S4Options {
+  int64_t d_model = 0;                 // H
+  int64_t d_state = 64;                // N (even): N / 2 complex modes per channel
+  std::string kernel = "dplr";         // dplr | diag
+  std::string init = "legs";           // legs | lin | inv | real
+  std::string discretization = "zoh";  // zoh | bilinear (dplr requires bilinear)
+  double dt_min = 1e-3, dt_max = 1e-1;
+  double dropout = 0.0;
+  int64_t l_max = 0;  // dplr kernel length Lk; 0 = the first forward's L
+};
+
+// The initial modes of one channel (N2 = N / 2 of them): Lambda, P (zero unless legs) and B.
+struct S4InitModes {
+  std::vector<std::complex<double>> Lambda, P, B;
+};
+// legs: the HiPPO-LegS matrix in DPLR form. Its normal part A + P P^T = -1/2 I + S (S skew)
+// is diagonalised once in f64 as a complex Hermitian eigenproblem of -i S; the modes with
+// positive imaginary part are kept, with P~ = V^* P and B~ = V^* B.
+// lin / inv / real: S4D-Lin, S4D-Inv, S4D-Real with B = 1, P = 0.
+S4InitModes s4_init_modes(const std::string& init, int64_t N);
+
+class S4 : public Mixer {
+ public:
+  S4(const S4Options& options, Generator& gen);
+
+  Tensor forward(const Tensor& x) override;  // (B, L, H) -> (B, L, H)
+
+  bool supports_step() const override { return true; }
+  std::unique_ptr<MixerState> init_state(int64_t batch, Device device, DType dtype) override;
+  Tensor step(const Tensor& x_t, MixerState& state) override;  // (B, H) -> (B, H)
+
+  // The SSM convolution kernel for length L (H, L), in the parameters' dtype (differentiable).
+  Tensor kernel(int64_t L);
+
+  const S4Options& options() const { return opt_; }
+  bool is_dplr() const { return dplr_; }
+  int64_t kernel_length() const { return kernel_len_; }  // dplr: Lk (0 until the first forward)
+
+ private:
+  Tensor A_complex() const;  // (H, N2, 2)
+  // dplr: make Lk >= L (first use or doubling).
+  void ensure_kernel_length(int64_t L);
+  // The position-wise tail: (.., H) SSM output + skip -> (.., H).
+  Tensor output_stage(const Tensor& y, DType out_dtype);
+
+  S4Options opt_;
+  bool dplr_;
+  S4Discretization disc_;
+  int64_t H_, N2_;
+  int64_t kernel_len_ = 0;
+  Tensor log_dt_, log_A_real_, A_imag_, B_, P_, C_, D_;
+  std::shared_ptr<Linear> output_linear_;
+  std::shared_ptr<Dropout> dropout_;
+};
+
+}  // namespace ssmtrain

@@ -1,0 +1,458 @@
+// The SSM ops on CUDA against the CPU ops in double precision: selective scan (fused CUDA
+// kernels), SSD (the composed chunked algorithm) and causal conv1d (direct kernels),
+// forward and backward, f32 and bf16, on random data with odd sizes (L not a multiple of
+// the 32-step tile or of the chunk, channel counts not a multiple of the 32-channel block).
+// CUDA cases print a visible skip without a GPU. The composed SSD and conv, which are the
+// CUDA algorithms of those ops, are also checked against the hand-written ops on the CPU,
+// so that part runs everywhere.
+//
+// How the comparisons are set up: inputs are drawn in f64 on the host and rounded once to
+// the device dtype; the CPU reference runs the op in f64 on exactly those rounded values
+// (so input rounding is not part of the error). The loss is sum_i <cast(out_i, f32), W_i>
+// with fixed random W_i that are representable in the output dtype, so the output
+// gradients the backward sees are identical on both sides too.
+//
+// Tolerances. Two measures per tensor: the relative error in the 2-norm,
+// |got - ref| / |ref|, and the largest elementwise error relative to max |ref| (which
+// catches a few wrong elements that the norm would dilute).
+//  - f32: the recurrences decay (|a| < 1), so a rounding error made at one step fades and the
+//    error of a state stays a few ulp of its magnitude times the effective memory
+//    1 / (1 - a) (< ~50 steps here); __expf adds ~2 ulp. The largest sums are the parameter
+//    gradients (dA, dD, dbias over B*L <= 250 terms): worst case L*eps = 250 * 6e-8 = 1.5e-5,
+//    typically sqrt(L)*eps. Bounds: 2e-5 relative norm, 2e-4 of max |ref| elementwise,
+//    roughly 10x over those estimates, far below what a wrong index, factor or missing term
+//    gives (O(1)).
+//  - bf16: arithmetic is fp32 on both sides, so the difference is dominated by the final
+//    rounding of bf16 outputs and sequence gradients: at most 2^-9 = 2e-3 relative per
+//    element. Bounds: 6e-3 relative norm and 1.2e-2 of max |ref| elementwise (an element
+//    near the max rounds by up to 2e-3 of it; the rest is fp32 noise and margin).
+//  - SSD composed (f32 cuBLAS, TF32 off by default): the same fp32 analysis with sums over
+//    a chunk (Q = 16) and exponentials of differences of chunk cumsums (|cumsum| < 25,
+//    absolute exponent error 25 * 6e-8 = 1.5e-6): the f32 bounds above apply; bf16 inputs
+//    are computed in f32 and only y is rounded, so the bf16 bounds apply.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "gradcheck.h"
+#include "ssm/kernels/causal_conv1d.h"
+#include "ssm/kernels/causal_conv_composed.h"
+#include "ssm/kernels/selective_scan.h"
+#include "ssm/kernels/ssd.h"
+#include "ssm/kernels/ssd_composed.h"
+
+namespace ssmtrain {
+namespace {
+
+struct Tolerance {
+  double rel_norm, rel_max;
+};
+constexpr Tolerance kF32{2e-5, 2e-4};
+constexpr Tolerance kBf16{6e-3, 1.2e-2};
+Tolerance tolerance_for(DType t) { return t == DType::bf16 ? kBf16 : kF32; }
+
+// |got - ref| / |ref| in the 2-norm and max |got - ref| / max |ref|; NaN never passes.
+void expect_near(const Tensor& got, const Tensor& ref, Tolerance tol, const std::string& what) {
+  INFO(what, ": ", got.describe(), " vs reference ", ref.describe());
+  REQUIRE(got.defined());
+  REQUIRE(ref.defined());
+  REQUIRE(got.shape() == ref.shape());
+  const std::vector<double> a = got.to_vector<double>(), b = ref.to_vector<double>();
+  double diff2 = 0, ref2 = 0, max_diff = 0, max_ref = 0;
+  int64_t worst = -1, nonfinite = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) ++nonfinite;
+    const double d = std::abs(a[i] - b[i]);
+    diff2 += d * d, ref2 += b[i] * b[i];
+    if (d > max_diff || worst < 0) max_diff = d, worst = static_cast<int64_t>(i);
+    max_ref = std::max(max_ref, std::abs(b[i]));
+  }
+  const double rel = std::sqrt(diff2) / std::max(std::sqrt(ref2), 1e-30);
+  const double rel_max = max_diff / std::max(max_ref, 1e-30);
+  std::ostringstream os;
+  os << what << ": relative norm error " << rel << " (bound " << tol.rel_norm << "), max error " << max_diff
+     << " = " << rel_max << " of max |ref| " << max_ref << " (bound " << tol.rel_max << ")";
+  if (worst >= 0) os << "; worst at " << index_str(got.shape(), worst) << ": " << a[worst] << " vs " << b[worst];
+  CHECK_MESSAGE(nonfinite == 0, os.str());
+  CHECK_MESSAGE(rel <= tol.rel_norm, os.str());
+  CHECK_MESSAGE(rel_max <= tol.rel_max, os.str());
+}
+
+// One input of a comparison: f64 host values, the dtype it has on the device, and whether
+// its gradient is checked. Undefined values stand for an omitted optional input.
+struct Arg {
+  std::string name;
+  Tensor values;  // f64, host
+  DType dtype = DType::f32;
+  bool grad = true;
+};
+
+using OpFn = std::function<std::vector<Tensor>(const std::vector<Tensor>&)>;
+
+// Runs `op` on CUDA (inputs rounded to their dtype) and on the CPU in f64 (the same rounded
+// values), compares every output and every requested input gradient.
+void compare_with_cpu(const OpFn& op, const std::vector<Arg>& args, const std::vector<std::string>& out_names,
+                      Tolerance tol, Generator& gen) {
+  std::vector<Tensor> ref_in(args.size()), dev_in(args.size());
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (!args[i].values.defined()) continue;
+    const Tensor rounded = args[i].values.to(args[i].dtype);
+    ref_in[i] = rounded.to(DType::f64).detach();
+    dev_in[i] = rounded.to(Device::cuda()).detach();
+    if (args[i].grad) ref_in[i].requires_grad_(), dev_in[i].requires_grad_();
+  }
+  // The tape is one list that backward() consumes whole: each side runs its forward and
+  // backward before the other starts.
+  clear_tape();
+  const std::vector<Tensor> dev_out = op(dev_in);
+  // Output weights representable in the output dtype (bf16 outputs get bf16-exact weights).
+  std::vector<Tensor> weights;
+  Tensor dev_loss;
+  for (const Tensor& out : dev_out) {
+    weights.push_back(random_tensor(out.shape(), gen, DType::f64).to(out.dtype()).to(DType::f64));
+    const Tensor d = sum(mul(cast(out, DType::f32), weights.back().to(DType::f32).to(Device::cuda())));
+    dev_loss = dev_loss.defined() ? add(dev_loss, d) : d;
+  }
+  backward(dev_loss);
+  const std::vector<Tensor> ref_out = op(ref_in);
+  Tensor ref_loss;
+  for (size_t k = 0; k < ref_out.size(); ++k) {
+    const Tensor r = sum(mul(ref_out[k], weights[k]));
+    ref_loss = ref_loss.defined() ? add(ref_loss, r) : r;
+  }
+  backward(ref_loss);
+
+  REQUIRE(ref_out.size() == out_names.size());
+  REQUIRE(dev_out.size() == out_names.size());
+  for (size_t k = 0; k < dev_out.size(); ++k) {
+    CHECK(dev_out[k].device().is_cuda());
+    expect_near(dev_out[k].to(Device::cpu()), ref_out[k], tol, out_names[k]);
+  }
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (!args[i].values.defined() || !args[i].grad) continue;
+    const Tensor gr = ref_in[i].grad(), gd = dev_in[i].grad();
+    INFO("gradient of ", args[i].name);
+    REQUIRE(gr.defined());
+    REQUIRE(gd.defined());
+    CHECK(gd.device().is_cuda());
+    expect_near(gd.to(Device::cpu()), gr, tol, "d" + args[i].name);
+  }
+}
+
+std::string user_error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const UserError& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+// ---- selective scan ----
+
+struct ScanShape {
+  int64_t B, L, D, N, G;
+  bool skip, gate, bias, softplus, initial;
+};
+
+std::vector<Arg> scan_args(const ScanShape& s, DType dtype, Generator& gen) {
+  const int64_t B = s.B, L = s.L, D = s.D, N = s.N, G = s.G;
+  std::vector<Arg> a;
+  a.push_back({"u", random_tensor({B, L, D}, gen, DType::f64), dtype});
+  a.push_back({"delta",
+               s.softplus ? random_tensor({B, L, D}, gen, DType::f64, Device::cpu(), -1.5, 0.5)
+                          : random_tensor({B, L, D}, gen, DType::f64, Device::cpu(), 0.05, 0.6),
+               dtype});
+  a.push_back({"A", random_tensor({D, N}, gen, DType::f64, Device::cpu(), -1.5, -0.2), DType::f32});
+  a.push_back({"Bm", random_tensor({B, L, G, N}, gen, DType::f64), dtype});
+  a.push_back({"Cm", random_tensor({B, L, G, N}, gen, DType::f64), dtype});
+  a.push_back({"Dskip", s.skip ? random_tensor({D}, gen, DType::f64) : Tensor(), DType::f32});
+  a.push_back({"z", s.gate ? random_tensor({B, L, D}, gen, DType::f64, Device::cpu(), -2, 2) : Tensor(), dtype});
+  a.push_back({"delta_bias", s.bias ? random_tensor({D}, gen, DType::f64, Device::cpu(), -0.3, 0.3) : Tensor(),
+               DType::f32});
+  a.push_back({"h0", s.initial ? random_tensor({B, D, N}, gen, DType::f64) : Tensor(), DType::f32});
+  return a;
+}
+
+OpFn scan_op(bool softplus) {
+  return [softplus](const std::vector<Tensor>& v) {
+    const SelectiveScanResult r = selective_scan(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], softplus, v[8]);
+    return std::vector<Tensor>{r.out, r.h_last};
+  };
+}
+
+// ---- SSD ----
+
+struct SsdShape {
+  int64_t B, L, H, P, G, N, Q;
+  bool options;  // D, dt_bias, softplus and h0
+};
+
+std::vector<Arg> ssd_args(const SsdShape& s, DType dtype, Generator& gen) {
+  const int64_t B = s.B, L = s.L, H = s.H, P = s.P, G = s.G, N = s.N;
+  std::vector<Arg> a;
+  a.push_back({"x", random_tensor({B, L, H, P}, gen, DType::f64), dtype});
+  a.push_back({"dt",
+               s.options ? random_tensor({B, L, H}, gen, DType::f64, Device::cpu(), -1.5, 0.5)
+                         : random_tensor({B, L, H}, gen, DType::f64, Device::cpu(), 0.05, 0.6),
+               dtype});
+  a.push_back({"A", random_tensor({H}, gen, DType::f64, Device::cpu(), -1.5, -0.2), DType::f32});
+  a.push_back({"Bm", random_tensor({B, L, G, N}, gen, DType::f64), dtype});
+  a.push_back({"Cm", random_tensor({B, L, G, N}, gen, DType::f64), dtype});
+  a.push_back({"D", s.options ? random_tensor({H}, gen, DType::f64) : Tensor(), DType::f32});
+  a.push_back({"dt_bias", s.options ? random_tensor({H}, gen, DType::f64, Device::cpu(), -0.3, 0.3) : Tensor(),
+               DType::f32});
+  a.push_back({"h0", s.options ? random_tensor({B, H, P, N}, gen, DType::f64) : Tensor(), DType::f32});
+  return a;
+}
+
+OpFn ssd_op(bool softplus, int64_t Q) {
+  return [softplus, Q](const std::vector<Tensor>& v) {
+    const SsdResult r = ssd_chunked(v[0], v[1], v[2], v[3], v[4], v[5], v[6], softplus, Q, v[7]);
+    return std::vector<Tensor>{r.y, r.h_last};
+  };
+}
+
+// ---- causal conv ----
+
+// x is taken as channels [3, 3 + C) of a wider (B, L, C + 5) tensor: strided batch and
+// time axes, which the kernels read in place.
+OpFn conv_op(int64_t C, bool silu) {
+  return [C, silu](const std::vector<Tensor>& v) {
+    const CausalConv1dResult r = causal_conv1d(v[0].narrow(2, 3, C), v[1], v[2], silu, v[3]);
+    return std::vector<Tensor>{r.out, r.final_state};
+  };
+}
+
+std::vector<Arg> conv_args(int64_t B, int64_t L, int64_t C, int64_t K, bool bias, bool state, DType dtype,
+                           Generator& gen) {
+  std::vector<Arg> a;
+  a.push_back({"x", random_tensor({B, L, C + 5}, gen, DType::f64), dtype});
+  a.push_back({"weight", random_tensor({C, K}, gen, DType::f64), DType::f32});
+  a.push_back({"bias", bias ? random_tensor({C}, gen, DType::f64) : Tensor(), DType::f32});
+  a.push_back({"initial_state", state ? random_tensor({B, C, K - 1}, gen, DType::f64) : Tensor(), dtype});
+  return a;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// The composed algorithms (the CUDA paths of SSD and of the conv fallback) on the CPU, in
+// f64 against the hand-written ops: both are exact algorithms, so they agree to rounding
+// (1e-10 relative leaves 10^5 ulp of margin for the chunk sums, yet any algebra slip fails).
+
+TEST_CASE("ssd composed chunked algorithm matches the hand-written op on the CPU") {
+  Generator gen(501);
+  for (bool options : {false, true}) {
+    CAPTURE(options);
+    const SsdShape s{2, 37, 4, 3, 2, 5, 8, options};
+    std::vector<Arg> args = ssd_args(s, DType::f64, gen);
+    std::vector<Tensor> a(args.size()), b(args.size());
+    for (size_t i = 0; i < args.size(); ++i) {
+      if (!args[i].values.defined()) continue;
+      a[i] = args[i].values.clone().detach().requires_grad_();
+      b[i] = args[i].values.clone().detach().requires_grad_();
+    }
+    // backward() consumes the whole tape: one forward and backward at a time.
+    const SsdResult op = ssd_chunked(a[0], a[1], a[2], a[3], a[4], a[5], a[6], options, s.Q, a[7]);
+    const Tensor wy = random_tensor(op.y.shape(), gen, DType::f64);
+    const Tensor wh = random_tensor(op.h_last.shape(), gen, DType::f64);
+    backward(add(sum(mul(op.y, wy)), sum(mul(op.h_last, wh))));
+    const auto [y, h_last] = ssd_chunked_composed(b[0], b[1], b[2], b[3], b[4], b[5], b[6], options, s.Q, b[7]);
+    backward(add(sum(mul(y, wy)), sum(mul(h_last, wh))));
+    check_close(y, op.y, 1e-10, 1e-12, "y");
+    check_close(h_last, op.h_last, 1e-10, 1e-12, "h_last");
+    for (size_t i = 0; i < args.size(); ++i) {
+      if (!a[i].defined()) continue;
+      CAPTURE(args[i].name);
+      check_close(b[i].grad(), a[i].grad(), 1e-10, 1e-12, "gradient");
+    }
+  }
+}
+
+TEST_CASE("causal conv composed form matches the hand-written op on the CPU") {
+  Generator gen(502);
+  for (int64_t K : {1, 2, 4}) {
+    CAPTURE(K);
+    const Tensor x = random_tensor({2, 11, 5}, gen, DType::f64), w = random_tensor({5, K}, gen, DType::f64);
+    const Tensor bias = random_tensor({5}, gen, DType::f64);
+    check_close(causal_conv1d_composed(x, w, bias, true), causal_conv1d(x, w, bias, true).out, 1e-12, 1e-13, "out");
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Selective scan on CUDA.
+
+TEST_CASE("selective_scan CUDA f32 matches the CPU in forward and backward") {
+  if (!cuda_test_device()) return;
+  Generator gen(511);
+  // (B, L, D, N, G, options): L = 100 and 33 cross 32-step tiles with a tail; D = 40 in two
+  // groups of 20 and D = 70 (blocks of 32, 32, 6) leave idle channels in a block; N = 1, 3,
+  // 5, 16, 32 cover 1, 2 and 8 states per lane and padded lanes.
+  const ScanShape shapes[] = {
+      {2, 100, 40, 16, 2, true, true, true, true, true},   {1, 33, 70, 5, 1, false, false, false, false, false},
+      {2, 45, 36, 32, 3, true, false, true, true, false},  {3, 64, 8, 1, 1, false, true, false, true, true},
+      {1, 7, 50, 3, 5, true, true, true, false, true},
+  };
+  for (const ScanShape& s : shapes) {
+    CAPTURE(s.L);
+    CAPTURE(s.D);
+    CAPTURE(s.N);
+    CAPTURE(s.G);
+    compare_with_cpu(scan_op(s.softplus), scan_args(s, DType::f32, gen), {"out", "h_last"}, kF32, gen);
+  }
+}
+
+TEST_CASE("selective_scan CUDA bf16 matches the CPU in forward and backward") {
+  if (!cuda_test_device()) return;
+  Generator gen(512);
+  const ScanShape s{2, 77, 44, 16, 2, true, true, true, true, true};
+  compare_with_cpu(scan_op(true), scan_args(s, DType::bf16, gen), {"out", "h_last"}, kBf16, gen);
+}
+
+TEST_CASE("selective_scan CUDA gradients are deterministic") {
+  if (!cuda_test_device()) return;
+  Generator gen(513);
+  const ScanShape s{3, 70, 96, 16, 1, true, true, true, true, true};
+  const std::vector<Arg> args = scan_args(s, DType::f32, gen);
+  std::vector<std::vector<double>> first;
+  for (int run = 0; run < 2; ++run) {
+    std::vector<Tensor> in(args.size());
+    for (size_t i = 0; i < args.size(); ++i)
+      in[i] = args[i].values.to(DType::f32).to(Device::cuda()).detach().requires_grad_();
+    const std::vector<Tensor> out = scan_op(true)(in);
+    backward(add(sum(out[0]), sum(mul(out[1], out[1]))));
+    for (size_t i = 0; i < in.size(); ++i) {
+      const std::vector<double> g = in[i].grad().to_vector<double>();
+      if (run == 0) {
+        first.push_back(g);
+      } else {
+        CAPTURE(args[i].name);
+        CHECK(g == first[i]);  // bitwise: fixed reduction order, no atomics
+      }
+    }
+  }
+}
+
+TEST_CASE("selective_scan CUDA reports unsupported shapes and dtypes") {
+  if (!cuda_test_device()) return;
+  Generator gen(514);
+  const Device dev = Device::cuda();
+  auto run = [&](int64_t N, DType dtype) {
+    const Tensor u = random_tensor({1, 5, 4}, gen, dtype, dev), A = random_tensor({4, N}, gen, DType::f32, dev);
+    const Tensor Bm = random_tensor({1, 5, 1, N}, gen, dtype, dev);
+    selective_scan(u, u, A, Bm, Bm);
+  };
+  CHECK(user_error_of([&] { run(33, DType::f32); }).find("N = 33") != std::string::npos);
+  CHECK(user_error_of([&] { run(8, DType::f64); }).find("f32 or bf16") != std::string::npos);
+}
+
+TEST_CASE("selective_scan and ssd on CUDA pass the state through an empty sequence") {
+  if (!cuda_test_device()) return;
+  Generator gen(515);
+  const Device dev = Device::cuda();
+  {
+    const Tensor u = Tensor::empty({2, 0, 5}, DType::f32, dev), Bm = Tensor::empty({2, 0, 1, 3}, DType::f32, dev);
+    const Tensor A = random_tensor({5, 3}, gen, DType::f32, dev, -1.5, -0.2), h0 = random_tensor({2, 5, 3}, gen,
+                                                                                                  DType::f32, dev);
+    const SelectiveScanResult r = selective_scan(u, u, A, Bm, Bm, Tensor(), Tensor(), Tensor(), false, h0);
+    CHECK(r.out.numel() == 0);
+    CHECK(r.h_last.to(Device::cpu()).to_vector<float>() == h0.to(Device::cpu()).to_vector<float>());
+  }
+  {
+    const Tensor x = Tensor::empty({2, 0, 4, 3}, DType::f32, dev), dt = Tensor::empty({2, 0, 4}, DType::f32, dev);
+    const Tensor Bm = Tensor::empty({2, 0, 1, 2}, DType::f32, dev);
+    const Tensor A = random_tensor({4}, gen, DType::f32, dev, -1.5, -0.2);
+    const Tensor h0 = random_tensor({2, 4, 3, 2}, gen, DType::f32, dev);
+    const SsdResult r = ssd_chunked(x, dt, A, Bm, Bm, Tensor(), Tensor(), false, 16, h0);
+    CHECK(r.y.numel() == 0);
+    CHECK(r.h_last.to(Device::cpu()).to_vector<float>() == h0.to(Device::cpu()).to_vector<float>());
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// SSD on CUDA (composed chunked algorithm).
+
+TEST_CASE("ssd_chunked CUDA f32 matches the CPU in forward and backward") {
+  if (!cuda_test_device()) return;
+  Generator gen(521);
+  // L = 45 with Q = 16: two full chunks and a tail of 13; H = 4 heads in G = 2 groups.
+  for (const SsdShape& s : {SsdShape{2, 45, 4, 8, 2, 8, 16, true}, SsdShape{1, 19, 3, 5, 1, 6, 32, false}}) {
+    CAPTURE(s.L);
+    CAPTURE(s.Q);
+    compare_with_cpu(ssd_op(s.options, s.Q), ssd_args(s, DType::f32, gen), {"y", "h_last"}, kF32, gen);
+  }
+}
+
+TEST_CASE("ssd_chunked CUDA bf16 matches the CPU in forward and backward") {
+  if (!cuda_test_device()) return;
+  Generator gen(522);
+  const SsdShape s{2, 40, 4, 8, 1, 8, 16, true};
+  compare_with_cpu(ssd_op(true, s.Q), ssd_args(s, DType::bf16, gen), {"y", "h_last"}, kBf16, gen);
+}
+
+// ---------------------------------------------------------------------------------------
+// Causal conv1d on CUDA.
+
+TEST_CASE("causal_conv1d CUDA matches the CPU in forward and backward") {
+  if (!cuda_test_device()) return;
+  Generator gen(531);
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    for (int64_t K : {1, 2, 3, 4}) {
+      for (int variant = 0; variant < 2; ++variant) {
+        const bool with_options = variant == 1;  // bias, silu and an initial state
+        CAPTURE(dtype_name(dtype));
+        CAPTURE(K);
+        CAPTURE(with_options);
+        const int64_t B = 2, L = 37, C = 45;
+        const bool state = with_options && K > 1;
+        compare_with_cpu(conv_op(C, with_options), conv_args(B, L, C, K, with_options, state, dtype, gen),
+                         {"out", "final_state"}, tolerance_for(dtype), gen);
+      }
+    }
+  }
+}
+
+TEST_CASE("causal_conv1d CUDA with a sequence shorter than the kernel width") {
+  if (!cuda_test_device()) return;
+  Generator gen(532);
+  // L = 2 < K - 1 = 3: the final state mixes the initial state and x.
+  compare_with_cpu(conv_op(33, true), conv_args(3, 2, 33, 4, true, true, DType::f32, gen), {"out", "final_state"},
+                   kF32, gen);
+}
+
+TEST_CASE("causal_conv1d_step on CUDA matches the CPU step") {
+  if (!cuda_test_device()) return;
+  Generator gen(533);
+  const int64_t B = 2, C = 37, K = 4;
+  const Tensor w = random_tensor({C, K}, gen, DType::f64), bias = random_tensor({C}, gen, DType::f64);
+  Tensor state_cpu = random_tensor({B, C, K - 1}, gen, DType::f32);
+  Tensor state_dev = state_cpu.to(Device::cuda());
+  for (int step = 0; step < 3; ++step) {
+    const Tensor x = random_tensor({B, C}, gen, DType::f32);
+    const Tensor out_cpu = causal_conv1d_step(x, state_cpu, w.to(DType::f32), bias.to(DType::f32), true);
+    const Tensor out_dev = causal_conv1d_step(x.to(Device::cuda()), state_dev, w.to(DType::f32).to(Device::cuda()),
+                                              bias.to(DType::f32).to(Device::cuda()), true);
+    expect_near(out_dev.to(Device::cpu()), out_cpu, kF32, "step out");
+    // The state is a shifted window of inputs: copied exactly.
+    CHECK(state_dev.to(Device::cpu()).to_vector<float>() == state_cpu.to_vector<float>());
+  }
+}
+
+TEST_CASE("causal_conv1d CUDA reports unsupported widths and dtypes") {
+  if (!cuda_test_device()) return;
+  Generator gen(534);
+  const Device dev = Device::cuda();
+  const Tensor x = random_tensor({1, 5, 4}, gen, DType::f32, dev);
+  CHECK(user_error_of([&] { causal_conv1d(x, random_tensor({4, 5}, gen, DType::f32, dev)); }).find("K = 5") !=
+        std::string::npos);
+  CHECK(user_error_of([&] {
+          causal_conv1d(x.to(DType::f64), random_tensor({4, 3}, gen, DType::f64, dev));
+        }).find("f32 or bf16") != std::string::npos);
+}
+
+}  // namespace ssmtrain

@@ -1,0 +1,200 @@
+// The subcommands of `ssmtrain` (train/cli.h): each turns parsed arguments into a call of
+// the trainer, the evaluator, the generator or the data preparation.
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+
+#include "core/autograd.h"
+#include "data/dataset.h"
+#include "data/prepare.h"
+#include "train/checkpoint.h"
+#include "train/cli.h"
+#include "train/generate.h"
+#include "train/metrics.h"
+#include "train/setup.h"
+#include "train/trainer.h"
+
+namespace fs = std::filesystem;
+
+namespace ssmtrain {
+
+namespace {
+
+// Positionals of the form key=value are overrides; the others are returned in order.
+std::vector<std::string> split_overrides(const Args& args, std::vector<std::string>& overrides) {
+  std::vector<std::string> plain;
+  for (const auto& p : args.positionals) (p.find('=') != std::string::npos ? overrides : plain).push_back(p);
+  return plain;
+}
+
+std::string one_positional(const Args& args, const std::vector<std::string>& plain, const char* what) {
+  SSMT_CHECK(!plain.empty(), "ssmtrain ", args.command, ": missing ", what, " (see `ssmtrain ", args.command,
+             " --help`)");
+  SSMT_CHECK(plain.size() == 1, "ssmtrain ", args.command, ": unexpected argument '", plain[1],
+             "' (overrides are written key.path=value)");
+  return plain[0];
+}
+
+// A checkpoint's model, rebuilt from its own config (with `overrides` applied) on `device`.
+struct LoadedCheckpoint {
+  Config config;
+  ModelSpec spec;
+  std::shared_ptr<LanguageModel> model;
+  TrainerState state;
+};
+
+LoadedCheckpoint load_checkpoint_model(const std::string& path, const std::vector<std::string>& overrides,
+                                       const std::string& device_override) {
+  SSMT_CHECK(fs::exists(path), "checkpoint '", path, "' does not exist");
+  CheckpointReader reader(path);
+  reader.verify();
+  LoadedCheckpoint out;
+  std::vector<std::string> all = overrides;
+  if (!device_override.empty()) all.push_back("train.device=" + device_override);
+  out.config = parse_config(read_config_text(reader), path, all);
+  out.spec = model_spec(out.config);
+  Generator gen(static_cast<uint64_t>(out.config.train.seed));
+  out.model = build_language_model(out.spec, gen);
+  Device device = train_device(out.config);
+  if (!device.is_cpu()) out.model->to(device);
+  load_model(reader, *out.model);
+  out.state = read_trainer_state(reader);
+  return out;
+}
+
+}  // namespace
+
+int cmd_train(const Args& args) {
+  std::vector<std::string> overrides;
+  auto plain = split_overrides(args, overrides);
+  const std::string path = one_positional(args, plain, "the config file");
+  Config config = load_config(path, overrides);
+  TrainOptions options;
+  options.run_dir = args.has("--run-dir") ? args.get("--run-dir") : resolved_run_dir(config, path);
+  // The saved config names its run explicitly, so a checkpoint read elsewhere keeps it.
+  config.run.name = resolved_run_name(config, path);
+  config.run.dir = options.run_dir;
+  options.resume = args.get("--resume");
+  options.max_steps = args.get_int("--max-steps", 0);
+  SSMT_CHECK(options.max_steps >= 0, "--max-steps: must be >= 0, got ", options.max_steps);
+  options.quiet = args.has("--quiet");
+  return run_training(config, options);
+}
+
+int cmd_eval(const Args& args) {
+  std::vector<std::string> overrides;
+  auto plain = split_overrides(args, overrides);
+  const std::string path = one_positional(args, plain, "the checkpoint");
+  LoadedCheckpoint ck = load_checkpoint_model(path, overrides, "");
+  apply_thread_setting(ck.config);
+  auto val = make_dataset(data_spec(ck.config, 0, 1), "val");
+  const int64_t batches = args.get_int("--batches", ck.config.train.eval_batches);
+  SSMT_CHECK(batches >= 1, "--batches: must be >= 1, got ", batches);
+  const int64_t L = resolved_eval_seq_len(ck.config);
+  EvalResult r = evaluate(*ck.model, *val, batches, ck.config.train.batch_size, L, train_device(ck.config));
+  std::printf("checkpoint   %s (step %lld, %s tokens)\n", path.c_str(), static_cast<long long>(ck.state.step),
+              format_count(static_cast<double>(ck.state.tokens)).c_str());
+  std::printf("data         %s\n", val->describe().c_str());
+  std::printf("positions    %lld (%lld batches of %lld x %lld)\n", static_cast<long long>(r.targets),
+              static_cast<long long>(batches), static_cast<long long>(ck.config.train.batch_size),
+              static_cast<long long>(L));
+  std::printf("loss         %.4f nats/token\n", r.loss);
+  if (r.bits_per_byte >= 0) std::printf("bits/byte    %.4f\n", r.bits_per_byte);
+  std::printf("accuracy     %.2f%%\n", 100.0 * r.accuracy);
+  return 0;
+}
+
+int cmd_sample(const Args& args) {
+  std::vector<std::string> overrides;
+  auto plain = split_overrides(args, overrides);
+  const std::string path = one_positional(args, plain, "the checkpoint");
+  LoadedCheckpoint ck = load_checkpoint_model(path, overrides, args.get("--device"));
+  apply_thread_setting(ck.config);
+  SampleOptions so;
+  so.tokens = args.get_int("--tokens", 200);
+  so.temperature = args.get_double("--temperature", 0.8);
+  so.top_k = args.get_int("--top-k", 0);
+  so.top_p = args.get_double("--top-p", 1.0);
+  SSMT_CHECK(so.tokens >= 0, "--tokens: must be >= 0, got ", so.tokens);
+  SSMT_CHECK(so.temperature >= 0, "--temperature: must be >= 0, got ", so.temperature);
+  SSMT_CHECK(so.top_k >= 0, "--top-k: must be >= 0, got ", so.top_k);
+  SSMT_CHECK(so.top_p > 0 && so.top_p <= 1, "--top-p: must be in (0, 1], got ", so.top_p);
+  const int64_t vocab = ck.config.model.vocab_size;
+  const bool bytes = ck.config.data.kind == "text" || (ck.config.data.kind == "shards" && vocab == 256);
+  std::string prompt = args.get("--prompt", bytes ? "\n" : "0");
+  std::vector<int32_t> ids;
+  if (bytes) {
+    for (unsigned char c : prompt) ids.push_back(c);
+  } else {
+    // Token-id models take the prompt as space-separated ids.
+    std::istringstream in(prompt);
+    long long id;
+    while (in >> id) ids.push_back(static_cast<int32_t>(id));
+    SSMT_CHECK(!ids.empty(), "--prompt: this model reads token ids; write them space-separated, e.g. --prompt '3 1 4'");
+  }
+  Generator gen(static_cast<uint64_t>(args.get_int("--seed", ck.config.train.seed)));
+  std::vector<int32_t> out = generate(*ck.model, ids, vocab, so, gen);
+  if (bytes) {
+    std::string text(prompt);
+    for (int32_t b : out) text.push_back(static_cast<char>(b));
+    std::cout << text << std::endl;
+  } else {
+    for (int32_t t : out) std::cout << t << ' ';
+    std::cout << std::endl;
+  }
+  return 0;
+}
+
+int cmd_info(const Args& args) {
+  std::vector<std::string> overrides;
+  auto plain = split_overrides(args, overrides);
+  const std::string path = one_positional(args, plain, "the checkpoint");
+  SSMT_CHECK(overrides.empty(), "ssmtrain info takes no overrides");
+  LoadedCheckpoint ck = load_checkpoint_model(path, {}, "cpu");
+  ParamCounts counts = param_counts(ck.spec, *ck.model);
+  CheckpointReader reader(path);
+  std::printf("checkpoint   %s\n", path.c_str());
+  std::printf("format       %s v%lld\n", reader.attr_string("/", "format").c_str(),
+              static_cast<long long>(reader.attr_int("/", "format_version")));
+  std::printf("step         %lld of %lld\n", static_cast<long long>(ck.state.step),
+              static_cast<long long>(ck.state.total_steps));
+  std::printf("tokens seen  %lld (%s)\n", static_cast<long long>(ck.state.tokens),
+              format_count(static_cast<double>(ck.state.tokens)).c_str());
+  std::printf("parameters   %lld total, %lld non-embedding, %lld active\n", static_cast<long long>(counts.total),
+              static_cast<long long>(counts.non_embedding), static_cast<long long>(counts.active));
+  std::printf("skipped      %lld non-finite steps\n", static_cast<long long>(ck.state.nonfinite_total));
+  std::printf("\nconfig:\n%s", to_yaml(ck.config).c_str());
+  return 0;
+}
+
+int cmd_prepare(const Args& args) {
+  SSMT_CHECK(args.positionals.empty(), "ssmtrain prepare: unexpected argument '",
+             args.positionals.empty() ? "" : args.positionals[0], "' (input files follow --input)");
+  SSMT_CHECK(args.has("--input"), "ssmtrain prepare: --input FILE... is required");
+  SSMT_CHECK(args.has("--output"), "ssmtrain prepare: --output DIR is required");
+  std::vector<std::string> inputs;
+  std::istringstream in(args.get("--input"));
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) inputs.push_back(line);
+  const int64_t shard_tokens = args.get_int("--shard-tokens", 100'000'000);
+  SSMT_CHECK(shard_tokens >= 1, "--shard-tokens: must be >= 1, got ", shard_tokens);
+  PrepareSummary summary =
+      prepare_text_shards(inputs, args.get("--output"), args.get_double("--val-fraction", 0.01), shard_tokens);
+  std::cout << summary.describe() << std::endl;
+  return 0;
+}
+
+int cmd_config(const Args& args) {
+  if (args.has("--docs")) {
+    std::cout << config_docs_markdown();
+    return 0;
+  }
+  std::vector<std::string> overrides;
+  auto plain = split_overrides(args, overrides);
+  const std::string path = one_positional(args, plain, "the config file (or --docs)");
+  std::cout << to_yaml(load_config(path, overrides));
+  return 0;
+}
+
+}  // namespace ssmtrain

@@ -1,0 +1,128 @@
+#include "train/setup.h"
+
+#include <omp.h>
+
+#include "optim/adamw.h"
+#include "optim/param_groups.h"
+#include "optim/sgd.h"
+
+namespace ssmtrain {
+
+ModelSpec model_spec(const Config& config) {
+  const ModelSection& m = config.model;
+  SSMT_CHECK(m.tie_embeddings, "model.tie_embeddings: false is not supported; the LM head is always tied to the "
+                               "embedding (SPECS section 6)");
+  SSMT_CHECK(m.dropout == 0.0, "model.dropout: ", m.dropout,
+             " is not supported by the SSM mixers (the Mamba recipe trains without dropout); set it to 0");
+  ModelSpec s;
+  s.mixer = m.mixer;
+  s.layers = m.layers;
+  s.vocab_size = m.vocab_size;
+  s.pad_vocab_multiple = m.pad_vocab_multiple;
+  s.d_model = m.d_model;
+  s.n_layer = static_cast<int>(m.n_layer);
+  s.d_state = m.d_state;
+  s.d_conv = m.d_conv;
+  s.expand = m.expand;
+  s.dt_rank = resolved_dt_rank(m);
+  s.headdim = m.headdim;
+  s.ngroups = m.ngroups;
+  s.chunk_size = m.chunk_size;
+  s.norm_eps = m.norm_eps;
+  s.mlp_hidden = resolved_mlp_hidden(m);
+  s.moe_every = static_cast<int>(m.moe.every);
+  s.moe.num_experts = m.moe.experts;
+  s.moe.d_ff = resolved_expert_d_ff(m);
+  s.moe.capacity_factor = m.moe.capacity_factor;
+  s.moe.activation = m.moe.activation;
+  s.moe.aux_loss_coef = m.moe.aux_loss_coef;
+  s.moe.z_loss_coef = m.moe.z_loss_coef;
+  s.s4.kernel = m.s4.kernel;
+  s.s4.init = m.s4.init;
+  s.s4.discretization = m.s4.discretization;
+  s.s4.dt_min = m.s4.dt_min;
+  s.s4.dt_max = m.s4.dt_max;
+  s.compute_dtype = config.train.precision == "bf16" ? DType::bf16 : DType::f32;
+  return s;
+}
+
+Device train_device(const Config& config) {
+  Device d = Device::parse(config.train.device);
+  if (d.is_cuda()) {
+    SSMT_CHECK(cuda_available(), "train.device: '", config.train.device,
+               "' asks for a GPU, but ssmtrain was built without CUDA or no GPU is visible; use train.device=cpu");
+  }
+  return d;
+}
+
+DataSpec data_spec(const Config& config, int rank, int world_size) {
+  DataSpec d;
+  d.kind = config.data.kind;
+  d.path = config.data.path;
+  d.val_path = config.data.val_path;
+  d.val_fraction = config.data.val_fraction;
+  d.task = config.data.task;
+  d.task_vocab = config.data.task_vocab;
+  d.task_tokens = config.data.task_tokens;
+  d.seed = static_cast<uint64_t>(config.train.seed);
+  d.rank = rank;
+  d.world_size = world_size;
+  d.vocab_size = config.model.vocab_size;
+  d.val_min_tokens = resolved_eval_seq_len(config) + 1;  // at least one evaluation window per file
+  return d;
+}
+
+std::unique_ptr<Optimizer> make_optimizer(const Config& config, const Module& model) {
+  GroupRules rules;
+  rules.weight_decay = config.optim.weight_decay;
+  rules.ssm_lr = resolved_ssm_lr(config);
+  std::vector<ParamGroup> groups = make_param_groups(param_specs(model.named_parameters()), rules);
+  if (config.optim.name == "sgd")
+    return std::make_unique<SGD>(std::move(groups), config.optim.lr, SGDOptions{.momentum = config.optim.momentum});
+  AdamWOptions o;
+  o.beta1 = config.optim.betas.at(0);
+  o.beta2 = config.optim.betas.at(1);
+  o.eps = config.optim.eps;
+  return std::make_unique<AdamW>(std::move(groups), config.optim.lr, o);
+}
+
+ScheduleConfig schedule_config(const Config& config, int64_t total_steps) {
+  ScheduleConfig s;
+  s.kind = schedule_kind_from_name(config.schedule.kind);
+  s.peak_lr = config.optim.lr;
+  s.total_steps = total_steps;
+  s.warmup_steps = resolved_warmup_steps(config.schedule, total_steps);
+  s.min_lr = config.schedule.min_lr;
+  s.decay_fraction = config.schedule.decay_fraction;
+  validate(s);
+  return s;
+}
+
+ParamCounts param_counts(const ModelSpec& spec, const LanguageModel& model) {
+  auto [per_token, experts] = moe_routing(spec);
+  ParameterCounts c = model.parameter_counts(per_token, experts);
+  ParamCounts p;
+  p.total = c.total;
+  p.non_embedding = c.non_embedding;
+  p.active = c.active;
+  return p;
+}
+
+BudgetSpec budget_spec(const Config& config) {
+  BudgetSpec b;
+  b.tokens = config.budget.tokens;
+  b.tokens_per_param = config.budget.tokens_per_param;
+  b.steps = config.budget.steps;
+  b.params = config.budget.params;
+  return b;
+}
+
+int64_t tokens_per_step(const Config& config, int world_size) {
+  return config.train.batch_size * config.train.seq_len * config.train.grad_accum * world_size;
+}
+
+void apply_thread_setting(const Config& config) {
+  if (config.train.threads > 0) omp_set_num_threads(static_cast<int>(config.train.threads));
+}
+
+}  // namespace ssmtrain

@@ -1,0 +1,369 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "optim/clip.h"
+#include "data/sampler.h"
+#include "train/checkpoint.h"
+#include "train/generate.h"
+#include "train/metrics.h"
+#include "train/setup.h"
+#include "train/signals.h"
+
+namespace fs = std::filesystem;
+
+namespace ssmtrain {
+
+std::pair<Tensor, Tensor> batch_tensors(const Batch& batch, Device device) {
+  const Dims shape{batch.batch, batch.seq_len};
+  std::vector<int64_t> ids(batch.inputs.begin(), batch.inputs.end());
+  std::vector<int64_t> targets(batch.targets.begin(), batch.targets.end());
+  return {Tensor::from_vector<int64_t>(ids, shape, device), Tensor::from_vector<int64_t>(targets, shape, device)};
+}
+
+EvalResult evaluate(LanguageModel& model, Dataset& data, int64_t batches, int64_t batch_size, int64_t seq_len,
+                    Device device) {
+  NoGradGuard no_grad;
+  const bool was_training = model.is_training();
+  model.eval();
+  data.rewind();
+  double nll = 0;
+  int64_t targets = 0, bytes = 0, correct = 0;
+  for (int64_t i = 0; i < batches; ++i) {
+    Batch b = data.next(batch_size, seq_len);
+    auto [ids, tg] = batch_tensors(b, device);
+    Tensor logits = model.forward(ids).logits;
+    Tensor per_token = cross_entropy_per_token(logits, tg);
+    nll += sum(per_token).to(Device::cpu()).to(DType::f64).item<double>();
+    targets += b.num_targets();
+    bytes += b.num_target_bytes;
+    // Accuracy: argmax over the unpadded vocabulary at the target positions (on the host;
+    // evaluation batches are small).
+    const int64_t V = logits.size(-1), vocab = data.vocab_size();
+    std::vector<float> host = logits.to(Device::cpu()).to(DType::f32).contiguous().to_vector<float>();
+    for (size_t p = 0; p < b.targets.size(); ++p) {
+      if (b.targets[p] == kIgnoreIndex) continue;
+      const float* row = host.data() + static_cast<int64_t>(p) * V;
+      int64_t best = 0;
+      for (int64_t v = 1; v < vocab; ++v)
+        if (row[v] > row[best]) best = v;
+      correct += best == b.targets[p];
+    }
+  }
+  model.train(was_training);
+  EvalResult r;
+  r.targets = targets;
+  r.loss = targets > 0 ? nll / static_cast<double>(targets) : 0.0;
+  r.accuracy = targets > 0 ? static_cast<double>(correct) / static_cast<double>(targets) : 0.0;
+  if (data.byte_level() && bytes > 0) r.bits_per_byte = nll / (std::log(2.0) * static_cast<double>(bytes));
+  return r;
+}
+
+namespace {
+
+void write_text_atomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw UserError("cannot write '" + tmp + "': " + std::strerror(errno));
+    out << text;
+    if (!out.flush()) throw UserError("cannot write '" + tmp + "': disk full?");
+  }
+  fs::rename(tmp, path);
+}
+
+// metrics.jsonl records of steps after `step` were written by a run that stopped later
+// than its last checkpoint; the resumed run writes them again, so they are dropped.
+void drop_metrics_after(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    auto at = line.find("\"step\":");
+    if (at != std::string::npos && std::stoll(line.substr(at + 7)) > step) continue;
+    kept += line + "\n";
+  }
+  in.close();
+  write_text_atomically(path, kept);
+}
+
+std::string fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+std::string sci(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.2e", v);
+  return buf;
+}
+
+class Run {
+ public:
+  Run(const Config& config, const TrainOptions& options) : config_(config), options_(options) {}
+
+  int execute() {
+    apply_thread_setting(config_);
+    device_ = train_device(config_);
+    const std::string ckpt_dir = options_.run_dir + "/checkpoints";
+    std::optional<std::string> resume_from = find_resume_checkpoint(ckpt_dir);
+    fs::create_directories(ckpt_dir);
+    if (resume_from) drop_metrics_after(options_.run_dir + "/metrics.jsonl", checkpoint_step(*resume_from).value_or(0));
+    log_ = std::make_unique<RunLog>(options_.run_dir, options_.quiet);
+    config_yaml_ = to_yaml(config_);
+    write_text_atomically(options_.run_dir + "/config.yaml", config_yaml_);
+
+    // Model: drawn on the CPU from the seed (identical on every device), then moved.
+    spec_ = model_spec(config_);
+    Generator init_gen(static_cast<uint64_t>(config_.train.seed));
+    model_ = build_language_model(spec_, init_gen);
+    if (!device_.is_cpu()) model_->to(device_);
+    optimizer_ = make_optimizer(config_, *model_);
+
+    train_data_ = make_dataset(data_spec(config_, 0, 1), "train");
+    if (has_validation(data_spec(config_, 0, 1))) val_data_ = make_dataset(data_spec(config_, 0, 1), "val");
+    SSMT_CHECK(train_data_->vocab_size() <= config_.model.vocab_size, "model.vocab_size: ", config_.model.vocab_size,
+               " is smaller than the data's vocabulary of ", train_data_->vocab_size(), " (", train_data_->describe(),
+               ")");
+
+    budget_ = compute_budget(param_counts(spec_, *model_), budget_spec(config_), tokens_per_step(config_, 1));
+    schedule_ = schedule_config(config_, budget_.steps);
+    state_.total_steps = budget_.steps;
+    state_.rng_seed = static_cast<uint64_t>(config_.train.seed);
+
+    if (resume_from) restore(*resume_from);
+    announce(resume_from);
+    return loop();
+  }
+
+ private:
+  std::optional<std::string> find_resume_checkpoint(const std::string& dir) {
+    if (options_.resume.empty()) {
+      auto existing = list_checkpoints(dir);
+      SSMT_CHECK(existing.empty(), "run directory '", options_.run_dir, "' already holds checkpoints (newest: ",
+                 existing.empty() ? "" : existing.back(),
+                 "); pass --resume auto to continue that run, or choose another --run-dir / run.name");
+      return std::nullopt;
+    }
+    if (options_.resume == "auto") {
+      std::vector<std::string> skipped;
+      auto found = newest_valid_checkpoint(dir, &skipped);
+      for (const auto& m : skipped) std::fprintf(stderr, "warning: skipping checkpoint: %s\n", m.c_str());
+      if (!found) std::fprintf(stderr, "--resume auto: no valid checkpoint in '%s'; starting from scratch\n", dir.c_str());
+      return found;
+    }
+    SSMT_CHECK(fs::exists(options_.resume), "--resume: checkpoint '", options_.resume, "' does not exist");
+    CheckpointReader(options_.resume).verify();
+    return options_.resume;
+  }
+
+  void restore(const std::string& path) {
+    CheckpointReader reader(path);
+    reader.verify();
+    Config saved = parse_config(read_config_text(reader), path);
+    for (const auto& d : config_differences(saved, config_))
+      log_->info("note: config differs from the checkpoint's: " + d);
+    load_model(reader, *model_);
+    load_optimizer(reader, *optimizer_);
+    TrainerState s = read_trainer_state(reader);
+    SSMT_CHECK(s.step <= budget_.steps, "--resume: checkpoint '", path, "' is at step ", s.step,
+               ", past this run's budget of ", budget_.steps, " steps");
+    if (s.total_steps != budget_.steps)
+      log_->info("note: the budget changed from " + std::to_string(s.total_steps) + " to " +
+                 std::to_string(budget_.steps) + " steps; the schedule follows the new budget");
+    train_data_->restore(DataCursor{s.data_kind, s.data_cursor});
+    state_ = s;
+    state_.total_steps = budget_.steps;
+    resumed_step_ = s.step;
+  }
+
+  void announce(const std::optional<std::string>& resume_from) {
+    log_->info("ssmtrain: run '" + options_.run_dir + "' on " + device_.str() + ", model " + spec_.mixer + " x" +
+               std::to_string(spec_.n_layer) + " (d_model " + std::to_string(spec_.d_model) + ")");
+    log_->info("data: " + train_data_->describe());
+    log_->info("budget: " + budget_.summary());
+    if (resume_from)
+      log_->info("resumed from " + *resume_from + " at step " + std::to_string(state_.step) + " (" +
+                 format_count(static_cast<double>(state_.tokens)) + " tokens)");
+  }
+
+  int loop() {
+    install_stop_handlers();
+    const auto& tc = config_.train;
+    const std::vector<Tensor> params = optimizer_->parameters();
+    const auto start = std::chrono::steady_clock::now();
+    auto window_start = start;
+    int64_t window_tokens = 0;
+    model_->train();
+    while (state_.step < budget_.steps) {
+      if (options_.max_steps > 0 && state_.step >= options_.max_steps) break;
+      const double lr = learning_rate(schedule_, state_.step);
+      optimizer_->set_lr(lr);
+      double loss_sum = 0, aux_sum = 0;
+      bool finite = true;
+      for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
+        Batch b = train_data_->next(tc.batch_size, tc.seq_len);
+        auto [ids, targets] = batch_tensors(b, device_);
+        LMOutput out = model_->forward(ids);
+        Tensor loss = cross_entropy(out.logits, targets);
+        Tensor total = loss;
+        if (out.aux_loss.defined()) {
+          total = add(loss, out.aux_loss);
+          aux_sum += out.aux_loss.to(Device::cpu()).item<float>();
+        }
+        if (tc.grad_accum > 1) total = mul(total, 1.0 / static_cast<double>(tc.grad_accum));
+        backward(total);
+        const double l = loss.to(Device::cpu()).item<float>();
+        finite = finite && std::isfinite(l);
+        loss_sum += l;
+      }
+      const double loss = loss_sum / static_cast<double>(tc.grad_accum);
+      ClipResult clip = clip_grad_norm(params, config_.optim.grad_clip);
+      if (finite && clip.finite) {
+        optimizer_->step();
+        state_.nonfinite_in_row = 0;
+      } else {
+        ++state_.nonfinite_total;
+        ++state_.nonfinite_in_row;
+      }
+      optimizer_->zero_grad();
+      model_->zero_grad();
+      ++state_.step;
+      state_.tokens += budget_.tokens_per_step;
+      window_tokens += budget_.tokens_per_step;
+
+      if (state_.nonfinite_in_row > 0) {
+        log_->info("step " + std::to_string(state_.step) + ": non-finite " + (finite ? "gradient" : "loss") +
+                   " (loss " + fixed(loss, 4) + ", grad norm " + sci(clip.norm) + "); update skipped (" +
+                   std::to_string(state_.nonfinite_in_row) + " in a row)");
+        if (state_.nonfinite_in_row >= std::max<int64_t>(1, tc.max_nonfinite)) {
+          log_->finish_progress();
+          std::fprintf(stderr,
+                       "ssmtrain: stopping: %lld consecutive steps had a non-finite loss or gradient "
+                       "(train.max_nonfinite = %lld); the last good checkpoint in %s/checkpoints is kept. "
+                       "Lower optim.lr, check the data, or raise optim.grad_clip's strictness.\n",
+                       static_cast<long long>(state_.nonfinite_in_row), static_cast<long long>(tc.max_nonfinite),
+                       options_.run_dir.c_str());
+          return 1;
+        }
+      }
+
+      const auto now = std::chrono::steady_clock::now();
+      const double elapsed = std::chrono::duration<double>(now - start).count();
+      const double window_s = std::chrono::duration<double>(now - window_start).count();
+      const double tok_s = window_s > 0 ? static_cast<double>(window_tokens) / window_s : 0.0;
+      const int64_t done_here = state_.step - resumed_step_;
+      const double eta = done_here > 0 ? elapsed / static_cast<double>(done_here) *
+                                             static_cast<double>(budget_.steps - state_.step)
+                                       : 0.0;
+      log_->progress(state_.step, budget_.steps, loss, lr, tok_s, eta);
+      const bool last = state_.step == budget_.steps;
+      if (state_.step % tc.log_every == 0 || last || state_.step == 1) {
+        JsonLine j;
+        j.add("step", state_.step).add("tokens", state_.tokens).add("loss", loss).add("lr", lr);
+        j.add("grad_norm", clip.norm).add("tokens_per_s", tok_s).add("elapsed_s", elapsed);
+        if (spec_.moe_every > 0 || moe_routing(spec_).second > 1) j.add("aux_loss", aux_sum / tc.grad_accum);
+        if (state_.nonfinite_total > 0) j.add("nonfinite_total", state_.nonfinite_total);
+        log_->metrics(j);
+        if (!log_->is_tty())
+          log_->info("step " + std::to_string(state_.step) + "/" + std::to_string(budget_.steps) + " | loss " +
+                     fixed(loss, 4) + " | lr " + sci(lr) + " | grad norm " + fixed(clip.norm, 3) + " | " +
+                     format_count(tok_s) + " tok/s | ETA " + format_duration(eta));
+        window_start = now;
+        window_tokens = 0;
+      }
+      if (val_data_ && ((tc.eval_every > 0 && state_.step % tc.eval_every == 0) || last)) run_eval();
+      const bool stop = stop_requested();
+      const bool reached_max = options_.max_steps > 0 && state_.step >= options_.max_steps;
+      if ((tc.checkpoint_every > 0 && state_.step % tc.checkpoint_every == 0) || last || stop || reached_max)
+        save();
+      if (stop) {
+        log_->finish_progress();
+        log_->info("stopped by signal after step " + std::to_string(state_.step) +
+                   "; continue with: ssmtrain train <config> --run-dir " + options_.run_dir + " --resume auto");
+        return 0;
+      }
+    }
+    log_->finish_progress();
+    if (state_.step < budget_.steps)
+      log_->info("stopped at step " + std::to_string(state_.step) + " of " + std::to_string(budget_.steps) +
+                 " (--max-steps); continue with --resume auto");
+    else
+      log_->info("done: " + std::to_string(state_.step) + " steps, " +
+                 format_count(static_cast<double>(state_.tokens)) + " tokens");
+    return 0;
+  }
+
+  void run_eval() {
+    const auto& tc = config_.train;
+    const int64_t L = resolved_eval_seq_len(config_);
+    EvalResult r = evaluate(*model_, *val_data_, tc.eval_batches, tc.batch_size, L, device_);
+    JsonLine j;
+    j.add("step", state_.step).add("tokens", state_.tokens).add("split", std::string("val")).add("loss", r.loss);
+    std::string line = "eval step " + std::to_string(state_.step) + " | val loss " + fixed(r.loss, 4);
+    if (r.bits_per_byte >= 0) {
+      j.add("bpb", r.bits_per_byte);
+      line += " | " + fixed(r.bits_per_byte, 4) + " bits/byte";
+    }
+    if (config_.data.kind == "synthetic") {
+      j.add("acc", r.accuracy);
+      line += " | accuracy " + fixed(100.0 * r.accuracy, 2) + "%";
+    }
+    log_->metrics(j);
+    log_->info(line);
+    if (tc.sample_tokens > 0 && val_data_->byte_level()) {
+      // The sample has its own generator, keyed by the step, so it never moves training RNG.
+      Generator gen(derive_key(static_cast<uint64_t>(tc.seed), 0x53414d50ull + static_cast<uint64_t>(state_.step)));
+      const std::string prompt = "The ";
+      std::vector<int32_t> ids(prompt.begin(), prompt.end());
+      SampleOptions so;
+      so.tokens = tc.sample_tokens;
+      so.temperature = 0.8;
+      so.top_k = 40;
+      std::vector<int32_t> out = generate(*model_, ids, val_data_->vocab_size(), so, gen);
+      log_->info("sample: " + prompt + printable_bytes(out));
+    }
+  }
+
+  void save() {
+    DataCursor c = train_data_->cursor();
+    state_.data_kind = c.kind;
+    state_.data_cursor = c.values;
+    const std::string dir = options_.run_dir + "/checkpoints";
+    const std::string path = checkpoint_path(dir, state_.step);
+    save_checkpoint(path, *model_, optimizer_.get(), state_, config_yaml_);
+    auto pruned = prune_checkpoints(dir, config_.train.keep_last);
+    log_->info("checkpoint " + path + (pruned.empty() ? "" : " (removed " + std::to_string(pruned.size()) + " older)"));
+  }
+
+  Config config_;
+  TrainOptions options_;
+  Device device_;
+  std::unique_ptr<RunLog> log_;
+  std::string config_yaml_;
+  ModelSpec spec_;
+  std::shared_ptr<LanguageModel> model_;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<Dataset> train_data_, val_data_;
+  Budget budget_;
+  ScheduleConfig schedule_;
+  TrainerState state_;
+  int64_t resumed_step_ = 0;
+};
+
+}  // namespace
+
+int run_training(const Config& config, const TrainOptions& options) {
+  Run run(config, options);
+  return run.execute();
+}
+
+}  // namespace ssmtrain
