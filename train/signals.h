@@ -7,5 +7,6 @@ namespace ssmtrain {
 void install_stop_handlers();
 bool stop_requested();
 void request_stop();  // for tests
+void clear_stop_request();  // for tests
 
 }  // namespace ssmtrain

@@ -240,22 +240,6 @@ class Run {
       state_.tokens += budget_.tokens_per_step;
       window_tokens += budget_.tokens_per_step;
 
-      if (state_.nonfinite_in_row > 0) {
-        log_->info("step " + std::to_string(state_.step) + ": non-finite " + (finite ? "gradient" : "loss") +
-                   " (loss " + fixed(loss, 4) + ", grad norm " + sci(clip.norm) + "); update skipped (" +
-                   std::to_string(state_.nonfinite_in_row) + " in a row)");
-        if (state_.nonfinite_in_row >= std::max<int64_t>(1, tc.max_nonfinite)) {
-          log_->finish_progress();
-          std::fprintf(stderr,
-                       "ssmtrain: stopping: %lld consecutive steps had a non-finite loss or gradient "
-                       "(train.max_nonfinite = %lld); the last good checkpoint in %s/checkpoints is kept. "
-                       "Lower optim.lr, check the data, or raise optim.grad_clip's strictness.\n",
-                       static_cast<long long>(state_.nonfinite_in_row), static_cast<long long>(tc.max_nonfinite),
-                       options_.run_dir.c_str());
-          return 1;
-        }
-      }
-
       const auto now = std::chrono::steady_clock::now();
       const double elapsed = std::chrono::duration<double>(now - start).count();
       const double window_s = std::chrono::duration<double>(now - window_start).count();
@@ -280,6 +264,22 @@ class Run {
         window_start = now;
         window_tokens = 0;
       }
+      if (state_.nonfinite_in_row > 0) {
+        log_->info("step " + std::to_string(state_.step) + ": non-finite " + (finite ? "gradient" : "loss") +
+                   " (loss " + fixed(loss, 4) + ", grad norm " + sci(clip.norm) + "); update skipped (" +
+                   std::to_string(state_.nonfinite_in_row) + " in a row)");
+        if (state_.nonfinite_in_row >= std::max<int64_t>(1, tc.max_nonfinite)) {
+          log_->finish_progress();
+          std::fprintf(stderr,
+                       "ssmtrain: stopping: %lld consecutive steps had a non-finite loss or gradient "
+                       "(train.max_nonfinite = %lld); the last good checkpoint in %s/checkpoints is kept. "
+                       "Lower optim.lr or optim.grad_clip, or check the data.\n",
+                       static_cast<long long>(state_.nonfinite_in_row), static_cast<long long>(tc.max_nonfinite),
+                       options_.run_dir.c_str());
+          return 1;
+        }
+      }
+
       if (val_data_ && ((tc.eval_every > 0 && state_.step % tc.eval_every == 0) || last)) run_eval();
       const bool stop = stop_requested();
       const bool reached_max = options_.max_steps > 0 && state_.step >= options_.max_steps;

@@ -1,0 +1,119 @@
+// Fused cross-entropy on CUDA. The forward makes one pass over each row of logits with the
+// online (max, sum-exp) state (rows.cuh) and writes the per-row loss and logsumexp; the
+// backward recomputes softmax from the saved logsumexp while writing dlogits, so the
+// probabilities never exist in memory. One warp per row for vocabularies up to
+// kWarpRowLimit, one block per row above; 16-byte accesses where the rows allow them.
+//
+// Targets equal to ignore_index give loss 0 and a zero gradient row. A target outside
+// [0, V) that is not ignore_index cannot be reported from the device without a
+// synchronisation: its row gets loss 0 and the gradient of the softmax alone (backend.h).
+#include "core/cuda/rows.cuh"
+
+namespace ssmtrain::cuda_detail {
+namespace {
+
+template <bool kWarpGroup, typename T>
+__global__ void cross_entropy_forward_kernel(const T* __restrict__ logits, const int64_t* __restrict__ targets,
+                                             int64_t m, int64_t v, bool vec, int64_t ignore_index, AnyFloat loss,
+                                             AnyFloat lse) {
+  using A = compute_t<T>;
+  __shared__ LseState<A> smem[kWarp];
+  using G = RowGroup<kWarpGroup>;
+  for (int64_t r = G::index(); r < m; r += G::count()) {
+    const T* row = logits + r * v;
+    LseState<A> st = lse_init<A>();
+    for_row(row, v, G::thread(), G::size(), vec, [&](int64_t, T x) { lse_add(st, arith(x)); });
+    st = group_lse<kWarpGroup>(st, smem);
+    if (G::thread() == 0) {
+      const A row_lse = lse_value(st);
+      const int64_t t = targets[r];
+      const bool counted = t != ignore_index && t >= 0 && t < v;
+      lse.store<A>(r, row_lse);
+      loss.store<A>(r, counted ? row_lse - arith(row[t]) : A(0));
+    }
+  }
+}
+
+template <bool kWarpGroup, typename T>
+__global__ void cross_entropy_backward_kernel(const T* __restrict__ logits, const int64_t* __restrict__ targets,
+                                              AnyFloat lse, AnyFloat gloss, int64_t m, int64_t v, bool vec,
+                                              int64_t ignore_index, T* __restrict__ dlogits) {
+  using A = compute_t<T>;
+  constexpr int VEC = 16 / sizeof(T);
+  using G = RowGroup<kWarpGroup>;
+  for (int64_t r = G::index(); r < m; r += G::count()) {
+    const T* row = logits + r * v;
+    T* drow = dlogits + r * v;
+    const int64_t t = targets[r];
+    const bool ignored = t == ignore_index;
+    const A row_lse = ignored ? A(0) : lse.load<A>(r);
+    const A g = ignored ? A(0) : gloss.load<A>(r);
+    // (softmax - onehot) * g, the onehot term only at a valid target.
+    auto grad = [&](int64_t i, T x) -> T {
+      if (ignored) return convert<T>(A(0));
+      A p = d_exp(arith(x) - row_lse);
+      return convert<T>(i == t ? (p - A(1)) * g : p * g);
+    };
+    if (vec) {
+      const Vec<T, VEC>* rv = reinterpret_cast<const Vec<T, VEC>*>(row);
+      Vec<T, VEC>* dv = reinterpret_cast<Vec<T, VEC>*>(drow);
+      for (int64_t i = G::thread(); i < v / VEC; i += G::size()) {
+        Vec<T, VEC> in = rv[i], out;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) out.v[j] = grad(i * VEC + j, in.v[j]);
+        dv[i] = out;
+      }
+    } else {
+      for (int64_t i = G::thread(); i < v; i += G::size()) drow[i] = grad(i, row[i]);
+    }
+  }
+}
+
+}  // namespace
+
+void CudaBackend::cross_entropy_forward(const Tensor& logits_in, const Tensor& targets_in, int64_t ignore_index,
+                                        const Tensor& loss, const Tensor& lse) {
+  DeviceGuard guard(device_);
+  Tensor logits = contiguous_input(logits_in), targets = contiguous_input(targets_in);
+  SSMT_ASSERT(logits.dim() == 2 && targets.dtype() == DType::i64 && targets.numel() == logits.size(0) &&
+                  loss.numel() == logits.size(0) && lse.numel() == logits.size(0) && loss.is_contiguous() &&
+                  lse.is_contiguous(),
+              "cross_entropy_forward: ", logits.describe(), ", ", targets.describe(), " -> ", loss.describe(), ", ",
+              lse.describe());
+  const int64_t m = logits.size(0), v = logits.size(1);
+  if (m == 0) return;
+  const DeviceContext& ctx = context_of(logits);
+  SSMT_DISPATCH_FLOAT(logits.dtype(), "cross_entropy_forward", [&] {
+    using T = scalar_t;
+    const T* pl = static_cast<const T*>(logits.data_ptr());
+    RowLaunch L = row_launch(m, v, ctx);
+    SSMT_ROW_LAUNCH(L, ctx, cross_entropy_forward_kernel, T, pl, static_cast<const int64_t*>(targets.data_ptr()), m,
+                    v, rows_vectorizable<T>(pl, v), ignore_index, any_float(loss), any_float(lse));
+  });
+}
+
+void CudaBackend::cross_entropy_backward(const Tensor& logits_in, const Tensor& targets_in, const Tensor& lse_in,
+                                         const Tensor& gloss_in, int64_t ignore_index, const Tensor& dlogits) {
+  DeviceGuard guard(device_);
+  Tensor logits = contiguous_input(logits_in), targets = contiguous_input(targets_in);
+  Tensor lse = contiguous_input(lse_in), gloss = contiguous_input(gloss_in);
+  SSMT_ASSERT(logits.dim() == 2 && dlogits.shape() == logits.shape() && dlogits.is_contiguous() &&
+                  dlogits.dtype() == logits.dtype() && targets.dtype() == DType::i64 &&
+                  targets.numel() == logits.size(0) && lse.numel() == logits.size(0) &&
+                  gloss.numel() == logits.size(0) && lse.dim() == 1 && gloss.dim() == 1,
+              "cross_entropy_backward: ", logits.describe(), " -> ", dlogits.describe());
+  const int64_t m = logits.size(0), v = logits.size(1);
+  if (dlogits.numel() == 0) return;
+  const DeviceContext& ctx = context_of(logits);
+  SSMT_DISPATCH_FLOAT(logits.dtype(), "cross_entropy_backward", [&] {
+    using T = scalar_t;
+    const T* pl = static_cast<const T*>(logits.data_ptr());
+    T* pd = static_cast<T*>(dlogits.data_ptr());
+    RowLaunch L = row_launch(m, v, ctx);
+    SSMT_ROW_LAUNCH(L, ctx, cross_entropy_backward_kernel, T, pl, static_cast<const int64_t*>(targets.data_ptr()),
+                    any_float(lse), any_float(gloss), m, v, rows_vectorizable<T>(pl, v) && rows_vectorizable<T>(pd, v),
+                    ignore_index, pd);
+  });
+}
+
+}  // namespace ssmtrain::cuda_detail
