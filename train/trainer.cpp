@@ -12,6 +12,7 @@
 #include "optim/clip.h"
 #include "data/sampler.h"
 #include "train/checkpoint.h"
+#include "train/dist.h"
 #include "train/generate.h"
 #include "train/metrics.h"
 #include "train/setup.h"
@@ -113,13 +114,18 @@ class Run {
   int execute() {
     apply_thread_setting(config_);
     device_ = train_device(config_);
+    // Under mpirun each process takes the GPU of its local rank when train.device is "cuda".
+    if (device_.is_cuda() && dist_.active() && config_.train.device == "cuda") device_ = Device::cuda(dist_.local_rank());
     const std::string ckpt_dir = options_.run_dir + "/checkpoints";
     std::optional<std::string> resume_from = find_resume_checkpoint(ckpt_dir);
-    fs::create_directories(ckpt_dir);
-    if (resume_from) drop_metrics_after(options_.run_dir + "/metrics.jsonl", checkpoint_step(*resume_from).value_or(0));
-    log_ = std::make_unique<RunLog>(options_.run_dir, options_.quiet);
     config_yaml_ = to_yaml(config_);
-    write_text_atomically(options_.run_dir + "/config.yaml", config_yaml_);
+    if (dist_.is_main()) {
+      fs::create_directories(ckpt_dir);
+      if (resume_from)
+        drop_metrics_after(options_.run_dir + "/metrics.jsonl", checkpoint_step(*resume_from).value_or(0));
+      log_ = std::make_unique<RunLog>(options_.run_dir, options_.quiet);
+      write_text_atomically(options_.run_dir + "/config.yaml", config_yaml_);
+    }
 
     // Model: drawn on the CPU from the seed (identical on every device), then moved.
     spec_ = model_spec(config_);
@@ -128,19 +134,19 @@ class Run {
     if (!device_.is_cpu()) model_->to(device_);
     optimizer_ = make_optimizer(config_, *model_);
 
-    train_data_ = make_dataset(data_spec(config_, 0, 1), "train");
-    if (has_validation(data_spec(config_, 0, 1))) val_data_ = make_dataset(data_spec(config_, 0, 1), "val");
+    train_data_ = make_dataset(data_spec(config_, dist_.rank(), dist_.world_size()), "train");
+    if (dist_.is_main() && has_validation(data_spec(config_, 0, 1))) val_data_ = make_dataset(data_spec(config_, 0, 1), "val");
     SSMT_CHECK(train_data_->vocab_size() <= config_.model.vocab_size, "model.vocab_size: ", config_.model.vocab_size,
                " is smaller than the data's vocabulary of ", train_data_->vocab_size(), " (", train_data_->describe(),
                ")");
 
-    budget_ = compute_budget(param_counts(spec_, *model_), budget_spec(config_), tokens_per_step(config_, 1));
+    budget_ = compute_budget(param_counts(spec_, *model_), budget_spec(config_), tokens_per_step(config_, dist_.world_size()));
     schedule_ = schedule_config(config_, budget_.steps);
     state_.total_steps = budget_.steps;
     state_.rng_seed = static_cast<uint64_t>(config_.train.seed);
 
     if (resume_from) restore(*resume_from);
-    announce(resume_from);
+    if (log_) announce(resume_from);
     return loop();
   }
 
@@ -170,14 +176,14 @@ class Run {
     reader.verify();
     Config saved = parse_config(read_config_text(reader), path);
     for (const auto& d : config_differences(saved, config_))
-      log_->info("note: config differs from the checkpoint's: " + d);
+      if (log_) log_->info("note: config differs from the checkpoint's: " + d);
     load_model(reader, *model_);
     load_optimizer(reader, *optimizer_);
     TrainerState s = read_trainer_state(reader);
     SSMT_CHECK(s.step <= budget_.steps, "--resume: checkpoint '", path, "' is at step ", s.step,
                ", past this run's budget of ", budget_.steps, " steps");
     if (s.total_steps != budget_.steps)
-      log_->info("note: the budget changed from " + std::to_string(s.total_steps) + " to " +
+      if (log_) log_->info("note: the budget changed from " + std::to_string(s.total_steps) + " to " +
                  std::to_string(budget_.steps) + " steps; the schedule follows the new budget");
     train_data_->restore(DataCursor{s.data_kind, s.data_cursor});
     state_ = s;
@@ -186,12 +192,12 @@ class Run {
   }
 
   void announce(const std::optional<std::string>& resume_from) {
-    log_->info("ssmtrain: run '" + options_.run_dir + "' on " + device_.str() + ", model " + spec_.mixer + " x" +
+    if (log_) log_->info("ssmtrain: run '" + options_.run_dir + "' on " + device_.str() + ", model " + spec_.mixer + " x" +
                std::to_string(spec_.n_layer) + " (d_model " + std::to_string(spec_.d_model) + ")");
-    log_->info("data: " + train_data_->describe());
-    log_->info("budget: " + budget_.summary());
+    if (log_) log_->info("data: " + train_data_->describe());
+    if (log_) log_->info("budget: " + budget_.summary());
     if (resume_from)
-      log_->info("resumed from " + *resume_from + " at step " + std::to_string(state_.step) + " (" +
+      if (log_) log_->info("resumed from " + *resume_from + " at step " + std::to_string(state_.step) + " (" +
                  format_count(static_cast<double>(state_.tokens)) + " tokens)");
   }
 
@@ -225,7 +231,9 @@ class Run {
         finite = finite && std::isfinite(l);
         loss_sum += l;
       }
-      const double loss = loss_sum / static_cast<double>(tc.grad_accum);
+      dist_.average_gradients(params);
+      const double loss = dist_.sum(loss_sum / static_cast<double>(tc.grad_accum)) / dist_.world_size();
+      finite = dist_.max(finite ? 0.0 : 1.0) == 0.0;
       ClipResult clip = clip_grad_norm(params, config_.optim.grad_clip);
       if (finite && clip.finite) {
         optimizer_->step();
@@ -248,7 +256,7 @@ class Run {
       const double eta = done_here > 0 ? elapsed / static_cast<double>(done_here) *
                                              static_cast<double>(budget_.steps - state_.step)
                                        : 0.0;
-      log_->progress(state_.step, budget_.steps, loss, lr, tok_s, eta);
+      if (log_) log_->progress(state_.step, budget_.steps, loss, lr, tok_s, eta);
       const bool last = state_.step == budget_.steps;
       if (state_.step % tc.log_every == 0 || last || state_.step == 1) {
         JsonLine j;
@@ -256,8 +264,8 @@ class Run {
         j.add("grad_norm", clip.norm).add("tokens_per_s", tok_s).add("elapsed_s", elapsed);
         if (spec_.moe_every > 0 || moe_routing(spec_).second > 1) j.add("aux_loss", aux_sum / tc.grad_accum);
         if (state_.nonfinite_total > 0) j.add("nonfinite_total", state_.nonfinite_total);
-        log_->metrics(j);
-        if (!log_->is_tty())
+        if (log_) log_->metrics(j);
+        if (log_ && !log_->is_tty())
           log_->info("step " + std::to_string(state_.step) + "/" + std::to_string(budget_.steps) + " | loss " +
                      fixed(loss, 4) + " | lr " + sci(lr) + " | grad norm " + fixed(clip.norm, 3) + " | " +
                      format_count(tok_s) + " tok/s | ETA " + format_duration(eta));
@@ -265,11 +273,11 @@ class Run {
         window_tokens = 0;
       }
       if (state_.nonfinite_in_row > 0) {
-        log_->info("step " + std::to_string(state_.step) + ": non-finite " + (finite ? "gradient" : "loss") +
+        if (log_) log_->info("step " + std::to_string(state_.step) + ": non-finite " + (finite ? "gradient" : "loss") +
                    " (loss " + fixed(loss, 4) + ", grad norm " + sci(clip.norm) + "); update skipped (" +
                    std::to_string(state_.nonfinite_in_row) + " in a row)");
         if (state_.nonfinite_in_row >= std::max<int64_t>(1, tc.max_nonfinite)) {
-          log_->finish_progress();
+          if (log_) log_->finish_progress();
           std::fprintf(stderr,
                        "ssmtrain: stopping: %lld consecutive steps had a non-finite loss or gradient "
                        "(train.max_nonfinite = %lld); the last good checkpoint in %s/checkpoints is kept. "
@@ -281,22 +289,22 @@ class Run {
       }
 
       if (val_data_ && ((tc.eval_every > 0 && state_.step % tc.eval_every == 0) || last)) run_eval();
-      const bool stop = stop_requested();
+      const bool stop = dist_.max(stop_requested() ? 1.0 : 0.0) > 0;
       const bool reached_max = options_.max_steps > 0 && state_.step >= options_.max_steps;
       if ((tc.checkpoint_every > 0 && state_.step % tc.checkpoint_every == 0) || last || stop || reached_max)
         save();
       if (stop) {
-        log_->finish_progress();
-        log_->info("stopped by signal after step " + std::to_string(state_.step) +
+        if (log_) log_->finish_progress();
+        if (log_) log_->info("stopped by signal after step " + std::to_string(state_.step) +
                    "; continue with: ssmtrain train <config> --run-dir " + options_.run_dir + " --resume auto");
         return 0;
       }
     }
-    log_->finish_progress();
-    if (state_.step < budget_.steps)
+    if (log_) log_->finish_progress();
+    if (log_ && state_.step < budget_.steps)
       log_->info("stopped at step " + std::to_string(state_.step) + " of " + std::to_string(budget_.steps) +
                  " (--max-steps); continue with --resume auto");
-    else
+    else if (log_)
       log_->info("done: " + std::to_string(state_.step) + " steps, " +
                  format_count(static_cast<double>(state_.tokens)) + " tokens");
     return 0;
@@ -317,8 +325,8 @@ class Run {
       j.add("acc", r.accuracy);
       line += " | accuracy " + fixed(100.0 * r.accuracy, 2) + "%";
     }
-    log_->metrics(j);
-    log_->info(line);
+    if (log_) log_->metrics(j);
+    if (log_) log_->info(line);
     if (tc.sample_tokens > 0 && val_data_->byte_level()) {
       // The sample has its own generator, keyed by the step, so it never moves training RNG.
       Generator gen(derive_key(static_cast<uint64_t>(tc.seed), 0x53414d50ull + static_cast<uint64_t>(state_.step)));
@@ -329,11 +337,12 @@ class Run {
       so.temperature = 0.8;
       so.top_k = 40;
       std::vector<int32_t> out = generate(*model_, ids, val_data_->vocab_size(), so, gen);
-      log_->info("sample: " + prompt + printable_bytes(out));
+      if (log_) log_->info("sample: " + prompt + printable_bytes(out));
     }
   }
 
   void save() {
+    if (!dist_.is_main()) return;
     DataCursor c = train_data_->cursor();
     state_.data_kind = c.kind;
     state_.data_cursor = c.values;
@@ -341,11 +350,12 @@ class Run {
     const std::string path = checkpoint_path(dir, state_.step);
     save_checkpoint(path, *model_, optimizer_.get(), state_, config_yaml_);
     auto pruned = prune_checkpoints(dir, config_.train.keep_last);
-    log_->info("checkpoint " + path + (pruned.empty() ? "" : " (removed " + std::to_string(pruned.size()) + " older)"));
+    if (log_) log_->info("checkpoint " + path + (pruned.empty() ? "" : " (removed " + std::to_string(pruned.size()) + " older)"));
   }
 
   Config config_;
   TrainOptions options_;
+  Dist& dist_ = Dist::get();
   Device device_;
   std::unique_ptr<RunLog> log_;
   std::string config_yaml_;

@@ -5,10 +5,15 @@
 
 #include "core/error.h"
 #include "train/cli.h"
+#include "train/dist.h"
 
 int main(int argc, char** argv) {
   try {
-    return ssmtrain::run_cli(argc, argv);
+    int rc = ssmtrain::run_cli(argc, argv);
+    // On errors MPI is left unfinalised on purpose: mpirun then stops the other ranks
+    // instead of letting them wait in a collective.
+    ssmtrain::Dist::shutdown();
+    return rc;
   } catch (const ssmtrain::UserError& e) {
     std::cerr << "error: " << e.what() << std::endl;
     return 2;
