@@ -1,4 +1,5 @@
-// Chunked parallel scan of h_t = a_t h_{t-1} + b_t on the CPU, and its tape op.
+// Chunked parallel scan of h_t = a_t h_{t-1} + b_t on the CPU, its tape op, and the dispatch
+// to the CUDA kernels (linear_scan_cuda.cu) for CUDA tensors.
 #include "ssm/kernels/linear_scan.h"
 
 #include <algorithm>
@@ -137,6 +138,25 @@ void backward_kernel(const LinearScanParams& p) {
 
 }  // namespace
 
+namespace {
+
+// The kernels of the device the tensors live on.
+void run_forward(const LinearScanParams& p, Device device) {
+#if defined(SSMTRAIN_WITH_CUDA)
+  if (device.is_cuda()) return linear_scan_fwd_cuda(p, device.index);
+#endif
+  linear_scan_fwd_cpu(p);
+}
+
+void run_backward(const LinearScanParams& p, Device device) {
+#if defined(SSMTRAIN_WITH_CUDA)
+  if (device.is_cuda()) return linear_scan_bwd_cuda(p, device.index);
+#endif
+  linear_scan_bwd_cpu(p);
+}
+
+}  // namespace
+
 int64_t linear_scan_default_chunk(int64_t L) {
   const int64_t nchunks = std::clamp<int64_t>(L / 256, 1, 64);
   return std::max<int64_t>((L + nchunks - 1) / nchunks, 1);
@@ -164,7 +184,9 @@ Tensor linear_scan(const Tensor& a_in, const Tensor& b_in, const Tensor& h0_in, 
     check_device(kOp, "h0", h0_in, a_in.device(), "a");
     check_dtype(kOp, "h0", h0_in, a_in.dtype(), "a");
   }
+#if !defined(SSMTRAIN_WITH_CUDA)
   if (a_in.device().is_cuda()) throw_cuda_not_built(kOp, a_in);
+#endif
 
   Tensor a = with_contiguous_rows(a_in, 1), b = with_contiguous_rows(b_in, 1);
   Tensor h0 = h0_in.defined() ? h0_in.contiguous() : Tensor();
@@ -176,7 +198,7 @@ Tensor linear_scan(const Tensor& a_in, const Tensor& b_in, const Tensor& h0_in, 
   p.h0 = h0.defined() ? h0.data_ptr() : nullptr;
   Tensor h = Tensor::empty({B, L, C}, a.dtype(), a.device());
   p.h = h.data_ptr();
-  linear_scan_fwd_cpu(p);
+  run_forward(p, a.device());
 
   if (any_requires_grad({a, b, h0})) {
     const bool want_a = wants_grad(a), want_b = wants_grad(b), want_h0 = wants_grad(h0);
@@ -196,7 +218,7 @@ Tensor linear_scan(const Tensor& a_in, const Tensor& b_in, const Tensor& h0_in, 
       q.da = want_a ? result[0].data_ptr() : nullptr;
       q.db = want_b ? result[1].data_ptr() : nullptr;
       q.dh0 = want_h0 ? result[2].data_ptr() : nullptr;
-      linear_scan_bwd_cpu(q);
+      run_backward(q, a_keep.device());
       return result;
     });
   }

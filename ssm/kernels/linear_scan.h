@@ -12,6 +12,9 @@
 // (a_{t+1}, dh_t); then da_t = lambda_t h_{t-1}, db_t = lambda_t, dh0 = a_0 lambda_0.
 // Saved for the backward: a, h0 and the output h (no extra memory beyond the output).
 //
+// CUDA tensors run linear_scan_cuda.cu (tiles of 32 steps scanned by a warp, the state
+// carried from tile to tile).
+//
 // Used by tests to check the fused selective scan against its parallel-scan formulation,
 // and available to layers that need a diagonal recurrence.
 #pragma once
@@ -50,5 +53,12 @@ int64_t linear_scan_default_chunk(int64_t L);
 
 void linear_scan_fwd_cpu(const LinearScanParams& p);
 void linear_scan_bwd_cpu(const LinearScanParams& p);
+
+// CUDA launchers (linear_scan_cuda.cu, CUDA builds only) on the compute stream of `device`:
+// a block per (batch row, 32 channels) walks the sequence in 32-step tiles, a warp scan of
+// the (a, b) pairs per tile with the state carried across tiles (chunk_len is not used).
+// Every float dtype; f32 compute for bf16. Deterministic.
+void linear_scan_fwd_cuda(const LinearScanParams& p, int device);
+void linear_scan_bwd_cuda(const LinearScanParams& p, int device);
 
 }  // namespace ssmtrain

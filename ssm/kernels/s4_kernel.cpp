@@ -371,13 +371,60 @@ DplrGrads dplr_backward(const DplrInputs& in, const std::vector<double>& gK) {
   return g;
 }
 
-bool any_cuda(const std::vector<Tensor>& ts) {
-  for (const Tensor& t : ts)
-    if (t.defined() && t.device().is_cuda()) return true;
-  return false;
+// The CUDA path of both generators (s4_kernel_cuda.cu): contiguous device operands and one
+// tape node whose backward runs the matching CUDA backward. No host round trip, so dt is
+// not checked for positivity here (that would synchronize the stream).
+Tensor kernel_cuda(const char* op, const Tensor& dt, const std::vector<Tensor>& modes, int64_t L,
+                   S4Discretization disc, bool dplr) {
+#if defined(SSMTRAIN_WITH_CUDA)
+  const Device dev = dt.device();
+  const DType dtype = dt.dtype();
+  const int64_t H = dt.size(0);
+  S4KernelParams p;
+  p.dtype = dtype;
+  p.H = H, p.N2 = modes[0].size(1), p.L = L, p.disc = disc;
+  const Tensor dt_keep = dt.detach().contiguous();
+  std::vector<Tensor> keep;
+  for (const Tensor& m : modes) keep.push_back(m.detach().contiguous());
+  p.dt = dt_keep.data_ptr();
+  for (size_t i = 0; i < keep.size(); ++i) p.modes[i] = keep[i].data_ptr();
+  Tensor K = Tensor::empty({H, L}, dtype, dev);
+  p.K = K.data_ptr();
+  if (dplr)
+    s4_dplr_fwd_cuda(p, dev.index);
+  else
+    s4d_vandermonde_fwd_cuda(p, dev.index);
+  std::vector<Tensor> inputs{dt};
+  inputs.insert(inputs.end(), modes.begin(), modes.end());
+  if (any_requires_grad(inputs)) {
+    std::vector<bool> want;
+    for (const Tensor& t : inputs) want.push_back(wants_grad(t));
+    const Dims cshape = modes[0].shape();
+    const size_t n_in = inputs.size();
+    record(op, inputs, {K}, [=](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
+      const Tensor gK = grads[0].contiguous();
+      S4KernelParams q = p;
+      q.K = nullptr;
+      q.dt = dt_keep.data_ptr();
+      for (size_t i = 0; i < keep.size(); ++i) q.modes[i] = keep[i].data_ptr();
+      q.dK = gK.data_ptr();
+      std::vector<Tensor> out(n_in);
+      if (want[0]) out[0] = Tensor::empty({H}, dtype, dev), q.ddt = out[0].data_ptr();
+      for (size_t i = 1; i < n_in; ++i)
+        if (want[i]) out[i] = Tensor::empty(cshape, dtype, dev), q.dmodes[i - 1] = out[i].data_ptr();
+      if (dplr)
+        s4_dplr_bwd_cuda(q, dev.index);
+      else
+        s4d_vandermonde_bwd_cuda(q, dev.index);
+      return out;
+    });
+  }
+  return K;
+#else
+  (void)modes, (void)L, (void)disc, (void)dplr;
+  throw_cuda_not_built(op, dt);
+#endif
 }
-
-Tensor on_cpu(const Tensor& t) { return t.defined() ? t.to(Device::cpu()) : t; }
 
 void check_positive_dt(const char* op, const Tensor& dt, const std::vector<double>& v) {
   for (double x : v) SSMT_CHECK(x > 0 && std::isfinite(x), op, ": ", dt.describe(), " must be positive and finite");
@@ -389,11 +436,7 @@ Tensor s4d_vandermonde_kernel(const Tensor& dt, const Tensor& A, const Tensor& B
                               S4Discretization disc) {
   constexpr const char* kOp = "s4d_vandermonde_kernel";
   check_kernel_args(kOp, dt, {{"A", A}, {"B", B}, {"C", C}}, L);
-  if (any_cuda({dt, A, B, C})) {
-    // Host round trip (differentiable): the parameters are small. A cuFFT-free CUDA
-    // Vandermonde kernel would slot in here.
-    return s4d_vandermonde_kernel(on_cpu(dt), on_cpu(A), on_cpu(B), on_cpu(C), L, disc).to(dt.device());
-  }
+  if (dt.device().is_cuda()) return kernel_cuda(kOp, dt, {A, B, C}, L, disc, false);
   auto in = std::make_shared<VandermondeInputs>();
   in->H = dt.size(0), in->N2 = A.size(1), in->L = L, in->disc = disc;
   in->dt = dt.to_vector<double>();
@@ -421,8 +464,7 @@ Tensor s4_dplr_kernel(const Tensor& dt, const Tensor& Lambda, const Tensor& P, c
                       int64_t L) {
   constexpr const char* kOp = "s4_dplr_kernel";
   check_kernel_args(kOp, dt, {{"Lambda", Lambda}, {"P", P}, {"B", B}, {"Ct", Ct}}, L);
-  if (any_cuda({dt, Lambda, P, B, Ct}))
-    return s4_dplr_kernel(on_cpu(dt), on_cpu(Lambda), on_cpu(P), on_cpu(B), on_cpu(Ct), L).to(dt.device());
+  if (dt.device().is_cuda()) return kernel_cuda(kOp, dt, {Lambda, P, B, Ct}, L, S4Discretization::bilinear, true);
   auto in = std::make_shared<DplrInputs>();
   in->H = dt.size(0), in->N2 = Lambda.size(1), in->L = L;
   in->dt = dt.to_vector<double>();
@@ -549,6 +591,25 @@ void fft_conv_bwd_cpu(const FftConvParams& p) {
   SSMT_DISPATCH_FLOAT(p.dtype, "fft_conv", [&] { fft_conv_backward<scalar_t>(p); });
 }
 
+namespace {
+
+// The kernels of the device the tensors live on.
+void run_conv_forward(const FftConvParams& p, Device device) {
+#if defined(SSMTRAIN_WITH_CUDA)
+  if (device.is_cuda()) return fft_conv_fwd_cuda(p, device.index);
+#endif
+  fft_conv_fwd_cpu(p);
+}
+
+void run_conv_backward(const FftConvParams& p, Device device) {
+#if defined(SSMTRAIN_WITH_CUDA)
+  if (device.is_cuda()) return fft_conv_bwd_cuda(p, device.index);
+#endif
+  fft_conv_bwd_cpu(p);
+}
+
+}  // namespace
+
 Tensor fft_conv(const Tensor& u_in, const Tensor& K_in) {
   constexpr const char* kOp = "fft_conv";
   check_present(kOp, "u", u_in);
@@ -559,10 +620,9 @@ Tensor fft_conv(const Tensor& u_in, const Tensor& K_in) {
   check_shape(kOp, "K", K_in, {H, L}, "(H, L)");
   check_device(kOp, "K", K_in, u_in.device(), "u");
   check_dtype(kOp, "K", K_in, u_in.dtype(), "u");
-  if (u_in.device().is_cuda()) {
-    // Host round trip through differentiable copies until the cuFFT launcher exists.
-    return fft_conv(u_in.to(Device::cpu()), K_in.to(Device::cpu())).to(u_in.device());
-  }
+#if !defined(SSMTRAIN_WITH_CUDA)
+  if (u_in.device().is_cuda()) throw_cuda_not_built(kOp, u_in);
+#endif
   Tensor u = u_in.contiguous(), K = K_in.contiguous();
   FftConvParams p;
   p.dtype = u.dtype();
@@ -570,7 +630,7 @@ Tensor fft_conv(const Tensor& u_in, const Tensor& K_in) {
   p.u = u.data_ptr(), p.K = K.data_ptr();
   Tensor y = Tensor::empty({B, L, H}, u.dtype(), u.device());
   p.y = y.data_ptr();
-  if (y.numel() > 0) fft_conv_fwd_cpu(p);
+  if (y.numel() > 0) run_conv_forward(p, u.device());
   if (any_requires_grad({u, K})) {
     const bool want_u = wants_grad(u), want_K = wants_grad(K);
     Tensor u_keep = u.detach(), K_keep = K.detach();
@@ -579,11 +639,11 @@ Tensor fft_conv(const Tensor& u_in, const Tensor& K_in) {
       FftConvParams q = p;
       q.u = u_keep.data_ptr(), q.K = K_keep.data_ptr(), q.dy = dy.data_ptr();
       std::vector<Tensor> out(2);
-      if (want_u) out[0] = Tensor::zeros({B, L, H}, u_keep.dtype());
-      if (want_K) out[1] = Tensor::zeros({H, L}, u_keep.dtype());
+      if (want_u) out[0] = Tensor::zeros({B, L, H}, u_keep.dtype(), u_keep.device());
+      if (want_K) out[1] = Tensor::zeros({H, L}, u_keep.dtype(), u_keep.device());
       q.du = want_u ? out[0].data_ptr() : nullptr;
       q.dK = want_K ? out[1].data_ptr() : nullptr;
-      if (B * L * H > 0) fft_conv_bwd_cpu(q);
+      if (B * L * H > 0) run_conv_backward(q, u_keep.device());
       return out;
     });
   }

@@ -24,9 +24,11 @@
 //
 // Kernel generation computes in double whatever the parameter dtype (its cost, O(H N L),
 // is small next to the layer's projections); fft_conv computes in f32 (f64 for f64 inputs).
-// CPU FFTs use Eigen's FFT module. CUDA tensors take a host round trip through the
-// differentiable Tensor::to(Device) for now; a cuFFT path belongs in s4_kernel.cu beside
-// these launchers (the *_cpu entry points below mark the spot).
+// CPU FFTs use Eigen's FFT module. CUDA tensors run the kernels of s4_kernel_cuda.cu on the
+// compute stream of their device (cuFFT for the transforms, double-precision CUDA kernels
+// for kernel generation), with no host round trip and no synchronization; every dtype
+// (f32, bf16, f64) is supported there too. On CUDA the dt > 0 check is skipped (it would
+// need the values on the host).
 #pragma once
 
 #include <cstdint>
@@ -73,5 +75,36 @@ struct FftConvParams {
 
 void fft_conv_fwd_cpu(const FftConvParams& p);
 void fft_conv_bwd_cpu(const FftConvParams& p);
+
+// Kernel generation, as the CUDA kernels see it (contiguous operands of `dtype`).
+struct S4KernelParams {
+  DType dtype = DType::f32;
+  int64_t H = 0, N2 = 0, L = 0;
+  S4Discretization disc = S4Discretization::zoh;  // s4d_vandermonde_kernel only
+  const void* dt = nullptr;                        // (H)
+  // (H, N2, 2) each: A, B, C for the Vandermonde kernel; Lambda, P, B, Ct for DPLR.
+  const void* modes[4] = {nullptr, nullptr, nullptr, nullptr};
+  void* K = nullptr;          // (H, L), forward output
+  const void* dK = nullptr;   // (H, L), backward input
+  void* ddt = nullptr;        // (H) or null, backward
+  void* dmodes[4] = {nullptr, nullptr, nullptr, nullptr};  // gradients of `modes`, or null
+};
+
+// ---- CUDA kernels (s4_kernel_cuda.cu, CUDA builds only), on the compute stream of `device` ----
+
+// fft_conv by cuFFT: R2C / C2R transforms of length max(fft_conv_size(L), 2) batched over
+// (B, H), f32 compute for f32 and bf16, f64 for f64 (D2Z / Z2D). Plans are cached per
+// (device, type, length, batch, layout) and destroyed at exit. dK is a fixed-order batch sum.
+void fft_conv_fwd_cuda(const FftConvParams& p, int device);
+void fft_conv_bwd_cuda(const FftConvParams& p, int device);
+
+// Kernel generation in double: the Vandermonde sum one thread per (h, 4 taps); its backward
+// one block per mode reducing over l. DPLR: one thread per (h, frequency) for the Cauchy
+// sums and Woodbury, a Z2D inverse FFT per channel; the backward a D2Z FFT of dK then one
+// block per channel (fixed-order reductions, deterministic). DPLR needs N2 <= 1024.
+void s4d_vandermonde_fwd_cuda(const S4KernelParams& p, int device);
+void s4d_vandermonde_bwd_cuda(const S4KernelParams& p, int device);
+void s4_dplr_fwd_cuda(const S4KernelParams& p, int device);
+void s4_dplr_bwd_cuda(const S4KernelParams& p, int device);
 
 }  // namespace ssmtrain
