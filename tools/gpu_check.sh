@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# On a GPU host: build, run every CUDA test, the benchmarks and the quickstart on the GPU.
+# Usage: tools/gpu_check.sh OUTDIR [build|tests|bench|train]...   (default: all four)
+# Each stage has its own time limit so one slow stage cannot starve the others.
+set -uo pipefail
+out="${1:?usage: tools/gpu_check.sh OUTDIR [stages...]}"
+shift
+stages="${*:-build tests bench train}"
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+has() { [[ " $stages " == *" $1 "* ]]; }
+if has build; then
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv > "$out/build.txt" 2>&1
+  { time (cmake -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release && cmake --build build-gpu -j"$(nproc)"); } >> "$out/build.txt" 2>&1 \
+    || { tail -60 "$out/build.txt"; exit 1; }
+  tail -4 "$out/build.txt"
+fi
+if has tests; then
+  for t in core nn optim ssm; do
+    echo "== test_$t (CUDA cases)" >> "$out/tests.txt"
+    timeout 300 ./build-gpu/test_$t -tc='*cuda*,*CUDA*,*GPU*,*gpu*' -sf='*cuda*' -nv >> "$out/tests.txt" 2>&1
+    echo "   exit $?" >> "$out/tests.txt"
+  done
+  grep -E "^== |test cases|exit" "$out/tests.txt"
+fi
+if has bench; then
+  timeout 240 ./build-gpu/ssmtrain-bench core --json "$out/bench_core.json" > "$out/bench.txt" 2>&1; echo "core exit $?" >> "$out/bench.txt"
+  timeout 240 ./build-gpu/ssmtrain-bench ssm --json "$out/bench_ssm.json" >> "$out/bench.txt" 2>&1; echo "ssm exit $?" >> "$out/bench.txt"
+  cat "$out/bench.txt"
+fi
+if has train; then
+  rm -rf /tmp/q
+  timeout 240 ./build-gpu/ssmtrain train configs/quickstart.yaml train.device=cuda --run-dir /tmp/q > "$out/train.txt" 2>&1
+  echo "quickstart on cuda exit $?" >> "$out/train.txt"
+  tail -12 "$out/train.txt"
+fi
