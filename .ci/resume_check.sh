@@ -6,11 +6,13 @@
 # the previous one, and bad input exits 2 without touching the run directory.
 set -euo pipefail
 bin="${1:-build/ssmtrain}"
+shift || true
+extra=("$@")  # more overrides, e.g. train.device=cuda train.deterministic=true
 cfg=configs/quickstart.yaml
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 short=(budget.steps=24 train.log_every=1 train.eval_every=12 train.checkpoint_every=12 train.keep_last=0
-       train.eval_batches=2 train.sample_tokens=16 train.batch_size=4 train.seq_len=64)
+       train.eval_batches=2 train.sample_tokens=16 train.batch_size=4 train.seq_len=64 "${extra[@]}")
 
 "$bin" train "$cfg" --quiet --run-dir "$work/straight" "${short[@]}"
 "$bin" train "$cfg" --quiet --run-dir "$work/resumed" --max-steps 12 "${short[@]}"
@@ -44,7 +46,7 @@ echo "resume check: a truncated checkpoint is named, skipped, and the run redone
 # Bad input: exit code 2, a message naming the key, and the run directory left as it was.
 before=$(ls -l "$work/resumed/checkpoints" | md5sum)
 set +e
-"$bin" train "$cfg" --quiet --run-dir "$work/resumed" --resume auto model.d_modle=64 2> "$work/stderr.txt"
+"$bin" train "$cfg" --quiet --run-dir "$work/resumed" --resume auto "${short[@]}" model.d_modle=64 2> "$work/stderr.txt"
 rc=$?
 set -e
 [ "$rc" -eq 2 ] || { echo "resume check: a bad key exited $rc, not 2"; exit 1; }

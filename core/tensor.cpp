@@ -198,6 +198,7 @@ Device Tensor::device() const {
 const std::shared_ptr<Storage>& Tensor::storage() const { return impl_->storage; }
 
 bool Tensor::is_contiguous() const {
+  if (numel() == 0) return true;  // no element to address: any strides will do
   int64_t expect = 1;
   for (int i = dim() - 1; i >= 0; --i) {
     if (impl_->shape[i] == 1) continue;

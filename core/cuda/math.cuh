@@ -74,7 +74,7 @@ __device__ __forceinline__ A unary_grad(A x, A gy, A p0, A p1) {
   else if constexpr (OP == U::sigmoid) {
     A s = sigmoid_of(x);
     return gy * s * (A(1) - s);
-  } else if constexpr (OP == U::softplus) return gy * sigmoid_of(x);
+  } else if constexpr (OP == U::softplus) return x > A(20) ? gy : gy * sigmoid_of(x);  // as the forward
   else if constexpr (OP == U::silu) {
     A s = sigmoid_of(x);
     return gy * s * (A(1) + x * (A(1) - s));

@@ -17,13 +17,13 @@ struct MlpRun {
   std::vector<double> losses;  // loss before each step
 };
 
-// Trains for `steps` SGD steps on `device`; f32 throughout.
-inline MlpRun train_mlp(Device device, int steps = 200, double lr = 0.5) {
+// Trains for `steps` SGD steps on `device`, in `dtype` throughout (data drawn in f32).
+inline MlpRun train_mlp(Device device, int steps = 200, double lr = 0.5, DType dtype = DType::f32) {
   constexpr int64_t n = 64, in = 8, hidden = 32, out = 2;
   Generator gen(2024);
-  Tensor x = random_tensor({n, in}, gen, DType::f32, device);
+  Tensor x = random_tensor({n, in}, gen, DType::f32, device).to(dtype);
   // Teacher: a smooth nonlinear function of x, so the MLP has something to fit.
-  Tensor teacher = random_tensor({out, in}, gen, DType::f32, device, -1.5, 1.5);
+  Tensor teacher = random_tensor({out, in}, gen, DType::f32, device, -1.5, 1.5).to(dtype);
   Tensor y;
   {
     NoGradGuard no_grad;
@@ -31,7 +31,7 @@ inline MlpRun train_mlp(Device device, int steps = 200, double lr = 0.5) {
   }
   auto init = [&](Dims shape, int64_t fan_in) {
     double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
-    Tensor p = random_tensor(shape, gen, DType::f32, device, -bound, bound);
+    Tensor p = random_tensor(shape, gen, DType::f32, device, -bound, bound).to(dtype);
     p.requires_grad_();
     return p;
   };

@@ -79,7 +79,14 @@ void expect_near(const Tensor& got, const Tensor& ref, Tolerance tol, const std:
      << " = " << rel_max << " of max |ref| " << max_ref << " (bound " << tol.rel_max << ")";
   if (worst >= 0) os << "; worst at " << index_str(got.shape(), worst) << ": " << a[worst] << " vs " << b[worst];
   CHECK_MESSAGE(nonfinite == 0, os.str());
-  CHECK_MESSAGE(ref2 > 0, os.str());  // a zero reference would make the comparison vacuous
+  if (max_ref < 1e-12) {
+    // An analytically zero result (da of a one-step scan without h0; ddt of a length-1
+    // kernel): the f64 reference is 0 or a cancellation residue, so a relative bound is
+    // meaningless. The device result is a sum of O(1) terms (random O(1) inputs) that cancel,
+    // so its rounding error is below ~100 terms x f32 eps = 1e-5.
+    CHECK_MESSAGE(max_diff <= 1e-5, os.str());
+    return;
+  }
   CHECK_MESSAGE(rel <= tol.rel_norm, os.str());
   CHECK_MESSAGE(rel_max <= tol.rel_max, os.str());
 }
