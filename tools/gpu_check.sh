@@ -31,8 +31,14 @@ if has bench; then
   cat "$out/bench.txt"
 fi
 if has train; then
-  rm -rf /tmp/q
-  timeout 240 ./build-gpu/ssmtrain train configs/quickstart.yaml train.device=cuda --run-dir /tmp/q > "$out/train.txt" 2>&1
+  # GCIDE: where the quickstart text is on this host (default: Debian's dict-gcide path).
+  text="data.path=${GCIDE:-/usr/share/dictd/gcide.dict.dz}"
+  rm -rf /tmp/q /tmp/m2
+  { time timeout 240 ./build-gpu/ssmtrain train configs/quickstart.yaml train.device=cuda "$text" --run-dir /tmp/q; } > "$out/train.txt" 2>&1
   echo "quickstart on cuda exit $?" >> "$out/train.txt"
-  tail -12 "$out/train.txt"
+  timeout 120 bash .ci/resume_check.sh build-gpu/ssmtrain train.device=cuda train.deterministic=true "$text" >> "$out/train.txt" 2>&1
+  echo "resume check on cuda exit $?" >> "$out/train.txt"
+  { time timeout 240 ./build-gpu/ssmtrain train configs/mamba2_text.yaml "$text" budget.steps=${MAMBA2_STEPS:-400} --run-dir /tmp/m2; } >> "$out/train.txt" 2>&1
+  echo "mamba2 text exit $?" >> "$out/train.txt"
+  grep -E "exit|budget:|eval step|done|real|resume check|error" "$out/train.txt"
 fi
