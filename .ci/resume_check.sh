@@ -7,7 +7,7 @@
 set -euo pipefail
 bin="${1:-build/ssmtrain}"
 shift || true
-extra=("$@")  # more overrides, e.g. train.device=cuda train.deterministic=true
+extra=("$@")  # more overrides, e.g. train.device=cuda
 cfg=configs/quickstart.yaml
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

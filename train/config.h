@@ -270,7 +270,6 @@ struct TrainSection {
   int64_t eval_batches = 4;
   int64_t checkpoint_every = 0;
   int64_t keep_last = 3;
-  bool deterministic = false;
   int64_t max_nonfinite = 5;
   int64_t sample_tokens = 64;
   int64_t threads = 0;
@@ -293,7 +292,6 @@ struct TrainSection {
     v.field("eval_batches", eval_batches, "batches per evaluation", ge(1));
     v.field("checkpoint_every", checkpoint_every, "steps between checkpoints; 0 = only at the end", ge(0));
     v.field("keep_last", keep_last, "periodic checkpoints kept (the final one always is); 0 = keep all", ge(0));
-    v.field("deterministic", deterministic, "bitwise reproducible kernels (fixed reduction order), at some speed cost");
     v.field("max_nonfinite", max_nonfinite,
             "stop after this many consecutive steps with a non-finite loss or gradient (each is skipped)", ge(0));
     v.field("sample_tokens", sample_tokens, "tokens of sample text generated at each evaluation; 0 = none", ge(0));

@@ -110,6 +110,24 @@ TEST_CASE("a run stopped and resumed matches the straight run bitwise") {
   CHECK(r.attr_int("/", "step") == 8);
 }
 
+TEST_CASE("a run stopped and resumed on CUDA matches the straight run bitwise") {
+  if (!cuda_available()) {
+    MESSAGE("CUDA tests skipped: no GPU");
+    return;
+  }
+  RunDir straight, split;
+  CHECK(run_training(tiny_config({"train.device=cuda"}), options(straight)) == 0);
+  CHECK(run_training(tiny_config({"train.device=cuda"}), options(split, "", 3)) == 0);
+  CHECK(run_training(tiny_config({"train.device=cuda"}), options(split, "auto")) == 0);
+  auto a = training_losses(straight), b = training_losses(split);
+  CHECK(a.size() == 8);
+  CHECK(a == b);
+  for (const char* group : {"model", "optim/exp_avg", "optim/exp_avg_sq"}) {
+    INFO("group " << group);
+    CHECK(checkpoint_arrays(straight.checkpoint(8), group) == checkpoint_arrays(split.checkpoint(8), group));
+  }
+}
+
 TEST_CASE("a fresh run refuses a run directory that holds checkpoints") {
   RunDir dir;
   CHECK(run_training(tiny_config(), options(dir, "", 4)) == 0);
