@@ -1,32 +1,50 @@
 #!/usr/bin/env bash
 # The capability demos on one GPU, all at once: the runs are small and launch-bound, so
-# they share the GPU well. Each training run is capped at LIMIT seconds (its evaluations up to
-# then are in its metrics.jsonl); induction heads is then evaluated at 2^10 .. 2^16.
-# Usage: tools/gpu_demos.sh OUTDIR [key=value ...]   (env: SSMTRAIN, GCIDE, LIMIT)
+# they share the GPU well (each process gets 2 CPU threads, waiting passively). Each
+# training run is capped at LIMIT seconds (its evaluations up to then are in its
+# metrics.jsonl); induction heads is then evaluated at 2^8 .. 2^16.
+#
+#   tools/gpu_demos.sh OUTDIR
+#
+# Environment: SSMTRAIN (binary), GCIDE (the gcide text), LIMIT (seconds per run, 400),
+# PARTS (any of: selective_copy induction text; default all three), and extra overrides
+# per part: SC_ARGS, INDUCTION_ARGS, TEXT_ARGS (space-separated key=value).
 set -uo pipefail
 out="${1:?usage: tools/gpu_demos.sh OUTDIR}"
-shift
 cd "$(dirname "$0")/.."
 bin="${SSMTRAIN:-build-gpu/ssmtrain}"
 text="data.path=${GCIDE:-/usr/share/dictd/gcide.dict.dz}"
 limit="${LIMIT:-400}"
+parts="${PARTS:-selective_copy induction text}"
+export OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive
 runs=/tmp/demos
 rm -rf "$runs"
 mkdir -p "$out" "$runs"
 start=$(date +%s)
-for c in selective_copy_mamba selective_copy_s6 selective_copy_s4 selective_copy_mamba_lti induction_mamba; do
-  timeout "$limit" "$bin" train "configs/$c.yaml" --quiet --run-dir "$runs/$c" "$@" > "$runs/$c.out" 2>&1 &
-done
-for c in mamba_text moe_mamba_text; do
-  timeout "$limit" "$bin" train "configs/$c.yaml" "$text" --quiet --run-dir "$runs/$c" "$@" > "$runs/$c.out" 2>&1 &
-done
+launch() {  # config, extra args...
+  local c="$1"
+  shift
+  timeout "$limit" "$bin" train "configs/$c.yaml" --quiet --run-dir "$runs/$c" train.threads=2 "$@" > "$runs/$c.out" 2>&1 &
+  names+=("$c")
+}
+names=()
+if [[ " $parts " == *" selective_copy "* ]]; then
+  for c in selective_copy_mamba selective_copy_s6 selective_copy_s4 selective_copy_mamba_lti; do
+    launch "$c" ${SC_ARGS:-}
+  done
+fi
+[[ " $parts " == *" induction "* ]] && launch induction_mamba ${INDUCTION_ARGS:-}
+if [[ " $parts " == *" text "* ]]; then
+  launch mamba_text "$text" ${TEXT_ARGS:-}
+  launch moe_mamba_text "$text" ${TEXT_ARGS:-}
+fi
 wait
 echo "training wall time: $(( $(date +%s) - start )) s" > "$out/demos.txt"
-for c in selective_copy_mamba selective_copy_s6 selective_copy_s4 selective_copy_mamba_lti induction_mamba mamba_text moe_mamba_text; do
+for c in "${names[@]}"; do
   echo "== $c" >> "$out/demos.txt"
   cat "$runs/$c.out" >> "$out/demos.txt"
   grep -E '"split"' "$runs/$c/metrics.jsonl" >> "$out/demos.txt" 2>/dev/null
-  tail -1 "$runs/$c/metrics.jsonl" >> "$out/demos.txt" 2>/dev/null
+  grep -v '"split"' "$runs/$c/metrics.jsonl" 2>/dev/null | tail -1 >> "$out/demos.txt"
 done
 ckpt=$(ls "$runs"/induction_mamba/checkpoints/ckpt_*.h5 2>/dev/null | tail -1)
 if [ -n "$ckpt" ]; then
@@ -36,4 +54,4 @@ if [ -n "$ckpt" ]; then
     timeout 120 "$bin" eval "$ckpt" data.eval_seq_len=$n train.batch_size=16 --batches 8 >> "$out/demos.txt" 2>&1
   done
 fi
-cat "$out/demos.txt" | grep -E "^==|^--|acc|accuracy|bpb|wall" | cut -c1-200
+grep -E "^==|^--|acc|accuracy|bpb|wall|error" "$out/demos.txt" | cut -c1-220

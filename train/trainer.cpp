@@ -262,7 +262,26 @@ class Run {
         JsonLine j;
         j.add("step", state_.step).add("tokens", state_.tokens).add("loss", loss).add("lr", lr);
         j.add("grad_norm", clip.norm).add("tokens_per_s", tok_s).add("elapsed_s", elapsed);
-        if (spec_.moe_every > 0 || moe_routing(spec_).second > 1) j.add("aux_loss", aux_sum / tc.grad_accum);
+        if (moe_routing(spec_).second > 1) {
+          // Expert usage of the last micro-batch: the share of tokens dropped at capacity
+          // (mean over MoE layers) and the busiest expert's load over the mean load (max over
+          // layers; 1 = perfectly balanced).
+          j.add("aux_loss", aux_sum / static_cast<double>(tc.grad_accum));
+          double dropped = 0, max_load = 0;
+          auto usage = moe_usage(*model_);
+          for (const auto& [name, u] : usage) {
+            dropped += u.tokens > 0 ? static_cast<double>(u.dropped) / static_cast<double>(u.tokens) : 0.0;
+            int64_t busiest = 0, routed = 0;
+            for (int64_t t : u.tokens_routed) busiest = std::max(busiest, t), routed += t;
+            if (routed > 0)
+              max_load = std::max(max_load, static_cast<double>(busiest) * static_cast<double>(u.tokens_routed.size()) /
+                                                static_cast<double>(routed));
+          }
+          if (!usage.empty()) {
+            j.add("moe_dropped", dropped / static_cast<double>(usage.size()));
+            j.add("moe_max_load", max_load);
+          }
+        }
         if (state_.nonfinite_total > 0) j.add("nonfinite_total", state_.nonfinite_total);
         if (log_) log_->metrics(j);
         if (log_ && !log_->is_tty())
