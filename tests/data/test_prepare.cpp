@@ -13,26 +13,15 @@
 #include "data/prepare.h"
 #include "data/text.h"
 #include "data/token_shards.h"
+#include "temp_dir.h"
 
 using namespace ssmtrain;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct PrepareTempDir {
-  fs::path path;
-  PrepareTempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("ssmtrain_test_prepare_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~PrepareTempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
+struct PrepareTempDir : testing::TempDir {
+  PrepareTempDir() : TempDir("prepare") {}
 };
 
 std::string random_bytes(int64_t n, uint64_t seed) {

@@ -12,26 +12,15 @@
 #include "core/random.h"
 #include "data/dataset.h"
 #include "data/token_shards.h"
+#include "temp_dir.h"
 
 using namespace ssmtrain;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct ShardTempDir {
-  fs::path path;
-  ShardTempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("ssmtrain_test_shards_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~ShardTempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
+struct ShardTempDir : testing::TempDir {
+  ShardTempDir() : TempDir("shards") {}
 };
 
 std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {

@@ -14,26 +14,15 @@
 #include "core/random.h"
 #include "data/dataset.h"
 #include "data/text.h"
+#include "temp_dir.h"
 
 using namespace ssmtrain;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct TextTempDir {
-  fs::path path;
-  TextTempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("ssmtrain_test_text_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TextTempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
+struct TextTempDir : testing::TempDir {
+  TextTempDir() : TempDir("text") {}
 };
 
 // Printable pseudo-random text, so windows of it never repeat by chance.

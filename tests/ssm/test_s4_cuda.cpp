@@ -40,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_compare.h"
 #include "gradcheck.h"
 #include "ssm/kernels/linear_scan.h"
 #include "ssm/kernels/s4_kernel.h"
@@ -47,116 +48,13 @@
 namespace ssmtrain {
 namespace {
 
-struct Tolerance {
-  double rel_norm, rel_max;
-};
+using namespace cuda_compare;
+
 constexpr Tolerance kConvF32{2e-5, 2e-4};
 constexpr Tolerance kGenF32{1e-6, 1e-6};
 constexpr Tolerance kBf16{6e-3, 1.2e-2};
 constexpr Tolerance kF64{1e-10, 1e-10};
 constexpr Tolerance kScanF64{1e-11, 1e-10};
-
-// |got - ref| / |ref| in the 2-norm and max |got - ref| / max |ref|; NaN never passes.
-void expect_near(const Tensor& got, const Tensor& ref, Tolerance tol, const std::string& what) {
-  INFO(what, ": ", got.describe(), " vs reference ", ref.describe());
-  REQUIRE(got.defined());
-  REQUIRE(ref.defined());
-  REQUIRE(got.shape() == ref.shape());
-  const std::vector<double> a = got.to_vector<double>(), b = ref.to_vector<double>();
-  double diff2 = 0, ref2 = 0, max_diff = 0, max_ref = 0;
-  int64_t worst = -1, nonfinite = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) ++nonfinite;
-    const double d = std::abs(a[i] - b[i]);
-    diff2 += d * d, ref2 += b[i] * b[i];
-    if (d > max_diff || worst < 0) max_diff = d, worst = static_cast<int64_t>(i);
-    max_ref = std::max(max_ref, std::abs(b[i]));
-  }
-  const double rel = std::sqrt(diff2) / std::max(std::sqrt(ref2), 1e-30);
-  const double rel_max = max_diff / std::max(max_ref, 1e-30);
-  std::ostringstream os;
-  os << what << ": relative norm error " << rel << " (bound " << tol.rel_norm << "), max error " << max_diff
-     << " = " << rel_max << " of max |ref| " << max_ref << " (bound " << tol.rel_max << ")";
-  if (worst >= 0) os << "; worst at " << index_str(got.shape(), worst) << ": " << a[worst] << " vs " << b[worst];
-  CHECK_MESSAGE(nonfinite == 0, os.str());
-  if (max_ref < 1e-12) {
-    // An analytically zero result (da of a one-step scan without h0; ddt of a length-1
-    // kernel): the f64 reference is 0 or a cancellation residue, so a relative bound is
-    // meaningless. The device result is a sum of O(1) terms (random O(1) inputs) that cancel,
-    // so its rounding error is below ~100 terms x f32 eps = 1e-5.
-    CHECK_MESSAGE(max_diff <= 1e-5, os.str());
-    return;
-  }
-  CHECK_MESSAGE(rel <= tol.rel_norm, os.str());
-  CHECK_MESSAGE(rel_max <= tol.rel_max, os.str());
-}
-
-// One input: f64 host values, its device dtype, whether its gradient is checked.
-struct Arg {
-  std::string name;
-  Tensor values;  // f64, host; undefined for an omitted optional input
-  DType dtype = DType::f32;
-  bool grad = true;
-};
-
-using OpFn = std::function<std::vector<Tensor>(const std::vector<Tensor>&)>;
-
-// Runs `op` on CUDA (inputs rounded to their dtype) and on the CPU in f64 (the same rounded
-// values); compares every output and every requested input gradient.
-void compare_with_cpu(const OpFn& op, const std::vector<Arg>& args, const std::vector<std::string>& out_names,
-                      Tolerance tol, Generator& gen) {
-  std::vector<Tensor> ref_in(args.size()), dev_in(args.size());
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (!args[i].values.defined()) continue;
-    const Tensor rounded = args[i].values.to(args[i].dtype);
-    ref_in[i] = rounded.to(DType::f64).detach();
-    dev_in[i] = rounded.to(Device::cuda()).detach();
-    if (args[i].grad) ref_in[i].requires_grad_(), dev_in[i].requires_grad_();
-  }
-  // backward() consumes the whole tape: each side runs forward and backward in turn.
-  clear_tape();
-  const std::vector<Tensor> dev_out = op(dev_in);
-  std::vector<Tensor> weights;
-  Tensor dev_loss;
-  for (const Tensor& out : dev_out) {
-    weights.push_back(random_tensor(out.shape(), gen, DType::f64).to(out.dtype()).to(DType::f64));
-    const Tensor d = sum(mul(cast(out, DType::f32), weights.back().to(DType::f32).to(Device::cuda())));
-    dev_loss = dev_loss.defined() ? add(dev_loss, d) : d;
-  }
-  backward(dev_loss);
-  const std::vector<Tensor> ref_out = op(ref_in);
-  Tensor ref_loss;
-  for (size_t k = 0; k < ref_out.size(); ++k) {
-    const Tensor r = sum(mul(ref_out[k], weights[k]));
-    ref_loss = ref_loss.defined() ? add(ref_loss, r) : r;
-  }
-  backward(ref_loss);
-
-  REQUIRE(ref_out.size() == out_names.size());
-  REQUIRE(dev_out.size() == out_names.size());
-  for (size_t k = 0; k < dev_out.size(); ++k) {
-    CHECK(dev_out[k].device().is_cuda());
-    expect_near(dev_out[k].to(Device::cpu()), ref_out[k], tol, out_names[k]);
-  }
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (!args[i].values.defined() || !args[i].grad) continue;
-    const Tensor gr = ref_in[i].grad(), gd = dev_in[i].grad();
-    INFO("gradient of ", args[i].name);
-    REQUIRE(gr.defined());
-    REQUIRE(gd.defined());
-    CHECK(gd.device().is_cuda());
-    expect_near(gd.to(Device::cpu()), gr, tol, "d" + args[i].name);
-  }
-}
-
-std::string user_error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 // (H, N2, 2) f64 with real parts in [re_lo, re_hi) and imaginary parts in [im_lo, im_hi).
 Tensor complex_values(int64_t H, int64_t N2, Generator& gen, double re_lo, double re_hi, double im_lo, double im_hi) {

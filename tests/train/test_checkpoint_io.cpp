@@ -12,6 +12,7 @@
 #include <limits>
 
 #include "train/checkpoint_io.h"
+#include "temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace ssmtrain;
@@ -19,24 +20,8 @@ using namespace ssmtrain;
 namespace {
 
 // A fresh directory under the system temp dir, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() /
-            ("ssmtrain_ckpt_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
+struct TempDir : testing::TempDir {
+  TempDir() : testing::TempDir("ckpt") {}
 };
 
 // The UserError message that f throws, or "" (with a test failure) when it throws nothing

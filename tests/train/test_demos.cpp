@@ -18,28 +18,15 @@
 #include "train/config.h"
 #include "train/setup.h"
 #include "train/trainer.h"
+#include "temp_dir.h"
 
 using namespace ssmtrain;
 namespace fs = std::filesystem;
 
 namespace {
 
-class DemoDir {
- public:
-  DemoDir() {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() /
-            ("ssmtrain_demo_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-  }
-  ~DemoDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
+struct DemoDir : testing::TempDir {
+  DemoDir() : TempDir("demo") {}
 };
 
 std::string config_file(const std::string& name) { return std::string(SSMTRAIN_SOURCE_DIR) + "/configs/" + name; }

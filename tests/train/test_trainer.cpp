@@ -15,29 +15,16 @@
 #include "train/generate.h"
 #include "train/signals.h"
 #include "train/trainer.h"
+#include "temp_dir.h"
 
 using namespace ssmtrain;
 namespace fs = std::filesystem;
 
 namespace {
 
-class RunDir {
- public:
-  RunDir() {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() /
-            ("ssmtrain_trainer_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-  }
-  ~RunDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string str() const { return path_.string(); }
+struct RunDir : testing::TempDir {
+  RunDir() : TempDir("trainer") {}
   std::string checkpoint(int64_t step) const { return checkpoint_path(str() + "/checkpoints", step); }
-
- private:
-  fs::path path_;
 };
 
 // A Mamba LM on the selective-copying task: small enough for a few steps per second.
