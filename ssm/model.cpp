@@ -51,6 +51,7 @@ std::shared_ptr<Mixer> make_mixer(const ModelSpec& spec, const std::string& name
     o.discretization = spec.s4.discretization;
     o.dt_min = spec.s4.dt_min;
     o.dt_max = spec.s4.dt_max;
+    o.l_max = spec.s4.l_max;
     return std::make_shared<S4>(o, gen);
   }
   if (name == "moe") {

@@ -23,6 +23,7 @@ struct S4Spec {
   std::string init = "legs";            // legs | lin | inv | real
   std::string discretization = "bilinear";   // zoh | bilinear
   double dt_min = 1e-3, dt_max = 1e-1;
+  int64_t l_max = 0;                    // dplr kernel length Lk (0: the first forward's L)
 };
 
 struct ModelSpec {

@@ -83,6 +83,7 @@ struct S4Section {
   double lr = 1e-3;
   double dt_min = 1e-3;
   double dt_max = 1e-1;
+  int64_t l_max = 0;
 
   template <class V>
   void visit(V& v) {
@@ -99,6 +100,10 @@ struct S4Section {
             ge(0));
     v.field("dt_min", dt_min, "log dt is initialised uniform in [log dt_min, log dt_max]", gt(0));
     v.field("dt_max", dt_max, "upper end of the dt init range", gt(0));
+    v.field("l_max", l_max,
+            "dplr kernel: the length Lk its C is parametrised for (longer inputs extend it exactly); "
+            "0 = train.seq_len",
+            ge(0));
   }
   bool operator==(const S4Section&) const = default;
 };

@@ -42,6 +42,9 @@ ModelSpec model_spec(const Config& config) {
   s.s4.discretization = m.s4.discretization;
   s.s4.dt_min = m.s4.dt_min;
   s.s4.dt_max = m.s4.dt_max;
+  // Fixed from the config (not from the first input), so evaluation at another length reads
+  // a checkpoint's C for the length it was trained at.
+  s.s4.l_max = m.s4.l_max > 0 ? m.s4.l_max : config.train.seq_len;
   s.compute_dtype = config.train.precision == "bf16" ? DType::bf16 : DType::f32;
   return s;
 }
