@@ -77,6 +77,35 @@ double time_ms(cudaStream_t stream, int warmup, int reps, const std::function<vo
   return times[times.size() / 2];
 }
 
+// Medians of f and g timed alternately (f, g, f, g, ...), so clock and power drift during a
+// long run (the 8192^3 products run ~3 ms each at full power) affects both alike instead of
+// penalising whichever is timed second.
+std::pair<double, double> time_pair_ms(cudaStream_t stream, int warmup, int reps, const std::function<void()>& f,
+                                       const std::function<void()>& g) {
+  for (int i = 0; i < warmup; ++i) f(), g();
+  check(cudaStreamSynchronize(stream), "warm-up");
+  cudaEvent_t e[3];
+  for (auto& ev : e) check(cudaEventCreate(&ev), "event");
+  std::vector<double> tf, tg;
+  for (int i = 0; i < reps; ++i) {
+    check(cudaEventRecord(e[0], stream), "event record");
+    f();
+    check(cudaEventRecord(e[1], stream), "event record");
+    g();
+    check(cudaEventRecord(e[2], stream), "event record");
+    check(cudaEventSynchronize(e[2]), "event sync");
+    float a = 0, b = 0;
+    check(cudaEventElapsedTime(&a, e[0], e[1]), "elapsed");
+    check(cudaEventElapsedTime(&b, e[1], e[2]), "elapsed");
+    tf.push_back(a);
+    tg.push_back(b);
+  }
+  for (auto& ev : e) cudaEventDestroy(ev);
+  std::sort(tf.begin(), tf.end());
+  std::sort(tg.begin(), tg.end());
+  return {tf[tf.size() / 2], tg[tg.size() / 2]};
+}
+
 struct Table {
   std::vector<Row> rows;
   void add(const std::string& bench, const std::string& shape, double ms,
@@ -173,8 +202,8 @@ void bench_gemm(const Options& opt, cudaStream_t stream, Table& table) {
       Tensor a = Tensor::rand({s.m, s.k}, gen, dt, dev, -1, 1), b = Tensor::rand({s.k, s.n}, gen, dt, dev, -1, 1);
       Tensor out = Tensor::empty({s.m, s.n}, dt, dev);
       const double flop = 2.0 * s.m * s.n * s.k;
-      double blas_ms = time_ms(stream, 3, reps, [&] { cublas_matmul(handle, a, b, out, tf32); });
-      double api_ms = time_ms(stream, 3, reps, [&] { matmul(a, b); });
+      auto [blas_ms, api_ms] = time_pair_ms(
+          stream, 3, reps, [&] { cublas_matmul(handle, a, b, out, tf32); }, [&] { matmul(a, b); });
       double blas_tf = flop / blas_ms * 1e-9, api_tf = flop / api_ms * 1e-9;
       std::string shape = std::string(tf32 ? "tf32 " : "bf16 ") + dims_str({s.m, s.n, s.k}) + " " + s.what;
       table.add("gemm cublas", shape, blas_ms, {{"TFLOP_s", blas_tf}});
