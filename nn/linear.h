@@ -25,6 +25,7 @@ class Linear : public Module {
  public:
   Linear(int64_t in_features, int64_t out_features, Generator& gen, LinearOptions options = {});
   // x (.., in) -> (.., out)
+  // x (.., in) -> (.., out), computed in x's dtype (weights cast when they differ).
   Tensor forward(const Tensor& x) const;
 
   int64_t in_features() const { return in_features_; }

@@ -205,3 +205,24 @@ TEST_CASE("Dropout is deterministic, scales kept values and is identity in eval"
   CHECK(shared.offset() == 10000);
   CHECK_THROWS_AS(Dropout(1.0, 1), UserError);
 }
+
+TEST_CASE("Linear runs in the input's dtype and returns f32 gradients to f32 weights") {
+  Generator gen(4);
+  Linear lin(6, 5, gen);
+  Tensor x = random_tensor({3, 6}, gen);
+  // Reference in f32, then the same with a bf16 input (mixed precision).
+  Tensor y32 = lin.forward(x);
+  backward(sum(y32));
+  Tensor gw32 = lin.weight().grad();
+  lin.zero_grad();
+  Tensor y16 = lin.forward(x.to(DType::bf16));
+  CHECK(y16.dtype() == DType::bf16);
+  backward(sum(cast(y16, DType::f32)));
+  Tensor gw16 = lin.weight().grad();
+  REQUIRE(gw16.defined());
+  CHECK(gw16.dtype() == DType::f32);
+  // bf16 rounds inputs, weights and outputs to 8 significant bits (relative 2^-9 each); sums
+  // of 6 products of O(1) values stay within ~3 * 2^-9 * 6 = 0.035 absolute.
+  check_close(cast(y16, DType::f32), y32, 2e-2, 4e-2, "bf16 output vs f32");
+  check_close(gw16, gw32, 2e-2, 4e-2, "weight gradient through the bf16 path");
+}
