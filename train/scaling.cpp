@@ -1,0 +1,222 @@
+#include "train/scaling.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+
+namespace ssmtrain {
+
+double ScalingLaw::loss(double n, double d) const { return E + A / std::pow(n, alpha) + B / std::pow(d, beta); }
+
+double ScalingLaw::n_opt(double flops) const {
+  const double G = std::pow(alpha * A / (beta * B), 1.0 / (alpha + beta));
+  return G * std::pow(flops / 6.0, beta / (alpha + beta));
+}
+
+namespace {
+
+using Vec = std::array<double, 5>;  // a, b, e, alpha, beta
+
+double dot(const Vec& x, const Vec& y) {
+  double s = 0;
+  for (int i = 0; i < 5; ++i) s += x[i] * y[i];
+  return s;
+}
+
+struct Objective {
+  std::vector<double> log_n, log_d, log_loss;
+  double delta;
+
+  // Summed Huber loss of the log-space residuals, and its gradient.
+  double operator()(const Vec& t, Vec& grad) const {
+    grad.fill(0.0);
+    double f = 0;
+    for (size_t i = 0; i < log_n.size(); ++i) {
+      const double u[3] = {t[0] - t[3] * log_n[i], t[1] - t[4] * log_d[i], t[2]};
+      const double m = std::max({u[0], u[1], u[2]});
+      const double w[3] = {std::exp(u[0] - m), std::exp(u[1] - m), std::exp(u[2] - m)};
+      const double s = w[0] + w[1] + w[2];
+      const double r = m + std::log(s) - log_loss[i];
+      double dr;
+      if (std::fabs(r) <= delta) {
+        f += 0.5 * r * r;
+        dr = r;
+      } else {
+        f += delta * (std::fabs(r) - 0.5 * delta);
+        dr = r > 0 ? delta : -delta;
+      }
+      const double p0 = w[0] / s, p1 = w[1] / s, p2 = w[2] / s;
+      grad[0] += dr * p0;
+      grad[1] += dr * p1;
+      grad[2] += dr * p2;
+      grad[3] -= dr * p0 * log_n[i];
+      grad[4] -= dr * p1 * log_d[i];
+    }
+    return f;
+  }
+};
+
+// L-BFGS (history 8) with a backtracking Armijo line search; returns the final point and value.
+double minimise(const Objective& obj, Vec& x, int max_iterations) {
+  constexpr int kHistory = 8;
+  Vec g;
+  double f = obj(x, g);
+  std::vector<Vec> s_hist, y_hist;
+  std::vector<double> rho;
+  for (int it = 0; it < max_iterations; ++it) {
+    if (std::sqrt(dot(g, g)) < 1e-14) break;
+    // Two-loop recursion: d = -H g.
+    Vec q = g;
+    std::vector<double> alpha(s_hist.size());
+    for (int k = static_cast<int>(s_hist.size()) - 1; k >= 0; --k) {
+      alpha[k] = rho[k] * dot(s_hist[k], q);
+      for (int i = 0; i < 5; ++i) q[i] -= alpha[k] * y_hist[k][i];
+    }
+    double gamma = 1.0;
+    if (!s_hist.empty()) gamma = dot(s_hist.back(), y_hist.back()) / dot(y_hist.back(), y_hist.back());
+    else gamma = 1.0 / std::max(1.0, std::sqrt(dot(g, g)));
+    for (double& v : q) v *= gamma;
+    for (size_t k = 0; k < s_hist.size(); ++k) {
+      const double beta = rho[k] * dot(y_hist[k], q);
+      for (int i = 0; i < 5; ++i) q[i] += s_hist[k][i] * (alpha[k] - beta);
+    }
+    Vec d;
+    for (int i = 0; i < 5; ++i) d[i] = -q[i];
+    double slope = dot(g, d);
+    if (slope >= 0) {  // not a descent direction: restart from steepest descent
+      s_hist.clear(), y_hist.clear(), rho.clear();
+      for (int i = 0; i < 5; ++i) d[i] = -g[i] / std::max(1.0, std::sqrt(dot(g, g)));
+      slope = dot(g, d);
+    }
+    double step = 1.0, f_new = f;
+    Vec x_new, g_new;
+    bool accepted = false;
+    for (int ls = 0; ls < 60; ++ls) {
+      for (int i = 0; i < 5; ++i) x_new[i] = x[i] + step * d[i];
+      f_new = obj(x_new, g_new);
+      if (std::isfinite(f_new) && f_new <= f + 1e-4 * step * slope) {
+        accepted = true;
+        break;
+      }
+      step *= 0.5;
+    }
+    if (!accepted) break;
+    Vec s, y;
+    for (int i = 0; i < 5; ++i) s[i] = x_new[i] - x[i], y[i] = g_new[i] - g[i];
+    const double sy = dot(s, y);
+    if (sy > 1e-300) {
+      if (static_cast<int>(s_hist.size()) == kHistory) s_hist.erase(s_hist.begin()), y_hist.erase(y_hist.begin()), rho.erase(rho.begin());
+      s_hist.push_back(s), y_hist.push_back(y), rho.push_back(1.0 / sy);
+    }
+    const double improvement = f - f_new;
+    x = x_new, g = g_new, f = f_new;
+    if (improvement <= 1e-16 * std::max(f, 1e-300) && improvement >= 0 && it > 5) break;
+  }
+  return f;
+}
+
+}  // namespace
+
+ScalingLaw fit_scaling_law(const std::vector<ScalingPoint>& points, const ScalingFitOptions& options) {
+  SSMT_CHECK(points.size() >= 5, "scaling fit: needs at least 5 (N, D, loss) points, got ", points.size());
+  Objective obj;
+  obj.delta = options.huber_delta;
+  for (const auto& p : points) {
+    SSMT_CHECK(p.n > 0 && p.d > 0 && p.loss > 0, "scaling fit: every point needs N, D and loss > 0, got N ", p.n,
+               ", D ", p.d, ", loss ", p.loss);
+    obj.log_n.push_back(std::log(p.n));
+    obj.log_d.push_back(std::log(p.d));
+    obj.log_loss.push_back(std::log(p.loss));
+  }
+  std::vector<Vec> starts;
+  for (int ia = 0; ia <= 4; ++ia)
+    for (int ib = 0; ib <= 4; ++ib)
+      for (int la = 0; la <= 5; ++la)
+        for (int lb = 0; lb <= 5; ++lb)
+          for (int le = 0; le <= 4; ++le)
+            starts.push_back(Vec{5.0 * la, 5.0 * lb, -1.0 + 0.5 * le, 0.5 * ia, 0.5 * ib});
+  std::vector<double> value(starts.size());
+  std::vector<Vec> result(starts.size());
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t k = 0; k < static_cast<int64_t>(starts.size()); ++k) {
+    Vec x = starts[k];
+    value[k] = minimise(obj, x, options.max_iterations);
+    result[k] = x;
+  }
+  // The best local minimum (ties: the first start), independent of the thread schedule.
+  size_t best = 0;
+  for (size_t k = 1; k < starts.size(); ++k)
+    if (value[k] < value[best]) best = k;
+  const Vec& t = result[best];
+  ScalingLaw law;
+  law.A = std::exp(t[0]);
+  law.B = std::exp(t[1]);
+  law.E = std::exp(t[2]);
+  law.alpha = t[3];
+  law.beta = t[4];
+  law.objective = value[best];
+  return law;
+}
+
+IsoFlopFit fit_isoflop(const std::vector<ScalingPoint>& points) {
+  std::vector<std::pair<double, ScalingPoint>> by_c;
+  for (const auto& p : points) {
+    SSMT_CHECK(p.n > 0 && p.d > 0 && p.loss > 0, "isoflop fit: every point needs N, D and loss > 0");
+    by_c.emplace_back(6.0 * p.n * p.d, p);
+  }
+  std::sort(by_c.begin(), by_c.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  IsoFlopFit fit;
+  for (size_t i = 0; i < by_c.size();) {
+    size_t j = i;
+    while (j < by_c.size() && by_c[j].first <= by_c[i].first * 1.01) ++j;
+    // Least squares loss = c0 + c1 x + c2 x^2 over x = ln N (normal equations, 3x3).
+    double S[5] = {0, 0, 0, 0, 0}, T[3] = {0, 0, 0};
+    std::vector<double> xs;
+    for (size_t k = i; k < j; ++k) {
+      const double x = std::log(by_c[k].second.n), y = by_c[k].second.loss;
+      double xp = 1;
+      for (int e = 0; e < 5; ++e) S[e] += xp, xp *= x;
+      T[0] += y, T[1] += y * x, T[2] += y * x * x;
+      xs.push_back(x);
+    }
+    std::sort(xs.begin(), xs.end());
+    const auto distinct = std::unique(xs.begin(), xs.end()) - xs.begin();
+    SSMT_CHECK(distinct >= 3, "isoflop fit: the budget C = ", by_c[i].first, " has runs at ", distinct,
+               " model size(s); a parabola needs at least 3");
+    // Solve [[S0 S1 S2][S1 S2 S3][S2 S3 S4]] c = T by Cramer's rule.
+    auto det3 = [](double m[3][3]) {
+      return m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
+             m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+    };
+    double M[3][3] = {{S[0], S[1], S[2]}, {S[1], S[2], S[3]}, {S[2], S[3], S[4]}};
+    const double det = det3(M);
+    double c[3];
+    for (int col = 0; col < 3; ++col) {
+      double Mc[3][3];
+      for (int r = 0; r < 3; ++r)
+        for (int q = 0; q < 3; ++q) Mc[r][q] = q == col ? T[r] : M[r][q];
+      c[col] = det3(Mc) / det;
+    }
+    SSMT_CHECK(c[2] > 0, "isoflop fit: the runs at C = ", by_c[i].first,
+               " do not bracket a minimum (the loss parabola in log N opens downwards)");
+    const double x_opt = -c[1] / (2 * c[2]);
+    fit.budgets.push_back({by_c[i].first, std::exp(x_opt), c[0] - c[1] * c[1] / (4 * c[2])});
+    i = j;
+  }
+  SSMT_CHECK(fit.budgets.size() >= 2, "isoflop fit: needs at least 2 compute budgets, got ", fit.budgets.size());
+  // ln N_opt = ln k + a ln C by least squares.
+  double sx = 0, sy = 0, sxx = 0, sxy = 0;
+  const double m = static_cast<double>(fit.budgets.size());
+  for (const auto& b : fit.budgets) {
+    const double x = std::log(b.flops), y = std::log(b.n_opt);
+    sx += x, sy += y, sxx += x * x, sxy += x * y;
+  }
+  fit.a = (m * sxy - sx * sy) / (m * sxx - sx * sx);
+  fit.k = std::exp((sy - fit.a * sx) / m);
+  return fit;
+}
+
+}  // namespace ssmtrain
