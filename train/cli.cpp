@@ -41,6 +41,12 @@ const std::vector<Command>& commands() {
       {"prepare", "ssmtrain prepare --input FILE... --output DIR [--val-fraction F] [--shard-tokens N]",
        "Turn text files (plain or .gz) into byte-level token shards (llm.c format) with a train/val split.",
        {"--output", "--val-fraction", "--shard-tokens"}, {}, cmd_prepare},
+      {"sweep", "ssmtrain sweep CONFIG.yaml --grid \"key.path=v1,v2;key.path=v1,v2\" [--run-dir DIR] [key.path=value ...]",
+       "Train the config over every combination of the grid (each a run directory under DIR, default\n"
+       "runs/<config name>-sweep), write DIR/sweep.jsonl (N, D and final validation loss per run) and,\n"
+       "with 5 runs or more, fit L(N, D) = E + A/N^alpha + B/D^beta (docs/scaling.md). Finished runs\n"
+       "are skipped, so an interrupted sweep continues when the command is repeated.",
+       {"--grid", "--run-dir"}, {}, cmd_sweep},
       {"config", "ssmtrain config --docs | ssmtrain config CONFIG.yaml [key.path=value ...]",
        "--docs prints the reference of every config key (docs/config.md); with a file, prints the\n"
        "resolved config after defaults and overrides.",

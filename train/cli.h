@@ -29,5 +29,6 @@ int cmd_sample(const Args& args);
 int cmd_info(const Args& args);
 int cmd_prepare(const Args& args);
 int cmd_config(const Args& args);
+int cmd_sweep(const Args& args);
 
 }  // namespace ssmtrain

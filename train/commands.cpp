@@ -12,7 +12,9 @@
 #include "train/cli.h"
 #include "train/generate.h"
 #include "train/metrics.h"
+#include "train/scaling.h"
 #include "train/setup.h"
+#include "train/sweep.h"
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;
@@ -182,6 +184,41 @@ int cmd_prepare(const Args& args) {
   PrepareSummary summary =
       prepare_text_shards(inputs, args.get("--output"), args.get_double("--val-fraction", 0.01), shard_tokens);
   std::cout << summary.describe() << std::endl;
+  return 0;
+}
+
+int cmd_sweep(const Args& args) {
+  std::vector<std::string> overrides;
+  auto plain = split_overrides(args, overrides);
+  SweepOptions o;
+  o.config_path = one_positional(args, plain, "the config file");
+  SSMT_CHECK(args.has("--grid"), "ssmtrain sweep: --grid \"key.path=v1,v2;...\" is required");
+  o.grid = parse_sweep_grid(args.get("--grid"));
+  o.overrides = overrides;
+  o.dir = args.has("--run-dir") ? args.get("--run-dir")
+                                : "runs/" + fs::path(o.config_path).stem().string() + "-sweep";
+  std::vector<SweepRun> runs = run_sweep(o);
+  std::printf("%-60s %12s %12s %10s\n", "run", "N", "D", "val loss");
+  std::vector<ScalingPoint> points;
+  for (const SweepRun& r : runs) {
+    std::printf("%-60s %12.4g %12.4g %10.4f\n", r.name.c_str(), r.params, r.tokens, r.val_loss);
+    points.push_back({r.params, r.tokens, r.val_loss});
+  }
+  std::printf("(%s/sweep.jsonl)\n", o.dir.c_str());
+  if (points.size() < 5) {
+    std::printf("fewer than 5 runs: no scaling-law fit\n");
+    return 0;
+  }
+  ScalingLaw law = fit_scaling_law(points);
+  std::printf("\nL(N, D) = %.4g + %.4g / N^%.4f + %.4g / D^%.4f   (Huber objective %.3g)\n", law.E, law.A,
+              law.alpha, law.B, law.beta, law.objective);
+  if (law.alpha > 0 && law.beta > 0) {
+    double c_max = 0;
+    for (const auto& p : points) c_max = std::max(c_max, 6 * p.n * p.d);
+    for (double c : {c_max, 10 * c_max, 100 * c_max})
+      std::printf("compute-optimal at C = %.3g FLOPs: N = %.4g, D = %.4g (%.1f tokens per parameter)\n", c,
+                  law.n_opt(c), law.d_opt(c), law.d_opt(c) / law.n_opt(c));
+  }
   return 0;
 }
 
