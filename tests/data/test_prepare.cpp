@@ -14,8 +14,11 @@
 #include "data/text.h"
 #include "data/token_shards.h"
 #include "temp_dir.h"
+#include "user_error.h"
 
 using namespace ssmtrain;
+using testing::contains;
+using testing::user_error_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -45,17 +48,6 @@ std::vector<int32_t> read_all(const std::vector<std::string>& files) {
   }
   return all;
 }
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 }  // namespace
 
@@ -125,16 +117,16 @@ TEST_CASE("prepare writes byte-level shards with a train/val split") {
 
 TEST_CASE("prepare errors name the option and the file") {
   PrepareTempDir dir;
-  std::string msg = error_of([&] { prepare_text_shards({dir.file("missing.txt")}, dir.file("o"), 0.1, 1000); });
+  std::string msg = user_error_of([&] { prepare_text_shards({dir.file("missing.txt")}, dir.file("o"), 0.1, 1000); });
   CHECK(contains(msg, "--input"));
   CHECK(contains(msg, "missing.txt"));
-  CHECK(contains(error_of([&] { prepare_text_shards({}, dir.file("o"), 0.1, 1000); }), "--input"));
+  CHECK(contains(user_error_of([&] { prepare_text_shards({}, dir.file("o"), 0.1, 1000); }), "--input"));
   std::ofstream(dir.file("t.txt")) << "some text";
-  CHECK(contains(error_of([&] { prepare_text_shards({dir.file("t.txt")}, dir.file("o"), 1.0, 1000); }),
+  CHECK(contains(user_error_of([&] { prepare_text_shards({dir.file("t.txt")}, dir.file("o"), 1.0, 1000); }),
                  "--val-fraction"));
-  CHECK(contains(error_of([&] { prepare_text_shards({dir.file("t.txt")}, dir.file("o"), 0.1, 0); }),
+  CHECK(contains(user_error_of([&] { prepare_text_shards({dir.file("t.txt")}, dir.file("o"), 0.1, 0); }),
                  "--shard-tokens"));
   std::ofstream(dir.file("plainfile")) << "x";
-  CHECK(contains(error_of([&] { prepare_text_shards({dir.file("t.txt")}, dir.file("plainfile"), 0.1, 10); }),
+  CHECK(contains(user_error_of([&] { prepare_text_shards({dir.file("t.txt")}, dir.file("plainfile"), 0.1, 10); }),
                  "--output"));
 }

@@ -13,8 +13,11 @@
 #include "data/dataset.h"
 #include "data/token_shards.h"
 #include "temp_dir.h"
+#include "user_error.h"
 
 using namespace ssmtrain;
+using testing::contains;
+using testing::user_error_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -29,17 +32,6 @@ std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
   for (auto& x : t) x = static_cast<int32_t>(gen.below(static_cast<uint32_t>(vocab)));
   return t;
 }
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 }  // namespace
 
@@ -76,30 +68,30 @@ TEST_CASE("token shard header checked against the file size") {
   write_token_shard(path, random_tokens(100, 256, 1), 256);
   SUBCASE("extra bytes") {
     std::ofstream(path, std::ios::binary | std::ios::app) << "xyz";
-    std::string msg = error_of([&] { TokenShard s(path); });
+    std::string msg = user_error_of([&] { TokenShard s(path); });
     CHECK(contains(msg, path));
     CHECK(contains(msg, "promises 100 tokens"));
   }
   SUBCASE("truncated") {
     fs::resize_file(path, kShardHeaderBytes + 150);
-    std::string msg = error_of([&] { TokenShard s(path); });
+    std::string msg = user_error_of([&] { TokenShard s(path); });
     CHECK(contains(msg, path));
     CHECK(contains(msg, "1174 bytes"));
   }
   SUBCASE("shorter than the header") {
     fs::resize_file(path, 10);
-    CHECK(contains(error_of([&] { TokenShard s(path); }), path));
+    CHECK(contains(user_error_of([&] { TokenShard s(path); }), path));
   }
   SUBCASE("wrong magic") {
     std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
     int32_t magic = 12345;
     f.write(reinterpret_cast<const char*>(&magic), 4);
     f.close();
-    std::string msg = error_of([&] { TokenShard s(path); });
+    std::string msg = user_error_of([&] { TokenShard s(path); });
     CHECK(contains(msg, path));
     CHECK(contains(msg, "magic"));
   }
-  SUBCASE("missing") { CHECK(contains(error_of([&] { TokenShard s(dir.file("none.bin")); }), "none.bin")); }
+  SUBCASE("missing") { CHECK(contains(user_error_of([&] { TokenShard s(dir.file("none.bin")); }), "none.bin")); }
 }
 
 TEST_CASE("shard dataset windows are the shard tokens") {
@@ -125,7 +117,7 @@ TEST_CASE("shard dataset windows are the shard tokens") {
   // The next epoch starts over in sequential order.
   CHECK(ds.next(1, L).inputs == std::vector<int32_t>(a.begin(), a.begin() + L));
   // A too-small model vocabulary is refused, naming the key.
-  CHECK(contains(error_of([&] {
+  CHECK(contains(user_error_of([&] {
                    TokenShardDataset d({dir.file("a_train.bin")}, 100, WindowOrder::sequential, 0, 0, 1);
                  }),
                  "model.vocab_size"));
@@ -155,8 +147,8 @@ TEST_CASE("shard dataset cursor restores exactly") {
   // A cursor over other data is refused.
   write_token_shard(dir.file("small.bin"), random_tokens(5000, 1000, 5), 1000);
   TokenShardDataset small({dir.file("small.bin")}, 0, WindowOrder::shuffled, 42, 0, 1);
-  CHECK(contains(error_of([&] { small.restore(saved); }), "changed since the checkpoint"));
-  CHECK(contains(error_of([&] { small.restore(DataCursor{"text", saved.values}); }), "'text'"));
+  CHECK(contains(user_error_of([&] { small.restore(saved); }), "changed since the checkpoint"));
+  CHECK(contains(user_error_of([&] { small.restore(DataCursor{"text", saved.values}); }), "'text'"));
 }
 
 TEST_CASE("shard dataset ranks read disjoint windows and together one big batch") {
@@ -209,7 +201,7 @@ TEST_CASE("shard hold-out splits every shard into disjoint head and tail") {
   // Without val_fraction there is nothing to validate on.
   spec.val_fraction = 0;
   CHECK_FALSE(has_validation(spec));
-  CHECK(contains(error_of([&] { make_dataset(spec, "val"); }), "data.val_path"));
+  CHECK(contains(user_error_of([&] { make_dataset(spec, "val"); }), "data.val_path"));
 }
 
 TEST_CASE("shard listing takes the split as a word") {
@@ -223,6 +215,6 @@ TEST_CASE("shard listing takes the split as a word") {
   std::vector<std::string> val = shards_in_directory(dir.path.string(), "val");
   REQUIRE(val.size() == 1);
   CHECK(contains(val[0], "fineweb_val_000000.bin"));
-  CHECK(contains(error_of([&] { list_token_shards(dir.file("missing"), "train", "data.path"); }), "data.path"));
-  CHECK(contains(error_of([&] { list_token_shards(dir.file("*.none"), "train", "data.path"); }), "matches no file"));
+  CHECK(contains(user_error_of([&] { list_token_shards(dir.file("missing"), "train", "data.path"); }), "data.path"));
+  CHECK(contains(user_error_of([&] { list_token_shards(dir.file("*.none"), "train", "data.path"); }), "matches no file"));
 }

@@ -9,21 +9,13 @@
 #include "core/error.h"
 #include "data/dataset.h"
 #include "data/synthetic.h"
+#include "user_error.h"
 
 using namespace ssmtrain;
+using testing::contains;
+using testing::user_error_of;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // Checks one selective-copying row: the answers are the non-noise tokens of the first T - M
 // inputs, in order, and they are asked for at the M trailing markers.
@@ -186,7 +178,7 @@ TEST_CASE("synthetic streams are deterministic and restore from the position") {
     CHECK(std::vector<int32_t>(ba.inputs.begin() + 3 * 48, ba.inputs.end()) == fourth.inputs);
     // Another task's cursor is refused.
     SyntheticDataset wrong(task, vocab, tokens + 1, 7, false, 0, 1);
-    CHECK(contains(error_of([&] { wrong.restore(saved); }), "task_tokens"));
+    CHECK(contains(user_error_of([&] { wrong.restore(saved); }), "task_tokens"));
   }
 }
 
@@ -210,17 +202,17 @@ TEST_CASE("synthetic task errors name the key") {
   DataSpec spec;
   spec.kind = "synthetic";
   spec.task = "copying";
-  CHECK(contains(error_of([&] { make_dataset(spec, "train"); }), "data.task"));
+  CHECK(contains(user_error_of([&] { make_dataset(spec, "train"); }), "data.task"));
   spec.task = "mqar";
   spec.task_vocab = 16;
   spec.task_tokens = 8;  // keys come from [1, 8): only 7
-  CHECK(contains(error_of([&] { make_dataset(spec, "train"); }), "data.task_tokens"));
+  CHECK(contains(user_error_of([&] { make_dataset(spec, "train"); }), "data.task_tokens"));
   spec.task_tokens = 4;
   auto ds = make_dataset(spec, "val");
-  std::string msg = error_of([&] { ds->next(1, 15); });
+  std::string msg = user_error_of([&] { ds->next(1, 15); });
   CHECK(contains(msg, "seq_len 15"));
   CHECK(contains(msg, "data.task_tokens"));
   spec.task = "selective_copy";
   spec.task_vocab = 3;
-  CHECK(contains(error_of([&] { make_dataset(spec, "train"); }), "data.task_vocab"));
+  CHECK(contains(user_error_of([&] { make_dataset(spec, "train"); }), "data.task_vocab"));
 }

@@ -15,8 +15,11 @@
 #include "data/dataset.h"
 #include "data/text.h"
 #include "temp_dir.h"
+#include "user_error.h"
 
 using namespace ssmtrain;
+using testing::contains;
+using testing::user_error_of;
 namespace fs = std::filesystem;
 
 namespace {
@@ -44,17 +47,6 @@ void write_gzip(const std::string& path, const std::string& text, const char* mo
   REQUIRE(gzwrite(f, text.data(), static_cast<unsigned>(text.size())) == static_cast<int>(text.size()));
   REQUIRE(gzclose(f) == Z_OK);
 }
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 std::vector<int32_t> bytes_as_tokens(const std::string& s, int64_t begin, int64_t count) {
   std::vector<int32_t> t;
@@ -102,20 +94,20 @@ TEST_CASE("text read errors name the key and the file") {
     gz.assign(std::istreambuf_iterator<char>(in), {});
   }
   SUBCASE("missing") {
-    std::string msg = error_of([&] { read_text_file(dir.file("none.txt"), "data.path"); });
+    std::string msg = user_error_of([&] { read_text_file(dir.file("none.txt"), "data.path"); });
     CHECK(contains(msg, "data.path"));
     CHECK(contains(msg, "none.txt"));
   }
   SUBCASE("empty") {
     write_plain(dir.file("empty.txt"), "");
-    std::string msg = error_of([&] { TextDataset d({dir.file("empty.txt")}, WindowOrder::shuffled, 0, 0, 1); });
+    std::string msg = user_error_of([&] { TextDataset d({dir.file("empty.txt")}, WindowOrder::shuffled, 0, 0, 1); });
     CHECK(contains(msg, "data.path"));
     CHECK(contains(msg, "empty.txt"));
     CHECK(contains(msg, "is empty"));
   }
   SUBCASE("truncated gzip") {
     write_plain(dir.file("cut.gz"), gz.substr(0, gz.size() / 2));
-    std::string msg = error_of([&] { read_text_file(dir.file("cut.gz"), "data.val_path"); });
+    std::string msg = user_error_of([&] { read_text_file(dir.file("cut.gz"), "data.val_path"); });
     CHECK(contains(msg, "data.val_path"));
     CHECK(contains(msg, "cut.gz"));
     CHECK(contains(msg, "truncated"));
@@ -124,14 +116,14 @@ TEST_CASE("text read errors name the key and the file") {
     std::string bad = gz;
     for (size_t i = 20; i < 60; ++i) bad[i] = static_cast<char>(bad[i] ^ 0x5a);
     write_plain(dir.file("bad.gz"), bad);
-    std::string msg = error_of([&] { read_text_file(dir.file("bad.gz"), "data.path"); });
+    std::string msg = user_error_of([&] { read_text_file(dir.file("bad.gz"), "data.path"); });
     CHECK(contains(msg, "bad.gz"));
     CHECK(contains(msg, "decompress"));
   }
   SUBCASE("shorter than one window") {
     write_plain(dir.file("short.txt"), "hello world");
     TextDataset d({dir.file("short.txt")}, WindowOrder::shuffled, 0, 0, 1);
-    std::string msg = error_of([&] { d.next(1, 64); });
+    std::string msg = user_error_of([&] { d.next(1, 64); });
     CHECK(contains(msg, "data.path"));
     CHECK(contains(msg, "short.txt"));
     CHECK(contains(msg, "no window"));
@@ -180,8 +172,8 @@ TEST_CASE("text stream is deterministic and its cursor restores exactly") {
   Batch first = fresh.next(2, 32);
   resumed.rewind();
   CHECK(resumed.next(2, 32).inputs == first.inputs);
-  CHECK(contains(error_of([&] { resumed.next(2, 33); }), "rewind"));
-  CHECK(contains(error_of([&] { resumed.restore(DataCursor{"shards", saved.values}); }), "'shards'"));
+  CHECK(contains(user_error_of([&] { resumed.next(2, 33); }), "rewind"));
+  CHECK(contains(user_error_of([&] { resumed.restore(DataCursor{"shards", saved.values}); }), "'shards'"));
 }
 
 TEST_CASE("text ranks read disjoint windows and together one big batch") {
@@ -203,7 +195,7 @@ TEST_CASE("text ranks read disjoint windows and together one big batch") {
     }
   }
   CHECK(seen.size() == 50 * 2 * B);  // 300 of 2499 windows: no window read twice
-  CHECK(contains(error_of([&] { TextDataset d({dir.file("t.txt")}, WindowOrder::shuffled, 8, 2, 2); }), "rank 2"));
+  CHECK(contains(user_error_of([&] { TextDataset d({dir.file("t.txt")}, WindowOrder::shuffled, 8, 2, 2); }), "rank 2"));
 }
 
 TEST_CASE("text hold-out keeps the last fraction of each file for validation") {
@@ -245,13 +237,13 @@ TEST_CASE("text hold-out keeps the last fraction of each file for validation") {
   CHECK(dynamic_cast<TextDataset&>(*make_dataset(spec, "val")).total_tokens() == 1000);
   // Errors name the key.
   spec.val_path = {dir.file("missing.txt")};
-  std::string msg = error_of([&] { make_dataset(spec, "val"); });
+  std::string msg = user_error_of([&] { make_dataset(spec, "val"); });
   CHECK(contains(msg, "data.val_path"));
   CHECK(contains(msg, "missing.txt"));
   spec.path.clear();
-  CHECK(contains(error_of([&] { make_dataset(spec, "train"); }), "data.path"));
+  CHECK(contains(user_error_of([&] { make_dataset(spec, "train"); }), "data.path"));
   spec.kind = "words";
-  CHECK(contains(error_of([&] { make_dataset(spec, "train"); }), "data.kind"));
+  CHECK(contains(user_error_of([&] { make_dataset(spec, "train"); }), "data.kind"));
 }
 
 TEST_SUITE("slow") {

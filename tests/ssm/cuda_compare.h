@@ -14,8 +14,11 @@
 #include <vector>
 
 #include "gradcheck.h"
+#include "user_error.h"
 
 namespace ssmtrain::cuda_compare {
+
+using testing::user_error_of;
 
 // Bounds on the relative error in the 2-norm and on the largest elementwise error
 // relative to max |ref|.
@@ -114,15 +117,6 @@ inline void compare_with_cpu(const OpFn& op, const std::vector<Arg>& args, const
     CHECK(gd.device().is_cuda());
     expect_near(gd.to(Device::cpu()), gr, tol, "d" + args[i].name);
   }
-}
-
-inline std::string user_error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace ssmtrain::cuda_compare

@@ -11,8 +11,11 @@
 #include "gradcheck.h"
 #include "ssm/kernels/linear_scan.h"
 #include "ssm/kernels/selective_scan.h"
+#include "user_error.h"
 
 namespace ssmtrain {
+using testing::contains;
+using testing::user_error_of;
 namespace {
 
 struct ScanOptions {
@@ -62,15 +65,6 @@ double max_abs(const Tensor& t) {
   double m = 0;
   for (double v : t.to_vector<double>()) m = std::max(m, std::abs(v));
   return m;
-}
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace
@@ -295,19 +289,19 @@ TEST_CASE("selective_scan names the offending argument") {
   Generator gen(19);
   const ScanInputs in = make_inputs(2, 16, 4, 8, 1, {}, gen, DType::f32);
   const Tensor bad_C = random_tensor({2, 16, 3, 8}, gen, DType::f32);
-  CHECK(error_of([&] { selective_scan(in.u, in.delta, in.A, in.Bm, bad_C); }) ==
+  CHECK(user_error_of([&] { selective_scan(in.u, in.delta, in.A, in.Bm, bad_C); }) ==
         "selective_scan: Cm (2, 16, 3, 8) f32 cpu: expected (B, L, G, N) = (2, 16, 1, 8)");
   const Tensor bad_A = random_tensor({4, 7}, gen, DType::f32);
-  CHECK(error_of([&] { selective_scan(in.u, in.delta, bad_A, in.Bm, in.Cm); }) ==
+  CHECK(user_error_of([&] { selective_scan(in.u, in.delta, bad_A, in.Bm, in.Cm); }) ==
         "selective_scan: Bm (2, 16, 1, 8) f32 cpu: expected (B, L, G, N) = (2, 16, 1, 7)");
   const Tensor three_groups = random_tensor({2, 16, 3, 8}, gen, DType::f32);
-  CHECK(error_of([&] { selective_scan(in.u, in.delta, in.A, three_groups, three_groups); })
+  CHECK(user_error_of([&] { selective_scan(in.u, in.delta, in.A, three_groups, three_groups); })
             .find("G = 3 must divide D = 4") != std::string::npos);
   const Tensor delta_f64 = in.delta.to(DType::f64);
-  CHECK(error_of([&] { selective_scan(in.u, delta_f64, in.A, in.Bm, in.Cm); }) ==
+  CHECK(user_error_of([&] { selective_scan(in.u, delta_f64, in.A, in.Bm, in.Cm); }) ==
         "selective_scan: delta (2, 16, 4) f64 cpu: expected dtype f32 (the dtype of u)");
   const Tensor bad_h0 = random_tensor({2, 4}, gen, DType::f32);
-  CHECK(error_of([&] { selective_scan(in.u, in.delta, in.A, in.Bm, in.Cm, {}, {}, {}, false, bad_h0); }) ==
+  CHECK(user_error_of([&] { selective_scan(in.u, in.delta, in.A, in.Bm, in.Cm, {}, {}, {}, false, bad_h0); }) ==
         "selective_scan: h0 (2, 4) f32 cpu: expected 3 dimensions (B, D, N)");
 }
 

@@ -10,8 +10,11 @@
 #include "gradcheck.h"
 #include "ssm/kernels/selective_scan.h"
 #include "ssm/kernels/ssd.h"
+#include "user_error.h"
 
 namespace ssmtrain {
+using testing::contains;
+using testing::user_error_of;
 namespace {
 
 struct SsdInputs {
@@ -48,15 +51,6 @@ SsdResult recurrent(const SsdInputs& in) {
 }
 SsdResult quadratic(const SsdInputs& in) {
   return ssd_quadratic(in.x, in.dt, in.A, in.Bm, in.Cm, in.D, in.dt_bias, in.softplus, in.h0);
-}
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace
@@ -237,15 +231,15 @@ TEST_CASE("ssd names the offending argument") {
   Generator gen(47);
   const SsdInputs in = make_inputs(2, 16, 4, 3, 1, 8, false, gen, DType::f32);
   const Tensor bad_C = random_tensor({2, 16, 2, 8}, gen);
-  CHECK(error_of([&] { ssd_chunked(in.x, in.dt, in.A, in.Bm, bad_C); }) ==
+  CHECK(user_error_of([&] { ssd_chunked(in.x, in.dt, in.A, in.Bm, bad_C); }) ==
         "ssd_chunked: Cm (2, 16, 2, 8) f32 cpu: expected (B, L, G, N) = (2, 16, 1, 8)");
   const Tensor bad_dt = random_tensor({2, 16, 3}, gen);
-  CHECK(error_of([&] { ssd_chunked(in.x, bad_dt, in.A, in.Bm, in.Cm); }) ==
+  CHECK(user_error_of([&] { ssd_chunked(in.x, bad_dt, in.A, in.Bm, in.Cm); }) ==
         "ssd_chunked: dt (2, 16, 3) f32 cpu: expected (B, L, H) = (2, 16, 4)");
   const Tensor three_groups = random_tensor({2, 16, 3, 8}, gen);
-  CHECK(error_of([&] { ssd_chunked(in.x, in.dt, in.A, three_groups, three_groups); })
+  CHECK(user_error_of([&] { ssd_chunked(in.x, in.dt, in.A, three_groups, three_groups); })
             .find("G = 3 must divide the number of heads H = 4") != std::string::npos);
-  CHECK(error_of([&] { ssd_chunked(in.x, in.dt, in.A, in.Bm, in.Cm, {}, {}, false, 0); }) ==
+  CHECK(user_error_of([&] { ssd_chunked(in.x, in.dt, in.A, in.Bm, in.Cm, {}, {}, false, 0); }) ==
         "ssd_chunked: chunk_size must be at least 1, got 0");
 }
 

@@ -13,9 +13,12 @@
 
 #include "train/checkpoint_io.h"
 #include "temp_dir.h"
+#include "user_error.h"
 
 namespace fs = std::filesystem;
 using namespace ssmtrain;
+using testing::contains;
+using testing::user_error_of;
 
 namespace {
 
@@ -23,23 +26,6 @@ namespace {
 struct TempDir : testing::TempDir {
   TempDir() : testing::TempDir("ckpt") {}
 };
-
-// The UserError message that f throws, or "" (with a test failure) when it throws nothing
-// or something else.
-std::string user_error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    FAIL_CHECK("expected a UserError, got another exception: " << e.what());
-    return "";
-  }
-  FAIL_CHECK("expected a UserError, nothing was thrown");
-  return "";
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 std::vector<char> read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -14,27 +14,13 @@
 
 #include "core/error.h"
 #include "train/config.h"
+#include "user_error.h"
 
 using namespace ssmtrain;
+using testing::contains;
+using testing::user_error_of;
 
 namespace {
-
-// The UserError message that f throws, or "" (with a test failure) when it throws nothing
-// or something else.
-std::string user_error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    FAIL_CHECK("expected a UserError, got another exception: " << e.what());
-    return "";
-  }
-  FAIL_CHECK("expected a UserError, nothing was thrown");
-  return "";
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // The smallest valid file: everything default but the training data.
 const char* kMinimal = "data:\n  path: train.txt\n";
