@@ -54,7 +54,6 @@ Tensor SwitchMoE::forward(const Tensor& x) {
   std::vector<double> ph = probs.to_vector<double>();
   std::vector<int64_t> choice(static_cast<size_t>(T));
   usage_ = ExpertUsage{};
-  pending_balance_ = Tensor();
   usage_.tokens_routed.assign(static_cast<size_t>(E), 0);
   usage_.tokens = T;
   for (int64_t t = 0; t < T; ++t) {
@@ -98,20 +97,12 @@ Tensor SwitchMoE::forward(const Tensor& x) {
     for (int64_t e = 0; e < E; ++e) f[e] = static_cast<double>(usage_.tokens_routed[e]) / std::max<int64_t>(T, 1);
     Tensor fT = Tensor::from_vector(f, {E}).to(rdt).to(x.device());
     Tensor balance = sum(fT * mean(probs, {0})) * static_cast<double>(E);
-    pending_balance_ = balance.detach();
+    usage_.aux_loss = balance.item<double>();
     Tensor aux = balance * opt_.aux_loss_coef;
     if (opt_.z_loss_coef > 0) aux = aux + mean(square(logsumexp(logits, {-1}))) * opt_.z_loss_coef;
     add_aux_loss(aux.to(DType::f32));
   }
   return y.reshape(x.shape());
-}
-
-const ExpertUsage& SwitchMoE::last_usage() const {
-  if (pending_balance_.defined()) {
-    usage_.aux_loss = pending_balance_.to(Device::cpu()).to(DType::f64).item<double>();
-    pending_balance_ = Tensor();
-  }
-  return usage_;
 }
 
 std::unique_ptr<MixerState> SwitchMoE::init_state(int64_t, Device, DType) { return std::make_unique<MixerState>(); }

@@ -52,9 +52,7 @@ class SwitchMoE : public Mixer {
   std::unique_ptr<MixerState> init_state(int64_t batch, Device device, DType dtype) override;
   Tensor step(const Tensor& x_t, MixerState& state) override;
 
-  // Routing statistics of the last forward. The balancing loss value is read from the device
-  // here, on demand, so training steps that do not log it pay no synchronisation for it.
-  const ExpertUsage& last_usage() const;
+  const ExpertUsage& last_usage() const { return usage_; }
   const MoEOptions& options() const { return opt_; }
 
  private:
@@ -62,8 +60,7 @@ class SwitchMoE : public Mixer {
   Activation act_;
   std::shared_ptr<Linear> router_;
   std::vector<std::shared_ptr<Linear>> fc1_, fc2_;
-  mutable ExpertUsage usage_;
-  mutable Tensor pending_balance_;  // the last balancing loss, not yet read into usage_
+  ExpertUsage usage_;
 };
 
 }  // namespace ssmtrain
