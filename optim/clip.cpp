@@ -134,8 +134,4 @@ ClipResult clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   return r;
 }
 
-void scale_gradients(const std::vector<Tensor>& params, double factor) {
-  scale_all(owned_grads(params), factor);
-}
-
 }  // namespace ssmtrain

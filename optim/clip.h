@@ -27,7 +27,4 @@ double grad_norm(const std::vector<Tensor>& params);
 // max_norm <= 0 only measures.
 ClipResult clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
 
-// grad *= factor for every parameter with a gradient, in place.
-void scale_gradients(const std::vector<Tensor>& params, double factor);
-
 }  // namespace ssmtrain

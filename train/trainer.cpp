@@ -213,8 +213,8 @@ class Run {
       if (options_.max_steps > 0 && state_.step >= options_.max_steps) break;
       const double lr = learning_rate(schedule_, state_.step);
       optimizer_->set_lr(lr);
-      double loss_sum = 0, aux_sum = 0;
-      bool finite = true;
+      // Loss values are read after the last micro-batch: one wait for the device per step.
+      std::vector<Tensor> losses, aux_losses;
       for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
         Batch b = train_data_->next(tc.batch_size, tc.seq_len);
         auto [ids, targets] = batch_tensors(b, device_);
@@ -223,14 +223,20 @@ class Run {
         Tensor total = loss;
         if (out.aux_loss.defined()) {
           total = add(loss, out.aux_loss);
-          aux_sum += out.aux_loss.to(Device::cpu()).item<float>();
+          aux_losses.push_back(out.aux_loss.detach());
         }
         if (tc.grad_accum > 1) total = mul(total, 1.0 / static_cast<double>(tc.grad_accum));
         backward(total);
-        const double l = loss.to(Device::cpu()).item<float>();
-        finite = finite && std::isfinite(l);
-        loss_sum += l;
+        losses.push_back(loss.detach());
       }
+      double loss_sum = 0, aux_sum = 0;
+      bool finite = true;
+      for (const Tensor& l : losses) {
+        const double v = l.to(Device::cpu()).item<float>();
+        finite = finite && std::isfinite(v);
+        loss_sum += v;
+      }
+      for (const Tensor& a : aux_losses) aux_sum += a.to(Device::cpu()).item<float>();
       dist_.average_gradients(params);
       const double loss = dist_.sum(loss_sum / static_cast<double>(tc.grad_accum)) / dist_.world_size();
       finite = dist_.max(finite ? 0.0 : 1.0) == 0.0;
@@ -242,7 +248,6 @@ class Run {
         ++state_.nonfinite_total;
         ++state_.nonfinite_in_row;
       }
-      optimizer_->zero_grad();
       model_->zero_grad();
       ++state_.step;
       state_.tokens += budget_.tokens_per_step;

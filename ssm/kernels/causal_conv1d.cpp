@@ -288,10 +288,7 @@ Tensor causal_conv1d_step(const Tensor& x_t, const Tensor& state, const Tensor& 
   p.out = out.data_ptr();
   p.final_state = new_state.data_ptr();
   run_forward(p, x.device());
-  if (x.device().is_cuda())
-    backend(x.device()).copy(new_state, state);  // stream-ordered after the kernel
-  else
-    std::memcpy(state.data_ptr(), new_state.data_ptr(), static_cast<size_t>(state.nbytes()));
+  backend(x.device()).copy(new_state, state);  // on CUDA: stream-ordered after the kernel
   return out;
 }
 

@@ -60,7 +60,6 @@ SeqView seq_view(const Tensor& t) {
   return SeqView{t.data_ptr(), t.strides()[0], t.strides()[1]};
 }
 
-Tensor cast_or_undefined(const Tensor& t, DType dtype) { return t.defined() ? t.to(dtype) : Tensor(); }
 
 Tensor saved(const Tensor& t) { return t.defined() ? t.detach() : Tensor(); }
 

@@ -64,15 +64,10 @@ void check_floating_arg(const char* op, const char* arg, const Tensor& t);
 Tensor with_contiguous_rows(const Tensor& t, int inner_dims);
 // The SeqView of a (B, L, ...) tensor whose trailing axes are contiguous.
 SeqView seq_view(const Tensor& t);
-// Differentiable conversion to `dtype`; an undefined tensor stays undefined.
-Tensor cast_or_undefined(const Tensor& t, DType dtype);
 // t.detach() or undefined: what a backward closure keeps (data, no history).
 Tensor saved(const Tensor& t);
 // True when t is defined and requires grad (decides which gradients a backward computes).
 bool wants_grad(const Tensor& t);
-
-// Typed data pointer of an optional tensor (null when undefined).
-template <typename T> inline T* data_or_null(const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; }
 
 }  // namespace ssm_detail
 
