@@ -112,19 +112,6 @@ Eigen::MatrixXcd matrix_power(Eigen::MatrixXcd base, int64_t e) {
   return out;
 }
 
-// Diagonal discretisation of one mode: Abar = z, Bbar = E B.
-void discretize_diag(cd A, double dt, S4Discretization disc, cd& z, cd& E) {
-  const cd a = dt * A;
-  if (disc == S4Discretization::zoh) {
-    z = std::exp(a);
-    E = (z - 1.0) / A;  // Re A < 0 by construction, so A != 0
-  } else {
-    const cd den = 1.0 - a / 2.0;
-    z = (1.0 + a / 2.0) / den;
-    E = dt / den;
-  }
-}
-
 struct S4State : MixerState {
   bool dense = false;
   double scale = 2;  // y = scale * Re(C h): 2 for the kept half of conjugate pairs, 1 for the full state
@@ -264,7 +251,7 @@ std::unique_ptr<MixerState> S4::init_state(int64_t batch, Device device, DType d
       for (int64_t n = 0; n < N2_; ++n) {
         const int64_t i = h * N2_ + n;
         cd z, E;
-        discretize_diag(s.A[i], s.dt[h], disc_, z, E);
+        s4_discretize_mode(s.A[i], s.dt[h], disc_, z, E);
         const cd bbar = E * s.B[i];
         ar[i] = z.real(), ai[i] = z.imag(), br[i] = bbar.real(), bi[i] = bbar.imag();
         cr[i] = s.C[i].real(), ci[i] = s.C[i].imag();

@@ -119,17 +119,8 @@ void backward_kernel(const CausalConv1dParams& p) {
       }
     }
   }
-  auto reduce_batch = [&](const std::vector<Acc>& part, int64_t width, void* dst_raw) {
-    if (!dst_raw) return;
-    Acc* dst = static_cast<Acc*>(dst_raw);
-    for (int64_t i = 0; i < width; ++i) {
-      Acc acc = 0;
-      for (int64_t b = 0; b < B; ++b) acc += part[b * width + i];
-      dst[i] = acc;
-    }
-  };
-  reduce_batch(dw_part, C * K, p.dweight);
-  reduce_batch(dbias_part, C, p.dbias);
+  sum_batch_partials(dw_part, B, C * K, p.dweight);
+  sum_batch_partials(dbias_part, B, C, p.dbias);
 }
 
 // The kernels of the device the tensors live on.

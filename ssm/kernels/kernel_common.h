@@ -10,6 +10,8 @@
 // inputs, f32 otherwise), so bf16 activations are scanned in fp32.
 #pragma once
 
+#include <vector>
+
 #include <cmath>
 #include <cstdint>
 
@@ -70,5 +72,18 @@ Tensor saved(const Tensor& t);
 bool wants_grad(const Tensor& t);
 
 }  // namespace ssm_detail
+
+// dst[i] = sum over b < batches of part[b * width + i], summed in batch order (the CPU
+// kernels' deterministic reduction of per-batch gradient partials); no-op for a null dst.
+template <typename Acc>
+void sum_batch_partials(const std::vector<Acc>& part, int64_t batches, int64_t width, void* dst_raw) {
+  if (!dst_raw) return;
+  Acc* dst = static_cast<Acc*>(dst_raw);
+  for (int64_t i = 0; i < width; ++i) {
+    Acc acc = 0;
+    for (int64_t b = 0; b < batches; ++b) acc += part[b * width + i];
+    dst[i] = acc;
+  }
+}
 
 }  // namespace ssmtrain

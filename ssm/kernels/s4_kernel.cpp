@@ -432,6 +432,12 @@ void check_positive_dt(const char* op, const Tensor& dt, const std::vector<doubl
 
 }  // namespace
 
+void s4_discretize_mode(cd A, double dt, S4Discretization disc, cd& z, cd& E) {
+  const DiagMode m = discretize_mode(A, dt, disc);
+  z = m.z;
+  E = m.E;
+}
+
 Tensor s4d_vandermonde_kernel(const Tensor& dt, const Tensor& A, const Tensor& B, const Tensor& C, int64_t L,
                               S4Discretization disc) {
   constexpr const char* kOp = "s4d_vandermonde_kernel";

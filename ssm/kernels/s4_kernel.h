@@ -31,6 +31,8 @@
 // need the values on the host).
 #pragma once
 
+#include <complex>
+
 #include <cstdint>
 #include <string>
 
@@ -42,6 +44,11 @@ enum class S4Discretization { zoh, bilinear };
 
 // "zoh" | "bilinear"; UserError naming `key` otherwise.
 S4Discretization parse_s4_discretization(const std::string& name, const char* key);
+
+// One diagonal mode discretised: Abar = z, Bbar = E * B (ZOH with its series near dt A = 0,
+// or bilinear). The kernel generators and the recurrent step share it.
+void s4_discretize_mode(std::complex<double> A, double dt, S4Discretization disc, std::complex<double>& z,
+                        std::complex<double>& E);
 const char* s4_discretization_name(S4Discretization d);
 
 // dt (H) > 0, A, B, C (H, N2, 2) of one float dtype -> K (H, L) in that dtype.

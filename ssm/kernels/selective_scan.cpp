@@ -233,18 +233,9 @@ void backward_kernel(const SelectiveScanParams& p) {
   };
   reduce_bc(dB_part, static_cast<T*>(p.dBm));
   reduce_bc(dC_part, static_cast<T*>(p.dCm));
-  auto reduce_batch = [&](const std::vector<C>& part, int64_t width, void* dst_raw) {
-    if (!dst_raw) return;
-    C* dst = static_cast<C*>(dst_raw);
-    for (int64_t i = 0; i < width; ++i) {
-      C acc = 0;
-      for (int64_t b = 0; b < B; ++b) acc += part[b * width + i];
-      dst[i] = acc;
-    }
-  };
-  reduce_batch(dA_part, D * N, p.dA);
-  reduce_batch(dD_part, D, p.dDskip);
-  reduce_batch(dbias_part, D, p.ddelta_bias);
+  sum_batch_partials(dA_part, B, D * N, p.dA);
+  sum_batch_partials(dD_part, B, D, p.dDskip);
+  sum_batch_partials(dbias_part, B, D, p.ddelta_bias);
 }
 
 // Checks every argument against u's (B, L, D) and A's N; returns the converted tensors.
