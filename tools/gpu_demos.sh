@@ -8,7 +8,11 @@
 #
 # Environment: SSMTRAIN (binary), GCIDE (the gcide text), LIMIT (seconds per run, 400),
 # PARTS (any of: selective_copy induction text; default all three), and extra overrides
-# per part: SC_ARGS, INDUCTION_ARGS, TEXT_ARGS (space-separated key=value).
+# per part: SC_ARGS, INDUCTION_ARGS, TEXT_ARGS (space-separated key=value). SC2_ARGS, when
+# set, runs the four selective-copying configs a second time with those overrides (run
+# names end in _2), e.g. SC2_ARGS="train.seq_len=256 train.batch_size=64". MPS=1 starts the
+# CUDA multi-process service first, so the small runs' kernels overlap instead of
+# time-slicing the GPU. Progress while it runs: runs/<name>/metrics.jsonl under /tmp/demos.
 set -uo pipefail
 out="${1:?usage: tools/gpu_demos.sh OUTDIR}"
 cd "$(dirname "$0")/.."
@@ -20,25 +24,32 @@ export OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive
 runs=/tmp/demos
 rm -rf "$runs"
 mkdir -p "$out" "$runs"
+if [ "${MPS:-0}" = 1 ]; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  nvidia-cuda-mps-control -d && echo "MPS started" || echo "MPS not available; runs time-slice the GPU"
+fi
 start=$(date +%s)
-launch() {  # config, extra args...
-  local c="$1"
-  shift
-  timeout "$limit" "$bin" train "configs/$c.yaml" --quiet --run-dir "$runs/$c" train.threads=2 "$@" > "$runs/$c.out" 2>&1 &
-  names+=("$c")
+launch() {  # name, config, extra args...
+  local n="$1" c="$2"
+  shift 2
+  timeout "$limit" "$bin" train "configs/$c.yaml" --quiet --run-dir "$runs/$n" train.threads=2 "$@" > "$runs/$n.out" 2>&1 &
+  names+=("$n")
 }
 names=()
 if [[ " $parts " == *" selective_copy "* ]]; then
   for c in selective_copy_mamba selective_copy_s6 selective_copy_s4 selective_copy_mamba_lti; do
-    launch "$c" ${SC_ARGS:-}
+    launch "$c" "$c" ${SC_ARGS:-}
+    [ -n "${SC2_ARGS:-}" ] && launch "${c}_2" "$c" $SC2_ARGS
   done
 fi
-[[ " $parts " == *" induction "* ]] && launch induction_mamba ${INDUCTION_ARGS:-}
+[[ " $parts " == *" induction "* ]] && launch induction_mamba induction_mamba ${INDUCTION_ARGS:-}
 if [[ " $parts " == *" text "* ]]; then
-  launch mamba_text "$text" ${TEXT_ARGS:-}
-  launch moe_mamba_text "$text" ${TEXT_ARGS:-}
+  launch mamba_text mamba_text "$text" ${TEXT_ARGS:-}
+  launch moe_mamba_text moe_mamba_text "$text" ${TEXT_ARGS:-}
 fi
 wait
+[ "${MPS:-0}" = 1 ] && echo quit | nvidia-cuda-mps-control
 echo "training wall time: $(( $(date +%s) - start )) s" > "$out/demos.txt"
 for c in "${names[@]}"; do
   echo "== $c" >> "$out/demos.txt"
