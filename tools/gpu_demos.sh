@@ -10,9 +10,9 @@
 # PARTS (any of: selective_copy induction text; default all three), and extra overrides
 # per part: SC_ARGS, INDUCTION_ARGS, TEXT_ARGS (space-separated key=value). SC2_ARGS, when
 # set, runs the four selective-copying configs a second time with those overrides (run
-# names end in _2), e.g. SC2_ARGS="train.seq_len=256 train.batch_size=64". MPS=1 starts the
-# CUDA multi-process service first, so the small runs' kernels overlap instead of
-# time-slicing the GPU. Progress while it runs: runs/<name>/metrics.jsonl under /tmp/demos.
+# names end in _2), e.g. SC2_ARGS="train.seq_len=256 train.batch_size=64". MPS (default 1)
+# starts the CUDA multi-process service first, so the small runs' kernels overlap instead of
+# time-slicing the GPU (MPS=0 to skip it). Progress while it runs: runs/<name>/metrics.jsonl under /tmp/demos.
 set -uo pipefail
 out="${1:?usage: tools/gpu_demos.sh OUTDIR}"
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ export OMP_NUM_THREADS=2 OMP_WAIT_POLICY=passive
 runs=/tmp/demos
 rm -rf "$runs"
 mkdir -p "$out" "$runs"
-if [ "${MPS:-0}" = 1 ]; then
+if [ "${MPS:-1}" = 1 ]; then
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   nvidia-cuda-mps-control -d && echo "MPS started" || echo "MPS not available; runs time-slice the GPU"
@@ -49,7 +49,7 @@ if [[ " $parts " == *" text "* ]]; then
   launch moe_mamba_text moe_mamba_text "$text" ${TEXT_ARGS:-}
 fi
 wait
-[ "${MPS:-0}" = 1 ] && echo quit | nvidia-cuda-mps-control
+[ "${MPS:-1}" = 1 ] && echo quit | nvidia-cuda-mps-control
 echo "training wall time: $(( $(date +%s) - start )) s" > "$out/demos.txt"
 for c in "${names[@]}"; do
   echo "== $c" >> "$out/demos.txt"
