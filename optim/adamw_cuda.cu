@@ -66,8 +66,6 @@ __global__ void __launch_bounds__(multi_tensor::kThreads)
   }
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 }  // namespace
 
 void adamw_step_cuda(const std::vector<AdamWTensorArgs>& tensors, const AdamWHyper& hyper) {
@@ -93,17 +91,18 @@ void adamw_step_cuda(const std::vector<AdamWTensorArgs>& tensors, const AdamWHyp
     d.lr_wd = t.lr_times_weight_decay;
     d.step_size = t.step_size;
     d.bc2_sqrt = t.bias_correction2_sqrt;
-    d.vectorized = aligned16(d.p) && aligned16(d.g) && aligned16(d.m) && aligned16(d.v);
+    d.vectorized = cuda_detail::aligned_to(d.p, 16) && cuda_detail::aligned_to(d.g, 16) &&
+                   cuda_detail::aligned_to(d.m, 16) && cuda_detail::aligned_to(d.v, 16);
     descs.push_back(d);
     numels.push_back(d.numel);
   }
-  multi_tensor::DeviceGuard guard(device);
+  cuda_detail::DeviceGuard guard(device.index);
   cudaStream_t stream = multi_tensor::stream_of(device);
-  auto ws = multi_tensor::upload(descs, numels, device, stream);
+  auto ws = multi_tensor::upload(descs, numels, device);
   if (ws.num_chunks == 0) return;
   adamw_multi_tensor_kernel<<<static_cast<unsigned>(ws.num_chunks), multi_tensor::kThreads, 0, stream>>>(
       ws.descs, ws.chunks, hyper);
-  OPTIM_CUDA_CHECK(cudaGetLastError());
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace ssmtrain

@@ -78,9 +78,11 @@ void split_by_device(const std::vector<Tensor>& grads, std::vector<Tensor>& cpu,
   }
 }
 
+#if !defined(SSMTRAIN_WITH_CUDA)
 [[noreturn]] void no_cuda(const Tensor& t) {
   throw UserError(detail::concat("clip_grad_norm: ", t.describe(), " is on a CUDA device but ssmtrain was built without CUDA"));
 }
+#endif
 
 double total_norm(const std::vector<Tensor>& grads) {
   std::vector<Tensor> cpu;

@@ -10,6 +10,10 @@ namespace ssmtrain {
 
 namespace {
 
+struct Plus {
+  __device__ double operator()(double a, double b) const { return a + b; }
+};
+
 struct VectorDesc {
   float* x;
   int64_t numel;
@@ -41,36 +45,25 @@ __device__ __forceinline__ void for_chunk(const VectorDesc& d, int64_t start, Fn
   }
 }
 
-template <int kBlock>
-__device__ double block_sum(double value, double* shared) {
-  shared[threadIdx.x] = value;
-  __syncthreads();
-  for (int s = kBlock / 2; s > 0; s /= 2) {
-    if (threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
-    __syncthreads();
-  }
-  return shared[0];
-}
-
 __global__ void __launch_bounds__(multi_tensor::kThreads)
     sum_of_squares_kernel(const VectorDesc* __restrict__ descs, const multi_tensor::Chunk* __restrict__ chunks,
                           double* __restrict__ partials) {
-  __shared__ double shared[multi_tensor::kThreads];
+  __shared__ double shared[cuda_detail::kWarp];
   const multi_tensor::Chunk c = chunks[blockIdx.x];
   const VectorDesc d = descs[c.tensor];
   // 128 values per thread: an f32 running sum loses nothing that matters for a norm.
   float acc = 0.0f;
   for_chunk<false>(d, c.start, [&](float& x) { acc += x * x; });
-  double total = block_sum<multi_tensor::kThreads>(static_cast<double>(acc), shared);
+  double total = cuda_detail::block_allreduce(static_cast<double>(acc), Plus{}, shared);
   if (threadIdx.x == 0) partials[blockIdx.x] = total;
 }
 
 __global__ void __launch_bounds__(multi_tensor::kThreads)
     sum_partials_kernel(const double* __restrict__ partials, int64_t n, double* __restrict__ out) {
-  __shared__ double shared[multi_tensor::kThreads];
+  __shared__ double shared[cuda_detail::kWarp];
   double acc = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc += partials[i];
-  double total = block_sum<multi_tensor::kThreads>(acc, shared);
+  double total = cuda_detail::block_allreduce(acc, Plus{}, shared);
   if (threadIdx.x == 0) *out = total;
 }
 
@@ -94,7 +87,7 @@ std::pair<std::vector<VectorDesc>, std::vector<int64_t>> describe(const std::vec
   std::vector<int64_t> numels;
   for (const Tensor& t : tensors) {
     float* x = t.data<float>();
-    descs.push_back(VectorDesc{x, t.numel(), (reinterpret_cast<uintptr_t>(x) & 15u) == 0});
+    descs.push_back(VectorDesc{x, t.numel(), cuda_detail::aligned_to(x, 16)});
     numels.push_back(t.numel());
   }
   return {descs, numels};
@@ -105,21 +98,21 @@ std::pair<std::vector<VectorDesc>, std::vector<int64_t>> describe(const std::vec
 Tensor sum_of_squares_cuda(const std::vector<Tensor>& tensors) {
   const Device device = common_device(tensors, "sum_of_squares_cuda");
   auto [descs, numels] = describe(tensors);
-  multi_tensor::DeviceGuard guard(device);
+  cuda_detail::DeviceGuard guard(device.index);
   cudaStream_t stream = multi_tensor::stream_of(device);
   Tensor out = Tensor::empty({}, DType::f64, device);
-  auto ws = multi_tensor::upload(descs, numels, device, stream);
+  auto ws = multi_tensor::upload(descs, numels, device);
   if (ws.num_chunks == 0) {
-    OPTIM_CUDA_CHECK(cudaMemsetAsync(out.data_ptr(), 0, sizeof(double), stream));
+    CUDA_CHECK(cudaMemsetAsync(out.data_ptr(), 0, sizeof(double), stream));
     return out;
   }
   Tensor partials = Tensor::empty({ws.num_chunks}, DType::f64, device);
   sum_of_squares_kernel<<<static_cast<unsigned>(ws.num_chunks), multi_tensor::kThreads, 0, stream>>>(
       ws.descs, ws.chunks, partials.data<double>());
-  OPTIM_CUDA_CHECK(cudaGetLastError());
+  CUDA_CHECK_LAUNCH();
   sum_partials_kernel<<<1, multi_tensor::kThreads, 0, stream>>>(partials.data<double>(), ws.num_chunks,
                                                                  out.data<double>());
-  OPTIM_CUDA_CHECK(cudaGetLastError());
+  CUDA_CHECK_LAUNCH();
   return out;
 }
 
@@ -127,13 +120,13 @@ void scale_cuda(const std::vector<Tensor>& tensors, float factor) {
   if (tensors.empty()) return;
   const Device device = common_device(tensors, "scale_cuda");
   auto [descs, numels] = describe(tensors);
-  multi_tensor::DeviceGuard guard(device);
+  cuda_detail::DeviceGuard guard(device.index);
   cudaStream_t stream = multi_tensor::stream_of(device);
-  auto ws = multi_tensor::upload(descs, numels, device, stream);
+  auto ws = multi_tensor::upload(descs, numels, device);
   if (ws.num_chunks == 0) return;
   scale_kernel<<<static_cast<unsigned>(ws.num_chunks), multi_tensor::kThreads, 0, stream>>>(ws.descs, ws.chunks,
                                                                                             factor);
-  OPTIM_CUDA_CHECK(cudaGetLastError());
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace ssmtrain

@@ -2,9 +2,10 @@
 //
 // A launch covers a list of tensors: the host cuts each into chunks of kChunkElems
 // elements, writes one descriptor per tensor and one (tensor, start) record per chunk into
-// a single host buffer, copies it to a device workspace in one cudaMemcpyAsync, and
-// launches one block per chunk. The workspace is an ordinary device Tensor from the
-// caching allocator, released in stream order after the launch.
+// a single host buffer, copies it to a device workspace in one staged copy (pinned memory,
+// no wait for the device: cuda::memcpy_h2d), and launches one block per chunk. The workspace
+// is an ordinary device Tensor from the caching allocator, released in stream order after
+// the launch. Error checks, the device guard and the reductions are core/cuda's.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -18,16 +19,11 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/cuda/cuda_check.cuh"
+#include "core/cuda/device.cuh"
+#include "core/cuda/kernel_utils.cuh"
 #include "core/error.h"
 #include "core/tensor.h"
-
-#define OPTIM_CUDA_CHECK(expr)                                                                        \
-  do {                                                                                                \
-    cudaError_t err_ = (expr);                                                                        \
-    if (err_ != cudaSuccess)                                                                          \
-      throw ::ssmtrain::InternalError(::ssmtrain::detail::concat(__FILE__, ":", __LINE__, ": ", #expr, \
-                                                                 ": ", cudaGetErrorString(err_)));    \
-  } while (0)
 
 namespace ssmtrain::multi_tensor {
 
@@ -56,8 +52,7 @@ inline void check_tensor(const Tensor& t, Device device, const char* what) {
 
 // numels[i] is the element count of descs[i].
 template <typename Desc>
-Workspace<Desc> upload(const std::vector<Desc>& descs, const std::vector<int64_t>& numels, Device device,
-                       cudaStream_t stream) {
+Workspace<Desc> upload(const std::vector<Desc>& descs, const std::vector<int64_t>& numels, Device device) {
   std::vector<Chunk> chunks;
   for (size_t i = 0; i < descs.size(); ++i)
     for (int64_t s = 0; s < numels[i]; s += kChunkElems) chunks.push_back(Chunk{static_cast<int32_t>(i), 0, s});
@@ -71,8 +66,8 @@ Workspace<Desc> upload(const std::vector<Desc>& descs, const std::vector<int64_t
   std::memcpy(host.data() + desc_bytes, chunks.data(), chunks.size() * sizeof(Chunk));
   ws.storage = Tensor::empty({static_cast<int64_t>((total + 7) / 8)}, DType::i64, device);
   auto* base = static_cast<unsigned char*>(ws.storage.data_ptr());
-  // Pageable source: the call returns once the bytes are staged, so `host` may die.
-  OPTIM_CUDA_CHECK(cudaMemcpyAsync(base, host.data(), total, cudaMemcpyHostToDevice, stream));
+  // Staged and queued on the compute stream; `host` may die on return.
+  cuda::memcpy_h2d(base, host.data(), total, device.index);
   ws.descs = reinterpret_cast<const Desc*>(base);
   ws.chunks = reinterpret_cast<const Chunk*>(base + desc_bytes);
   return ws;
@@ -82,20 +77,5 @@ inline cudaStream_t stream_of(Device device) {
   backend(device);  // checks the device exists and initialises core's CUDA state
   return static_cast<cudaStream_t>(cuda::compute_stream(device.index));
 }
-
-// Makes `device` current for the launches of one entry point, restoring the previous one.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(Device device) {
-    OPTIM_CUDA_CHECK(cudaGetDevice(&previous_));
-    if (previous_ != device.index) OPTIM_CUDA_CHECK(cudaSetDevice(device.index));
-  }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = 0;
-};
 
 }  // namespace ssmtrain::multi_tensor

@@ -16,6 +16,7 @@
 #include "core/cuda/allocator.cuh"
 #include "core/cuda/backend_cuda.cuh"
 #include "core/cuda/elementwise.cuh"
+#include "core/cuda/rows.cuh"
 
 namespace ssmtrain::cuda_detail {
 namespace {
@@ -153,18 +154,11 @@ void check_index_tensor(const Tensor& idx, const char* op) {
   SSMT_ASSERT(idx.dtype() == DType::i64 && idx.is_contiguous(), op, ": indices ", idx.describe());
 }
 
-Tensor contiguous_copy(const Tensor& t) {
-  if (t.is_contiguous()) return t;
-  Tensor c = Tensor::empty(t.shape(), t.dtype(), t.device());
-  cuda::cuda_backend(t.device().index).copy(t, c);
-  return c;
-}
-
 }  // namespace
 
 void CudaBackend::index_select_rows(const Tensor& x_in, const Tensor& idx, const Tensor& out) {
   DeviceGuard guard(device_);
-  Tensor x = contiguous_copy(x_in);
+  Tensor x = contiguous_input(x_in);
   check_index_tensor(idx, "index_select_rows");
   SSMT_ASSERT(x.dim() == 2 && out.dim() == 2 && out.size(0) == idx.numel() && out.size(1) == x.size(1) &&
                   out.is_contiguous() && out.dtype() == x.dtype(),
@@ -185,7 +179,7 @@ void CudaBackend::index_select_rows(const Tensor& x_in, const Tensor& idx, const
 
 void CudaBackend::index_add_rows(const Tensor& g_in, const Tensor& idx, const Tensor& out) {
   DeviceGuard guard(device_);
-  Tensor g = contiguous_copy(g_in);
+  Tensor g = contiguous_input(g_in);
   check_index_tensor(idx, "index_add_rows");
   SSMT_ASSERT(g.dim() == 2 && out.dim() == 2 && g.size(0) == idx.numel() && out.size(1) == g.size(1) &&
                   out.is_contiguous() && out.dtype() == g.dtype(),
@@ -209,7 +203,7 @@ void CudaBackend::index_add_rows(const Tensor& g_in, const Tensor& idx, const Te
 
 void CudaBackend::gather_last(const Tensor& x_in, const Tensor& idx, const Tensor& out) {
   DeviceGuard guard(device_);
-  Tensor x = contiguous_copy(x_in);
+  Tensor x = contiguous_input(x_in);
   check_index_tensor(idx, "gather_last");
   SSMT_ASSERT(x.dim() == 2 && idx.dim() == 2 && out.shape() == idx.shape() && idx.size(0) == x.size(0) &&
                   out.is_contiguous() && out.dtype() == x.dtype(),
@@ -228,7 +222,7 @@ void CudaBackend::gather_last(const Tensor& x_in, const Tensor& idx, const Tenso
 
 void CudaBackend::scatter_add_last(const Tensor& g_in, const Tensor& idx, const Tensor& out) {
   DeviceGuard guard(device_);
-  Tensor g = contiguous_copy(g_in);
+  Tensor g = contiguous_input(g_in);
   check_index_tensor(idx, "scatter_add_last");
   SSMT_ASSERT(g.dim() == 2 && idx.shape() == g.shape() && out.dim() == 2 && out.size(0) == g.size(0) &&
                   out.is_contiguous() && out.dtype() == g.dtype(),
