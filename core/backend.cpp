@@ -24,6 +24,30 @@ Backend& backend(Device device) {
 #endif
 }
 
+bool gemm_prologue(Backend& be, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& out,
+                   double beta) {
+  SSMT_ASSERT(a.dim() == 3 && b.dim() == 3 && out.dim() == 3 && out.is_contiguous(), "gemm: ", a.describe(), ", ",
+              b.describe(), " -> ", out.describe());
+  SSMT_ASSERT(a.dtype() == out.dtype() && b.dtype() == out.dtype(), "gemm: dtypes of ", a.describe(), ", ",
+              b.describe(), " -> ", out.describe());
+  const int64_t batches = out.size(0), m = out.size(1), n = out.size(2);
+  const int64_t k = trans_a ? a.size(1) : a.size(2);
+  SSMT_ASSERT((a.size(0) == batches || a.size(0) == 1) && (b.size(0) == batches || b.size(0) == 1) &&
+                  (trans_a ? a.size(2) : a.size(1)) == m && (trans_b ? b.size(2) : b.size(1)) == k &&
+                  (trans_b ? b.size(1) : b.size(2)) == n,
+              "gemm: shapes of ", a.describe(), (trans_a ? "^T" : ""), " @ ", b.describe(), (trans_b ? "^T" : ""),
+              " -> ", out.describe());
+  if (out.numel() == 0) return false;
+  if (k == 0) {  // empty sum: out = beta * out
+    if (beta == 0)
+      be.fill(out, 0);
+    else if (beta != 1)
+      be.unary(UnaryOp::mul_scalar, out, out, beta, 0);
+    return false;
+  }
+  return true;
+}
+
 bool cuda_available() {
 #if defined(SSMTRAIN_WITH_CUDA)
   return cuda::device_count() > 0;

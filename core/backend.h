@@ -127,6 +127,13 @@ Backend& backend(Device device);
 bool allow_tf32();
 void set_allow_tf32(bool on);
 
+// The part of Backend::gemm that does not depend on the device, called first by every
+// backend: checks the ranks, dtypes and shapes (InternalError naming the tensors) and does the
+// calls with no product to compute: an empty out, or K = 0 (out = beta * out). Returns false
+// when nothing is left to do.
+bool gemm_prologue(Backend& be, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& out,
+                   double beta);
+
 namespace cpu {
 Backend& cpu_backend();
 }

@@ -52,25 +52,9 @@ BlasOperand blas_operand(const Tensor& t) {
 void CudaBackend::gemm(const Tensor& a_in, bool trans_a, const Tensor& b_in, bool trans_b, const Tensor& out,
                        double alpha, double beta) {
   DeviceGuard guard(device_);
-  SSMT_ASSERT(a_in.dim() == 3 && b_in.dim() == 3 && out.dim() == 3 && out.is_contiguous(), "gemm: ",
-              a_in.describe(), ", ", b_in.describe(), " -> ", out.describe());
-  SSMT_ASSERT(a_in.dtype() == out.dtype() && b_in.dtype() == out.dtype(), "gemm: dtypes of ", a_in.describe(), ", ",
-              b_in.describe(), " -> ", out.describe());
+  if (!gemm_prologue(*this, a_in, trans_a, b_in, trans_b, out, beta)) return;
   const int64_t batches = out.size(0), m = out.size(1), n = out.size(2);
   const int64_t k = trans_a ? a_in.size(1) : a_in.size(2);
-  SSMT_ASSERT((a_in.size(0) == batches || a_in.size(0) == 1) && (b_in.size(0) == batches || b_in.size(0) == 1) &&
-                  (trans_a ? a_in.size(2) : a_in.size(1)) == m && (trans_b ? b_in.size(2) : b_in.size(1)) == k &&
-                  (trans_b ? b_in.size(1) : b_in.size(2)) == n,
-              "gemm: shapes of ", a_in.describe(), (trans_a ? "^T" : ""), " @ ", b_in.describe(),
-              (trans_b ? "^T" : ""), " -> ", out.describe());
-  if (out.numel() == 0) return;
-  if (k == 0) {  // empty sum: out = beta * out
-    if (beta == 0)
-      fill(out, 0);
-    else
-      unary(UnaryOp::mul_scalar, out, out, beta, 0);
-    return;
-  }
   SSMT_ASSERT(m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && batches <= INT_MAX, "gemm: ", out.describe(),
               " with K = ", k, " exceeds cuBLAS's int range");
   Tensor a = blas_ready(a_in), b = blas_ready(b_in);

@@ -80,16 +80,12 @@ Tensor matmul_nograd(const Tensor& a, const Tensor& b) {
   NoGradGuard no_grad;
   Dims batch_a(a.shape().begin(), a.shape().end() - 2), batch_b(b.shape().begin(), b.shape().end() - 2);
   Dims batch = broadcast_shapes(batch_a, batch_b, "matmul");
-  int64_t m = a.size(-2), k = a.size(-1), n = b.size(-1);
+  int64_t m = a.size(-2), n = b.size(-1);
   int64_t batch_count = batch.numel();
   Tensor out = Tensor::empty({batch_count, m, n}, a.dtype(), a.device());
-  if (out.numel() > 0) {
-    if (k == 0) {
-      backend(a.device()).fill(out, 0);
-    } else {
-      GemmOperand opa = batched_operand(a, batch, batch_count), opb = batched_operand(b, batch, batch_count);
-      backend(a.device()).gemm(opa.stored, opa.trans, opb.stored, opb.trans, out, 1, 0);
-    }
+  if (out.numel() > 0) {  // K = 0 gives zeros (the backend's gemm fills out)
+    GemmOperand opa = batched_operand(a, batch, batch_count), opb = batched_operand(b, batch, batch_count);
+    backend(a.device()).gemm(opa.stored, opa.trans, opb.stored, opb.trans, out, 1, 0);
   }
   Dims out_shape = batch;
   out_shape.push_back(m);
@@ -101,10 +97,6 @@ void gemm_2d(const Tensor& a, const Tensor& b, const Tensor& out, double beta) {
   if (out.numel() == 0) return;
   NoGradGuard no_grad;
   Tensor out3 = out.unsqueeze(0);
-  if (a.size(1) == 0) {  // empty inner dimension: out = beta * out
-    if (beta == 0) backend(out.device()).fill(out3, 0);
-    return;
-  }
   GemmOperand opa = matrix_operand(a, 1), opb = matrix_operand(b, 1);
   backend(out.device()).gemm(opa.stored, opa.trans, opb.stored, opb.trans, out3, 1, beta);
 }

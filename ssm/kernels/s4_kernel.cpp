@@ -644,12 +644,19 @@ Tensor fft_conv(const Tensor& u_in, const Tensor& K_in) {
       Tensor dy = grads[0].contiguous();
       FftConvParams q = p;
       q.u = u_keep.data_ptr(), q.K = K_keep.data_ptr(), q.dy = dy.data_ptr();
+      // The kernels write every element of du and dK; with nothing to convolve (B = 0) the
+      // gradients are zero.
+      const bool run = B * L * H > 0;
+      auto make = [&](const Dims& shape) {
+        return run ? Tensor::empty(shape, u_keep.dtype(), u_keep.device())
+                   : Tensor::zeros(shape, u_keep.dtype(), u_keep.device());
+      };
       std::vector<Tensor> out(2);
-      if (want_u) out[0] = Tensor::zeros({B, L, H}, u_keep.dtype(), u_keep.device());
-      if (want_K) out[1] = Tensor::zeros({H, L}, u_keep.dtype(), u_keep.device());
+      if (want_u) out[0] = make({B, L, H});
+      if (want_K) out[1] = make({H, L});
       q.du = want_u ? out[0].data_ptr() : nullptr;
       q.dK = want_K ? out[1].data_ptr() : nullptr;
-      if (B * L * H > 0) run_conv_backward(q, u_keep.device());
+      if (run) run_conv_backward(q, u_keep.device());
       return out;
     });
   }
