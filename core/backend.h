@@ -141,10 +141,7 @@ Backend& cpu_backend();
 namespace cuda {
 Backend& cuda_backend(int device);
 int device_count();  // 0 when the driver or a GPU is missing (never throws)
-// Copies between host and device memory of `device`. memcpy_h2d returns once `src` may be
-// reused; the device copy is ordered on the compute stream (copies up to 4 MiB are staged
-// through pinned memory and do not wait for the device, larger ones do). memcpy_d2h and
-// memcpy_d2d return when the bytes are in place.
+// Synchronous copies between host and device memory of `device`.
 void memcpy_h2d(void* dst, const void* src, size_t nbytes, int device);
 void memcpy_d2h(void* dst, const void* src, size_t nbytes, int device);
 void memcpy_d2d(void* dst, const void* src, size_t nbytes, int device);

@@ -98,7 +98,7 @@ void adamw_step_cuda(const std::vector<AdamWTensorArgs>& tensors, const AdamWHyp
   }
   cuda_detail::DeviceGuard guard(device.index);
   cudaStream_t stream = multi_tensor::stream_of(device);
-  auto ws = multi_tensor::upload(descs, numels, device);
+  auto ws = multi_tensor::upload(descs, numels, device, stream);
   if (ws.num_chunks == 0) return;
   adamw_multi_tensor_kernel<<<static_cast<unsigned>(ws.num_chunks), multi_tensor::kThreads, 0, stream>>>(
       ws.descs, ws.chunks, hyper);

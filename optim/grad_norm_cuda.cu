@@ -101,7 +101,7 @@ Tensor sum_of_squares_cuda(const std::vector<Tensor>& tensors) {
   cuda_detail::DeviceGuard guard(device.index);
   cudaStream_t stream = multi_tensor::stream_of(device);
   Tensor out = Tensor::empty({}, DType::f64, device);
-  auto ws = multi_tensor::upload(descs, numels, device);
+  auto ws = multi_tensor::upload(descs, numels, device, stream);
   if (ws.num_chunks == 0) {
     CUDA_CHECK(cudaMemsetAsync(out.data_ptr(), 0, sizeof(double), stream));
     return out;
@@ -122,7 +122,7 @@ void scale_cuda(const std::vector<Tensor>& tensors, float factor) {
   auto [descs, numels] = describe(tensors);
   cuda_detail::DeviceGuard guard(device.index);
   cudaStream_t stream = multi_tensor::stream_of(device);
-  auto ws = multi_tensor::upload(descs, numels, device);
+  auto ws = multi_tensor::upload(descs, numels, device, stream);
   if (ws.num_chunks == 0) return;
   scale_kernel<<<static_cast<unsigned>(ws.num_chunks), multi_tensor::kThreads, 0, stream>>>(ws.descs, ws.chunks,
                                                                                             factor);

@@ -15,7 +15,10 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <array>
+#include <atomic>
 #include <cstddef>
+#include <mutex>
 
 namespace ssmtrain::cuda_detail {
 
@@ -69,6 +72,21 @@ class DeviceMemoryOwner {
   void* ptr_ = nullptr;
   size_t nbytes_ = 0;
 };
+
+constexpr int kMaxDevices = 64;
+
+// The object of `device` held in `slots`, made by make() on first use. Thread-safe; after
+// the first call a lookup is one atomic load (per-device objects are asked for on every op).
+// Never freed, like the contexts.
+template <typename T, typename Make>
+T& once_per_device(std::array<std::atomic<T*>, kMaxDevices>& slots, int device, Make make) {
+  std::atomic<T*>& slot = slots.at(static_cast<size_t>(device));
+  if (T* p = slot.load(std::memory_order_acquire)) return *p;
+  static std::mutex mutex;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!slot.load(std::memory_order_relaxed)) slot.store(make(), std::memory_order_release);
+  return *slot.load(std::memory_order_relaxed);
+}
 
 // Hopper's cuBLAS picks its fastest kernels only with a 32 MiB workspace.
 constexpr size_t kBlasWorkspaceBytes = size_t{32} << 20;

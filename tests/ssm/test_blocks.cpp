@@ -22,22 +22,27 @@ using namespace ssmtrain;
 
 namespace {
 
-std::shared_ptr<Mixer> make_block(const std::string& kind, Generator& gen) {
+// A small block of `kind` initialised from `seed`, in f64.
+std::shared_ptr<Mixer> make_block(const std::string& kind, uint64_t seed) {
+  Generator gen(seed);
+  std::shared_ptr<Mixer> block;
   if (kind == "mamba2") {
     Mamba2Options o;
     o.d_model = 4, o.d_state = 3, o.expand = 2, o.headdim = 4, o.ngroups = 1, o.chunk_size = 2, o.d_conv = 3;
-    return std::make_shared<Mamba2>(o, gen);  // 2 heads of 4, chunks of 2 over L = 5
-  }
-  if (kind == "moe") {
+    block = std::make_shared<Mamba2>(o, gen);  // 2 heads of 4, chunks of 2 over L = 5
+  } else if (kind == "moe") {
     MoEOptions o;
     o.d_model = 4, o.num_experts = 3, o.d_ff = 5, o.capacity_factor = 1.0;
-    return std::make_shared<SwitchMoE>(o, gen);
+    block = std::make_shared<SwitchMoE>(o, gen);
+  } else {
+    MambaOptions o;
+    o.d_model = 4, o.d_state = 3, o.expand = 2, o.d_conv = 3;
+    o.gated = kind != "s6";
+    o.selective = kind != "mamba_lti";
+    block = std::make_shared<Mamba>(o, gen);
   }
-  MambaOptions o;
-  o.d_model = 4, o.d_state = 3, o.expand = 2, o.d_conv = 3;
-  o.gated = kind != "s6";
-  o.selective = kind != "mamba_lti";
-  return std::make_shared<Mamba>(o, gen);
+  block->to(DType::f64);
+  return block;
 }
 
 // (B, L, D) f64 input drawn in [-1, 1).
@@ -51,9 +56,7 @@ Tensor block_input(int64_t B, int64_t L, int64_t D, uint64_t seed) {
 TEST_CASE("SSM blocks: step by step equals the full sequence") {
   for (const char* kind : {"mamba", "s6", "mamba_lti", "mamba2", "moe"}) {
     INFO("block ", kind);
-    Generator gen(11);
-    auto block = make_block(kind, gen);
-    block->to(DType::f64);
+    auto block = make_block(kind, 11);
     block->eval();  // the MoE layer drops nothing in eval mode, like generation
     NoGradGuard no_grad;
     const int64_t B = 2, L = 5, D = 4;
@@ -72,9 +75,7 @@ TEST_CASE("SSM blocks: a split sequence continues through the recurrent state") 
   // Steps over the first half, then the second: equals the full forward's second half.
   for (const char* kind : {"mamba", "mamba2"}) {
     INFO("block ", kind);
-    Generator gen(5);
-    auto block = make_block(kind, gen);
-    block->to(DType::f64);
+    auto block = make_block(kind, 5);
     NoGradGuard no_grad;
     Tensor x = block_input(1, 6, 4, 9);
     Tensor full = block->forward(x);
@@ -88,9 +89,7 @@ TEST_CASE("SSM blocks: a split sequence continues through the recurrent state") 
 TEST_CASE("SSM blocks: gradients of the input and every parameter match finite differences") {
   for (const char* kind : {"mamba", "s6", "mamba_lti", "mamba2", "moe"}) {
     INFO("block ", kind);
-    Generator gen(21);
-    auto block = make_block(kind, gen);
-    block->to(DType::f64);
+    auto block = make_block(kind, 21);
     Tensor x = block_input(2, 5, 4, 17);
     x.requires_grad_();
     std::vector<Tensor> inputs{x};
