@@ -17,6 +17,7 @@ struct Options {
   std::string json_path;  // empty: no JSON file
   bool quick = false;     // fewer repetitions and smaller shapes (smoke runs)
   int device = 0;         // CUDA device index
+  std::string only;       // non-empty: run only the rows whose name contains it
 };
 
 // One measured row; `fields` are extra key/value pairs printed and written as JSON numbers.

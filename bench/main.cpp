@@ -26,7 +26,7 @@ void write_json(const std::string& path, const std::vector<bench::Row>& rows) {
 
 int usage(FILE* to) {
   std::fprintf(to,
-               "usage: ssmtrain-bench core|ssm|all [--json FILE] [--quick] [--device N]\n"
+               "usage: ssmtrain-bench core|ssm|all [--json FILE] [--quick] [--device N] [--only TEXT]\n"
                "  core  elementwise GB/s vs copy, GEMM TFLOP/s vs cuBLAS, cross-entropy and rms_norm\n"
                "  ssm   selective_scan and SSD forward and forward+backward at the PERF.md shapes\n");
   return to == stderr ? 2 : 0;
@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
     if (a == "--json" && i + 1 < argc) options.json_path = argv[++i];
     else if (a == "--quick") options.quick = true;
     else if (a == "--device" && i + 1 < argc) options.device = std::atoi(argv[++i]);
+    else if (a == "--only" && i + 1 < argc) options.only = argv[++i];
     else {
       std::fprintf(stderr, "ssmtrain-bench: unknown argument '%s'\n", a.c_str());
       return usage(stderr);

@@ -67,6 +67,11 @@ struct Case {
   double official_ms, target_ms;
 };
 
+// --only TEXT: the case runs when TEXT is part of "bench shape".
+bool selected(const Options& o, const Case& c) {
+  return o.only.empty() || (c.bench + " " + c.shape).find(o.only) != std::string::npos;
+}
+
 Row make_row(const Case& c, double ms, double gbytes) {
   Row r{c.bench, c.shape, ms, {}};
   if (gbytes > 0) r.fields.push_back({"GB/s", gbytes / (ms * 1e-3)});
@@ -243,7 +248,7 @@ std::vector<Row> run_ssm(const Options& o) {
     const int64_t B = q ? 1 : s.B, L = q ? 512 : s.L;
     const Case c{s.fwd_only ? "selective_scan fwd" : "selective_scan fwd+bwd", scan_shape(B, L, D, N),
                  q ? 0 : s.official, q ? 0 : s.target};
-    add(bench_selective_scan(o, B, L, D, N, s.fwd_only, c));
+    if (selected(o, c)) add(bench_selective_scan(o, B, L, D, N, s.fwd_only, c));
   }
   struct SsdCfg {
     int64_t B, L;
@@ -263,7 +268,7 @@ std::vector<Row> run_ssm(const Options& o) {
     const int64_t B = q ? 1 : s.B, L = q ? 512 : s.L;
     const Case c{s.fwd_only ? "ssd_chunked fwd" : "ssd_chunked fwd+bwd", ssd_shape(B, L, H, P, Ns, Q),
                  q ? 0 : s.official, q ? 0 : s.target};
-    add(bench_ssd(o, B, L, H, P, Ns, Q, s.fwd_only, c));
+    if (selected(o, c)) add(bench_ssd(o, B, L, H, P, Ns, Q, s.fwd_only, c));
   }
   print_table(rows);
   return rows;

@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "core/backend.h"
 #include "core/cuda/device.cuh"
@@ -33,8 +34,8 @@ namespace {
   } while (0)
 
 constexpr int kThreads = 128;
-constexpr int kChannels = 32;  // channels per block
 constexpr int kTile = kScanTile;
+constexpr float kLog2e = 1.4426950408889634f;
 
 struct ScanParams {
   int B, L, D, N, G, nchunks, nblocks_per_group;
@@ -74,286 +75,412 @@ template <typename T> __device__ __forceinline__ void store(void* p, size_t i, f
 
 __device__ __forceinline__ float softplus_f(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 __device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
+// 2^x on the multi-function unit (the same instruction __expf uses, without its multiply:
+// the A entries are scaled by log2(e) once).
+__device__ __forceinline__ float exp2_fast(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
-// Block coordinates shared by both kernels.
+// out[0..NL) = p[0..NL) from shared memory, as 16- or 8-byte loads (p aligned to 4 * NL bytes).
+template <int NL>
+__device__ __forceinline__ void load_row(const float* p, float (&out)[NL]) {
+  if constexpr (NL % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < NL / 4; ++i) {
+      const float4 v = reinterpret_cast<const float4*>(p)[i];
+      out[4 * i] = v.x, out[4 * i + 1] = v.y, out[4 * i + 2] = v.z, out[4 * i + 3] = v.w;
+    }
+  } else if constexpr (NL == 2) {
+    const float2 v = *reinterpret_cast<const float2*>(p);
+    out[0] = v.x, out[1] = v.y;
+  } else {
+    out[0] = p[0];
+  }
+}
+template <int NL>
+__device__ __forceinline__ void store_row(float* p, const float (&in)[NL]) {
+  if constexpr (NL % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < NL / 4; ++i)
+      reinterpret_cast<float4*>(p)[i] = make_float4(in[4 * i], in[4 * i + 1], in[4 * i + 2], in[4 * i + 3]);
+  } else if constexpr (NL == 2) {
+    *reinterpret_cast<float2*>(p) = make_float2(in[0], in[1]);
+  } else {
+    p[0] = in[0];
+  }
+}
+
+// Butterfly reduce-scatter of V values (V a power of two) over the lanes that differ in the
+// lane bits M, 2M, .. < MEnd: each level exchanges half of the values still held, so the
+// whole sum costs V/2 + V/4 + .. shuffles rather than V per level. On return the lane holds
+// in v[0 .. max(V / levels^2, 1)) the totals of the values base, base + 1, ...; once a
+// single value is left, further levels all-reduce it, and `writer` stays true on only one of
+// the lanes holding each total (the one whose remaining bits are zero).
+template <int V, int M, int MEnd>
+__device__ __forceinline__ void reduce_scatter(float* v, int lane, int& base, bool& writer) {
+  if constexpr (M < MEnd) {
+    if constexpr (V > 1) {
+      constexpr int H = V / 2;
+      const bool upper = lane & M;
+#pragma unroll
+      for (int i = 0; i < H; ++i) {
+        const float send = upper ? v[i] : v[i + H], keep = upper ? v[i + H] : v[i];
+        v[i] = keep + __shfl_xor_sync(0xffffffffu, send, M);
+      }
+      if (upper) base += H;
+      reduce_scatter<H, 2 * M, MEnd>(v, lane, base, writer);
+    } else {
+      v[0] += __shfl_xor_sync(0xffffffffu, v[0], M);
+      if (lane & M) writer = false;
+      reduce_scatter<1, 2 * M, MEnd>(v, lane, base, writer);
+    }
+  }
+}
+template <int V, int M, int MEnd>
+constexpr int scattered_count() {
+  if constexpr (M >= MEnd || V == 1) return V;
+  else return scattered_count<V / 2, 2 * M, MEnd>();
+}
+
+// Geometry of a block with TPC lanes per channel: CH channels, and the staging layout in
+// which thread tid moves the (step, channel) elements (tid / CH + j * TPC, tid % CH), j < SEQ.
+template <int TPC, int NL>
+struct Geo {
+  static constexpr int CH = kThreads / TPC;             // channels per block
+  static constexpr int NMAX = TPC * NL;                 // states per channel held by the lanes
+  static constexpr int SEQ = kTile / TPC;               // staged sequence elements per thread
+  static constexpr int NBC = kTile * NMAX / kThreads;   // staged B (and C) elements per thread
+  static_assert(kThreads % CH == 0 && (kTile * NMAX) % kThreads == 0, "tile geometry");
+};
+
+// Block coordinates shared by both kernels: (b, g, channel block) from the grid; the scan
+// role (channel cl, lane q of that channel) and the staging role (channel cs, first step rs).
+template <int TPC>
 struct BlockCoords {
-  int b, g, cb, c0, nch, cl, q, d;
-  bool active;
+  int b, g, c0, nch, cl, q, d, cs, rs;
+  bool active, sactive;
   __device__ BlockCoords(const ScanParams& p) {
-    int Dg = p.D / p.G;
-    cb = blockIdx.x;
+    constexpr int CH = kThreads / TPC;
+    const int Dg = p.D / p.G;
     g = blockIdx.y;
     b = blockIdx.z;
-    c0 = g * Dg + cb * kChannels;
-    nch = min(kChannels, (g + 1) * Dg - c0);
-    cl = threadIdx.x >> 2;
-    q = threadIdx.x & 3;
+    c0 = g * Dg + blockIdx.x * CH;
+    nch = min(CH, (g + 1) * Dg - c0);
+    cl = threadIdx.x / TPC;
+    q = threadIdx.x % TPC;
     d = c0 + cl;
     active = cl < nch;
+    cs = threadIdx.x % CH;
+    rs = threadIdx.x / CH;
+    sactive = cs < nch;
   }
 };
 
-template <typename T, int NL>
-__global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
-  constexpr int NMAX = 4 * NL;
-  __shared__ float s_u[kTile][kChannels], s_dt[kTile][kChannels], s_z[kTile][kChannels], s_out[kTile][kChannels];
-  __shared__ float s_B[kTile][NMAX], s_C[kTile][NMAX];
-  const BlockCoords bc(p);
-  const int N = p.N, L = p.L, D = p.D;
+// Raw values of one tile, loaded into registers one tile ahead of their use so that the
+// global loads overlap the scan of the current tile. Steps past L load as zeros.
+template <typename T, int TPC, int NL, bool kBackward>
+struct TileRegs {
+  using G = Geo<TPC, NL>;
+  T u[G::SEQ], x[G::SEQ], z[G::SEQ], o[G::SEQ], Bv[G::NBC], Cv[G::NBC];
 
-  float A_r[NL], h[NL];
+  __device__ __forceinline__ void fetch(const ScanParams& p, const BlockCoords<TPC>& bc, int l0) {
+#pragma unroll
+    for (int j = 0; j < G::SEQ; ++j) {
+      const int t = bc.rs + j * TPC;
+      const bool ok = bc.sactive && l0 + t < p.L;
+      const size_t off = (static_cast<size_t>(bc.b) * p.L + l0 + t) * p.D + bc.c0 + bc.cs;
+      u[j] = ok ? static_cast<const T*>(p.u)[off] : T(0.f);
+      x[j] = ok ? static_cast<const T*>(p.delta)[off] : T(0.f);
+      z[j] = ok && p.z ? static_cast<const T*>(p.z)[off] : T(0.f);
+      if constexpr (kBackward) o[j] = ok ? static_cast<const T*>(p.dout)[off] : T(0.f);
+    }
+#pragma unroll
+    for (int j = 0; j < G::NBC; ++j) {
+      const int i = threadIdx.x + j * kThreads, t = i / G::NMAX, n = i % G::NMAX;
+      const bool ok = l0 + t < p.L && n < p.N;
+      const size_t off = ((static_cast<size_t>(bc.b) * p.L + l0 + t) * p.G + bc.g) * p.N + n;
+      Bv[j] = ok ? static_cast<const T*>(p.Bm)[off] : T(0.f);
+      Cv[j] = ok ? static_cast<const T*>(p.Cm)[off] : T(0.f);
+    }
+  }
+  // delta for staged element j: softplus(delta + bias) inside the sequence, 0 past its end
+  // (a = exp(0 * A) = 1 and delta * u = 0: padded steps leave the state unchanged).
+  __device__ __forceinline__ float dt(const ScanParams& p, const BlockCoords<TPC>& bc, int l0, int j, float bias,
+                                      float* sig) const {
+    const float xv = static_cast<float>(x[j]) + bias;
+    const bool ok = bc.sactive && l0 + bc.rs + j * TPC < p.L;
+    if (sig) *sig = p.softplus ? sigmoid_f(xv) : 1.f;
+    return ok ? (p.softplus ? softplus_f(xv) : xv) : 0.f;
+  }
+};
+
+template <typename T, int NL, int TPC>
+__global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
+  using G = Geo<TPC, NL>;
+  constexpr int CH = G::CH, NMAX = G::NMAX;
+  __shared__ float s_u[kTile][CH], s_dt[kTile][CH], s_y[kTile][CH];
+  __shared__ __align__(16) float s_B[kTile][NMAX];
+  __shared__ __align__(16) float s_C[kTile][NMAX];
+  const BlockCoords<TPC> bc(p);
+  const int N = p.N, L = p.L, D = p.D;
+  const size_t bd = static_cast<size_t>(bc.b) * D + bc.d;
+
+  float A2[NL], h[NL];
 #pragma unroll
   for (int s = 0; s < NL; ++s) {
-    int n = bc.q * NL + s;
-    bool ok = bc.active && n < N;
-    A_r[s] = ok ? p.A[bc.d * N + n] : 0.f;
-    h[s] = ok && p.h0 ? p.h0[(static_cast<size_t>(bc.b) * D + bc.d) * N + n] : 0.f;
+    const int n = bc.q * NL + s;
+    const bool ok = bc.active && n < N;
+    A2[s] = ok ? p.A[bc.d * N + n] * kLog2e : 0.f;
+    h[s] = ok && p.h0 ? p.h0[bd * N + n] : 0.f;
   }
-  const float Dv = bc.active && p.Dskip ? p.Dskip[bc.d] : 0.f;
+  const int cs = bc.c0 + bc.cs;
+  const float Dv_s = bc.sactive && p.Dskip ? p.Dskip[cs] : 0.f;
+  const float bias_s = bc.sactive && p.delta_bias ? p.delta_bias[cs] : 0.f;
 
-  for (int l0 = 0, k = 0; l0 < L; l0 += kTile, ++k) {
-    const int steps = min(kTile, L - l0);
+  TileRegs<T, TPC, NL, false> next;
+  float cur_u[G::SEQ], cur_z[G::SEQ];  // the staged elements' u and z, for the output
+  auto commit = [&](int l0) {
+#pragma unroll
+    for (int j = 0; j < G::SEQ; ++j) {
+      const int t = bc.rs + j * TPC;
+      cur_u[j] = static_cast<float>(next.u[j]);
+      cur_z[j] = static_cast<float>(next.z[j]);
+      s_u[t][bc.cs] = cur_u[j];
+      s_dt[t][bc.cs] = next.dt(p, bc, l0, j, bias_s, nullptr);
+    }
+#pragma unroll
+    for (int j = 0; j < G::NBC; ++j) {
+      const int i = threadIdx.x + j * kThreads;
+      s_B[i / NMAX][i % NMAX] = static_cast<float>(next.Bv[j]);
+      s_C[i / NMAX][i % NMAX] = static_cast<float>(next.Cv[j]);
+    }
+  };
+
+  next.fetch(p, bc, 0);
+  commit(0);
+  __syncthreads();
+  for (int k = 0; k < p.nchunks; ++k) {
+    const int l0 = k * kTile;
+    if (k + 1 < p.nchunks) next.fetch(p, bc, l0 + kTile);
     if (p.ckpt && bc.active) {
 #pragma unroll
       for (int s = 0; s < NL; ++s) {
-        int n = bc.q * NL + s;
-        if (n < N) p.ckpt[((static_cast<size_t>(bc.b) * D + bc.d) * p.nchunks + k) * N + n] = h[s];
+        const int n = bc.q * NL + s;
+        if (n < N) p.ckpt[(bd * p.nchunks + k) * N + n] = h[s];
       }
     }
-    for (int i = threadIdx.x; i < kTile * kChannels; i += kThreads) {
-      int t = i / kChannels, c = i % kChannels;
-      float uu = 0.f, dt = 0.f, zz = 0.f;
-      if (t < steps && c < bc.nch) {
-        size_t off = (static_cast<size_t>(bc.b) * L + l0 + t) * D + bc.c0 + c;
-        uu = load<T>(p.u, off);
-        float x = load<T>(p.delta, off) + (p.delta_bias ? p.delta_bias[bc.c0 + c] : 0.f);
-        dt = p.softplus ? softplus_f(x) : x;
-        if (p.z) zz = load<T>(p.z, off);
-      }
-      s_u[t][c] = uu;
-      s_dt[t][c] = dt;
-      s_z[t][c] = zz;
-    }
-    for (int i = threadIdx.x; i < kTile * NMAX; i += kThreads) {
-      int t = i / NMAX, n = i % NMAX;
-      float bv = 0.f, cv = 0.f;
-      if (t < steps && n < N) {
-        size_t off = ((static_cast<size_t>(bc.b) * L + l0 + t) * p.G + bc.g) * N + n;
-        bv = load<T>(p.Bm, off);
-        cv = load<T>(p.Cm, off);
-      }
-      s_B[t][n] = bv;
-      s_C[t][n] = cv;
-    }
-    __syncthreads();
-    for (int t = 0; t < steps; ++t) {
-      const float dt = s_dt[t][bc.cl], uu = s_u[t][bc.cl], du = dt * uu;
-      float yp = 0.f;
+    // The recurrence: only h carries from one step to the next, so with the loop unrolled
+    // the exponentials and loads of later steps overlap the current one.
+#pragma unroll
+    for (int t = 0; t < kTile; ++t) {
+      const float dt = s_dt[t][bc.cl], du = dt * s_u[t][bc.cl];
+      float Bt[NL], Ct[NL], yp = 0.f;
+      load_row<NL>(&s_B[t][bc.q * NL], Bt);
+      load_row<NL>(&s_C[t][bc.q * NL], Ct);
 #pragma unroll
       for (int s = 0; s < NL; ++s) {
-        const int n = bc.q * NL + s;
-        const float a = __expf(dt * A_r[s]);
-        h[s] = a * h[s] + du * s_B[t][n];
-        yp += h[s] * s_C[t][n];
+        h[s] = exp2_fast(dt * A2[s]) * h[s] + du * Bt[s];
+        yp += h[s] * Ct[s];
       }
-      yp += __shfl_xor_sync(0xffffffffu, yp, 1);
-      yp += __shfl_xor_sync(0xffffffffu, yp, 2);
-      if (bc.q == 0) {
-        float y = yp + Dv * uu;
-        if (p.z) {
-          const float zz = s_z[t][bc.cl];
-          y *= zz * sigmoid_f(zz);
-        }
-        s_out[t][bc.cl] = y;
-      }
+#pragma unroll
+      for (int m = 1; m < TPC; m <<= 1) yp += __shfl_xor_sync(0xffffffffu, yp, m);
+      if (bc.q == 0) s_y[t][bc.cl] = yp;
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < kTile * kChannels; i += kThreads) {
-      int t = i / kChannels, c = i % kChannels;
-      if (t < steps && c < bc.nch)
-        store<T>(p.out, (static_cast<size_t>(bc.b) * L + l0 + t) * D + bc.c0 + c, s_out[t][c]);
+    // Outputs of the tile (D skip and z gate applied here, by every thread), then the next
+    // tile's values into shared memory.
+#pragma unroll
+    for (int j = 0; j < G::SEQ; ++j) {
+      const int t = bc.rs + j * TPC;
+      if (bc.sactive && l0 + t < L) {
+        float y = s_y[t][bc.cs] + Dv_s * cur_u[j];
+        if (p.z) y *= cur_z[j] * sigmoid_f(cur_z[j]);
+        store<T>(p.out, (static_cast<size_t>(bc.b) * L + l0 + t) * D + cs, y);
+      }
     }
+    if (k + 1 < p.nchunks) commit(l0 + kTile);
+    __syncthreads();
   }
   if (bc.active) {
 #pragma unroll
     for (int s = 0; s < NL; ++s) {
-      int n = bc.q * NL + s;
-      if (n < N) p.h_last[(static_cast<size_t>(bc.b) * D + bc.d) * N + n] = h[s];
+      const int n = bc.q * NL + s;
+      if (n < N) p.h_last[bd * N + n] = h[s];
     }
   }
 }
 
-template <int NL>
+template <int NL, int TPC>
 constexpr size_t backward_dynamic_smem() {
   // state history + per-warp partial sums of dB and dC
-  return sizeof(float) * (kTile * NL * kThreads + 2 * (kThreads / 32) * kTile * 4 * NL);
+  return sizeof(float) * ((kTile - 1) * NL * kThreads + 2 * (kThreads / 32) * kTile * TPC * NL);
 }
 
-template <typename T, int NL>
+template <typename T, int NL, int TPC>
 __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
-  constexpr int NMAX = 4 * NL;
-  constexpr int kWarps = kThreads / 32;
-  __shared__ float s_u[kTile][kChannels], s_dt[kTile][kChannels], s_sig[kTile][kChannels];
-  __shared__ float s_gy[kTile][kChannels], s_du[kTile][kChannels], s_dd[kTile][kChannels], s_dz[kTile][kChannels];
-  __shared__ float s_B[kTile][NMAX], s_C[kTile][NMAX];
-  extern __shared__ float dyn[];
-  float* hist = dyn;                                   // [kTile][NL][kThreads]
-  float* redB = hist + kTile * NL * kThreads;          // [kWarps][kTile][NMAX]
-  float* redC = redB + kWarps * kTile * NMAX;          // [kWarps][kTile][NMAX]
+  using G = Geo<TPC, NL>;
+  constexpr int CH = G::CH, NMAX = G::NMAX, kWarps = kThreads / 32;
+  __shared__ float s_u[kTile][CH], s_dt[kTile][CH], s_gy[kTile][CH];
+  __shared__ float s_y[kTile][CH], s_du[kTile][CH], s_dd[kTile][CH];
+  __shared__ __align__(16) float s_B[kTile][NMAX];
+  __shared__ __align__(16) float s_C[kTile][NMAX];
+  __shared__ float s_bias[kThreads];
+  extern __shared__ __align__(16) float dyn[];
+  float* hist = dyn;                               // [kTile - 1][kThreads][NL]
+  float* redB = hist + (kTile - 1) * NL * kThreads;  // [kWarps][kTile][NMAX]
+  float* redC = redB + kWarps * kTile * NMAX;      // [kWarps][kTile][NMAX]
 
-  const BlockCoords bc(p);
+  const BlockCoords<TPC> bc(p);
   const int N = p.N, L = p.L, D = p.D, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const size_t bd = static_cast<size_t>(bc.b) * D + bc.d;
 
-  float A_r[NL], g[NL], dA_acc[NL];
+  float A_r[NL], A2[NL], g[NL], dA_acc[NL];
 #pragma unroll
   for (int s = 0; s < NL; ++s) {
-    int n = bc.q * NL + s;
-    bool ok = bc.active && n < N;
+    const int n = bc.q * NL + s;
+    const bool ok = bc.active && n < N;
     A_r[s] = ok ? p.A[bc.d * N + n] : 0.f;
+    A2[s] = A_r[s] * kLog2e;
     g[s] = ok && p.dh_last ? p.dh_last[bd * N + n] : 0.f;  // lam after the last step
     dA_acc[s] = 0.f;
   }
   const float Dv = bc.active && p.Dskip ? p.Dskip[bc.d] : 0.f;
+  const int cs = bc.c0 + bc.cs;
+  const float bias_s = bc.sactive && p.delta_bias ? p.delta_bias[cs] : 0.f;
   float dD_acc = 0.f, dbias_acc = 0.f;
 
+  TileRegs<T, TPC, NL, true> next;
+  float cur_sig[G::SEQ], cur_o[G::SEQ], cur_z[G::SEQ];  // for ddelta and dz of the staged elements
+  auto commit = [&](int l0) {
+#pragma unroll
+    for (int j = 0; j < G::SEQ; ++j) {
+      const int t = bc.rs + j * TPC;
+      s_u[t][bc.cs] = static_cast<float>(next.u[j]);
+      s_dt[t][bc.cs] = next.dt(p, bc, l0, j, bias_s, &cur_sig[j]);
+      cur_o[j] = static_cast<float>(next.o[j]);
+      cur_z[j] = static_cast<float>(next.z[j]);
+      s_gy[t][bc.cs] = p.z ? cur_o[j] * cur_z[j] * sigmoid_f(cur_z[j]) : cur_o[j];  // dL/dy before the gate
+    }
+#pragma unroll
+    for (int j = 0; j < G::NBC; ++j) {
+      const int i = threadIdx.x + j * kThreads;
+      s_B[i / NMAX][i % NMAX] = static_cast<float>(next.Bv[j]);
+      s_C[i / NMAX][i % NMAX] = static_cast<float>(next.Cv[j]);
+    }
+  };
+
+  if (p.nchunks > 0) next.fetch(p, bc, (p.nchunks - 1) * kTile);
   for (int k = p.nchunks - 1; k >= 0; --k) {
-    const int l0 = k * kTile, steps = min(kTile, L - l0);
-    // Stage the tile. gy = dout * silu(z) and dz are computed here, so z and dout need no
-    // shared memory of their own.
-    for (int i = threadIdx.x; i < kTile * kChannels; i += kThreads) {
-      int t = i / kChannels, c = i % kChannels;
-      float uu = 0.f, dt = 0.f, sig = 1.f, gy = 0.f;
-      if (t < steps && c < bc.nch) {
-        size_t off = (static_cast<size_t>(bc.b) * L + l0 + t) * D + bc.c0 + c;
-        uu = load<T>(p.u, off);
-        float x = load<T>(p.delta, off) + (p.delta_bias ? p.delta_bias[bc.c0 + c] : 0.f);
-        dt = p.softplus ? softplus_f(x) : x;
-        sig = p.softplus ? sigmoid_f(x) : 1.f;
-        gy = load<T>(p.dout, off);
-        if (p.z) {
-          float zz = load<T>(p.z, off), sz = sigmoid_f(zz);
-          s_dz[t][c] = gy;  // dout for now; multiplied by dy/dz-factor once y is known
-          s_sig[t][c] = sig;
-          gy *= zz * sz;
-        }
-      }
-      s_u[t][c] = uu;
-      s_dt[t][c] = dt;
-      s_sig[t][c] = sig;
-      s_gy[t][c] = gy;
-    }
-    for (int i = threadIdx.x; i < kTile * NMAX; i += kThreads) {
-      int t = i / NMAX, n = i % NMAX;
-      float bv = 0.f, cv = 0.f;
-      if (t < steps && n < N) {
-        size_t off = ((static_cast<size_t>(bc.b) * L + l0 + t) * p.G + bc.g) * N + n;
-        bv = load<T>(p.Bm, off);
-        cv = load<T>(p.Cm, off);
-      }
-      s_B[t][n] = bv;
-      s_C[t][n] = cv;
-    }
+    const int l0 = k * kTile;
+    commit(l0);
     float h_start[NL];
 #pragma unroll
     for (int s = 0; s < NL; ++s) {
-      int n = bc.q * NL + s;
+      const int n = bc.q * NL + s;
       h_start[s] = bc.active && n < N ? p.ckpt[(bd * p.nchunks + k) * N + n] : 0.f;
     }
     __syncthreads();
+    if (k > 0) next.fetch(p, bc, l0 - kTile);
 
-    // Recompute the tile's states (and y, for dz).
-    {
-      float h[NL];
+    // Recompute the tile's states into the history (and y before the gate, for dz). The
+    // last state stays in registers: the adjoint starts from it.
+    float hcur[NL];
 #pragma unroll
-      for (int s = 0; s < NL; ++s) h[s] = h_start[s];
-      for (int t = 0; t < steps; ++t) {
-        const float dt = s_dt[t][bc.cl], uu = s_u[t][bc.cl], du = dt * uu;
-        float yp = 0.f;
+    for (int s = 0; s < NL; ++s) hcur[s] = h_start[s];
 #pragma unroll
-        for (int s = 0; s < NL; ++s) {
-          const int n = bc.q * NL + s;
-          h[s] = __expf(dt * A_r[s]) * h[s] + du * s_B[t][n];
-          hist[(t * NL + s) * kThreads + threadIdx.x] = h[s];
-          yp += h[s] * s_C[t][n];
-        }
-        if (p.z) {
-          yp += __shfl_xor_sync(0xffffffffu, yp, 1);
-          yp += __shfl_xor_sync(0xffffffffu, yp, 2);
-          if (bc.q == 0 && bc.active) {
-            size_t off = (static_cast<size_t>(bc.b) * L + l0 + t) * D + bc.d;
-            const float zz = load<T>(p.z, off), sz = sigmoid_f(zz);
-            const float y = yp + Dv * uu;
-            s_dz[t][bc.cl] = s_dz[t][bc.cl] * y * sz * (1.f + zz * (1.f - sz));
-          }
-        }
+    for (int t = 0; t < kTile; ++t) {
+      const float dt = s_dt[t][bc.cl], du = dt * s_u[t][bc.cl];
+      float Bt[NL], Ct[NL], yp = 0.f;
+      load_row<NL>(&s_B[t][bc.q * NL], Bt);
+      load_row<NL>(&s_C[t][bc.q * NL], Ct);
+#pragma unroll
+      for (int s = 0; s < NL; ++s) {
+        hcur[s] = exp2_fast(dt * A2[s]) * hcur[s] + du * Bt[s];
+        yp += hcur[s] * Ct[s];
+      }
+      if (t + 1 < kTile) store_row<NL>(&hist[(t * kThreads + threadIdx.x) * NL], hcur);
+      if (p.z) {
+#pragma unroll
+        for (int m = 1; m < TPC; m <<= 1) yp += __shfl_xor_sync(0xffffffffu, yp, m);
+        if (bc.q == 0) s_y[t][bc.cl] = yp + Dv * s_u[t][bc.cl];
       }
     }
 
-    // The adjoint recurrence, backwards through the tile.
-    for (int t = steps - 1; t >= 0; --t) {
+    // The adjoint recurrence, backwards through the tile. Padded steps (past L) have
+    // dt = 0 and gy = 0: they pass lam through unchanged and add nothing to dA or dD.
+#pragma unroll
+    for (int t = kTile - 1; t >= 0; --t) {
       const float dt = s_dt[t][bc.cl], uu = s_u[t][bc.cl], gy = s_gy[t][bc.cl];
-      float du_p = 0.f, ddt_p = 0.f, dBp[NL], dCp[NL];
+      float Bt[NL], Ct[NL], hprev[NL];
+      load_row<NL>(&s_B[t][bc.q * NL], Bt);
+      load_row<NL>(&s_C[t][bc.q * NL], Ct);
+      if (t > 0) load_row<NL>(&hist[((t - 1) * kThreads + threadIdx.x) * NL], hprev);
+      else
+#pragma unroll
+        for (int s = 0; s < NL; ++s) hprev[s] = h_start[s];
+      float lane_sums[2] = {0.f, 0.f};  // this lane's part of d(u) and d(delta) before softplus'
+      float dBC[2 * NL];                // dB for the states s < NL, then dC
 #pragma unroll
       for (int s = 0; s < NL; ++s) {
-        const int n = bc.q * NL + s;
-        const float a = __expf(dt * A_r[s]);
-        const float hprev = t > 0 ? hist[((t - 1) * NL + s) * kThreads + threadIdx.x] : h_start[s];
-        const float ht = hist[(t * NL + s) * kThreads + threadIdx.x];
-        const float bn = s_B[t][n];
-        const float lam = gy * s_C[t][n] + g[s];
-        dCp[s] = gy * ht;
-        dBp[s] = lam * dt * uu;
-        du_p += lam * dt * bn;
-        const float ah = a * hprev;
-        ddt_p += lam * (A_r[s] * ah + bn * uu);
+        const float a = exp2_fast(dt * A2[s]);
+        const float lam = gy * Ct[s] + g[s];
+        dBC[NL + s] = gy * hcur[s];
+        dBC[s] = lam * dt * uu;
+        lane_sums[0] += lam * dt * Bt[s];
+        const float ah = a * hprev[s];
+        lane_sums[1] += lam * (A_r[s] * ah + Bt[s] * uu);
         dA_acc[s] += lam * dt * ah;
         g[s] = a * lam;
+        hcur[s] = hprev[s];
       }
-      du_p += __shfl_xor_sync(0xffffffffu, du_p, 1);
-      du_p += __shfl_xor_sync(0xffffffffu, du_p, 2);
-      ddt_p += __shfl_xor_sync(0xffffffffu, ddt_p, 1);
-      ddt_p += __shfl_xor_sync(0xffffffffu, ddt_p, 2);
+      // Over the channel's lanes: lanes with q even end with d(u), odd with d(delta).
+      int base = 0;
+      bool writer = true;
+      reduce_scatter<2, 1, TPC>(lane_sums, lane, base, writer);
       if (bc.q == 0) {
-        const float ddelta = ddt_p * s_sig[t][bc.cl];
-        s_du[t][bc.cl] = du_p + Dv * gy;
-        s_dd[t][bc.cl] = ddelta;
+        s_du[t][bc.cl] = lane_sums[0] + Dv * gy;
         dD_acc += gy * uu;
-        dbias_acc += ddelta;
+      } else if (bc.q == 1) {
+        s_dd[t][bc.cl] = lane_sums[0];  // times softplus' when stored
       }
-      // Sum dB and dC over the 8 channels of this warp (lanes with equal q), then park
-      // the warp's partial in shared memory.
+      // dB and dC summed over the channels of this warp, then parked in shared memory.
+      base = 0;
+      writer = true;
+      reduce_scatter<2 * NL, TPC, 32>(dBC, lane, base, writer);
+      if (writer) {
 #pragma unroll
-      for (int s = 0; s < NL; ++s) {
-        float vb = dBp[s], vc = dCp[s];
-#pragma unroll
-        for (int m = 4; m < 32; m <<= 1) {
-          vb += __shfl_xor_sync(0xffffffffu, vb, m);
-          vc += __shfl_xor_sync(0xffffffffu, vc, m);
-        }
-        if (lane < 4) {
-          const int n = lane * NL + s;
-          redB[(warp * kTile + t) * NMAX + n] = vb;
-          redC[(warp * kTile + t) * NMAX + n] = vc;
+        for (int i = 0; i < scattered_count<2 * NL, TPC, 32>(); ++i) {
+          const int o = base + i;
+          float* red = o < NL ? redB : redC;
+          red[(warp * kTile + t) * NMAX + bc.q * NL + (o < NL ? o : o - NL)] = dBC[i];
         }
       }
     }
     __syncthreads();
 
-    // Write the tile's outputs (coalesced) and the block's dB/dC partials.
-    for (int i = threadIdx.x; i < kTile * kChannels; i += kThreads) {
-      int t = i / kChannels, c = i % kChannels;
-      if (t < steps && c < bc.nch) {
-        size_t off = (static_cast<size_t>(bc.b) * L + l0 + t) * D + bc.c0 + c;
-        store<T>(p.du, off, s_du[t][c]);
-        store<T>(p.ddelta, off, s_dd[t][c]);
-        if (p.dz) store<T>(p.dz, off, s_dz[t][c]);
+    // The tile's outputs (coalesced) and the block's dB/dC partials. The next commit writes
+    // only what the scan reads, none of what is read here, so no barrier is needed before it.
+#pragma unroll
+    for (int j = 0; j < G::SEQ; ++j) {
+      const int t = bc.rs + j * TPC;
+      if (bc.sactive && l0 + t < L) {
+        const size_t off = (static_cast<size_t>(bc.b) * L + l0 + t) * D + cs;
+        const float dd = s_dd[t][bc.cs] * cur_sig[j];
+        dbias_acc += dd;
+        store<T>(p.du, off, s_du[t][bc.cs]);
+        store<T>(p.ddelta, off, dd);
+        if (p.dz) {
+          const float zz = cur_z[j], sz = sigmoid_f(zz);
+          store<T>(p.dz, off, cur_o[j] * s_y[t][bc.cs] * sz * (1.f + zz * (1.f - sz)));
+        }
       }
     }
-    const size_t part_base = ((static_cast<size_t>(bc.b) * p.G + bc.g) * p.nblocks_per_group + bc.cb) * L;
+    const size_t part_base = ((static_cast<size_t>(bc.b) * p.G + bc.g) * p.nblocks_per_group + blockIdx.x) * L;
     for (int i = threadIdx.x; i < kTile * N; i += kThreads) {
-      int t = i / N, n = i % N;
-      if (t < steps) {
+      const int t = i / N, n = i % N;
+      if (l0 + t < L) {
         float sb = 0.f, sc = 0.f;
 #pragma unroll
         for (int w = 0; w < kWarps; ++w) {
@@ -364,22 +491,27 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
         p.dC_part[(part_base + l0 + t) * N + n] = sc;
       }
     }
-    __syncthreads();
   }
 
   if (bc.active) {
 #pragma unroll
     for (int s = 0; s < NL; ++s) {
-      int n = bc.q * NL + s;
+      const int n = bc.q * NL + s;
       if (n < N) {
         p.dA_part[bd * N + n] = dA_acc[s];
         if (p.dh0) p.dh0[bd * N + n] = g[s];  // dh0 = a_0 * lam_0
       }
     }
-    if (bc.q == 0) {
-      p.dD_part[bd] = dD_acc;
-      p.dbias_part[bd] = dbias_acc;
-    }
+    if (bc.q == 0) p.dD_part[bd] = dD_acc;
+  }
+  // ddelta_bias: the TPC staging threads of a channel (tid = cs + CH * r) summed in order.
+  s_bias[threadIdx.x] = dbias_acc;
+  __syncthreads();
+  if (threadIdx.x < CH && bc.sactive) {
+    float acc = 0.f;
+#pragma unroll
+    for (int r = 0; r < TPC; ++r) acc += s_bias[threadIdx.x + CH * r];
+    p.dbias_part[static_cast<size_t>(bc.b) * D + cs] = acc;
   }
 }
 
@@ -410,13 +542,39 @@ __global__ void reduce_batch(const float* part, float* out, int B, int M) {
   }
 }
 
-int states_per_lane(int N) {
-  SSMT_CHECK(N >= 1 && N <= kSelectiveScanCudaMaxState, "selective_scan (CUDA): d_state N = ", N,
-             " is not supported (1 <= N <= ", kSelectiveScanCudaMaxState, ")");
-  return N <= 4 ? 1 : N <= 8 ? 2 : N <= 16 ? 4 : 8;
+// How a channel's N states are spread: TPC lanes of NL registers each (TPC * NL >= N).
+// More lanes per channel means more threads in flight (the scan is latency-bound) at the
+// cost of one more shuffle per reduction and, in the backward, more dB/dC partials.
+struct Variant {
+  int tpc, nl;
+};
+
+// Lanes per channel: 4 or 8, or 0 for the default; SSMTRAIN_SCAN_LANES_FWD / _BWD set them
+// (for tuning; anything else is an error naming the variable).
+int lanes_from_env(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return 0;
+  const int lanes = std::atoi(v);
+  SSMT_CHECK(lanes == 4 || lanes == 8, "selective_scan (CUDA): ", name, " = '", v, "' must be 4 or 8");
+  return lanes;
 }
 
-ScanParams make_params(const SelectiveScanInputs& in) {
+// Measured on an H200 (docs/perf_ssm.md): the backward is fastest with 8 lanes (fewer
+// registers and less shared memory per channel: 3-4 blocks per multiprocessor instead of 2);
+// the forward with 4 when 4 lanes already give two blocks per multiprocessor, else 8.
+Variant choose_variant(int N, bool backward, int64_t channels, int sm_count) {
+  SSMT_CHECK(N >= 1 && N <= kSelectiveScanCudaMaxState, "selective_scan (CUDA): d_state N = ", N,
+             " is not supported (1 <= N <= ", kSelectiveScanCudaMaxState, ")");
+  static const int fwd_env = lanes_from_env("SSMTRAIN_SCAN_LANES_FWD");
+  static const int bwd_env = lanes_from_env("SSMTRAIN_SCAN_LANES_BWD");
+  int tpc = backward ? (bwd_env ? bwd_env : 8)
+                     : (fwd_env ? fwd_env : channels * 4 >= int64_t{2} * sm_count * kThreads ? 4 : 8);
+  if (N <= 4) tpc = 4;
+  const int per_lane = (N + tpc - 1) / tpc;
+  return {tpc, per_lane <= 1 ? 1 : per_lane <= 2 ? 2 : per_lane <= 4 ? 4 : 8};
+}
+
+ScanParams make_params(const SelectiveScanInputs& in, Variant v) {
   ScanParams p{};
   p.B = static_cast<int>(in.u.size(0));
   p.L = static_cast<int>(in.u.size(1));
@@ -424,7 +582,8 @@ ScanParams make_params(const SelectiveScanInputs& in) {
   p.N = static_cast<int>(in.A.size(1));
   p.G = static_cast<int>(in.Bm.size(2));
   p.nchunks = (p.L + kTile - 1) / kTile;
-  p.nblocks_per_group = (p.D / p.G + kChannels - 1) / kChannels;
+  const int channels = kThreads / v.tpc;
+  p.nblocks_per_group = (p.D / p.G + channels - 1) / channels;
   p.softplus = in.delta_softplus;
   p.u = in.u.data_ptr();
   p.delta = in.delta.data_ptr();
@@ -457,21 +616,31 @@ void check_inputs(const SelectiveScanInputs& in) {
   SSMT_CHECK(G >= 1 && D % G == 0, "selective_scan (CUDA): D = ", D, " is not divisible by the groups G = ", G);
 }
 
+// Calls fn(T{}, integral_constant<NL>, integral_constant<TPC>) for the dtype and variant.
 template <typename Fn>
-void dispatch(DType dt, int NL, Fn&& fn) {
-  auto by_nl = [&](auto tag) {
+void dispatch(DType dt, Variant v, Fn&& fn) {
+  auto by_variant = [&](auto tag) {
     using T = decltype(tag);
-    switch (NL) {
-      case 1: fn(T{}, std::integral_constant<int, 1>{}); break;
-      case 2: fn(T{}, std::integral_constant<int, 2>{}); break;
-      case 4: fn(T{}, std::integral_constant<int, 4>{}); break;
-      default: fn(T{}, std::integral_constant<int, 8>{}); break;
+    using std::integral_constant;
+    if (v.tpc == 4) {
+      switch (v.nl) {
+        case 1: fn(T{}, integral_constant<int, 1>{}, integral_constant<int, 4>{}); break;
+        case 2: fn(T{}, integral_constant<int, 2>{}, integral_constant<int, 4>{}); break;
+        case 4: fn(T{}, integral_constant<int, 4>{}, integral_constant<int, 4>{}); break;
+        default: fn(T{}, integral_constant<int, 8>{}, integral_constant<int, 4>{}); break;
+      }
+    } else {
+      switch (v.nl) {
+        case 1: fn(T{}, integral_constant<int, 1>{}, integral_constant<int, 8>{}); break;
+        case 2: fn(T{}, integral_constant<int, 2>{}, integral_constant<int, 8>{}); break;
+        default: fn(T{}, integral_constant<int, 4>{}, integral_constant<int, 8>{}); break;
+      }
     }
   };
   if (dt == DType::bf16)
-    by_nl(bf16{});
+    by_variant(bf16{});
   else
-    by_nl(float{});
+    by_variant(float{});
 }
 
 }  // namespace
@@ -479,7 +648,9 @@ void dispatch(DType dt, int NL, Fn&& fn) {
 void selective_scan_forward_cuda(const SelectiveScanInputs& in, Tensor& out, Tensor& h_last, Tensor& checkpoints,
                                  bool save_checkpoints) {
   check_inputs(in);
-  ScanParams p = make_params(in);
+  const Variant v = choose_variant(static_cast<int>(in.A.size(1)), false, in.u.size(0) * in.u.size(2),
+                                   cuda_detail::device_context(in.u.device().index).sm_count);
+  ScanParams p = make_params(in, v);
   Device dev = in.u.device();
   out = Tensor::empty(in.u.shape(), in.u.dtype(), dev);
   h_last = Tensor::empty({p.B, p.D, p.N}, DType::f32, dev);
@@ -492,8 +663,8 @@ void selective_scan_forward_cuda(const SelectiveScanInputs& in, Tensor& out, Ten
   cuda_detail::DeviceGuard guard(dev.index);
   auto stream = static_cast<cudaStream_t>(cuda::compute_stream(dev.index));
   dim3 grid(p.nblocks_per_group, p.G, p.B);
-  dispatch(in.u.dtype(), states_per_lane(p.N), [&](auto t, auto nl) {
-    scan_forward_kernel<decltype(t), decltype(nl)::value><<<grid, kThreads, 0, stream>>>(p);
+  dispatch(in.u.dtype(), v, [&](auto t, auto nl, auto tpc) {
+    scan_forward_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value><<<grid, kThreads, 0, stream>>>(p);
   });
   SCAN_CUDA_CHECK(cudaGetLastError());
 }
@@ -501,7 +672,9 @@ void selective_scan_forward_cuda(const SelectiveScanInputs& in, Tensor& out, Ten
 SelectiveScanGrads selective_scan_backward_cuda(const SelectiveScanInputs& in, const Tensor& checkpoints,
                                                 const Tensor& dout, const Tensor& dh_last) {
   check_inputs(in);
-  ScanParams p = make_params(in);
+  const Variant v = choose_variant(static_cast<int>(in.A.size(1)), true, in.u.size(0) * in.u.size(2),
+                                   cuda_detail::device_context(in.u.device().index).sm_count);
+  ScanParams p = make_params(in, v);
   Device dev = in.u.device();
   DType dt = in.u.dtype();
   SSMT_CHECK(dout.is_contiguous() && dout.dtype() == dt && dout.shape() == in.u.shape(),
@@ -545,10 +718,10 @@ SelectiveScanGrads selective_scan_backward_cuda(const SelectiveScanInputs& in, c
 
   auto stream = static_cast<cudaStream_t>(cuda::compute_stream(dev.index));
   dim3 grid(p.nblocks_per_group, p.G, p.B);
-  dispatch(dt, states_per_lane(p.N), [&](auto t, auto nl) {
-    constexpr int NL = decltype(nl)::value;
-    auto kernel = scan_backward_kernel<decltype(t), NL>;
-    constexpr size_t smem = backward_dynamic_smem<NL>();
+  dispatch(dt, v, [&](auto t, auto nl, auto tpc) {
+    constexpr int NL = decltype(nl)::value, TPC = decltype(tpc)::value;
+    auto kernel = scan_backward_kernel<decltype(t), NL, TPC>;
+    constexpr size_t smem = backward_dynamic_smem<NL, TPC>();
     SCAN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     kernel<<<grid, kThreads, smem, stream>>>(p);
   });
