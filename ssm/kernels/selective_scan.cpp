@@ -325,7 +325,7 @@ SelectiveScanInputs cuda_inputs(const ScanTensors& t, bool delta_softplus) {
 }
 
 // The CUDA path: the fused kernels of selective_scan_cuda.cu. The forward keeps the state
-// before every kScanTile steps when a gradient is needed; the backward recomputes the rest.
+// before every kScanCheckpoint steps when a gradient is needed; the backward recomputes the rest.
 SelectiveScanResult selective_scan_on_cuda(const ScanTensors& in, bool delta_softplus) {
   const std::vector<Tensor> inputs = in.list();
   const bool need_grad = any_requires_grad(inputs);

@@ -1,17 +1,22 @@
 // Selective scan forward and backward on CUDA (see selective_scan_cuda.h for the layout).
 //
-// Thread mapping: a block of 128 threads owns 32 channels of one (batch, group); thread
-// tid handles channel tid / 4 and states n = (tid % 4) * NL + s, s < NL, so the sum over n
-// of a channel is two warp shuffles. The sequence is walked in tiles of kScanTile steps:
-// the block stages u, dt, z (and B, C of its group) in shared memory with coalesced loads,
-// scans the tile from registers, and writes the tile's outputs coalesced.
+// Thread mapping: a block of 128 threads owns CH = 128 / TPC channels of one (batch, group);
+// the TPC lanes (4 or 8) of a channel hold NL = N / TPC of its states each, so the sum over
+// n of a channel is log2(TPC) warp shuffles. The sequence is walked in tiles of a fixed
+// number of steps (32 forward, 16 backward), fully unrolled: only h carries from one step to
+// the next, so the exponentials and loads of later steps overlap the current one. Steps past
+// L are padded with delta = 0 (a = 1, no input), which leaves the state unchanged, so no tile
+// needs a variable trip count. The raw values of the next tile are loaded into registers
+// while the current one is scanned; softplus, the D skip and the z gate run in the staging
+// and store phases, where every thread works on its own (step, channel) elements.
 //
-// Backward, per tile from the last: recompute the tile's states from the saved checkpoint
-// into shared memory (kScanTile x NL x 128 floats), then run the adjoint recurrence
-// backwards. Reductions over channels (dB, dC) go through warp shuffles and shared memory
-// into per-channel-block partials; reductions over the batch (dA, dD, ddelta_bias) into
-// per-batch partials; small kernels then sum the partials in a fixed order, so the result
-// is deterministic.
+// Forward: the state before every kScanCheckpoint steps is saved when a gradient is needed.
+// Backward, per 16-step tile from the last: recompute the tile's states from its checkpoint
+// into shared memory, then run the adjoint recurrence backwards. The per-state products are
+// summed with butterfly reduce-scatters (over a channel's lanes for d(u) and d(delta); over
+// the warp's channels for dB and dC), the warps' dB/dC partials then go to per-block
+// partials; reductions over the batch (dA, dD, ddelta_bias) go to per-batch partials; small
+// kernels sum the partials in a fixed order, so the result is deterministic.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -34,11 +39,13 @@ namespace {
   } while (0)
 
 constexpr int kThreads = 128;
-constexpr int kTile = kScanTile;
+constexpr int kTile = kScanTile;         // forward tile
+constexpr int kBTile = kScanCheckpoint;  // backward tile = checkpoint interval
+static_assert(kTile % kBTile == 0, "checkpoints must fall on forward-tile boundaries or inside");
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct ScanParams {
-  int B, L, D, N, G, nchunks, nblocks_per_group;
+  int B, L, D, N, G, nchunks, nckpt, nblocks_per_group;  // forward tiles, checkpoints
   bool softplus;
   const void* u;           // (B, L, D)
   const void* delta;       // (B, L, D)
@@ -51,7 +58,7 @@ struct ScanParams {
   const float* h0;         // (B, D, N) or null
   void* out;               // (B, L, D)
   float* h_last;           // (B, D, N)
-  float* ckpt;             // (B, D, nchunks, N) or null
+  float* ckpt;             // (B, D, nckpt, N) or null
   // backward
   const void* dout;        // (B, L, D)
   const float* dh_last;    // (B, D, N) or null
@@ -146,13 +153,17 @@ constexpr int scattered_count() {
 
 // Geometry of a block with TPC lanes per channel: CH channels, and the staging layout in
 // which thread tid moves the (step, channel) elements (tid / CH + j * TPC, tid % CH), j < SEQ.
-template <int TPC, int NL>
+template <int TPC, int NL, int TILE>
 struct Geo {
-  static constexpr int CH = kThreads / TPC;             // channels per block
-  static constexpr int NMAX = TPC * NL;                 // states per channel held by the lanes
-  static constexpr int SEQ = kTile / TPC;               // staged sequence elements per thread
-  static constexpr int NBC = kTile * NMAX / kThreads;   // staged B (and C) elements per thread
-  static_assert(kThreads % CH == 0 && (kTile * NMAX) % kThreads == 0, "tile geometry");
+  static constexpr int CH = kThreads / TPC;                             // channels per block
+  static constexpr int NMAX = TPC * NL;                                 // states per channel held by the lanes
+  static constexpr int SEQ = TILE / TPC;                                // staged sequence elements per thread
+  static constexpr int NBC = (TILE * NMAX + kThreads - 1) / kThreads;  // staged B (and C) elements per thread
+  static_assert(kThreads % CH == 0 && TILE % TPC == 0, "tile geometry");
+  // Whether staged B/C element j of this thread exists (the last pass may be partial).
+  static __device__ __forceinline__ bool bc_slot(int j) {
+    return (TILE * NMAX) % kThreads == 0 || static_cast<int>(threadIdx.x) + j * kThreads < TILE * NMAX;
+  }
 };
 
 // Block coordinates shared by both kernels: (b, g, channel block) from the grid; the scan
@@ -180,9 +191,9 @@ struct BlockCoords {
 
 // Raw values of one tile, loaded into registers one tile ahead of their use so that the
 // global loads overlap the scan of the current tile. Steps past L load as zeros.
-template <typename T, int TPC, int NL, bool kBackward>
+template <typename T, int TPC, int NL, int TILE, bool kBackward>
 struct TileRegs {
-  using G = Geo<TPC, NL>;
+  using G = Geo<TPC, NL, TILE>;
   T u[G::SEQ], x[G::SEQ], z[G::SEQ], o[G::SEQ], Bv[G::NBC], Cv[G::NBC];
 
   __device__ __forceinline__ void fetch(const ScanParams& p, const BlockCoords<TPC>& bc, int l0) {
@@ -199,7 +210,7 @@ struct TileRegs {
 #pragma unroll
     for (int j = 0; j < G::NBC; ++j) {
       const int i = threadIdx.x + j * kThreads, t = i / G::NMAX, n = i % G::NMAX;
-      const bool ok = l0 + t < p.L && n < p.N;
+      const bool ok = G::bc_slot(j) && l0 + t < p.L && n < p.N;
       const size_t off = ((static_cast<size_t>(bc.b) * p.L + l0 + t) * p.G + bc.g) * p.N + n;
       Bv[j] = ok ? static_cast<const T*>(p.Bm)[off] : T(0.f);
       Cv[j] = ok ? static_cast<const T*>(p.Cm)[off] : T(0.f);
@@ -218,7 +229,7 @@ struct TileRegs {
 
 template <typename T, int NL, int TPC>
 __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
-  using G = Geo<TPC, NL>;
+  using G = Geo<TPC, NL, kTile>;
   constexpr int CH = G::CH, NMAX = G::NMAX;
   __shared__ float s_u[kTile][CH], s_dt[kTile][CH], s_y[kTile][CH];
   __shared__ __align__(16) float s_B[kTile][NMAX];
@@ -239,7 +250,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
   const float Dv_s = bc.sactive && p.Dskip ? p.Dskip[cs] : 0.f;
   const float bias_s = bc.sactive && p.delta_bias ? p.delta_bias[cs] : 0.f;
 
-  TileRegs<T, TPC, NL, false> next;
+  TileRegs<T, TPC, NL, kTile, false> next;
   float cur_u[G::SEQ], cur_z[G::SEQ];  // the staged elements' u and z, for the output
   auto commit = [&](int l0) {
 #pragma unroll
@@ -253,8 +264,10 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
 #pragma unroll
     for (int j = 0; j < G::NBC; ++j) {
       const int i = threadIdx.x + j * kThreads;
-      s_B[i / NMAX][i % NMAX] = static_cast<float>(next.Bv[j]);
-      s_C[i / NMAX][i % NMAX] = static_cast<float>(next.Cv[j]);
+      if (G::bc_slot(j)) {
+        s_B[i / NMAX][i % NMAX] = static_cast<float>(next.Bv[j]);
+        s_C[i / NMAX][i % NMAX] = static_cast<float>(next.Cv[j]);
+      }
     }
   };
 
@@ -264,17 +277,20 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
   for (int k = 0; k < p.nchunks; ++k) {
     const int l0 = k * kTile;
     if (k + 1 < p.nchunks) next.fetch(p, bc, l0 + kTile);
-    if (p.ckpt && bc.active) {
-#pragma unroll
-      for (int s = 0; s < NL; ++s) {
-        const int n = bc.q * NL + s;
-        if (n < N) p.ckpt[(bd * p.nchunks + k) * N + n] = h[s];
-      }
-    }
     // The recurrence: only h carries from one step to the next, so with the loop unrolled
     // the exponentials and loads of later steps overlap the current one.
 #pragma unroll
     for (int t = 0; t < kTile; ++t) {
+      if (t % kBTile == 0 && p.ckpt && bc.active) {  // the state before every kBTile steps
+        const int c = (l0 + t) / kBTile;
+        if (c < p.nckpt) {
+#pragma unroll
+          for (int s = 0; s < NL; ++s) {
+            const int n = bc.q * NL + s;
+            if (n < N) p.ckpt[(bd * p.nckpt + c) * N + n] = h[s];
+          }
+        }
+      }
       const float dt = s_dt[t][bc.cl], du = dt * s_u[t][bc.cl];
       float Bt[NL], Ct[NL], yp = 0.f;
       load_row<NL>(&s_B[t][bc.q * NL], Bt);
@@ -315,22 +331,22 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
 template <int NL, int TPC>
 constexpr size_t backward_dynamic_smem() {
   // state history + per-warp partial sums of dB and dC
-  return sizeof(float) * ((kTile - 1) * NL * kThreads + 2 * (kThreads / 32) * kTile * TPC * NL);
+  return sizeof(float) * ((kBTile - 1) * NL * kThreads + 2 * (kThreads / 32) * kBTile * TPC * NL);
 }
 
 template <typename T, int NL, int TPC>
 __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
-  using G = Geo<TPC, NL>;
+  using G = Geo<TPC, NL, kBTile>;
   constexpr int CH = G::CH, NMAX = G::NMAX, kWarps = kThreads / 32;
-  __shared__ float s_u[kTile][CH], s_dt[kTile][CH], s_gy[kTile][CH];
-  __shared__ float s_y[kTile][CH], s_du[kTile][CH], s_dd[kTile][CH];
-  __shared__ __align__(16) float s_B[kTile][NMAX];
-  __shared__ __align__(16) float s_C[kTile][NMAX];
+  __shared__ float s_u[kBTile][CH], s_dt[kBTile][CH], s_gy[kBTile][CH];
+  __shared__ float s_y[kBTile][CH], s_du[kBTile][CH], s_dd[kBTile][CH];
+  __shared__ __align__(16) float s_B[kBTile][NMAX];
+  __shared__ __align__(16) float s_C[kBTile][NMAX];
   __shared__ float s_bias[kThreads];
   extern __shared__ __align__(16) float dyn[];
-  float* hist = dyn;                               // [kTile - 1][kThreads][NL]
-  float* redB = hist + (kTile - 1) * NL * kThreads;  // [kWarps][kTile][NMAX]
-  float* redC = redB + kWarps * kTile * NMAX;      // [kWarps][kTile][NMAX]
+  float* hist = dyn;                               // [kBTile - 1][kThreads][NL]
+  float* redB = hist + (kBTile - 1) * NL * kThreads;  // [kWarps][kBTile][NMAX]
+  float* redC = redB + kWarps * kBTile * NMAX;      // [kWarps][kBTile][NMAX]
 
   const BlockCoords<TPC> bc(p);
   const int N = p.N, L = p.L, D = p.D, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -351,7 +367,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
   const float bias_s = bc.sactive && p.delta_bias ? p.delta_bias[cs] : 0.f;
   float dD_acc = 0.f, dbias_acc = 0.f;
 
-  TileRegs<T, TPC, NL, true> next;
+  TileRegs<T, TPC, NL, kBTile, true> next;
   float cur_sig[G::SEQ], cur_o[G::SEQ], cur_z[G::SEQ];  // for ddelta and dz of the staged elements
   auto commit = [&](int l0) {
 #pragma unroll
@@ -366,23 +382,25 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
 #pragma unroll
     for (int j = 0; j < G::NBC; ++j) {
       const int i = threadIdx.x + j * kThreads;
-      s_B[i / NMAX][i % NMAX] = static_cast<float>(next.Bv[j]);
-      s_C[i / NMAX][i % NMAX] = static_cast<float>(next.Cv[j]);
+      if (G::bc_slot(j)) {
+        s_B[i / NMAX][i % NMAX] = static_cast<float>(next.Bv[j]);
+        s_C[i / NMAX][i % NMAX] = static_cast<float>(next.Cv[j]);
+      }
     }
   };
 
-  if (p.nchunks > 0) next.fetch(p, bc, (p.nchunks - 1) * kTile);
-  for (int k = p.nchunks - 1; k >= 0; --k) {
-    const int l0 = k * kTile;
+  if (p.nckpt > 0) next.fetch(p, bc, (p.nckpt - 1) * kBTile);
+  for (int k = p.nckpt - 1; k >= 0; --k) {
+    const int l0 = k * kBTile;
     commit(l0);
     float h_start[NL];
 #pragma unroll
     for (int s = 0; s < NL; ++s) {
       const int n = bc.q * NL + s;
-      h_start[s] = bc.active && n < N ? p.ckpt[(bd * p.nchunks + k) * N + n] : 0.f;
+      h_start[s] = bc.active && n < N ? p.ckpt[(bd * p.nckpt + k) * N + n] : 0.f;
     }
     __syncthreads();
-    if (k > 0) next.fetch(p, bc, l0 - kTile);
+    if (k > 0) next.fetch(p, bc, l0 - kBTile);
 
     // Recompute the tile's states into the history (and y before the gate, for dz). The
     // last state stays in registers: the adjoint starts from it.
@@ -390,7 +408,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
 #pragma unroll
     for (int s = 0; s < NL; ++s) hcur[s] = h_start[s];
 #pragma unroll
-    for (int t = 0; t < kTile; ++t) {
+    for (int t = 0; t < kBTile; ++t) {
       const float dt = s_dt[t][bc.cl], du = dt * s_u[t][bc.cl];
       float Bt[NL], Ct[NL], yp = 0.f;
       load_row<NL>(&s_B[t][bc.q * NL], Bt);
@@ -400,7 +418,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
         hcur[s] = exp2_fast(dt * A2[s]) * hcur[s] + du * Bt[s];
         yp += hcur[s] * Ct[s];
       }
-      if (t + 1 < kTile) store_row<NL>(&hist[(t * kThreads + threadIdx.x) * NL], hcur);
+      if (t + 1 < kBTile) store_row<NL>(&hist[(t * kThreads + threadIdx.x) * NL], hcur);
       if (p.z) {
 #pragma unroll
         for (int m = 1; m < TPC; m <<= 1) yp += __shfl_xor_sync(0xffffffffu, yp, m);
@@ -411,7 +429,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
     // The adjoint recurrence, backwards through the tile. Padded steps (past L) have
     // dt = 0 and gy = 0: they pass lam through unchanged and add nothing to dA or dD.
 #pragma unroll
-    for (int t = kTile - 1; t >= 0; --t) {
+    for (int t = kBTile - 1; t >= 0; --t) {
       const float dt = s_dt[t][bc.cl], uu = s_u[t][bc.cl], gy = s_gy[t][bc.cl];
       float Bt[NL], Ct[NL], hprev[NL];
       load_row<NL>(&s_B[t][bc.q * NL], Bt);
@@ -454,7 +472,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
         for (int i = 0; i < scattered_count<2 * NL, TPC, 32>(); ++i) {
           const int o = base + i;
           float* red = o < NL ? redB : redC;
-          red[(warp * kTile + t) * NMAX + bc.q * NL + (o < NL ? o : o - NL)] = dBC[i];
+          red[(warp * kBTile + t) * NMAX + bc.q * NL + (o < NL ? o : o - NL)] = dBC[i];
         }
       }
     }
@@ -478,14 +496,14 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
       }
     }
     const size_t part_base = ((static_cast<size_t>(bc.b) * p.G + bc.g) * p.nblocks_per_group + blockIdx.x) * L;
-    for (int i = threadIdx.x; i < kTile * N; i += kThreads) {
+    for (int i = threadIdx.x; i < kBTile * N; i += kThreads) {
       const int t = i / N, n = i % N;
       if (l0 + t < L) {
         float sb = 0.f, sc = 0.f;
 #pragma unroll
         for (int w = 0; w < kWarps; ++w) {
-          sb += redB[(w * kTile + t) * NMAX + n];
-          sc += redC[(w * kTile + t) * NMAX + n];
+          sb += redB[(w * kBTile + t) * NMAX + n];
+          sc += redC[(w * kBTile + t) * NMAX + n];
         }
         p.dB_part[(part_base + l0 + t) * N + n] = sb;
         p.dC_part[(part_base + l0 + t) * N + n] = sc;
@@ -559,16 +577,17 @@ int lanes_from_env(const char* name) {
   return lanes;
 }
 
-// Measured on an H200 (docs/perf_ssm.md): the backward is fastest with 8 lanes (fewer
-// registers and less shared memory per channel: 3-4 blocks per multiprocessor instead of 2);
-// the forward with 4 when 4 lanes already give two blocks per multiprocessor, else 8.
+// Measured on an H200 (docs/perf_ssm.md): 4 lanes per channel issue about half the
+// instructions of 8 (fewer shuffles and selects per state) and win once they already give
+// two blocks per multiprocessor (B8 L2048 D1536: fwd+bwd 1.73 ms against 2.27 ms); with fewer
+// channels 8 lanes keep more warps in flight (B1 L65536: 33.6 ms against 43.4 ms).
 Variant choose_variant(int N, bool backward, int64_t channels, int sm_count) {
   SSMT_CHECK(N >= 1 && N <= kSelectiveScanCudaMaxState, "selective_scan (CUDA): d_state N = ", N,
              " is not supported (1 <= N <= ", kSelectiveScanCudaMaxState, ")");
   static const int fwd_env = lanes_from_env("SSMTRAIN_SCAN_LANES_FWD");
   static const int bwd_env = lanes_from_env("SSMTRAIN_SCAN_LANES_BWD");
-  int tpc = backward ? (bwd_env ? bwd_env : 8)
-                     : (fwd_env ? fwd_env : channels * 4 >= int64_t{2} * sm_count * kThreads ? 4 : 8);
+  const int env = backward ? bwd_env : fwd_env;
+  int tpc = env ? env : channels * 4 >= int64_t{2} * sm_count * kThreads ? 4 : 8;
   if (N <= 4) tpc = 4;
   const int per_lane = (N + tpc - 1) / tpc;
   return {tpc, per_lane <= 1 ? 1 : per_lane <= 2 ? 2 : per_lane <= 4 ? 4 : 8};
@@ -582,6 +601,7 @@ ScanParams make_params(const SelectiveScanInputs& in, Variant v) {
   p.N = static_cast<int>(in.A.size(1));
   p.G = static_cast<int>(in.Bm.size(2));
   p.nchunks = (p.L + kTile - 1) / kTile;
+  p.nckpt = (p.L + kBTile - 1) / kBTile;
   const int channels = kThreads / v.tpc;
   p.nblocks_per_group = (p.D / p.G + channels - 1) / channels;
   p.softplus = in.delta_softplus;
@@ -654,7 +674,7 @@ void selective_scan_forward_cuda(const SelectiveScanInputs& in, Tensor& out, Ten
   Device dev = in.u.device();
   out = Tensor::empty(in.u.shape(), in.u.dtype(), dev);
   h_last = Tensor::empty({p.B, p.D, p.N}, DType::f32, dev);
-  if (save_checkpoints) checkpoints = Tensor::empty({p.B, p.D, p.nchunks, p.N}, DType::f32, dev);
+  if (save_checkpoints) checkpoints = Tensor::empty({p.B, p.D, p.nckpt, p.N}, DType::f32, dev);
   p.out = out.data_ptr();
   p.h_last = h_last.data<float>();
   p.ckpt = save_checkpoints ? checkpoints.data<float>() : nullptr;
@@ -691,7 +711,7 @@ SelectiveScanGrads selective_scan_backward_cuda(const SelectiveScanInputs& in, c
   if (in.h0.defined()) gr.dh0 = Tensor::empty({p.B, p.D, p.N}, DType::f32, dev);
   if (p.B == 0 || p.D == 0) return gr;
   SSMT_CHECK(checkpoints.defined() && checkpoints.dtype() == DType::f32 &&
-                 checkpoints.shape() == Dims({p.B, p.D, p.nchunks, p.N}),
+                 checkpoints.shape() == Dims({p.B, p.D, p.nckpt, p.N}),
              "selective_scan (CUDA) backward: the forward's checkpoints are missing or of the wrong shape");
   SSMT_CHECK(!dh_last.defined() || (dh_last.is_contiguous() && dh_last.dtype() == DType::f32 &&
                                     dh_last.shape() == Dims({p.B, p.D, p.N})),

@@ -1,9 +1,9 @@
 // CUDA launchers of the selective scan (SPECS section 1), forward and backward.
 //
-// Hardware-aware layout: a thread block owns 32 channels of one (batch, group) and walks
-// the sequence in tiles; each channel's N states live in registers of 4 threads (N/4
-// each). The (B, L, D, N) state is never written to global memory: the forward stores the
-// state at the start of every tile of kScanTile steps (B, D, L/kScanTile, N) when the
+// Hardware-aware layout: a thread block owns 16 or 32 channels of one (batch, group) and
+// walks the sequence in tiles; each channel's N states live in registers of 4 or 8 threads
+// (chosen by occupancy; SSMTRAIN_SCAN_LANES_FWD / _BWD = 4 | 8 override it for tuning). The (B, L, D, N) state is never written to global memory: the forward stores the
+// state before every kScanCheckpoint steps (B, D, L/kScanCheckpoint, N) when the
 // backward will need it, and the backward recomputes the states inside each tile.
 //
 // All sequence tensors (u, delta, z, Bm, Cm, dout) must be contiguous and share one dtype
@@ -16,7 +16,8 @@
 
 namespace ssmtrain {
 
-constexpr int kScanTile = 32;  // steps per tile; the backward's recompute granularity
+constexpr int kScanTile = 32;        // steps per tile of the forward
+constexpr int kScanCheckpoint = 16;  // steps between saved states; the backward's recompute tile
 constexpr int kSelectiveScanCudaMaxState = 32;  // largest N: 4 lanes x 8 registers per channel
 
 struct SelectiveScanInputs {
@@ -36,7 +37,7 @@ struct SelectiveScanGrads {
   Tensor du, ddelta, dA, dBm, dCm, dDskip, dz, ddelta_bias, dh0;  // undefined when the input was
 };
 
-// out (B, L, D) in u's dtype; h_last (B, D, N) f32; checkpoints (B, D, ceil(L/kScanTile), N)
+// out (B, L, D) in u's dtype; h_last (B, D, N) f32; checkpoints (B, D, ceil(L/kScanCheckpoint), N)
 // f32 filled when save_checkpoints (the state before each tile), else left undefined.
 void selective_scan_forward_cuda(const SelectiveScanInputs& in, Tensor& out, Tensor& h_last, Tensor& checkpoints,
                                  bool save_checkpoints);
