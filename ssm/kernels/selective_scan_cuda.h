@@ -2,9 +2,10 @@
 //
 // Hardware-aware layout: a thread block owns 16 or 32 channels of one (batch, group) and
 // walks the sequence in tiles; each channel's N states live in registers of 4 or 8 threads
-// (chosen by occupancy; SSMTRAIN_SCAN_LANES_FWD / _BWD = 4 | 8 override it for tuning). The (B, L, D, N) state is never written to global memory: the forward stores the
-// state before every kScanCheckpoint steps (B, D, L/kScanCheckpoint, N) when the
-// backward will need it, and the backward recomputes the states inside each tile.
+// (chosen by occupancy; SSMTRAIN_SCAN_LANES_FWD / _BWD = 4 | 8 override it for tuning).
+// The (B, L, D, N) state is never written to global memory: the forward stores the state
+// before every kScanCheckpoint steps (B, D, L/kScanCheckpoint, N) when the backward will
+// need it, and the backward recomputes the states inside each tile.
 //
 // All sequence tensors (u, delta, z, Bm, Cm, dout) must be contiguous and share one dtype
 // (f32 or bf16); A, Dskip, delta_bias, h0, dh_last are f32. 1 <= N <= 32 (UserError
