@@ -71,6 +71,12 @@ struct ScanParams {
   float* dD_part;          // (B, D)
   float* dbias_part;       // (B, D)
   float* dh0;              // (B, D, N) or null
+  // Time segments scanned in parallel (nseg = 1: the whole sequence in one block). Segment
+  // s covers steps [s * seg_len, min(L, (s + 1) * seg_len)); seg_len is a multiple of kTile.
+  int nseg, seg_len;
+  float* seg_local;        // (B, D, nseg, N): the summary pass's end values
+  float* seg_dtsum;        // (B, D, nseg): sum of delta over each segment (summary pass)
+  const float* seg_init;   // (B, D, nseg, N): state before (forward) / adjoint after (backward) each segment
 };
 
 template <typename T> __device__ __forceinline__ float load(const void* p, size_t i) {
@@ -170,13 +176,16 @@ struct Geo {
 // role (channel cl, lane q of that channel) and the staging role (channel cs, first step rs).
 template <int TPC>
 struct BlockCoords {
-  int b, g, c0, nch, cl, q, d, cs, rs;
+  int b, seg, lbeg, lend, g, c0, nch, cl, q, d, cs, rs;
   bool active, sactive;
   __device__ BlockCoords(const ScanParams& p) {
     constexpr int CH = kThreads / TPC;
     const int Dg = p.D / p.G;
     g = blockIdx.y;
-    b = blockIdx.z;
+    b = blockIdx.z / p.nseg;
+    seg = blockIdx.z % p.nseg;
+    lbeg = seg * p.seg_len;
+    lend = min(p.L, lbeg + p.seg_len);
     c0 = g * Dg + blockIdx.x * CH;
     nch = min(CH, (g + 1) * Dg - c0);
     cl = threadIdx.x / TPC;
@@ -227,7 +236,14 @@ struct TileRegs {
   }
 };
 
-template <typename T, int NL, int TPC>
+// dL/dy before the gate: dout * silu(z) with a gate, else dout.
+__device__ __forceinline__ float gate_grad(const ScanParams& p, float dout, float z) {
+  return p.z ? dout * z * sigmoid_f(z) : dout;
+}
+
+// kSummary: pass 1 of a segmented forward (each segment from zero; its end state and sum of
+// delta only). Otherwise the forward proper.
+template <typename T, int NL, int TPC, bool kSummary>
 __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
   using G = Geo<TPC, NL, kTile>;
   constexpr int CH = G::CH, NMAX = G::NMAX;
@@ -235,16 +251,17 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
   __shared__ __align__(16) float s_B[kTile][NMAX];
   __shared__ __align__(16) float s_C[kTile][NMAX];
   const BlockCoords<TPC> bc(p);
+  if (kSummary && bc.seg == p.nseg - 1) return;  // the carry needs no summary of the last segment
   const int N = p.N, L = p.L, D = p.D;
-  const size_t bd = static_cast<size_t>(bc.b) * D + bc.d;
+  const size_t bd = static_cast<size_t>(bc.b) * D + bc.d, bds = bd * p.nseg + bc.seg;
 
-  float A2[NL], h[NL];
+  float A2[NL], h[NL], dtsum = 0.f;
 #pragma unroll
   for (int s = 0; s < NL; ++s) {
     const int n = bc.q * NL + s;
     const bool ok = bc.active && n < N;
     A2[s] = ok ? p.A[bc.d * N + n] * kLog2e : 0.f;
-    h[s] = ok && p.h0 ? p.h0[bd * N + n] : 0.f;
+    h[s] = !ok || kSummary ? 0.f : bc.seg > 0 ? p.seg_init[bds * N + n] : p.h0 ? p.h0[bd * N + n] : 0.f;
   }
   const int cs = bc.c0 + bc.cs;
   const float Dv_s = bc.sactive && p.Dskip ? p.Dskip[cs] : 0.f;
@@ -271,17 +288,18 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
     }
   };
 
-  next.fetch(p, bc, 0);
-  commit(0);
+  const int k0 = bc.lbeg / kTile, k1 = (bc.lend + kTile - 1) / kTile;
+  next.fetch(p, bc, k0 * kTile);
+  commit(k0 * kTile);
   __syncthreads();
-  for (int k = 0; k < p.nchunks; ++k) {
+  for (int k = k0; k < k1; ++k) {
     const int l0 = k * kTile;
-    if (k + 1 < p.nchunks) next.fetch(p, bc, l0 + kTile);
+    if (k + 1 < k1) next.fetch(p, bc, l0 + kTile);
     // The recurrence: only h carries from one step to the next, so with the loop unrolled
     // the exponentials and loads of later steps overlap the current one.
 #pragma unroll
     for (int t = 0; t < kTile; ++t) {
-      if (t % kBTile == 0 && p.ckpt && bc.active) {  // the state before every kBTile steps
+      if (!kSummary && t % kBTile == 0 && p.ckpt && bc.active) {  // the state before every kBTile steps
         const int c = (l0 + t) / kBTile;
         if (c < p.nckpt) {
 #pragma unroll
@@ -300,9 +318,13 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
         h[s] = exp2_fast(dt * A2[s]) * h[s] + du * Bt[s];
         yp += h[s] * Ct[s];
       }
+      if constexpr (kSummary) {
+        dtsum += dt;
+      } else {
 #pragma unroll
-      for (int m = 1; m < TPC; m <<= 1) yp += __shfl_xor_sync(0xffffffffu, yp, m);
-      if (bc.q == 0) s_y[t][bc.cl] = yp;
+        for (int m = 1; m < TPC; m <<= 1) yp += __shfl_xor_sync(0xffffffffu, yp, m);
+        if (bc.q == 0) s_y[t][bc.cl] = yp;
+      }
     }
     __syncthreads();
     // Outputs of the tile (D skip and z gate applied here, by every thread), then the next
@@ -310,21 +332,23 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
 #pragma unroll
     for (int j = 0; j < G::SEQ; ++j) {
       const int t = bc.rs + j * TPC;
-      if (bc.sactive && l0 + t < L) {
+      if (!kSummary && bc.sactive && l0 + t < L) {
         float y = s_y[t][bc.cs] + Dv_s * cur_u[j];
         if (p.z) y *= cur_z[j] * sigmoid_f(cur_z[j]);
         store<T>(p.out, (static_cast<size_t>(bc.b) * L + l0 + t) * D + cs, y);
       }
     }
-    if (k + 1 < p.nchunks) commit(l0 + kTile);
+    if (k + 1 < k1) commit(l0 + kTile);
     __syncthreads();
   }
-  if (bc.active) {
+  if (bc.active && (kSummary || bc.seg == p.nseg - 1)) {
+    float* dst = kSummary ? p.seg_local + bds * N : p.h_last + bd * N;
 #pragma unroll
     for (int s = 0; s < NL; ++s) {
       const int n = bc.q * NL + s;
-      if (n < N) p.h_last[bd * N + n] = h[s];
+      if (n < N) dst[n] = h[s];
     }
+    if (kSummary && bc.q == 0) p.seg_dtsum[bds] = dtsum;
   }
 }
 
@@ -350,7 +374,9 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
 
   const BlockCoords<TPC> bc(p);
   const int N = p.N, L = p.L, D = p.D, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const size_t bd = static_cast<size_t>(bc.b) * D + bc.d;
+  const size_t bd = static_cast<size_t>(bc.b) * D + bc.d, bds = bd * p.nseg + bc.seg;
+  const size_t bsd = (static_cast<size_t>(bc.b) * p.nseg + bc.seg) * D + bc.d;  // per-(b, segment) partials
+  const bool last_seg = bc.seg == p.nseg - 1;
 
   float A_r[NL], A2[NL], g[NL], dA_acc[NL];
 #pragma unroll
@@ -359,7 +385,8 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
     const bool ok = bc.active && n < N;
     A_r[s] = ok ? p.A[bc.d * N + n] : 0.f;
     A2[s] = A_r[s] * kLog2e;
-    g[s] = ok && p.dh_last ? p.dh_last[bd * N + n] : 0.f;  // lam after the last step
+    // the adjoint after the segment's last step
+    g[s] = !ok ? 0.f : !last_seg ? p.seg_init[bds * N + n] : p.dh_last ? p.dh_last[bd * N + n] : 0.f;
     dA_acc[s] = 0.f;
   }
   const float Dv = bc.active && p.Dskip ? p.Dskip[bc.d] : 0.f;
@@ -377,7 +404,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
       s_dt[t][bc.cs] = next.dt(p, bc, l0, j, bias_s, &cur_sig[j]);
       cur_o[j] = static_cast<float>(next.o[j]);
       cur_z[j] = static_cast<float>(next.z[j]);
-      s_gy[t][bc.cs] = p.z ? cur_o[j] * cur_z[j] * sigmoid_f(cur_z[j]) : cur_o[j];  // dL/dy before the gate
+      s_gy[t][bc.cs] = gate_grad(p, cur_o[j], cur_z[j]);
     }
 #pragma unroll
     for (int j = 0; j < G::NBC; ++j) {
@@ -389,8 +416,9 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
     }
   };
 
-  if (p.nckpt > 0) next.fetch(p, bc, (p.nckpt - 1) * kBTile);
-  for (int k = p.nckpt - 1; k >= 0; --k) {
+  const int k0 = bc.lbeg / kBTile, k1 = (bc.lend + kBTile - 1) / kBTile;
+  if (k1 > k0) next.fetch(p, bc, (k1 - 1) * kBTile);
+  for (int k = k1 - 1; k >= k0; --k) {
     const int l0 = k * kBTile;
     commit(l0);
     float h_start[NL];
@@ -400,7 +428,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
       h_start[s] = bc.active && n < N ? p.ckpt[(bd * p.nckpt + k) * N + n] : 0.f;
     }
     __syncthreads();
-    if (k > 0) next.fetch(p, bc, l0 - kBTile);
+    if (k > k0) next.fetch(p, bc, l0 - kBTile);
 
     // Recompute the tile's states into the history (and y before the gate, for dz). The
     // last state stays in registers: the adjoint starts from it.
@@ -516,11 +544,11 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
     for (int s = 0; s < NL; ++s) {
       const int n = bc.q * NL + s;
       if (n < N) {
-        p.dA_part[bd * N + n] = dA_acc[s];
-        if (p.dh0) p.dh0[bd * N + n] = g[s];  // dh0 = a_0 * lam_0
+        p.dA_part[bsd * N + n] = dA_acc[s];
+        if (p.dh0 && bc.seg == 0) p.dh0[bd * N + n] = g[s];  // dh0 = a_0 * lam_0
       }
     }
-    if (bc.q == 0) p.dD_part[bd] = dD_acc;
+    if (bc.q == 0) p.dD_part[bsd] = dD_acc;
   }
   // ddelta_bias: the TPC staging threads of a channel (tid = cs + CH * r) summed in order.
   s_bias[threadIdx.x] = dbias_acc;
@@ -529,7 +557,89 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
     float acc = 0.f;
 #pragma unroll
     for (int r = 0; r < TPC; ++r) acc += s_bias[threadIdx.x + CH * r];
-    p.dbias_part[static_cast<size_t>(bc.b) * D + cs] = acc;
+    p.dbias_part[(static_cast<size_t>(bc.b) * p.nseg + bc.seg) * D + cs] = acc;
+  }
+}
+
+// Pass 1 of a segmented backward: for every segment but the first, the adjoint at its
+// start when it is zero after its end (g <- a_t (gy_t C_t + g), backwards), and the sum of
+// delta over it. The adjoint needs no states, so this is a scan of delta, dout, z and C only.
+template <typename T, int NL, int TPC>
+__global__ void __launch_bounds__(kThreads) adjoint_summary_kernel(ScanParams p) {
+  using G = Geo<TPC, NL, kBTile>;
+  constexpr int CH = G::CH, NMAX = G::NMAX;
+  __shared__ float s_dt[kBTile][CH], s_gy[kBTile][CH];
+  __shared__ __align__(16) float s_C[kBTile][NMAX];
+  const BlockCoords<TPC> bc(p);
+  if (bc.seg == 0) return;  // the carry needs no summary of the first segment
+  const int N = p.N;
+  const size_t bds = (static_cast<size_t>(bc.b) * p.D + bc.d) * p.nseg + bc.seg;
+  float A2[NL], g[NL], dtsum = 0.f;
+#pragma unroll
+  for (int s = 0; s < NL; ++s) {
+    const int n = bc.q * NL + s;
+    A2[s] = bc.active && n < N ? p.A[bc.d * N + n] * kLog2e : 0.f;
+    g[s] = 0.f;
+  }
+  const float bias_s = bc.sactive && p.delta_bias ? p.delta_bias[bc.c0 + bc.cs] : 0.f;
+  TileRegs<T, TPC, NL, kBTile, true> next;
+  const int k0 = bc.lbeg / kBTile, k1 = (bc.lend + kBTile - 1) / kBTile;
+  if (k1 > k0) next.fetch(p, bc, (k1 - 1) * kBTile);
+  for (int k = k1 - 1; k >= k0; --k) {
+    const int l0 = k * kBTile;
+#pragma unroll
+    for (int j = 0; j < G::SEQ; ++j) {
+      const int t = bc.rs + j * TPC;
+      s_dt[t][bc.cs] = next.dt(p, bc, l0, j, bias_s, nullptr);
+      s_gy[t][bc.cs] = gate_grad(p, static_cast<float>(next.o[j]), static_cast<float>(next.z[j]));
+    }
+#pragma unroll
+    for (int j = 0; j < G::NBC; ++j) {
+      const int i = threadIdx.x + j * kThreads;
+      if (G::bc_slot(j)) s_C[i / NMAX][i % NMAX] = static_cast<float>(next.Cv[j]);
+    }
+    __syncthreads();
+    if (k > k0) next.fetch(p, bc, l0 - kBTile);
+#pragma unroll
+    for (int t = kBTile - 1; t >= 0; --t) {
+      const float dt = s_dt[t][bc.cl], gy = s_gy[t][bc.cl];
+      float Ct[NL];
+      load_row<NL>(&s_C[t][bc.q * NL], Ct);
+#pragma unroll
+      for (int s = 0; s < NL; ++s) g[s] = exp2_fast(dt * A2[s]) * (gy * Ct[s] + g[s]);
+      dtsum += dt;
+    }
+    __syncthreads();
+  }
+  if (bc.active) {
+#pragma unroll
+    for (int s = 0; s < NL; ++s) {
+      const int n = bc.q * NL + s;
+      if (n < N) p.seg_local[bds * N + n] = g[s];
+    }
+    if (bc.q == 0) p.seg_dtsum[bds] = dtsum;
+  }
+}
+
+// Pass 2 of a segmented scan, one thread per (b, d, n): the value entering each segment from
+// the summaries. Forward: init[0] = first (h0), init[s + 1] = exp(A dtsum[s]) init[s] +
+// local[s]. Backward (reverse): init[nseg - 1] = first (dh_last), init[s - 1] =
+// exp(A dtsum[s]) init[s] + local[s].
+__global__ void carry_segments(const float* A, const float* first, const float* local, const float* dtsum,
+                               float* init, int B, int D, int N, int nseg, bool reverse) {
+  const int64_t total = static_cast<int64_t>(B) * D * N;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int n = static_cast<int>(i % N);
+    const int64_t bd = i / N;
+    const float a = A[(bd % D) * N + n];
+    float v = first ? first[i] : 0.f;
+    for (int j = 0; j < nseg; ++j) {
+      const int s = reverse ? nseg - 1 - j : j;
+      const int64_t at = bd * nseg + s;
+      init[at * N + n] = v;
+      if (j + 1 < nseg) v = expf(a * dtsum[at]) * v + local[at * N + n];
+    }
   }
 }
 
@@ -593,6 +703,22 @@ Variant choose_variant(int N, bool backward, int64_t channels, int sm_count) {
   return {tpc, per_lane <= 1 ? 1 : per_lane <= 2 ? 2 : per_lane <= 4 ? 4 : 8};
 }
 
+// Time segments: with fewer than two blocks per multiprocessor, the sequence is cut into
+// segments of at least kMinSegment steps scanned in parallel (about four blocks per
+// multiprocessor), at the price of a summary pass (pass 1) and a short carry (pass 2).
+constexpr int kMinSegment = 512;
+
+void set_segments(ScanParams& p, int sm_count) {
+  const int64_t blocks = static_cast<int64_t>(p.B) * p.G * p.nblocks_per_group;
+  int64_t nseg = 1;
+  if (blocks > 0 && blocks < int64_t{2} * sm_count)
+    nseg = std::min<int64_t>((int64_t{4} * sm_count + blocks - 1) / blocks, p.L / kMinSegment);
+  nseg = std::max<int64_t>(nseg, 1);
+  const int64_t per = (p.L + nseg - 1) / nseg;
+  p.seg_len = static_cast<int>(std::max<int64_t>((per + kTile - 1) / kTile * kTile, kTile));
+  p.nseg = nseg == 1 ? 1 : static_cast<int>((p.L + p.seg_len - 1) / p.seg_len);
+}
+
 ScanParams make_params(const SelectiveScanInputs& in, Variant v) {
   ScanParams p{};
   p.B = static_cast<int>(in.u.size(0));
@@ -614,6 +740,7 @@ ScanParams make_params(const SelectiveScanInputs& in, Variant v) {
   p.Dskip = in.Dskip.defined() ? in.Dskip.data<float>() : nullptr;
   p.delta_bias = in.delta_bias.defined() ? in.delta_bias.data<float>() : nullptr;
   p.h0 = in.h0.defined() ? in.h0.data<float>() : nullptr;
+  set_segments(p, cuda_detail::device_context(in.u.device().index).sm_count);
   return p;
 }
 
@@ -663,6 +790,14 @@ void dispatch(DType dt, Variant v, Fn&& fn) {
     by_variant(float{});
 }
 
+void launch_carry(const ScanParams& p, const float* first, const float* local, const float* dtsum, float* init,
+                  bool reverse, cudaStream_t stream) {
+  const int64_t total = static_cast<int64_t>(p.B) * p.D * p.N;
+  const int threads = 256, blocks = static_cast<int>(std::clamp<int64_t>((total + threads - 1) / threads, 1, 4096));
+  carry_segments<<<blocks, threads, 0, stream>>>(p.A, first, local, dtsum, init, p.B, p.D, p.N, p.nseg, reverse);
+  SCAN_CUDA_CHECK(cudaGetLastError());
+}
+
 }  // namespace
 
 void selective_scan_forward_cuda(const SelectiveScanInputs& in, Tensor& out, Tensor& h_last, Tensor& checkpoints,
@@ -682,9 +817,24 @@ void selective_scan_forward_cuda(const SelectiveScanInputs& in, Tensor& out, Ten
   if (p.B == 0 || p.D == 0) return;
   cuda_detail::DeviceGuard guard(dev.index);
   auto stream = static_cast<cudaStream_t>(cuda::compute_stream(dev.index));
-  dim3 grid(p.nblocks_per_group, p.G, p.B);
+  dim3 grid(p.nblocks_per_group, p.G, p.B * p.nseg);
+  Tensor seg_local, seg_dtsum, seg_init;
+  if (p.nseg > 1) {  // pass 1: each segment's end state from zero; pass 2: the carry
+    seg_local = Tensor::empty({p.B, p.D, p.nseg, p.N}, DType::f32, dev);
+    seg_dtsum = Tensor::empty({p.B, p.D, p.nseg}, DType::f32, dev);
+    seg_init = Tensor::empty({p.B, p.D, p.nseg, p.N}, DType::f32, dev);
+    ScanParams ps = p;
+    ps.ckpt = nullptr;
+    ps.seg_local = seg_local.data<float>();
+    ps.seg_dtsum = seg_dtsum.data<float>();
+    dispatch(in.u.dtype(), v, [&](auto t, auto nl, auto tpc) {
+      scan_forward_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value, true><<<grid, kThreads, 0, stream>>>(ps);
+    });
+    launch_carry(p, p.h0, ps.seg_local, ps.seg_dtsum, seg_init.data<float>(), false, stream);
+    p.seg_init = seg_init.data<float>();
+  }
   dispatch(in.u.dtype(), v, [&](auto t, auto nl, auto tpc) {
-    scan_forward_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value><<<grid, kThreads, 0, stream>>>(p);
+    scan_forward_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value, false><<<grid, kThreads, 0, stream>>>(p);
   });
   SCAN_CUDA_CHECK(cudaGetLastError());
 }
@@ -720,9 +870,10 @@ SelectiveScanGrads selective_scan_backward_cuda(const SelectiveScanInputs& in, c
 
   Tensor dB_part = Tensor::empty({p.B, p.G, p.nblocks_per_group, p.L, p.N}, DType::f32, dev);
   Tensor dC_part = Tensor::empty({p.B, p.G, p.nblocks_per_group, p.L, p.N}, DType::f32, dev);
-  Tensor dA_part = Tensor::empty({p.B, p.D, p.N}, DType::f32, dev);
-  Tensor dD_part = Tensor::empty({p.B, p.D}, DType::f32, dev);
-  Tensor dbias_part = Tensor::empty({p.B, p.D}, DType::f32, dev);
+  const int nparts = p.B * p.nseg;  // dA, dD, ddelta_bias partials: one per (batch, segment)
+  Tensor dA_part = Tensor::empty({nparts, p.D, p.N}, DType::f32, dev);
+  Tensor dD_part = Tensor::empty({nparts, p.D}, DType::f32, dev);
+  Tensor dbias_part = Tensor::empty({nparts, p.D}, DType::f32, dev);
   p.ckpt = checkpoints.data<float>();
   p.dout = dout.data_ptr();
   p.dh_last = dh_last.defined() ? dh_last.data<float>() : nullptr;
@@ -737,7 +888,21 @@ SelectiveScanGrads selective_scan_backward_cuda(const SelectiveScanInputs& in, c
   p.dh0 = gr.dh0.defined() ? gr.dh0.data<float>() : nullptr;
 
   auto stream = static_cast<cudaStream_t>(cuda::compute_stream(dev.index));
-  dim3 grid(p.nblocks_per_group, p.G, p.B);
+  dim3 grid(p.nblocks_per_group, p.G, p.B * p.nseg);
+  Tensor seg_local, seg_dtsum, seg_init;
+  if (p.nseg > 1) {  // pass 1: each segment's adjoint at its start from zero; pass 2: the carry
+    seg_local = Tensor::empty({p.B, p.D, p.nseg, p.N}, DType::f32, dev);
+    seg_dtsum = Tensor::empty({p.B, p.D, p.nseg}, DType::f32, dev);
+    seg_init = Tensor::empty({p.B, p.D, p.nseg, p.N}, DType::f32, dev);
+    ScanParams ps = p;
+    ps.seg_local = seg_local.data<float>();
+    ps.seg_dtsum = seg_dtsum.data<float>();
+    dispatch(dt, v, [&](auto t, auto nl, auto tpc) {
+      adjoint_summary_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value><<<grid, kThreads, 0, stream>>>(ps);
+    });
+    launch_carry(p, p.dh_last, ps.seg_local, ps.seg_dtsum, seg_init.data<float>(), true, stream);
+    p.seg_init = seg_init.data<float>();
+  }
   dispatch(dt, v, [&](auto t, auto nl, auto tpc) {
     constexpr int NL = decltype(nl)::value, TPC = decltype(tpc)::value;
     auto kernel = scan_backward_kernel<decltype(t), NL, TPC>;
@@ -761,10 +926,11 @@ SelectiveScanGrads selective_scan_backward_cuda(const SelectiveScanInputs& in, c
     reduce_channel_blocks<float><<<blocks(nBC), threads, 0, stream>>>(p.dC_part, gr.dCm.data_ptr(), p.B, p.L, p.G, p.nblocks_per_group, p.N);
   }
   SCAN_CUDA_CHECK(cudaGetLastError());
-  reduce_batch<<<blocks(static_cast<size_t>(p.D) * p.N), threads, 0, stream>>>(p.dA_part, gr.dA.data<float>(), p.B, p.D * p.N);
-  if (gr.dDskip.defined()) reduce_batch<<<blocks(p.D), threads, 0, stream>>>(p.dD_part, gr.dDskip.data<float>(), p.B, p.D);
+  reduce_batch<<<blocks(static_cast<size_t>(p.D) * p.N), threads, 0, stream>>>(p.dA_part, gr.dA.data<float>(), nparts,
+                                                                                p.D * p.N);
+  if (gr.dDskip.defined()) reduce_batch<<<blocks(p.D), threads, 0, stream>>>(p.dD_part, gr.dDskip.data<float>(), nparts, p.D);
   if (gr.ddelta_bias.defined())
-    reduce_batch<<<blocks(p.D), threads, 0, stream>>>(p.dbias_part, gr.ddelta_bias.data<float>(), p.B, p.D);
+    reduce_batch<<<blocks(p.D), threads, 0, stream>>>(p.dbias_part, gr.ddelta_bias.data<float>(), nparts, p.D);
   SCAN_CUDA_CHECK(cudaGetLastError());
   return gr;
 }

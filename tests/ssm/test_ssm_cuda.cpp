@@ -200,6 +200,9 @@ TEST_CASE("selective_scan CUDA f32 matches the CPU in forward and backward") {
       {2, 100, 40, 16, 2, true, true, true, true, true},   {1, 33, 70, 5, 1, false, false, false, false, false},
       {2, 45, 36, 32, 3, true, false, true, true, false},  {3, 64, 8, 1, 1, false, true, false, true, true},
       {1, 7, 50, 3, 5, true, true, true, false, true},
+      // Few channels and long sequences: the scan is cut into time segments scanned in
+      // parallel (3 segments of 576, 576, 548 steps; 2 of 576, 524), with the carry passes.
+      {1, 1700, 24, 16, 2, true, true, true, true, true},  {2, 1100, 8, 5, 1, false, false, false, false, false},
   };
   for (const ScanShape& s : shapes) {
     CAPTURE(s.L);
@@ -213,29 +216,35 @@ TEST_CASE("selective_scan CUDA f32 matches the CPU in forward and backward") {
 TEST_CASE("selective_scan CUDA bf16 matches the CPU in forward and backward") {
   if (!cuda_test_device()) return;
   Generator gen(512);
-  const ScanShape s{2, 77, 44, 16, 2, true, true, true, true, true};
-  compare_with_cpu(scan_op(true), scan_args(s, DType::bf16, gen), {"out", "h_last"}, kBf16, gen);
+  for (const ScanShape& s : {ScanShape{2, 77, 44, 16, 2, true, true, true, true, true},
+                             ScanShape{1, 1300, 16, 16, 1, true, true, true, true, true}}) {
+    CAPTURE(s.L);
+    compare_with_cpu(scan_op(true), scan_args(s, DType::bf16, gen), {"out", "h_last"}, kBf16, gen);
+  }
 }
 
 TEST_CASE("selective_scan CUDA gradients are deterministic") {
   if (!cuda_test_device()) return;
   Generator gen(513);
-  const ScanShape s{3, 70, 96, 16, 1, true, true, true, true, true};
-  const std::vector<Arg> args = scan_args(s, DType::f32, gen);
-  std::vector<std::vector<double>> first;
-  for (int run = 0; run < 2; ++run) {
-    std::vector<Tensor> in(args.size());
-    for (size_t i = 0; i < args.size(); ++i)
-      in[i] = args[i].values.to(DType::f32).to(Device::cuda()).detach().requires_grad_();
-    const std::vector<Tensor> out = scan_op(true)(in);
-    backward(add(sum(out[0]), sum(mul(out[1], out[1]))));
-    for (size_t i = 0; i < in.size(); ++i) {
-      const std::vector<double> g = in[i].grad().to_vector<double>();
-      if (run == 0) {
-        first.push_back(g);
-      } else {
-        CAPTURE(args[i].name);
-        CHECK(g == first[i]);  // bitwise: fixed reduction order, no atomics
+  for (const ScanShape& s : {ScanShape{3, 70, 96, 16, 1, true, true, true, true, true},
+                             ScanShape{1, 1100, 16, 16, 1, true, true, true, true, true}}) {  // 2 segments
+    CAPTURE(s.L);
+    const std::vector<Arg> args = scan_args(s, DType::f32, gen);
+    std::vector<std::vector<double>> first;
+    for (int run = 0; run < 2; ++run) {
+      std::vector<Tensor> in(args.size());
+      for (size_t i = 0; i < args.size(); ++i)
+        in[i] = args[i].values.to(DType::f32).to(Device::cuda()).detach().requires_grad_();
+      const std::vector<Tensor> out = scan_op(true)(in);
+      backward(add(sum(out[0]), sum(mul(out[1], out[1]))));
+      for (size_t i = 0; i < in.size(); ++i) {
+        const std::vector<double> g = in[i].grad().to_vector<double>();
+        if (run == 0) {
+          first.push_back(g);
+        } else {
+          CAPTURE(args[i].name);
+          CHECK(g == first[i]);  // bitwise: fixed reduction order, no atomics
+        }
       }
     }
   }
