@@ -703,20 +703,53 @@ Variant choose_variant(int N, bool backward, int64_t channels, int sm_count) {
   return {tpc, per_lane <= 1 ? 1 : per_lane <= 2 ? 2 : per_lane <= 4 ? 4 : 8};
 }
 
-// Time segments: with fewer than two blocks per multiprocessor, the sequence is cut into
-// segments of at least kMinSegment steps scanned in parallel (about four blocks per
-// multiprocessor), at the price of a summary pass (pass 1) and a short carry (pass 2).
+// Time segments: when the blocks of one (batch, channel block) each do not fill the GPU, the
+// sequence is cut into segments of at least kMinSegment steps scanned in parallel, at the
+// price of a summary pass over all but one segment (pass 1) and a short carry (pass 2).
+// The count minimises the modelled time: waves of resident blocks (`slots` = blocks per
+// multiprocessor x multiprocessors) times the steps per segment, with the summary pass
+// weighted by `summary_cost` relative to the main pass (2 in the forward, where both passes
+// scan everything; 1.5 in the backward, whose summary scans only the adjoint), up to three
+// waves. Measured on an H200 in docs/perf_ssm.md.
 constexpr int kMinSegment = 512;
 
-void set_segments(ScanParams& p, int sm_count) {
+// SSMTRAIN_SCAN_SEGMENTS = S (>= 1) sets the number of segments instead (for tuning; at most
+// one per kTile steps).
+int segments_from_env() {
+  const char* v = std::getenv("SSMTRAIN_SCAN_SEGMENTS");
+  if (!v || !*v) return 0;
+  const int n = std::atoi(v);
+  SSMT_CHECK(n >= 1, "selective_scan (CUDA): SSMTRAIN_SCAN_SEGMENTS = '", v, "' must be a positive integer");
+  return n;
+}
+
+void set_segments(ScanParams& p, int64_t slots, double summary_cost) {
+  static const int forced = segments_from_env();
   const int64_t blocks = static_cast<int64_t>(p.B) * p.G * p.nblocks_per_group;
   int64_t nseg = 1;
-  if (blocks > 0 && blocks < int64_t{2} * sm_count)
-    nseg = std::min<int64_t>((int64_t{4} * sm_count + blocks - 1) / blocks, p.L / kMinSegment);
+  if (forced) {
+    nseg = std::min<int64_t>(forced, p.L / kTile);
+  } else if (blocks > 0 && slots > 0 && blocks < slots) {
+    const int64_t most = std::min<int64_t>(p.L / kMinSegment, (3 * slots + blocks - 1) / blocks);
+    double best = 1.0;  // one segment: a single partial wave
+    for (int64_t n = 2; n <= most; ++n) {
+      const double waves = static_cast<double>((blocks * n + slots - 1) / slots);
+      const double cost = summary_cost * waves / static_cast<double>(n);
+      if (cost < best) best = cost, nseg = n;
+    }
+  }
   nseg = std::max<int64_t>(nseg, 1);
   const int64_t per = (p.L + nseg - 1) / nseg;
   p.seg_len = static_cast<int>(std::max<int64_t>((per + kTile - 1) / kTile * kTile, kTile));
   p.nseg = nseg == 1 ? 1 : static_cast<int>((p.L + p.seg_len - 1) / p.seg_len);
+}
+
+// Blocks of `kernel` resident on the whole device at once.
+template <typename K>
+int64_t resident_blocks(K kernel, size_t dynamic_smem, int device) {
+  int per_sm = 0;
+  SCAN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, dynamic_smem));
+  return static_cast<int64_t>(per_sm) * cuda_detail::device_context(device).sm_count;
 }
 
 ScanParams make_params(const SelectiveScanInputs& in, Variant v) {
@@ -740,7 +773,8 @@ ScanParams make_params(const SelectiveScanInputs& in, Variant v) {
   p.Dskip = in.Dskip.defined() ? in.Dskip.data<float>() : nullptr;
   p.delta_bias = in.delta_bias.defined() ? in.delta_bias.data<float>() : nullptr;
   p.h0 = in.h0.defined() ? in.h0.data<float>() : nullptr;
-  set_segments(p, cuda_detail::device_context(in.u.device().index).sm_count);
+  p.nseg = 1;  // set by the launcher (set_segments)
+  p.seg_len = std::max(p.nchunks * kTile, kTile);
   return p;
 }
 
@@ -817,6 +851,11 @@ void selective_scan_forward_cuda(const SelectiveScanInputs& in, Tensor& out, Ten
   if (p.B == 0 || p.D == 0) return;
   cuda_detail::DeviceGuard guard(dev.index);
   auto stream = static_cast<cudaStream_t>(cuda::compute_stream(dev.index));
+  dispatch(in.u.dtype(), v, [&](auto t, auto nl, auto tpc) {
+    set_segments(p, resident_blocks(scan_forward_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value, false>, 0,
+                                    dev.index),
+                 2.0);
+  });
   dim3 grid(p.nblocks_per_group, p.G, p.B * p.nseg);
   Tensor seg_local, seg_dtsum, seg_init;
   if (p.nseg > 1) {  // pass 1: each segment's end state from zero; pass 2: the carry
@@ -870,6 +909,13 @@ SelectiveScanGrads selective_scan_backward_cuda(const SelectiveScanInputs& in, c
 
   Tensor dB_part = Tensor::empty({p.B, p.G, p.nblocks_per_group, p.L, p.N}, DType::f32, dev);
   Tensor dC_part = Tensor::empty({p.B, p.G, p.nblocks_per_group, p.L, p.N}, DType::f32, dev);
+  dispatch(dt, v, [&](auto t, auto nl, auto tpc) {
+    constexpr int NL = decltype(nl)::value, TPC = decltype(tpc)::value;
+    auto kernel = scan_backward_kernel<decltype(t), NL, TPC>;
+    constexpr size_t smem = backward_dynamic_smem<NL, TPC>();
+    SCAN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    set_segments(p, resident_blocks(kernel, smem, dev.index), 1.5);
+  });
   const int nparts = p.B * p.nseg;  // dA, dD, ddelta_bias partials: one per (batch, segment)
   Tensor dA_part = Tensor::empty({nparts, p.D, p.N}, DType::f32, dev);
   Tensor dD_part = Tensor::empty({nparts, p.D}, DType::f32, dev);
