@@ -15,8 +15,14 @@
 // into shared memory, then run the adjoint recurrence backwards. The per-state products are
 // summed with butterfly reduce-scatters (over a channel's lanes for d(u) and d(delta); over
 // the warp's channels for dB and dC), the warps' dB/dC partials then go to per-block
-// partials; reductions over the batch (dA, dD, ddelta_bias) go to per-batch partials; small
-// kernels sum the partials in a fixed order, so the result is deterministic.
+// partials; reductions over the batch (dA, dD, ddelta_bias) go to per-(batch, segment)
+// partials; small kernels sum the partials in a fixed order, so the result is deterministic.
+//
+// Time segments: when B x D is too small to fill the GPU, the sequence is cut into segments
+// scanned in parallel (grid.z = B x segments). Pass 1 scans each segment from zero (the
+// state forwards; the adjoint backwards, which needs no states) and keeps its end value and
+// its sum of delta; pass 2 chains them through exp(A sum delta); pass 3 is the ordinary
+// kernel, each segment starting from its carried value. See set_segments for the count.
 #include <cuda_runtime.h>
 
 #include <algorithm>
