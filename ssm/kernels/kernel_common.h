@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "core/tensor.h"
 
@@ -30,10 +31,47 @@ struct SeqView {
 
 namespace ssm_math {
 
+// e^x in a form the compiler vectorises (no library call, no branches), for the per-state
+// decays exp(delta * A) of the scans. x = k ln2 + r with k = round(x log2 e) (rounded by the
+// 1.5 * 2^23 trick, exact under the default rounding mode) and ln2 split in two parts so that
+// r is exact; e^r for |r| <= ln2 / 2 by the degree-6 polynomial of Cephes' expf (relative
+// error about 1 ulp); 2^k built from the exponent bits. x below -87.3 gives 0, above 88.3
+// gives +inf (e^x itself overflows only above 88.72), NaN gives NaN. f64 uses std::exp.
+inline float exp_vec(float x) {
+  float xc = x < -87.3f ? -87.3f : x;  // ternaries, not fmin/fmax: a NaN stays NaN
+  xc = xc > 88.3f ? 88.3f : xc;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float kf = (xc * 1.44269504088896341f + magic) - magic;
+  const float r = (xc - kf * 0.693359375f) - kf * -2.12194440e-4f;
+  float q = 1.9875691500e-4f;
+  q = q * r + 1.3981999507e-3f;
+  q = q * r + 8.3334519073e-3f;
+  q = q * r + 4.1665795894e-2f;
+  q = q * r + 1.6666665459e-1f;
+  q = q * r + 5.0000001201e-1f;
+  const float er = q * (r * r) + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(kf) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  const float y = er * scale;
+  return x < -87.3f ? 0.0f : x > 88.3f ? HUGE_VALF : y;
+}
+inline double exp_vec(double x) { return std::exp(x); }
+
 // softplus as the reference code computes it: x above 20, else log1p(exp(x)).
 template <typename T> inline T softplus(T x) { return x > T(20) ? x : std::log1p(std::exp(x)); }
 // d softplus / dx, consistent with the threshold (1 above it).
 template <typename T> inline T softplus_grad(T x) { return x > T(20) ? T(1) : T(1) / (T(1) + std::exp(-x)); }
+// Both from one exponential: softplus' = e^x / (1 + e^x) = sigmoid(x).
+template <typename T> inline void softplus_and_grad(T x, T& value, T& grad) {
+  if (x > T(20)) {
+    value = x, grad = T(1);
+    return;
+  }
+  const T e = std::exp(x);
+  value = std::log1p(e);
+  grad = e / (T(1) + e);
+}
 template <typename T> inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 template <typename T> inline T silu(T x) { return x * sigmoid(x); }
 // d silu / dx = s (1 + x (1 - s)), s = sigmoid(x).

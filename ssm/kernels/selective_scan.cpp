@@ -87,11 +87,11 @@ void forward_kernel(const SelectiveScanParams& p) {
           const T* B_row = Bm + b * p.Bm.batch_stride + t * p.Bm.seq_stride + g * N;
           const T* C_row = Cm + b * p.Cm.batch_stride + t * p.Cm.seq_stride + g * N;
           const C dtu = dt * ut;
+          C* __restrict hs = h.data();
+          for (int64_t n = 0; n < N; ++n) hs[n] = ssm_math::exp_vec(dt * A_row[n]) * hs[n] + dtu * load(B_row, n);
           C y = 0;
-          for (int64_t n = 0; n < N; ++n) {
-            h[n] = std::exp(dt * A_row[n]) * h[n] + dtu * load(B_row, n);
-            y += load(C_row, n) * h[n];
-          }
+#pragma omp simd reduction(+ : y)
+          for (int64_t n = 0; n < N; ++n) y += load(C_row, n) * hs[n];
           y += skip * ut;
           if (z) y *= ssm_math::silu(load(z, b * p.z.batch_stride + t * p.z.seq_stride + d));
           out[(b * L + t) * D + d] = static_cast<T>(y);
@@ -135,6 +135,7 @@ void backward_kernel(const SelectiveScanParams& p) {
 #pragma omp parallel
   {
     std::vector<C> lam(N), h_buf((interval + 1) * N), a_buf(interval * N), dA_acc(N);
+    std::vector<C> dt_buf(interval), dsp_buf(interval);  // delta after softplus, softplus' per step
 #pragma omp for collapse(3) schedule(dynamic)
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t g = 0; g < G; ++g) {
@@ -157,23 +158,25 @@ void backward_kernel(const SelectiveScanParams& p) {
               std::copy(ckpt + (bd * nck + c) * N, ckpt + (bd * nck + c + 1) * N, h_buf.begin());
               for (int64_t t = t0; t < t1; ++t) {
                 const C ut = load(u, b * p.u.batch_stride + t * p.u.seq_stride + d);
-                C dt = load(delta, b * p.delta.batch_stride + t * p.delta.seq_stride + d) + bias;
-                if (p.delta_softplus) dt = ssm_math::softplus(dt);
+                const C dt_raw = load(delta, b * p.delta.batch_stride + t * p.delta.seq_stride + d) + bias;
+                C dt = dt_raw, dsp = 1;
+                if (p.delta_softplus) ssm_math::softplus_and_grad(dt_raw, dt, dsp);
+                dt_buf[t - t0] = dt;
+                dsp_buf[t - t0] = dsp;
                 const T* B_row = Bm + b * p.Bm.batch_stride + t * p.Bm.seq_stride + g * N;
                 const C dtu = dt * ut;
-                const C* h_prev = &h_buf[(t - t0) * N];
-                C* h_cur = &h_buf[(t - t0 + 1) * N];
-                C* a = &a_buf[(t - t0) * N];
+                const C* __restrict h_prev = &h_buf[(t - t0) * N];
+                C* __restrict h_cur = &h_buf[(t - t0 + 1) * N];
+                C* __restrict a = &a_buf[(t - t0) * N];
                 for (int64_t n = 0; n < N; ++n) {
-                  a[n] = std::exp(dt * A_row[n]);
+                  a[n] = ssm_math::exp_vec(dt * A_row[n]);
                   h_cur[n] = a[n] * h_prev[n] + dtu * load(B_row, n);
                 }
               }
               for (int64_t t = t1 - 1; t >= t0; --t) {
                 const int64_t seq_index = (b * L + t) * D + d;
                 const C ut = load(u, b * p.u.batch_stride + t * p.u.seq_stride + d);
-                const C dt_raw = load(delta, b * p.delta.batch_stride + t * p.delta.seq_stride + d) + bias;
-                const C dt = p.delta_softplus ? ssm_math::softplus(dt_raw) : dt_raw;
+                const C dt = dt_buf[t - t0];
                 const T* B_row = Bm + b * p.Bm.batch_stride + t * p.Bm.seq_stride + g * N;
                 const T* C_row = Cm + b * p.Cm.batch_stride + t * p.Cm.seq_stride + g * N;
                 const C* h_prev = &h_buf[(t - t0) * N];
@@ -183,26 +186,33 @@ void backward_kernel(const SelectiveScanParams& p) {
                 C gy = dout_t;  // gradient of y_t (before the gate)
                 if (z) {
                   const C zt = load(z, b * p.z.batch_stride + t * p.z.seq_stride + d);
+                  const C sz = ssm_math::sigmoid(zt);
                   C y = skip * ut;
+#pragma omp simd reduction(+ : y)
                   for (int64_t n = 0; n < N; ++n) y += load(C_row, n) * h_cur[n];
-                  gy = dout_t * ssm_math::silu(zt);
-                  if (dz) dz[seq_index] = static_cast<T>(dout_t * y * ssm_math::silu_grad(zt));
+                  gy = dout_t * zt * sz;  // silu(z) = z sigmoid(z); silu'(z) = s (1 + z (1 - s))
+                  if (dz) dz[seq_index] = static_cast<T>(dout_t * y * sz * (C(1) + zt * (C(1) - sz)));
                 }
                 const int64_t part = (((s * B + b) * L + t) * G + g) * N;
                 C du_t = skip * gy, ddt = 0;
+                C* __restrict lam_s = lam.data();
+                C* __restrict dA_s = dA_acc.data();
+                C* __restrict dC_s = p.dCm ? dC_part.data() + part : nullptr;
+                C* __restrict dB_s = p.dBm ? dB_part.data() + part : nullptr;
+#pragma omp simd reduction(+ : du_t, ddt)
                 for (int64_t n = 0; n < N; ++n) {
                   const C Bn = load(B_row, n);
-                  const C lam_t = lam[n] + gy * load(C_row, n);
-                  if (p.dCm) dC_part[part + n] += gy * h_cur[n];
-                  if (p.dBm) dB_part[part + n] += lam_t * dt * ut;
+                  const C lam_t = lam_s[n] + gy * load(C_row, n);
+                  if (dC_s) dC_s[n] += gy * h_cur[n];
+                  if (dB_s) dB_s[n] += lam_t * dt * ut;
                   du_t += lam_t * dt * Bn;
                   const C decay_h = a[n] * h_prev[n];
                   ddt += lam_t * (A_row[n] * decay_h + Bn * ut);
-                  dA_acc[n] += lam_t * dt * decay_h;
-                  lam[n] = a[n] * lam_t;
+                  dA_s[n] += lam_t * dt * decay_h;
+                  lam_s[n] = a[n] * lam_t;
                 }
                 dskip_acc += gy * ut;
-                const C ddelta_t = p.delta_softplus ? ddt * ssm_math::softplus_grad(dt_raw) : ddt;
+                const C ddelta_t = ddt * dsp_buf[t - t0];
                 dbias_acc += ddelta_t;
                 if (du) du[seq_index] = static_cast<T>(du_t);
                 if (ddelta) ddelta[seq_index] = static_cast<T>(ddelta_t);
