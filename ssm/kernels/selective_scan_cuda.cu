@@ -131,6 +131,23 @@ __device__ __forceinline__ void store_row(float* p, const float (&in)[NL]) {
   }
 }
 
+// One step of the recurrence for a lane's NL states, h <- exp(dt A) h + (dt u) B, from the
+// shared-memory rows of B and C at this lane's states (A2 = A log2 e); returns the lane's
+// part of y = C . h.
+template <int NL>
+__device__ __forceinline__ float scan_step(float (&h)[NL], const float (&A2)[NL], float dt, float du,
+                                           const float* B_row, const float* C_row) {
+  float Bt[NL], Ct[NL], yp = 0.f;
+  load_row<NL>(B_row, Bt);
+  load_row<NL>(C_row, Ct);
+#pragma unroll
+  for (int s = 0; s < NL; ++s) {
+    h[s] = exp2_fast(dt * A2[s]) * h[s] + du * Bt[s];
+    yp += h[s] * Ct[s];
+  }
+  return yp;
+}
+
 // Butterfly reduce-scatter of V values (V a power of two) over the lanes that differ in the
 // lane bits M, 2M, .. < MEnd: each level exchanges half of the values still held, so the
 // whole sum costs V/2 + V/4 + .. shuffles rather than V per level. On return the lane holds
@@ -231,6 +248,17 @@ struct TileRegs {
       Cv[j] = ok ? static_cast<const T*>(p.Cm)[off] : T(0.f);
     }
   }
+  // The staged B and C rows into shared memory ([TILE][NMAX] arrays; either may be null).
+  __device__ __forceinline__ void store_bc(float (*sB)[G::NMAX], float (*sC)[G::NMAX]) const {
+#pragma unroll
+    for (int j = 0; j < G::NBC; ++j) {
+      const int i = threadIdx.x + j * kThreads;
+      if (G::bc_slot(j)) {
+        if (sB) sB[i / G::NMAX][i % G::NMAX] = static_cast<float>(Bv[j]);
+        if (sC) sC[i / G::NMAX][i % G::NMAX] = static_cast<float>(Cv[j]);
+      }
+    }
+  }
   // delta for staged element j: softplus(delta + bias) inside the sequence, 0 past its end
   // (a = exp(0 * A) = 1 and delta * u = 0: padded steps leave the state unchanged).
   __device__ __forceinline__ float dt(const ScanParams& p, const BlockCoords<TPC>& bc, int l0, int j, float bias,
@@ -284,14 +312,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
       s_u[t][bc.cs] = cur_u[j];
       s_dt[t][bc.cs] = next.dt(p, bc, l0, j, bias_s, nullptr);
     }
-#pragma unroll
-    for (int j = 0; j < G::NBC; ++j) {
-      const int i = threadIdx.x + j * kThreads;
-      if (G::bc_slot(j)) {
-        s_B[i / NMAX][i % NMAX] = static_cast<float>(next.Bv[j]);
-        s_C[i / NMAX][i % NMAX] = static_cast<float>(next.Cv[j]);
-      }
-    }
+    next.store_bc(s_B, s_C);
   };
 
   const int k0 = bc.lbeg / kTile, k1 = (bc.lend + kTile - 1) / kTile;
@@ -315,15 +336,8 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
           }
         }
       }
-      const float dt = s_dt[t][bc.cl], du = dt * s_u[t][bc.cl];
-      float Bt[NL], Ct[NL], yp = 0.f;
-      load_row<NL>(&s_B[t][bc.q * NL], Bt);
-      load_row<NL>(&s_C[t][bc.q * NL], Ct);
-#pragma unroll
-      for (int s = 0; s < NL; ++s) {
-        h[s] = exp2_fast(dt * A2[s]) * h[s] + du * Bt[s];
-        yp += h[s] * Ct[s];
-      }
+      const float dt = s_dt[t][bc.cl];
+      float yp = scan_step<NL>(h, A2, dt, dt * s_u[t][bc.cl], &s_B[t][bc.q * NL], &s_C[t][bc.q * NL]);
       if constexpr (kSummary) {
         dtsum += dt;
       } else {
@@ -412,14 +426,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
       cur_z[j] = static_cast<float>(next.z[j]);
       s_gy[t][bc.cs] = gate_grad(p, cur_o[j], cur_z[j]);
     }
-#pragma unroll
-    for (int j = 0; j < G::NBC; ++j) {
-      const int i = threadIdx.x + j * kThreads;
-      if (G::bc_slot(j)) {
-        s_B[i / NMAX][i % NMAX] = static_cast<float>(next.Bv[j]);
-        s_C[i / NMAX][i % NMAX] = static_cast<float>(next.Cv[j]);
-      }
-    }
+    next.store_bc(s_B, s_C);
   };
 
   const int k0 = bc.lbeg / kBTile, k1 = (bc.lend + kBTile - 1) / kBTile;
@@ -443,15 +450,8 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
     for (int s = 0; s < NL; ++s) hcur[s] = h_start[s];
 #pragma unroll
     for (int t = 0; t < kBTile; ++t) {
-      const float dt = s_dt[t][bc.cl], du = dt * s_u[t][bc.cl];
-      float Bt[NL], Ct[NL], yp = 0.f;
-      load_row<NL>(&s_B[t][bc.q * NL], Bt);
-      load_row<NL>(&s_C[t][bc.q * NL], Ct);
-#pragma unroll
-      for (int s = 0; s < NL; ++s) {
-        hcur[s] = exp2_fast(dt * A2[s]) * hcur[s] + du * Bt[s];
-        yp += hcur[s] * Ct[s];
-      }
+      const float dt = s_dt[t][bc.cl];
+      float yp = scan_step<NL>(hcur, A2, dt, dt * s_u[t][bc.cl], &s_B[t][bc.q * NL], &s_C[t][bc.q * NL]);
       if (t + 1 < kBTile) store_row<NL>(&hist[(t * kThreads + threadIdx.x) * NL], hcur);
       if (p.z) {
 #pragma unroll
@@ -599,11 +599,7 @@ __global__ void __launch_bounds__(kThreads) adjoint_summary_kernel(ScanParams p)
       s_dt[t][bc.cs] = next.dt(p, bc, l0, j, bias_s, nullptr);
       s_gy[t][bc.cs] = gate_grad(p, static_cast<float>(next.o[j]), static_cast<float>(next.z[j]));
     }
-#pragma unroll
-    for (int j = 0; j < G::NBC; ++j) {
-      const int i = threadIdx.x + j * kThreads;
-      if (G::bc_slot(j)) s_C[i / NMAX][i % NMAX] = static_cast<float>(next.Cv[j]);
-    }
+    next.store_bc(nullptr, s_C);
     __syncthreads();
     if (k > k0) next.fetch(p, bc, l0 - kBTile);
 #pragma unroll
