@@ -75,11 +75,9 @@ template <typename T> inline void softplus_and_grad(T x, T& value, T& grad) {
 // exp_vec: vectorisable in f32 (see above), the library's exp in f64.
 template <typename T> inline T sigmoid(T x) { return T(1) / (T(1) + exp_vec(-x)); }
 template <typename T> inline T silu(T x) { return x * sigmoid(x); }
-// d silu / dx = s (1 + x (1 - s)), s = sigmoid(x).
-template <typename T> inline T silu_grad(T x) {
-  T s = sigmoid(x);
-  return s * (T(1) + x * (T(1) - s));
-}
+// d silu / dx = s (1 + x (1 - s)), s = sigmoid(x); the second form for a caller that has s.
+template <typename T> inline T silu_grad(T x, T s) { return s * (T(1) + x * (T(1) - s)); }
+template <typename T> inline T silu_grad(T x) { return silu_grad(x, sigmoid(x)); }
 
 }  // namespace ssm_math
 

@@ -190,8 +190,8 @@ void backward_kernel(const SelectiveScanParams& p) {
                   C y = skip * ut;
 #pragma omp simd reduction(+ : y)
                   for (int64_t n = 0; n < N; ++n) y += load(C_row, n) * h_cur[n];
-                  gy = dout_t * zt * sz;  // silu(z) = z sigmoid(z); silu'(z) = s (1 + z (1 - s))
-                  if (dz) dz[seq_index] = static_cast<T>(dout_t * y * sz * (C(1) + zt * (C(1) - sz)));
+                  gy = dout_t * zt * sz;  // silu(z) = z sigmoid(z)
+                  if (dz) dz[seq_index] = static_cast<T>(dout_t * y * ssm_math::silu_grad(zt, sz));
                 }
                 const int64_t part = (((s * B + b) * L + t) * G + g) * N;
                 C du_t = skip * gy, ddt = 0;

@@ -85,9 +85,6 @@ struct ScanParams {
   const float* seg_init;   // (B, D, nseg, N): state before (forward) / adjoint after (backward) each segment
 };
 
-template <typename T> __device__ __forceinline__ float load(const void* p, size_t i) {
-  return static_cast<float>(static_cast<const T*>(p)[i]);
-}
 template <typename T> __device__ __forceinline__ void store(void* p, size_t i, float v) {
   static_cast<T*>(p)[i] = T(v);
 }
@@ -151,7 +148,7 @@ __device__ __forceinline__ float scan_step(float (&h)[NL], const float (&A2)[NL]
 // Butterfly reduce-scatter of V values (V a power of two) over the lanes that differ in the
 // lane bits M, 2M, .. < MEnd: each level exchanges half of the values still held, so the
 // whole sum costs V/2 + V/4 + .. shuffles rather than V per level. On return the lane holds
-// in v[0 .. max(V / levels^2, 1)) the totals of the values base, base + 1, ...; once a
+// in v[0 .. max(V / 2^levels, 1)) the totals of the values base, base + 1, ...; once a
 // single value is left, further levels all-reduce it, and `writer` stays true on only one of
 // the lanes holding each total (the one whose remaining bits are zero).
 template <int V, int M, int MEnd>

@@ -200,8 +200,10 @@ TEST_CASE("selective_scan CUDA f32 matches the CPU in forward and backward") {
       {2, 100, 40, 16, 2, true, true, true, true, true},   {1, 33, 70, 5, 1, false, false, false, false, false},
       {2, 45, 36, 32, 3, true, false, true, true, false},  {3, 64, 8, 1, 1, false, true, false, true, true},
       {1, 7, 50, 3, 5, true, true, true, false, true},
-      // Few channels and long sequences: the scan is cut into time segments scanned in
-      // parallel (3 segments of 576, 576, 548 steps; 2 of 576, 524), with the carry passes.
+      // Few channels and long sequences: time segments scanned in parallel, with the carry
+      // passes. L = 1700: 3 segments (576, 576, 548 steps) forward and backward; L = 1100:
+      // 2 segments (576, 524) in the backward only (set_segments' cost model keeps one in
+      // the forward, where a second would not pay for its summary pass).
       {1, 1700, 24, 16, 2, true, true, true, true, true},  {2, 1100, 8, 5, 1, false, false, false, false, false},
   };
   for (const ScanShape& s : shapes) {
@@ -217,7 +219,7 @@ TEST_CASE("selective_scan CUDA bf16 matches the CPU in forward and backward") {
   if (!cuda_test_device()) return;
   Generator gen(512);
   for (const ScanShape& s : {ScanShape{2, 77, 44, 16, 2, true, true, true, true, true},
-                             ScanShape{1, 1300, 16, 16, 1, true, true, true, true, true}}) {
+                             ScanShape{1, 1300, 16, 16, 1, true, true, true, true, true}}) {  // 2 backward segments
     CAPTURE(s.L);
     compare_with_cpu(scan_op(true), scan_args(s, DType::bf16, gen), {"out", "h_last"}, kBf16, gen);
   }
@@ -227,7 +229,7 @@ TEST_CASE("selective_scan CUDA gradients are deterministic") {
   if (!cuda_test_device()) return;
   Generator gen(513);
   for (const ScanShape& s : {ScanShape{3, 70, 96, 16, 1, true, true, true, true, true},
-                             ScanShape{1, 1100, 16, 16, 1, true, true, true, true, true}}) {  // 2 segments
+                             ScanShape{1, 1100, 16, 16, 1, true, true, true, true, true}}) {  // 2 backward segments
     CAPTURE(s.L);
     const std::vector<Arg> args = scan_args(s, DType::f32, gen);
     std::vector<std::vector<double>> first;
