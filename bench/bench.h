@@ -2,6 +2,7 @@
 //
 //   ssmtrain-bench core [--json FILE] [--quick]   elementwise, GEMM, cross-entropy, rms_norm
 //   ssmtrain-bench ssm  [--json FILE] [--quick]   selective_scan and SSD at the PERF.md shapes
+//   ssmtrain-bench train [--json FILE] [--quick] [--profile]   whole training steps (bench/train.cpp)
 //   ssmtrain-bench all  ...
 //
 // Each family prints a table and appends its rows to the JSON report (an array of objects
@@ -18,6 +19,8 @@ struct Options {
   bool quick = false;     // fewer repetitions and smaller shapes (smoke runs)
   int device = 0;         // CUDA device index
   std::string only;       // non-empty: run only the rows whose name contains it
+  bool profile = false;   // train: record two steps per row with the profiler, print its table
+  bool unfused_head = false;  // train: full logits + cross_entropy instead of the fused head
 };
 
 // One measured row; `fields` are extra key/value pairs printed and written as JSON numbers.
@@ -32,5 +35,6 @@ struct Row {
 // after printing why).
 std::vector<Row> run_core(const Options& options);
 std::vector<Row> run_ssm(const Options& options);
+std::vector<Row> run_train(const Options& options);
 
 }  // namespace ssmtrain::bench

@@ -26,9 +26,13 @@ void write_json(const std::string& path, const std::vector<bench::Row>& rows) {
 
 int usage(FILE* to) {
   std::fprintf(to,
-               "usage: ssmtrain-bench core|ssm|all [--json FILE] [--quick] [--device N] [--only TEXT]\n"
+               "usage: ssmtrain-bench core|ssm|train|all [--json FILE] [--quick] [--device N] [--only TEXT] [--profile] [--unfused-head]\n"
                "  core  elementwise GB/s vs copy, GEMM TFLOP/s vs cuBLAS, cross-entropy and rms_norm\n"
-               "  ssm   selective_scan and SSD forward and forward+backward at the PERF.md shapes\n");
+               "  ssm   selective_scan and SSD forward and forward+backward at the PERF.md shapes\n"
+               "  train whole training steps of the 129M/370M Mamba ladder and the shipped configs: ms,\n"
+               "        tokens/s, peak memory, MFU and the ratio to the official stack (PERF.md)\n"
+               "  --quick     tiny shapes (CPU rows too); --profile  profiler table per train row\n"
+               "  --unfused-head  train: full logits + cross-entropy (the form before the fused head)\n");
   return to == stderr ? 2 : 0;
 }
 
@@ -45,6 +49,8 @@ int main(int argc, char** argv) {
     else if (a == "--quick") options.quick = true;
     else if (a == "--device" && i + 1 < argc) options.device = std::atoi(argv[++i]);
     else if (a == "--only" && i + 1 < argc) options.only = argv[++i];
+    else if (a == "--profile") options.profile = true;
+    else if (a == "--unfused-head") options.unfused_head = true;
     else {
       std::fprintf(stderr, "ssmtrain-bench: unknown argument '%s'\n", a.c_str());
       return usage(stderr);
@@ -60,7 +66,11 @@ int main(int argc, char** argv) {
       auto r = bench::run_ssm(options);
       rows.insert(rows.end(), r.begin(), r.end());
     }
-    if (family != "core" && family != "ssm" && family != "all") {
+    if (family == "train" || family == "all") {
+      auto r = bench::run_train(options);
+      rows.insert(rows.end(), r.begin(), r.end());
+    }
+    if (family != "core" && family != "ssm" && family != "train" && family != "all") {
       std::fprintf(stderr, "ssmtrain-bench: unknown family '%s'\n", family.c_str());
       return usage(stderr);
     }

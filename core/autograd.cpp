@@ -3,6 +3,7 @@
 
 #include "core/backend.h"
 #include "core/ops.h"
+#include "core/profiler.h"
 
 namespace ssmtrain {
 
@@ -41,6 +42,9 @@ void accumulate(AutogradMeta& meta, const Tensor& g) {
 NoGradGuard::NoGradGuard() : prev_(false) { ++g_tape.no_grad_depth; }
 NoGradGuard::~NoGradGuard() { --g_tape.no_grad_depth; }
 
+EnableGradGuard::EnableGradGuard() : saved_depth_(g_tape.no_grad_depth) { g_tape.no_grad_depth = 0; }
+EnableGradGuard::~EnableGradGuard() { g_tape.no_grad_depth = saved_depth_; }
+
 bool grad_enabled() { return g_tape.no_grad_depth == 0; }
 
 bool any_requires_grad(const std::vector<Tensor>& inputs) {
@@ -72,21 +76,32 @@ void record(const char* op_name, const std::vector<Tensor>& inputs, const std::v
     node.output_dtypes.push_back(t.dtype());
   }
   g_tape.nodes.push_back(std::move(node));
+  // Ops record after launching their kernels: the profiler's span of this op ends here.
+  profiler::mark(op_name);
 }
 
-void backward(const Tensor& root, const Tensor& grad) {
-  SSMT_CHECK(root.defined() && root.requires_grad(), "backward: ", root.describe(),
-             " does not require grad (no trainable input reached it)");
-  Tensor seed = grad;
-  if (!seed.defined()) {
-    SSMT_CHECK(root.numel() == 1, "backward: ", root.describe(),
-               " is not a single element; pass the gradient of the root explicitly");
-    seed = Tensor::ones(root.shape(), root.dtype(), root.device());
+void backward(const Tensor& root, const Tensor& grad) { backward(std::vector<Tensor>{root}, {grad}); }
+
+void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads) {
+  SSMT_CHECK(roots.size() == grads.size(), "backward: ", roots.size(), " roots and ", grads.size(), " gradients");
+  std::vector<Tensor> seeds;
+  for (size_t i = 0; i < roots.size(); ++i) {
+    const Tensor& root = roots[i];
+    SSMT_CHECK(root.defined() && root.requires_grad(), "backward: ", root.describe(),
+               " does not require grad (no trainable input reached it)");
+    Tensor seed = grads[i];
+    if (!seed.defined()) {
+      SSMT_CHECK(root.numel() == 1, "backward: ", root.describe(),
+                 " is not a single element; pass the gradient of the root explicitly");
+      seed = Tensor::ones(root.shape(), root.dtype(), root.device());
+    }
+    SSMT_CHECK(seed.shape() == root.shape() && seed.dtype() == root.dtype(), "backward: seed gradient ",
+               seed.describe(), " does not match root ", root.describe());
+    seeds.push_back(seed);
   }
-  SSMT_CHECK(seed.shape() == root.shape() && seed.dtype() == root.dtype(), "backward: seed gradient ",
-             seed.describe(), " does not match root ", root.describe());
   NoGradGuard no_grad;
-  accumulate(*root.impl()->autograd, seed);
+  profiler::reset_mark();  // the first node's span begins here, not at the last forward op
+  for (size_t i = 0; i < roots.size(); ++i) accumulate(*roots[i].impl()->autograd, seeds[i]);
 
   std::vector<Node> nodes;
   nodes.swap(g_tape.nodes);  // the tape is consumed even if a backward closure throws
@@ -121,6 +136,9 @@ void backward(const Tensor& root, const Tensor& grad) {
       accumulate(*node.inputs[i], g);
     }
     node.fn = nullptr;  // frees the saved tensors now
+    // The span "<op>_backward" runs from the previous node's end: the output gradients, the
+    // closure, the accumulation and the freeing of the saved tensors.
+    if (profiler::recording()) profiler::mark(profiler::backward_name(node.name));
   }
 }
 

@@ -30,6 +30,19 @@ class NoGradGuard {
   bool prev_;
 };
 
+// Turns recording back on for its lifetime inside a NoGradGuard or a backward closure (the
+// recomputation of core/recompute.h records and differentiates a sub-graph there).
+class EnableGradGuard {
+ public:
+  EnableGradGuard();
+  ~EnableGradGuard();
+  EnableGradGuard(const EnableGradGuard&) = delete;
+  EnableGradGuard& operator=(const EnableGradGuard&) = delete;
+
+ private:
+  int saved_depth_;
+};
+
 bool grad_enabled();
 
 // True when recording is on and at least one (defined) input requires grad.
@@ -47,6 +60,9 @@ void record(const char* op_name, const std::vector<Tensor>& inputs, const std::v
 // Runs the tape backwards from `root` (seed: `grad`, or 1 for a single-element root),
 // accumulating into the .grad of leaves that require grad, then clears the tape.
 void backward(const Tensor& root, const Tensor& grad = Tensor());
+// The same from several roots at once, each with its seed (undefined = 1 for a single element).
+// The tape must hold only the graph of these roots' history (a backward consumes the tape).
+void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads);
 
 // Drops all recorded nodes (e.g. after an evaluation forward with grad on).
 void clear_tape();

@@ -28,8 +28,9 @@ bool gemm_prologue(Backend& be, const Tensor& a, bool trans_a, const Tensor& b, 
                    double beta) {
   SSMT_ASSERT(a.dim() == 3 && b.dim() == 3 && out.dim() == 3 && out.is_contiguous(), "gemm: ", a.describe(), ", ",
               b.describe(), " -> ", out.describe());
-  SSMT_ASSERT(a.dtype() == out.dtype() && b.dtype() == out.dtype(), "gemm: dtypes of ", a.describe(), ", ",
-              b.describe(), " -> ", out.describe());
+  SSMT_ASSERT(a.dtype() == b.dtype() &&
+                  (a.dtype() == out.dtype() || (a.dtype() == DType::bf16 && out.dtype() == DType::f32)),
+              "gemm: dtypes of ", a.describe(), ", ", b.describe(), " -> ", out.describe());
   const int64_t batches = out.size(0), m = out.size(1), n = out.size(2);
   const int64_t k = trans_a ? a.size(1) : a.size(2);
   SSMT_ASSERT((a.size(0) == batches || a.size(0) == 1) && (b.size(0) == batches || b.size(0) == 1) &&
@@ -46,6 +47,49 @@ bool gemm_prologue(Backend& be, const Tensor& a, bool trans_a, const Tensor& b, 
     return false;
   }
   return true;
+}
+
+void add_rms_norm_forward_composed(Backend& be, const Tensor& h, const Tensor& y, const Tensor& w, double eps,
+                                   const Tensor& s, const Tensor& n, const Tensor& rstd) {
+  SSMT_ASSERT(s.dtype() == h.dtype() && s.shape() == h.shape(), "add_rms_norm_forward: ", h.describe(), " -> ",
+              s.describe());
+  if (y.defined()) {
+    Tensor y_up = y;
+    if (y.dtype() != h.dtype()) {
+      y_up = Tensor::empty(y.shape(), h.dtype(), h.device());
+      be.copy(y, y_up);
+    }
+    be.binary(BinaryOp::add, h, y_up, s);
+  } else {
+    be.copy(h, s);
+  }
+  if (n.dtype() == s.dtype()) {
+    be.rms_norm_forward(s, w, eps, n, rstd);
+  } else {
+    Tensor n_wide = Tensor::empty(s.shape(), s.dtype(), s.device());
+    be.rms_norm_forward(s, w, eps, n_wide, rstd);
+    be.copy(n_wide, n);
+  }
+}
+
+void add_rms_norm_backward_composed(Backend& be, const Tensor& s, const Tensor& w, const Tensor& rstd,
+                                    const Tensor& gn, const Tensor& gs, const Tensor& gh, const Tensor& gy,
+                                    const Tensor& gw) {
+  Tensor gn_wide = gn;
+  if (gn.dtype() != s.dtype()) {
+    gn_wide = Tensor::empty(gn.shape(), s.dtype(), s.device());
+    be.copy(gn, gn_wide);
+  }
+  Tensor gx = Tensor::empty(s.shape(), s.dtype(), s.device());
+  be.rms_norm_backward(s, w, rstd, gn_wide, gx, gw);
+  Tensor total = gx;
+  if (gs.defined()) {
+    total = gh.defined() ? gh : Tensor::empty(s.shape(), s.dtype(), s.device());
+    be.binary(BinaryOp::add, gx, gs, total);
+  } else if (gh.defined()) {
+    be.copy(gx, gh);
+  }
+  if (gy.defined()) be.copy(total, gy);
 }
 
 bool cuda_available() {

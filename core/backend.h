@@ -78,6 +78,8 @@ class Backend {
   // a: (Bt, M, K), or (Bt, K, M) when trans_a; b: (Bt, K, N), or (Bt, N, K) when trans_b.
   // a and b: last-axis stride 1, row stride >= row length, any batch stride (0 = shared).
   // out contiguous. f32 uses TF32 on CUDA only when allow_tf32(); bf16 accumulates in f32.
+  // a and b share one dtype; out has it too, or is f32 under bf16 operands (the mixed form:
+  // bf16 tensor-core products accumulated and stored in f32, e.g. weight gradients and logits).
   virtual void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& out, double alpha,
                     double beta) = 0;
 
@@ -91,12 +93,28 @@ class Backend {
   // target == ignore_index get 0. The softmax is recomputed from lse, never stored.
   virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
                                       const Tensor& gloss, int64_t ignore_index, const Tensor& dlogits) = 0;
+  // Forward and backward in one pass over each row, for a loss whose gradient is known when
+  // the forward runs (a mean loss): loss and lse (M) f32 as cross_entropy_forward, and
+  // dlogits (M, V) = (softmax(logits) - onehot(target)) * scale[0], in dlogits' own float
+  // dtype (bf16 gradients from f32 logits). scale: (1) float on the device, so no host sync.
+  // Rows with target == ignore_index get loss 0 and a zero gradient row.
+  virtual void cross_entropy_with_grad(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                                       const Tensor& scale, const Tensor& loss, const Tensor& lse,
+                                       const Tensor& dlogits) = 0;
   // x (M, D) contiguous, w (D) or undefined; y (M, D) = x * rstd * w, rstd (M) f32.
   virtual void rms_norm_forward(const Tensor& x, const Tensor& w, double eps, const Tensor& y,
                                 const Tensor& rstd) = 0;
   // gx (M, D) (x's dtype), gw (D) f32 (written, not accumulated; ignored when w undefined).
   virtual void rms_norm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& gy,
                                  const Tensor& gx, const Tensor& gw) = 0;
+  // The pre-norm residual step: s (M, D) f32 = h (M, D) f32 + y (M, D) (any float dtype, or
+  // undefined: s = h), n (M, D) (any float dtype) = s * rstd * w, w (D) f32, rstd (M) f32.
+  virtual void add_rms_norm_forward(const Tensor& h, const Tensor& y, const Tensor& w, double eps, const Tensor& s,
+                                    const Tensor& n, const Tensor& rstd) = 0;
+  // Its backward: the norm's input gradient plus gs (f32, undefined = 0) into gh (f32) and/or
+  // gy (y's dtype) (either may be undefined), gw (D) f32 written (undefined: skipped).
+  virtual void add_rms_norm_backward(const Tensor& s, const Tensor& w, const Tensor& rstd, const Tensor& gn,
+                                     const Tensor& gs, const Tensor& gh, const Tensor& gy, const Tensor& gw) = 0;
   // y = (x - mean) * rstd * w + b; w, b (D) or undefined; mean, rstd (M) f32.
   virtual void layer_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const Tensor& y,
                                   const Tensor& mean, const Tensor& rstd) = 0;
@@ -134,6 +152,15 @@ void set_allow_tf32(bool on);
 bool gemm_prologue(Backend& be, const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& out,
                    double beta);
 
+// add_rms_norm_forward / _backward composed from copy, binary add and the rms_norm kernels
+// of `be`: the CPU's implementation (the same arithmetic as add + rms_norm + casts done
+// separately), and the CUDA backend's for dtypes its fused kernels do not take.
+void add_rms_norm_forward_composed(Backend& be, const Tensor& h, const Tensor& y, const Tensor& w, double eps,
+                                   const Tensor& s, const Tensor& n, const Tensor& rstd);
+void add_rms_norm_backward_composed(Backend& be, const Tensor& s, const Tensor& w, const Tensor& rstd,
+                                    const Tensor& gn, const Tensor& gs, const Tensor& gh, const Tensor& gy,
+                                    const Tensor& gw);
+
 namespace cpu {
 Backend& cpu_backend();
 }
@@ -141,7 +168,10 @@ Backend& cpu_backend();
 namespace cuda {
 Backend& cuda_backend(int device);
 int device_count();  // 0 when the driver or a GPU is missing (never throws)
-// Synchronous copies between host and device memory of `device`.
+// Copies between host and device memory of `device`, ordered on its compute stream.
+// memcpy_h2d stages the bytes in pinned memory and returns without waiting for the device
+// (up to 16 MiB; larger copies wait); `src` may be reused as soon as it returns.
+// memcpy_d2h and memcpy_d2d wait for the copy (and so for all work queued before it).
 void memcpy_h2d(void* dst, const void* src, size_t nbytes, int device);
 void memcpy_d2h(void* dst, const void* src, size_t nbytes, int device);
 void memcpy_d2d(void* dst, const void* src, size_t nbytes, int device);

@@ -86,11 +86,26 @@ Tensor log_softmax(const Tensor& x, int axis = -1);
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100);
 // As above but returns per-position losses (..) f32 (0 at ignored positions); sum reduction.
 Tensor cross_entropy_per_token(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100);
+// The fused tied head + loss: cross_entropy(x @ w^T, targets) over blocks of `chunk_rows`
+// rows (<= 0: blocks of about 256 MiB of f32 logits), never materialising all the logits or
+// their gradients. x (.., D) float (bf16 for mixed precision: bf16 GEMMs, f32 logits),
+// w (V, D) (f32 master weights are cast to x's dtype for the GEMMs; their gradient is
+// accumulated in f32), targets (..) i64 -> scalar f32 (f64 for f64 x).
+Tensor linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& targets, int64_t ignore_index = -100,
+                            int64_t chunk_rows = 0);
 // weight (V, D), ids (..) i64 -> (.., D). Backward accumulates rows deterministically.
 Tensor embedding(const Tensor& weight, const Tensor& ids);
 // Normalise over the last axis with fp32 statistics; w (and b) of shape (D) or undefined.
 Tensor rms_norm(const Tensor& x, const Tensor& w, double eps = 1e-5);
 Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps = 1e-5);
+// The pre-norm residual step, fused: sum = h + y (y of any float dtype, cast up; undefined:
+// sum = h) and normed = rms_norm(sum, w, eps) stored in out_dtype (the next mixer's compute
+// dtype, so no separate cast). h (.., D), w (D) required. One tape node.
+struct AddRmsNorm {
+  Tensor sum;     // (.., D) h's dtype
+  Tensor normed;  // (.., D) out_dtype
+};
+AddRmsNorm add_rms_norm(const Tensor& h, const Tensor& y, const Tensor& w, double eps, DType out_dtype);
 // Inverted dropout with a Philox mask from gen (advances it by numel); identity when
 // !training or p == 0.
 Tensor dropout(const Tensor& x, double p, Generator& gen, bool training);

@@ -9,6 +9,7 @@
 
 #include "core/autograd.h"
 #include "core/backend.h"
+#include "core/profiler.h"
 
 namespace ssmtrain {
 
@@ -419,11 +420,31 @@ std::vector<Tensor> Tensor::split(const std::vector<int64_t>& sizes, int axis) c
   int64_t total = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
   SSMT_CHECK(total == size(a), "split of ", describe(), " on axis ", a, ": sizes add up to ", total, ", not ",
              size(a));
+  // One tape node for all the parts (not one narrow each): the backward writes every
+  // part's gradient into a single buffer, where separate narrows would each make a
+  // zero-filled full-size gradient and then add them up.
   std::vector<Tensor> out;
   int64_t start = 0;
   for (int64_t s : sizes) {
-    out.push_back(narrow(a, start, s));
+    Dims ns = shape();
+    ns[a] = s;
+    out.push_back(make_view(*this, ns, strides(), offset() + start * strides()[a]));
     start += s;
+  }
+  if (any_requires_grad({*this}) && !out.empty()) {
+    const Dims full_shape = shape();
+    const DType dt = dtype();
+    const Device dev = device();
+    record("split", {*this}, out, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+      Tensor gx = Tensor::empty(full_shape, dt, dev);
+      int64_t at = 0;
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        // A part that no gradient reached arrives as zeros from the tape: copied like any other.
+        if (sizes[i] > 0) backend(dev).copy(g[i], gx.narrow(a, at, sizes[i]));
+        at += sizes[i];
+      }
+      return {gx};
+    });
   }
   return out;
 }
@@ -466,6 +487,7 @@ Tensor Tensor::to(Device dev) const {
   Tensor out = empty(shape(), dtype(), dev);
   size_t n = nbytes();
   if (n > 0) {
+    profiler::count_host_copy();
 #if defined(SSMTRAIN_WITH_CUDA)
     if (src.device().is_cpu() && dev.is_cuda()) {
       backend(dev);

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/ops.h"
+#include "core/recompute.h"
 #include "nn/init.h"
 
 namespace ssmtrain {
@@ -56,6 +57,27 @@ Tensor Block::forward(const Tensor& h, DType compute_dtype) {
   return add(h, to_residual(y, h, path()));
 }
 
+Tensor Block::forward(const Tensor& h, DType compute_dtype, bool recompute_mixer, Tensor* aux) {
+  Tensor x = to_compute(norm_->forward(h), compute_dtype);
+  Tensor y;
+  if (recompute_mixer) {
+    std::shared_ptr<Mixer> mixer = mixer_;
+    auto outs = recompute(
+        "recompute_mixer",
+        [mixer](const std::vector<Tensor>& in) -> std::vector<Tensor> {
+          Tensor out = mixer->forward(in[0]);
+          return {out, mixer->take_aux_loss()};
+        },
+        {x}, mixer_->parameters());
+    y = outs[0];
+    *aux = outs[1];
+  } else {
+    y = mixer_->forward(x);
+    *aux = mixer_->take_aux_loss();
+  }
+  return add(h, to_residual(y, h, path()));
+}
+
 Tensor Block::step(const Tensor& h_t, MixerState& state, DType compute_dtype) {
   Tensor y = mixer_->step(to_compute(norm_->forward(h_t), compute_dtype), state);
   return add(h_t, to_residual(y, h_t, path()));
@@ -84,18 +106,79 @@ Tensor LanguageModel::head(const Tensor& h) const {
   return linear(norm_f_->forward(h), embedding_->weight());
 }
 
-LMOutput LanguageModel::forward(const Tensor& ids) {
+LanguageModel::Trunk LanguageModel::trunk(const Tensor& ids, Tensor* aux_loss, DType final_dtype) {
   SSMT_CHECK(ids.dim() == 2 && ids.dtype() == DType::i64, "LanguageModel: input ids ", ids.describe(),
              " must be (B, L) i64");
+  const DType cdt = config_.compute_dtype;
+  auto add_aux = [&](const Tensor& aux) {
+    if (aux.defined()) *aux_loss = aux_loss->defined() ? add(*aux_loss, aux) : aux;
+  };
   Tensor h = embedding_->forward(ids);
-  LMOutput out;
-  for (const auto& item : *layers_) {
-    auto& block = static_cast<Block&>(*item);
-    h = block.forward(h, config_.compute_dtype);
-    Tensor aux = block.mixer()->take_aux_loss();
-    if (aux.defined()) out.aux_loss = out.aux_loss.defined() ? add(out.aux_loss, aux) : aux;
+  const size_t n = layers_->size();
+  if (config_.recompute == LMConfig::Recompute::block) {
+    // Whole blocks recomputed in the backward: each keeps only its input h.
+    for (size_t i = 0; i < n; ++i) {
+      std::shared_ptr<Block> block = layers_->at<Block>(i);
+      auto outs = recompute(
+          "recompute_block",
+          [block, cdt](const std::vector<Tensor>& in) -> std::vector<Tensor> {
+            Tensor a;
+            Tensor out = block->forward(in[0], cdt, false, &a);
+            return {out, a};
+          },
+          {h}, block->parameters());
+      h = outs[0];
+      add_aux(outs[1]);
+    }
+    Tensor normed = norm_f_->forward(h);
+    return {h, normed.dtype() == final_dtype ? normed : cast(normed, final_dtype)};
   }
-  out.logits = head(h);
+  // The residual stream with each block's add fused into the next norm (add_rms_norm): block
+  // i's output is added to h and normalised by block i+1's norm (norm_f after the last) in
+  // one step, which also emits the normed activations in the compute dtype.
+  Tensor x = to_compute(layers_->at<Block>(0)->norm()->forward(h), cdt);
+  for (size_t i = 0; i < n; ++i) {
+    std::shared_ptr<Block> block = layers_->at<Block>(i);
+    std::shared_ptr<Mixer> mixer = block->mixer();
+    Tensor y, aux;
+    if (config_.recompute == LMConfig::Recompute::mixer) {
+      auto outs = recompute(
+          "recompute_mixer",
+          [mixer](const std::vector<Tensor>& in) -> std::vector<Tensor> {
+            Tensor out = mixer->forward(in[0]);
+            return {out, mixer->take_aux_loss()};
+          },
+          {x}, mixer->parameters());
+      y = outs[0];
+      aux = outs[1];
+    } else {
+      y = mixer->forward(x);
+      aux = mixer->take_aux_loss();
+    }
+    SSMT_CHECK(y.shape() == h.shape(), block->path(), ": the mixer returned ", y.describe(), ", expected shape ",
+               h.shape().str());
+    add_aux(aux);
+    const RMSNorm& next = i + 1 < n ? *layers_->at<Block>(i + 1)->norm() : *norm_f_;
+    AddRmsNorm r = add_rms_norm(h, y, next.weight(), next.eps(), i + 1 < n ? cdt : final_dtype);
+    h = r.sum;
+    x = r.normed;
+  }
+  return {h, x};
+}
+
+LMOutput LanguageModel::forward(const Tensor& ids) {
+  LMOutput out;
+  Trunk t = trunk(ids, &out.aux_loss, norm_f_->weight().dtype());
+  out.logits = linear(t.normed, embedding_->weight());
+  return out;
+}
+
+LMLoss LanguageModel::forward_loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index) {
+  SSMT_CHECK(targets.shape() == ids.shape() && targets.dtype() == DType::i64, "LanguageModel: targets ",
+             targets.describe(), " must be i64 of the ids' shape ", ids.shape().str());
+  LMLoss out;
+  Trunk t = trunk(ids, &out.aux_loss, config_.compute_dtype);
+  out.loss = linear_cross_entropy(t.normed, embedding_->weight(), targets, ignore_index);
   return out;
 }
 

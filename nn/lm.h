@@ -31,6 +31,9 @@ struct LMConfig {
   // dtype of the mixer's input and output (bf16 for mixed precision); the residual stream,
   // norms and logits stay f32. Mixers receiving bf16 must handle their f32 weights.
   DType compute_dtype = DType::f32;
+  // Activation recomputation in training (core/recompute.h): none, each block's mixer, or
+  // whole blocks (only their input is kept). Requires a deterministic forward (no dropout).
+  enum class Recompute { none, mixer, block } recompute = Recompute::none;
 };
 
 int64_t padded_vocab_size(int64_t vocab_size, int64_t multiple);
@@ -54,6 +57,9 @@ class Block : public Module {
   Block(int64_t d_model, double norm_eps, std::shared_ptr<Mixer> mixer);
   // h (B, L, D) f32 -> (B, L, D) f32; the mixer runs in compute_dtype.
   Tensor forward(const Tensor& h, DType compute_dtype);
+  // The same, for a language model's trunk: the mixer's auxiliary loss (undefined when none)
+  // in *aux, and the mixer recomputed in the backward when recompute_mixer.
+  Tensor forward(const Tensor& h, DType compute_dtype, bool recompute_mixer, Tensor* aux);
   // h_t (B, D) f32 -> (B, D) f32
   Tensor step(const Tensor& h_t, MixerState& state, DType compute_dtype);
 
@@ -70,6 +76,11 @@ struct LMOutput {
   Tensor aux_loss;  // scalar f32: sum of the mixers' auxiliary losses; undefined when none
 };
 
+struct LMLoss {
+  Tensor loss;      // scalar f32: mean cross-entropy over targets != ignore_index
+  Tensor aux_loss;  // as LMOutput::aux_loss
+};
+
 class LanguageModel : public Module {
  public:
   // Draws the embedding from `gen`; the factory builds each mixer (with its own draws).
@@ -77,6 +88,11 @@ class LanguageModel : public Module {
 
   // ids (B, L) i64 in [0, vocab_size)
   LMOutput forward(const Tensor& ids);
+  // The training forward: the loss of ids against targets (B, L) i64 through the fused head
+  // (linear_cross_entropy in the compute dtype), so the logits never exist in full. The
+  // same function as cross_entropy(forward(ids).logits, targets), up to the head's GEMMs
+  // running in the compute dtype (bf16 under mixed precision, as the mixers' GEMMs).
+  LMLoss forward_loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index = -100);
 
   // Generation: one state per block; ids_t (B) i64 -> logits (B, V_padded) f32.
   std::vector<std::unique_ptr<MixerState>> init_states(int64_t batch, Device device);
@@ -94,6 +110,11 @@ class LanguageModel : public Module {
 
  private:
   Tensor head(const Tensor& h) const;  // final norm + tied projection
+  // Embedding + blocks: the residual stream (B, L, D) and its final norm in final_dtype.
+  struct Trunk {
+    Tensor stream, normed;
+  };
+  Trunk trunk(const Tensor& ids, Tensor* aux_loss, DType final_dtype);
 
   LMConfig config_;
   std::shared_ptr<Embedding> embedding_;

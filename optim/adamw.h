@@ -5,7 +5,9 @@
 //   m  <- beta1 * m + (1 - beta1) * g           v <- beta2 * v + (1 - beta2) * g^2
 //   p  <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 // CPU: one OpenMP loop per tensor. CUDA: one fused multi-tensor kernel per device per step
-// (optim/adamw_cuda.cu). State: "exp_avg" (m) and "exp_avg_sq" (v), f32.
+// (optim/adamw_cuda.cu), which after clip_grad_norm_deferred also applies the clip factor
+// and skips the update on the device (step_clipped; optim/optimizer.h on the step counts).
+// State: "exp_avg" (m) and "exp_avg_sq" (v), f32.
 #pragma once
 
 #include "optim/optimizer.h"
@@ -22,6 +24,7 @@ class AdamW : public Optimizer {
  public:
   AdamW(std::vector<ParamGroup> groups, double lr, AdamWOptions options = {});
   void step() override;
+  void step_clipped(const DeviceClip& clip) override;
   const char* type_name() const override { return "AdamW"; }
   const AdamWOptions& options() const { return options_; }
 
@@ -29,6 +32,10 @@ class AdamW : public Optimizer {
   std::vector<std::string> buffer_kinds() const override { return {"exp_avg", "exp_avg_sq"}; }
 
  private:
+  // Updates every parameter with a gradient; `clip` (CUDA only) carries the device-side
+  // factor and skip flag, and the launch becomes a pending update.
+  void update(const DeviceClip* clip);
+
   AdamWOptions options_;
 };
 

@@ -1,9 +1,10 @@
 // Gradient norm and clipping: an OpenMP reduction per tensor on the CPU, multi-tensor
-// kernels on CUDA.
+// kernels on CUDA; the deferred form keeps the result on the device.
 #include "optim/clip.h"
 
 #include <cmath>
 #include <map>
+#include <optional>
 #include <unordered_set>
 
 #include "core/autograd.h"
@@ -117,15 +118,12 @@ void scale_all(const std::vector<Tensor>& grads, double factor) {
   }
 }
 
-}  // namespace
-
-double grad_norm(const std::vector<Tensor>& params) { return total_norm(owned_grads(params)); }
-
-ClipResult clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
-  std::vector<Tensor> grads = owned_grads(params);
+// clip_grad_norm on gradients already made owned.
+ClipResult clip_owned(const std::vector<Tensor>& grads, double max_norm) {
   ClipResult r;
   r.norm = total_norm(grads);
   r.finite = std::isfinite(r.norm);
+  r.skip = !r.finite;
   if (!r.finite || max_norm <= 0) return r;
   double coef = max_norm / (r.norm + 1e-6);
   if (coef < 1.0) {
@@ -134,6 +132,69 @@ ClipResult clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
     r.scale = coef;
   }
   return r;
+}
+
+// The one CUDA device holding every gradient, if there is one.
+std::optional<Device> single_cuda_device(const std::vector<Tensor>& grads) {
+  if (grads.empty() || !grads.front().device().is_cuda()) return std::nullopt;
+  for (const Tensor& g : grads)
+    if (g.device() != grads.front().device()) return std::nullopt;
+  return grads.front().device();
+}
+
+}  // namespace
+
+double grad_norm(const std::vector<Tensor>& params) { return total_norm(owned_grads(params)); }
+
+ClipResult clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
+  return clip_owned(owned_grads(params), max_norm);
+}
+
+ClipResult DeviceClip::read() const {
+  SSMT_CHECK(status.defined() && status.numel() == kClipStatusSize, "DeviceClip::read: no clip status");
+  const std::vector<double> v = status.to_vector<double>();
+  ClipResult r;
+  r.norm = v[kClipNorm];
+  r.finite = std::isfinite(r.norm);
+  r.scale = v[kClipScale];
+  r.clipped = v[kClipClipped] != 0.0;
+  r.skip = v[kClipSkip] != 0.0;
+  return r;
+}
+
+DeviceClip clip_grad_norm_deferred(const std::vector<Tensor>& params, double max_norm, const Tensor& loss) {
+  std::vector<Tensor> grads = owned_grads(params);
+  if (loss.defined())
+    SSMT_CHECK(loss.numel() == 1, "clip_grad_norm_deferred: loss ", loss.describe(), " must hold one value");
+  DeviceClip clip;
+  const std::optional<Device> device = single_cuda_device(grads);
+  if (device && (!loss.defined() || loss.device() == *device)) {
+    for (const Tensor& g : grads)
+      SSMT_CHECK(g.dtype() == DType::f32, "clip_grad_norm: CUDA gradient ", g.describe(), " must be f32");
+#if defined(SSMTRAIN_WITH_CUDA)
+    NoGradGuard no_grad;
+    clip.status = clip_status_cuda(grads, max_norm, loss.defined() ? loss.reshape({}).to(DType::f64) : Tensor());
+    clip.grads_scaled = false;
+    return clip;
+#endif
+  }
+  ClipResult r = clip_owned(grads, max_norm);
+  if (loss.defined() && !std::isfinite(loss.item<double>())) r.skip = true;
+  clip.status =
+      Tensor::from_vector<double>({r.norm, r.scale, r.skip ? 1.0 : 0.0, r.clipped ? 1.0 : 0.0}, {kClipStatusSize});
+  return clip;
+}
+
+void apply_clip_scale(const std::vector<Tensor>& params, const DeviceClip& clip) {
+  if (clip.grads_scaled) return;
+  std::vector<Tensor> grads = owned_grads(params);
+  if (grads.empty()) return;
+  const std::optional<Device> device = single_cuda_device(grads);
+  SSMT_CHECK(device && *device == clip.status.device(), "apply_clip_scale: the gradients are not all on ",
+             clip.status.device().str(), ", where the clip was computed");
+#if defined(SSMTRAIN_WITH_CUDA)
+  scale_by_clip_status_cuda(grads, clip.status);
+#endif
 }
 
 }  // namespace ssmtrain

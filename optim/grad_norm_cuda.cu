@@ -1,8 +1,10 @@
 // Multi-tensor sum of squares (for the global gradient norm) and in-place scaling (for
-// clipping), one launch each over all gradients of a device.
+// clipping), one launch each over all gradients of a device; and the deferred clip, whose
+// last block turns the sum into the status the optimizer reads on the device.
 //
 // The sum is deterministic: each chunk's block reduces in a fixed tree order into one f64
 // partial, and a single block then sums the partials in a fixed order. No atomics.
+#include "optim/clip.h"
 #include "optim/multi_tensor_apply_cuda.h"
 #include "optim/multi_tensor_cuda.h"
 
@@ -58,19 +60,60 @@ __global__ void __launch_bounds__(multi_tensor::kThreads)
   if (threadIdx.x == 0) partials[blockIdx.x] = total;
 }
 
+// The partials summed in a fixed order by one block (every thread gets the total).
+__device__ __forceinline__ double sum_partials(const double* __restrict__ partials, int64_t n, double* shared) {
+  double acc = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc += partials[i];
+  return cuda_detail::block_allreduce(acc, Plus{}, shared);
+}
+
 __global__ void __launch_bounds__(multi_tensor::kThreads)
     sum_partials_kernel(const double* __restrict__ partials, int64_t n, double* __restrict__ out) {
   __shared__ double shared[cuda_detail::kWarp];
-  double acc = 0.0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc += partials[i];
-  double total = cuda_detail::block_allreduce(acc, Plus{}, shared);
+  double total = sum_partials(partials, n, shared);
   if (threadIdx.x == 0) *out = total;
+}
+
+// One block: the total, then clip_grad_norm's arithmetic in the same order as on the host
+// (optim/clip.cpp), so the norm and the factor have the same bits. IEEE double sqrt and
+// division are correctly rounded on the device as on the host.
+__global__ void __launch_bounds__(multi_tensor::kThreads)
+    clip_status_kernel(const double* __restrict__ partials, int64_t n, double max_norm, const double* __restrict__ loss,
+                       double* __restrict__ status) {
+  __shared__ double shared[cuda_detail::kWarp];
+  const double total = sum_partials(partials, n, shared);
+  if (threadIdx.x != 0) return;
+  const double norm = sqrt(total);
+  const bool finite = isfinite(norm);
+  double scale = 1.0, clipped = 0.0;
+  if (finite && max_norm > 0) {
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0) {
+      scale = coef;
+      clipped = 1.0;
+    }
+  }
+  const bool loss_finite = loss == nullptr || isfinite(*loss);
+  status[kClipNorm] = norm;
+  status[kClipScale] = scale;
+  status[kClipSkip] = finite && loss_finite ? 0.0 : 1.0;
+  status[kClipClipped] = clipped;
 }
 
 __global__ void __launch_bounds__(multi_tensor::kThreads)
     scale_kernel(const VectorDesc* __restrict__ descs, const multi_tensor::Chunk* __restrict__ chunks, float factor) {
   const multi_tensor::Chunk c = chunks[blockIdx.x];
   const VectorDesc d = descs[c.tensor];
+  for_chunk<true>(d, c.start, [&](float& x) { x *= factor; });
+}
+
+// The factor read from a clip status, rounded to f32 as scale_cuda's caller does.
+__global__ void __launch_bounds__(multi_tensor::kThreads)
+    scale_by_status_kernel(const VectorDesc* __restrict__ descs, const multi_tensor::Chunk* __restrict__ chunks,
+                           const double* __restrict__ status) {
+  const multi_tensor::Chunk c = chunks[blockIdx.x];
+  const VectorDesc d = descs[c.tensor];
+  const float factor = static_cast<float>(status[kClipScale]);
   for_chunk<true>(d, c.start, [&](float& x) { x *= factor; });
 }
 
@@ -101,7 +144,7 @@ Tensor sum_of_squares_cuda(const std::vector<Tensor>& tensors) {
   cuda_detail::DeviceGuard guard(device.index);
   cudaStream_t stream = multi_tensor::stream_of(device);
   Tensor out = Tensor::empty({}, DType::f64, device);
-  auto ws = multi_tensor::upload(descs, numels, device, stream);
+  auto ws = multi_tensor::upload(descs, numels, device);
   if (ws.num_chunks == 0) {
     CUDA_CHECK(cudaMemsetAsync(out.data_ptr(), 0, sizeof(double), stream));
     return out;
@@ -116,16 +159,56 @@ Tensor sum_of_squares_cuda(const std::vector<Tensor>& tensors) {
   return out;
 }
 
+Tensor clip_status_cuda(const std::vector<Tensor>& grads, double max_norm, const Tensor& loss) {
+  const Device device = common_device(grads, "clip_status_cuda");
+  if (loss.defined())
+    SSMT_CHECK(loss.device() == device && loss.dtype() == DType::f64 && loss.numel() == 1, "clip_status_cuda: loss ",
+               loss.describe(), " must be one f64 value on ", device.str());
+  auto [descs, numels] = describe(grads);
+  cuda_detail::DeviceGuard guard(device.index);
+  cudaStream_t stream = multi_tensor::stream_of(device);
+  Tensor status = Tensor::empty({kClipStatusSize}, DType::f64, device);
+  auto ws = multi_tensor::upload(descs, numels, device);
+  Tensor partials;
+  if (ws.num_chunks > 0) {
+    partials = Tensor::empty({ws.num_chunks}, DType::f64, device);
+    sum_of_squares_kernel<<<static_cast<unsigned>(ws.num_chunks), multi_tensor::kThreads, 0, stream>>>(
+        ws.descs, ws.chunks, partials.data<double>());
+    CUDA_CHECK_LAUNCH();
+  }
+  clip_status_kernel<<<1, multi_tensor::kThreads, 0, stream>>>(
+      partials.defined() ? partials.data<double>() : nullptr, ws.num_chunks, max_norm,
+      loss.defined() ? static_cast<const double*>(loss.data_ptr()) : nullptr, status.data<double>());
+  CUDA_CHECK_LAUNCH();
+  return status;
+}
+
 void scale_cuda(const std::vector<Tensor>& tensors, float factor) {
   if (tensors.empty()) return;
   const Device device = common_device(tensors, "scale_cuda");
   auto [descs, numels] = describe(tensors);
   cuda_detail::DeviceGuard guard(device.index);
   cudaStream_t stream = multi_tensor::stream_of(device);
-  auto ws = multi_tensor::upload(descs, numels, device, stream);
+  auto ws = multi_tensor::upload(descs, numels, device);
   if (ws.num_chunks == 0) return;
   scale_kernel<<<static_cast<unsigned>(ws.num_chunks), multi_tensor::kThreads, 0, stream>>>(ws.descs, ws.chunks,
                                                                                             factor);
+  CUDA_CHECK_LAUNCH();
+}
+
+void scale_by_clip_status_cuda(const std::vector<Tensor>& tensors, const Tensor& status) {
+  if (tensors.empty()) return;
+  const Device device = common_device(tensors, "scale_by_clip_status_cuda");
+  SSMT_CHECK(status.device() == device && status.dtype() == DType::f64 && status.numel() == kClipStatusSize &&
+                 status.is_contiguous(),
+             "scale_by_clip_status_cuda: status ", status.describe(), " must be a clip status on ", device.str());
+  auto [descs, numels] = describe(tensors);
+  cuda_detail::DeviceGuard guard(device.index);
+  cudaStream_t stream = multi_tensor::stream_of(device);
+  auto ws = multi_tensor::upload(descs, numels, device);
+  if (ws.num_chunks == 0) return;
+  scale_by_status_kernel<<<static_cast<unsigned>(ws.num_chunks), multi_tensor::kThreads, 0, stream>>>(
+      ws.descs, ws.chunks, status.data<double>());
   CUDA_CHECK_LAUNCH();
 }
 

@@ -2,10 +2,10 @@
 //
 // A launch covers a list of tensors: the host cuts each into chunks of kChunkElems
 // elements, writes one descriptor per tensor and one (tensor, start) record per chunk into
-// a single host buffer, copies it to a device workspace in one cudaMemcpyAsync, and
-// launches one block per chunk. The workspace is an ordinary device Tensor from the
-// caching allocator, released in stream order after the launch. Error checks, the device
-// guard and the reductions are core/cuda's.
+// a single host buffer, copies it to a device workspace in one staged copy (pinned, no wait
+// for the device: cuda::memcpy_h2d), and launches one block per chunk. The workspace is an
+// ordinary device Tensor from the caching allocator, released in stream order after the
+// launch. Error checks, the device guard and the reductions are core/cuda's.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -52,8 +52,7 @@ inline void check_tensor(const Tensor& t, Device device, const char* what) {
 
 // numels[i] is the element count of descs[i].
 template <typename Desc>
-Workspace<Desc> upload(const std::vector<Desc>& descs, const std::vector<int64_t>& numels, Device device,
-                       cudaStream_t stream) {
+Workspace<Desc> upload(const std::vector<Desc>& descs, const std::vector<int64_t>& numels, Device device) {
   std::vector<Chunk> chunks;
   for (size_t i = 0; i < descs.size(); ++i)
     for (int64_t s = 0; s < numels[i]; s += kChunkElems) chunks.push_back(Chunk{static_cast<int32_t>(i), 0, s});
@@ -67,9 +66,8 @@ Workspace<Desc> upload(const std::vector<Desc>& descs, const std::vector<int64_t
   std::memcpy(host.data() + desc_bytes, chunks.data(), chunks.size() * sizeof(Chunk));
   ws.storage = Tensor::empty({static_cast<int64_t>((total + 7) / 8)}, DType::i64, device);
   auto* base = static_cast<unsigned char*>(ws.storage.data_ptr());
-  // Pageable source: the call returns once the bytes are staged, so `host` may die; the
-  // copy itself is queued on the stream without waiting for it.
-  CUDA_CHECK(cudaMemcpyAsync(base, host.data(), total, cudaMemcpyHostToDevice, stream));
+  // Staged in pinned memory and queued on the compute stream, so `host` may die at once.
+  cuda::memcpy_h2d(base, host.data(), total, device.index);
   ws.descs = reinterpret_cast<const Desc*>(base);
   ws.chunks = reinterpret_cast<const Chunk*>(base + desc_bytes);
   return ws;

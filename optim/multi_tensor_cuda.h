@@ -16,13 +16,22 @@ namespace ssmtrain {
 struct AdamWTensorArgs {
   Tensor param, grad, exp_avg, exp_avg_sq;  // same shape
   float lr_times_weight_decay;              // p *= 1 - lr * wd
-  float step_size;                          // lr / (1 - beta1^t)
-  float bias_correction2_sqrt;              // sqrt(1 - beta2^t)
+  // lr / (1 - beta1^t) and sqrt(1 - beta2^t). [0]: for t as the host counts it; [1]: for
+  // the count had the previous, still undecided update been skipped (AdamWHyper::previous_status).
+  float step_size[2];
+  float bias_correction2_sqrt[2];
 };
 
 struct AdamWHyper {
   float beta1, beta2, eps;
   float one_minus_beta1, one_minus_beta2;  // computed in double, then rounded once
+  // Device-side decisions (null: none). clip_status: this update's clip (optim/clip.h
+  // ClipStatusEntry): the gradient is multiplied by its f32-rounded factor, and nothing is
+  // written when its skip flag is set. previous_status: the clip of the previous update
+  // while the host does not know yet whether it was skipped; when it was, [1] of the bias
+  // corrections is used.
+  const double* clip_status = nullptr;
+  const double* previous_status = nullptr;
 };
 
 // One fused AdamW update of every listed tensor (optim/adamw.h gives the formula).
@@ -32,7 +41,15 @@ void adamw_step_cuda(const std::vector<AdamWTensorArgs>& tensors, const AdamWHyp
 // returns a () f64 tensor on the tensors' device (no host sync).
 Tensor sum_of_squares_cuda(const std::vector<Tensor>& tensors);
 
+// The deferred clip of one device's gradients: the sum of squares as above, then one block
+// writes the (kClipStatusSize) f64 status of optim/clip.h. loss: undefined, or one f64
+// value on the same device whose non-finiteness sets the skip flag too.
+Tensor clip_status_cuda(const std::vector<Tensor>& grads, double max_norm, const Tensor& loss);
+
 // x *= factor for every tensor, in place.
 void scale_cuda(const std::vector<Tensor>& tensors, float factor);
+
+// x *= float(status[kClipScale]) for every tensor, in place, the factor read on the device.
+void scale_by_clip_status_cuda(const std::vector<Tensor>& tensors, const Tensor& status);
 
 }  // namespace ssmtrain

@@ -57,7 +57,32 @@ std::vector<Tensor> Optimizer::parameters() const {
   return out;
 }
 
+void Optimizer::step_clipped(const DeviceClip& clip) {
+  apply_clip_scale(parameters(), clip);
+  if (clip.read().skip) return;
+  step();
+}
+
+bool Optimizer::PendingUpdate::touches(size_t slot) const {
+  return std::binary_search(slots.begin(), slots.end(), slot);
+}
+
+void Optimizer::settle_pending(size_t max_unsettled) {
+  while (!pending_.empty()) {
+    PendingUpdate& oldest = pending_.front();
+    if (pending_.size() <= max_unsettled && !oldest.status.ready()) break;
+    if (oldest.status.value(kClipSkip) != 0.0) {
+      for (size_t i : oldest.slots) {
+        SSMT_ASSERT(slots_[i].step > 0, "a skipped update of '", slots_[i].spec.name, "' was never counted");
+        --slots_[i].step;
+      }
+    }
+    pending_.pop_front();
+  }
+}
+
 int64_t Optimizer::step_count() const {
+  SSMT_ASSERT(pending_.empty(), "Optimizer::step_count: call resolve_pending() first");
   int64_t n = 0;
   for (const Slot& s : slots_) n = std::max(n, s.step);
   return n;
@@ -84,6 +109,7 @@ Tensor Optimizer::checked_grad(const Slot& slot) const {
 }
 
 std::vector<StateTensor> Optimizer::export_state() const {
+  SSMT_ASSERT(pending_.empty(), "Optimizer::export_state: call resolve_pending() first");
   std::vector<StateTensor> out;
   std::vector<std::string> kinds = buffer_kinds();
   for (const Slot& s : slots_) {
@@ -95,6 +121,7 @@ std::vector<StateTensor> Optimizer::export_state() const {
 }
 
 void Optimizer::import_state(const std::vector<StateTensor>& state) {
+  resolve_pending();  // the imported state replaces whatever the device decided
   std::vector<std::string> kinds = buffer_kinds();
   std::map<std::string, Slot*> by_name;
   for (Slot& s : slots_) by_name[s.spec.name] = &s;

@@ -2,7 +2,9 @@
 //   g <- g + wd * p                          (coupled L2 weight decay, PyTorch's SGD)
 //   b <- g at the first update, else momentum * b + (1 - dampening) * g
 //   p <- p - lr * b                          (p - lr * g when momentum == 0)
-// State: "momentum_buffer" (f32) when momentum > 0. Runs on any device through core ops.
+// State: "momentum_buffer" (f32) when momentum > 0. Runs on any device through core ops;
+// after clip_grad_norm_deferred it reads the skip flag on the host (Optimizer::step_clipped:
+// one wait per step on CUDA, unlike AdamW).
 #pragma once
 
 #include "optim/optimizer.h"

@@ -93,13 +93,12 @@ Tensor Mamba::forward(const Tensor& x) {
   SSMT_CHECK(x.dim() == 3 && x.size(2) == opt_.d_model, "mamba: input ", x.describe(), ": expected (B, L, ",
              opt_.d_model, ")");
   const DType dt = x.dtype();
-  Tensor xz = linear(x, as_dtype(in_proj_->weight(), dt));
-  Tensor xs = xz, z;
-  if (opt_.gated) {
-    auto parts = xz.split({d_inner_, d_inner_}, -1);
-    xs = parts[0];
-    z = parts[1];
-  }
+  // The two halves of in_proj as two products, so x and z come out as contiguous tensors of
+  // their own: no split of a (B, L, 2 d_inner) activation, whose backward would assemble the
+  // two gradients into one buffer, and no copy of a strided z for the scan kernel.
+  Tensor w_in = as_dtype(in_proj_->weight(), dt);  // ((1|2) d_inner, d_model)
+  Tensor xs = linear(x, opt_.gated ? w_in.narrow(0, 0, d_inner_) : w_in), z;
+  if (opt_.gated) z = linear(x, w_in.narrow(0, d_inner_, d_inner_));
   Tensor xc = causal_conv1d(xs, conv_->weight, conv_->bias, /*silu=*/true).out;
   Tensor y = ssm(xc, z, Tensor(), nullptr);
   return linear(y, as_dtype(out_proj_->weight(), dt));

@@ -78,6 +78,7 @@ std::shared_ptr<LanguageModel> build_language_model(const ModelSpec& spec, Gener
   lc.pad_vocab_multiple = spec.pad_vocab_multiple;
   lc.norm_eps = spec.norm_eps;
   lc.compute_dtype = spec.compute_dtype;
+  lc.recompute = spec.recompute;
   MixerFactory factory = [&](int i) { return make_mixer(spec, layer_mixer(spec, i), gen); };
   return std::make_shared<LanguageModel>(lc, factory, gen);
 }

@@ -42,6 +42,7 @@ struct ModelSpec {
   int64_t chunk_size = 256;
   double norm_eps = 1e-5;
   DType compute_dtype = DType::f32;  // dtype the mixers run in (bf16: mixed precision)
+  LMConfig::Recompute recompute = LMConfig::Recompute::none;
   int64_t mlp_hidden = 0;  // 0: the gated-MLP default for d_model
   int moe_every = 0;
   MoEOptions moe;

@@ -21,14 +21,18 @@ struct Command {
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> cmds = {
-      {"train", "ssmtrain train CONFIG.yaml [--run-dir DIR] [--resume auto|PATH] [--max-steps N] [key.path=value ...]",
+      {"train",
+       "ssmtrain train CONFIG.yaml [--run-dir DIR] [--resume auto|PATH] [--max-steps N] [--profile N] "
+       "[key.path=value ...]",
        "Train a model from a YAML config. Overrides like optim.lr=3e-4 are type-checked like the file.\n"
        "The run directory (default runs/<run.name>) receives config.yaml, metrics.jsonl, train.log and\n"
        "checkpoints/. --resume auto continues from the newest valid checkpoint of the run directory;\n"
        "--resume PATH from that checkpoint. Ctrl-C or SIGTERM finishes the step, saves and exits 0.\n"
        "--max-steps N stops (with a checkpoint) after step N without changing the planned schedule.\n"
-       "--quiet prints nothing but errors (logs and metrics are still written).",
-       {"--run-dir", "--resume", "--max-steps"}, {"--quiet"}, cmd_train},
+       "--quiet prints nothing but errors (logs and metrics are still written).\n"
+       "--profile N records N steps after 2 warm-up steps (train.profile_steps): a Chrome trace in\n"
+       "<run dir>/profile.json (Perfetto, chrome://tracing) and a per-op time table in the log.",
+       {"--run-dir", "--resume", "--max-steps", "--profile"}, {"--quiet"}, cmd_train},
       {"eval", "ssmtrain eval CKPT.h5 [--batches N] [key.path=value ...]",
        "Evaluate a checkpoint on its validation split: loss, bits per byte (byte-level data) or\n"
        "answer accuracy (synthetic tasks). Overrides change the data (e.g. data.eval_seq_len=4096).",

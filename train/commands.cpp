@@ -81,6 +81,10 @@ int cmd_train(const Args& args) {
   options.max_steps = args.get_int("--max-steps", 0);
   SSMT_CHECK(options.max_steps >= 0, "--max-steps: must be >= 0, got ", options.max_steps);
   options.quiet = args.has("--quiet");
+  if (args.has("--profile")) {
+    options.profile_steps = args.get_int("--profile", 0);
+    SSMT_CHECK(options.profile_steps >= 0, "--profile: must be >= 0, got ", options.profile_steps);
+  }
   return run_training(config, options);
 }
 

@@ -627,6 +627,9 @@ void validate(const Config& config) {
   c.visit(rules);
 
   const ModelSection& m = config.model;
+  SSMT_CHECK(config.train.recompute == "none" || m.dropout == 0, "train.recompute: '", config.train.recompute,
+             "' recomputes the forward in the backward, which needs the same dropout draws: set model.dropout to 0 "
+             "or train.recompute to none");
   SSMT_CHECK(m.layers.empty() || static_cast<int64_t>(m.layers.size()) == m.n_layer, "model.layers has ",
              m.layers.size(), " entries but model.n_layer is ", m.n_layer, " (one mixer per layer, or leave it empty)");
   SSMT_CHECK(m.moe.every <= m.n_layer, "model.moe.every is ", m.moe.every, " but model.n_layer is only ", m.n_layer,

@@ -278,6 +278,9 @@ struct TrainSection {
   int64_t max_nonfinite = 5;
   int64_t sample_tokens = 64;
   int64_t threads = 0;
+  int64_t profile_steps = 0;
+  std::string recompute = "none";
+  bool fused_head = true;
 
   template <class V>
   void visit(V& v) {
@@ -301,6 +304,18 @@ struct TrainSection {
             "stop after this many consecutive steps with a non-finite loss or gradient (each is skipped)", ge(0));
     v.field("sample_tokens", sample_tokens, "tokens of sample text generated at each evaluation; 0 = none", ge(0));
     v.field("threads", threads, "CPU threads (OpenMP); 0 = all cores", ge(0));
+    v.field("profile_steps", profile_steps,
+            "steps to profile after 2 warm-up steps: a Chrome trace in the run directory's profile.json and a "
+            "per-op table in the log (docs/training.md); 0 = off",
+            ge(0));
+    v.field("recompute", recompute,
+            "activation recomputation: keep every activation, or keep only each block's input (block) or each "
+            "mixer's input (mixer) and recompute the rest in the backward: less memory for one more forward "
+            "(docs/perf_train.md)",
+            one_of({"none", "mixer", "block"}));
+    v.field("fused_head", fused_head,
+            "loss through the fused head + cross-entropy over row blocks (never the full logits); false computes "
+            "the full f32 logits first (slower, more memory; kept for comparison)");
   }
   bool operator==(const TrainSection&) const = default;
 };

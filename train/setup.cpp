@@ -46,6 +46,9 @@ ModelSpec model_spec(const Config& config) {
   // a checkpoint's C for the length it was trained at.
   s.s4.l_max = m.s4.l_max > 0 ? m.s4.l_max : config.train.seq_len;
   s.compute_dtype = config.train.precision == "bf16" ? DType::bf16 : DType::f32;
+  s.recompute = config.train.recompute == "block"   ? LMConfig::Recompute::block
+                : config.train.recompute == "mixer" ? LMConfig::Recompute::mixer
+                                                    : LMConfig::Recompute::none;
   return s;
 }
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "core/autograd.h"
@@ -15,8 +16,10 @@
 #include "train/dist.h"
 #include "train/generate.h"
 #include "train/metrics.h"
+#include "train/profile_run.h"
 #include "train/setup.h"
 #include "train/signals.h"
+#include "train/step.h"
 
 namespace fs = std::filesystem;
 
@@ -201,6 +204,40 @@ class Run {
                  format_count(static_cast<double>(state_.tokens)) + " tokens)");
   }
 
+  // A launched step whose scalars the host has not read yet, with what its record needs
+  // from the time of its launch.
+  struct InFlight {
+    int64_t step = 0, tokens = 0;
+    double lr = 0;
+    PendingStep pending;
+    std::optional<std::pair<double, double>> moe;  // (dropped, max_load) of its last micro-batch
+  };
+
+  // Expert usage of the last micro-batch (host values the forward kept): the share of tokens
+  // dropped at capacity (mean over MoE layers) and the busiest expert's load over the mean
+  // load (max over layers; 1 = perfectly balanced). Empty without MoE layers.
+  std::optional<std::pair<double, double>> moe_fields() {
+    if (moe_routing(spec_).second <= 1) return std::nullopt;
+    double dropped = 0, max_load = 0;
+    auto usage = moe_usage(*model_);
+    if (usage.empty()) return std::nullopt;
+    for (const auto& [name, u] : usage) {
+      dropped += u.tokens > 0 ? static_cast<double>(u.dropped) / static_cast<double>(u.tokens) : 0.0;
+      int64_t busiest = 0, routed = 0;
+      for (int64_t t : u.tokens_routed) busiest = std::max(busiest, t), routed += t;
+      if (routed > 0)
+        max_load = std::max(max_load, static_cast<double>(busiest) * static_cast<double>(u.tokens_routed.size()) /
+                                          static_cast<double>(routed));
+    }
+    return std::pair{dropped / static_cast<double>(usage.size()), max_load};
+  }
+
+  // The loop runs one step ahead of what it reports (docs/training.md, "What is logged
+  // when"): it launches step k, then reads step k - 1's scalars, which the device has
+  // finished by then or nearly, and logs them. At an eval, checkpoint, stop or the last step
+  // it reads step k at once, so the non-finite guard and the saved state see every step. The
+  // guard therefore stops one launch later than it would synchronously (the extra step is
+  // neither logged nor saved).
   int loop() {
     install_stop_handlers();
     const auto& tc = config_.train;
@@ -209,95 +246,56 @@ class Run {
     auto window_start = start;
     int64_t window_tokens = 0;
     model_->train();
-    while (state_.step < budget_.steps) {
-      if (options_.max_steps > 0 && state_.step >= options_.max_steps) break;
-      const double lr = learning_rate(schedule_, state_.step);
-      optimizer_->set_lr(lr);
-      // Loss values are read after the last micro-batch: one wait for the device per step.
-      std::vector<Tensor> losses, aux_losses;
-      for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
-        Batch b = train_data_->next(tc.batch_size, tc.seq_len);
-        auto [ids, targets] = batch_tensors(b, device_);
-        LMOutput out = model_->forward(ids);
-        Tensor loss = cross_entropy(out.logits, targets);
-        Tensor total = loss;
-        if (out.aux_loss.defined()) {
-          total = add(loss, out.aux_loss);
-          aux_losses.push_back(out.aux_loss.detach());
-        }
-        if (tc.grad_accum > 1) total = mul(total, 1.0 / static_cast<double>(tc.grad_accum));
-        backward(total);
-        losses.push_back(loss.detach());
-      }
-      double loss_sum = 0, aux_sum = 0;
-      bool finite = true;
-      for (const Tensor& l : losses) {
-        const double v = l.to(Device::cpu()).item<float>();
-        finite = finite && std::isfinite(v);
-        loss_sum += v;
-      }
-      for (const Tensor& a : aux_losses) aux_sum += a.to(Device::cpu()).item<float>();
-      dist_.average_gradients(params);
-      const double loss = dist_.sum(loss_sum / static_cast<double>(tc.grad_accum)) / dist_.world_size();
-      finite = dist_.max(finite ? 0.0 : 1.0) == 0.0;
-      ClipResult clip = clip_grad_norm(params, config_.optim.grad_clip);
-      if (finite && clip.finite) {
-        optimizer_->step();
+
+    // Reads a launched step's scalars (waiting for them if need be) and does what needs
+    // them: the non-finite counters, the progress line, the metrics record and the
+    // non-finite guard. Returns false when the guard stops the run.
+    auto finish = [&](InFlight& f) -> bool {
+      const StepResult& step = f.pending.resolve();
+      const double loss = step.loss, aux_sum = step.aux_loss * static_cast<double>(tc.grad_accum);
+      const bool finite = step.finite;
+      const ClipResult& clip = step.clip;
+      if (step.applied) {
         state_.nonfinite_in_row = 0;
       } else {
         ++state_.nonfinite_total;
         ++state_.nonfinite_in_row;
       }
-      model_->zero_grad();
-      ++state_.step;
-      state_.tokens += budget_.tokens_per_step;
       window_tokens += budget_.tokens_per_step;
 
+      // Times are taken when the step's scalars are in, so they follow the device.
       const auto now = std::chrono::steady_clock::now();
       const double elapsed = std::chrono::duration<double>(now - start).count();
       const double window_s = std::chrono::duration<double>(now - window_start).count();
       const double tok_s = window_s > 0 ? static_cast<double>(window_tokens) / window_s : 0.0;
-      const int64_t done_here = state_.step - resumed_step_;
+      const int64_t done_here = f.step - resumed_step_;
       const double eta = done_here > 0 ? elapsed / static_cast<double>(done_here) *
-                                             static_cast<double>(budget_.steps - state_.step)
+                                             static_cast<double>(budget_.steps - f.step)
                                        : 0.0;
-      if (log_) log_->progress(state_.step, budget_.steps, loss, lr, tok_s, eta);
-      const bool last = state_.step == budget_.steps;
-      if (state_.step % tc.log_every == 0 || last || state_.step == 1) {
+      if (log_) log_->progress(f.step, budget_.steps, loss, f.lr, tok_s, eta);
+      const bool last = f.step == budget_.steps;
+      if (f.step % tc.log_every == 0 || last || f.step == 1) {
         JsonLine j;
-        j.add("step", state_.step).add("tokens", state_.tokens).add("loss", loss).add("lr", lr);
+        j.add("step", f.step).add("tokens", f.tokens).add("loss", loss).add("lr", f.lr);
         j.add("grad_norm", clip.norm).add("tokens_per_s", tok_s).add("elapsed_s", elapsed);
         if (moe_routing(spec_).second > 1) {
-          // Expert usage of the last micro-batch: the share of tokens dropped at capacity
-          // (mean over MoE layers) and the busiest expert's load over the mean load (max over
-          // layers; 1 = perfectly balanced).
           j.add("aux_loss", aux_sum / static_cast<double>(tc.grad_accum));
-          double dropped = 0, max_load = 0;
-          auto usage = moe_usage(*model_);
-          for (const auto& [name, u] : usage) {
-            dropped += u.tokens > 0 ? static_cast<double>(u.dropped) / static_cast<double>(u.tokens) : 0.0;
-            int64_t busiest = 0, routed = 0;
-            for (int64_t t : u.tokens_routed) busiest = std::max(busiest, t), routed += t;
-            if (routed > 0)
-              max_load = std::max(max_load, static_cast<double>(busiest) * static_cast<double>(u.tokens_routed.size()) /
-                                                static_cast<double>(routed));
-          }
-          if (!usage.empty()) {
-            j.add("moe_dropped", dropped / static_cast<double>(usage.size()));
-            j.add("moe_max_load", max_load);
+          if (f.moe) {
+            j.add("moe_dropped", f.moe->first);
+            j.add("moe_max_load", f.moe->second);
           }
         }
         if (state_.nonfinite_total > 0) j.add("nonfinite_total", state_.nonfinite_total);
         if (log_) log_->metrics(j);
         if (log_ && !log_->is_tty())
-          log_->info("step " + std::to_string(state_.step) + "/" + std::to_string(budget_.steps) + " | loss " +
-                     fixed(loss, 4) + " | lr " + sci(lr) + " | grad norm " + fixed(clip.norm, 3) + " | " +
+          log_->info("step " + std::to_string(f.step) + "/" + std::to_string(budget_.steps) + " | loss " +
+                     fixed(loss, 4) + " | lr " + sci(f.lr) + " | grad norm " + fixed(clip.norm, 3) + " | " +
                      format_count(tok_s) + " tok/s | ETA " + format_duration(eta));
         window_start = now;
         window_tokens = 0;
       }
       if (state_.nonfinite_in_row > 0) {
-        if (log_) log_->info("step " + std::to_string(state_.step) + ": non-finite " + (finite ? "gradient" : "loss") +
+        if (log_) log_->info("step " + std::to_string(f.step) + ": non-finite " + (finite ? "gradient" : "loss") +
                    " (loss " + fixed(loss, 4) + ", grad norm " + sci(clip.norm) + "); update skipped (" +
                    std::to_string(state_.nonfinite_in_row) + " in a row)");
         if (state_.nonfinite_in_row >= std::max<int64_t>(1, tc.max_nonfinite)) {
@@ -308,15 +306,49 @@ class Run {
                        "Lower optim.lr or optim.grad_clip, or check the data.\n",
                        static_cast<long long>(state_.nonfinite_in_row), static_cast<long long>(tc.max_nonfinite),
                        options_.run_dir.c_str());
-          return 1;
+          return false;
         }
       }
+      return true;
+    };
 
-      if (val_data_ && ((tc.eval_every > 0 && state_.step % tc.eval_every == 0) || last)) run_eval();
-      const bool stop = dist_.max(stop_requested() ? 1.0 : 0.0) > 0;
+    ProfileRun profile(config_, options_, device_, state_.step, budget_.steps, log_.get());
+    std::optional<InFlight> in_flight;
+    while (state_.step < budget_.steps) {
+      if (options_.max_steps > 0 && state_.step >= options_.max_steps) break;
+      auto profiled_step = profile.step(state_.step);  // the "step" span while profiling
+      const double lr = learning_rate(schedule_, state_.step);
+      optimizer_->set_lr(lr);
+      PendingStep pending = train_step(
+          *model_, *optimizer_, params, dist_,
+          [&] { return batch_tensors(train_data_->next(tc.batch_size, tc.seq_len), device_); }, tc.grad_accum,
+          config_.optim.grad_clip, tc.fused_head);
+      ++state_.step;
+      state_.tokens += budget_.tokens_per_step;
+      const bool last = state_.step == budget_.steps;
+      const bool logged = state_.step % tc.log_every == 0 || last || state_.step == 1;
+      InFlight launched{state_.step, state_.tokens, lr, std::move(pending),
+                        logged ? moe_fields() : std::nullopt};
+      if (in_flight && !finish(*in_flight)) return 1;  // the previous step, read one step late
+      in_flight.emplace(std::move(launched));
+
+      // An eval or a checkpoint needs this step's outcome and final state: read it now.
+      auto finish_now = [&] {
+        if (!in_flight) return true;
+        const bool go_on = finish(*in_flight);
+        in_flight.reset();
+        optimizer_->resolve_pending();  // exact step counts for the checkpoint
+        return go_on;
+      };
       const bool reached_max = options_.max_steps > 0 && state_.step >= options_.max_steps;
-      if ((tc.checkpoint_every > 0 && state_.step % tc.checkpoint_every == 0) || last || stop || reached_max)
-        save();
+      const bool checkpoint_due =
+          (tc.checkpoint_every > 0 && state_.step % tc.checkpoint_every == 0) || last || reached_max;
+      const bool eval = val_data_ && ((tc.eval_every > 0 && state_.step % tc.eval_every == 0) || last);
+      if ((eval || checkpoint_due) && !finish_now()) return 1;
+      if (eval) run_eval();
+      const bool stop = dist_.max(stop_requested() ? 1.0 : 0.0) > 0;
+      if (stop && !finish_now()) return 1;
+      if (checkpoint_due || stop) save();
       if (stop) {
         if (log_) log_->finish_progress();
         if (log_) log_->info("stopped by signal after step " + std::to_string(state_.step) +
@@ -324,6 +356,8 @@ class Run {
         return 0;
       }
     }
+    // The loop ends after a step that was read at once (the last step, --max-steps).
+    if (in_flight && !finish(*in_flight)) return 1;
     if (log_) log_->finish_progress();
     if (log_ && state_.step < budget_.steps)
       log_->info("stopped at step " + std::to_string(state_.step) + " of " + std::to_string(budget_.steps) +

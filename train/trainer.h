@@ -17,6 +17,7 @@ struct TrainOptions {
   std::string resume;         // "" (fresh run), "auto" (newest valid checkpoint, if any) or a path
   int64_t max_steps = 0;      // > 0: stop with a checkpoint once this many steps are done
   bool quiet = false;         // nothing on the terminal but errors
+  int64_t profile_steps = -1; // >= 0: overrides train.profile_steps (--profile N)
 };
 
 // Runs (or resumes) the run described by `config`. Returns the process exit code: 0 when

@@ -49,9 +49,16 @@ class CpuBackend final : public Backend {
                              const Tensor& lse) override;
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse, const Tensor& gloss,
                               int64_t ignore_index, const Tensor& dlogits) override;
+  void cross_entropy_with_grad(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                               const Tensor& scale, const Tensor& loss, const Tensor& lse,
+                               const Tensor& dlogits) override;
   void rms_norm_forward(const Tensor& x, const Tensor& w, double eps, const Tensor& y, const Tensor& rstd) override;
   void rms_norm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& gy, const Tensor& gx,
                          const Tensor& gw) override;
+  void add_rms_norm_forward(const Tensor& h, const Tensor& y, const Tensor& w, double eps, const Tensor& s,
+                            const Tensor& n, const Tensor& rstd) override;
+  void add_rms_norm_backward(const Tensor& s, const Tensor& w, const Tensor& rstd, const Tensor& gn, const Tensor& gs,
+                             const Tensor& gh, const Tensor& gy, const Tensor& gw) override;
   void layer_norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, double eps, const Tensor& y,
                           const Tensor& mean, const Tensor& rstd) override;
   void layer_norm_backward(const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,

@@ -117,6 +117,15 @@ void CpuBackend::gemm(const Tensor& a_in, bool trans_a, const Tensor& b_in, bool
   if (!gemm_prologue(*this, a_in, trans_a, b_in, trans_b, out, beta)) return;
   const int64_t batches = out.size(0), m = out.size(1), n = out.size(2);
   const int64_t k = trans_a ? a_in.size(1) : a_in.size(2);
+  if (a_in.dtype() != out.dtype()) {
+    // The mixed form (bf16 operands, f32 out): widen the operands and multiply in f32, which
+    // is what the tensor cores compute (exact products, f32 sums).
+    Tensor a32 = Tensor::empty(a_in.shape(), out.dtype(), out.device());
+    Tensor b32 = Tensor::empty(b_in.shape(), out.dtype(), out.device());
+    copy(a_in, a32);
+    copy(b_in, b32);
+    return gemm(a32, trans_a, b32, trans_b, out, alpha, beta);
+  }
   Tensor a = mappable(a_in), b = mappable(b_in);
   Operand oa = describe_operand(a, trans_a), ob = describe_operand(b, trans_b);
   // Below about 2^21 multiply-adds per product, batch-level threads beat Eigen's.

@@ -82,4 +82,44 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits_in, const Tensor& t
   });
 }
 
+void CpuBackend::cross_entropy_with_grad(const Tensor& logits_in, const Tensor& targets_in, int64_t ignore_index,
+                                         const Tensor& scale, const Tensor& loss, const Tensor& lse,
+                                         const Tensor& dlogits) {
+  Tensor logits = contiguous_input(logits_in), targets = contiguous_input(targets_in);
+  SSMT_ASSERT(logits.dim() == 2 && dlogits.shape() == logits.shape() && dlogits.is_contiguous() &&
+                  targets.dtype() == DType::i64 && targets.numel() == logits.size(0) &&
+                  loss.numel() == logits.size(0) && lse.numel() == logits.size(0) && scale.numel() == 1,
+              "cross_entropy_with_grad: ", logits.describe(), ", ", targets.describe(), " -> ", dlogits.describe());
+  const int64_t m = logits.size(0), v = logits.size(1);
+  const int64_t* tg = static_cast<const int64_t*>(targets.data_ptr());
+  check_targets(tg, m, v, ignore_index, logits);
+  const double g_scale = load_any_float(contiguous_input(scale), 0);
+  SSMT_DISPATCH_FLOAT(logits.dtype(), "cross_entropy_with_grad", [&] {
+    using T = scalar_t;
+    using A = acc_t<T>;
+    const T* pl = static_cast<const T*>(logits.data_ptr());
+    const A g = static_cast<A>(g_scale);
+    SSMT_DISPATCH_FLOAT(dlogits.dtype(), "cross_entropy_with_grad", [&] {
+      using D = scalar_t;
+      D* pd = static_cast<D*>(dlogits.data_ptr());
+      parallel_for(m, 3 * v, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const T* row = pl + r * v;
+          D* drow = pd + r * v;
+          const int64_t t = tg[r];
+          const A row_lse = row_logsumexp<A>(row, v);
+          store_any_float(lse, r, row_lse);
+          store_any_float(loss, r, t == ignore_index ? A(0) : row_lse - load(row[t]));
+          if (t == ignore_index) {
+            std::fill(drow, drow + v, store<D>(0.0f));
+            continue;
+          }
+          for (int64_t i = 0; i < v; ++i) drow[i] = store<D>(std::exp(load(row[i]) - row_lse) * g);
+          drow[t] = store<D>((std::exp(load(row[t]) - row_lse) - A(1)) * g);
+        }
+      });
+    });
+  });
+}
+
 }  // namespace ssmtrain::cpu

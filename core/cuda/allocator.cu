@@ -19,6 +19,7 @@
 #include "core/backend.h"
 #include "core/cuda/cuda_check.cuh"
 #include "core/cuda/device.cuh"
+#include "core/profiler.h"
 #include "core/storage.h"
 
 namespace ssmtrain {
@@ -150,6 +151,7 @@ class CachingAllocator {
                                      "); reduce the batch size or sequence length"));
     }
     CUDA_CHECK(err);
+    profiler::count_device_malloc(size);
     ++stats_.device_allocs;
     stats_.reserved += static_cast<int64_t>(size);
     return p;

@@ -1,12 +1,14 @@
 // The per-device CudaBackend objects behind cuda::cuda_backend(), and synchronize().
 #include "core/cuda/backend_cuda.cuh"
 #include "core/cuda/cuda_check.cuh"
+#include "core/profiler.h"
 
 namespace ssmtrain {
 namespace cuda_detail {
 
 void CudaBackend::synchronize() {
   DeviceGuard guard(device_);
+  profiler::SyncWait wait;
   CUDA_CHECK(cudaStreamSynchronize(device_context(device_).stream.get()));
 }
 

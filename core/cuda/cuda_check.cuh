@@ -3,13 +3,15 @@
 // failing expression, file:line and the library's own error string.
 //
 // CUDA_CHECK_LAUNCH() goes after every kernel launch: launch errors (bad grid, too much
-// shared memory) are only visible through cudaGetLastError.
+// shared memory) are only visible through cudaGetLastError. It also counts the launch for
+// the profiler (one relaxed load when it is not recording).
 #pragma once
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include "core/error.h"
+#include "core/profiler.h"
 
 namespace ssmtrain::cuda_detail {
 
@@ -41,6 +43,7 @@ namespace ssmtrain::cuda_detail {
 
 #define CUDA_CHECK_LAUNCH()                                                                \
   do {                                                                                     \
+    ::ssmtrain::profiler::count_launch();                                                  \
     cudaError_t ssmt_err_ = cudaGetLastError();                                            \
     if (ssmt_err_ != cudaSuccess)                                                          \
       ::ssmtrain::cuda_detail::throw_cuda_error(ssmt_err_, "kernel launch", __FILE__, __LINE__); \

@@ -10,8 +10,8 @@
 // operand over the batch.
 //
 // Precision: f32 in full fp32 (CUBLAS_COMPUTE_32F), or TF32 tensor cores with fp32
-// accumulation when allow_tf32(); bf16 with fp32 accumulation and fp32 alpha/beta; f64 in
-// double.
+// accumulation when allow_tf32(); bf16 with fp32 accumulation and fp32 alpha/beta, stored in
+// bf16 or (the mixed form) in f32; f64 in double.
 #include <algorithm>
 #include <climits>
 
@@ -65,12 +65,12 @@ void CudaBackend::gemm(const Tensor& a_in, bool trans_a, const Tensor& b_in, boo
   const int cm = static_cast<int>(n), cn = static_cast<int>(m), ck = static_cast<int>(k);
   const long long out_stride = static_cast<long long>(m) * n;
 
-  cudaDataType_t data_type;
+  cudaDataType_t data_type, out_type;
   cublasComputeType_t compute;
   float alpha_f = static_cast<float>(alpha), beta_f = static_cast<float>(beta);
   const void* alpha_p = &alpha_f;
   const void* beta_p = &beta_f;
-  switch (out.dtype()) {
+  switch (a.dtype()) {
     case DType::f32:
       data_type = CUDA_R_32F;
       compute = allow_tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
@@ -88,15 +88,18 @@ void CudaBackend::gemm(const Tensor& a_in, bool trans_a, const Tensor& b_in, boo
     default:
       throw UserError(detail::concat("gemm of ", out.describe(), ": expected a floating dtype (f32, bf16, f64)"));
   }
+  // The mixed form (bf16 operands, f32 out) keeps the f32 accumulator when storing.
+  out_type = out.dtype() == DType::f32 ? CUDA_R_32F : data_type;
+  profiler::count_launch();  // one cuBLAS call (it may launch more than one kernel)
   if (batches == 1) {
     // A single product goes through cublasGemmEx, the call the benchmark compares against.
     CUBLAS_CHECK(cublasGemmEx(handle, op_first, op_second, cm, cn, ck, alpha_p, ob.data, data_type, ob.ld, oa.data,
-                              data_type, oa.ld, beta_p, out.data_ptr(), data_type, cm, compute, CUBLAS_GEMM_DEFAULT));
+                              data_type, oa.ld, beta_p, out.data_ptr(), out_type, cm, compute, CUBLAS_GEMM_DEFAULT));
     return;
   }
   CUBLAS_CHECK(cublasGemmStridedBatchedEx(handle, op_first, op_second, cm, cn, ck, alpha_p, ob.data, data_type, ob.ld,
                                           ob.batch_stride, oa.data, data_type, oa.ld, oa.batch_stride, beta_p,
-                                          out.data_ptr(), data_type, cm, out_stride, static_cast<int>(batches),
+                                          out.data_ptr(), out_type, cm, out_stride, static_cast<int>(batches),
                                           compute, CUBLAS_GEMM_DEFAULT));
 }
 

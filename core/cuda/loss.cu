@@ -69,6 +69,39 @@ __global__ void cross_entropy_backward_kernel(const T* __restrict__ logits, cons
   }
 }
 
+
+// Forward and backward in one launch: the row's logsumexp, then (softmax - onehot) * scale
+// written in the gradient's dtype D. The second walk over the row mostly hits L2: a row of
+// 50k f32 logits is 200 KB and the rows in flight at once fit in the 50 MB cache.
+template <bool kWarpGroup, typename T, typename D>
+__global__ void cross_entropy_with_grad_kernel(const T* __restrict__ logits, const int64_t* __restrict__ targets,
+                                               AnyFloat scale, int64_t m, int64_t v, bool vec_in,
+                                               bool vec_out, int64_t ignore_index, AnyFloat loss, AnyFloat lse,
+                                               D* __restrict__ dlogits) {
+  using A = compute_t<T>;
+  __shared__ LseState<A> smem[kWarp];
+  using G = RowGroup<kWarpGroup>;
+  const A g = scale.load<A>(0);
+  for (int64_t r = G::index(); r < m; r += G::count()) {
+    const T* row = logits + r * v;
+    LseState<A> st = lse_init<A>();
+    for_row(row, v, G::thread(), G::size(), vec_in, [&](int64_t, T x) { lse_add(st, arith(x)); });
+    st = group_lse<kWarpGroup>(st, smem);
+    const A row_lse = lse_value(st);
+    const int64_t t = targets[r];
+    const bool ignored = t == ignore_index;
+    const bool counted = !ignored && t >= 0 && t < v;
+    if (G::thread() == 0) {
+      lse.store<A>(r, row_lse);
+      loss.store<A>(r, counted ? row_lse - arith(row[t]) : A(0));
+    }
+    write_row(dlogits + r * v, v, G::thread(), G::size(), vec_out, [&](int64_t i) -> D {
+      if (ignored) return convert<D>(A(0));
+      const A p = d_exp(arith(row[i]) - row_lse);
+      return convert<D>(i == t ? (p - A(1)) * g : p * g);
+    });
+  }
+}
 }  // namespace
 
 void CudaBackend::cross_entropy_forward(const Tensor& logits_in, const Tensor& targets_in, int64_t ignore_index,
@@ -113,6 +146,51 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits_in, const Tensor& 
     SSMT_ROW_LAUNCH(L, ctx, cross_entropy_backward_kernel, T, pl, static_cast<const int64_t*>(targets.data_ptr()),
                     any_float(lse), any_float(gloss), m, v, rows_vectorizable<T>(pl, v) && rows_vectorizable<T>(pd, v),
                     ignore_index, pd);
+  });
+}
+
+}  // namespace ssmtrain::cuda_detail
+
+namespace ssmtrain::cuda_detail {
+
+void CudaBackend::cross_entropy_with_grad(const Tensor& logits_in, const Tensor& targets_in, int64_t ignore_index,
+                                          const Tensor& scale, const Tensor& loss, const Tensor& lse,
+                                          const Tensor& dlogits) {
+  DeviceGuard guard(device_);
+  Tensor logits = contiguous_input(logits_in), targets = contiguous_input(targets_in);
+  SSMT_ASSERT(logits.dim() == 2 && dlogits.shape() == logits.shape() && dlogits.is_contiguous() &&
+                  targets.dtype() == DType::i64 && targets.numel() == logits.size(0) &&
+                  loss.numel() == logits.size(0) && lse.numel() == logits.size(0) && loss.is_contiguous() &&
+                  lse.is_contiguous() && scale.numel() == 1 && scale.is_contiguous(),
+              "cross_entropy_with_grad: ", logits.describe(), ", ", targets.describe(), ", scale ",
+              scale.describe(), " -> ", dlogits.describe());
+  const int64_t m = logits.size(0), v = logits.size(1);
+  if (m == 0) return;
+  const DeviceContext& ctx = context_of(logits);
+  const AnyFloat ps = any_float(scale);
+  const int64_t* pt = static_cast<const int64_t*>(targets.data_ptr());
+  SSMT_DISPATCH_FLOAT(logits.dtype(), "cross_entropy_with_grad", [&] {
+    using T = scalar_t;
+    const T* pl = static_cast<const T*>(logits.data_ptr());
+    const bool vec_in = rows_vectorizable<T>(pl, v);
+    RowLaunch L = row_launch(m, v, ctx);
+    auto launch = [&](auto* pd) {
+      using D = std::remove_pointer_t<decltype(pd)>;
+      const bool vec_out = rows_vectorizable<D>(pd, v);
+      if (L.warp)
+        cross_entropy_with_grad_kernel<true, T, D><<<L.grid, L.block, 0, ctx.stream.get()>>>(
+            pl, pt, ps, m, v, vec_in, vec_out, ignore_index, any_float(loss), any_float(lse), pd);
+      else
+        cross_entropy_with_grad_kernel<false, T, D><<<L.grid, L.block, 0, ctx.stream.get()>>>(
+            pl, pt, ps, m, v, vec_in, vec_out, ignore_index, any_float(loss), any_float(lse), pd);
+      CUDA_CHECK_LAUNCH();
+    };
+    switch (dlogits.dtype()) {
+      case DType::f32: launch(static_cast<float*>(dlogits.data_ptr())); break;
+      case DType::bf16: launch(static_cast<bf16*>(dlogits.data_ptr())); break;
+      case DType::f64: launch(static_cast<double*>(dlogits.data_ptr())); break;
+      default: SSMT_ASSERT(false, "cross_entropy_with_grad: dlogits ", dlogits.describe());
+    }
   });
 }
 

@@ -107,4 +107,54 @@ Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps)
   return y;
 }
 
+AddRmsNorm add_rms_norm(const Tensor& h, const Tensor& y, const Tensor& w, double eps, DType out_dtype) {
+  const char* op = "add_rms_norm";
+  int64_t d = check_norm_args(h, w, op, "w");
+  SSMT_CHECK(w.defined(), op, ": the weight w is required");
+  SSMT_CHECK(eps >= 0, op, ": eps must be non-negative, got ", eps);
+  SSMT_CHECK(is_floating(out_dtype), op, ": out_dtype must be floating, got ", dtype_name(out_dtype));
+  if (y.defined()) {
+    check_floating(y, op, "y");
+    check_compatible(h, y, op, /*same_dtype=*/false);
+    SSMT_CHECK(y.shape() == h.shape(), op, ": y ", y.describe(), " and h ", h.describe(), ": expected one shape");
+  }
+  const DType stat = stat_dtype(h.dtype());
+  const int64_t m = Dims(h.shape().begin(), h.shape().end() - 1).numel();
+  Tensor s, n, rstd;
+  {
+    NoGradGuard no_grad;
+    Tensor s_rows = Tensor::empty({m, d}, h.dtype(), h.device());
+    Tensor n_rows = Tensor::empty({m, d}, out_dtype, h.device());
+    rstd = Tensor::empty({m}, stat, h.device());
+    if (s_rows.numel() > 0)
+      backend(h.device()).add_rms_norm_forward(h.reshape({m, d}), y.defined() ? y.reshape({m, d}) : y, w, eps, s_rows,
+                                               n_rows, rstd);
+    s = s_rows.reshape(h.shape());
+    n = n_rows.reshape(h.shape());
+  }
+  if (any_requires_grad({h, y, w})) {
+    const bool need_y = y.defined() && y.requires_grad(), need_w = w.requires_grad();
+    const bool need_h = h.requires_grad();
+    const DType y_dtype = y.defined() ? y.dtype() : h.dtype();
+    Tensor saved_s = s.detach().reshape({m, d}), saved_w = w.detach(), saved_rstd = rstd.detach();
+    const Dims shape = h.shape();
+    record(op, {h, y, w}, {s, n}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+      // g[0]: the gradient of the stream s (zeros when nothing downstream used it), g[1]: of n.
+      const Device dev = saved_s.device();
+      Tensor gh = need_h ? Tensor::empty({m, d}, saved_s.dtype(), dev) : Tensor();
+      Tensor gy = need_y ? Tensor::empty({m, d}, y_dtype, dev) : Tensor();
+      Tensor gw = need_w ? Tensor::empty({d}, stat, dev) : Tensor();
+      if (m > 0) {
+        backend(dev).add_rms_norm_backward(saved_s, saved_w, saved_rstd, g[1].reshape({m, d}).contiguous(),
+                                           g[0].reshape({m, d}).contiguous(), gh, gy, gw);
+      } else if (gw.defined() && d > 0) {
+        backend(dev).fill(gw, 0);
+      }
+      return {need_h ? gh.reshape(shape) : Tensor(), need_y ? gy.reshape(shape) : Tensor(),
+              need_w ? to_param_dtype(gw, saved_w) : Tensor()};
+    });
+  }
+  return {s, n};
+}
+
 }  // namespace ssmtrain

@@ -14,6 +14,10 @@
 //    into a partial (B, slices, C, K + 1); a second kernel adds the partials in a fixed
 //    order, so the result is deterministic (no float atomics). The slice count depends on
 //    the shapes only.
+//  - the tiled kernels (below; the path taken whenever channels come in aligned vectors of
+//    4) do the forward, or the whole backward, in one pass per (batch, 32-step tile, 4
+//    channels), each input read once: about 20x fewer instructions and loads than the
+//    per-element kernels, which recompute dpre K times per output.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -185,6 +189,209 @@ __global__ void conv_dweight_reduce_kernel(const float* part, int rows, int C, f
   }
 }
 
+
+// ---- tiled kernels: the fast path for long sequences ----
+//
+// One thread owns kVec adjacent channels (one 8- or 16-byte access per time step, coalesced
+// across the warp) over a tile of kTile time steps, walking time in order with the last K
+// inputs in registers, so every input is loaded once and each pre-activation is computed
+// once. The backward's thread also keeps the last K values of dpre, writes dx as soon as its
+// K terms are known, and sums the weight and bias gradients of its tile into registers; the
+// K - 1 values of dpre just past the tile that its last dx need are recomputed (a halo).
+// Used when channels come in whole vectors at aligned addresses; other shapes take the
+// per-element kernels above.
+constexpr int kTile = 32;           // time steps per thread
+constexpr int kTiledThreads = 128;  // threads per block (C = 1536 is 3 blocks of 4-channel threads)
+
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  static constexpr int n = 4;
+  using type = float4;
+};
+template <>
+struct VecOf<bf16> {
+  static constexpr int n = 4;
+  using type = uint2;  // 4 bf16
+};
+
+template <typename T>
+__device__ __forceinline__ void load_vec(const void* base, long long i, float (&v)[VecOf<T>::n]) {
+  using V = typename VecOf<T>::type;
+  const V raw = *reinterpret_cast<const V*>(static_cast<const T*>(base) + i);
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int j = 0; j < VecOf<T>::n; ++j) v[j] = static_cast<float>(e[j]);
+}
+
+template <typename T>
+__device__ __forceinline__ void store_vec(void* base, long long i, const float (&v)[VecOf<T>::n]) {
+  using V = typename VecOf<T>::type;
+  V raw;
+  T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+  for (int j = 0; j < VecOf<T>::n; ++j) e[j] = T(v[j]);
+  *reinterpret_cast<V*>(static_cast<T*>(base) + i) = raw;
+}
+
+// The kVec channels [c, c + kVec) of xext at sequence position s of batch b (s < 0: the
+// initial state or zeros).
+template <typename T, int K>
+__device__ __forceinline__ void load_x(const ConvArgs& a, int b, int s, int c, float (&v)[VecOf<T>::n]) {
+  constexpr int V = VecOf<T>::n;
+  if (s >= 0) {
+    load_vec<T>(a.x, b * a.x_bs + static_cast<long long>(s) * a.x_ss + c, v);
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < V; ++j) v[j] = xext<T, K>(a, b, s + K - 1, c + j);
+}
+
+// Grid: (ceil(C / kVec / kThreads), tiles, B).
+template <typename T, int K>
+__global__ void __launch_bounds__(kTiledThreads) conv_forward_tiled_kernel(ConvArgs a) {
+  constexpr int V = VecOf<T>::n;
+  const int c = (blockIdx.x * kTiledThreads + threadIdx.x) * V;
+  if (c >= a.C) return;
+  const int b = blockIdx.z, t0 = blockIdx.y * kTile, t1 = min(a.L, t0 + kTile);
+  float w[K][V], bias[V], win[K][V];  // win[k]: xext at t - (K - 1) + k
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    bias[j] = a.bias ? a.bias[c + j] : 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) w[k][j] = a.w[(c + j) * K + k];
+  }
+#pragma unroll
+  for (int k = 0; k < K - 1; ++k) load_x<T, K>(a, b, t0 - (K - 1) + k, c, win[k]);
+#pragma unroll 4
+  for (int t = t0; t < t1; ++t) {
+    load_x<T, K>(a, b, t, c, win[K - 1]);
+    float out[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      float v = bias[j];
+#pragma unroll
+      for (int k = 0; k < K; ++k) v += w[k][j] * win[k][j];
+      out[j] = a.silu ? v * sigmoid_f(v) : v;
+    }
+    store_vec<T>(a.out, (static_cast<long long>(b) * a.L + t) * a.C + c, out);
+#pragma unroll
+    for (int k = 0; k < K - 1; ++k)
+#pragma unroll
+      for (int j = 0; j < V; ++j) win[k][j] = win[k + 1][j];
+  }
+}
+
+// dx over the tile (and d initial_state from tile 0), and the tile's weight/bias partials
+// part[b, tile, c, K + 1]. Grid: (ceil(C / kVec / kThreads), tiles, B).
+template <typename T, int K>
+__global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(ConvArgs a) {
+  constexpr int V = VecOf<T>::n;
+  const int c = (blockIdx.x * kTiledThreads + threadIdx.x) * V;
+  if (c >= a.C) return;
+  const int b = blockIdx.z, t0 = blockIdx.y * kTile, t1 = min(a.L, t0 + kTile);
+  float w[K][V], bias[V], win[K][V], ring[K][V], acc[K + 1][V];  // ring[k]: dpre at u - (K - 1) + k
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    bias[j] = a.bias ? a.bias[c + j] : 0.f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      w[k][j] = a.w[(c + j) * K + k];
+      ring[k][j] = 0.f;
+    }
+#pragma unroll
+    for (int k = 0; k <= K; ++k) acc[k][j] = 0.f;
+  }
+#pragma unroll
+  for (int k = 0; k < K - 1; ++k) load_x<T, K>(a, b, t0 - (K - 1) + k, c, win[k]);
+  // Tile 0 also produces d xext at the K - 1 initial-state positions (s < 0).
+  const int s_first = (blockIdx.y == 0 && a.dstate) ? -(K - 1) : t0;
+  const int u_end = min(t1 + K - 1, a.L + K - 1);
+#pragma unroll 4
+  for (int u = t0; u < u_end; ++u) {
+    // dpre[u] (0 past the sequence) into the ring's newest slot.
+#pragma unroll
+    for (int k = 0; k < K - 1; ++k)
+#pragma unroll
+      for (int j = 0; j < V; ++j) ring[k][j] = ring[k + 1][j];
+    if (u < a.L) {
+      load_x<T, K>(a, b, u, c, win[K - 1]);
+      float g[V];
+      load_vec<T>(a.dout, b * a.d_bs + static_cast<long long>(u) * a.d_ss + c, g);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        if (a.silu) {
+          float v = bias[j];
+#pragma unroll
+          for (int k = 0; k < K; ++k) v += w[k][j] * win[k][j];
+          const float sg = sigmoid_f(v);
+          g[j] *= sg * (1.f + v * (1.f - sg));
+        }
+        ring[K - 1][j] = g[j];
+      }
+      if (u < t1) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+#pragma unroll
+          for (int k = 0; k < K; ++k) acc[k][j] += g[j] * win[k][j];
+          acc[K][j] += g[j];
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < K - 1; ++k)
+#pragma unroll
+        for (int j = 0; j < V; ++j) win[k][j] = win[k + 1][j];
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) ring[K - 1][j] = 0.f;
+    }
+    // d xext at s = u - (K - 1): sum_k w[k] dpre[s + K - 1 - k] = sum_k w[k] ring[K - 1 - k].
+    const int s = u - (K - 1);
+    if (s < s_first || s >= t1) continue;
+    float d[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      float v = 0.f;
+#pragma unroll
+      for (int k = 0; k < K; ++k) v += w[k][j] * ring[K - 1 - k][j];
+      d[j] = v;
+    }
+    if (a.dfinal && s >= a.L - (K - 1)) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        // xext position e = s + K - 1 >= L: final_state entry e - L.
+        const int e = s + K - 1;
+        if (e >= a.L) d[j] += ld<T>(a.dfinal, (static_cast<long long>(b) * a.C + c + j) * (K - 1) + (e - a.L));
+      }
+    }
+    if (s >= 0) {
+      if (a.dx) store_vec<T>(a.dx, (static_cast<long long>(b) * a.L + s) * a.C + c, d);
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) st<T>(a.dstate, (static_cast<long long>(b) * a.C + c + j) * (K - 1) + (s + K - 1), d[j]);
+    }
+  }
+  if (a.part) {
+    float* dst = a.part + ((static_cast<long long>(b) * a.slices + blockIdx.y) * a.C + c) * (K + 1);
+#pragma unroll
+    for (int j = 0; j < V; ++j)
+#pragma unroll
+      for (int k = 0; k <= K; ++k) dst[j * (K + 1) + k] = acc[k][j];
+  }
+}
+
+// Whether the tiled kernels can run: whole vectors of channels at aligned addresses.
+template <typename T>
+bool tiled_ok(const CausalConv1dParams& p, bool backward) {
+  constexpr int V = VecOf<T>::n;
+  const auto aligned = [](const void* q) { return reinterpret_cast<uintptr_t>(q) % (V * sizeof(T)) == 0; };
+  bool ok = p.C % V == 0 && p.L >= 1 && aligned(p.x.data) && p.x.batch_stride % V == 0 && p.x.seq_stride % V == 0;
+  if (!backward) return ok && (p.out == nullptr || aligned(p.out));
+  return ok && aligned(p.dout.data) && p.dout.batch_stride % V == 0 && p.dout.seq_stride % V == 0 &&
+         (p.dx == nullptr || aligned(p.dx));
+}
+
 int grid_for(long long n) {
   return static_cast<int>(std::clamp<long long>((n + kThreads - 1) / kThreads, 1, 65536));
 }
@@ -241,7 +448,13 @@ void causal_conv1d_fwd_cuda(const CausalConv1dParams& p, int device) {
     using T = decltype(t);
     constexpr int K = decltype(k)::value;
     if (p.L > 0 && p.out) {
-      conv_forward_kernel<T, K><<<grid_for(p.B * p.L * p.C), kThreads, 0, stream>>>(a);
+      if (tiled_ok<T>(p, false) && p.B <= 65535) {
+        const dim3 grid(static_cast<unsigned>((p.C / VecOf<T>::n + kTiledThreads - 1) / kTiledThreads),
+                        static_cast<unsigned>((p.L + kTile - 1) / kTile), static_cast<unsigned>(p.B));
+        conv_forward_tiled_kernel<T, K><<<grid, kTiledThreads, 0, stream>>>(a);
+      } else {
+        conv_forward_kernel<T, K><<<grid_for(p.B * p.L * p.C), kThreads, 0, stream>>>(a);
+      }
       CONV_CUDA_CHECK(cudaGetLastError());
     }
     if constexpr (K > 1) {
@@ -278,6 +491,26 @@ void causal_conv1d_bwd_cuda(const CausalConv1dParams& p, int device) {
   dispatch(p.dtype, p.K, [&](auto t, auto k) {
     using T = decltype(t);
     constexpr int K = decltype(k)::value;
+    if (tiled_ok<T>(p, true) && p.L >= 1) {
+      // One pass: dx, d initial_state and the weight partials of each (batch, time tile).
+      const int64_t tiles = (p.L + kTile - 1) / kTile;
+      a.slices = static_cast<int>(tiles);
+      a.part = nullptr;
+      if (need_dw) {
+        part = Tensor::empty({p.B, tiles, p.C, K + 1}, DType::f32, dev);
+        a.part = part.data<float>();
+      }
+      const dim3 grid(static_cast<unsigned>((p.C / VecOf<T>::n + kTiledThreads - 1) / kTiledThreads),
+                      static_cast<unsigned>(tiles), static_cast<unsigned>(p.B));
+      conv_backward_tiled_kernel<T, K><<<grid, kTiledThreads, 0, stream>>>(a);
+      CONV_CUDA_CHECK(cudaGetLastError());
+      if (need_dw) {
+        conv_dweight_reduce_kernel<K><<<grid_for(p.C * (K + 1)), kThreads, 0, stream>>>(
+            a.part, static_cast<int>(p.B * tiles), a.C, static_cast<float*>(p.dweight), static_cast<float*>(p.dbias));
+        CONV_CUDA_CHECK(cudaGetLastError());
+      }
+      return;
+    }
     if (p.dx || p.dinitial_state) {
       conv_dx_kernel<T, K><<<grid_for(p.B * (p.L + K - 1) * p.C), kThreads, 0, stream>>>(a);
       CONV_CUDA_CHECK(cudaGetLastError());

@@ -124,17 +124,18 @@ OpFn ssd_op(bool softplus, int64_t Q) {
 
 // x is taken as channels [3, 3 + C) of a wider (B, L, C + 5) tensor: strided batch and
 // time axes, which the kernels read in place.
-OpFn conv_op(int64_t C, bool silu) {
-  return [C, silu](const std::vector<Tensor>& v) {
-    const CausalConv1dResult r = causal_conv1d(v[0].narrow(2, 3, C), v[1], v[2], silu, v[3]);
+// x is a channel slice [offset, offset + C) of a (B, L, C + extra) tensor.
+OpFn conv_op(int64_t C, bool silu, int64_t offset = 3) {
+  return [C, silu, offset](const std::vector<Tensor>& v) {
+    const CausalConv1dResult r = causal_conv1d(v[0].narrow(2, offset, C), v[1], v[2], silu, v[3]);
     return std::vector<Tensor>{r.out, r.final_state};
   };
 }
 
 std::vector<Arg> conv_args(int64_t B, int64_t L, int64_t C, int64_t K, bool bias, bool state, DType dtype,
-                           Generator& gen) {
+                           Generator& gen, int64_t extra = 5) {
   std::vector<Arg> a;
-  a.push_back({"x", random_tensor({B, L, C + 5}, gen, DType::f64), dtype});
+  a.push_back({"x", random_tensor({B, L, C + extra}, gen, DType::f64), dtype});
   a.push_back({"weight", random_tensor({C, K}, gen, DType::f64), DType::f32});
   a.push_back({"bias", bias ? random_tensor({C}, gen, DType::f64) : Tensor(), DType::f32});
   a.push_back({"initial_state", state ? random_tensor({B, C, K - 1}, gen, DType::f64) : Tensor(), dtype});
@@ -325,6 +326,29 @@ TEST_CASE("causal_conv1d CUDA matches the CPU in forward and backward") {
         const int64_t B = 2, L = 37, C = 45;
         const bool state = with_options && K > 1;
         compare_with_cpu(conv_op(C, with_options), conv_args(B, L, C, K, with_options, state, dtype, gen),
+                         {"out", "final_state"}, tolerance_for(dtype), gen);
+      }
+    }
+  }
+}
+
+TEST_CASE("causal_conv1d CUDA tiled kernels (aligned channel vectors) match the CPU over several time tiles") {
+  if (!cuda_test_device()) return;
+  Generator gen(534);
+  // C and the slice offset multiples of 4 and a row stride of C + 8: the one-pass tiled
+  // kernels; L = 150 spans five 32-step tiles, the last one partial, so the halo of dpre
+  // between tiles, the initial state (tile 0) and the final-state gradient (last tile) are
+  // all exercised.
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    for (int64_t K : {1, 2, 3, 4}) {
+      for (int variant = 0; variant < 2; ++variant) {
+        const bool with_options = variant == 1;
+        CAPTURE(dtype_name(dtype));
+        CAPTURE(K);
+        CAPTURE(with_options);
+        const int64_t B = 2, L = 150, C = 48;
+        const bool state = with_options && K > 1;
+        compare_with_cpu(conv_op(C, with_options, 4), conv_args(B, L, C, K, with_options, state, dtype, gen, 8),
                          {"out", "final_state"}, tolerance_for(dtype), gen);
       }
     }

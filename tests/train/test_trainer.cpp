@@ -174,6 +174,29 @@ TEST_CASE("the non-finite guard skips updates and stops with the last good check
   CHECK(all.find("\"nonfinite_total\": 2") != std::string::npos);
 }
 
+TEST_CASE("the non-finite guard stops after max_nonfinite steps read one step late") {
+  // No checkpoint or evaluation before the end: every step is read while the next one is
+  // already launched. Steps 2 and 3 are non-finite; the run stops having logged steps 1-3
+  // (not the launched step 4) and saved nothing.
+  std::vector<std::string> devices{"cpu"};
+  if (cuda_available()) devices.push_back("cuda");
+  else MESSAGE("CUDA tests skipped: no GPU");
+  for (const std::string& device : devices) {
+    INFO("device " << device);
+    RunDir dir;
+    Config c = tiny_config({"optim.lr=1e30", "schedule.min_lr=0", "schedule.warmup_steps=0", "train.max_nonfinite=2",
+                            "train.checkpoint_every=0", "train.eval_every=0", "train.device=" + device});
+    CHECK(run_training(c, options(dir)) == 1);
+    CHECK(list_checkpoints(dir.str() + "/checkpoints").empty());
+    std::vector<std::string> losses = training_losses(dir);
+    REQUIRE(losses.size() == 3);
+    CHECK(losses[2].rfind("\"step\": 3", 0) == 0);
+    std::ifstream in(dir.str() + "/metrics.jsonl");
+    std::string all((std::istreambuf_iterator<char>(in)), {});
+    CHECK(all.find("\"nonfinite_total\": 2") != std::string::npos);
+  }
+}
+
 TEST_CASE("a stop request finishes the step, saves and exits 0") {
   RunDir dir;
   request_stop();

@@ -1,0 +1,312 @@
+// The pre-norm residual step fused on CUDA: s = h + y and n = rms_norm(s) * w, forward and
+// backward (core/backend.h, add_rms_norm_*). The residual stream h, s and their gradients are
+// f32; y, n and their gradients come in the compute dtype (bf16 under mixed precision), so
+// the casts around a mixer are folded in here instead of being passes of their own.
+//
+// Forward: one warp per row (one block above kWarpRowLimit): s written while the sum of
+// squares accumulates, then n from the s just written (the thread rereads its own stores).
+// Backward: the same geometry for gh = gs + rstd * (g - xhat * mean(g * xhat)) with
+// g = gn * w, xhat = s * rstd, and gy = gh in y's dtype. The weight gradient
+// gw = sum over rows of gn * xhat is a column sum done without atomics: a fixed grid of
+// row slabs (a function of M only) writes one partial row each, and a second kernel adds the
+// partials in slab order, so the result does not depend on scheduling.
+#include <tuple>
+
+#include "core/cuda/rows.cuh"
+
+namespace ssmtrain::cuda_detail {
+namespace {
+
+template <typename T>
+__device__ __forceinline__ float load_f(const T* p, int64_t i) {
+  return static_cast<float>(p[i]);
+}
+
+// Four consecutive elements p[i, i + 4) as floats, in one 16-byte (f32) or 8-byte (bf16)
+// access; the callers only use these on rows of a multiple of 4 at aligned addresses.
+template <typename T>
+struct Quad;
+template <>
+struct Quad<float> {
+  using type = float4;
+};
+template <>
+struct Quad<bf16> {
+  using type = uint2;
+};
+
+template <typename T>
+__device__ __forceinline__ void load4(const T* p, int64_t i, float (&v)[4]) {
+  const typename Quad<T>::type raw = *reinterpret_cast<const typename Quad<T>::type*>(p + i);
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) v[j] = static_cast<float>(e[j]);
+}
+
+template <typename T>
+__device__ __forceinline__ void store4(T* p, int64_t i, const float (&v)[4]) {
+  typename Quad<T>::type raw;
+  T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) e[j] = convert<T>(v[j]);
+  *reinterpret_cast<typename Quad<T>::type*>(p + i) = raw;
+}
+
+// kVec: every row is whole aligned groups of 4 (d % 4 == 0, aligned bases): one access per 4.
+template <bool kWarpGroup, bool kVec, typename TY, typename TN>
+__global__ void add_rms_norm_forward_kernel(const float* __restrict__ h, const TY* __restrict__ y,
+                                            const float* __restrict__ w, int64_t m, int64_t d, float eps,
+                                            float* __restrict__ s, TN* __restrict__ n, float* __restrict__ rstd) {
+  __shared__ float smem[kWarp];
+  using G = RowGroup<kWarpGroup>;
+  const float inv_d = 1.0f / static_cast<float>(d);
+  for (int64_t r = G::index(); r < m; r += G::count()) {
+    const float* hr = h + r * d;
+    float* sr = s + r * d;
+    TN* nr = n + r * d;
+    float ss = 0.0f;
+    if constexpr (kVec) {
+      for (int64_t i = 4 * G::thread(); i < d; i += 4 * G::size()) {
+        float v[4], yv[4] = {0.f, 0.f, 0.f, 0.f};
+        load4(hr, i, v);
+        if (y) load4(y + r * d, i, yv);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          v[j] += yv[j];
+          ss += v[j] * v[j];
+        }
+        store4(sr, i, v);
+      }
+    } else {
+      for (int64_t i = G::thread(); i < d; i += G::size()) {
+        const float v = hr[i] + (y ? load_f(y + r * d, i) : 0.0f);
+        sr[i] = v;
+        ss += v * v;
+      }
+    }
+    ss = group_allreduce<kWarpGroup>(ss, [](float a, float b) { return a + b; }, smem);
+    const float inv = 1.0f / d_sqrt(ss * inv_d + eps);
+    if constexpr (kVec) {
+      for (int64_t i = 4 * G::thread(); i < d; i += 4 * G::size()) {
+        float v[4], wv[4];
+        load4(sr, i, v);
+        load4(w, i, wv);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[j] = v[j] * inv * wv[j];
+        store4(nr, i, v);
+      }
+    } else {
+      for (int64_t i = G::thread(); i < d; i += G::size()) nr[i] = convert<TN>(sr[i] * inv * w[i]);
+    }
+    if (G::thread() == 0) rstd[r] = inv;
+  }
+}
+
+template <bool kWarpGroup, bool kVec, typename TN, typename TY>
+__global__ void add_rms_norm_backward_kernel(const float* __restrict__ s, const float* __restrict__ w,
+                                             const float* __restrict__ rstd, const TN* __restrict__ gn,
+                                             const float* __restrict__ gs, int64_t m, int64_t d,
+                                             float* __restrict__ gh, TY* __restrict__ gy) {
+  __shared__ float smem[kWarp];
+  using G = RowGroup<kWarpGroup>;
+  const float inv_d = 1.0f / static_cast<float>(d);
+  for (int64_t r = G::index(); r < m; r += G::count()) {
+    const float* sr = s + r * d;
+    const TN* gr = gn + r * d;
+    const float inv = rstd[r];
+    float dot = 0.0f;  // sum of g * xhat
+    if constexpr (kVec) {
+      for (int64_t i = 4 * G::thread(); i < d; i += 4 * G::size()) {
+        float sv[4], gv[4], wv[4];
+        load4(sr, i, sv);
+        load4(gr, i, gv);
+        load4(w, i, wv);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) dot += gv[j] * wv[j] * (sv[j] * inv);
+      }
+    } else {
+      for (int64_t i = G::thread(); i < d; i += G::size()) dot += load_f(gr, i) * w[i] * (sr[i] * inv);
+    }
+    dot = group_allreduce<kWarpGroup>(dot, [](float a, float b) { return a + b; }, smem) * inv_d;
+    if constexpr (kVec) {
+      for (int64_t i = 4 * G::thread(); i < d; i += 4 * G::size()) {
+        float sv[4], gv[4], wv[4], out[4], gsv[4] = {0.f, 0.f, 0.f, 0.f};
+        load4(sr, i, sv);
+        load4(gr, i, gv);
+        load4(w, i, wv);
+        if (gs) load4(gs + r * d, i, gsv);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) out[j] = inv * (gv[j] * wv[j] - sv[j] * inv * dot) + gsv[j];
+        if (gh) store4(gh + r * d, i, out);
+        if (gy) store4(gy + r * d, i, out);
+      }
+    } else {
+      for (int64_t i = G::thread(); i < d; i += G::size()) {
+        const float xhat = sr[i] * inv;
+        float v = inv * (load_f(gr, i) * w[i] - xhat * dot);
+        if (gs) v += gs[r * d + i];
+        if (gh) gh[r * d + i] = v;
+        if (gy) gy[r * d + i] = convert<TY>(v);
+      }
+    }
+  }
+}
+
+constexpr int kColThreads = 256;     // columns per block of the weight-gradient pass
+constexpr int64_t kMaxSlabs = 256;   // row slabs (partial rows) of the weight gradient
+
+int64_t slab_count(int64_t m) { return std::min<int64_t>(kMaxSlabs, std::max<int64_t>(1, (m + 63) / 64)); }
+
+// partial[slab][j] = sum over the slab's rows, in row order, of gn * s * rstd at column j.
+template <typename TN>
+__global__ void add_rms_norm_gw_partial_kernel(const float* __restrict__ s, const float* __restrict__ rstd,
+                                               const TN* __restrict__ gn, int64_t m, int64_t d, int64_t slab_rows,
+                                               float* __restrict__ partial) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= d) return;
+  const int64_t slab = blockIdx.y;
+  const int64_t r0 = slab * slab_rows, r1 = r0 + slab_rows < m ? r0 + slab_rows : m;
+  float acc = 0.0f;
+  for (int64_t r = r0; r < r1; ++r) acc += load_f(gn, r * d + j) * (s[r * d + j] * rstd[r]);
+  partial[slab * d + j] = acc;
+}
+
+__global__ void add_rms_norm_gw_sum_kernel(const float* __restrict__ partial, int64_t slabs, int64_t d,
+                                           float* __restrict__ gw) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (j >= d) return;
+  float acc = 0.0f;
+  for (int64_t k = 0; k < slabs; ++k) acc += partial[k * d + j];
+  gw[j] = acc;
+}
+
+// Calls f(static_cast<T*>(nullptr)) with T the element type of t (bf16, f32), or with
+// float for an undefined t (the kernels then get a null pointer).
+template <typename F>
+void with_float_type(const Tensor& t, F&& f) {
+  if (!t.defined() || t.dtype() == DType::f32) return f(static_cast<float*>(nullptr));
+  if (t.dtype() == DType::bf16) return f(static_cast<bf16*>(nullptr));
+  SSMT_ASSERT(false, "add_rms_norm: ", t.describe(), " must be f32 or bf16 on CUDA");
+}
+
+// Rows of d elements at these bases (null = unused) can take the 4-wide accesses: d % 4 == 0
+// and every base 16-byte aligned (which covers the 8-byte bf16 quads too).
+bool vec_rows(int64_t d, std::initializer_list<const void*> bases) {
+  if (d % 4 != 0) return false;
+  for (const void* p : bases)
+    if (p && !aligned_to(p, 16)) return false;
+  return true;
+}
+
+template <typename T>
+T* data_or_null(const Tensor& t) {
+  return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
+}
+
+}  // namespace
+
+void CudaBackend::add_rms_norm_forward(const Tensor& h_in, const Tensor& y_in, const Tensor& w_in, double eps,
+                                       const Tensor& s, const Tensor& n, const Tensor& rstd) {
+  DeviceGuard guard(device_);
+  if (h_in.dtype() != DType::f32 || w_in.dtype() != DType::f32 || (y_in.defined() && y_in.dtype() == DType::f64) || n.dtype() == DType::f64)
+    return add_rms_norm_forward_composed(*this, h_in, y_in, w_in, eps, s, n, rstd);
+  Tensor h = contiguous_input(h_in), y = contiguous_input(y_in), w = contiguous_input(w_in);
+  SSMT_ASSERT(h.dim() == 2 && h.dtype() == DType::f32 && s.shape() == h.shape() && s.dtype() == DType::f32 &&
+                  s.is_contiguous() && n.shape() == h.shape() && n.is_contiguous() &&
+                  (!y.defined() || y.shape() == h.shape()) && w.dtype() == DType::f32 && w.numel() == h.size(1) &&
+                  rstd.numel() == h.size(0) && rstd.dtype() == DType::f32 && rstd.is_contiguous(),
+              "add_rms_norm_forward: ", h.describe(), ", ", y.describe(), " -> ", s.describe(), ", ", n.describe());
+  const int64_t m = h.size(0), d = h.size(1);
+  if (m == 0 || d == 0) return;
+  const DeviceContext& ctx = context_of(h);
+  const RowLaunch L = row_launch(m, d, ctx);
+  with_float_type(y, [&](auto* ty) {
+    using TY = std::remove_pointer_t<decltype(ty)>;
+    with_float_type(n, [&](auto* tn) {
+      using TN = std::remove_pointer_t<decltype(tn)>;
+      auto args = std::make_tuple(static_cast<const float*>(h.data_ptr()), data_or_null<const TY>(y),
+                                  static_cast<const float*>(w.data_ptr()), m, d, static_cast<float>(eps),
+                                  static_cast<float*>(s.data_ptr()), static_cast<TN*>(n.data_ptr()),
+                                  static_cast<float*>(rstd.data_ptr()));
+      const bool vec = vec_rows(d, {h.data_ptr(), y.defined() ? y.data_ptr() : nullptr, w.data_ptr(), s.data_ptr(),
+                                    n.data_ptr()});
+      std::apply(
+          [&](auto... a) {
+            if (L.warp && vec)
+              add_rms_norm_forward_kernel<true, true, TY, TN><<<L.grid, L.block, 0, ctx.stream.get()>>>(a...);
+            else if (L.warp)
+              add_rms_norm_forward_kernel<true, false, TY, TN><<<L.grid, L.block, 0, ctx.stream.get()>>>(a...);
+            else if (vec)
+              add_rms_norm_forward_kernel<false, true, TY, TN><<<L.grid, L.block, 0, ctx.stream.get()>>>(a...);
+            else
+              add_rms_norm_forward_kernel<false, false, TY, TN><<<L.grid, L.block, 0, ctx.stream.get()>>>(a...);
+          },
+          args);
+      CUDA_CHECK_LAUNCH();
+    });
+  });
+}
+
+void CudaBackend::add_rms_norm_backward(const Tensor& s_in, const Tensor& w_in, const Tensor& rstd_in,
+                                        const Tensor& gn_in, const Tensor& gs_in, const Tensor& gh,
+                                        const Tensor& gy, const Tensor& gw) {
+  DeviceGuard guard(device_);
+  if (s_in.dtype() != DType::f32 || w_in.dtype() != DType::f32 || gn_in.dtype() == DType::f64 || (gy.defined() && gy.dtype() == DType::f64))
+    return add_rms_norm_backward_composed(*this, s_in, w_in, rstd_in, gn_in, gs_in, gh, gy, gw);
+  Tensor s = contiguous_input(s_in), w = contiguous_input(w_in), rstd = contiguous_input(rstd_in);
+  Tensor gn = contiguous_input(gn_in), gs = contiguous_input(gs_in);
+  SSMT_ASSERT(s.dim() == 2 && s.dtype() == DType::f32 && gn.shape() == s.shape() &&
+                  (!gs.defined() || (gs.shape() == s.shape() && gs.dtype() == DType::f32)) &&
+                  (!gh.defined() || (gh.shape() == s.shape() && gh.dtype() == DType::f32 && gh.is_contiguous())) &&
+                  (!gy.defined() || (gy.shape() == s.shape() && gy.is_contiguous())) && w.dtype() == DType::f32 &&
+                  w.numel() == s.size(1) && rstd.numel() == s.size(0) && rstd.dtype() == DType::f32 &&
+                  (!gw.defined() || (gw.numel() == s.size(1) && gw.dtype() == DType::f32 && gw.is_contiguous())),
+              "add_rms_norm_backward: ", s.describe(), ", ", gn.describe(), " -> ", gh.describe(), ", ",
+              gy.describe(), ", ", gw.describe());
+  const int64_t m = s.size(0), d = s.size(1);
+  if (d == 0) return;
+  const DeviceContext& ctx = context_of(s);
+  if (m == 0) {
+    if (gw.defined()) fill(gw, 0);
+    return;
+  }
+  const RowLaunch L = row_launch(m, d, ctx);
+  with_float_type(gn, [&](auto* tn) {
+    using TN = std::remove_pointer_t<decltype(tn)>;
+    with_float_type(gy, [&](auto* ty) {
+      using TY = std::remove_pointer_t<decltype(ty)>;
+      auto args = std::make_tuple(static_cast<const float*>(s.data_ptr()), static_cast<const float*>(w.data_ptr()),
+                                  static_cast<const float*>(rstd.data_ptr()), static_cast<const TN*>(gn.data_ptr()),
+                                  data_or_null<const float>(gs), m, d, data_or_null<float>(gh), data_or_null<TY>(gy));
+      const bool vec = vec_rows(d, {s.data_ptr(), w.data_ptr(), gn.data_ptr(), gs.defined() ? gs.data_ptr() : nullptr,
+                                    gh.defined() ? gh.data_ptr() : nullptr, gy.defined() ? gy.data_ptr() : nullptr});
+      std::apply(
+          [&](auto... a) {
+            if (L.warp && vec)
+              add_rms_norm_backward_kernel<true, true, TN, TY><<<L.grid, L.block, 0, ctx.stream.get()>>>(a...);
+            else if (L.warp)
+              add_rms_norm_backward_kernel<true, false, TN, TY><<<L.grid, L.block, 0, ctx.stream.get()>>>(a...);
+            else if (vec)
+              add_rms_norm_backward_kernel<false, true, TN, TY><<<L.grid, L.block, 0, ctx.stream.get()>>>(a...);
+            else
+              add_rms_norm_backward_kernel<false, false, TN, TY><<<L.grid, L.block, 0, ctx.stream.get()>>>(a...);
+          },
+          args);
+      CUDA_CHECK_LAUNCH();
+    });
+    if (!gw.defined()) return;
+    const int64_t slabs = slab_count(m), slab_rows = ceil_div(m, slabs);
+    Tensor partial = Tensor::empty({slabs, d}, DType::f32, s.device());
+    const dim3 grid(static_cast<unsigned>(ceil_div(d, kColThreads)), static_cast<unsigned>(slabs));
+    add_rms_norm_gw_partial_kernel<TN><<<grid, kColThreads, 0, ctx.stream.get()>>>(
+        static_cast<const float*>(s.data_ptr()), static_cast<const float*>(rstd.data_ptr()),
+        static_cast<const TN*>(gn.data_ptr()), m, d, slab_rows, static_cast<float*>(partial.data_ptr()));
+    CUDA_CHECK_LAUNCH();
+    add_rms_norm_gw_sum_kernel<<<static_cast<unsigned>(ceil_div(d, kColThreads)), kColThreads, 0,
+                                 ctx.stream.get()>>>(static_cast<const float*>(partial.data_ptr()), slabs, d,
+                                                     static_cast<float*>(gw.data_ptr()));
+    CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace ssmtrain::cuda_detail

@@ -1,0 +1,226 @@
+// train_step against the synchronous recipe it replaced (losses read, clip_grad_norm, step
+// unless non-finite): the same values and bitwise the same parameters and optimizer state,
+// with a non-finite step among them, on the CPU and on CUDA; and on CUDA, a step that never
+// waits for the device (the profiler's count of host waits, and a held compute stream).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <random>
+
+#include "core/autograd.h"
+#include "core/backend.h"
+#include "core/ops.h"
+#include "core/profiler.h"
+#include "cuda_stream_block.h"
+#include "train/config.h"
+#include "train/setup.h"
+#include "train/step.h"
+
+using namespace ssmtrain;
+
+namespace {
+
+Config step_config(const std::string& device) {
+  const std::string yaml = R"(
+model: {mixer: mamba, d_model: 16, n_layer: 2, d_state: 4, vocab_size: 16}
+data: {kind: synthetic, task: selective_copy, task_vocab: 16, task_tokens: 4}
+optim: {lr: 0.01, grad_clip: 0.05}
+budget: {steps: 8}
+train: {batch_size: 2, seq_len: 16, grad_accum: 2}
+)";
+  return parse_config(yaml, "step.yaml", {"train.device=" + device});
+}
+
+struct Setup {
+  Config config;
+  Device device;
+  std::shared_ptr<LanguageModel> model;
+  std::unique_ptr<Optimizer> optimizer;
+  std::vector<Tensor> params;
+  std::mt19937_64 rng{7};
+
+  explicit Setup(const std::string& device_name) : config(step_config(device_name)) {
+    device = train_device(config);
+    Generator gen(static_cast<uint64_t>(config.train.seed));
+    model = build_language_model(model_spec(config), gen);
+    if (!device.is_cpu()) model->to(device);
+    optimizer = make_optimizer(config, *model);
+    params = optimizer->parameters();
+    model->train();
+  }
+  NextBatch batches() {
+    return [this] {
+      const int64_t B = config.train.batch_size, L = config.train.seq_len;
+      std::uniform_int_distribution<int64_t> token(0, 15);
+      std::vector<int64_t> ids(static_cast<size_t>(B * L)), targets(ids.size());
+      for (auto& t : ids) t = token(rng);
+      for (auto& t : targets) t = token(rng);
+      return std::pair{Tensor::from_vector(ids, {B, L}, device), Tensor::from_vector(targets, {B, L}, device)};
+    };
+  }
+  PendingStep step() {
+    return train_step(*model, *optimizer, params, Dist::get(), batches(), config.train.grad_accum,
+                      config.optim.grad_clip);
+  }
+};
+
+// The step as the trainer did it before the deferred reads.
+StepResult synchronous_step(Setup& s) {
+  NextBatch next = s.batches();
+  const int64_t accum = s.config.train.grad_accum;
+  std::vector<Tensor> losses;
+  for (int64_t micro = 0; micro < accum; ++micro) {
+    auto [ids, targets] = next();
+    LMLoss out = s.model->forward_loss(ids, targets);
+    Tensor total = out.loss;
+    if (out.aux_loss.defined()) total = add(out.loss, out.aux_loss);
+    if (accum > 1) total = mul(total, 1.0 / static_cast<double>(accum));
+    losses.push_back(out.loss.detach());
+    backward(total);
+  }
+  StepResult r;
+  double loss_sum = 0;
+  bool finite = true;
+  for (const Tensor& l : losses) {
+    const double v = l.to(Device::cpu()).item<float>();
+    finite = finite && std::isfinite(v);
+    loss_sum += v;
+  }
+  r.loss = loss_sum / static_cast<double>(accum);
+  r.finite = finite;
+  r.clip = clip_grad_norm(s.params, s.config.optim.grad_clip);
+  if (r.finite && r.clip.finite) {
+    s.optimizer->step();
+    r.applied = true;
+  }
+  s.model->zero_grad();
+  return r;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  std::vector<float> x = a.to(DType::f32).to_vector<float>(), y = b.to(DType::f32).to_vector<float>();
+  return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
+}
+
+// Fills the first parameter with `value` (NaN: a non-finite loss); returns its old value.
+Tensor poison(Setup& s, float value) {
+  NoGradGuard no_grad;
+  Tensor p = s.params.front();
+  Tensor saved = p.clone();
+  backend(p.device()).copy(Tensor::full(p.shape(), value, DType::f32, p.device()), p);
+  return saved;
+}
+
+void restore(Setup& s, const Tensor& saved) {
+  NoGradGuard no_grad;
+  backend(saved.device()).copy(saved, s.params.front());
+}
+
+std::vector<std::string> devices_under_test() {
+  std::vector<std::string> d{"cpu"};
+  if (cuda_available())
+    d.push_back("cuda");
+  else
+    MESSAGE("CUDA tests skipped: no GPU");
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("train_step gives the synchronous step's values, parameters and state bitwise") {
+  for (const std::string& device : devices_under_test()) {
+    INFO("device " << device);
+    Setup sync(device), deferred(device);
+    std::optional<PendingStep> previous;
+    for (int step = 1; step <= 5; ++step) {
+      INFO("step " << step);
+      const bool bad = step == 3;  // a NaN weight: a non-finite loss, the update skipped
+      Tensor saved_sync, saved_deferred;
+      if (bad) {
+        saved_sync = poison(sync, NAN);
+        saved_deferred = poison(deferred, NAN);
+      }
+      for (Setup* s : {&sync, &deferred}) s->optimizer->set_lr(1e-2 * step);
+      StepResult expected = synchronous_step(sync);
+      PendingStep pending = deferred.step();
+      if (previous) previous->resolve();  // read one step late, as the trainer does
+      const StepResult& got = pending.resolve();
+      CHECK((got.loss == expected.loss || (std::isnan(got.loss) && std::isnan(expected.loss))));
+      CHECK(got.finite == expected.finite);
+      CHECK(got.applied == expected.applied);
+      CHECK(got.applied == !bad);
+      if (!bad) {
+        CHECK(got.clip.norm == expected.clip.norm);
+        CHECK(got.clip.scale == expected.clip.scale);
+        CHECK(got.clip.clipped == expected.clip.clipped);
+      }
+      if (bad) {
+        restore(sync, saved_sync);
+        restore(deferred, saved_deferred);
+      }
+      previous.emplace(std::move(pending));
+    }
+    deferred.optimizer->resolve_pending();
+    CHECK(deferred.optimizer->step_count() == 4);
+    CHECK(deferred.optimizer->step_count() == sync.optimizer->step_count());
+    for (size_t i = 0; i < sync.params.size(); ++i) {
+      INFO("parameter " << i);
+      CHECK(same_bits(sync.params[i], deferred.params[i]));
+    }
+    auto a = sync.optimizer->export_state(), b = deferred.optimizer->export_state();
+    REQUIRE(a.size() == b.size());
+    for (size_t k = 0; k < a.size(); ++k) {
+      INFO(a[k].param_name << " " << a[k].kind);
+      if (a[k].kind == "step")
+        CHECK(a[k].value.item<int64_t>() == b[k].value.item<int64_t>());
+      else
+        CHECK(same_bits(a[k].value, b[k].value));
+    }
+  }
+}
+
+TEST_CASE("a CUDA train_step does not wait for the device") {
+#if defined(SSMTRAIN_WITH_CUDA)
+  if (!cuda_available()) {
+    MESSAGE("CUDA tests skipped: no GPU");
+    return;
+  }
+  Setup s("cuda");
+  s.step().resolve();  // warm-up: caches, pools and staging buffers
+  s.step().resolve();
+
+  // The profiler counts every host wait (stream synchronisations, event waits that block).
+  profiler::start(s.device);
+  int64_t waits_inside = 0;
+  std::optional<PendingStep> previous;
+  for (int i = 0; i < 3; ++i) {
+    const int64_t before = profiler::counters().syncs;
+    PendingStep pending = s.step();
+    waits_inside += profiler::counters().syncs - before;
+    if (previous) previous->resolve();
+    previous.emplace(std::move(pending));
+  }
+  previous->resolve();
+  profiler::stop();
+  CHECK(waits_inside == 0);
+
+  // With the compute stream held, two steps are still launched and neither is done.
+  std::optional<PendingStep> first, second;
+  {
+    testing::StreamBlock block(0);
+    first.emplace(s.step());
+    second.emplace(s.step());
+    CHECK_FALSE(first->ready());
+    CHECK_FALSE(block.timed_out());
+  }
+  CHECK(std::isfinite(first->resolve().loss));
+  CHECK(std::isfinite(second->resolve().loss));
+  CHECK(second->resolve().applied);
+  s.optimizer->resolve_pending();
+  CHECK(s.optimizer->pending_updates() == 0);
+#else
+  MESSAGE("CUDA tests skipped: built without CUDA");
+#endif
+}

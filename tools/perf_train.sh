@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# On a GPU host: build into a folder that survives between calls, then measure whole training
+# steps (ssmtrain-bench train) with the profiler's table for the 129M Mamba step.
+# Usage: tools/perf_train.sh OUTDIR [build] [tests] [before] [profile] [full] [numerics]
+#   build     configure + build ssmtrain, ssmtrain-bench and the test binaries
+#   tests     the CUDA test cases of every layer
+#   before    the 129M row with the unfused head (full f32-stat logits + cross-entropy), profiled
+#   profile   the 129M row as shipped, profiled (profile_*.json written to OUTDIR)
+#   full      every row of the train family, JSON report in OUTDIR/bench_train.json
+#   numerics  200 steps of configs/mamba_text.yaml at two seeds, with this build and (when
+#             OLD_BUILD names the build folder of an earlier commit) with that one
+# BUILD (default /tmp/build-gpu), TARGETS (build only these), TESTS (the test layers) and GCIDE
+# (the quickstart text) may be set.
+set -uo pipefail
+out="${1:?usage: tools/perf_train.sh OUTDIR [stages...]}"
+shift
+stages="${*:-build tests profile full}"
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+build="${BUILD:-/tmp/build-gpu}"
+has() { [[ " $stages " == *" $1 "* ]]; }
+bench="$build/ssmtrain-bench"
+if has build; then
+  { time (cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null &&
+          cmake --build "$build" -j"$(nproc)" ${TARGETS:+--target $TARGETS}); } > "$out/build.txt" 2>&1 || { tail -60 "$out/build.txt"; exit 1; }
+  tail -3 "$out/build.txt"
+fi
+if has tests; then
+  for t in ${TESTS:-core nn optim ssm train}; do
+    echo "== test_$t (CUDA cases)" >> "$out/tests.txt"
+    filter=(-sf='*cuda*')
+    [ "$t" = nn ] && filter=()
+    [ "$t" = train ] && filter=(-tc='*CUDA*')
+    timeout 300 "$build/test_$t" "${filter[@]}" >> "$out/tests.txt" 2>&1
+    echo "   exit $?" >> "$out/tests.txt"
+  done
+  grep -E "^== |test cases|exit|ERROR|FAILED" "$out/tests.txt" | head -40
+fi
+if has before; then
+  timeout 300 "$bench" train --only "mamba 24x768 (129M)" --unfused-head --profile --json "$out/before.json" > "$out/before.txt" 2>&1
+  echo "before exit $?"
+fi
+if has profile; then
+  timeout 300 "$bench" train --only "mamba 24x768 (129M)" --profile --json "$out/after.json" > "$out/profile.txt" 2>&1
+  echo "profile exit $?"
+fi
+if has full; then
+  timeout 400 "$bench" train --json "$out/bench_train.json" > "$out/bench_train.txt" 2>&1
+  echo "full exit $?"
+  cat "$out/bench_train.txt"
+fi
+if has numerics; then
+  # The loss curve of 200 steps of configs/mamba_text.yaml (bf16) with this build at two
+  # seeds, and with OLD_BUILD's ssmtrain (a build of an earlier commit) at the same two seeds:
+  # the seed-to-seed spread is the yardstick for the difference between the builds.
+  text="data.path=${GCIDE:-/usr/share/dictd/gcide.dict.dz}"
+  common=(configs/mamba_text.yaml "$text" train.eval_every=0 train.log_every=10 train.sample_tokens=0 --max-steps 200)
+  runs=("new_s1234:$build/ssmtrain:train.seed=1234" "new_s99:$build/ssmtrain:train.seed=99")
+  [ -n "${OLD_BUILD:-}" ] && runs+=("old_s1234:$OLD_BUILD/ssmtrain:train.seed=1234" "old_s99:$OLD_BUILD/ssmtrain:train.seed=99")
+  for v in "${runs[@]}"; do
+    IFS=: read -r name bin seed <<< "$v"
+    rm -rf "/tmp/num_$name"
+    timeout 300 "$bin" train "${common[@]}" "$seed" --run-dir "/tmp/num_$name" --quiet > "$out/num_$name.txt" 2>&1
+    echo "numerics $name exit $?"
+    cp "/tmp/num_$name/metrics.jsonl" "$out/metrics_$name.jsonl" 2>/dev/null
+  done
+fi

@@ -1,0 +1,120 @@
+// train_step: the micro-batch loop, then the step's scalars gathered on the device.
+//
+// The host's arithmetic of the logged values is kept exactly: the loss sum is the f64 sum
+// of the f32 micro-batch losses from zero, left to right (an f64 add per micro-batch on the
+// device, the same operations as `sum += double(loss)` on the host); the divisions by
+// grad_accum happen on the host when the step is resolved. A sum of f32 values cannot
+// overflow in f64, so the sum is finite exactly when every micro-batch loss is.
+#include "train/step.h"
+
+#include <cmath>
+#include <limits>
+
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "core/profiler.h"
+
+namespace ssmtrain {
+
+namespace {
+
+// The step's (kStepScalars) f64 values, copied home together: the loss sum, the aux loss
+// sum, then the clip status (optim/clip.h ClipStatusEntry).
+constexpr int64_t kLossSum = 0, kAuxSum = 1, kClipFirst = 2, kStepScalars = kClipFirst + kClipStatusSize;
+
+// () f64: 0 + x[0] + x[1] + ... in f64, left to right, on `device`.
+Tensor sum_f64(const std::vector<Tensor>& xs, Device device) {
+  Tensor acc = Tensor::zeros({}, DType::f64, device);
+  for (const Tensor& x : xs) acc = add(acc, x.to(DType::f64));
+  return acc;
+}
+
+}  // namespace
+
+PendingStep::PendingStep(AsyncRead scalars, int64_t grad_accum, bool has_aux, std::optional<double> global_loss,
+                         std::optional<bool> global_finite)
+    : scalars_(std::move(scalars)),
+      grad_accum_(grad_accum),
+      has_aux_(has_aux),
+      global_loss_(global_loss),
+      global_finite_(global_finite) {
+  SSMT_ASSERT(scalars_.defined() && scalars_.numel() == kStepScalars, "PendingStep: expected ", kStepScalars,
+              " scalars");
+}
+
+bool PendingStep::ready() const { return result_.has_value() || scalars_.ready(); }
+
+const StepResult& PendingStep::resolve() {
+  if (result_) return *result_;
+  const double n = static_cast<double>(grad_accum_);
+  const double loss_sum = scalars_.value(kLossSum);  // the one wait
+  StepResult r;
+  // One rank: dist.sum(loss_sum / n) / world_size is loss_sum / n exactly.
+  r.loss = global_loss_ ? *global_loss_ : loss_sum / n;
+  r.finite = global_finite_ ? *global_finite_ : std::isfinite(loss_sum);
+  r.has_aux = has_aux_;
+  r.aux_loss = scalars_.value(kAuxSum) / n;
+  r.clip.norm = scalars_.value(kClipFirst + kClipNorm);
+  r.clip.finite = std::isfinite(r.clip.norm);
+  r.clip.scale = scalars_.value(kClipFirst + kClipScale);
+  r.clip.clipped = scalars_.value(kClipFirst + kClipClipped) != 0.0;
+  r.clip.skip = scalars_.value(kClipFirst + kClipSkip) != 0.0;
+  r.applied = !r.clip.skip;
+  result_ = r;
+  return *result_;
+}
+
+PendingStep train_step(LanguageModel& model, Optimizer& optimizer, const std::vector<Tensor>& params, Dist& dist,
+                       const NextBatch& next_batch, int64_t grad_accum, double grad_clip, bool fused_head) {
+  std::vector<Tensor> losses, aux_losses;
+  for (int64_t micro = 0; micro < grad_accum; ++micro) {
+    auto [ids, targets] = next_batch();
+    Tensor total;
+    {
+      ProfileScope forward("forward");
+      LMLoss out;
+      if (fused_head) {
+        out = model.forward_loss(ids, targets);
+      } else {
+        LMOutput full = model.forward(ids);
+        out.loss = cross_entropy(full.logits, targets);
+        out.aux_loss = full.aux_loss;
+      }
+      total = out.loss;
+      if (out.aux_loss.defined()) {
+        total = add(out.loss, out.aux_loss);
+        aux_losses.push_back(out.aux_loss.detach());
+      }
+      if (grad_accum > 1) total = mul(total, 1.0 / static_cast<double>(grad_accum));
+      losses.push_back(out.loss.detach());
+    }
+    ProfileScope backward_scope("backward");
+    backward(total);
+  }
+  ProfileScope optimizer_scope("optimizer");
+  NoGradGuard no_grad;
+  SSMT_CHECK(!losses.empty(), "train_step: grad_accum must be >= 1, got ", grad_accum);
+  const Device device = losses.front().device();
+  Tensor loss_sum = sum_f64(losses, device), aux_sum = sum_f64(aux_losses, device);
+  // Several ranks: the loss and its finiteness are combined on the host, so the loss is read
+  // here (a wait per step on CUDA); every rank then feeds the same verdict to the clip.
+  std::optional<double> global_loss;
+  std::optional<bool> global_finite;
+  const double local_sum = dist.active() ? loss_sum.item<double>() : 0.0;
+  dist.average_gradients(params);
+  Tensor must_be_finite = loss_sum;
+  if (dist.active()) {
+    global_loss = dist.sum(local_sum / static_cast<double>(grad_accum)) / dist.world_size();
+    global_finite = dist.max(std::isfinite(local_sum) ? 0.0 : 1.0) == 0.0;
+    must_be_finite =
+        Tensor::scalar(*global_finite ? 0.0 : std::numeric_limits<double>::quiet_NaN(), DType::f64, device);
+  }
+  DeviceClip clip = clip_grad_norm_deferred(params, grad_clip, must_be_finite);
+  optimizer.step_clipped(clip);
+  Tensor scalars = cat({loss_sum.reshape({1}), aux_sum.reshape({1}), clip.status.to(device)}, 0);
+  PendingStep pending(AsyncRead(scalars), grad_accum, !aux_losses.empty(), global_loss, global_finite);
+  model.zero_grad();
+  return pending;
+}
+
+}  // namespace ssmtrain

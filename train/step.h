@@ -1,0 +1,68 @@
+// One optimizer step of a language model, shared by the trainer and `ssmtrain-bench train`
+// so that the benchmark times exactly what a run does: forward through the fused head and
+// loss, backward, over `grad_accum` micro-batches; gradient averaging over ranks; global-norm
+// clipping; the optimizer update (skipped when the loss or the gradient is not finite).
+//
+// On one CUDA device a step never waits for the device: the batch copies are staged
+// (cuda::memcpy_h2d), the loss sums, the clip and the skip decision stay on the device
+// (clip_grad_norm_deferred, AdamW::step_clipped), and the scalars come home in one
+// asynchronous copy. train_step returns as soon as everything is queued; the caller reads
+// the result when it needs it (PendingStep::resolve), normally one step later. With
+// several ranks the loss and its finiteness are combined on the host (MPI), so each step
+// reads the loss back once; the gradient norm and the update stay on the device.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "core/async_read.h"
+#include "nn/lm.h"
+#include "optim/clip.h"
+#include "optim/optimizer.h"
+#include "train/dist.h"
+
+namespace ssmtrain {
+
+struct StepResult {
+  double loss = 0;      // mean loss over micro-batches and ranks
+  double aux_loss = 0;  // mean auxiliary (MoE) loss over micro-batches on this rank; 0 when none
+  bool has_aux = false;
+  bool finite = true;    // loss finite on every rank
+  bool applied = false;  // the optimizer stepped (loss and gradient norm finite)
+  ClipResult clip;
+};
+
+// The scalars of a launched step, on their way to the host.
+class PendingStep {
+ public:
+  // Made by train_step. scalars: the copy of the step's (kStepScalars) f64 values (step.cpp);
+  // global_loss / global_finite: set with several ranks, where they are reduced at once.
+  PendingStep(AsyncRead scalars, int64_t grad_accum, bool has_aux, std::optional<double> global_loss = {},
+              std::optional<bool> global_finite = {});
+  // Whether they have arrived (never waits).
+  bool ready() const;
+  // Waits for this step's copy alone (not for later work on the stream) and returns the
+  // values; later calls return the same values without waiting.
+  const StepResult& resolve();
+
+ private:
+  AsyncRead scalars_;
+  int64_t grad_accum_ = 1;
+  bool has_aux_ = false;
+  std::optional<double> global_loss_;
+  std::optional<bool> global_finite_;
+  std::optional<StepResult> result_;
+};
+
+// Returns the next micro-batch as (ids, targets), both (B, L) i64 on the model's device.
+using NextBatch = std::function<std::pair<Tensor, Tensor>()>;
+
+// params: the optimizer's parameters (optimizer.parameters()). Leaves the gradients zeroed.
+// fused_head = false computes the full logits and then cross_entropy (the unfused form, kept
+// for comparison in the benchmark).
+PendingStep train_step(LanguageModel& model, Optimizer& optimizer, const std::vector<Tensor>& params, Dist& dist,
+                       const NextBatch& next_batch, int64_t grad_accum, double grad_clip, bool fused_head = true);
+
+}  // namespace ssmtrain
