@@ -7,6 +7,8 @@
 #   before    the 129M row with the unfused head (full f32-stat logits + cross-entropy), profiled
 #   profile   the 129M row as shipped, profiled (profile_*.json written to OUTDIR)
 #   full      every row of the train family, JSON report in OUTDIR/bench_train.json
+#   configs   every shipped config trained on the GPU by `ssmtrain train` (this build, and
+#             OLD_BUILD's when set): median tokens/s of the logged windows after step 20
 #   numerics  200 steps of configs/mamba_text.yaml at two seeds, with this build and (when
 #             OLD_BUILD names the build folder of an earlier commit) with that one
 # BUILD (default /tmp/build-gpu), TARGETS (build only these), TESTS (the test layers) and GCIDE
@@ -48,6 +50,29 @@ if has full; then
   timeout 400 "$bench" train --json "$out/bench_train.json" > "$out/bench_train.txt" 2>&1
   echo "full exit $?"
   cat "$out/bench_train.txt"
+fi
+if has configs; then
+  text="data.path=${GCIDE:-/usr/share/dictd/gcide.dict.dz}"
+  bins=("new:$build/ssmtrain")
+  [ -n "${OLD_BUILD:-}" ] && bins+=("old:$OLD_BUILD/ssmtrain")
+  for cfg in quickstart selective_copy_mamba selective_copy_s6 selective_copy_s4 induction_mamba mamba_text \
+             mamba2_text moe_mamba_text; do
+    steps=200
+    case $cfg in mamba2_text|moe_mamba_text|mamba_text) steps=120 ;; esac
+    for b in "${bins[@]}"; do
+      name="${b%%:*}"; bin="${b#*:}"
+      dir="/tmp/cfg_${name}_$cfg"; rm -rf "$dir"
+      timeout 120 "$bin" train "configs/$cfg.yaml" "$text" train.device=cuda train.eval_every=0 train.sample_tokens=0 \
+        train.log_every=10 --max-steps $steps --run-dir "$dir" --quiet > "$dir.log" 2>&1
+      rc=$?
+      tps=$(python3 -c "
+import json, sys
+rows = [json.loads(l) for l in open('$dir/metrics.jsonl')]
+t = sorted(r['tokens_per_s'] for r in rows if 'tokens_per_s' in r and r['step'] > 20)
+print('%.0f' % t[len(t) // 2] if t else 'none')" 2>/dev/null)
+      echo "config $cfg $name exit $rc tokens/s ${tps:-none}" | tee -a "$out/configs.txt"
+    done
+  done
 fi
 if has numerics; then
   # The loss curve of 200 steps of configs/mamba_text.yaml (bf16) with this build at two

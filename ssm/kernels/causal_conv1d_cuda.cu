@@ -172,23 +172,43 @@ __global__ void __launch_bounds__(kThreads) conv_dweight_partial_kernel(ConvArgs
   for (int k = 0; k <= K; ++k) dst[k] = acc[k];
 }
 
-// dweight[c, k] = sum_{b, s} part[b, s, c, k], dbias[c] = sum_{b, s} part[b, s, c, K],
-// in the fixed order (b, s).
+// dweight[c, k] = sum_{b, s} part[b, s, c, k], dbias[c] = sum_{b, s} part[b, s, c, K]: a
+// block of kRedCols columns x kRedGroups row groups; group g sums rows g, g + kRedGroups, ...
+// in order (independent loads in flight), then the groups are added in group order. The
+// grouping depends on the row count only, so the result is deterministic.
+constexpr int kRedCols = 32, kRedGroups = 16;
+
 template <int K>
-__global__ void conv_dweight_reduce_kernel(const float* part, int rows, int C, float* dweight, float* dbias) {
+__global__ void __launch_bounds__(kRedCols * kRedGroups)
+    conv_dweight_reduce_kernel(const float* part, int rows, int C, float* dweight, float* dbias) {
+  __shared__ float sums[kRedGroups][kRedCols];
   const int width = C * (K + 1);
-  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < width; j += gridDim.x * blockDim.x) {
-    float acc = 0.f;
-    for (int r = 0; r < rows; ++r) acc += part[static_cast<long long>(r) * width + j];
-    const int c = j / (K + 1), k = j % (K + 1);
-    if (k < K) {
-      if (dweight) dweight[c * K + k] = acc;
-    } else if (dbias) {
-      dbias[c] = acc;
-    }
+  const int j = blockIdx.x * kRedCols + threadIdx.x, g = threadIdx.y;
+  float acc = 0.f;
+  if (j < width) {
+#pragma unroll 8
+    for (int r = g; r < rows; r += kRedGroups) acc += part[static_cast<long long>(r) * width + j];
+  }
+  sums[g][threadIdx.x] = acc;
+  __syncthreads();
+  if (g != 0 || j >= width) return;
+  float total = 0.f;
+#pragma unroll
+  for (int k = 0; k < kRedGroups; ++k) total += sums[k][threadIdx.x];
+  const int c = j / (K + 1), k = j % (K + 1);
+  if (k < K) {
+    if (dweight) dweight[c * K + k] = total;
+  } else if (dbias) {
+    dbias[c] = total;
   }
 }
 
+template <int K>
+void launch_dweight_reduce(const float* part, int64_t rows, int C, void* dweight, void* dbias, cudaStream_t stream) {
+  const int width = C * (K + 1);
+  conv_dweight_reduce_kernel<K><<<(width + kRedCols - 1) / kRedCols, dim3(kRedCols, kRedGroups), 0, stream>>>(
+      part, static_cast<int>(rows), C, static_cast<float*>(dweight), static_cast<float*>(dbias));
+}
 
 // ---- tiled kernels: the fast path for long sequences ----
 //
@@ -505,8 +525,7 @@ void causal_conv1d_bwd_cuda(const CausalConv1dParams& p, int device) {
       conv_backward_tiled_kernel<T, K><<<grid, kTiledThreads, 0, stream>>>(a);
       CONV_CUDA_CHECK(cudaGetLastError());
       if (need_dw) {
-        conv_dweight_reduce_kernel<K><<<grid_for(p.C * (K + 1)), kThreads, 0, stream>>>(
-            a.part, static_cast<int>(p.B * tiles), a.C, static_cast<float*>(p.dweight), static_cast<float*>(p.dbias));
+        launch_dweight_reduce<K>(a.part, p.B * tiles, a.C, p.dweight, p.dbias, stream);
         CONV_CUDA_CHECK(cudaGetLastError());
       }
       return;
@@ -521,8 +540,7 @@ void causal_conv1d_bwd_cuda(const CausalConv1dParams& p, int device) {
       dim3 grid(static_cast<unsigned>(cblocks), static_cast<unsigned>(slices), static_cast<unsigned>(p.B));
       conv_dweight_partial_kernel<T, K><<<grid, kThreads, 0, stream>>>(a);
       CONV_CUDA_CHECK(cudaGetLastError());
-      conv_dweight_reduce_kernel<K><<<grid_for(p.C * (K + 1)), kThreads, 0, stream>>>(
-          a.part, static_cast<int>(p.B * slices), a.C, static_cast<float*>(p.dweight), static_cast<float*>(p.dbias));
+      launch_dweight_reduce<K>(a.part, p.B * slices, a.C, p.dweight, p.dbias, stream);
       CONV_CUDA_CHECK(cudaGetLastError());
     }
   });
