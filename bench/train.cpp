@@ -186,6 +186,7 @@ struct Measured {
 Measured run_case(const TrainCase& tc, const Options& o, bool quick) {
   Config config = tc.config_file.empty() ? parse_config(tc.yaml, tc.name + ".yaml", tc.overrides)
                                          : load_config(tc.config_file, tc.overrides);
+  apply_compute_settings(config);
   const Device device = train_device(config);
   if (device.is_cuda() && o.device != 0) throw UserError("--device: only device 0 is supported by the train family");
   const ModelSpec spec = model_spec(config);

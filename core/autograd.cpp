@@ -39,7 +39,7 @@ void accumulate(AutogradMeta& meta, const Tensor& g) {
 
 }  // namespace
 
-NoGradGuard::NoGradGuard() : prev_(false) { ++g_tape.no_grad_depth; }
+NoGradGuard::NoGradGuard() { ++g_tape.no_grad_depth; }
 NoGradGuard::~NoGradGuard() { --g_tape.no_grad_depth; }
 
 EnableGradGuard::EnableGradGuard() : saved_depth_(g_tape.no_grad_depth) { g_tape.no_grad_depth = 0; }

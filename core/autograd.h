@@ -25,9 +25,6 @@ class NoGradGuard {
   ~NoGradGuard();
   NoGradGuard(const NoGradGuard&) = delete;
   NoGradGuard& operator=(const NoGradGuard&) = delete;
-
- private:
-  bool prev_;
 };
 
 // Turns recording back on for its lifetime inside a NoGradGuard or a backward closure (the

@@ -171,10 +171,9 @@ int device_count();  // 0 when the driver or a GPU is missing (never throws)
 // Copies between host and device memory of `device`, ordered on its compute stream.
 // memcpy_h2d stages the bytes in pinned memory and returns without waiting for the device
 // (up to 16 MiB; larger copies wait); `src` may be reused as soon as it returns.
-// memcpy_d2h and memcpy_d2d wait for the copy (and so for all work queued before it).
+// memcpy_d2h waits for the copy (and so for all work queued before it).
 void memcpy_h2d(void* dst, const void* src, size_t nbytes, int device);
 void memcpy_d2h(void* dst, const void* src, size_t nbytes, int device);
-void memcpy_d2d(void* dst, const void* src, size_t nbytes, int device);
 // The compute stream of `device` (a cudaStream_t), for kernels launched outside core/.
 void* compute_stream(int device);
 }  // namespace cuda

@@ -65,7 +65,6 @@ class Generator {
   explicit Generator(uint64_t seed = 0, uint64_t offset = 0) : seed_(seed), offset_(offset) {}
   uint64_t seed() const { return seed_; }
   uint64_t offset() const { return offset_; }
-  void set_state(uint64_t seed, uint64_t offset) { seed_ = seed, offset_ = offset; }
   // Reserve n counters and return the first one.
   uint64_t advance(uint64_t n) {
     uint64_t first = offset_;

@@ -36,7 +36,6 @@ void constant_(const Tensor& t, double value) {
 }
 
 void zeros_(const Tensor& t) { constant_(t, 0.0); }
-void ones_(const Tensor& t) { constant_(t, 1.0); }
 
 void scale_(const Tensor& t, double factor) {
   require_contiguous(t, "init::scale_");

@@ -22,7 +22,6 @@ void normal_(const Tensor& t, Generator& gen, double mean = 0.0, double std = 1.
 void uniform_(const Tensor& t, Generator& gen, double low, double high);
 void constant_(const Tensor& t, double value);
 void zeros_(const Tensor& t);
-void ones_(const Tensor& t);
 void scale_(const Tensor& t, double factor);  // t *= factor
 
 // fan_in of a weight laid out (out, in, *kernel): in * prod(kernel). 1-D tensors: size(0).

@@ -93,7 +93,7 @@ int cmd_eval(const Args& args) {
   auto plain = split_overrides(args, overrides);
   const std::string path = one_positional(args, plain, "the checkpoint");
   LoadedCheckpoint ck = load_checkpoint_model(path, overrides, "");
-  apply_thread_setting(ck.config);
+  apply_compute_settings(ck.config);
   auto val = make_dataset(data_spec(ck.config, 0, 1), "val");
   const int64_t batches = args.get_int("--batches", ck.config.train.eval_batches);
   SSMT_CHECK(batches >= 1, "--batches: must be >= 1, got ", batches);
@@ -116,7 +116,7 @@ int cmd_sample(const Args& args) {
   auto plain = split_overrides(args, overrides);
   const std::string path = one_positional(args, plain, "the checkpoint");
   LoadedCheckpoint ck = load_checkpoint_model(path, overrides, args.get("--device"));
-  apply_thread_setting(ck.config);
+  apply_compute_settings(ck.config);
   SampleOptions so;
   so.tokens = args.get_int("--tokens", 200);
   so.temperature = args.get_double("--temperature", 0.8);

@@ -281,6 +281,7 @@ struct TrainSection {
   int64_t profile_steps = 0;
   std::string recompute = "none";
   bool fused_head = true;
+  bool tf32 = false;
 
   template <class V>
   void visit(V& v) {
@@ -316,6 +317,9 @@ struct TrainSection {
     v.field("fused_head", fused_head,
             "loss through the fused head + cross-entropy over row blocks (never the full logits); false computes "
             "the full f32 logits first (slower, more memory; kept for comparison)");
+    v.field("tf32", tf32,
+            "f32 GEMMs on CUDA on TF32 tensor cores (fp32 accumulation, 10-bit mantissa products); off = full "
+            "fp32, as the CPU; bf16 precision runs its GEMMs in bf16 either way");
   }
   bool operator==(const TrainSection&) const = default;
 };

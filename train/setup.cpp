@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include "core/backend.h"
 #include "optim/adamw.h"
 #include "optim/param_groups.h"
 #include "optim/sgd.h"
@@ -127,8 +128,9 @@ int64_t tokens_per_step(const Config& config, int world_size) {
   return config.train.batch_size * config.train.seq_len * config.train.grad_accum * world_size;
 }
 
-void apply_thread_setting(const Config& config) {
+void apply_compute_settings(const Config& config) {
   if (config.train.threads > 0) omp_set_num_threads(static_cast<int>(config.train.threads));
+  set_allow_tf32(config.train.tf32);
 }
 
 }  // namespace ssmtrain

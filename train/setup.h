@@ -29,7 +29,7 @@ BudgetSpec budget_spec(const Config& config);
 // Tokens per optimizer step over all ranks: batch_size * seq_len * grad_accum * world_size.
 int64_t tokens_per_step(const Config& config, int world_size);
 
-// Applies train.threads (0 = all cores) to OpenMP.
-void apply_thread_setting(const Config& config);
+// Applies train.threads (0 = all cores) to OpenMP and train.tf32 to the f32 GEMMs on CUDA.
+void apply_compute_settings(const Config& config);
 
 }  // namespace ssmtrain

@@ -115,7 +115,7 @@ class Run {
   Run(const Config& config, const TrainOptions& options) : config_(config), options_(options) {}
 
   int execute() {
-    apply_thread_setting(config_);
+    apply_compute_settings(config_);
     device_ = train_device(config_);
     // Under mpirun each process takes the GPU of its local rank when train.device is "cuda".
     if (device_.is_cuda() && dist_.active() && config_.train.device == "cuda") device_ = Device::cuda(dist_.local_rank());

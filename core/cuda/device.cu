@@ -269,9 +269,6 @@ void memcpy_h2d(void* dst, const void* src, size_t nbytes, int device) {
 void memcpy_d2h(void* dst, const void* src, size_t nbytes, int device) {
   copy_sync(dst, src, nbytes, cudaMemcpyDeviceToHost, device);
 }
-void memcpy_d2d(void* dst, const void* src, size_t nbytes, int device) {
-  copy_sync(dst, src, nbytes, cudaMemcpyDeviceToDevice, device);
-}
 
 PinnedRead* read_async(const void* src, size_t nbytes, int device) {
   SSMT_ASSERT(nbytes <= kPinnedReadBytes, "read_async: ", nbytes, " bytes is more than a pinned read holds");

@@ -13,7 +13,9 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/backend.h"
 #include "train/config.h"
+#include "train/setup.h"
 #include "user_error.h"
 
 using namespace ssmtrain;
@@ -365,4 +367,17 @@ TEST_CASE("config docs in docs/config.md match config_docs_markdown") {
         "output of `ssmtrain config --docs` (written to "
         << fresh << ")");
   }
+}
+
+TEST_CASE("train.tf32 is an opt-in applied with the compute settings") {
+  const std::string yaml = "data:\n  kind: synthetic\n";
+  Config off = parse_config(yaml, "t.yaml");
+  CHECK_FALSE(off.train.tf32);
+  Config on = parse_config(yaml, "t.yaml", {"train.tf32=true"});
+  REQUIRE(on.train.tf32);
+  apply_compute_settings(on);
+  CHECK(allow_tf32());
+  apply_compute_settings(off);
+  CHECK_FALSE(allow_tf32());
+  CHECK(contains(user_error_of([&] { parse_config(yaml, "t.yaml", {"train.tf32=maybe"}); }), "train.tf32"));
 }
