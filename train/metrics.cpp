@@ -62,7 +62,7 @@ JsonLine& JsonLine::add(const std::string& k, const std::string& v) {
   return *this;
 }
 
-RunLog::RunLog(const std::string& run_dir, bool quiet) : quiet_(quiet) {
+RunLog::RunLog(const std::string& run_dir, bool quiet) : enabled_(true), quiet_(quiet) {
   std::filesystem::create_directories(run_dir);
   metrics_.open(run_dir + "/metrics.jsonl", std::ios::app);
   log_.open(run_dir + "/train.log", std::ios::app);
@@ -71,11 +71,13 @@ RunLog::RunLog(const std::string& run_dir, bool quiet) : quiet_(quiet) {
 }
 
 void RunLog::metrics(const JsonLine& line) {
+  if (!enabled_) return;
   metrics_ << line.str() << "\n";
   metrics_.flush();
 }
 
 void RunLog::info(const std::string& line) {
+  if (!enabled_) return;
   log_ << line << "\n";
   log_.flush();
   if (quiet_) return;

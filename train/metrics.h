@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,6 +32,10 @@ class RunLog {
  public:
   // Opens (appending) run_dir/metrics.jsonl and run_dir/train.log.
   explicit RunLog(const std::string& run_dir, bool quiet = false);
+  // A log that records nothing: what the ranks other than the main one get, so the trainer
+  // calls one logger everywhere instead of testing for one.
+  static std::unique_ptr<RunLog> null() { return std::unique_ptr<RunLog>(new RunLog()); }
+  bool enabled() const { return enabled_; }
   void metrics(const JsonLine& line);
   // A line for the log file and the terminal (clearing a live bar first).
   void info(const std::string& line);
@@ -40,8 +45,9 @@ class RunLog {
   bool is_tty() const { return tty_; }
 
  private:
+  RunLog() = default;
   std::ofstream metrics_, log_;
-  bool tty_ = false, bar_shown_ = false, quiet_ = false;
+  bool enabled_ = false, tty_ = false, bar_shown_ = false, quiet_ = false;
 };
 
 std::string format_count(double n);     // 1.23M, 45.6k, 7.8B

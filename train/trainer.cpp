@@ -128,6 +128,8 @@ class Run {
         drop_metrics_after(options_.run_dir + "/metrics.jsonl", checkpoint_step(*resume_from).value_or(0));
       log_ = std::make_unique<RunLog>(options_.run_dir, options_.quiet);
       write_text_atomically(options_.run_dir + "/config.yaml", config_yaml_);
+    } else {
+      log_ = RunLog::null();  // only the main rank writes logs and metrics
     }
 
     // Model: drawn on the CPU from the seed (identical on every device), then moved.
@@ -149,7 +151,7 @@ class Run {
     state_.rng_seed = static_cast<uint64_t>(config_.train.seed);
 
     if (resume_from) restore(*resume_from);
-    if (log_) announce(resume_from);
+    announce(resume_from);
     return loop();
   }
 
@@ -179,14 +181,14 @@ class Run {
     reader.verify();
     Config saved = parse_config(read_config_text(reader), path);
     for (const auto& d : config_differences(saved, config_))
-      if (log_) log_->info("note: config differs from the checkpoint's: " + d);
+      log_->info("note: config differs from the checkpoint's: " + d);
     load_model(reader, *model_);
     load_optimizer(reader, *optimizer_);
     TrainerState s = read_trainer_state(reader);
     SSMT_CHECK(s.step <= budget_.steps, "--resume: checkpoint '", path, "' is at step ", s.step,
                ", past this run's budget of ", budget_.steps, " steps");
     if (s.total_steps != budget_.steps)
-      if (log_) log_->info("note: the budget changed from " + std::to_string(s.total_steps) + " to " +
+      log_->info("note: the budget changed from " + std::to_string(s.total_steps) + " to " +
                  std::to_string(budget_.steps) + " steps; the schedule follows the new budget");
     train_data_->restore(DataCursor{s.data_kind, s.data_cursor});
     state_ = s;
@@ -195,12 +197,12 @@ class Run {
   }
 
   void announce(const std::optional<std::string>& resume_from) {
-    if (log_) log_->info("ssmtrain: run '" + options_.run_dir + "' on " + device_.str() + ", model " + spec_.mixer + " x" +
+    log_->info("ssmtrain: run '" + options_.run_dir + "' on " + device_.str() + ", model " + spec_.mixer + " x" +
                std::to_string(spec_.n_layer) + " (d_model " + std::to_string(spec_.d_model) + ")");
-    if (log_) log_->info("data: " + train_data_->describe());
-    if (log_) log_->info("budget: " + budget_.summary());
+    log_->info("data: " + train_data_->describe());
+    log_->info("budget: " + budget_.summary());
     if (resume_from)
-      if (log_) log_->info("resumed from " + *resume_from + " at step " + std::to_string(state_.step) + " (" +
+      log_->info("resumed from " + *resume_from + " at step " + std::to_string(state_.step) + " (" +
                  format_count(static_cast<double>(state_.tokens)) + " tokens)");
   }
 
@@ -272,7 +274,7 @@ class Run {
       const double eta = done_here > 0 ? elapsed / static_cast<double>(done_here) *
                                              static_cast<double>(budget_.steps - f.step)
                                        : 0.0;
-      if (log_) log_->progress(f.step, budget_.steps, loss, f.lr, tok_s, eta);
+      log_->progress(f.step, budget_.steps, loss, f.lr, tok_s, eta);
       const bool last = f.step == budget_.steps;
       if (f.step % tc.log_every == 0 || last || f.step == 1) {
         JsonLine j;
@@ -286,8 +288,8 @@ class Run {
           }
         }
         if (state_.nonfinite_total > 0) j.add("nonfinite_total", state_.nonfinite_total);
-        if (log_) log_->metrics(j);
-        if (log_ && !log_->is_tty())
+        log_->metrics(j);
+        if (!log_->is_tty())
           log_->info("step " + std::to_string(f.step) + "/" + std::to_string(budget_.steps) + " | loss " +
                      fixed(loss, 4) + " | lr " + sci(f.lr) + " | grad norm " + fixed(clip.norm, 3) + " | " +
                      format_count(tok_s) + " tok/s | ETA " + format_duration(eta));
@@ -295,11 +297,11 @@ class Run {
         window_tokens = 0;
       }
       if (state_.nonfinite_in_row > 0) {
-        if (log_) log_->info("step " + std::to_string(f.step) + ": non-finite " + (finite ? "gradient" : "loss") +
+        log_->info("step " + std::to_string(f.step) + ": non-finite " + (finite ? "gradient" : "loss") +
                    " (loss " + fixed(loss, 4) + ", grad norm " + sci(clip.norm) + "); update skipped (" +
                    std::to_string(state_.nonfinite_in_row) + " in a row)");
         if (state_.nonfinite_in_row >= std::max<int64_t>(1, tc.max_nonfinite)) {
-          if (log_) log_->finish_progress();
+          log_->finish_progress();
           std::fprintf(stderr,
                        "ssmtrain: stopping: %lld consecutive steps had a non-finite loss or gradient "
                        "(train.max_nonfinite = %lld); the last good checkpoint in %s/checkpoints is kept. "
@@ -312,7 +314,8 @@ class Run {
       return true;
     };
 
-    ProfileRun profile(config_, options_, device_, state_.step, budget_.steps, log_.get());
+    ProfileRun profile(config_, options_, device_, state_.step, budget_.steps,
+                       dist_.is_main() ? log_.get() : nullptr);
     std::optional<InFlight> in_flight;
     while (state_.step < budget_.steps) {
       if (options_.max_steps > 0 && state_.step >= options_.max_steps) break;
@@ -350,19 +353,19 @@ class Run {
       if (stop && !finish_now()) return 1;
       if (checkpoint_due || stop) save();
       if (stop) {
-        if (log_) log_->finish_progress();
-        if (log_) log_->info("stopped by signal after step " + std::to_string(state_.step) +
+        log_->finish_progress();
+        log_->info("stopped by signal after step " + std::to_string(state_.step) +
                    "; continue with: ssmtrain train <config> --run-dir " + options_.run_dir + " --resume auto");
         return 0;
       }
     }
     // The loop ends after a step that was read at once (the last step, --max-steps).
     if (in_flight && !finish(*in_flight)) return 1;
-    if (log_) log_->finish_progress();
-    if (log_ && state_.step < budget_.steps)
+    log_->finish_progress();
+    if (state_.step < budget_.steps)
       log_->info("stopped at step " + std::to_string(state_.step) + " of " + std::to_string(budget_.steps) +
                  " (--max-steps); continue with --resume auto");
-    else if (log_)
+    else
       log_->info("done: " + std::to_string(state_.step) + " steps, " +
                  format_count(static_cast<double>(state_.tokens)) + " tokens");
     return 0;
@@ -383,8 +386,8 @@ class Run {
       j.add("acc", r.accuracy);
       line += " | accuracy " + fixed(100.0 * r.accuracy, 2) + "%";
     }
-    if (log_) log_->metrics(j);
-    if (log_) log_->info(line);
+    log_->metrics(j);
+    log_->info(line);
     if (tc.sample_tokens > 0 && val_data_->byte_level()) {
       // The sample has its own generator, keyed by the step, so it never moves training RNG.
       Generator gen(derive_key(static_cast<uint64_t>(tc.seed), 0x53414d50ull + static_cast<uint64_t>(state_.step)));
@@ -395,7 +398,7 @@ class Run {
       so.temperature = 0.8;
       so.top_k = 40;
       std::vector<int32_t> out = generate(*model_, ids, val_data_->vocab_size(), so, gen);
-      if (log_) log_->info("sample: " + prompt + printable_bytes(out));
+      log_->info("sample: " + prompt + printable_bytes(out));
     }
   }
 
@@ -408,7 +411,7 @@ class Run {
     const std::string path = checkpoint_path(dir, state_.step);
     save_checkpoint(path, *model_, optimizer_.get(), state_, config_yaml_);
     auto pruned = prune_checkpoints(dir, config_.train.keep_last);
-    if (log_) log_->info("checkpoint " + path + (pruned.empty() ? "" : " (removed " + std::to_string(pruned.size()) + " older)"));
+    log_->info("checkpoint " + path + (pruned.empty() ? "" : " (removed " + std::to_string(pruned.size()) + " older)"));
   }
 
   Config config_;
