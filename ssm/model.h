@@ -8,6 +8,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,5 +60,14 @@ std::pair<int, int> moe_routing(const ModelSpec& spec);
 
 // Usage statistics of every MoE layer of a model (empty when it has none).
 std::vector<std::pair<std::string, ExpertUsage>> moe_usage(LanguageModel& model);
+
+// The usage of the last forward in two numbers (the trainer's metrics): the share of tokens
+// dropped at capacity (mean over MoE layers) and the busiest expert's load over the mean
+// load (max over layers; 1 = perfectly balanced). Empty without MoE layers.
+struct MoeSummary {
+  double dropped = 0;
+  double max_load = 0;
+};
+std::optional<MoeSummary> moe_summary(LanguageModel& model);
 
 }  // namespace ssmtrain

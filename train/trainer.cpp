@@ -212,26 +212,13 @@ class Run {
     int64_t step = 0, tokens = 0;
     double lr = 0;
     PendingStep pending;
-    std::optional<std::pair<double, double>> moe;  // (dropped, max_load) of its last micro-batch
+    std::optional<MoeSummary> moe;  // expert usage of its last micro-batch
   };
 
-  // Expert usage of the last micro-batch (host values the forward kept): the share of tokens
-  // dropped at capacity (mean over MoE layers) and the busiest expert's load over the mean
-  // load (max over layers; 1 = perfectly balanced). Empty without MoE layers.
-  std::optional<std::pair<double, double>> moe_fields() {
+  // Expert usage of the last micro-batch (host values the forward kept; ssm/model.h).
+  std::optional<MoeSummary> moe_fields() {
     if (moe_routing(spec_).second <= 1) return std::nullopt;
-    double dropped = 0, max_load = 0;
-    auto usage = moe_usage(*model_);
-    if (usage.empty()) return std::nullopt;
-    for (const auto& [name, u] : usage) {
-      dropped += u.tokens > 0 ? static_cast<double>(u.dropped) / static_cast<double>(u.tokens) : 0.0;
-      int64_t busiest = 0, routed = 0;
-      for (int64_t t : u.tokens_routed) busiest = std::max(busiest, t), routed += t;
-      if (routed > 0)
-        max_load = std::max(max_load, static_cast<double>(busiest) * static_cast<double>(u.tokens_routed.size()) /
-                                          static_cast<double>(routed));
-    }
-    return std::pair{dropped / static_cast<double>(usage.size()), max_load};
+    return moe_summary(*model_);
   }
 
   // The loop runs one step ahead of what it reports (docs/training.md, "What is logged
@@ -283,8 +270,8 @@ class Run {
         if (moe_routing(spec_).second > 1) {
           j.add("aux_loss", aux_sum / static_cast<double>(tc.grad_accum));
           if (f.moe) {
-            j.add("moe_dropped", f.moe->first);
-            j.add("moe_max_load", f.moe->second);
+            j.add("moe_dropped", f.moe->dropped);
+            j.add("moe_max_load", f.moe->max_load);
           }
         }
         if (state_.nonfinite_total > 0) j.add("nonfinite_total", state_.nonfinite_total);
