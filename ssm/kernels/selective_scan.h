@@ -38,13 +38,6 @@ SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const T
                                    const Tensor& delta_bias = Tensor(), bool delta_softplus = false,
                                    const Tensor& h0 = Tensor());
 
-// The definition, written as plainly as possible for tests: a double loop in double
-// precision that keeps every state. No autodiff; same arguments and results as above.
-SelectiveScanResult selective_scan_reference(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
-                                             const Tensor& Cm, const Tensor& Dskip = Tensor(),
-                                             const Tensor& z = Tensor(), const Tensor& delta_bias = Tensor(),
-                                             bool delta_softplus = false, const Tensor& h0 = Tensor());
-
 // ---- kernel interface ----
 
 constexpr int64_t kSelectiveScanCheckpointInterval = 64;

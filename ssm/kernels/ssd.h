@@ -1,6 +1,7 @@
 // The state-space dual (SSD) layer of Mamba-2 (SPECS section 3): a selective SSM whose
 // decay is one scalar per head and step, computed by the chunked algorithm as one
-// differentiable tape op, plus two reference forms for tests.
+// differentiable tape op (its double-precision reference forms live with the tests:
+// tests/ssm_reference.h).
 //
 // Per batch b and head h (group g = h / (H / G)), with state h_t of shape (P, N):
 //   dt_t  = softplus(dt_raw_t + dt_bias)   (or without softplus),   a_t = exp(dt_t A)
@@ -43,17 +44,6 @@ struct SsdResult {
 SsdResult ssd_chunked(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
                       const Tensor& D = Tensor(), const Tensor& dt_bias = Tensor(), bool dt_softplus = false,
                       int64_t chunk_size = 256, const Tensor& h0 = Tensor());
-
-// References for tests (double precision on the host, no autodiff; same arguments and
-// results as ssd_chunked). Recurrent: the definition, step by step. Quadratic: the masked
-// attention-like form y = (Lmask o C B^T)(dt x) over the whole sequence, with
-// Lmask[l, s] = exp(sum_{k=s+1..l} dt_k A) for s <= l, plus the decayed initial state.
-SsdResult ssd_recurrent(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
-                        const Tensor& D = Tensor(), const Tensor& dt_bias = Tensor(), bool dt_softplus = false,
-                        const Tensor& h0 = Tensor());
-SsdResult ssd_quadratic(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
-                        const Tensor& D = Tensor(), const Tensor& dt_bias = Tensor(), bool dt_softplus = false,
-                        const Tensor& h0 = Tensor());
 
 // ---- kernel interface ----
 

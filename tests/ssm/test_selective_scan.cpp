@@ -12,6 +12,7 @@
 #include "ssm/kernels/kernel_common.h"
 #include "ssm/kernels/linear_scan.h"
 #include "ssm/kernels/selective_scan.h"
+#include "ssm_reference.h"
 #include "user_error.h"
 
 namespace ssmtrain {

@@ -10,6 +10,7 @@
 #include "gradcheck.h"
 #include "ssm/kernels/selective_scan.h"
 #include "ssm/kernels/ssd.h"
+#include "ssm_reference.h"
 #include "user_error.h"
 
 namespace ssmtrain {

@@ -5,7 +5,7 @@
 
 #include "core/autograd.h"
 #include "core/error.h"
-#include "ssm/kernels/selective_scan.h"
+#include "ssm_reference.h"
 
 namespace ssmtrain {
 

@@ -5,7 +5,7 @@
 
 #include "core/autograd.h"
 #include "core/error.h"
-#include "ssm/kernels/ssd.h"
+#include "ssm_reference.h"
 
 namespace ssmtrain {
 

@@ -1,0 +1,30 @@
+// Reference implementations of the SSM ops, for tests only: the definitions written as
+// plainly as possible, in double precision on the host, no autodiff
+// (tests/ssm/selective_scan_reference.cpp, tests/ssm/ssd_reference.cpp).
+#pragma once
+
+#include "core/tensor.h"
+#include "ssm/kernels/selective_scan.h"
+#include "ssm/kernels/ssd.h"
+
+namespace ssmtrain {
+
+// The selective scan (SPECS section 1): a double loop that keeps every state; same arguments
+// and results as selective_scan.
+SelectiveScanResult selective_scan_reference(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
+                                             const Tensor& Cm, const Tensor& Dskip = Tensor(),
+                                             const Tensor& z = Tensor(), const Tensor& delta_bias = Tensor(),
+                                             bool delta_softplus = false, const Tensor& h0 = Tensor());
+
+// SSD (SPECS section 3), same arguments and results as ssd_chunked. Recurrent: the
+// definition, step by step. Quadratic: the masked attention-like form
+// y = (Lmask o C B^T)(dt x) over the whole sequence, with Lmask[l, s] =
+// exp(sum_{k=s+1..l} dt_k A) for s <= l, plus the decayed initial state.
+SsdResult ssd_recurrent(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
+                        const Tensor& D = Tensor(), const Tensor& dt_bias = Tensor(), bool dt_softplus = false,
+                        const Tensor& h0 = Tensor());
+SsdResult ssd_quadratic(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
+                        const Tensor& D = Tensor(), const Tensor& dt_bias = Tensor(), bool dt_softplus = false,
+                        const Tensor& h0 = Tensor());
+
+}  // namespace ssmtrain
