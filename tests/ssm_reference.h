@@ -1,6 +1,7 @@
 // Reference implementations of the SSM ops, for tests only: the definitions written as
 // plainly as possible, in double precision on the host, no autodiff
-// (tests/ssm/selective_scan_reference.cpp, tests/ssm/ssd_reference.cpp).
+// (tests/ssm/selective_scan_reference.cpp, tests/ssm/ssd_reference.cpp), and the causal conv
+// written with tensor ops (tests/ssm/causal_conv_composed.cpp).
 #pragma once
 
 #include "core/tensor.h"
@@ -26,5 +27,11 @@ SsdResult ssd_recurrent(const Tensor& x, const Tensor& dt, const Tensor& A, cons
 SsdResult ssd_quadratic(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
                         const Tensor& D = Tensor(), const Tensor& dt_bias = Tensor(), bool dt_softplus = false,
                         const Tensor& h0 = Tensor());
+
+// Causal depthwise conv1d as K shifted multiply-adds of tensor ops, differentiated by the
+// tape: an independent check of the hand-written op on any device. x (B, L, C), weight
+// (C, K), bias (C) or undefined -> (B, L, C); out[b, l, c] = bias[c] + sum_k weight[c, k] *
+// x[b, l - (K - 1) + k, c] (zero before l = 0), then SiLU when silu_activation.
+Tensor causal_conv1d_composed(const Tensor& x, const Tensor& weight, const Tensor& bias, bool silu_activation);
 
 }  // namespace ssmtrain

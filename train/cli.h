@@ -1,4 +1,4 @@
-// The `ssmtrain` command line: subcommands train, eval, sample, info, prepare, config.
+// The `ssmtrain` command line: subcommands train, eval, sample, info, prepare, config, sweep.
 // Exit codes: 0 success, 2 usage/config/data error (a UserError), 1 failure during a run.
 #pragma once
 
@@ -22,7 +22,7 @@ struct Args {
 
 int run_cli(int argc, char** argv);
 
-// Subcommands (train/commands_*.cpp).
+// Subcommands (train/commands.cpp).
 int cmd_train(const Args& args);
 int cmd_eval(const Args& args);
 int cmd_sample(const Args& args);

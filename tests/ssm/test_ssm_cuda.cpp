@@ -41,7 +41,7 @@
 #include "cuda_compare.h"
 #include "gradcheck.h"
 #include "ssm/kernels/causal_conv1d.h"
-#include "ssm/kernels/causal_conv_composed.h"
+#include "ssm_reference.h"
 #include "ssm/kernels/selective_scan.h"
 #include "ssm/kernels/ssd.h"
 #include "ssm/kernels/ssd_composed.h"
