@@ -57,25 +57,10 @@ Tensor Block::forward(const Tensor& h, DType compute_dtype) {
   return add(h, to_residual(y, h, path()));
 }
 
-Tensor Block::forward(const Tensor& h, DType compute_dtype, bool recompute_mixer, Tensor* aux) {
-  Tensor x = to_compute(norm_->forward(h), compute_dtype);
-  Tensor y;
-  if (recompute_mixer) {
-    std::shared_ptr<Mixer> mixer = mixer_;
-    auto outs = recompute(
-        "recompute_mixer",
-        [mixer](const std::vector<Tensor>& in) -> std::vector<Tensor> {
-          Tensor out = mixer->forward(in[0]);
-          return {out, mixer->take_aux_loss()};
-        },
-        {x}, mixer_->parameters());
-    y = outs[0];
-    *aux = outs[1];
-  } else {
-    y = mixer_->forward(x);
-    *aux = mixer_->take_aux_loss();
-  }
-  return add(h, to_residual(y, h, path()));
+Tensor Block::forward(const Tensor& h, DType compute_dtype, Tensor* aux) {
+  Tensor out = forward(h, compute_dtype);
+  *aux = mixer_->take_aux_loss();
+  return out;
 }
 
 Tensor Block::step(const Tensor& h_t, MixerState& state, DType compute_dtype) {
@@ -123,7 +108,7 @@ LanguageModel::Trunk LanguageModel::trunk(const Tensor& ids, Tensor* aux_loss, D
           "recompute_block",
           [block, cdt](const std::vector<Tensor>& in) -> std::vector<Tensor> {
             Tensor a;
-            Tensor out = block->forward(in[0], cdt, false, &a);
+            Tensor out = block->forward(in[0], cdt, &a);
             return {out, a};
           },
           {h}, block->parameters());

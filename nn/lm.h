@@ -57,9 +57,8 @@ class Block : public Module {
   Block(int64_t d_model, double norm_eps, std::shared_ptr<Mixer> mixer);
   // h (B, L, D) f32 -> (B, L, D) f32; the mixer runs in compute_dtype.
   Tensor forward(const Tensor& h, DType compute_dtype);
-  // The same, for a language model's trunk: the mixer's auxiliary loss (undefined when none)
-  // in *aux, and the mixer recomputed in the backward when recompute_mixer.
-  Tensor forward(const Tensor& h, DType compute_dtype, bool recompute_mixer, Tensor* aux);
+  // The same, taking the mixer's auxiliary loss of this forward (undefined when none) into *aux.
+  Tensor forward(const Tensor& h, DType compute_dtype, Tensor* aux);
   // h_t (B, D) f32 -> (B, D) f32
   Tensor step(const Tensor& h_t, MixerState& state, DType compute_dtype);
 

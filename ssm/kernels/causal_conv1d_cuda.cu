@@ -268,14 +268,12 @@ __device__ __forceinline__ void load_x(const ConvArgs& a, int b, int s, int c, f
   for (int j = 0; j < V; ++j) v[j] = xext<T, K>(a, b, s + K - 1, c + j);
 }
 
-// Grid: (ceil(C / kVec / kThreads), tiles, B).
+// A thread's start of a tile: the weights and bias of its kVec channels, and the K - 1
+// inputs before the tile (win[k] = xext at t0 - (K - 1) + k).
 template <typename T, int K>
-__global__ void __launch_bounds__(kTiledThreads) conv_forward_tiled_kernel(ConvArgs a) {
+__device__ __forceinline__ void tile_start(const ConvArgs& a, int b, int c, int t0, float (&w)[K][VecOf<T>::n],
+                                           float (&bias)[VecOf<T>::n], float (&win)[K][VecOf<T>::n]) {
   constexpr int V = VecOf<T>::n;
-  const int c = (blockIdx.x * kTiledThreads + threadIdx.x) * V;
-  if (c >= a.C) return;
-  const int b = blockIdx.z, t0 = blockIdx.y * kTile, t1 = min(a.L, t0 + kTile);
-  float w[K][V], bias[V], win[K][V];  // win[k]: xext at t - (K - 1) + k
 #pragma unroll
   for (int j = 0; j < V; ++j) {
     bias[j] = a.bias ? a.bias[c + j] : 0.f;
@@ -284,6 +282,17 @@ __global__ void __launch_bounds__(kTiledThreads) conv_forward_tiled_kernel(ConvA
   }
 #pragma unroll
   for (int k = 0; k < K - 1; ++k) load_x<T, K>(a, b, t0 - (K - 1) + k, c, win[k]);
+}
+
+// Grid: (ceil(C / kVec / kThreads), tiles, B).
+template <typename T, int K>
+__global__ void __launch_bounds__(kTiledThreads) conv_forward_tiled_kernel(ConvArgs a) {
+  constexpr int V = VecOf<T>::n;
+  const int c = (blockIdx.x * kTiledThreads + threadIdx.x) * V;
+  if (c >= a.C) return;
+  const int b = blockIdx.z, t0 = blockIdx.y * kTile, t1 = min(a.L, t0 + kTile);
+  float w[K][V], bias[V], win[K][V];  // win[k]: xext at t - (K - 1) + k
+  tile_start<T, K>(a, b, c, t0, w, bias, win);
 #pragma unroll 4
   for (int t = t0; t < t1; ++t) {
     load_x<T, K>(a, b, t, c, win[K - 1]);
@@ -312,19 +321,14 @@ __global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(Conv
   if (c >= a.C) return;
   const int b = blockIdx.z, t0 = blockIdx.y * kTile, t1 = min(a.L, t0 + kTile);
   float w[K][V], bias[V], win[K][V], ring[K][V], acc[K + 1][V];  // ring[k]: dpre at u - (K - 1) + k
+  tile_start<T, K>(a, b, c, t0, w, bias, win);
 #pragma unroll
   for (int j = 0; j < V; ++j) {
-    bias[j] = a.bias ? a.bias[c + j] : 0.f;
 #pragma unroll
-    for (int k = 0; k < K; ++k) {
-      w[k][j] = a.w[(c + j) * K + k];
-      ring[k][j] = 0.f;
-    }
+    for (int k = 0; k < K; ++k) ring[k][j] = 0.f;
 #pragma unroll
     for (int k = 0; k <= K; ++k) acc[k][j] = 0.f;
   }
-#pragma unroll
-  for (int k = 0; k < K - 1; ++k) load_x<T, K>(a, b, t0 - (K - 1) + k, c, win[k]);
   // Tile 0 also produces d xext at the K - 1 initial-state positions (s < 0).
   const int s_first = (blockIdx.y == 0 && a.dstate) ? -(K - 1) : t0;
   const int u_end = min(t1 + K - 1, a.L + K - 1);
