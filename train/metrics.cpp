@@ -65,7 +65,8 @@ JsonLine& JsonLine::add(const std::string& k, const std::string& v) {
 RunLog::RunLog(const std::string& run_dir, bool quiet) : enabled_(true), quiet_(quiet) {
   std::filesystem::create_directories(run_dir);
   metrics_.open(run_dir + "/metrics.jsonl", std::ios::app);
-  log_.open(run_dir + "/train.log", std::ios::app);
+  log_path_ = run_dir + "/train.log";
+  log_.open(log_path_, std::ios::app);
   SSMT_CHECK(metrics_ && log_, "cannot write to run directory '", run_dir, "'");
   tty_ = isatty(STDOUT_FILENO) && !quiet;
 }
@@ -84,6 +85,11 @@ void RunLog::info(const std::string& line) {
   if (bar_shown_) std::cout << "\r\033[2K";
   std::cout << line << std::endl;
   bar_shown_ = false;
+  if (!std::cout && !stdout_lost_) {
+    // The terminal or pipe went away (SIGPIPE is ignored): say so once, keep training.
+    stdout_lost_ = true;
+    std::cerr << "warning: standard output is closed; the run goes on, logging to " << log_path_ << std::endl;
+  }
 }
 
 void RunLog::progress(int64_t step, int64_t total, double loss, double lr, double tps, double eta) {

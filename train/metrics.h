@@ -47,7 +47,8 @@ class RunLog {
  private:
   RunLog() = default;
   std::ofstream metrics_, log_;
-  bool enabled_ = false, tty_ = false, bar_shown_ = false, quiet_ = false;
+  bool enabled_ = false, tty_ = false, bar_shown_ = false, quiet_ = false, stdout_lost_ = false;
+  std::string log_path_;
 };
 
 std::string format_count(double n);     // 1.23M, 45.6k, 7.8B

@@ -17,6 +17,7 @@
 #include "train/generate.h"
 #include "train/metrics.h"
 #include "train/profile_run.h"
+#include "train/run_lock.h"
 #include "train/setup.h"
 #include "train/signals.h"
 #include "train/step.h"
@@ -119,18 +120,11 @@ class Run {
     device_ = train_device(config_);
     // Under mpirun each process takes the GPU of its local rank when train.device is "cuda".
     if (device_.is_cuda() && dist_.active() && config_.train.device == "cuda") device_ = Device::cuda(dist_.local_rank());
+    // One process per run directory, before anything there is read or written.
+    if (dist_.is_main()) lock_.emplace(options_.run_dir);
     const std::string ckpt_dir = options_.run_dir + "/checkpoints";
     std::optional<std::string> resume_from = find_resume_checkpoint(ckpt_dir);
     config_yaml_ = to_yaml(config_);
-    if (dist_.is_main()) {
-      fs::create_directories(ckpt_dir);
-      if (resume_from)
-        drop_metrics_after(options_.run_dir + "/metrics.jsonl", checkpoint_step(*resume_from).value_or(0));
-      log_ = std::make_unique<RunLog>(options_.run_dir, options_.quiet);
-      write_text_atomically(options_.run_dir + "/config.yaml", config_yaml_);
-    } else {
-      log_ = RunLog::null();  // only the main rank writes logs and metrics
-    }
 
     // Model: drawn on the CPU from the seed (identical on every device), then moved.
     spec_ = model_spec(config_);
@@ -151,6 +145,18 @@ class Run {
     state_.rng_seed = static_cast<uint64_t>(config_.train.seed);
 
     if (resume_from) restore(*resume_from);
+    // Every check has passed: only now does the run touch its directory's files, so a
+    // rejected resume leaves config.yaml and metrics.jsonl as they were.
+    if (dist_.is_main()) {
+      fs::create_directories(ckpt_dir);
+      if (resume_from)
+        drop_metrics_after(options_.run_dir + "/metrics.jsonl", checkpoint_step(*resume_from).value_or(0));
+      log_ = std::make_unique<RunLog>(options_.run_dir, options_.quiet);
+      write_text_atomically(options_.run_dir + "/config.yaml", config_yaml_);
+    } else {
+      log_ = RunLog::null();  // only the main rank writes logs and metrics
+    }
+    for (const std::string& note : restore_notes_) log_->info(note);
     announce(resume_from);
     return loop();
   }
@@ -181,15 +187,15 @@ class Run {
     reader.verify();
     Config saved = parse_config(read_config_text(reader), path);
     for (const auto& d : config_differences(saved, config_))
-      log_->info("note: config differs from the checkpoint's: " + d);
+      restore_notes_.push_back("note: config differs from the checkpoint's: " + d);
     load_model(reader, *model_);
     load_optimizer(reader, *optimizer_);
     TrainerState s = read_trainer_state(reader);
     SSMT_CHECK(s.step <= budget_.steps, "--resume: checkpoint '", path, "' is at step ", s.step,
                ", past this run's budget of ", budget_.steps, " steps");
     if (s.total_steps != budget_.steps)
-      log_->info("note: the budget changed from " + std::to_string(s.total_steps) + " to " +
-                 std::to_string(budget_.steps) + " steps; the schedule follows the new budget");
+      restore_notes_.push_back("note: the budget changed from " + std::to_string(s.total_steps) + " to " +
+                               std::to_string(budget_.steps) + " steps; the schedule follows the new budget");
     train_data_->restore(DataCursor{s.data_kind, s.data_cursor});
     state_ = s;
     state_.total_steps = budget_.steps;
@@ -405,7 +411,9 @@ class Run {
   TrainOptions options_;
   Dist& dist_ = Dist::get();
   Device device_;
+  std::optional<RunDirLock> lock_;
   std::unique_ptr<RunLog> log_;
+  std::vector<std::string> restore_notes_;  // printed once restore has succeeded
   std::string config_yaml_;
   ModelSpec spec_;
   std::shared_ptr<LanguageModel> model_;
