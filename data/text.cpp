@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <sstream>
 
 #include "core/error.h"
@@ -17,6 +18,14 @@ namespace {
 std::string quoted(const std::string& path) { return "'" + path + "'"; }
 
 std::vector<unsigned char> read_file_bytes(const std::string& path, const std::string& key) {
+  // Regular files only: a directory reads as a size of 2^63 - 1 and /dev/zero or a FIFO never
+  // ends, each of which used to end in bad_alloc or a hang.
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  SSMT_CHECK(!std::filesystem::is_directory(status), key, ": ", quoted(path),
+             " is a directory; list the text files in it (data.path takes a list of files)");
+  SSMT_CHECK(!std::filesystem::exists(status) || std::filesystem::is_regular_file(status), key, ": ", quoted(path),
+             " is not a regular file (a device, FIFO or socket cannot be training text)");
   std::FILE* f = std::fopen(path.c_str(), "rb");
   SSMT_CHECK(f != nullptr, key, ": cannot open ", quoted(path), ": ", std::strerror(errno));
   std::vector<unsigned char> bytes;

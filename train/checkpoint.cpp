@@ -1,5 +1,6 @@
 #include "train/checkpoint.h"
 
+#include <cmath>
 #include <map>
 
 #include "core/backend.h"
@@ -82,6 +83,13 @@ void load_model(const CheckpointReader& r, Module& model) {
     Tensor host = from_host_array(r.read_array("model/" + p.name), "parameter '" + p.name + "'");
     SSMT_CHECK(host.shape() == p.tensor.shape(), "parameter '", p.name, "': checkpoint shape ", host.shape().str(),
                " does not match the model's ", p.tensor.shape().str());
+    // A checksum proves the bytes are the ones written, not that training was healthy:
+    // weights that are NaN or inf would only give a NaN loss or garbage samples later.
+    const std::vector<double> values = host.to(DType::f64).contiguous().to_vector<double>();
+    for (size_t i = 0; i < values.size(); ++i)
+      SSMT_CHECK(std::isfinite(values[i]), "checkpoint parameter '", p.name, "' holds a non-finite value (",
+                 values[i], " at element ", i, "): the run that saved it had diverged; resume from an earlier "
+                 "checkpoint");
     backend(p.tensor.device()).copy(host.to(p.tensor.device()), p.tensor);
   }
   for (const auto& [name, used] : seen)

@@ -122,7 +122,8 @@ int cmd_sample(const Args& args) {
   so.temperature = args.get_double("--temperature", 0.8);
   so.top_k = args.get_int("--top-k", 0);
   so.top_p = args.get_double("--top-p", 1.0);
-  SSMT_CHECK(so.tokens >= 0, "--tokens: must be >= 0, got ", so.tokens);
+  SSMT_CHECK(so.tokens >= 0 && so.tokens <= kMaxSampleTokens, "--tokens: must be in [0, ", kMaxSampleTokens,
+             "], got ", so.tokens);
   SSMT_CHECK(so.temperature >= 0, "--temperature: must be >= 0, got ", so.temperature);
   SSMT_CHECK(so.top_k >= 0, "--top-k: must be >= 0, got ", so.top_k);
   SSMT_CHECK(so.top_p > 0 && so.top_p <= 1, "--top-p: must be in (0, 1], got ", so.top_p);

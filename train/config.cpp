@@ -590,7 +590,11 @@ Config parse_config(const std::string& yaml_text, const std::string& source_name
                     const std::vector<std::string>& overrides) {
   YAML::Node root;
   try {
-    root = YAML::Load(yaml_text);
+    std::vector<YAML::Node> docs = YAML::LoadAll(yaml_text);
+    if (docs.size() > 1)
+      throw UserError(source_name + ": holds " + std::to_string(docs.size()) +
+                      " YAML documents (separated by '---'); a config is one document");
+    if (!docs.empty()) root = docs.front();
   } catch (const YAML::ParserException& e) {
     throw UserError(source_name + ":" + std::to_string(e.mark.line + 1) + ": invalid YAML: " + e.msg);
   } catch (const YAML::Exception& e) {

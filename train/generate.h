@@ -10,6 +10,9 @@
 
 namespace ssmtrain {
 
+// The most tokens one `ssmtrain sample` generates (the output is held in memory).
+constexpr int64_t kMaxSampleTokens = int64_t{1} << 24;
+
 struct SampleOptions {
   int64_t tokens = 64;
   double temperature = 1.0;  // 0: greedy

@@ -2,6 +2,8 @@
 
 #include <omp.h>
 
+#include <cstdio>
+
 #include "core/backend.h"
 #include "optim/adamw.h"
 #include "optim/param_groups.h"
@@ -129,7 +131,18 @@ int64_t tokens_per_step(const Config& config, int world_size) {
 }
 
 void apply_compute_settings(const Config& config) {
-  if (config.train.threads > 0) omp_set_num_threads(static_cast<int>(config.train.threads));
+  if (config.train.threads > 0) {
+    // More threads than processors only oversubscribes them (and very many exhaust the
+    // stacks OpenMP gives each one): bound by the processors, and say so.
+    const int procs = omp_get_num_procs();
+    int64_t threads = config.train.threads;
+    if (threads > procs) {
+      std::fprintf(stderr, "warning: train.threads = %lld is more than the %d processors; using %d\n",
+                   static_cast<long long>(threads), procs, procs);
+      threads = procs;
+    }
+    omp_set_num_threads(static_cast<int>(threads));
+  }
   set_allow_tf32(config.train.tf32);
 }
 
