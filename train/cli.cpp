@@ -22,7 +22,7 @@ struct Command {
 const std::vector<Command>& commands() {
   static const std::vector<Command> cmds = {
       {"train",
-       "ssmtrain train CONFIG.yaml [--run-dir DIR] [--resume auto|PATH] [--max-steps N] [--profile N] "
+       "ssmtrain train CONFIG.yaml [--run-dir DIR] [--resume auto|PATH] [--max-steps N] [--profile N] [--quiet] "
        "[key.path=value ...]",
        "Train a model from a YAML config. Overrides like optim.lr=3e-4 are type-checked like the file.\n"
        "The run directory (default runs/<run.name>) receives config.yaml, metrics.jsonl, train.log and\n"
@@ -37,8 +37,11 @@ const std::vector<Command>& commands() {
        "Evaluate a checkpoint on its validation split: loss, bits per byte (byte-level data) or\n"
        "answer accuracy (synthetic tasks). Overrides change the data (e.g. data.eval_seq_len=4096).",
        {"--batches"}, {}, cmd_eval},
-      {"sample", "ssmtrain sample CKPT.h5 [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]",
-       "Generate text from a checkpoint with the recurrent step (constant time per token).",
+      {"sample",
+       "ssmtrain sample CKPT.h5 [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] "
+       "[--device D]",
+       "Generate text from a checkpoint with the recurrent step (constant time per token).\n"
+       "--temperature 0 samples greedily (the most likely token); --device cpu|cuda|cuda:N.",
        {"--prompt", "--tokens", "--temperature", "--top-k", "--top-p", "--seed", "--device"}, {}, cmd_sample},
       {"info", "ssmtrain info CKPT.h5", "Print a checkpoint's config, step, tokens seen and parameter counts.", {}, {},
        cmd_info},

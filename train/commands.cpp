@@ -79,7 +79,8 @@ int cmd_train(const Args& args) {
   config.run.dir = options.run_dir;
   options.resume = args.get("--resume");
   options.max_steps = args.get_int("--max-steps", 0);
-  SSMT_CHECK(options.max_steps >= 0, "--max-steps: must be >= 0, got ", options.max_steps);
+  SSMT_CHECK(!args.has("--max-steps") || options.max_steps >= 1, "--max-steps: must be >= 1, got ",
+             options.max_steps, " (leave it out to train the whole budget)");
   options.quiet = args.has("--quiet");
   if (args.has("--profile")) {
     options.profile_steps = args.get_int("--profile", 0);

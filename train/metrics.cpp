@@ -92,6 +92,13 @@ void RunLog::info(const std::string& line) {
   }
 }
 
+void RunLog::info_or_file(const std::string& line) {
+  if (!enabled_) return;
+  if (!tty_) return info(line);
+  log_ << line << "\n";
+  log_.flush();
+}
+
 void RunLog::progress(int64_t step, int64_t total, double loss, double lr, double tps, double eta) {
   if (!tty_) return;
   const int width = 24;

@@ -39,6 +39,9 @@ class RunLog {
   void metrics(const JsonLine& line);
   // A line for the log file and the terminal (clearing a live bar first).
   void info(const std::string& line);
+  // The same, except that on a terminal (where the live bar carries the progress) the line
+  // goes to the log file only.
+  void info_or_file(const std::string& line);
   // The live bar on a TTY; on a pipe nothing (info() lines carry the progress).
   void progress(int64_t step, int64_t total, double loss, double lr, double tokens_per_s, double eta_s);
   void finish_progress();

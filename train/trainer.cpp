@@ -282,8 +282,8 @@ class Run {
         }
         if (state_.nonfinite_total > 0) j.add("nonfinite_total", state_.nonfinite_total);
         log_->metrics(j);
-        if (!log_->is_tty())
-          log_->info("step " + std::to_string(f.step) + "/" + std::to_string(budget_.steps) + " | loss " +
+        // On a terminal the live bar shows the step; train.log keeps the line either way.
+        log_->info_or_file("step " + std::to_string(f.step) + "/" + std::to_string(budget_.steps) + " | loss " +
                      fixed(loss, 4) + " | lr " + sci(f.lr) + " | grad norm " + fixed(clip.norm, 3) + " | " +
                      format_count(tok_s) + " tok/s | ETA " + format_duration(eta));
         window_start = now;
@@ -347,8 +347,8 @@ class Run {
       if (checkpoint_due || stop) save();
       if (stop) {
         log_->finish_progress();
-        log_->info("stopped by signal after step " + std::to_string(state_.step) +
-                   "; continue with: ssmtrain train <config> --run-dir " + options_.run_dir + " --resume auto");
+        log_->info("stopped by signal after step " + std::to_string(state_.step) + "; continue with: " +
+                   resume_command());
         return 0;
       }
     }
@@ -357,11 +357,17 @@ class Run {
     log_->finish_progress();
     if (state_.step < budget_.steps)
       log_->info("stopped at step " + std::to_string(state_.step) + " of " + std::to_string(budget_.steps) +
-                 " (--max-steps); continue with --resume auto");
+                 " (--max-steps); continue with: " + resume_command());
     else
       log_->info("done: " + std::to_string(state_.step) + " steps, " +
                  format_count(static_cast<double>(state_.tokens)) + " tokens");
     return 0;
+  }
+
+  // The command that continues this run as it is: the run directory's config.yaml holds the
+  // resolved config, overrides included, so it needs no overrides repeated.
+  std::string resume_command() const {
+    return "ssmtrain train " + options_.run_dir + "/config.yaml --run-dir " + options_.run_dir + " --resume auto";
   }
 
   void run_eval() {

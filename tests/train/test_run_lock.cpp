@@ -118,3 +118,16 @@ TEST_CASE("a rejected resume leaves config.yaml and metrics.jsonl as they were")
   CHECK(read_file(run + "/metrics.jsonl") == metrics_before);
   CHECK(run_training(tiny({"budget.steps=6"}), options(run, "auto")) == 0);
 }
+
+TEST_CASE("the run directory's config.yaml resumes the run, overrides included") {
+  testing::TempDir dir("resume_yaml");
+  const std::string run = dir.str() + "/run";
+  TrainOptions first = options(run);
+  first.max_steps = 2;
+  // An override that the config file would not repeat: the stop hint points at config.yaml.
+  REQUIRE(run_training(tiny({"optim.lr=0.003"}), first) == 0);
+  Config resolved = load_config(run + "/config.yaml");
+  CHECK(resolved.optim.lr == doctest::Approx(0.003));
+  CHECK(run_training(resolved, options(run, "auto")) == 0);
+  CHECK(read_file(run + "/train.log").find("done: 4 steps") != std::string::npos);
+}
