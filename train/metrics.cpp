@@ -3,7 +3,9 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <sstream>
@@ -64,7 +66,8 @@ JsonLine& JsonLine::add(const std::string& k, const std::string& v) {
 
 RunLog::RunLog(const std::string& run_dir, bool quiet) : enabled_(true), quiet_(quiet) {
   std::filesystem::create_directories(run_dir);
-  metrics_.open(run_dir + "/metrics.jsonl", std::ios::app);
+  metrics_path_ = run_dir + "/metrics.jsonl";
+  metrics_.open(metrics_path_, std::ios::app);
   log_path_ = run_dir + "/train.log";
   log_.open(log_path_, std::ios::app);
   SSMT_CHECK(metrics_ && log_, "cannot write to run directory '", run_dir, "'");
@@ -75,12 +78,23 @@ void RunLog::metrics(const JsonLine& line) {
   if (!enabled_) return;
   metrics_ << line.str() << "\n";
   metrics_.flush();
+  check_written(metrics_, metrics_path_, metrics_failed_);
+}
+
+// A failed write (full or broken device) is reported once on stderr; training goes on and
+// checkpoints are still saved (they are written, and checked, on their own).
+void RunLog::check_written(std::ofstream& out, const std::string& path, bool& failed) {
+  if (out || failed) return;
+  failed = true;
+  std::cerr << "warning: cannot write '" << path << "' (" << std::strerror(errno)
+            << "); training goes on and checkpoints are still saved, but these records are lost" << std::endl;
 }
 
 void RunLog::info(const std::string& line) {
   if (!enabled_) return;
   log_ << line << "\n";
   log_.flush();
+  check_written(log_, log_path_, log_failed_);
   if (quiet_) return;
   if (bar_shown_) std::cout << "\r\033[2K";
   std::cout << line << std::endl;
@@ -97,6 +111,7 @@ void RunLog::info_or_file(const std::string& line) {
   if (!tty_) return info(line);
   log_ << line << "\n";
   log_.flush();
+  check_written(log_, log_path_, log_failed_);
 }
 
 void RunLog::progress(int64_t step, int64_t total, double loss, double lr, double tps, double eta) {

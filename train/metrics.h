@@ -36,6 +36,9 @@ class RunLog {
   // calls one logger everywhere instead of testing for one.
   static std::unique_ptr<RunLog> null() { return std::unique_ptr<RunLog>(new RunLog()); }
   bool enabled() const { return enabled_; }
+  // Whether a write to metrics.jsonl / train.log has failed (reported once on stderr).
+  bool metrics_failed() const { return metrics_failed_; }
+  bool log_failed() const { return log_failed_; }
   void metrics(const JsonLine& line);
   // A line for the log file and the terminal (clearing a live bar first).
   void info(const std::string& line);
@@ -50,8 +53,10 @@ class RunLog {
  private:
   RunLog() = default;
   std::ofstream metrics_, log_;
+  static void check_written(std::ofstream& out, const std::string& path, bool& failed);
   bool enabled_ = false, tty_ = false, bar_shown_ = false, quiet_ = false, stdout_lost_ = false;
-  std::string log_path_;
+  bool metrics_failed_ = false, log_failed_ = false;
+  std::string metrics_path_, log_path_;
 };
 
 std::string format_count(double n);     // 1.23M, 45.6k, 7.8B

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "temp_dir.h"
 #include "train/config.h"
+#include "train/metrics.h"
 #include "train/run_lock.h"
 #include "train/trainer.h"
 #include "user_error.h"
@@ -130,4 +131,25 @@ TEST_CASE("the run directory's config.yaml resumes the run, overrides included")
   CHECK(resolved.optim.lr == doctest::Approx(0.003));
   CHECK(run_training(resolved, options(run, "auto")) == 0);
   CHECK(read_file(run + "/train.log").find("done: 4 steps") != std::string::npos);
+}
+
+TEST_CASE("a metrics file on a full device is reported and the run still saves its checkpoints") {
+  if (!fs::exists("/dev/full")) {
+    MESSAGE("skipped: no /dev/full on this system");
+    return;
+  }
+  testing::TempDir dir("full_metrics");
+  const std::string run = dir.str() + "/run";
+  fs::create_directories(run);
+  fs::create_symlink("/dev/full", run + "/metrics.jsonl");  // every write fails with ENOSPC
+  {
+    RunLog log(run, /*quiet=*/true);
+    JsonLine j;
+    j.add("step", int64_t{1});
+    log.metrics(j);
+    CHECK(log.metrics_failed());
+    CHECK_FALSE(log.log_failed());
+  }
+  CHECK(run_training(tiny(), options(run)) == 0);
+  CHECK(fs::exists(run + "/checkpoints/ckpt_00000004.h5"));
 }
