@@ -102,6 +102,17 @@ std::vector<SweepRun> run_sweep(const SweepOptions& options) {
     t.quiet = options.quiet;
     config.run.name = run.name;
     config.run.dir = t.run_dir;
+    // A run directory left by an earlier sweep is reused only for the same resolved config:
+    // other overrides (optim.lr, train.seq_len, ...) would otherwise silently reuse results
+    // trained under different settings.
+    const std::string saved = t.run_dir + "/config.yaml";
+    if (fs::exists(saved)) {
+      std::string differs;
+      for (const auto& d : config_differences(load_config(saved), config))
+        if (d.rfind("run.", 0) != 0) differs += (differs.empty() ? "" : "; ") + d;
+      SSMT_CHECK(differs.empty(), "sweep: run directory '", t.run_dir, "' holds a run trained with another config (",
+                 differs, "); remove it, or give this sweep another --run-dir");
+    }
     std::fprintf(stderr, "sweep: run %zu of %zu: %s\n", i + 1, combos.size(), run.name.c_str());
     const int rc = run_training(config, t);
     SSMT_CHECK(rc == 0, "sweep: run '", t.run_dir, "' failed (exit code ", rc, "); fix it and repeat the command");

@@ -59,4 +59,8 @@ TEST_CASE("a sweep trains every combination once and records N D and the final l
   std::stringstream second;
   second << in2.rdbuf();
   CHECK(second.str() == first.str());
+  // Other overrides on the same sweep directory do not reuse those runs: exit 2 naming the key.
+  SweepOptions other = o;
+  other.overrides = {"optim.lr=0.0123"};
+  CHECK_THROWS_WITH_AS(run_sweep(other), doctest::Contains("optim.lr"), UserError);
 }
