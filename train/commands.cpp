@@ -2,6 +2,7 @@
 // the trainer, the evaluator, the generator or the data preparation.
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <sstream>
 
@@ -215,9 +216,28 @@ int cmd_sweep(const Args& args) {
     std::printf("fewer than 5 runs: no scaling-law fit\n");
     return 0;
   }
+  const std::string problem = scaling_fit_problem(points);
+  if (!problem.empty()) {
+    std::printf("no scaling-law fit: %s\n", problem.c_str());
+    return 0;
+  }
   ScalingLaw law = fit_scaling_law(points);
   std::printf("\nL(N, D) = %.4g + %.4g / N^%.4f + %.4g / D^%.4f   (Huber objective %.3g)\n", law.E, law.A,
               law.alpha, law.B, law.beta, law.objective);
+  {
+    // The fit beside the runs it came from, for plots and later comparison.
+    JsonLine j;
+    j.add("E", law.E).add("A", law.A).add("alpha", law.alpha).add("B", law.B).add("beta", law.beta);
+    j.add("objective", law.objective).add("runs", static_cast<int64_t>(points.size()));
+    const std::string path = o.dir + "/fit.json", tmp = path + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      SSMT_CHECK(out.good(), "sweep: cannot write '", tmp, "'");
+      out << j.str() << "\n";
+    }
+    fs::rename(tmp, path);
+    std::printf("(%s)\n", path.c_str());
+  }
   if (law.alpha > 0 && law.beta > 0) {
     double c_max = 0;
     for (const auto& p : points) c_max = std::max(c_max, 6 * p.n * p.d);

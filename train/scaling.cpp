@@ -219,4 +219,27 @@ IsoFlopFit fit_isoflop(const std::vector<ScalingPoint>& points) {
   return fit;
 }
 
+namespace {
+
+// The number of values in v distinct to a relative tolerance.
+size_t distinct(std::vector<double> v, double rel) {
+  std::sort(v.begin(), v.end());
+  size_t n = 0;
+  for (size_t i = 0; i < v.size(); ++i)
+    if (i == 0 || v[i] > v[i - 1] * (1 + rel)) ++n;
+  return n;
+}
+
+}  // namespace
+
+std::string scaling_fit_problem(const std::vector<ScalingPoint>& points) {
+  std::vector<double> ns, ds;
+  for (const auto& p : points) ns.push_back(p.n), ds.push_back(p.d);
+  const size_t n = distinct(ns, 0.01), d = distinct(ds, 0.01);
+  if (n >= 3 && d >= 3) return "";
+  return "the runs cannot identify L(N, D) = E + A/N^alpha + B/D^beta: it needs at least 3 distinct model sizes N "
+         "and 3 distinct token counts D, these have " +
+         std::to_string(n) + " and " + std::to_string(d) + "; add values to the grid";
+}
+
 }  // namespace ssmtrain

@@ -11,6 +11,7 @@
 // the best local minimum wins.
 #pragma once
 
+#include <string>
 #include <vector>
 
 namespace ssmtrain {
@@ -36,6 +37,12 @@ struct ScalingFitOptions {
   double huber_delta = 1e-3;
   int max_iterations = 500;  // L-BFGS iterations per starting point
 };
+
+// Why these points cannot identify L(N, D) (empty when they can): the law has separate N and
+// D terms, so it needs at least 3 distinct N and 3 distinct D (to a relative 1%); fewer
+// leave exponents and coefficients trading off freely (e.g. a fit of 2 token budgets gives
+// E = 0 and D exponents near 50).
+std::string scaling_fit_problem(const std::vector<ScalingPoint>& points);
 
 // UserError for fewer than 5 points or a non-positive N, D or loss.
 ScalingLaw fit_scaling_law(const std::vector<ScalingPoint>& points, const ScalingFitOptions& options = {});

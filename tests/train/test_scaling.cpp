@@ -112,3 +112,18 @@ TEST_CASE("scaling fits reject too few or invalid points by name") {
   std::vector<ScalingPoint> two_sizes = {{1e7, 1e9, 3}, {2e7, 5e8, 2.9}, {1e7, 1e9, 3.01}};
   CHECK_THROWS_WITH_AS(fit_isoflop(two_sizes), doctest::Contains("at least 3"), UserError);
 }
+
+TEST_CASE("a scaling fit needs 3 distinct N and 3 distinct D; fewer are named, not fitted") {
+  std::vector<ScalingPoint> two_budgets;
+  for (double n : {1e6, 2e6, 4e6, 8e6})
+    for (double d : {1e8, 2e8}) two_budgets.push_back({n, d, 2.0 + 400.0 / std::pow(n, 0.3) + 300.0 / std::pow(d, 0.3)});
+  const std::string problem = scaling_fit_problem(two_budgets);
+  CHECK(problem.find("these have 4 and 2") != std::string::npos);
+  std::vector<ScalingPoint> grid;
+  for (double n : {1e6, 2e6, 4e6})
+    for (double d : {1e8, 2e8, 4e8}) grid.push_back({n, d, 2.0 + 400.0 / std::pow(n, 0.3) + 300.0 / std::pow(d, 0.3)});
+  CHECK(scaling_fit_problem(grid).empty());
+  // Values within 1% are one value.
+  grid.push_back({1.005e6, 1e8, 3.0});
+  CHECK(scaling_fit_problem(grid).empty());
+}
