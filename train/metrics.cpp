@@ -1,9 +1,11 @@
 #include "train/metrics.h"
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
-#include <cmath>
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -116,15 +118,22 @@ void RunLog::info_or_file(const std::string& line) {
 
 void RunLog::progress(int64_t step, int64_t total, double loss, double lr, double tps, double eta) {
   if (!tty_) return;
-  const int width = 24;
-  int filled = total > 0 ? static_cast<int>(width * static_cast<double>(step) / total) : 0;
-  std::string bar(filled, '#');
-  bar += std::string(width - filled, '.');
-  char buf[256];
-  std::snprintf(buf, sizeof buf, "\r\033[2K[%s] %lld/%lld loss %.4f lr %.2e %s tok/s ETA %s", bar.c_str(),
-                static_cast<long long>(step), static_cast<long long>(total), loss, lr, format_count(tps).c_str(),
-                format_duration(eta).c_str());
-  std::cout << buf << std::flush;
+  char text[200];
+  std::snprintf(text, sizeof text, "%lld/%lld loss %.4f lr %.2e %s tok/s ETA %s", static_cast<long long>(step),
+                static_cast<long long>(total), loss, lr, format_count(tps).c_str(), format_duration(eta).c_str());
+  // The bar fits the terminal: a line that wraps would leave one stale line per update.
+  int cols = 80;
+  winsize ws{};
+  if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) cols = ws.ws_col;
+  const int room = cols - 1 - static_cast<int>(std::strlen(text)) - 3;  // "[" bar "] "
+  std::string line = text;
+  if (room >= 8) {
+    const int width = std::min(24, room);
+    const int filled = total > 0 ? static_cast<int>(width * static_cast<double>(step) / total) : 0;
+    line = "[" + std::string(filled, '#') + std::string(width - filled, '.') + "] " + line;
+  }
+  if (static_cast<int>(line.size()) >= cols) line.resize(static_cast<size_t>(std::max(cols - 1, 1)));
+  std::cout << "\r\033[2K" << line << std::flush;
   bar_shown_ = true;
 }
 
