@@ -15,6 +15,7 @@
 #include "train/metrics.h"
 #include "train/scaling.h"
 #include "train/setup.h"
+#include "train/signals.h"
 #include "train/sweep.h"
 #include "train/trainer.h"
 
@@ -205,6 +206,7 @@ int cmd_sweep(const Args& args) {
   o.dir = args.has("--run-dir") ? args.get("--run-dir")
                                 : "runs/" + fs::path(o.config_path).stem().string() + "-sweep";
   std::vector<SweepRun> runs = run_sweep(o);
+  if (stop_requested()) return 0;  // run_sweep said how to continue
   std::printf("%-60s %12s %12s %10s\n", "run", "N", "D", "val loss");
   std::vector<ScalingPoint> points;
   for (const SweepRun& r : runs) {

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "train/config.h"
 #include "train/metrics.h"
+#include "train/signals.h"
 #include "train/setup.h"
 #include "train/trainer.h"
 
@@ -116,6 +117,14 @@ std::vector<SweepRun> run_sweep(const SweepOptions& options) {
     std::fprintf(stderr, "sweep: run %zu of %zu: %s\n", i + 1, combos.size(), run.name.c_str());
     const int rc = run_training(config, t);
     SSMT_CHECK(rc == 0, "sweep: run '", t.run_dir, "' failed (exit code ", rc, "); fix it and repeat the command");
+    if (stop_requested()) {
+      // Ctrl-C / SIGTERM: the run saved a checkpoint and returned; the sweep stops too.
+      std::fprintf(stderr,
+                   "sweep: stopped by signal in run %zu of %zu (%s); repeat the command to continue (finished runs "
+                   "are reused, this one resumes)\n",
+                   i + 1, combos.size(), run.name.c_str());
+      return runs;
+    }
     // N as the budget counts it, from the model the config builds.
     ModelSpec spec = model_spec(config);
     Generator gen(static_cast<uint64_t>(config.train.seed));

@@ -41,7 +41,9 @@ struct SweepOptions {
 };
 
 // Trains every combination (in order), writes <dir>/sweep.jsonl (one record per run) and
-// returns the runs. A failing run stops the sweep with its exit code in the exception.
+// returns the runs. A failing run stops the sweep with its exit code in the exception. A
+// stop request (Ctrl-C, SIGTERM: stop_requested()) ends the sweep after the run in flight
+// saved its checkpoint: the finished runs are returned and sweep.jsonl is not written.
 std::vector<SweepRun> run_sweep(const SweepOptions& options);
 
 }  // namespace ssmtrain

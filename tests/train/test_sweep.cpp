@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "temp_dir.h"
+#include "train/signals.h"
 #include "train/sweep.h"
 
 using namespace ssmtrain;
@@ -63,4 +64,27 @@ TEST_CASE("a sweep trains every combination once and records N D and the final l
   SweepOptions other = o;
   other.overrides = {"optim.lr=0.0123"};
   CHECK_THROWS_WITH_AS(run_sweep(other), doctest::Contains("optim.lr"), UserError);
+}
+
+TEST_CASE("a stop request ends a sweep after the run in flight; the same command then finishes it") {
+  testing::TempDir dir("sweep_stop");
+  const std::string cfg = dir.file("tiny.yaml");
+  std::ofstream(cfg) << "model: {mixer: mamba, d_model: 8, n_layer: 1, d_state: 4, vocab_size: 16}\n"
+                        "data: {kind: synthetic, task: selective_copy, task_vocab: 16, task_tokens: 4}\n"
+                        "schedule: {warmup_steps: 1}\n"
+                        "budget: {steps: 3}\n"
+                        "train: {batch_size: 2, seq_len: 16, eval_every: 0, eval_batches: 1, threads: 1}\n";
+  SweepOptions o;
+  o.config_path = cfg;
+  o.grid = parse_sweep_grid("model.d_model=8,16");
+  o.dir = dir.file("sweep");
+  request_stop();  // as Ctrl-C would: the first run stops after its first step, with a checkpoint
+  std::vector<SweepRun> stopped = run_sweep(o);
+  clear_stop_request();
+  CHECK(stopped.empty());
+  CHECK_FALSE(std::filesystem::exists(o.dir + "/sweep.jsonl"));
+  std::vector<SweepRun> done = run_sweep(o);
+  REQUIRE(done.size() == 2);
+  CHECK(done[0].tokens == 3 * 2 * 16);  // the stopped run resumed to its full budget
+  CHECK(std::filesystem::exists(o.dir + "/sweep.jsonl"));
 }
