@@ -226,6 +226,8 @@ int cmd_sweep(const Args& args) {
   ScalingLaw law = fit_scaling_law(points);
   std::printf("\nL(N, D) = %.4g + %.4g / N^%.4f + %.4g / D^%.4f   (Huber objective %.3g)\n", law.E, law.A,
               law.alpha, law.B, law.beta, law.objective);
+  const std::string warning = scaling_fit_warning(law);
+  if (!warning.empty()) std::printf("warning: %s\n", warning.c_str());
   {
     // The fit beside the runs it came from, for plots and later comparison.
     JsonLine j;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 
 #include "core/error.h"
@@ -240,6 +241,26 @@ std::string scaling_fit_problem(const std::vector<ScalingPoint>& points) {
   return "the runs cannot identify L(N, D) = E + A/N^alpha + B/D^beta: it needs at least 3 distinct model sizes N "
          "and 3 distinct token counts D, these have " +
          std::to_string(n) + " and " + std::to_string(d) + "; add values to the grid";
+}
+
+std::string scaling_fit_warning(const ScalingLaw& law) {
+  // The start grid of fit_scaling_law, widened by a margin: an optimum beyond it ran off
+  // along a direction the points do not constrain.
+  std::string why;
+  auto outside = [&](const char* name, double v, double lo, double hi) {
+    if (std::isfinite(v) && v >= lo && v <= hi) return;
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%s%s = %.4g is outside [%g, %g]", why.empty() ? "" : "; ", name, v, lo, hi);
+    why += buf;
+  };
+  outside("alpha", law.alpha, 0.0, 3.0);
+  outside("beta", law.beta, 0.0, 3.0);
+  outside("log A", std::log(law.A), -5.0, 30.0);
+  outside("log B", std::log(law.B), -5.0, 30.0);
+  outside("log E", std::log(law.E), -4.0, 4.0);
+  if (why.empty()) return "";
+  return "the fit lies outside the region its starting points cover (" + why +
+         "): the runs do not pin the law down; add model sizes and token budgets";
 }
 
 }  // namespace ssmtrain

@@ -44,6 +44,11 @@ struct ScalingFitOptions {
 // E = 0 and D exponents near 50).
 std::string scaling_fit_problem(const std::vector<ScalingPoint>& points);
 
+// Why a fitted law should not be trusted (empty when nothing stands out): an optimum outside
+// the region its starting points cover (alpha, beta in [0, 2], log A, log B in [0, 25], log E
+// in [-1, 1], each with a margin), where the data no longer pin the parameters down.
+std::string scaling_fit_warning(const ScalingLaw& law);
+
 // UserError for fewer than 5 points or a non-positive N, D or loss.
 ScalingLaw fit_scaling_law(const std::vector<ScalingPoint>& points, const ScalingFitOptions& options = {});
 

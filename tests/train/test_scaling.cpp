@@ -127,3 +127,16 @@ TEST_CASE("a scaling fit needs 3 distinct N and 3 distinct D; fewer are named, n
   grid.push_back({1.005e6, 1e8, 3.0});
   CHECK(scaling_fit_problem(grid).empty());
 }
+
+TEST_CASE("a fitted law outside the region of its starting points is flagged") {
+  ScalingLaw chinchilla;
+  chinchilla.E = 1.69, chinchilla.A = 406.4, chinchilla.B = 410.7, chinchilla.alpha = 0.34, chinchilla.beta = 0.28;
+  CHECK(scaling_fit_warning(chinchilla).empty());
+  ScalingLaw runaway = chinchilla;  // the fit of two token budgets seen in a real sweep
+  runaway.E = 1e-300, runaway.B = 9.9e198, runaway.beta = 49.7;
+  const std::string w = scaling_fit_warning(runaway);
+  CHECK(w.find("beta = 49.7") != std::string::npos);
+  CHECK(w.find("log B") != std::string::npos);
+  CHECK(w.find("log E") != std::string::npos);
+  CHECK(w.find("alpha") == std::string::npos);
+}
