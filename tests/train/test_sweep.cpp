@@ -13,6 +13,21 @@
 
 using namespace ssmtrain;
 
+namespace {
+
+// A tiny Mamba on selective copying, written into dir as tiny.yaml (plus `extra` YAML lines).
+std::string tiny_sweep_config(const testing::TempDir& dir, const std::string& extra = "") {
+  const std::string cfg = dir.file("tiny.yaml");
+  std::ofstream(cfg) << "model: {mixer: mamba, d_model: 8, n_layer: 1, d_state: 4, vocab_size: 16}\n"
+                        "data: {kind: synthetic, task: selective_copy, task_vocab: 16, task_tokens: 4}\n"
+                        "schedule: {warmup_steps: 1}\n"
+                        "train: {batch_size: 2, seq_len: 16, eval_every: 0, eval_batches: 1, threads: 1}\n"
+                     << extra;
+  return cfg;
+}
+
+}  // namespace
+
 TEST_CASE("sweep grids parse into axes and bad grids are named") {
   auto axes = parse_sweep_grid("model.d_model=8,16; budget.steps=4,8,12");
   REQUIRE(axes.size() == 2);
@@ -26,11 +41,7 @@ TEST_CASE("sweep grids parse into axes and bad grids are named") {
 
 TEST_CASE("a sweep trains every combination once and records N D and the final loss") {
   testing::TempDir dir("sweep");
-  const std::string cfg = dir.file("tiny.yaml");
-  std::ofstream(cfg) << "model: {mixer: mamba, d_model: 8, n_layer: 1, d_state: 4, vocab_size: 16}\n"
-                        "data: {kind: synthetic, task: selective_copy, task_vocab: 16, task_tokens: 4}\n"
-                        "schedule: {warmup_steps: 1}\n"
-                        "train: {batch_size: 2, seq_len: 16, eval_every: 0, eval_batches: 1, threads: 1}\n";
+  const std::string cfg = tiny_sweep_config(dir);
   SweepOptions o;
   o.config_path = cfg;
   o.grid = parse_sweep_grid("model.d_model=8,16;budget.steps=2,4");
@@ -68,12 +79,7 @@ TEST_CASE("a sweep trains every combination once and records N D and the final l
 
 TEST_CASE("a stop request ends a sweep after the run in flight; the same command then finishes it") {
   testing::TempDir dir("sweep_stop");
-  const std::string cfg = dir.file("tiny.yaml");
-  std::ofstream(cfg) << "model: {mixer: mamba, d_model: 8, n_layer: 1, d_state: 4, vocab_size: 16}\n"
-                        "data: {kind: synthetic, task: selective_copy, task_vocab: 16, task_tokens: 4}\n"
-                        "schedule: {warmup_steps: 1}\n"
-                        "budget: {steps: 3}\n"
-                        "train: {batch_size: 2, seq_len: 16, eval_every: 0, eval_batches: 1, threads: 1}\n";
+  const std::string cfg = tiny_sweep_config(dir, "budget: {steps: 3}\n");
   SweepOptions o;
   o.config_path = cfg;
   o.grid = parse_sweep_grid("model.d_model=8,16");
