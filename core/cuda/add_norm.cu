@@ -10,7 +10,7 @@
 // gw = sum over rows of gn * xhat is a column sum done without atomics: a fixed grid of
 // row slabs (a function of M only) writes one partial row each, and a second kernel adds the
 // partials in slab order, so the result does not depend on scheduling.
-#include <tuple>
+#include <type_traits>
 
 #include "core/cuda/rows.cuh"
 
@@ -198,6 +198,17 @@ bool vec_rows(int64_t d, std::initializer_list<const void*> bases) {
   return true;
 }
 
+// launch(warp, vec) with both as std::bool_constant: the kernel variant for the row
+// geometry (a warp or a block per row) and the access width (4-wide or single).
+template <typename F>
+void with_row_variant(bool warp, bool vec, F&& launch) {
+  if (warp) {
+    vec ? launch(std::true_type{}, std::true_type{}) : launch(std::true_type{}, std::false_type{});
+  } else {
+    vec ? launch(std::false_type{}, std::true_type{}) : launch(std::false_type{}, std::false_type{});
+  }
+}
+
 template <typename T>
 T* data_or_null(const Tensor& t) {
   return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr;
@@ -208,7 +219,9 @@ T* data_or_null(const Tensor& t) {
 void CudaBackend::add_rms_norm_forward(const Tensor& h_in, const Tensor& y_in, const Tensor& w_in, double eps,
                                        const Tensor& s, const Tensor& n, const Tensor& rstd) {
   DeviceGuard guard(device_);
-  if (h_in.dtype() != DType::f32 || w_in.dtype() != DType::f32 || (y_in.defined() && y_in.dtype() == DType::f64) || n.dtype() == DType::f64)
+  const bool fused = h_in.dtype() == DType::f32 && w_in.dtype() == DType::f32 &&
+                     (!y_in.defined() || y_in.dtype() != DType::f64) && n.dtype() != DType::f64;
+  if (!fused)
     return add_rms_norm_forward_composed(*this, h_in, y_in, w_in, eps, s, n, rstd);
   Tensor h = contiguous_input(h_in), y = contiguous_input(y_in), w = contiguous_input(w_in);
   SSMT_ASSERT(h.dim() == 2 && h.dtype() == DType::f32 && s.shape() == h.shape() && s.dtype() == DType::f32 &&
@@ -224,24 +237,14 @@ void CudaBackend::add_rms_norm_forward(const Tensor& h_in, const Tensor& y_in, c
     using TY = std::remove_pointer_t<decltype(ty)>;
     with_float_type(n, [&](auto* tn) {
       using TN = std::remove_pointer_t<decltype(tn)>;
-      auto args = std::make_tuple(static_cast<const float*>(h.data_ptr()), data_or_null<const TY>(y),
-                                  static_cast<const float*>(w.data_ptr()), m, d, static_cast<float>(eps),
-                                  static_cast<float*>(s.data_ptr()), static_cast<TN*>(n.data_ptr()),
-                                  static_cast<float*>(rstd.data_ptr()));
       const bool vec = vec_rows(d, {h.data_ptr(), y.defined() ? y.data_ptr() : nullptr, w.data_ptr(), s.data_ptr(),
                                     n.data_ptr()});
-      std::apply(
-          [&](auto... a) {
-            if (L.warp && vec)
-              add_rms_norm_forward_kernel<true, true, TY, TN><<<L.grid, L.block, 0, ctx.stream.get()>>>(a...);
-            else if (L.warp)
-              add_rms_norm_forward_kernel<true, false, TY, TN><<<L.grid, L.block, 0, ctx.stream.get()>>>(a...);
-            else if (vec)
-              add_rms_norm_forward_kernel<false, true, TY, TN><<<L.grid, L.block, 0, ctx.stream.get()>>>(a...);
-            else
-              add_rms_norm_forward_kernel<false, false, TY, TN><<<L.grid, L.block, 0, ctx.stream.get()>>>(a...);
-          },
-          args);
+      with_row_variant(L.warp, vec, [&](auto warp, auto vec4) {
+        add_rms_norm_forward_kernel<decltype(warp)::value, decltype(vec4)::value, TY, TN><<<L.grid, L.block, 0, ctx.stream.get()>>>(
+            static_cast<const float*>(h.data_ptr()), data_or_null<const TY>(y), static_cast<const float*>(w.data_ptr()),
+            m, d, static_cast<float>(eps), static_cast<float*>(s.data_ptr()), static_cast<TN*>(n.data_ptr()),
+            static_cast<float*>(rstd.data_ptr()));
+      });
       CUDA_CHECK_LAUNCH();
     });
   });
@@ -251,7 +254,9 @@ void CudaBackend::add_rms_norm_backward(const Tensor& s_in, const Tensor& w_in, 
                                         const Tensor& gn_in, const Tensor& gs_in, const Tensor& gh,
                                         const Tensor& gy, const Tensor& gw) {
   DeviceGuard guard(device_);
-  if (s_in.dtype() != DType::f32 || w_in.dtype() != DType::f32 || gn_in.dtype() == DType::f64 || (gy.defined() && gy.dtype() == DType::f64))
+  const bool fused = s_in.dtype() == DType::f32 && w_in.dtype() == DType::f32 && gn_in.dtype() != DType::f64 &&
+                     (!gy.defined() || gy.dtype() != DType::f64);
+  if (!fused)
     return add_rms_norm_backward_composed(*this, s_in, w_in, rstd_in, gn_in, gs_in, gh, gy, gw);
   Tensor s = contiguous_input(s_in), w = contiguous_input(w_in), rstd = contiguous_input(rstd_in);
   Tensor gn = contiguous_input(gn_in), gs = contiguous_input(gs_in);
@@ -275,23 +280,14 @@ void CudaBackend::add_rms_norm_backward(const Tensor& s_in, const Tensor& w_in, 
     using TN = std::remove_pointer_t<decltype(tn)>;
     with_float_type(gy, [&](auto* ty) {
       using TY = std::remove_pointer_t<decltype(ty)>;
-      auto args = std::make_tuple(static_cast<const float*>(s.data_ptr()), static_cast<const float*>(w.data_ptr()),
-                                  static_cast<const float*>(rstd.data_ptr()), static_cast<const TN*>(gn.data_ptr()),
-                                  data_or_null<const float>(gs), m, d, data_or_null<float>(gh), data_or_null<TY>(gy));
       const bool vec = vec_rows(d, {s.data_ptr(), w.data_ptr(), gn.data_ptr(), gs.defined() ? gs.data_ptr() : nullptr,
                                     gh.defined() ? gh.data_ptr() : nullptr, gy.defined() ? gy.data_ptr() : nullptr});
-      std::apply(
-          [&](auto... a) {
-            if (L.warp && vec)
-              add_rms_norm_backward_kernel<true, true, TN, TY><<<L.grid, L.block, 0, ctx.stream.get()>>>(a...);
-            else if (L.warp)
-              add_rms_norm_backward_kernel<true, false, TN, TY><<<L.grid, L.block, 0, ctx.stream.get()>>>(a...);
-            else if (vec)
-              add_rms_norm_backward_kernel<false, true, TN, TY><<<L.grid, L.block, 0, ctx.stream.get()>>>(a...);
-            else
-              add_rms_norm_backward_kernel<false, false, TN, TY><<<L.grid, L.block, 0, ctx.stream.get()>>>(a...);
-          },
-          args);
+      with_row_variant(L.warp, vec, [&](auto warp, auto vec4) {
+        add_rms_norm_backward_kernel<decltype(warp)::value, decltype(vec4)::value, TN, TY><<<L.grid, L.block, 0, ctx.stream.get()>>>(
+            static_cast<const float*>(s.data_ptr()), static_cast<const float*>(w.data_ptr()),
+            static_cast<const float*>(rstd.data_ptr()), static_cast<const TN*>(gn.data_ptr()),
+            data_or_null<const float>(gs), m, d, data_or_null<float>(gh), data_or_null<TY>(gy));
+      });
       CUDA_CHECK_LAUNCH();
     });
     if (!gw.defined()) return;

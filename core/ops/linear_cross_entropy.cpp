@@ -62,10 +62,7 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& w, const Tensor& targ
     Tensor x_rows = x.reshape({m, d}).contiguous();
     Tensor t_rows = targets.reshape({m}).contiguous();
     Tensor wc = w.dtype() == cdt ? w : w.to(cdt);  // (V, D): the GEMM operand
-    // The number of counted targets stays on the device (no host sync); none counted gives
-    // loss 0 rather than 0/0, as cross_entropy.
-    Tensor ignore = Tensor::full({}, static_cast<double>(ignore_index), DType::i64, dev);
-    Tensor count = maximum(sum(ne(t_rows, ignore).to(stat)), Tensor::ones({}, stat, dev));
+    Tensor count = counted_targets(t_rows, ignore_index, stat);  // on the device, >= 1
     Tensor scale = div(Tensor::ones({}, stat, dev), count).reshape({1});  // (1) stat dtype
     Tensor loss_rows = Tensor::empty({m}, stat, dev), lse_rows = Tensor::empty({m}, stat, dev);
     if (need_x) gx = Tensor::empty({m, d}, cdt, dev);

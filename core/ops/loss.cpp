@@ -112,12 +112,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
   Tensor loss, count;
   {
     NoGradGuard no_grad;
-    // The number of counted targets stays on the device (no host sync); a batch with no
-    // counted target has loss 0 rather than 0/0.
-    DType stat = r.loss.dtype();
-    Tensor ignore = Tensor::full({}, static_cast<double>(ignore_index), DType::i64, logits.device());
-    Tensor counted = ne(r.targets, ignore).to(stat);  // (M) 1/0
-    count = maximum(sum(counted), Tensor::ones({}, stat, logits.device()));
+    count = counted_targets(r.targets, ignore_index, r.loss.dtype());
     loss = div(sum(r.loss), count);
   }
   if (any_requires_grad({logits})) {
@@ -133,5 +128,15 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
   }
   return loss;
 }
+
+namespace ops_detail {
+
+Tensor counted_targets(const Tensor& targets, int64_t ignore_index, DType stat) {
+  const Device dev = targets.device();
+  Tensor ignore = Tensor::full({}, static_cast<double>(ignore_index), DType::i64, dev);
+  return maximum(sum(ne(targets, ignore).to(stat)), Tensor::ones({}, stat, dev));
+}
+
+}  // namespace ops_detail
 
 }  // namespace ssmtrain

@@ -37,6 +37,11 @@ Tensor matmul_nograd(const Tensor& a, const Tensor& b);
 // out (M, N) = a (M, K) @ b (K, N) + beta * out for 2-D views; out contiguous.
 void gemm_2d(const Tensor& a, const Tensor& b, const Tensor& out, double beta);
 
+// The number of targets (any shape, i64) that are not ignore_index, as a () tensor of the
+// statistics dtype `stat` on the targets' device, at least 1 (a batch with nothing to count
+// gives a mean of 0, not 0/0). Stays on the device: no host sync. Call under NoGradGuard.
+Tensor counted_targets(const Tensor& targets, int64_t ignore_index, DType stat);
+
 // Gradient routed through a broadcast: sum to `shape`, contiguous (leaf gradients are
 // never stride-0 views).
 Tensor reduce_grad(const Tensor& g, const Dims& shape);
