@@ -150,16 +150,19 @@ ClipResult clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   return clip_owned(owned_grads(params), max_norm);
 }
 
+ClipResult clip_result_from_status(const double* status) {
+  ClipResult r;
+  r.norm = status[kClipNorm];
+  r.finite = std::isfinite(r.norm);
+  r.scale = status[kClipScale];
+  r.clipped = status[kClipClipped] != 0.0;
+  r.skip = status[kClipSkip] != 0.0;
+  return r;
+}
+
 ClipResult DeviceClip::read() const {
   SSMT_CHECK(status.defined() && status.numel() == kClipStatusSize, "DeviceClip::read: no clip status");
-  const std::vector<double> v = status.to_vector<double>();
-  ClipResult r;
-  r.norm = v[kClipNorm];
-  r.finite = std::isfinite(r.norm);
-  r.scale = v[kClipScale];
-  r.clipped = v[kClipClipped] != 0.0;
-  r.skip = v[kClipSkip] != 0.0;
-  return r;
+  return clip_result_from_status(status.to_vector<double>().data());
 }
 
 DeviceClip clip_grad_norm_deferred(const std::vector<Tensor>& params, double max_norm, const Tensor& loss) {

@@ -45,6 +45,9 @@ enum ClipStatusEntry : int64_t {
   kClipStatusSize = 4
 };
 
+// The ClipResult that a clip status (kClipStatusSize values, laid out as above) encodes.
+ClipResult clip_result_from_status(const double* status);
+
 struct DeviceClip {
   Tensor status;             // (kClipStatusSize) f64 on the gradients' device (see ClipStatusEntry)
   bool grads_scaled = true;  // false (CUDA): the factor is still to be applied to the gradients

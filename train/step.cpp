@@ -54,11 +54,9 @@ const StepResult& PendingStep::resolve() {
   r.finite = global_finite_ ? *global_finite_ : std::isfinite(loss_sum);
   r.has_aux = has_aux_;
   r.aux_loss = scalars_.value(kAuxSum) / n;
-  r.clip.norm = scalars_.value(kClipFirst + kClipNorm);
-  r.clip.finite = std::isfinite(r.clip.norm);
-  r.clip.scale = scalars_.value(kClipFirst + kClipScale);
-  r.clip.clipped = scalars_.value(kClipFirst + kClipClipped) != 0.0;
-  r.clip.skip = scalars_.value(kClipFirst + kClipSkip) != 0.0;
+  double status[kClipStatusSize];
+  for (int64_t i = 0; i < kClipStatusSize; ++i) status[i] = scalars_.value(kClipFirst + i);
+  r.clip = clip_result_from_status(status);
   r.applied = !r.clip.skip;
   result_ = r;
   return *result_;
