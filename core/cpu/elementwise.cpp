@@ -1,44 +1,19 @@
 // Elementwise kernels: unary math and its derivative, binary arithmetic and comparisons,
 // where. Every operand may be any view of the output's shape (strides, broadcasts).
 //
-// The formulas are the definitions the CUDA kernels reproduce:
-//   sigmoid(x)  = 1 / (1 + exp(-x)) for x >= 0, exp(x) / (1 + exp(x)) otherwise (no overflow)
-//   softplus(x) = x for x > 20, else log1p(exp(x))
-//   silu(x)     = x * sigmoid(x)
-//   gelu(x)     = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+// The activations (sigmoid, softplus, silu, gelu) and their derivatives are the formulas of
+// core/math.h, which the CUDA kernels share.
 #include <cmath>
 #include <limits>
 
 #include "core/cpu/backend_cpu.h"
 #include "core/cpu/kernel_util.h"
 #include "core/cpu/row_reduce.h"  // max_nan, min_nan
+#include "core/math.h"
 
 namespace ssmtrain::cpu {
 
 namespace {
-
-template <typename A> A sigmoid_of(A x) {
-  if (x >= A(0)) return A(1) / (A(1) + std::exp(-x));
-  A e = std::exp(x);
-  return e / (A(1) + e);
-}
-
-template <typename A> A softplus_of(A x) { return x > A(20) ? x : std::log1p(std::exp(x)); }
-
-template <typename A> constexpr A kGeluScale = static_cast<A>(0.7978845608028654);  // sqrt(2 / pi)
-constexpr double kGeluCubic = 0.044715;
-
-template <typename A> A gelu_of(A x) {
-  A inner = kGeluScale<A> * (x + A(kGeluCubic) * x * x * x);
-  return A(0.5) * x * (A(1) + std::tanh(inner));
-}
-
-template <typename A> A gelu_derivative(A x) {
-  A inner = kGeluScale<A> * (x + A(kGeluCubic) * x * x * x);
-  A t = std::tanh(inner);
-  A dinner = kGeluScale<A> * (A(1) + A(3 * kGeluCubic) * x * x);
-  return A(0.5) * (A(1) + t) + A(0.5) * x * (A(1) - t * t) * dinner;
-}
 
 template <typename T>
 void unary_typed(UnaryOp op, const Tensor& x, const Tensor& out, acc_t<T> p0, acc_t<T> p1) {
@@ -53,10 +28,10 @@ void unary_typed(UnaryOp op, const Tensor& x, const Tensor& out, acc_t<T> p0, ac
     case UnaryOp::rsqrt: return run([](A v) { return A(1) / std::sqrt(v); });
     case UnaryOp::square: return run([](A v) { return v * v; });
     case UnaryOp::abs: return run([](A v) { return std::abs(v); });
-    case UnaryOp::sigmoid: return run([](A v) { return sigmoid_of(v); });
-    case UnaryOp::softplus: return run([](A v) { return softplus_of(v); });
-    case UnaryOp::silu: return run([](A v) { return v * sigmoid_of(v); });
-    case UnaryOp::gelu: return run([](A v) { return gelu_of(v); });
+    case UnaryOp::sigmoid: return run([](A v) { return math::sigmoid(v); });
+    case UnaryOp::softplus: return run([](A v) { return math::softplus(v); });
+    case UnaryOp::silu: return run([](A v) { return math::silu(v); });
+    case UnaryOp::gelu: return run([](A v) { return math::gelu(v); });
     case UnaryOp::tanh: return run([](A v) { return std::tanh(v); });
     case UnaryOp::relu: return run([](A v) { return v < A(0) ? A(0) : v; });  // NaN passes through
     case UnaryOp::add_scalar: return run([=](A v) { return v + p0; });
@@ -84,18 +59,10 @@ void unary_backward_typed(UnaryOp op, const Tensor& x, const Tensor& gy, const T
     case UnaryOp::rsqrt: return run([](A v) { return A(-0.5) / (v * std::sqrt(v)); });
     case UnaryOp::square: return run([](A v) { return A(2) * v; });
     case UnaryOp::abs: return run([](A v) { return v > A(0) ? A(1) : (v < A(0) ? A(-1) : A(0)); });
-    case UnaryOp::sigmoid:
-      return run([](A v) {
-        A s = sigmoid_of(v);
-        return s * (A(1) - s);
-      });
-    case UnaryOp::softplus: return run([](A v) { return v > A(20) ? A(1) : sigmoid_of(v); });
-    case UnaryOp::silu:
-      return run([](A v) {
-        A s = sigmoid_of(v);
-        return s * (A(1) + v * (A(1) - s));
-      });
-    case UnaryOp::gelu: return run([](A v) { return gelu_derivative(v); });
+    case UnaryOp::sigmoid: return run([](A v) { return math::sigmoid_grad(v); });
+    case UnaryOp::softplus: return run([](A v) { return math::softplus_grad(v); });
+    case UnaryOp::silu: return run([](A v) { return math::silu_grad(v); });
+    case UnaryOp::gelu: return run([](A v) { return math::gelu_grad(v); });
     case UnaryOp::tanh:
       return run([](A v) {
         A t = std::tanh(v);

@@ -1,14 +1,12 @@
-// Scalar formulas of the elementwise ops, shared by the CUDA kernels. They follow the CPU
-// backend term by term (the same stable forms, the same order of operations) so the two
-// devices differ only by the last-bit rounding of their libm functions:
-//   sigmoid(x)  = 1 / (1 + exp(-x)) for x >= 0, exp(x) / (1 + exp(x)) otherwise (no overflow)
-//   softplus(x) = x for x > 20, else log1p(exp(x))
-//   gelu(x)     = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (the tanh approximation)
+// Scalar formulas of the elementwise ops for the CUDA kernels. The activations (sigmoid,
+// softplus, silu, gelu) and their derivatives are those of core/math.h, which the CPU backend
+// runs too, so the two devices differ only by the last-bit rounding of their libm functions.
 // A is the compute type: float (for f32 and bf16) or double.
 #pragma once
 
 #include "core/backend.h"
 #include "core/cuda/kernel_utils.cuh"
+#include "core/math.h"
 
 namespace ssmtrain::cuda_detail {
 
@@ -18,19 +16,6 @@ namespace ssmtrain::cuda_detail {
   X(gelu) X(tanh) X(relu) X(add_scalar) X(mul_scalar) X(rsub_scalar) X(rdiv_scalar) X(pow_scalar) X(clamp)
 
 #define SSMT_CUDA_BINARY_OPS(X) X(add) X(sub) X(mul) X(div) X(maximum) X(minimum) X(eq) X(ne) X(lt) X(le) X(gt) X(ge)
-
-template <typename A>
-__device__ __forceinline__ A sigmoid_of(A x) {
-  if (x >= A(0)) return A(1) / (A(1) + d_exp(-x));
-  A e = d_exp(x);
-  return e / (A(1) + e);
-}
-
-template <typename A>
-__device__ __forceinline__ A gelu_inner(A x) {
-  const A k = A(0.7978845608028654);  // sqrt(2 / pi)
-  return k * (x + A(0.044715) * x * x * x);
-}
 
 template <UnaryOp OP, typename A>
 __device__ __forceinline__ A unary_value(A x, A p0, A p1) {
@@ -43,10 +28,10 @@ __device__ __forceinline__ A unary_value(A x, A p0, A p1) {
   else if constexpr (OP == U::rsqrt) return A(1) / d_sqrt(x);
   else if constexpr (OP == U::square) return x * x;
   else if constexpr (OP == U::abs) return d_abs(x);
-  else if constexpr (OP == U::sigmoid) return sigmoid_of(x);
-  else if constexpr (OP == U::softplus) return x > A(20) ? x : d_log1p(d_exp(x));
-  else if constexpr (OP == U::silu) return x * sigmoid_of(x);
-  else if constexpr (OP == U::gelu) return A(0.5) * x * (A(1) + d_tanh(gelu_inner(x)));
+  else if constexpr (OP == U::sigmoid) return math::sigmoid(x);
+  else if constexpr (OP == U::softplus) return math::softplus(x);
+  else if constexpr (OP == U::silu) return math::silu(x);
+  else if constexpr (OP == U::gelu) return math::gelu(x);
   else if constexpr (OP == U::tanh) return d_tanh(x);
   else if constexpr (OP == U::relu) return x > A(0) ? x : A(0);
   else if constexpr (OP == U::add_scalar) return x + p0;
@@ -71,19 +56,11 @@ __device__ __forceinline__ A unary_grad(A x, A gy, A p0, A p1) {
     return gy * A(-0.5) * r * r * r;
   } else if constexpr (OP == U::square) return gy * A(2) * x;
   else if constexpr (OP == U::abs) return x > A(0) ? gy : (x < A(0) ? -gy : A(0));
-  else if constexpr (OP == U::sigmoid) {
-    A s = sigmoid_of(x);
-    return gy * s * (A(1) - s);
-  } else if constexpr (OP == U::softplus) return x > A(20) ? gy : gy * sigmoid_of(x);  // as the forward
-  else if constexpr (OP == U::silu) {
-    A s = sigmoid_of(x);
-    return gy * s * (A(1) + x * (A(1) - s));
-  } else if constexpr (OP == U::gelu) {
-    const A k = A(0.7978845608028654);
-    A t = d_tanh(gelu_inner(x));
-    A dinner = k * (A(1) + A(3) * A(0.044715) * x * x);
-    return gy * (A(0.5) * (A(1) + t) + A(0.5) * x * (A(1) - t * t) * dinner);
-  } else if constexpr (OP == U::tanh) {
+  else if constexpr (OP == U::sigmoid) return gy * math::sigmoid_grad(x);
+  else if constexpr (OP == U::softplus) return gy * math::softplus_grad(x);
+  else if constexpr (OP == U::silu) return gy * math::silu_grad(x);
+  else if constexpr (OP == U::gelu) return gy * math::gelu_grad(x);
+  else if constexpr (OP == U::tanh) {
     A t = d_tanh(x);
     return gy * (A(1) - t * t);
   } else if constexpr (OP == U::relu) return x > A(0) ? gy : A(0);

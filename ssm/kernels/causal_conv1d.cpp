@@ -2,13 +2,13 @@
 #include "ssm/kernels/causal_conv1d.h"
 
 #include <algorithm>
-#include <array>
 #include <cstring>
 #include <vector>
 
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/error.h"
+#include "core/fused_op.h"
 
 namespace ssmtrain {
 
@@ -61,7 +61,7 @@ void forward_kernel(const CausalConv1dParams& p) {
       for (int64_t t = 0; t < L; ++t) {
         for (int64_t c = c0; c < c1; ++c) {
           const Acc v = pre_activation(xext, w, bias, b, t, c, K);
-          out[(b * L + t) * C + c] = static_cast<T>(p.silu ? ssm_math::silu(v) : v);
+          out[(b * L + t) * C + c] = static_cast<T>(p.silu ? math::silu_branchless(v, math::VecExp{}) : v);
         }
       }
       if (final_state)
@@ -96,7 +96,10 @@ void backward_kernel(const CausalConv1dParams& p) {
         for (int64_t t = 0; t < L; ++t) {
           for (int64_t c = c0; c < c1; ++c) {
             Acc g = static_cast<Acc>(dout[b * p.dout.batch_stride + t * p.dout.seq_stride + c]);
-            if (p.silu) g *= ssm_math::silu_grad(pre_activation(xext, w, bias, b, t, c, K));
+            if (p.silu) {
+              const Acc v = pre_activation(xext, w, bias, b, t, c, K);
+              g *= math::silu_grad(v, math::sigmoid_branchless(v, math::VecExp{}));
+            }
             dpre[t * width + c - c0] = g;
             dbias_part[b * C + c] += g;
             for (int64_t k = 0; k < K; ++k) dw_part[(b * C + c) * K + k] += g * xext(b, t + k, c);
@@ -123,32 +126,13 @@ void backward_kernel(const CausalConv1dParams& p) {
   sum_batch_partials(dbias_part, B, C, p.dbias);
 }
 
-// The kernels of the device the tensors live on.
-void run_forward(const CausalConv1dParams& p, Device device) {
-#if defined(SSMTRAIN_WITH_CUDA)
-  if (device.is_cuda()) return causal_conv1d_fwd_cuda(p, device.index);
-#endif
-  causal_conv1d_fwd_cpu(p);
-}
-
-void run_backward(const CausalConv1dParams& p, Device device) {
-#if defined(SSMTRAIN_WITH_CUDA)
-  if (device.is_cuda()) return causal_conv1d_bwd_cuda(p, device.index);
-#endif
-  causal_conv1d_bwd_cpu(p);
-}
-
 // The CUDA kernel's limits, checked before anything is allocated.
 void check_cuda_support(const char* op, const Tensor& x, int64_t K) {
-#if defined(SSMTRAIN_WITH_CUDA)
   SSMT_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::bf16, op, ": x ", x.shape().str(), " ",
              dtype_name(x.dtype()), " on ", x.device().str(),
              ": the CUDA kernel takes f32 or bf16 inputs (run f64 on the CPU)");
   SSMT_CHECK(K >= 1 && K <= 4, op, ": weight: the CUDA kernel supports kernel widths 1 to 4, got K = ", K,
              " (run it on the CPU)");
-#else
-  throw_cuda_not_built(op, x);
-#endif
 }
 
 }  // namespace
@@ -160,6 +144,12 @@ void causal_conv1d_fwd_cpu(const CausalConv1dParams& p) {
 void causal_conv1d_bwd_cpu(const CausalConv1dParams& p) {
   SSMT_DISPATCH_FLOAT(p.dtype, kOp, [&] { backward_kernel<scalar_t>(p); });
 }
+
+namespace {
+const FusedKernels<CausalConv1dParams> kKernels = {causal_conv1d_fwd_cpu, causal_conv1d_bwd_cpu,
+                                                   SSMT_CUDA_KERNEL(causal_conv1d_fwd_cuda),
+                                                   SSMT_CUDA_KERNEL(causal_conv1d_bwd_cuda)};
+}  // namespace
 
 CausalConv1dResult causal_conv1d(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in,
                                  bool silu_activation, const Tensor& initial_state_in) {
@@ -192,46 +182,27 @@ CausalConv1dResult causal_conv1d(const Tensor& x_in, const Tensor& weight_in, co
   Tensor bias = bias_in.defined() ? bias_in.to(cd).contiguous() : Tensor();
   Tensor state = initial_state_in.defined() ? initial_state_in.contiguous() : Tensor();
 
-  CausalConv1dParams p;
+  FusedOp<CausalConv1dParams> op(kOp, kKernels, x.device());
+  CausalConv1dParams& p = op.p;
   p.dtype = x.dtype();
   p.B = B, p.L = L, p.C = C, p.K = K, p.silu = silu_activation;
   p.x = seq_view(x);
   p.weight = weight.data_ptr();
   p.bias = bias.defined() ? bias.data_ptr() : nullptr;
   p.initial_state = state.defined() ? state.data_ptr() : nullptr;
-  Tensor out = Tensor::empty({B, L, C}, x.dtype(), x.device());
-  Tensor final_state = Tensor::empty({B, C, K - 1}, x.dtype(), x.device());
-  p.out = out.data_ptr();
-  p.final_state = final_state.data_ptr();
-  run_forward(p, x.device());
-
-  const std::vector<Tensor> inputs = {x, weight, bias, state};
-  if (any_requires_grad(inputs)) {
-    std::array<bool, 4> want;
-    for (int i = 0; i < 4; ++i) want[i] = wants_grad(inputs[i]);
-    Tensor x_keep = saved(x), w_keep = saved(weight), b_keep = saved(bias), s_keep = saved(state);
-    record(kOp, inputs, {out, final_state}, [=](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
-      Tensor dout = with_contiguous_rows(grads[0], 1), dfinal = grads[1].contiguous();
-      CausalConv1dParams q = p;
-      q.x = seq_view(x_keep);
-      q.weight = w_keep.data_ptr();
-      q.bias = b_keep.defined() ? b_keep.data_ptr() : nullptr;
-      q.initial_state = s_keep.defined() ? s_keep.data_ptr() : nullptr;
-      q.out = q.final_state = nullptr;
-      q.dout = seq_view(dout);
-      q.dfinal_state = dfinal.data_ptr();
-      const Tensor like[4] = {x_keep, w_keep, b_keep, s_keep};
-      std::vector<Tensor> result(4);
-      void** dst[4] = {&q.dx, &q.dweight, &q.dbias, &q.dinitial_state};
-      for (int i = 0; i < 4; ++i) {
-        if (!want[i]) continue;
-        result[i] = Tensor::empty(like[i].shape(), like[i].dtype(), like[i].device());
-        *dst[i] = result[i].data_ptr();
-      }
-      run_backward(q, x_keep.device());
-      return result;
-    });
-  }
+  op.input(x, &CausalConv1dParams::dx);
+  op.input(weight, &CausalConv1dParams::dweight);
+  op.input(bias, &CausalConv1dParams::dbias);
+  op.input(state, &CausalConv1dParams::dinitial_state);
+  Tensor out = op.output({B, L, C}, x.dtype(), &CausalConv1dParams::out);
+  Tensor final_state = op.output({B, C, K - 1}, x.dtype(), &CausalConv1dParams::final_state);
+  op.forward();
+  op.record({out, final_state}, [](CausalConv1dParams& q, const std::vector<Tensor>& grads) {
+    Tensor dout = with_contiguous_rows(grads[0], 1), dfinal = grads[1].contiguous();
+    q.dout = seq_view(dout);
+    q.dfinal_state = dfinal.data_ptr();
+    return std::vector<Tensor>{dout, dfinal};
+  });
   return {out, final_state};
 }
 
@@ -267,7 +238,8 @@ Tensor causal_conv1d_step(const Tensor& x_t, const Tensor& state, const Tensor& 
   Tensor x = x_t.contiguous();
   Tensor weight = weight_in.to(cd).contiguous();
   Tensor bias = bias_in.defined() ? bias_in.to(cd).contiguous() : Tensor();
-  CausalConv1dParams p;
+  FusedOp<CausalConv1dParams> step(op, kKernels, x.device());  // the forward only
+  CausalConv1dParams& p = step.p;
   p.dtype = x.dtype();
   p.B = B, p.L = 1, p.C = C, p.K = K, p.silu = silu_activation;
   p.x = SeqView{x.data_ptr(), C, C};
@@ -278,7 +250,7 @@ Tensor causal_conv1d_step(const Tensor& x_t, const Tensor& state, const Tensor& 
   Tensor new_state = Tensor::empty(state.shape(), state.dtype(), state.device());
   p.out = out.data_ptr();
   p.final_state = new_state.data_ptr();
-  run_forward(p, x.device());
+  step.forward();
   backend(x.device()).copy(new_state, state);  // on CUDA: stream-ordered after the kernel
   return out;
 }

@@ -25,6 +25,7 @@
 #include "core/backend.h"
 #include "core/cuda/device.cuh"
 #include "core/dtype.h"
+#include "core/math.h"
 #include "ssm/kernels/causal_conv1d.h"
 
 namespace ssmtrain {
@@ -67,8 +68,6 @@ template <typename T> __device__ __forceinline__ void st(void* p, long long i, f
   static_cast<T*>(p)[i] = T(v);
 }
 
-__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
-
 // xext[b, e, c], e in [0, L + K - 1): the initial state (or 0) for e < K - 1, then x.
 template <typename T, int K>
 __device__ __forceinline__ float xext(const ConvArgs& a, int b, int e, int c) {
@@ -93,8 +92,8 @@ template <typename T, int K>
 __device__ __forceinline__ float dpre(const ConvArgs& a, int b, int t, int c) {
   float g = ld<T>(a.dout, b * a.d_bs + static_cast<long long>(t) * a.d_ss + c);
   if (a.silu) {
-    const float v = pre_act<T, K>(a, b, t, c), s = sigmoid_f(v);
-    g *= s * (1.f + v * (1.f - s));
+    const float v = pre_act<T, K>(a, b, t, c);
+    g *= math::silu_grad(v, math::sigmoid_branchless(v));
   }
   return g;
 }
@@ -108,7 +107,7 @@ __global__ void __launch_bounds__(kThreads) conv_forward_kernel(ConvArgs a) {
     const long long r = i / a.C;
     const int t = static_cast<int>(r % a.L), b = static_cast<int>(r / a.L);
     const float v = pre_act<T, K>(a, b, t, c);
-    st<T>(a.out, i, a.silu ? v * sigmoid_f(v) : v);
+    st<T>(a.out, i, a.silu ? math::silu_branchless(v) : v);
   }
 }
 
@@ -302,7 +301,7 @@ __global__ void __launch_bounds__(kTiledThreads) conv_forward_tiled_kernel(ConvA
       float v = bias[j];
 #pragma unroll
       for (int k = 0; k < K; ++k) v += w[k][j] * win[k][j];
-      out[j] = a.silu ? v * sigmoid_f(v) : v;
+      out[j] = a.silu ? math::silu_branchless(v) : v;
     }
     store_vec<T>(a.out, (static_cast<long long>(b) * a.L + t) * a.C + c, out);
 #pragma unroll
@@ -349,8 +348,7 @@ __global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(Conv
           float v = bias[j];
 #pragma unroll
           for (int k = 0; k < K; ++k) v += w[k][j] * win[k][j];
-          const float sg = sigmoid_f(v);
-          g[j] *= sg * (1.f + v * (1.f - sg));
+          g[j] *= math::silu_grad(v, math::sigmoid_branchless(v));
         }
         ring[K - 1][j] = g[j];
       }

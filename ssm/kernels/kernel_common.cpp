@@ -2,6 +2,7 @@
 #include "ssm/kernels/kernel_common.h"
 
 #include "core/error.h"
+#include "core/fused_op.h"
 
 namespace ssmtrain::ssm_detail {
 
@@ -41,10 +42,7 @@ void check_floating_arg(const char* op, const char* arg, const Tensor& t) {
   SSMT_CHECK(is_floating(t.dtype()), op, ": ", describe_arg(arg, t), ": expected a floating dtype (f32, bf16, f64)");
 }
 
-void throw_cuda_not_built(const char* op, const Tensor& t) {
-  throw UserError(detail::concat(op, ": CUDA kernel not built yet (input on ", t.device().str(),
-                                 "); run this op on the CPU"));
-}
+void throw_cuda_not_built(const char* op, const Tensor& t) { ::ssmtrain::throw_cuda_not_built(op, t.device()); }
 
 Tensor with_contiguous_rows(const Tensor& t, int inner_dims) {
   int64_t expect = 1;

@@ -7,6 +7,7 @@
 
 #include "core/autograd.h"
 #include "core/error.h"
+#include "core/fused_op.h"
 
 namespace ssmtrain {
 
@@ -138,25 +139,6 @@ void backward_kernel(const LinearScanParams& p) {
 
 }  // namespace
 
-namespace {
-
-// The kernels of the device the tensors live on.
-void run_forward(const LinearScanParams& p, Device device) {
-#if defined(SSMTRAIN_WITH_CUDA)
-  if (device.is_cuda()) return linear_scan_fwd_cuda(p, device.index);
-#endif
-  linear_scan_fwd_cpu(p);
-}
-
-void run_backward(const LinearScanParams& p, Device device) {
-#if defined(SSMTRAIN_WITH_CUDA)
-  if (device.is_cuda()) return linear_scan_bwd_cuda(p, device.index);
-#endif
-  linear_scan_bwd_cpu(p);
-}
-
-}  // namespace
-
 int64_t linear_scan_default_chunk(int64_t L) {
   const int64_t nchunks = std::clamp<int64_t>(L / 256, 1, 64);
   return std::max<int64_t>((L + nchunks - 1) / nchunks, 1);
@@ -169,6 +151,12 @@ void linear_scan_fwd_cpu(const LinearScanParams& p) {
 void linear_scan_bwd_cpu(const LinearScanParams& p) {
   SSMT_DISPATCH_FLOAT(p.dtype, kOp, [&] { backward_kernel<scalar_t>(p); });
 }
+
+namespace {
+const FusedKernels<LinearScanParams> kKernels = {linear_scan_fwd_cpu, linear_scan_bwd_cpu,
+                                                 SSMT_CUDA_KERNEL(linear_scan_fwd_cuda),
+                                                 SSMT_CUDA_KERNEL(linear_scan_bwd_cuda)};
+}  // namespace
 
 Tensor linear_scan(const Tensor& a_in, const Tensor& b_in, const Tensor& h0_in, int64_t chunk_len) {
   check_present(kOp, "a", a_in);
@@ -184,44 +172,27 @@ Tensor linear_scan(const Tensor& a_in, const Tensor& b_in, const Tensor& h0_in, 
     check_device(kOp, "h0", h0_in, a_in.device(), "a");
     check_dtype(kOp, "h0", h0_in, a_in.dtype(), "a");
   }
-#if !defined(SSMTRAIN_WITH_CUDA)
-  if (a_in.device().is_cuda()) throw_cuda_not_built(kOp, a_in);
-#endif
 
   Tensor a = with_contiguous_rows(a_in, 1), b = with_contiguous_rows(b_in, 1);
   Tensor h0 = h0_in.defined() ? h0_in.contiguous() : Tensor();
-  LinearScanParams p;
+  FusedOp<LinearScanParams> op(kOp, kKernels, a.device());
+  LinearScanParams& p = op.p;
   p.dtype = a.dtype();
   p.B = B, p.L = L, p.C = C;
   p.chunk_len = chunk_len > 0 ? chunk_len : linear_scan_default_chunk(L);
   p.a = seq_view(a), p.b = seq_view(b);
   p.h0 = h0.defined() ? h0.data_ptr() : nullptr;
-  Tensor h = Tensor::empty({B, L, C}, a.dtype(), a.device());
-  p.h = h.data_ptr();
-  run_forward(p, a.device());
-
-  if (any_requires_grad({a, b, h0})) {
-    const bool want_a = wants_grad(a), want_b = wants_grad(b), want_h0 = wants_grad(h0);
-    Tensor a_keep = saved(a), h0_keep = saved(h0), h_keep = h.detach();
-    record(kOp, {a, b, h0}, {h}, [=](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
-      Tensor dh = with_contiguous_rows(grads[0], 1);
-      LinearScanParams q = p;
-      q.a = seq_view(a_keep);
-      q.b = SeqView{};
-      q.h0 = h0_keep.defined() ? h0_keep.data_ptr() : nullptr;
-      q.h = h_keep.data_ptr();
-      q.dh = seq_view(dh);
-      std::vector<Tensor> result(3);
-      if (want_a) result[0] = Tensor::empty({B, L, C}, a_keep.dtype(), a_keep.device());
-      if (want_b) result[1] = Tensor::empty({B, L, C}, a_keep.dtype(), a_keep.device());
-      if (want_h0) result[2] = Tensor::empty({B, C}, a_keep.dtype(), a_keep.device());
-      q.da = want_a ? result[0].data_ptr() : nullptr;
-      q.db = want_b ? result[1].data_ptr() : nullptr;
-      q.dh0 = want_h0 ? result[2].data_ptr() : nullptr;
-      run_backward(q, a_keep.device());
-      return result;
-    });
-  }
+  op.input(a, &LinearScanParams::da);
+  op.input(b, &LinearScanParams::db, /*saved=*/false);  // the backward does not read b
+  op.input(h0, &LinearScanParams::dh0);
+  Tensor h = op.output({B, L, C}, a.dtype(), &LinearScanParams::h, /*saved=*/true);
+  op.forward();
+  op.record({h}, [](LinearScanParams& q, const std::vector<Tensor>& grads) {
+    Tensor dh = with_contiguous_rows(grads[0], 1);
+    q.b = SeqView{};
+    q.dh = seq_view(dh);
+    return std::vector<Tensor>{dh};
+  });
   return h;
 }
 

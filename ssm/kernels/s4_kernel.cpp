@@ -6,11 +6,13 @@
 
 #include <cmath>
 #include <complex>
+#include <cstring>
 #include <unsupported/Eigen/FFT>
 #include <vector>
 
 #include "core/autograd.h"
 #include "core/error.h"
+#include "core/fused_op.h"
 #include "core/ops.h"
 #include "ssm/kernels/kernel_common.h"
 
@@ -65,19 +67,34 @@ void fft_inv(Eigen::FFT<Acc>& fft, std::complex<Acc>* dst, const std::complex<Ac
 
 // ---- shared argument handling ----
 
-// Complex parameter rows (H, N2, 2) -> host doubles.
-std::vector<cd> complex_rows(const Tensor& t) {
-  std::vector<double> v = t.contiguous().to_vector<double>();
+// n values of a `dtype` array as host doubles (exact), and back (rounded as Tensor::to does).
+std::vector<double> read_doubles(const void* src, DType dtype, int64_t n) {
+  std::vector<double> v(static_cast<size_t>(n));
+  SSMT_DISPATCH_FLOAT(dtype, "s4_kernel", [&] {
+    const scalar_t* p = static_cast<const scalar_t*>(src);
+    for (int64_t i = 0; i < n; ++i) v[i] = static_cast<double>(static_cast<acc_t<scalar_t>>(p[i]));
+  });
+  return v;
+}
+void write_doubles(const std::vector<double>& v, void* dst, DType dtype) {
+  SSMT_DISPATCH_FLOAT(dtype, "s4_kernel", [&] {
+    scalar_t* p = static_cast<scalar_t*>(dst);
+    for (size_t i = 0; i < v.size(); ++i) p[i] = static_cast<scalar_t>(static_cast<acc_t<scalar_t>>(v[i]));
+  });
+}
+
+// Complex parameter rows (H, N2, 2) of `dtype` -> host doubles, and gradients back.
+std::vector<cd> complex_rows(const void* src, DType dtype, int64_t modes) {
+  std::vector<double> v = read_doubles(src, dtype, 2 * modes);
   std::vector<cd> out(v.size() / 2);
   for (size_t i = 0; i < out.size(); ++i) out[i] = cd(v[2 * i], v[2 * i + 1]);
   return out;
 }
-
-// A (H, N2, 2) gradient tensor from complex values, in `dtype`.
-Tensor complex_grad(const std::vector<cd>& g, const Dims& shape, DType dtype) {
+void write_complex(const std::vector<cd>& g, void* dst, DType dtype) {
+  if (!dst) return;
   std::vector<double> v(2 * g.size());
   for (size_t i = 0; i < g.size(); ++i) v[2 * i] = g[i].real(), v[2 * i + 1] = g[i].imag();
-  return Tensor::from_vector(v, shape).to(dtype);
+  write_doubles(v, dst, dtype);
 }
 
 void check_kernel_args(const char* op, const Tensor& dt, const std::vector<std::pair<const char*, Tensor>>& cplx,
@@ -371,59 +388,21 @@ DplrGrads dplr_backward(const DplrInputs& in, const std::vector<double>& gK) {
   return g;
 }
 
-// The CUDA path of both generators (s4_kernel_cuda.cu): contiguous device operands and one
-// tape node whose backward runs the matching CUDA backward. No host round trip, so dt is
-// not checked for positivity here (that would synchronize the stream).
-Tensor kernel_cuda(const char* op, const Tensor& dt, const std::vector<Tensor>& modes, int64_t L,
-                   S4Discretization disc, bool dplr) {
-#if defined(SSMTRAIN_WITH_CUDA)
-  const Device dev = dt.device();
-  const DType dtype = dt.dtype();
-  const int64_t H = dt.size(0);
-  S4KernelParams p;
-  p.dtype = dtype;
-  p.H = H, p.N2 = modes[0].size(1), p.L = L, p.disc = disc;
-  const Tensor dt_keep = dt.detach().contiguous();
-  std::vector<Tensor> keep;
-  for (const Tensor& m : modes) keep.push_back(m.detach().contiguous());
-  p.dt = dt_keep.data_ptr();
-  for (size_t i = 0; i < keep.size(); ++i) p.modes[i] = keep[i].data_ptr();
-  Tensor K = Tensor::empty({H, L}, dtype, dev);
-  p.K = K.data_ptr();
-  if (dplr)
-    s4_dplr_fwd_cuda(p, dev.index);
-  else
-    s4d_vandermonde_fwd_cuda(p, dev.index);
-  std::vector<Tensor> inputs{dt};
-  inputs.insert(inputs.end(), modes.begin(), modes.end());
-  if (any_requires_grad(inputs)) {
-    std::vector<bool> want;
-    for (const Tensor& t : inputs) want.push_back(wants_grad(t));
-    const Dims cshape = modes[0].shape();
-    const size_t n_in = inputs.size();
-    record(op, inputs, {K}, [=](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
-      const Tensor gK = grads[0].contiguous();
-      S4KernelParams q = p;
-      q.K = nullptr;
-      q.dt = dt_keep.data_ptr();
-      for (size_t i = 0; i < keep.size(); ++i) q.modes[i] = keep[i].data_ptr();
-      q.dK = gK.data_ptr();
-      std::vector<Tensor> out(n_in);
-      if (want[0]) out[0] = Tensor::empty({H}, dtype, dev), q.ddt = out[0].data_ptr();
-      for (size_t i = 1; i < n_in; ++i)
-        if (want[i]) out[i] = Tensor::empty(cshape, dtype, dev), q.dmodes[i - 1] = out[i].data_ptr();
-      if (dplr)
-        s4_dplr_bwd_cuda(q, dev.index);
-      else
-        s4d_vandermonde_bwd_cuda(q, dev.index);
-      return out;
-    });
-  }
-  return K;
-#else
-  (void)modes, (void)L, (void)disc, (void)dplr;
-  throw_cuda_not_built(op, dt);
-#endif
+VandermondeInputs vandermonde_inputs(const S4KernelParams& p) {
+  VandermondeInputs in{p.H, p.N2, p.L, p.disc, read_doubles(p.dt, p.dtype, p.H), {}, {}, {}};
+  in.A = complex_rows(p.modes[0], p.dtype, p.H * p.N2);
+  in.B = complex_rows(p.modes[1], p.dtype, p.H * p.N2);
+  in.C = complex_rows(p.modes[2], p.dtype, p.H * p.N2);
+  return in;
+}
+
+DplrInputs dplr_inputs(const S4KernelParams& p) {
+  DplrInputs in{p.H, p.N2, p.L, read_doubles(p.dt, p.dtype, p.H), {}, {}, {}, {}};
+  in.Lambda = complex_rows(p.modes[0], p.dtype, p.H * p.N2);
+  in.P = complex_rows(p.modes[1], p.dtype, p.H * p.N2);
+  in.B = complex_rows(p.modes[2], p.dtype, p.H * p.N2);
+  in.Ct = complex_rows(p.modes[3], p.dtype, p.H * p.N2);
+  return in;
 }
 
 void check_positive_dt(const char* op, const Tensor& dt, const std::vector<double>& v) {
@@ -438,61 +417,82 @@ void s4_discretize_mode(cd A, double dt, S4Discretization disc, cd& z, cd& E) {
   E = m.E;
 }
 
+// The CPU kernels of both generators: double precision whatever the dtype.
+void s4d_vandermonde_fwd_cpu(const S4KernelParams& p) {
+  write_doubles(vandermonde_forward(vandermonde_inputs(p)), p.K, p.dtype);
+}
+
+void s4d_vandermonde_bwd_cpu(const S4KernelParams& p) {
+  const VandermondeGrads g = vandermonde_backward(vandermonde_inputs(p), read_doubles(p.dK, p.dtype, p.H * p.L));
+  if (p.ddt) write_doubles(g.dt, p.ddt, p.dtype);
+  write_complex(g.A, p.dmodes[0], p.dtype);
+  write_complex(g.B, p.dmodes[1], p.dtype);
+  write_complex(g.C, p.dmodes[2], p.dtype);
+}
+
+void s4_dplr_fwd_cpu(const S4KernelParams& p) { write_doubles(dplr_forward(dplr_inputs(p)), p.K, p.dtype); }
+
+void s4_dplr_bwd_cpu(const S4KernelParams& p) {
+  const DplrGrads g = dplr_backward(dplr_inputs(p), read_doubles(p.dK, p.dtype, p.H * p.L));
+  if (p.ddt) write_doubles(g.dt, p.ddt, p.dtype);
+  write_complex(g.Lambda, p.dmodes[0], p.dtype);
+  write_complex(g.P, p.dmodes[1], p.dtype);
+  write_complex(g.B, p.dmodes[2], p.dtype);
+  write_complex(g.Ct, p.dmodes[3], p.dtype);
+}
+
+namespace {
+
+const FusedKernels<S4KernelParams> kVandermondeKernels = {s4d_vandermonde_fwd_cpu, s4d_vandermonde_bwd_cpu,
+                                                          SSMT_CUDA_KERNEL(s4d_vandermonde_fwd_cuda),
+                                                          SSMT_CUDA_KERNEL(s4d_vandermonde_bwd_cuda)};
+const FusedKernels<S4KernelParams> kDplrKernels = {s4_dplr_fwd_cpu, s4_dplr_bwd_cpu, SSMT_CUDA_KERNEL(s4_dplr_fwd_cuda),
+                                                   SSMT_CUDA_KERNEL(s4_dplr_bwd_cuda)};
+
+// Both generators: dt (H) and the (H, N2, 2) mode tensors -> K (H, L), one tape node. The
+// kernels read contiguous copies; the tape records the tensors as given. On the CPU dt must
+// be positive; on CUDA that check is skipped (it would need the values on the host).
+Tensor generate_kernel(const char* name, const FusedKernels<S4KernelParams>& kernels, const Tensor& dt,
+                       const std::vector<Tensor>& modes, int64_t L, S4Discretization disc) {
+  FusedOp<S4KernelParams> op(name, kernels, dt.device());
+  if (!dt.device().is_cuda()) check_positive_dt(name, dt, dt.to_vector<double>());
+  S4KernelParams& p = op.p;
+  p.dtype = dt.dtype();
+  p.H = dt.size(0), p.N2 = modes[0].size(1), p.L = L, p.disc = disc;
+  const Tensor dt_c = dt.detach().contiguous();
+  p.dt = dt_c.data_ptr();
+  op.input(dt, &S4KernelParams::ddt, /*saved=*/false);
+  op.save(dt_c);
+  for (size_t i = 0; i < modes.size(); ++i) {
+    const Tensor m = modes[i].detach().contiguous();
+    p.modes[i] = m.data_ptr();
+    op.input(modes[i], [i](S4KernelParams& q) -> void*& { return q.dmodes[i]; }, /*saved=*/false);
+    op.save(m);
+  }
+  Tensor K = op.output({p.H, L}, p.dtype, &S4KernelParams::K);
+  op.forward();
+  op.record({K}, [](S4KernelParams& q, const std::vector<Tensor>& grads) {
+    Tensor dK = grads[0].contiguous();
+    q.dK = dK.data_ptr();
+    return std::vector<Tensor>{dK};
+  });
+  return K;
+}
+
+}  // namespace
+
 Tensor s4d_vandermonde_kernel(const Tensor& dt, const Tensor& A, const Tensor& B, const Tensor& C, int64_t L,
                               S4Discretization disc) {
   constexpr const char* kOp = "s4d_vandermonde_kernel";
   check_kernel_args(kOp, dt, {{"A", A}, {"B", B}, {"C", C}}, L);
-  if (dt.device().is_cuda()) return kernel_cuda(kOp, dt, {A, B, C}, L, disc, false);
-  auto in = std::make_shared<VandermondeInputs>();
-  in->H = dt.size(0), in->N2 = A.size(1), in->L = L, in->disc = disc;
-  in->dt = dt.to_vector<double>();
-  check_positive_dt(kOp, dt, in->dt);
-  in->A = complex_rows(A), in->B = complex_rows(B), in->C = complex_rows(C);
-  const DType dtype = dt.dtype();
-  Tensor K = Tensor::from_vector(vandermonde_forward(*in), {in->H, L}).to(dtype);
-  if (any_requires_grad({dt, A, B, C})) {
-    const bool want[4] = {wants_grad(dt), wants_grad(A), wants_grad(B), wants_grad(C)};
-    const Dims cshape = A.shape();
-    record(kOp, {dt, A, B, C}, {K}, [=](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
-      VandermondeGrads g = vandermonde_backward(*in, grads[0].contiguous().to_vector<double>());
-      std::vector<Tensor> out(4);
-      if (want[0]) out[0] = Tensor::from_vector(g.dt, {in->H}).to(dtype);
-      if (want[1]) out[1] = complex_grad(g.A, cshape, dtype);
-      if (want[2]) out[2] = complex_grad(g.B, cshape, dtype);
-      if (want[3]) out[3] = complex_grad(g.C, cshape, dtype);
-      return out;
-    });
-  }
-  return K;
+  return generate_kernel(kOp, kVandermondeKernels, dt, {A, B, C}, L, disc);
 }
 
 Tensor s4_dplr_kernel(const Tensor& dt, const Tensor& Lambda, const Tensor& P, const Tensor& B, const Tensor& Ct,
                       int64_t L) {
   constexpr const char* kOp = "s4_dplr_kernel";
   check_kernel_args(kOp, dt, {{"Lambda", Lambda}, {"P", P}, {"B", B}, {"Ct", Ct}}, L);
-  if (dt.device().is_cuda()) return kernel_cuda(kOp, dt, {Lambda, P, B, Ct}, L, S4Discretization::bilinear, true);
-  auto in = std::make_shared<DplrInputs>();
-  in->H = dt.size(0), in->N2 = Lambda.size(1), in->L = L;
-  in->dt = dt.to_vector<double>();
-  check_positive_dt(kOp, dt, in->dt);
-  in->Lambda = complex_rows(Lambda), in->P = complex_rows(P), in->B = complex_rows(B), in->Ct = complex_rows(Ct);
-  const DType dtype = dt.dtype();
-  Tensor K = Tensor::from_vector(dplr_forward(*in), {in->H, L}).to(dtype);
-  if (any_requires_grad({dt, Lambda, P, B, Ct})) {
-    const bool want[5] = {wants_grad(dt), wants_grad(Lambda), wants_grad(P), wants_grad(B), wants_grad(Ct)};
-    const Dims cshape = Lambda.shape();
-    record(kOp, {dt, Lambda, P, B, Ct}, {K}, [=](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
-      DplrGrads g = dplr_backward(*in, grads[0].contiguous().to_vector<double>());
-      std::vector<Tensor> out(5);
-      if (want[0]) out[0] = Tensor::from_vector(g.dt, {in->H}).to(dtype);
-      if (want[1]) out[1] = complex_grad(g.Lambda, cshape, dtype);
-      if (want[2]) out[2] = complex_grad(g.P, cshape, dtype);
-      if (want[3]) out[3] = complex_grad(g.B, cshape, dtype);
-      if (want[4]) out[4] = complex_grad(g.Ct, cshape, dtype);
-      return out;
-    });
-  }
-  return K;
+  return generate_kernel(kOp, kDplrKernels, dt, {Lambda, P, B, Ct}, L, S4Discretization::bilinear);
 }
 
 // ---- FFT convolution ----
@@ -590,30 +590,20 @@ void fft_conv_backward(const FftConvParams& p) {
 }  // namespace
 
 void fft_conv_fwd_cpu(const FftConvParams& p) {
+  if (p.B * p.L * p.H == 0) return;
   SSMT_DISPATCH_FLOAT(p.dtype, "fft_conv", [&] { fft_conv_forward<scalar_t>(p); });
 }
 
 void fft_conv_bwd_cpu(const FftConvParams& p) {
+  if (p.B == 0 && p.dK) std::memset(p.dK, 0, static_cast<size_t>(p.H * p.L * dtype_size(p.dtype)));  // an empty sum
+  if (p.B * p.L * p.H == 0) return;
   SSMT_DISPATCH_FLOAT(p.dtype, "fft_conv", [&] { fft_conv_backward<scalar_t>(p); });
 }
 
 namespace {
-
-// The kernels of the device the tensors live on.
-void run_conv_forward(const FftConvParams& p, Device device) {
-#if defined(SSMTRAIN_WITH_CUDA)
-  if (device.is_cuda()) return fft_conv_fwd_cuda(p, device.index);
-#endif
-  fft_conv_fwd_cpu(p);
-}
-
-void run_conv_backward(const FftConvParams& p, Device device) {
-#if defined(SSMTRAIN_WITH_CUDA)
-  if (device.is_cuda()) return fft_conv_bwd_cuda(p, device.index);
-#endif
-  fft_conv_bwd_cpu(p);
-}
-
+const FusedKernels<FftConvParams> kFftConvKernels = {fft_conv_fwd_cpu, fft_conv_bwd_cpu,
+                                                     SSMT_CUDA_KERNEL(fft_conv_fwd_cuda),
+                                                     SSMT_CUDA_KERNEL(fft_conv_bwd_cuda)};
 }  // namespace
 
 Tensor fft_conv(const Tensor& u_in, const Tensor& K_in) {
@@ -626,40 +616,21 @@ Tensor fft_conv(const Tensor& u_in, const Tensor& K_in) {
   check_shape(kOp, "K", K_in, {H, L}, "(H, L)");
   check_device(kOp, "K", K_in, u_in.device(), "u");
   check_dtype(kOp, "K", K_in, u_in.dtype(), "u");
-#if !defined(SSMTRAIN_WITH_CUDA)
-  if (u_in.device().is_cuda()) throw_cuda_not_built(kOp, u_in);
-#endif
   Tensor u = u_in.contiguous(), K = K_in.contiguous();
-  FftConvParams p;
+  FusedOp<FftConvParams> op(kOp, kFftConvKernels, u.device());
+  FftConvParams& p = op.p;
   p.dtype = u.dtype();
   p.B = B, p.L = L, p.H = H;
   p.u = u.data_ptr(), p.K = K.data_ptr();
-  Tensor y = Tensor::empty({B, L, H}, u.dtype(), u.device());
-  p.y = y.data_ptr();
-  if (y.numel() > 0) run_conv_forward(p, u.device());
-  if (any_requires_grad({u, K})) {
-    const bool want_u = wants_grad(u), want_K = wants_grad(K);
-    Tensor u_keep = u.detach(), K_keep = K.detach();
-    record(kOp, {u, K}, {y}, [=](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
-      Tensor dy = grads[0].contiguous();
-      FftConvParams q = p;
-      q.u = u_keep.data_ptr(), q.K = K_keep.data_ptr(), q.dy = dy.data_ptr();
-      // The kernels write every element of du and dK; with nothing to convolve (B = 0) the
-      // gradients are zero.
-      const bool run = B * L * H > 0;
-      auto make = [&](const Dims& shape) {
-        return run ? Tensor::empty(shape, u_keep.dtype(), u_keep.device())
-                   : Tensor::zeros(shape, u_keep.dtype(), u_keep.device());
-      };
-      std::vector<Tensor> out(2);
-      if (want_u) out[0] = make({B, L, H});
-      if (want_K) out[1] = make({H, L});
-      q.du = want_u ? out[0].data_ptr() : nullptr;
-      q.dK = want_K ? out[1].data_ptr() : nullptr;
-      if (run) run_conv_backward(q, u_keep.device());
-      return out;
-    });
-  }
+  op.input(u, &FftConvParams::du);
+  op.input(K, &FftConvParams::dK);
+  Tensor y = op.output({B, L, H}, u.dtype(), &FftConvParams::y);
+  op.forward();
+  op.record({y}, [](FftConvParams& q, const std::vector<Tensor>& grads) {
+    Tensor dy = grads[0].contiguous();
+    q.dy = dy.data_ptr();
+    return std::vector<Tensor>{dy};
+  });
   return y;
 }
 

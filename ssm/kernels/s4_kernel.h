@@ -67,7 +67,7 @@ Tensor fft_conv(const Tensor& u, const Tensor& K);
 // The FFT length used for a length-L causal convolution: the smallest 2^a 3^b 5^c >= 2L - 1.
 int64_t fft_conv_size(int64_t L);
 
-// ---- CPU kernels (contiguous operands; every pointer of the compute type) ----
+// ---- kernel interface (contiguous operands of `dtype`) ----
 
 struct FftConvParams {
   DType dtype = DType::f32;
@@ -83,7 +83,7 @@ struct FftConvParams {
 void fft_conv_fwd_cpu(const FftConvParams& p);
 void fft_conv_bwd_cpu(const FftConvParams& p);
 
-// Kernel generation, as the CUDA kernels see it (contiguous operands of `dtype`).
+// Kernel generation, as the kernels see it (contiguous operands of `dtype`).
 struct S4KernelParams {
   DType dtype = DType::f32;
   int64_t H = 0, N2 = 0, L = 0;
@@ -96,6 +96,12 @@ struct S4KernelParams {
   void* ddt = nullptr;        // (H) or null, backward
   void* dmodes[4] = {nullptr, nullptr, nullptr, nullptr};  // gradients of `modes`, or null
 };
+
+// Kernel generation on the CPU, in double whatever the dtype (the formulas in the .cpp).
+void s4d_vandermonde_fwd_cpu(const S4KernelParams& p);
+void s4d_vandermonde_bwd_cpu(const S4KernelParams& p);
+void s4_dplr_fwd_cpu(const S4KernelParams& p);
+void s4_dplr_bwd_cpu(const S4KernelParams& p);
 
 // ---- CUDA kernels (s4_kernel_cuda.cu, CUDA builds only), on the compute stream of `device` ----
 

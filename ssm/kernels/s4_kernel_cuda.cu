@@ -843,8 +843,12 @@ void fft_conv_fwd_cuda(const FftConvParams& p, int device) {
 }
 
 void fft_conv_bwd_cuda(const FftConvParams& p, int device) {
-  if (p.B * p.L * p.H == 0 || (!p.du && !p.dK)) return;
   cuda_detail::DeviceGuard guard(device);
+  if (p.B == 0 && p.dK && p.H * p.L > 0) {  // an empty batch: dK is an empty sum
+    auto stream = static_cast<cudaStream_t>(cuda::compute_stream(device));
+    CUDA_CHECK(cudaMemsetAsync(p.dK, 0, static_cast<size_t>(p.H * p.L * dtype_size(p.dtype)), stream));
+  }
+  if (p.B * p.L * p.H == 0 || (!p.du && !p.dK)) return;
   dispatch_float(p.dtype, "fft_conv", [&](auto t) { fft_conv_backward_cuda<decltype(t)>(p, device); });
 }
 

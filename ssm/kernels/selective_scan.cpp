@@ -3,12 +3,11 @@
 #include "ssm/kernels/selective_scan.h"
 
 #include <algorithm>
-#include <array>
 #include <vector>
 
 #include "core/autograd.h"
 #include "core/error.h"
-#include "ssm/kernels/selective_scan_cuda.h"
+#include "core/fused_op.h"
 
 namespace ssmtrain {
 
@@ -18,14 +17,9 @@ namespace {
 
 constexpr const char* kOp = "selective_scan";
 
-// The tensors of one call after checks and conversions (what the backward keeps).
+// The tensors of one call after checks and conversions (see selective_scan.h for shapes).
 struct ScanTensors {
-  Tensor u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0;  // see selective_scan.h for shapes
-  std::vector<Tensor> list() const { return {u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0}; }
-  ScanTensors detached() const {
-    return {saved(u), saved(delta), saved(A), saved(Bm), saved(Cm), saved(Dskip), saved(z), saved(delta_bias),
-            saved(h0)};
-  }
+  Tensor u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0;
 };
 
 template <typename T> inline acc_t<T> load(const T* p, int64_t i) { return static_cast<acc_t<T>>(p[i]); }
@@ -83,17 +77,17 @@ void forward_kernel(const SelectiveScanParams& p) {
           if (ckpt && t % interval == 0) std::copy(h.begin(), h.end(), ckpt + (bd * nck + t / interval) * N);
           const C ut = load(u, b * p.u.batch_stride + t * p.u.seq_stride + d);
           C dt = load(delta, b * p.delta.batch_stride + t * p.delta.seq_stride + d) + bias;
-          if (p.delta_softplus) dt = ssm_math::softplus(dt);
+          if (p.delta_softplus) dt = math::softplus(dt);
           const T* B_row = Bm + b * p.Bm.batch_stride + t * p.Bm.seq_stride + g * N;
           const T* C_row = Cm + b * p.Cm.batch_stride + t * p.Cm.seq_stride + g * N;
           const C dtu = dt * ut;
           C* __restrict hs = h.data();
-          for (int64_t n = 0; n < N; ++n) hs[n] = ssm_math::exp_vec(dt * A_row[n]) * hs[n] + dtu * load(B_row, n);
+          for (int64_t n = 0; n < N; ++n) hs[n] = math::exp_vec(dt * A_row[n]) * hs[n] + dtu * load(B_row, n);
           C y = 0;
 #pragma omp simd reduction(+ : y)
           for (int64_t n = 0; n < N; ++n) y += load(C_row, n) * hs[n];
           y += skip * ut;
-          if (z) y *= ssm_math::silu(load(z, b * p.z.batch_stride + t * p.z.seq_stride + d));
+          if (z) y *= math::silu_branchless(load(z, b * p.z.batch_stride + t * p.z.seq_stride + d), math::VecExp{});
           out[(b * L + t) * D + d] = static_cast<T>(y);
         }
         std::copy(h.begin(), h.end(), h_last + bd * N);
@@ -160,7 +154,7 @@ void backward_kernel(const SelectiveScanParams& p) {
                 const C ut = load(u, b * p.u.batch_stride + t * p.u.seq_stride + d);
                 const C dt_raw = load(delta, b * p.delta.batch_stride + t * p.delta.seq_stride + d) + bias;
                 C dt = dt_raw, dsp = 1;
-                if (p.delta_softplus) ssm_math::softplus_and_grad(dt_raw, dt, dsp);
+                if (p.delta_softplus) math::softplus_and_grad(dt_raw, dt, dsp);
                 dt_buf[t - t0] = dt;
                 dsp_buf[t - t0] = dsp;
                 const T* B_row = Bm + b * p.Bm.batch_stride + t * p.Bm.seq_stride + g * N;
@@ -169,7 +163,7 @@ void backward_kernel(const SelectiveScanParams& p) {
                 C* __restrict h_cur = &h_buf[(t - t0 + 1) * N];
                 C* __restrict a = &a_buf[(t - t0) * N];
                 for (int64_t n = 0; n < N; ++n) {
-                  a[n] = ssm_math::exp_vec(dt * A_row[n]);
+                  a[n] = math::exp_vec(dt * A_row[n]);
                   h_cur[n] = a[n] * h_prev[n] + dtu * load(B_row, n);
                 }
               }
@@ -186,12 +180,12 @@ void backward_kernel(const SelectiveScanParams& p) {
                 C gy = dout_t;  // gradient of y_t (before the gate)
                 if (z) {
                   const C zt = load(z, b * p.z.batch_stride + t * p.z.seq_stride + d);
-                  const C sz = ssm_math::sigmoid(zt);
+                  const C sz = math::sigmoid_branchless(zt, math::VecExp{});
                   C y = skip * ut;
 #pragma omp simd reduction(+ : y)
                   for (int64_t n = 0; n < N; ++n) y += load(C_row, n) * h_cur[n];
                   gy = dout_t * zt * sz;  // silu(z) = z sigmoid(z)
-                  if (dz) dz[seq_index] = static_cast<T>(dout_t * y * ssm_math::silu_grad(zt, sz));
+                  if (dz) dz[seq_index] = static_cast<T>(dout_t * y * math::silu_grad(zt, sz));
                 }
                 const int64_t part = (((s * B + b) * L + t) * G + g) * N;
                 C du_t = skip * gy, ddt = 0;
@@ -285,15 +279,11 @@ ScanTensors checked_inputs(const Tensor& u, const Tensor& delta, const Tensor& A
     if (others[i]->defined()) check_dtype(kOp, names[i], *others[i], u.dtype(), "u");
   const bool on_cuda = u.device().is_cuda();
   if (on_cuda) {
-#if defined(SSMTRAIN_WITH_CUDA)
     SSMT_CHECK(u.dtype() == DType::f32 || u.dtype() == DType::bf16, kOp, ": u ", u.shape().str(), " ",
                dtype_name(u.dtype()), " on ", u.device().str(),
                ": the CUDA kernel takes f32 or bf16 sequence tensors (run f64 on the CPU)");
     SSMT_CHECK(N >= 1 && N <= kSelectiveScanCudaMaxState, kOp, ": A ", A.shape().str(), ": the CUDA kernel supports ",
                "a state size N from 1 to ", kSelectiveScanCudaMaxState, ", got N = ", N, " (run it on the CPU)");
-#else
-    throw_cuda_not_built(kOp, u);
-#endif
   }
 
   const DType cd = compute_dtype(u.dtype());
@@ -323,92 +313,43 @@ void selective_scan_bwd_cpu(const SelectiveScanParams& p) {
   SSMT_DISPATCH_FLOAT(p.dtype, kOp, [&] { backward_kernel<scalar_t>(p); });
 }
 
-#if defined(SSMTRAIN_WITH_CUDA)
 namespace {
-
-SelectiveScanInputs cuda_inputs(const ScanTensors& t, bool delta_softplus) {
-  SelectiveScanInputs in;
-  in.u = t.u, in.delta = t.delta, in.A = t.A, in.Bm = t.Bm, in.Cm = t.Cm;
-  in.Dskip = t.Dskip, in.z = t.z, in.delta_bias = t.delta_bias, in.h0 = t.h0;
-  in.delta_softplus = delta_softplus;
-  return in;
-}
-
-// The CUDA path: the fused kernels of selective_scan_cuda.cu. The forward keeps the state
-// before every kScanCheckpoint steps when a gradient is needed; the backward recomputes the rest.
-SelectiveScanResult selective_scan_on_cuda(const ScanTensors& in, bool delta_softplus) {
-  const std::vector<Tensor> inputs = in.list();
-  const bool need_grad = any_requires_grad(inputs);
-  Tensor out, h_last, checkpoints;
-  selective_scan_forward_cuda(cuda_inputs(in, delta_softplus), out, h_last, checkpoints, need_grad);
-  if (need_grad) {
-    const ScanTensors keep = in.detached();
-    std::array<bool, 9> want;
-    for (int i = 0; i < 9; ++i) want[i] = wants_grad(inputs[i]);
-    record(kOp, inputs, {out, h_last},
-           [keep, checkpoints, want, delta_softplus](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
-             const Tensor dout = grads[0].to(keep.u.dtype()).contiguous();
-             const Tensor dh_last = grads[1].to(DType::f32).contiguous();
-             SelectiveScanGrads g =
-                 selective_scan_backward_cuda(cuda_inputs(keep, delta_softplus), checkpoints, dout, dh_last);
-             std::vector<Tensor> result = {g.du, g.ddelta, g.dA, g.dBm, g.dCm, g.dDskip, g.dz, g.ddelta_bias, g.dh0};
-             for (int i = 0; i < 9; ++i)
-               if (!want[i]) result[i] = Tensor();
-             return result;
-           });
-  }
-  return {out, h_last};
-}
-
+const FusedKernels<SelectiveScanParams> kKernels = {selective_scan_fwd_cpu, selective_scan_bwd_cpu,
+                                                    SSMT_CUDA_KERNEL(selective_scan_fwd_cuda),
+                                                    SSMT_CUDA_KERNEL(selective_scan_bwd_cuda)};
 }  // namespace
-#endif
 
 SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
                                    const Tensor& Cm, const Tensor& Dskip, const Tensor& z, const Tensor& delta_bias,
                                    bool delta_softplus, const Tensor& h0) {
-  ScanTensors in = checked_inputs(u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0);
-#if defined(SSMTRAIN_WITH_CUDA)
-  if (in.u.device().is_cuda()) return selective_scan_on_cuda(in, delta_softplus);
-#endif
-  const std::vector<Tensor> inputs = in.list();
-  const bool need_grad = any_requires_grad(inputs);
-
-  SelectiveScanParams p = make_params(in, delta_softplus);
+  using P = SelectiveScanParams;
+  const ScanTensors in = checked_inputs(u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0);
+  const bool on_cuda = in.u.device().is_cuda();
+  FusedOp<P> op(kOp, kKernels, in.u.device());
+  P& p = op.p;
+  p = make_params(in, delta_softplus);
+  p.checkpoint_interval = on_cuda ? kScanCheckpoint : kSelectiveScanCheckpointInterval;
+  op.input(in.u, &P::du);
+  op.input(in.delta, &P::ddelta);
+  op.input(in.A, &P::dA);
+  op.input(in.Bm, &P::dBm);
+  op.input(in.Cm, &P::dCm);
+  op.input(in.Dskip, &P::dDskip);
+  op.input(in.z, &P::dz);
+  op.input(in.delta_bias, &P::ddelta_bias);
+  op.input(in.h0, &P::dh0);
   const DType cd = compute_dtype(p.dtype);
-  Tensor out = Tensor::empty({p.B, p.L, p.D}, p.dtype, u.device());
-  Tensor h_last = Tensor::empty({p.B, p.D, p.N}, cd, u.device());
-  Tensor checkpoints;
-  if (need_grad) checkpoints = Tensor::empty({p.B, p.D, p.num_checkpoints(), p.N}, cd, u.device());
-  p.out = out.data_ptr();
-  p.h_last = h_last.data_ptr();
-  p.checkpoints = need_grad ? checkpoints.data_ptr() : nullptr;
-  selective_scan_fwd_cpu(p);
-
-  if (need_grad) {
-    const ScanTensors keep = in.detached();
-    std::array<bool, 9> want;
-    for (int i = 0; i < 9; ++i) want[i] = wants_grad(inputs[i]);
-    record(kOp, inputs, {out, h_last},
-           [keep, checkpoints, want, delta_softplus](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
-             SelectiveScanParams q = make_params(keep, delta_softplus);
-             q.checkpoints = checkpoints.data_ptr();
-             Tensor dout = with_contiguous_rows(grads[0], 1);
-             Tensor dh_last = grads[1].contiguous();
-             q.dout = seq_view(dout);
-             q.dh_last = dh_last.data_ptr();
-             const std::vector<Tensor> like = keep.list();
-             std::vector<Tensor> result(9);
-             auto alloc = [&](int i) -> void* {
-               if (!want[i]) return nullptr;
-               result[i] = Tensor::empty(like[i].shape(), like[i].dtype(), like[i].device());
-               return result[i].data_ptr();
-             };
-             q.du = alloc(0), q.ddelta = alloc(1), q.dA = alloc(2), q.dBm = alloc(3), q.dCm = alloc(4);
-             q.dDskip = alloc(5), q.dz = alloc(6), q.ddelta_bias = alloc(7), q.dh0 = alloc(8);
-             selective_scan_bwd_cpu(q);
-             return result;
-           });
-  }
+  Tensor out = op.output({p.B, p.L, p.D}, p.dtype, &P::out);
+  Tensor h_last = op.output({p.B, p.D, p.N}, cd, &P::h_last);
+  if (op.needs_grad()) op.output({p.B, p.D, p.num_checkpoints(), p.N}, cd, &P::checkpoints, /*saved=*/true);
+  op.forward();
+  op.record({out, h_last}, [on_cuda](P& q, const std::vector<Tensor>& grads) {
+    Tensor dout = on_cuda ? grads[0].contiguous() : with_contiguous_rows(grads[0], 1);
+    Tensor dh_last = grads[1].contiguous();
+    q.dout = seq_view(dout);
+    q.dh_last = dh_last.data_ptr();
+    return std::vector<Tensor>{dout, dh_last};
+  });
   return {out, h_last};
 }
 

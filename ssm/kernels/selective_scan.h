@@ -8,14 +8,15 @@
 // gradient flowing in through h_last.
 //
 // Memory: the (B, L, D, N) state is never stored. When a gradient is needed the forward
-// keeps the state at the start of every kSelectiveScanCheckpointInterval steps,
-// (B, D, ceil(L / 64), N) in the compute dtype, i.e. B*D*N*L/64 values, and the backward
-// recomputes the states inside each interval (docs/ssm_ops.md).
+// keeps the state at the start of every checkpoint interval (64 steps on the CPU, 16 on
+// CUDA), (B, D, ceil(L / 64), N) in the compute dtype on the CPU, i.e. B*D*N*L/64 values,
+// and the backward recomputes the states inside each interval (docs/ssm_ops.md).
 //
-// Layout: entry points take any views; sequence tensors are used in place when their
-// trailing axes are contiguous (batch and time strides are free), else copied. The CPU
-// kernels are called through SelectiveScanParams (pointers + strides, no Tensor) so a CUDA
-// launcher `selective_scan_fwd_cuda(params, stream)` can be added in selective_scan.cu.
+// Layout: entry points take any views. On the CPU, sequence tensors are used in place when
+// their trailing axes are contiguous (batch and time strides are free), else copied; the
+// CUDA kernels take them dense. Both backends' kernels are called through
+// SelectiveScanParams (pointers + strides, no Tensor): the CPU kernels below, the CUDA
+// launchers of selective_scan_cuda.cu.
 #pragma once
 
 #include <cstdint>
@@ -87,5 +88,23 @@ void selective_scan_fwd_cpu(const SelectiveScanParams& p);
 // OpenMP over (b, group, channel slice); reductions go through per-task partial sums added
 // in a fixed order, so results do not depend on the number of threads.
 void selective_scan_bwd_cpu(const SelectiveScanParams& p);
+
+// ---- CUDA kernels (selective_scan_cuda.cu, CUDA builds only) ----
+
+constexpr int kScanTile = 32;        // steps per tile of the CUDA forward
+constexpr int kScanCheckpoint = 16;  // the CUDA checkpoint interval; the backward's recompute tile
+constexpr int kSelectiveScanCudaMaxState = 32;  // largest N: 4 lanes x 8 registers per channel
+
+// Launchers on the compute stream of `device`. Hardware-aware layout: a thread block owns 16
+// or 32 channels of one (batch, group) and walks the sequence in tiles; each channel's N
+// states live in registers of 4 or 8 threads (chosen by occupancy; SSMTRAIN_SCAN_LANES_FWD /
+// _BWD = 4 | 8 override it for tuning). The params as above with: sequence tensors (u,
+// delta, z, Bm, Cm, dout) dense, of one dtype (f32 or bf16); A, Dskip, delta_bias, h0,
+// dh_last and the state tensors f32; checkpoint_interval = kScanCheckpoint;
+// 1 <= N <= kSelectiveScanCudaMaxState. Results are deterministic (no float atomics): the
+// backward's reductions over channels and batch go through per-block partials summed in a
+// fixed order.
+void selective_scan_fwd_cuda(const SelectiveScanParams& p, int device);
+void selective_scan_bwd_cuda(const SelectiveScanParams& p, int device);
 
 }  // namespace ssmtrain

@@ -1,4 +1,4 @@
-// Selective scan forward and backward on CUDA (see selective_scan_cuda.h for the layout).
+// Selective scan forward and backward on CUDA (see selective_scan.h for the layout).
 //
 // Thread mapping: a block of 128 threads owns CH = 128 / TPC channels of one (batch, group);
 // the TPC lanes (4 or 8) of a channel hold NL = N / TPC of its states each, so the sum over
@@ -31,7 +31,8 @@
 #include "core/backend.h"
 #include "core/cuda/device.cuh"
 #include "core/dtype.h"
-#include "ssm/kernels/selective_scan_cuda.h"
+#include "core/math.h"
+#include "ssm/kernels/selective_scan.h"
 
 namespace ssmtrain {
 
@@ -89,8 +90,6 @@ template <typename T> __device__ __forceinline__ void store(void* p, size_t i, f
   static_cast<T*>(p)[i] = T(v);
 }
 
-__device__ __forceinline__ float softplus_f(float x) { return x > 20.f ? x : log1pf(expf(x)); }
-__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
 // 2^x on the multi-function unit (the same instruction __expf uses, without its multiply:
 // the A entries are scaled by log2(e) once).
 __device__ __forceinline__ float exp2_fast(float x) {
@@ -262,14 +261,14 @@ struct TileRegs {
                                       float* sig) const {
     const float xv = static_cast<float>(x[j]) + bias;
     const bool ok = bc.sactive && l0 + bc.rs + j * TPC < p.L;
-    if (sig) *sig = p.softplus ? sigmoid_f(xv) : 1.f;
-    return ok ? (p.softplus ? softplus_f(xv) : xv) : 0.f;
+    if (sig) *sig = p.softplus ? math::sigmoid_branchless(xv) : 1.f;
+    return ok ? (p.softplus ? math::softplus(xv) : xv) : 0.f;
   }
 };
 
 // dL/dy before the gate: dout * silu(z) with a gate, else dout.
 __device__ __forceinline__ float gate_grad(const ScanParams& p, float dout, float z) {
-  return p.z ? dout * z * sigmoid_f(z) : dout;
+  return p.z ? dout * z * math::sigmoid_branchless(z) : dout;
 }
 
 // kSummary: pass 1 of a segmented forward (each segment from zero; its end state and sum of
@@ -351,7 +350,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
       const int t = bc.rs + j * TPC;
       if (!kSummary && bc.sactive && l0 + t < L) {
         float y = s_y[t][bc.cs] + Dv_s * cur_u[j];
-        if (p.z) y *= cur_z[j] * sigmoid_f(cur_z[j]);
+        if (p.z) y *= math::silu_branchless(cur_z[j]);
         store<T>(p.out, (static_cast<size_t>(bc.b) * L + l0 + t) * D + cs, y);
       }
     }
@@ -521,7 +520,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
         store<T>(p.du, off, s_du[t][bc.cs]);
         store<T>(p.ddelta, off, dd);
         if (p.dz) {
-          const float zz = cur_z[j], sz = sigmoid_f(zz);
+          const float zz = cur_z[j], sz = math::sigmoid_branchless(zz);
           store<T>(p.dz, off, cur_o[j] * s_y[t][bc.cs] * sz * (1.f + zz * (1.f - sz)));
         }
       }
@@ -751,49 +750,45 @@ int64_t resident_blocks(K kernel, size_t dynamic_smem, int device) {
   return static_cast<int64_t>(per_sm) * cuda_detail::device_context(device).sm_count;
 }
 
-ScanParams make_params(const SelectiveScanInputs& in, Variant v) {
+ScanParams make_params(const SelectiveScanParams& s, Variant v) {
   ScanParams p{};
-  p.B = static_cast<int>(in.u.size(0));
-  p.L = static_cast<int>(in.u.size(1));
-  p.D = static_cast<int>(in.u.size(2));
-  p.N = static_cast<int>(in.A.size(1));
-  p.G = static_cast<int>(in.Bm.size(2));
+  p.B = static_cast<int>(s.B);
+  p.L = static_cast<int>(s.L);
+  p.D = static_cast<int>(s.D);
+  p.N = static_cast<int>(s.N);
+  p.G = static_cast<int>(s.G);
   p.nchunks = (p.L + kTile - 1) / kTile;
   p.nckpt = (p.L + kBTile - 1) / kBTile;
   const int channels = kThreads / v.tpc;
   p.nblocks_per_group = (p.D / p.G + channels - 1) / channels;
-  p.softplus = in.delta_softplus;
-  p.u = in.u.data_ptr();
-  p.delta = in.delta.data_ptr();
-  p.z = in.z.defined() ? in.z.data_ptr() : nullptr;
-  p.A = in.A.data<float>();
-  p.Bm = in.Bm.data_ptr();
-  p.Cm = in.Cm.data_ptr();
-  p.Dskip = in.Dskip.defined() ? in.Dskip.data<float>() : nullptr;
-  p.delta_bias = in.delta_bias.defined() ? in.delta_bias.data<float>() : nullptr;
-  p.h0 = in.h0.defined() ? in.h0.data<float>() : nullptr;
+  p.softplus = s.delta_softplus;
+  p.u = s.u.data;
+  p.delta = s.delta.data;
+  p.z = s.z.data;
+  p.A = static_cast<const float*>(s.A);
+  p.Bm = s.Bm.data;
+  p.Cm = s.Cm.data;
+  p.Dskip = static_cast<const float*>(s.Dskip);
+  p.delta_bias = static_cast<const float*>(s.delta_bias);
+  p.h0 = static_cast<const float*>(s.h0);
   p.nseg = 1;  // set by the launcher (set_segments)
   p.seg_len = std::max(p.nchunks * kTile, kTile);
   return p;
 }
 
-void check_inputs(const SelectiveScanInputs& in) {
-  const Tensor* seq[] = {&in.u, &in.delta, &in.Bm, &in.Cm, &in.z};
-  for (const Tensor* t : seq) {
-    if (!t->defined()) continue;
-    SSMT_CHECK(t->is_contiguous(), "selective_scan (CUDA): ", t->describe(), " must be contiguous");
-    SSMT_CHECK(t->dtype() == in.u.dtype(), "selective_scan (CUDA): ", t->describe(), " must have u's dtype ",
-               dtype_name(in.u.dtype()));
-  }
-  SSMT_CHECK(in.u.dtype() == DType::f32 || in.u.dtype() == DType::bf16,
-             "selective_scan (CUDA): sequence tensors must be f32 or bf16, got ", dtype_name(in.u.dtype()));
-  const Tensor* params[] = {&in.A, &in.Dskip, &in.delta_bias, &in.h0};
-  for (const Tensor* t : params)
-    if (t->defined())
-      SSMT_CHECK(t->dtype() == DType::f32 && t->is_contiguous(), "selective_scan (CUDA): ", t->describe(),
-                 " must be contiguous f32");
-  int64_t D = in.u.size(2), G = in.Bm.size(2);
-  SSMT_CHECK(G >= 1 && D % G == 0, "selective_scan (CUDA): D = ", D, " is not divisible by the groups G = ", G);
+// v is a dense (B, L, row) tensor (the kernels compute offsets from the shapes).
+bool dense(const SeqView& v, int64_t B, int64_t L, int64_t row) {
+  return (B <= 1 || v.batch_stride == L * row) && (L <= 1 || v.seq_stride == row);
+}
+
+// What the entry point (selective_scan.cpp) guarantees the kernels.
+void check_params(const SelectiveScanParams& s) {
+  SSMT_ASSERT(s.dtype == DType::f32 || s.dtype == DType::bf16, "selective_scan (CUDA): ", dtype_name(s.dtype));
+  SSMT_ASSERT(s.checkpoint_interval == kScanCheckpoint, "selective_scan (CUDA): interval ", s.checkpoint_interval);
+  SSMT_ASSERT(s.G >= 1 && s.D % s.G == 0, "selective_scan (CUDA): D = ", s.D, ", G = ", s.G);
+  SSMT_ASSERT(dense(s.u, s.B, s.L, s.D) && dense(s.delta, s.B, s.L, s.D) && dense(s.z, s.B, s.L, s.D) &&
+                  dense(s.Bm, s.B, s.L, s.G * s.N) && dense(s.Cm, s.B, s.L, s.G * s.N),
+              "selective_scan (CUDA): sequence tensors must be dense");
 }
 
 // Calls fn(T{}, integral_constant<NL>, integral_constant<TPC>) for the dtype and variant.
@@ -833,24 +828,20 @@ void launch_carry(const ScanParams& p, const float* first, const float* local, c
 
 }  // namespace
 
-void selective_scan_forward_cuda(const SelectiveScanInputs& in, Tensor& out, Tensor& h_last, Tensor& checkpoints,
-                                 bool save_checkpoints) {
-  check_inputs(in);
-  const Variant v = choose_variant(static_cast<int>(in.A.size(1)), false, in.u.size(0) * in.u.size(2),
-                                   cuda_detail::device_context(in.u.device().index).sm_count);
-  ScanParams p = make_params(in, v);
-  Device dev = in.u.device();
-  out = Tensor::empty(in.u.shape(), in.u.dtype(), dev);
-  h_last = Tensor::empty({p.B, p.D, p.N}, DType::f32, dev);
-  if (save_checkpoints) checkpoints = Tensor::empty({p.B, p.D, p.nckpt, p.N}, DType::f32, dev);
-  p.out = out.data_ptr();
-  p.h_last = h_last.data<float>();
-  p.ckpt = save_checkpoints ? checkpoints.data<float>() : nullptr;
+void selective_scan_fwd_cuda(const SelectiveScanParams& s, int device) {
+  check_params(s);
+  const Variant v =
+      choose_variant(static_cast<int>(s.N), false, s.B * s.D, cuda_detail::device_context(device).sm_count);
+  ScanParams p = make_params(s, v);
+  const Device dev = Device::cuda(device);
+  p.out = s.out;
+  p.h_last = static_cast<float*>(s.h_last);
+  p.ckpt = static_cast<float*>(s.checkpoints);
   // L == 0 still launches: the kernel then copies h0 (or zeros) to h_last.
   if (p.B == 0 || p.D == 0) return;
   cuda_detail::DeviceGuard guard(dev.index);
   auto stream = static_cast<cudaStream_t>(cuda::compute_stream(dev.index));
-  dispatch(in.u.dtype(), v, [&](auto t, auto nl, auto tpc) {
+  dispatch(s.dtype, v, [&](auto t, auto nl, auto tpc) {
     set_segments(p, resident_blocks(scan_forward_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value, false>, 0,
                                     dev.index),
                  2.0);
@@ -865,45 +856,32 @@ void selective_scan_forward_cuda(const SelectiveScanInputs& in, Tensor& out, Ten
     ps.ckpt = nullptr;
     ps.seg_local = seg_local.data<float>();
     ps.seg_dtsum = seg_dtsum.data<float>();
-    dispatch(in.u.dtype(), v, [&](auto t, auto nl, auto tpc) {
+    dispatch(s.dtype, v, [&](auto t, auto nl, auto tpc) {
       scan_forward_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value, true><<<grid, kThreads, 0, stream>>>(ps);
     });
     launch_carry(p, p.h0, ps.seg_local, ps.seg_dtsum, seg_init.data<float>(), false, stream);
     p.seg_init = seg_init.data<float>();
   }
-  dispatch(in.u.dtype(), v, [&](auto t, auto nl, auto tpc) {
+  dispatch(s.dtype, v, [&](auto t, auto nl, auto tpc) {
     scan_forward_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value, false><<<grid, kThreads, 0, stream>>>(p);
   });
   SCAN_CUDA_CHECK(cudaGetLastError());
 }
 
-SelectiveScanGrads selective_scan_backward_cuda(const SelectiveScanInputs& in, const Tensor& checkpoints,
-                                                const Tensor& dout, const Tensor& dh_last) {
-  check_inputs(in);
-  const Variant v = choose_variant(static_cast<int>(in.A.size(1)), true, in.u.size(0) * in.u.size(2),
-                                   cuda_detail::device_context(in.u.device().index).sm_count);
-  ScanParams p = make_params(in, v);
-  Device dev = in.u.device();
-  DType dt = in.u.dtype();
-  SSMT_CHECK(dout.is_contiguous() && dout.dtype() == dt && dout.shape() == in.u.shape(),
-             "selective_scan (CUDA) backward: ", dout.describe(), " must be contiguous, shaped and typed like u");
-  SelectiveScanGrads gr;
-  gr.du = Tensor::empty(in.u.shape(), dt, dev);
-  gr.ddelta = Tensor::empty(in.u.shape(), dt, dev);
-  if (in.z.defined()) gr.dz = Tensor::empty(in.u.shape(), dt, dev);
-  gr.dBm = Tensor::empty(in.Bm.shape(), dt, dev);
-  gr.dCm = Tensor::empty(in.Cm.shape(), dt, dev);
-  gr.dA = Tensor::empty(in.A.shape(), DType::f32, dev);
-  if (in.Dskip.defined()) gr.dDskip = Tensor::empty({p.D}, DType::f32, dev);
-  if (in.delta_bias.defined()) gr.ddelta_bias = Tensor::empty({p.D}, DType::f32, dev);
-  if (in.h0.defined()) gr.dh0 = Tensor::empty({p.B, p.D, p.N}, DType::f32, dev);
-  if (p.B == 0 || p.D == 0) return gr;
-  SSMT_CHECK(checkpoints.defined() && checkpoints.dtype() == DType::f32 &&
-                 checkpoints.shape() == Dims({p.B, p.D, p.nckpt, p.N}),
-             "selective_scan (CUDA) backward: the forward's checkpoints are missing or of the wrong shape");
-  SSMT_CHECK(!dh_last.defined() || (dh_last.is_contiguous() && dh_last.dtype() == DType::f32 &&
-                                    dh_last.shape() == Dims({p.B, p.D, p.N})),
-             "selective_scan (CUDA) backward: ", dh_last.describe(), " must be contiguous f32 (B, D, N)");
+void selective_scan_bwd_cuda(const SelectiveScanParams& s, int device) {
+  check_params(s);
+  const Variant v =
+      choose_variant(static_cast<int>(s.N), true, s.B * s.D, cuda_detail::device_context(device).sm_count);
+  ScanParams p = make_params(s, v);
+  const Device dev = Device::cuda(device);
+  const DType dt = s.dtype;
+  if (p.B == 0 || p.D == 0) return;
+  SSMT_ASSERT((s.L == 0 || s.checkpoints) && dense(s.dout, s.B, s.L, s.D),
+              "selective_scan (CUDA) backward: the forward's checkpoints or a dense dout are missing");
+  // The kernel writes du and ddelta whether wanted or not: scratch for an unwanted one.
+  Tensor du_scratch, ddelta_scratch;
+  if (!s.du) du_scratch = Tensor::empty({s.B, s.L, s.D}, dt, dev);
+  if (!s.ddelta) ddelta_scratch = Tensor::empty({s.B, s.L, s.D}, dt, dev);
   cuda_detail::DeviceGuard guard(dev.index);
 
   Tensor dB_part = Tensor::empty({p.B, p.G, p.nblocks_per_group, p.L, p.N}, DType::f32, dev);
@@ -919,18 +897,18 @@ SelectiveScanGrads selective_scan_backward_cuda(const SelectiveScanInputs& in, c
   Tensor dA_part = Tensor::empty({nparts, p.D, p.N}, DType::f32, dev);
   Tensor dD_part = Tensor::empty({nparts, p.D}, DType::f32, dev);
   Tensor dbias_part = Tensor::empty({nparts, p.D}, DType::f32, dev);
-  p.ckpt = checkpoints.data<float>();
-  p.dout = dout.data_ptr();
-  p.dh_last = dh_last.defined() ? dh_last.data<float>() : nullptr;
-  p.du = gr.du.data_ptr();
-  p.ddelta = gr.ddelta.data_ptr();
-  p.dz = gr.dz.defined() ? gr.dz.data_ptr() : nullptr;
+  p.ckpt = static_cast<float*>(s.checkpoints);
+  p.dout = s.dout.data;
+  p.dh_last = static_cast<const float*>(s.dh_last);
+  p.du = s.du ? s.du : du_scratch.data_ptr();
+  p.ddelta = s.ddelta ? s.ddelta : ddelta_scratch.data_ptr();
+  p.dz = s.dz;
   p.dB_part = dB_part.data<float>();
   p.dC_part = dC_part.data<float>();
   p.dA_part = dA_part.data<float>();
   p.dD_part = dD_part.data<float>();
   p.dbias_part = dbias_part.data<float>();
-  p.dh0 = gr.dh0.defined() ? gr.dh0.data<float>() : nullptr;
+  p.dh0 = static_cast<float*>(s.dh0);
 
   auto stream = static_cast<cudaStream_t>(cuda::compute_stream(dev.index));
   dim3 grid(p.nblocks_per_group, p.G, p.B * p.nseg);
@@ -963,21 +941,23 @@ SelectiveScanGrads selective_scan_backward_cuda(const SelectiveScanInputs& in, c
     return static_cast<int>(std::clamp<size_t>((n + threads - 1) / threads, 1, 4096));
   };
   size_t nBC = static_cast<size_t>(p.B) * p.L * p.G * p.N;
-  if (dt == DType::bf16) {
-    reduce_channel_blocks<bf16><<<blocks(nBC), threads, 0, stream>>>(p.dB_part, gr.dBm.data_ptr(), p.B, p.L, p.G, p.nblocks_per_group, p.N);
-    reduce_channel_blocks<bf16><<<blocks(nBC), threads, 0, stream>>>(p.dC_part, gr.dCm.data_ptr(), p.B, p.L, p.G, p.nblocks_per_group, p.N);
-  } else {
-    reduce_channel_blocks<float><<<blocks(nBC), threads, 0, stream>>>(p.dB_part, gr.dBm.data_ptr(), p.B, p.L, p.G, p.nblocks_per_group, p.N);
-    reduce_channel_blocks<float><<<blocks(nBC), threads, 0, stream>>>(p.dC_part, gr.dCm.data_ptr(), p.B, p.L, p.G, p.nblocks_per_group, p.N);
-  }
+  auto reduce_bc = [&](const float* part, void* out) {
+    if (!out) return;
+    if (dt == DType::bf16)
+      reduce_channel_blocks<bf16><<<blocks(nBC), threads, 0, stream>>>(part, out, p.B, p.L, p.G, p.nblocks_per_group, p.N);
+    else
+      reduce_channel_blocks<float><<<blocks(nBC), threads, 0, stream>>>(part, out, p.B, p.L, p.G, p.nblocks_per_group, p.N);
+  };
+  reduce_bc(p.dB_part, s.dBm);
+  reduce_bc(p.dC_part, s.dCm);
   SCAN_CUDA_CHECK(cudaGetLastError());
-  reduce_batch<<<blocks(static_cast<size_t>(p.D) * p.N), threads, 0, stream>>>(p.dA_part, gr.dA.data<float>(), nparts,
-                                                                                p.D * p.N);
-  if (gr.dDskip.defined()) reduce_batch<<<blocks(p.D), threads, 0, stream>>>(p.dD_part, gr.dDskip.data<float>(), nparts, p.D);
-  if (gr.ddelta_bias.defined())
-    reduce_batch<<<blocks(p.D), threads, 0, stream>>>(p.dbias_part, gr.ddelta_bias.data<float>(), nparts, p.D);
+  if (s.dA)
+    reduce_batch<<<blocks(static_cast<size_t>(p.D) * p.N), threads, 0, stream>>>(p.dA_part, static_cast<float*>(s.dA),
+                                                                                  nparts, p.D * p.N);
+  if (s.dDskip) reduce_batch<<<blocks(p.D), threads, 0, stream>>>(p.dD_part, static_cast<float*>(s.dDskip), nparts, p.D);
+  if (s.ddelta_bias)
+    reduce_batch<<<blocks(p.D), threads, 0, stream>>>(p.dbias_part, static_cast<float*>(s.ddelta_bias), nparts, p.D);
   SCAN_CUDA_CHECK(cudaGetLastError());
-  return gr;
 }
 
 }  // namespace ssmtrain

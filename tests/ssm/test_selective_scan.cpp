@@ -75,7 +75,7 @@ TEST_CASE("exp_vec is within 2 ulp of exp over the float range") {
   // The reduction x = k ln2 + r is exact (ln 2 in two parts, |k| <= 128), the scaling by 2^k
   // is exact for these outputs (all normal), and Cephes' polynomial for e^r, |r| <= ln2 / 2,
   // is within 1 ulp with its own roundings: 2 ulp bounds the whole.
-  using ssm_math::exp_vec;
+  using math::exp_vec;
   double worst = 0;
   int checked = 0;
   for (float x = -87.3f; x <= 88.3f; x += 0.000731f * (1.0f + std::fabs(x))) {
