@@ -136,4 +136,17 @@ Tensor Mamba::step(const Tensor& x_t, MixerState& state) {
   return linear(y.squeeze(1), as_dtype(out_proj_->weight(), dt));
 }
 
+MixerEntry mamba_mixer_entry() {
+  auto build = [](const MambaOptions& options, const MixerContext& c, Generator& gen) -> std::shared_ptr<Mixer> {
+    MambaOptions o = options;
+    o.d_model = c.d_model, o.d_state = c.d_state, o.d_conv = c.d_conv, o.expand = c.expand;
+    o.gated = c.name != "s6";
+    o.selective = c.name != "mamba_lti";
+    return std::make_shared<Mamba>(o, gen);
+  };
+  return mixer_entry<MambaOptions>(
+      {{"mamba", "Mamba-1"}, {"s6", "selective SSM without gate"}, {"mamba_lti", "Mamba block with an LTI SSM"}},
+      build);
+}
+
 }  // namespace ssmtrain

@@ -22,9 +22,12 @@
 #include "core/random.h"
 #include "nn/linear.h"
 #include "nn/mixer.h"
+#include "ssm/mixer_registry.h"
 
 namespace ssmtrain {
 
+// The registered mixers mamba, s6 and mamba_lti share these options; dt_rank is their config
+// key (model.dt_rank), the sizes come from the model and gated / selective from the name.
 struct MambaOptions {
   int64_t d_model = 0;
   int64_t d_state = 16;  // N
@@ -34,7 +37,16 @@ struct MambaOptions {
   double dt_min = 1e-3, dt_max = 1e-1, dt_init_floor = 1e-4;
   bool gated = true;
   bool selective = true;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("dt_rank", dt_rank, "rank R of the Mamba-1 dt projection; 0 = ceil(d_model / 16)", ge(0));
+  }
+  bool operator==(const MambaOptions&) const = default;
 };
+
+// The registration of mamba, s6 and mamba_lti (ssm/mixer_registry.h).
+MixerEntry mamba_mixer_entry();
 
 // The depthwise conv's parameters as a child module "conv1d": weight (C, K), bias (C).
 class Conv1dParams : public Module {
@@ -59,6 +71,7 @@ class Mamba : public Mixer {
 
   const MambaOptions& options() const { return opt_; }
   int64_t d_inner() const { return d_inner_; }
+  int64_t dt_rank() const { return dt_rank_; }  // options().dt_rank, or its default
 
  private:
   // The scan's inputs from the conv output xc (B, L, d_inner); z may be undefined.

@@ -89,4 +89,24 @@ Tensor Mamba2::step(const Tensor& x_t, MixerState& state) {
   return linear(y.squeeze(1), as_dtype(out_proj_->weight(), dtp));
 }
 
+void Mamba2Options::validate(const MixerContext& c) const {
+  if (c.name.empty()) return;
+  const int64_t d_inner = c.expand * c.d_model;
+  SSMT_CHECK(d_inner % headdim == 0, c.key("headdim"), " (", headdim,
+             ") must divide d_inner = model.expand * model.d_model = ", d_inner, " for mamba2 layers");
+  const int64_t heads = d_inner / headdim;
+  SSMT_CHECK(heads % ngroups == 0, c.key("ngroups"), " (", ngroups, ") must divide the number of mamba2 heads ",
+             "d_inner / ", c.key("headdim"), " = ", heads);
+}
+
+MixerEntry mamba2_mixer_entry() {
+  auto build = [](const Mamba2Options& options, const MixerContext& c, Generator& gen) -> std::shared_ptr<Mixer> {
+    Mamba2Options o = options;
+    o.d_model = c.d_model, o.d_state = c.d_state, o.d_conv = c.d_conv, o.expand = c.expand;
+    o.norm_eps = c.norm_eps;
+    return std::make_shared<Mamba2>(o, gen);
+  };
+  return mixer_entry<Mamba2Options>({{"mamba2", "SSD"}}, build);
+}
+
 }  // namespace ssmtrain

@@ -15,9 +15,12 @@
 #include "nn/linear.h"
 #include "nn/mixer.h"
 #include "ssm/mamba.h"
+#include "ssm/mixer_registry.h"
 
 namespace ssmtrain {
 
+// The options of the registered mixer mamba2: headdim, ngroups and chunk_size are its config
+// keys (model.headdim, ...); the sizes and norm_eps come from the model.
 struct Mamba2Options {
   int64_t d_model = 0;
   int64_t d_state = 128;  // N
@@ -28,7 +31,20 @@ struct Mamba2Options {
   int64_t chunk_size = 256;
   double dt_min = 1e-3, dt_max = 1e-1, dt_init_floor = 1e-4;
   double norm_eps = 1e-5;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("headdim", headdim, "mamba2: head dimension P (heads = d_inner / headdim)", ge(1));
+    v.field("ngroups", ngroups, "mamba2: groups G sharing B and C; must divide the number of heads", ge(1));
+    v.field("chunk_size", chunk_size, "mamba2: SSD chunk length Q", ge(1));
+  }
+  // The head geometry against the model's d_inner, when a layer is a mamba2 layer.
+  void validate(const MixerContext& context) const;
+  bool operator==(const Mamba2Options&) const = default;
 };
+
+// The registration of mamba2 (ssm/mixer_registry.h).
+MixerEntry mamba2_mixer_entry();
 
 class Mamba2 : public Mixer {
  public:

@@ -2,94 +2,84 @@
 
 #include <algorithm>
 
-#include "nn/mlp.h"
-#include "ssm/s4.h"
-
 namespace ssmtrain {
 
-std::string layer_mixer(const ModelSpec& spec, int layer) {
-  if (spec.moe_every > 0 && (layer + 1) % spec.moe_every == 0) return "moe";
-  if (!spec.layers.empty()) {
-    SSMT_CHECK(static_cast<int>(spec.layers.size()) == spec.n_layer, "model.layers lists ", spec.layers.size(),
-               " mixers but model.n_layer is ", spec.n_layer);
-    return spec.layers[static_cast<size_t>(layer)];
-  }
-  return spec.mixer;
+std::vector<std::string> layer_mixers(const ModelOptions& model) {
+  std::vector<std::string> mixers = model.layers;
+  if (mixers.empty()) mixers.assign(static_cast<size_t>(std::max<int64_t>(model.n_layer, 0)), model.mixer);
+  const int64_t every = model.mixers.get<MoEOptions>().every;
+  if (every > 0)
+    for (size_t i = static_cast<size_t>(every) - 1; i < mixers.size(); i += static_cast<size_t>(every))
+      mixers[i] = "moe";
+  return mixers;
 }
 
 namespace {
 
-std::shared_ptr<Mixer> make_mixer(const ModelSpec& spec, const std::string& name, Generator& gen) {
-  if (name == "mamba" || name == "s6" || name == "mamba_lti") {
-    MambaOptions o;
-    o.d_model = spec.d_model;
-    o.d_state = spec.d_state;
-    o.d_conv = spec.d_conv;
-    o.expand = spec.expand;
-    o.dt_rank = spec.dt_rank;
-    o.gated = name != "s6";
-    o.selective = name != "mamba_lti";
-    return std::make_shared<Mamba>(o, gen);
-  }
-  if (name == "mamba2") {
-    Mamba2Options o;
-    o.d_model = spec.d_model;
-    o.d_state = spec.d_state;
-    o.d_conv = spec.d_conv;
-    o.expand = spec.expand;
-    o.headdim = spec.headdim;
-    o.ngroups = spec.ngroups;
-    o.chunk_size = spec.chunk_size;
-    o.norm_eps = spec.norm_eps;
-    return std::make_shared<Mamba2>(o, gen);
-  }
-  if (name == "s4" || name == "s4d") {
-    // s4: the kernel of model.s4.kernel (dplr or diag); s4d: always the diagonal kernel.
-    S4Options o;
-    o.d_model = spec.d_model;
-    o.d_state = spec.d_state;
-    o.kernel = name == "s4d" ? "diag" : spec.s4.kernel;
-    o.init = spec.s4.init;
-    o.discretization = spec.s4.discretization;
-    o.dt_min = spec.s4.dt_min;
-    o.dt_max = spec.s4.dt_max;
-    o.l_max = spec.s4.l_max;
-    return std::make_shared<S4>(o, gen);
-  }
-  if (name == "moe") {
-    MoEOptions o = spec.moe;
-    o.d_model = spec.d_model;
-    return std::make_shared<SwitchMoE>(o, gen);
-  }
-  if (name == "mlp") {
-    int64_t hidden = spec.mlp_hidden > 0 ? spec.mlp_hidden : gated_mlp_hidden(spec.d_model);
-    return std::make_shared<MLPMixer>(spec.d_model, hidden, gen, /*gated=*/true);
-  }
-  throw UserError("model: unknown mixer '" + name + "' (expected mamba, s6, mamba_lti, mamba2, s4, s4d, mlp or moe)");
+// What the mixer `name` of registration `entry` is told of the model ("" for checks only).
+MixerContext mixer_context(const ModelOptions& model, const MixerEntry& entry, const std::string& name,
+                           int64_t seq_len) {
+  MixerContext c;
+  c.name = name;
+  c.d_model = model.d_model;
+  c.n_layer = model.n_layer;
+  c.d_state = model.d_state;
+  c.d_conv = model.d_conv;
+  c.expand = model.expand;
+  c.norm_eps = model.norm_eps;
+  c.seq_len = seq_len;
+  c.prefix = entry.section.empty() ? "model." : "model." + entry.section + ".";
+  return c;
 }
 
 }  // namespace
 
+void validate(const ModelOptions& model) {
+  SSMT_CHECK(model.layers.empty() || static_cast<int64_t>(model.layers.size()) == model.n_layer, "model.layers has ",
+             model.layers.size(), " entries but model.n_layer is ", model.n_layer,
+             " (one mixer per layer, or leave it empty)");
+  const std::vector<std::string> used = layer_mixers(model);
+  for (const std::string& name : used) model.mixers.of(name);  // unknown names are errors
+  for (const auto& item : model.mixers.items()) {
+    const MixerEntry& e = *item.entry;
+    MixerContext c = mixer_context(model, e, "", 0);
+    bool any = false;
+    for (const auto& n : e.names)
+      if (std::find(used.begin(), used.end(), n.name) != used.end()) {
+        c.name = n.name, any = true;
+        e.validate(item.options, c);
+      }
+    if (!any) e.validate(item.options, c);
+  }
+}
+
 std::shared_ptr<LanguageModel> build_language_model(const ModelSpec& spec, Generator& gen) {
-  SSMT_CHECK(spec.n_layer >= 1 && spec.d_model >= 1 && spec.vocab_size >= 1,
+  const ModelOptions& m = spec.model;
+  SSMT_CHECK(m.n_layer >= 1 && m.d_model >= 1 && m.vocab_size >= 1,
              "model: n_layer, d_model and vocab_size must be positive");
+  validate(m);
   LMConfig lc;
-  lc.vocab_size = spec.vocab_size;
-  lc.d_model = spec.d_model;
-  lc.n_layer = spec.n_layer;
-  lc.pad_vocab_multiple = spec.pad_vocab_multiple;
-  lc.norm_eps = spec.norm_eps;
+  lc.vocab_size = m.vocab_size;
+  lc.d_model = m.d_model;
+  lc.n_layer = static_cast<int>(m.n_layer);
+  lc.pad_vocab_multiple = m.pad_vocab_multiple;
+  lc.norm_eps = m.norm_eps;
   lc.compute_dtype = spec.compute_dtype;
   lc.recompute = spec.recompute;
-  MixerFactory factory = [&](int i) { return make_mixer(spec, layer_mixer(spec, i), gen); };
+  const std::vector<std::string> names = layer_mixers(m);
+  MixerFactory factory = [&](int i) {
+    const std::string& name = names[static_cast<size_t>(i)];
+    const MixerOptionSet::Item& item = m.mixers.of(name);
+    return item.entry->build(item.options, mixer_context(m, *item.entry, name, spec.seq_len), gen);
+  };
   return std::make_shared<LanguageModel>(lc, factory, gen);
 }
 
 std::pair<int, int> moe_routing(const ModelSpec& spec) {
-  bool any = spec.moe_every > 0;
-  for (const auto& l : spec.layers) any = any || l == "moe";
-  any = any || spec.mixer == "moe";
-  return any ? std::pair<int, int>{1, static_cast<int>(spec.moe.num_experts)} : std::pair<int, int>{1, 1};
+  const auto mixers = layer_mixers(spec.model);
+  const bool any = std::find(mixers.begin(), mixers.end(), "moe") != mixers.end();
+  return any ? std::pair<int, int>{1, static_cast<int>(spec.model.mixers.get<MoEOptions>().num_experts)}
+             : std::pair<int, int>{1, 1};
 }
 
 std::vector<std::pair<std::string, ExpertUsage>> moe_usage(LanguageModel& model) {

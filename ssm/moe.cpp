@@ -112,4 +112,19 @@ Tensor SwitchMoE::step(const Tensor& x_t, MixerState&) {
   return forward(x_t.unsqueeze(1)).squeeze(1);
 }
 
+void MoEOptions::validate(const MixerContext& c) const {
+  SSMT_CHECK(every <= c.n_layer, c.key("every"), " is ", every, " but model.n_layer is only ", c.n_layer,
+             ": no layer would be a MoE layer (0 turns MoE off)");
+}
+
+MixerEntry moe_mixer_entry() {
+  auto build = [](const MoEOptions& options, const MixerContext& c, Generator& gen) -> std::shared_ptr<Mixer> {
+    MoEOptions o = options;
+    o.d_model = c.d_model;
+    return std::make_shared<SwitchMoE>(o, gen);
+  };
+  return mixer_entry<MoEOptions>({{"moe", "Switch mixture of experts"}}, build, "moe",
+                                 "Switch mixture-of-experts layers (MoE-Mamba, SPECS section 5).");
+}
+
 }  // namespace ssmtrain

@@ -21,18 +21,43 @@
 #include "nn/linear.h"
 #include "nn/mixer.h"
 #include "nn/mlp.h"
+#include "ssm/mixer_registry.h"
 
 namespace ssmtrain {
 
+// The options of the registered mixer moe: its config keys sit in the section model.moe;
+// d_model comes from the model. `every` is the model's stacking rule (ssm/model.h), not
+// the layer's.
 struct MoEOptions {
   int64_t d_model = 0;
+  int64_t every = 0;  // with k > 0, layers k-1, 2k-1, ... are MoE layers
   int64_t num_experts = 8;
   int64_t d_ff = 0;  // 0: 3 * d_model
   double capacity_factor = 1.0;
   std::string activation = "gelu";  // relu | gelu
   double aux_loss_coef = 0.01;
   double z_loss_coef = 0.0;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("every", every,
+            "with k > 0, layers k-1, 2k-1, ... are Switch-MoE blocks (MoE-Mamba alternates with k = 2); "
+            "0 = no MoE layers",
+            ge(0));
+    v.field("experts", num_experts, "experts per MoE layer (E)", ge(1));
+    v.field("capacity_factor", capacity_factor,
+            "expert capacity = floor(capacity_factor * tokens / E); tokens over it are dropped (training only)", gt(0));
+    v.field("d_ff", d_ff, "hidden width of each expert FFN; 0 = 3 * d_model", ge(0));
+    v.field("activation", activation, "activation of the expert FFNs", one_of({"relu", "gelu"}));
+    v.field("aux_loss_coef", aux_loss_coef, "weight alpha of the load-balancing loss alpha * E * sum_i f_i P_i", ge(0));
+    v.field("z_loss_coef", z_loss_coef, "weight of the router z-loss mean(logsumexp(logits)^2); 0 = off", ge(0));
+  }
+  void validate(const MixerContext& context) const;  // every <= n_layer
+  bool operator==(const MoEOptions&) const = default;
 };
+
+// The registration of moe (ssm/mixer_registry.h).
+MixerEntry moe_mixer_entry();
 
 struct ExpertUsage {
   std::vector<int64_t> tokens_routed;  // per expert, before capacity

@@ -311,4 +311,23 @@ Tensor S4::step(const Tensor& x_t, MixerState& state) {
   return output_stage(y + u * D_, x_t.dtype());
 }
 
+void S4Options::validate(const MixerContext& c) const {
+  SSMT_CHECK(dt_min <= dt_max, c.key("dt_min"), " (", format_number(dt_min), ") must not exceed ", c.key("dt_max"),
+             " (", format_number(dt_max), ")");
+}
+
+MixerEntry s4_mixer_entry() {
+  auto build = [](const S4Options& options, const MixerContext& c, Generator& gen) -> std::shared_ptr<Mixer> {
+    S4Options o = options;
+    o.d_model = c.d_model, o.d_state = c.d_state;
+    if (c.name == "s4d") o.kernel = "diag";
+    // Fixed from the config (not from the first input), so evaluation at another length
+    // reads a checkpoint's C for the length it was trained at.
+    if (o.l_max == 0) o.l_max = c.seq_len;
+    return std::make_shared<S4>(o, gen);
+  };
+  return mixer_entry<S4Options>({{"s4", "S4, kernel from s4.kernel"}, {"s4d", "S4D, diagonal kernel"}}, build, "s4",
+                                "S4 and S4D layers (SPECS section 4).");
+}
+
 }  // namespace ssmtrain

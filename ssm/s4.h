@@ -47,19 +47,49 @@
 #include "nn/linear.h"
 #include "nn/mixer.h"
 #include "ssm/kernels/s4_kernel.h"
+#include "ssm/mixer_registry.h"
 
 namespace ssmtrain {
 
+// The options of the registered mixers s4 and s4d: their config keys sit in the section
+// model.s4; d_model and d_state come from the model, and s4d always uses the diag kernel.
 struct S4Options {
-  int64_t d_model = 0;                 // H
-  int64_t d_state = 64;                // N (even): N / 2 complex modes per channel
-  std::string kernel = "dplr";         // dplr | diag
-  std::string init = "legs";           // legs | lin | inv | real
-  std::string discretization = "zoh";  // zoh | bilinear (dplr requires bilinear)
+  int64_t d_model = 0;                      // H
+  int64_t d_state = 64;                     // N (even): N / 2 complex modes per channel
+  std::string kernel = "dplr";              // dplr | diag
+  std::string init = "legs";                // legs | lin | inv | real
+  std::string discretization = "bilinear";  // zoh | bilinear (dplr requires bilinear)
+  double lr = 1e-3;  // the optimizer's learning rate of the ssm-tagged parameters (train/setup.cpp)
   double dt_min = 1e-3, dt_max = 1e-1;
   double dropout = 0.0;
   int64_t l_max = 0;  // dplr kernel length Lk; 0 = the first forward's L
+
+  template <class V>
+  void visit(V& v) {
+    v.field("kernel", kernel,
+            "convolution kernel of the s4 mixer: dplr (Cauchy kernel + Woodbury) or diag (Vandermonde); "
+            "s4d is always diag",
+            one_of({"dplr", "diag"}));
+    v.field("init", init, "state matrix init: HiPPO-LegS, or S4D-Lin / S4D-Inv / S4D-Real",
+            one_of({"legs", "lin", "inv", "real"}));
+    v.field("discretization", discretization, "zero-order hold or bilinear", one_of({"zoh", "bilinear"}));
+    v.field("lr", lr,
+            "learning rate of the SSM parameters of s4/s4d layers (A, B, log dt), without weight decay; "
+            "0 = optim.lr; optim.ssm_lr overrides it when set",
+            ge(0));
+    v.field("dt_min", dt_min, "log dt is initialised uniform in [log dt_min, log dt_max]", gt(0));
+    v.field("dt_max", dt_max, "upper end of the dt init range", gt(0));
+    v.field("l_max", l_max,
+            "dplr kernel: the length Lk its C is parametrised for (longer inputs extend it exactly); "
+            "0 = train.seq_len",
+            ge(0));
+  }
+  void validate(const MixerContext& context) const;  // dt_min <= dt_max
+  bool operator==(const S4Options&) const = default;
 };
+
+// The registration of s4 and s4d (ssm/mixer_registry.h).
+MixerEntry s4_mixer_entry();
 
 // The initial modes of one channel (N2 = N / 2 of them): Lambda, P (zero unless legs) and B.
 struct S4InitModes {

@@ -1,6 +1,8 @@
 // The visitors over the key declarations of train/config.h: the YAML reader (files and
 // key.path=value overrides), the rule checker, the dumper, the key lister and the
-// reference generator; then the cross-key checks and the resolved_* helpers.
+// reference generator; then the cross-key checks and the resolved_* helpers. The model
+// section's keys come from ssm/model.h and the mixer registry; these visitors treat them
+// like any other.
 #include "train/config.h"
 
 #include <yaml-cpp/yaml.h>
@@ -17,13 +19,9 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "ssm/s4.h"
 
 namespace ssmtrain {
-
-const std::vector<std::string>& mixer_names() {
-  static const std::vector<std::string> names = {"mamba", "mamba2", "s6", "mamba_lti", "s4", "s4d", "mlp", "moe"};
-  return names;
-}
 
 std::string device_problem(const std::string& device) {
   if (device == "cpu" || device == "cuda") return "";
@@ -99,12 +97,7 @@ const char* type_name(const std::vector<double>&) { return "list of numbers"; }
 
 std::string format(int64_t v) { return std::to_string(v); }
 std::string format(bool v) { return v ? "true" : "false"; }
-// The shortest text that reads back to the same double, in %g style (0.0003, 1e-05).
-std::string format(double v) {
-  char buf[64];
-  auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::general);
-  return std::string(buf, r.ptr);
-}
+std::string format(double v) { return format_number(v); }
 
 bool plain_safe(const std::string& s) {
   static const std::set<std::string> reserved = {"~",    "null", "Null",  "NULL",  "true",
@@ -630,25 +623,11 @@ void validate(const Config& config) {
   RuleChecker rules{""};
   c.visit(rules);
 
-  const ModelSection& m = config.model;
-  SSMT_CHECK(config.train.recompute == "none" || m.dropout == 0, "train.recompute: '", config.train.recompute,
+  SSMT_CHECK(config.train.recompute == "none" || config.model.dropout == 0, "train.recompute: '",
+             config.train.recompute,
              "' recomputes the forward in the backward, which needs the same dropout draws: set model.dropout to 0 "
              "or train.recompute to none");
-  SSMT_CHECK(m.layers.empty() || static_cast<int64_t>(m.layers.size()) == m.n_layer, "model.layers has ",
-             m.layers.size(), " entries but model.n_layer is ", m.n_layer, " (one mixer per layer, or leave it empty)");
-  SSMT_CHECK(m.moe.every <= m.n_layer, "model.moe.every is ", m.moe.every, " but model.n_layer is only ", m.n_layer,
-             ": no layer would be a MoE layer (0 turns MoE off)");
-  SSMT_CHECK(m.s4.dt_min <= m.s4.dt_max, "model.s4.dt_min (", format(m.s4.dt_min),
-             ") must not exceed model.s4.dt_max (", format(m.s4.dt_max), ")");
-  const auto mixers = resolved_layer_mixers(m);
-  if (std::find(mixers.begin(), mixers.end(), "mamba2") != mixers.end()) {
-    const int64_t d_inner = m.expand * m.d_model;
-    SSMT_CHECK(d_inner % m.headdim == 0, "model.headdim (", m.headdim,
-               ") must divide d_inner = model.expand * model.d_model = ", d_inner, " for mamba2 layers");
-    const int64_t heads = d_inner / m.headdim;
-    SSMT_CHECK(heads % m.ngroups == 0, "model.ngroups (", m.ngroups, ") must divide the number of mamba2 heads ",
-               "d_inner / model.headdim = ", heads);
-  }
+  validate(config.model);  // model.layers and each mixer's own checks (ssm/model.h)
   SSMT_CHECK(config.schedule.min_lr <= config.optim.lr, "schedule.min_lr (", format(config.schedule.min_lr),
              ") must not exceed optim.lr (", format(config.optim.lr), ")");
   SSMT_CHECK(config.budget.steps == 0 || config.schedule.warmup_steps <= config.budget.steps, "schedule.warmup_steps (",
@@ -700,30 +679,10 @@ std::string config_docs_markdown() {
   return os.str();
 }
 
-int64_t resolved_dt_rank(const ModelSection& model) {
-  return model.dt_rank > 0 ? model.dt_rank : (model.d_model + 15) / 16;
-}
-
-int64_t resolved_expert_d_ff(const ModelSection& model) {
-  return model.moe.d_ff > 0 ? model.moe.d_ff : 3 * model.d_model;
-}
-
-int64_t resolved_mlp_hidden(const ModelSection& model) {
-  return std::max<int64_t>(1, std::llround(model.mlp_ratio * static_cast<double>(model.d_model)));
-}
-
-std::vector<std::string> resolved_layer_mixers(const ModelSection& model) {
-  std::vector<std::string> mixers = model.layers;
-  if (mixers.empty()) mixers.assign(static_cast<size_t>(std::max<int64_t>(model.n_layer, 0)), model.mixer);
-  if (model.moe.every > 0)
-    for (size_t i = static_cast<size_t>(model.moe.every) - 1; i < mixers.size(); i += model.moe.every)
-      mixers[i] = "moe";
-  return mixers;
-}
-
 double resolved_ssm_lr(const Config& config) {
   if (config.optim.ssm_lr > 0) return config.optim.ssm_lr;
-  if (config.model.s4.lr > 0) return config.model.s4.lr;
+  const double s4_lr = config.model.mixers.get<S4Options>().lr;
+  if (s4_lr > 0) return s4_lr;
   return config.optim.lr;
 }
 

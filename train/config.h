@@ -1,170 +1,35 @@
 // The training configuration: one typed struct per YAML section (model, data, optim,
-// schedule, budget, train, run), each declaring its keys exactly once in `visit()`:
+// schedule, budget, train, run), each declaring its keys exactly once in `visit()`
+// (core/options.h):
 //
 //   v.field("d_model", d_model, "width of the residual stream", ge(1));
+//
+// The model section is ssm/model.h's ModelOptions: the keys of the model itself, then those
+// of every registered mixer (ssm/mixer_registry.h), each declared by the mixer's own options
+// struct. So a mixer's keys, checks and reference come with the mixer.
 //
 // Every use of the keys is a visitor over these declarations (train/config.cpp): reading
 // YAML files and key.path=value overrides, range and choice checks, dumping the resolved
 // config, listing the keys for did-you-mean suggestions, and the reference in
-// docs/config.md. Adding a key is one line here plus its use elsewhere; nothing else needs
-// to learn about it.
+// docs/config.md. Adding a key is one line in its struct plus its use elsewhere; nothing
+// else needs to learn about it.
 //
 // Values marked "0 = auto" (dt_rank, d_ff, ssm_lr, ...) stay 0 in the config so that a
-// changed d_model still derives them; the resolved_* helpers at the end compute them.
+// changed d_model still derives them; the layers (model keys) and the resolved_* helpers at
+// the end (the others) compute them.
 #pragma once
 
 #include <cstdint>
-#include <optional>
 #include <string>
 #include <vector>
 
+#include "core/options.h"
+#include "ssm/model.h"
+
 namespace ssmtrain {
-
-// What a key accepts beyond its type: numeric bounds (for lists: each element), allowed
-// strings (for lists: each element), an exact list length, or a custom check. Written with
-// the helpers below: gt(0), ge(0).lt(1), one_of({"relu", "gelu"}).
-struct Rule {
-  std::optional<double> min, max;
-  bool min_open = false, max_open = false;  // > and < instead of >= and <=
-  std::vector<std::string> choices;
-  int64_t length = -1;  // lists: required number of elements; -1 = any
-  // A check the fields above cannot express: returns "" when the text is valid, otherwise
-  // what is wrong with it. `form` describes the valid texts in the reference.
-  std::string (*check)(const std::string& text) = nullptr;
-  const char* form = nullptr;
-
-  Rule lt(double x) const { Rule r = *this; r.max = x, r.max_open = true; return r; }
-  Rule le(double x) const { Rule r = *this; r.max = x, r.max_open = false; return r; }
-  Rule size(int64_t n) const { Rule r = *this; r.length = n; return r; }
-};
-
-inline Rule gt(double x) { Rule r; r.min = x, r.min_open = true; return r; }
-inline Rule ge(double x) { Rule r; r.min = x; return r; }
-inline Rule one_of(std::vector<std::string> choices) { Rule r; r.choices = std::move(choices); return r; }
 
 // "" for "cpu", "cuda" and "cuda:N"; otherwise what is wrong with `device`.
 std::string device_problem(const std::string& device);
-
-// The mixer names a model layer may use (the model factory's names, ssm/model.h).
-const std::vector<std::string>& mixer_names();
-
-struct MoeSection {
-  int64_t every = 0;
-  int64_t experts = 8;
-  double capacity_factor = 1.0;
-  int64_t d_ff = 0;
-  std::string activation = "gelu";
-  double aux_loss_coef = 0.01;
-  double z_loss_coef = 0.0;
-
-  template <class V>
-  void visit(V& v) {
-    v.field("every", every,
-            "with k > 0, layers k-1, 2k-1, ... are Switch-MoE blocks (MoE-Mamba alternates with k = 2); "
-            "0 = no MoE layers",
-            ge(0));
-    v.field("experts", experts, "experts per MoE layer (E)", ge(1));
-    v.field("capacity_factor", capacity_factor,
-            "expert capacity = floor(capacity_factor * tokens / E); tokens over it are dropped (training only)",
-            gt(0));
-    v.field("d_ff", d_ff, "hidden width of each expert FFN; 0 = 3 * d_model", ge(0));
-    v.field("activation", activation, "activation of the expert FFNs", one_of({"relu", "gelu"}));
-    v.field("aux_loss_coef", aux_loss_coef, "weight alpha of the load-balancing loss alpha * E * sum_i f_i P_i",
-            ge(0));
-    v.field("z_loss_coef", z_loss_coef, "weight of the router z-loss mean(logsumexp(logits)^2); 0 = off", ge(0));
-  }
-  bool operator==(const MoeSection&) const = default;
-};
-
-struct S4Section {
-  std::string kernel = "dplr";
-  std::string init = "legs";
-  std::string discretization = "bilinear";
-  double lr = 1e-3;
-  double dt_min = 1e-3;
-  double dt_max = 1e-1;
-  int64_t l_max = 0;
-
-  template <class V>
-  void visit(V& v) {
-    v.field("kernel", kernel,
-            "convolution kernel of the s4 mixer: dplr (Cauchy kernel + Woodbury) or diag (Vandermonde); "
-            "s4d is always diag",
-            one_of({"dplr", "diag"}));
-    v.field("init", init, "state matrix init: HiPPO-LegS, or S4D-Lin / S4D-Inv / S4D-Real",
-            one_of({"legs", "lin", "inv", "real"}));
-    v.field("discretization", discretization, "zero-order hold or bilinear", one_of({"zoh", "bilinear"}));
-    v.field("lr", lr,
-            "learning rate of the SSM parameters of s4/s4d layers (A, B, log dt), without weight decay; "
-            "0 = optim.lr; optim.ssm_lr overrides it when set",
-            ge(0));
-    v.field("dt_min", dt_min, "log dt is initialised uniform in [log dt_min, log dt_max]", gt(0));
-    v.field("dt_max", dt_max, "upper end of the dt init range", gt(0));
-    v.field("l_max", l_max,
-            "dplr kernel: the length Lk its C is parametrised for (longer inputs extend it exactly); "
-            "0 = train.seq_len",
-            ge(0));
-  }
-  bool operator==(const S4Section&) const = default;
-};
-
-struct ModelSection {
-  std::string mixer = "mamba";
-  std::vector<std::string> layers;
-  int64_t d_model = 256;
-  int64_t n_layer = 4;
-  int64_t vocab_size = 256;
-  int64_t pad_vocab_multiple = 8;
-  int64_t d_state = 16;
-  int64_t d_conv = 4;
-  int64_t expand = 2;
-  int64_t dt_rank = 0;
-  int64_t headdim = 64;
-  int64_t ngroups = 1;
-  int64_t chunk_size = 256;
-  double norm_eps = 1e-5;
-  bool tie_embeddings = true;
-  double mlp_ratio = 4.0;
-  double dropout = 0.0;
-  MoeSection moe;
-  S4Section s4;
-
-  template <class V>
-  void visit(V& v) {
-    v.field("mixer", mixer,
-            "sequence mixer of every layer: mamba (Mamba-1), mamba2 (SSD), s6 (selective SSM without gate), "
-            "mamba_lti (Mamba block with an LTI SSM), s4, s4d, mlp, moe",
-            one_of(mixer_names()));
-    v.field("layers", layers,
-            "one mixer name per layer for mixed stacks, e.g. [mamba, s4d, mamba, mamba]; "
-            "its length must equal n_layer; empty = mixer everywhere",
-            one_of(mixer_names()));
-    v.field("d_model", d_model, "width of the residual stream (D)", ge(1));
-    v.field("n_layer", n_layer, "number of residual blocks", ge(1));
-    v.field("vocab_size", vocab_size,
-            "vocabulary size (256 for byte-level text); padded up to a multiple of pad_vocab_multiple when the "
-            "model is built",
-            ge(1));
-    v.field("pad_vocab_multiple", pad_vocab_multiple, "the embedding has a multiple of this many rows (50277 -> 50280)",
-            ge(1));
-    v.field("d_state", d_state, "SSM state size N per channel (Mamba-2: per head)", ge(1));
-    v.field("d_conv", d_conv, "kernel width of the causal depthwise convolution", ge(1));
-    v.field("expand", expand, "inner width d_inner = expand * d_model", ge(1));
-    v.field("dt_rank", dt_rank, "rank R of the Mamba-1 dt projection; 0 = ceil(d_model / 16)", ge(0));
-    v.field("headdim", headdim,
-            "mamba2: head dimension P (heads = d_inner / headdim)",
-            ge(1));
-    v.field("ngroups", ngroups, "mamba2: groups G sharing B and C; must divide the number of heads", ge(1));
-    v.field("chunk_size", chunk_size, "mamba2: SSD chunk length Q", ge(1));
-    v.field("norm_eps", norm_eps, "epsilon of the RMSNorms", gt(0));
-    v.field("tie_embeddings", tie_embeddings, "the LM head reuses the embedding matrix");
-    v.field("mlp_ratio", mlp_ratio, "mlp mixer: hidden width = round(mlp_ratio * d_model)", gt(0));
-    v.field("dropout", dropout, "dropout probability inside the blocks; 0 = off (the Mamba recipe)", ge(0).lt(1));
-    v.section("moe", moe, "Switch mixture-of-experts layers (MoE-Mamba, SPECS section 5).");
-    v.section("s4", s4, "S4 and S4D layers (SPECS section 4).");
-  }
-  bool operator==(const ModelSection&) const = default;
-};
 
 struct DataSection {
   std::string kind = "text";
@@ -337,7 +202,7 @@ struct RunSection {
 };
 
 struct Config {
-  ModelSection model;
+  ModelOptions model;  // ssm/model.h: the model's keys and, through the mixer registry, each mixer's
   DataSection data;
   OptimSection optim;
   ScheduleSection schedule;
@@ -384,11 +249,8 @@ std::vector<std::string> config_keys();
 // The reference of every key, as kept in docs/config.md (`ssmtrain config --docs`).
 std::string config_docs_markdown();
 
-// The values that "0 = auto" and "-1 = auto" keys stand for.
-int64_t resolved_dt_rank(const ModelSection& model);     // ceil(d_model / 16)
-int64_t resolved_expert_d_ff(const ModelSection& model);  // 3 * d_model
-int64_t resolved_mlp_hidden(const ModelSection& model);   // round(mlp_ratio * d_model)
-std::vector<std::string> resolved_layer_mixers(const ModelSection& model);  // one per layer, MoE included
+// The values that "0 = auto" and "-1 = auto" keys stand for (the model's own, such as
+// model.dt_rank, are resolved by the layers that read them).
 double resolved_ssm_lr(const Config& config);  // optim.ssm_lr, else model.s4.lr, else optim.lr
 int64_t resolved_warmup_steps(const ScheduleSection& schedule, int64_t total_steps);
 int64_t resolved_eval_seq_len(const Config& config);

@@ -12,42 +12,14 @@
 namespace ssmtrain {
 
 ModelSpec model_spec(const Config& config) {
-  const ModelSection& m = config.model;
+  const ModelOptions& m = config.model;
   SSMT_CHECK(m.tie_embeddings, "model.tie_embeddings: false is not supported; the LM head is always tied to the "
                                "embedding (SPECS section 6)");
   SSMT_CHECK(m.dropout == 0.0, "model.dropout: ", m.dropout,
              " is not supported by the SSM mixers (the Mamba recipe trains without dropout); set it to 0");
   ModelSpec s;
-  s.mixer = m.mixer;
-  s.layers = m.layers;
-  s.vocab_size = m.vocab_size;
-  s.pad_vocab_multiple = m.pad_vocab_multiple;
-  s.d_model = m.d_model;
-  s.n_layer = static_cast<int>(m.n_layer);
-  s.d_state = m.d_state;
-  s.d_conv = m.d_conv;
-  s.expand = m.expand;
-  s.dt_rank = resolved_dt_rank(m);
-  s.headdim = m.headdim;
-  s.ngroups = m.ngroups;
-  s.chunk_size = m.chunk_size;
-  s.norm_eps = m.norm_eps;
-  s.mlp_hidden = resolved_mlp_hidden(m);
-  s.moe_every = static_cast<int>(m.moe.every);
-  s.moe.num_experts = m.moe.experts;
-  s.moe.d_ff = resolved_expert_d_ff(m);
-  s.moe.capacity_factor = m.moe.capacity_factor;
-  s.moe.activation = m.moe.activation;
-  s.moe.aux_loss_coef = m.moe.aux_loss_coef;
-  s.moe.z_loss_coef = m.moe.z_loss_coef;
-  s.s4.kernel = m.s4.kernel;
-  s.s4.init = m.s4.init;
-  s.s4.discretization = m.s4.discretization;
-  s.s4.dt_min = m.s4.dt_min;
-  s.s4.dt_max = m.s4.dt_max;
-  // Fixed from the config (not from the first input), so evaluation at another length reads
-  // a checkpoint's C for the length it was trained at.
-  s.s4.l_max = m.s4.l_max > 0 ? m.s4.l_max : config.train.seq_len;
+  s.model = m;
+  s.seq_len = config.train.seq_len;
   s.compute_dtype = config.train.precision == "bf16" ? DType::bf16 : DType::f32;
   s.recompute = config.train.recompute == "block"   ? LMConfig::Recompute::block
                 : config.train.recompute == "mixer" ? LMConfig::Recompute::mixer

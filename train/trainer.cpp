@@ -203,8 +203,8 @@ class Run {
   }
 
   void announce(const std::optional<std::string>& resume_from) {
-    log_->info("ssmtrain: run '" + options_.run_dir + "' on " + device_.str() + ", model " + spec_.mixer + " x" +
-               std::to_string(spec_.n_layer) + " (d_model " + std::to_string(spec_.d_model) + ")");
+    log_->info("ssmtrain: run '" + options_.run_dir + "' on " + device_.str() + ", model " + spec_.model.mixer +
+               " x" + std::to_string(spec_.model.n_layer) + " (d_model " + std::to_string(spec_.model.d_model) + ")");
     log_->info("data: " + train_data_->describe());
     log_->info("budget: " + budget_.summary());
     if (resume_from)

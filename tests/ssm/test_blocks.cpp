@@ -165,12 +165,13 @@ TEST_CASE("Switch MoE routes top-1, drops tokens over capacity and computes the 
 }
 
 TEST_CASE("the model factory builds every mixer and mixed stacks with the expected layers") {
-  for (const char* mixer : {"mamba", "s6", "mamba_lti", "mamba2", "s4", "s4d", "mlp"}) {
+  for (const std::string& mixer : mixer_names()) {
     INFO("mixer ", mixer);
     ModelSpec spec;
-    spec.mixer = mixer;
-    spec.vocab_size = 10, spec.d_model = 8, spec.n_layer = 2, spec.d_state = 4, spec.headdim = 4;
-    spec.chunk_size = 4;
+    spec.model.mixer = mixer;
+    spec.model.vocab_size = 10, spec.model.d_model = 8, spec.model.n_layer = 2, spec.model.d_state = 4;
+    spec.model.mixers.get<Mamba2Options>().headdim = 4;
+    spec.model.mixers.get<Mamba2Options>().chunk_size = 4;
     Generator gen(1);
     auto model = build_language_model(spec, gen);
     Tensor ids = Tensor::from_vector<int64_t>({1, 2, 3, 4, 5, 6}, {1, 6});
@@ -180,20 +181,20 @@ TEST_CASE("the model factory builds every mixer and mixed stacks with the expect
   }
   // MoE-Mamba alternation: layers 1 and 3 are Switch layers.
   ModelSpec spec;
-  spec.mixer = "mamba", spec.moe_every = 2, spec.n_layer = 4, spec.d_model = 8, spec.vocab_size = 10;
-  spec.moe.num_experts = 4;
-  CHECK(layer_mixer(spec, 0) == "mamba");
-  CHECK(layer_mixer(spec, 1) == "moe");
-  CHECK(layer_mixer(spec, 3) == "moe");
+  spec.model.mixer = "mamba", spec.model.n_layer = 4, spec.model.d_model = 8, spec.model.vocab_size = 10;
+  spec.model.mixers.get<MoEOptions>().every = 2;
+  spec.model.mixers.get<MoEOptions>().num_experts = 4;
+  CHECK(layer_mixers(spec.model) == std::vector<std::string>{"mamba", "moe", "mamba", "moe"});
   Generator gen(2);
   auto model = build_language_model(spec, gen);
   CHECK(moe_usage(*model).size() == 2);
   CHECK(moe_routing(spec) == std::pair<int, int>{1, 4});
   // A mixed stack by name.
   ModelSpec mixed;
-  mixed.layers = {"mamba", "s4d", "mamba2"};
-  mixed.n_layer = 3, mixed.d_model = 8, mixed.vocab_size = 10, mixed.headdim = 4, mixed.d_state = 4;
-  CHECK(layer_mixer(mixed, 1) == "s4d");
+  mixed.model.layers = {"mamba", "s4d", "mamba2"};
+  mixed.model.n_layer = 3, mixed.model.d_model = 8, mixed.model.vocab_size = 10, mixed.model.d_state = 4;
+  mixed.model.mixers.get<Mamba2Options>().headdim = 4;
+  CHECK(layer_mixers(mixed.model)[1] == "s4d");
   Generator gen2(3);
   CHECK(build_language_model(mixed, gen2)->n_layer() == 3);
 }

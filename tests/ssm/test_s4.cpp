@@ -383,26 +383,27 @@ TEST_CASE("S4 parameters: names and the ssm tag") {
 TEST_CASE("model factory builds s4 and s4d mixers") {
   Generator gen(412);
   ModelSpec spec;
-  spec.d_model = 8;
-  spec.n_layer = 2;
-  spec.d_state = 4;
-  spec.vocab_size = 16;
-  spec.mixer = "s4d";
+  spec.model.d_model = 8;
+  spec.model.n_layer = 2;
+  spec.model.d_state = 4;
+  spec.model.vocab_size = 16;
+  spec.model.mixer = "s4d";
+  S4Options& s4_options = spec.model.mixers.get<S4Options>();
   auto lm = build_language_model(spec, gen);
   auto mixer = std::dynamic_pointer_cast<S4>(lm->block(0)->mixer());
   REQUIRE(mixer);
   CHECK_FALSE(mixer->is_dplr());
-  spec.mixer = "s4";
-  spec.s4.discretization = "bilinear";
+  spec.model.mixer = "s4";
+  s4_options.discretization = "bilinear";
   auto lm2 = build_language_model(spec, gen);
   auto s4 = std::dynamic_pointer_cast<S4>(lm2->block(1)->mixer());
   REQUIRE(s4);
   CHECK(s4->is_dplr());
   const Tensor x = random_tensor({1, 5, 8}, gen);
   CHECK(s4->forward(x).shape() == Dims{1, 5, 8});
-  spec.s4.discretization = "zoh";  // the Cauchy kernel is defined for bilinear only
+  s4_options.discretization = "zoh";  // the Cauchy kernel is defined for bilinear only
   CHECK_THROWS_AS(build_language_model(spec, gen), UserError);
-  spec.s4.kernel = "diag";
+  s4_options.kernel = "diag";
   CHECK_NOTHROW(build_language_model(spec, gen));
 }
 
