@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Rewrites the generated reference in docs/config.md from train/config.h
-# (via `ssmtrain config --docs`). Usage: tools/regen_config_docs.sh [path/to/ssmtrain]
+# Rewrites the generated reference in docs/config.md from the key declarations
+# (train/config.h, ssm/model.h, the mixers' options) via `ssmtrain config --docs`.
+# Usage: tools/regen_config_docs.sh [path/to/ssmtrain]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:-build/ssmtrain}"

@@ -417,8 +417,8 @@ TEST_CASE("config docs in docs/config.md match config_docs_markdown") {
     const std::string fresh = std::string(SSMTRAIN_BINARY_DIR) + "/config_reference.md";
     std::ofstream(fresh) << generated;
     FAIL_CHECK(
-        "docs/config.md is out of date with train/config.h: replace the text between the markers with the "
-        "output of `ssmtrain config --docs` (written to "
+        "docs/config.md is out of date with the key declarations: run tools/regen_config_docs.sh, or replace "
+        "the text between the markers with the output of `ssmtrain config --docs` (written to "
         << fresh << ")");
   }
 }
