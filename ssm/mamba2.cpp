@@ -6,6 +6,7 @@
 #include "core/ops.h"
 #include "nn/init.h"
 #include "ssm/kernels/causal_conv1d.h"
+#include "ssm/kernels/gated_norm.h"
 #include "ssm/kernels/ssd.h"
 #include "ssm/mixer_util.h"
 
@@ -43,11 +44,8 @@ Tensor Mamba2::mix(const Tensor& xBC, const Tensor& z, const Tensor& dt, const T
   Tensor Cm = parts[2].reshape({Bsz, L, G, N});
   auto r = ssd_chunked(x, dt, -exp(A_log_), Bm, Cm, D_, dt_bias_, /*dt_softplus=*/true, opt_.chunk_size, h0);
   if (h_last) *h_last = r.h_last;
-  Tensor y = r.y.reshape({Bsz, L, d_inner_}) * silu(z);
-  // Gated RMSNorm, normalised per group of d_inner / G channels, then the weight.
-  Tensor yg = y.reshape({Bsz, L, G, d_inner_ / G});
-  Tensor yn = rms_norm(yg, Tensor(), opt_.norm_eps).reshape({Bsz, L, d_inner_});
-  return yn * as_dtype(norm_weight_, yn.dtype());
+  // Gated RMSNorm: y * silu(z), normalised per group of d_inner / G channels, then the weight.
+  return gated_rms_norm(r.y.reshape({Bsz, L, d_inner_}), z, norm_weight_, d_inner_ / G, opt_.norm_eps);
 }
 
 Tensor Mamba2::forward(const Tensor& x) {

@@ -776,8 +776,10 @@ ScanParams make_params(const SelectiveScanParams& s, Variant v) {
   return p;
 }
 
-// v is a dense (B, L, row) tensor (the kernels compute offsets from the shapes).
+// v is a dense (B, L, row) tensor (the kernels compute offsets from the shapes); an absent
+// input or an empty sequence is read nowhere.
 bool dense(const SeqView& v, int64_t B, int64_t L, int64_t row) {
+  if (!v.data || B == 0 || L == 0) return true;
   return (B <= 1 || v.batch_stride == L * row) && (L <= 1 || v.seq_stride == row);
 }
 

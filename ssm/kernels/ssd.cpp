@@ -13,6 +13,9 @@
 #include "core/error.h"
 #include "core/ops.h"
 #include "ssm/kernels/ssd_composed.h"
+#if defined(SSMTRAIN_WITH_CUDA)
+#include "ssm/kernels/ssd_cuda.h"
+#endif
 
 namespace ssmtrain {
 
@@ -378,10 +381,39 @@ void ssd_bwd_cpu(const SsdParams& p) {
 
 namespace {
 
-// The CUDA path: the chunked algorithm composed of differentiable tensor ops (batched GEMMs
-// through the backend, cumsums, masked exponentials), see ssd_composed.h. Sequence tensors
-// are cast (differentiably) to the compute dtype first, so bf16 inputs are computed in
-// fp32 like on the CPU, and y is rounded back to x's dtype once. The tape differentiates it.
+// Whether the fused CUDA kernels (ssd_cuda.h) take this call: bf16 inputs within their
+// size limits. Other CUDA calls take the composed path below.
+bool fused_on_device(const SsdTensors& in, int64_t chunk_size) {
+#if defined(SSMTRAIN_WITH_CUDA)
+  return in.x.device().is_cuda() && in.x.size(1) > 0 &&
+         ssd_cuda_supports(in.x.dtype(), in.x.size(3), in.Bm.size(3), chunk_size);
+#else
+  (void)in, (void)chunk_size;
+  return false;
+#endif
+}
+
+void run_forward(const SsdParams& p, Device device) {
+#if defined(SSMTRAIN_WITH_CUDA)
+  if (device.is_cuda()) return ssd_fwd_cuda(p, device);
+#endif
+  (void)device;
+  ssd_fwd_cpu(p);
+}
+
+void run_backward(const SsdParams& p, Device device) {
+#if defined(SSMTRAIN_WITH_CUDA)
+  if (device.is_cuda()) return ssd_bwd_cuda(p, device);
+#endif
+  (void)device;
+  ssd_bwd_cpu(p);
+}
+
+// The other CUDA calls (f32 and f64 inputs, sizes past the fused kernels' limits): the
+// chunked algorithm composed of differentiable tensor ops (batched GEMMs through the
+// backend, cumsums, masked exponentials), see ssd_composed.h. Sequence tensors are cast
+// (differentiably) to the compute dtype first, so bf16 inputs are computed in fp32 like on
+// the CPU, and y is rounded back to x's dtype once. The tape differentiates it.
 SsdResult ssd_on_device(const SsdTensors& in, bool dt_softplus, int64_t chunk_size) {
   const DType dtype = in.x.dtype(), cd = compute_dtype(dtype);
   if (in.x.size(1) == 0) {  // an empty sequence: no chunks; the state passes through
@@ -400,13 +432,14 @@ SsdResult ssd_chunked(const Tensor& x, const Tensor& dt, const Tensor& A, const 
                       const Tensor& D, const Tensor& dt_bias, bool dt_softplus, int64_t chunk_size, const Tensor& h0) {
   SSMT_CHECK(chunk_size >= 1, kOp, ": chunk_size must be at least 1, got ", chunk_size);
   const SsdTensors in = checked_inputs(kOp, x, dt, A, Bm, Cm, D, dt_bias, h0);
-  if (in.x.device().is_cuda()) return ssd_on_device(in, dt_softplus, chunk_size);
+  const Device device = in.x.device();
+  if (device.is_cuda() && !fused_on_device(in, chunk_size)) return ssd_on_device(in, dt_softplus, chunk_size);
   SsdParams p = make_params(in, dt_softplus, chunk_size);
   Tensor y = Tensor::empty({p.B, p.L, p.H, p.P}, p.dtype, x.device());
   Tensor h_last = Tensor::empty({p.B, p.H, p.P, p.N}, compute_dtype(p.dtype), x.device());
   p.y = y.data_ptr();
   p.h_last = h_last.data_ptr();
-  ssd_fwd_cpu(p);
+  run_forward(p, device);
 
   const std::vector<Tensor> inputs = in.list();
   if (any_requires_grad(inputs)) {
@@ -414,7 +447,7 @@ SsdResult ssd_chunked(const Tensor& x, const Tensor& dt, const Tensor& A, const 
     for (int i = 0; i < 8; ++i) want[i] = wants_grad(inputs[i]);
     const SsdTensors keep = in.detached();
     record(kOp, inputs, {y, h_last},
-           [keep, want, dt_softplus, chunk_size](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
+           [keep, want, dt_softplus, chunk_size, device](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
              SsdParams q = make_params(keep, dt_softplus, chunk_size);
              Tensor dy = with_contiguous_rows(grads[0], 2), dh_last = grads[1].contiguous();
              q.dy = seq_view(dy);
@@ -427,7 +460,7 @@ SsdResult ssd_chunked(const Tensor& x, const Tensor& dt, const Tensor& A, const 
                result[i] = Tensor::empty(like[i].shape(), like[i].dtype(), like[i].device());
                *dst[i] = result[i].data_ptr();
              }
-             ssd_bwd_cpu(q);
+             run_backward(q, device);
              return result;
            });
   }

@@ -43,6 +43,7 @@
 #include "ssm/kernels/causal_conv1d.h"
 #include "ssm_reference.h"
 #include "ssm/kernels/selective_scan.h"
+#include "ssm/kernels/gated_norm.h"
 #include "ssm/kernels/ssd.h"
 #include "ssm/kernels/ssd_composed.h"
 
@@ -53,6 +54,14 @@ using namespace cuda_compare;
 
 constexpr Tolerance kF32{2e-5, 2e-4};
 constexpr Tolerance kBf16{6e-3, 1.2e-2};
+// The fused SSD kernels round the scaled operands of their products to bf16 (w o B, e^cs C,
+// the masked score tiles), as the official kernels do: unit roundoff 2^-9 = 2.0e-3 per
+// rounded operand. A gradient passes through at most three such roundings (e.g. dB: the
+// (dy . x) scores, then W' rounded, then the product with C, plus the output's own rounding),
+// so its relative error is a few roundoffs in the 2-norm: <= 4 x 2^-9 = 7.8e-3 before the
+// bf16 output rounding (half a roundoff). Elementwise, the worst element of a sum of
+// hundreds of terms can reach several times the norm figure relative to max |ref|.
+constexpr Tolerance kSsdFused{1e-2, 3e-2};
 Tolerance tolerance_for(DType t) { return t == DType::bf16 ? kBf16 : kF32; }
 
 // ---- selective scan ----
@@ -308,6 +317,52 @@ TEST_CASE("ssd_chunked CUDA bf16 matches the CPU in forward and backward") {
   Generator gen(522);
   const SsdShape s{2, 40, 4, 8, 1, 8, 16, true};
   compare_with_cpu(ssd_op(true, s.Q), ssd_args(s, DType::bf16, gen), {"y", "h_last"}, kBf16, gen);
+}
+
+// The fused bf16 kernels (ssd_cuda.h) over the shapes that exercise their tiling: chunks of
+// several 64-step tiles, Q not a multiple of 64, a tail shorter than Q, G = 2, headdim and
+// d_state padded to the kernels' sizes (40 -> 64, 96 -> 128, 24 -> 64, 160 -> 256) and at
+// their maxima, with and without D, dt_bias, softplus and h0.
+TEST_CASE("ssd_chunked fused CUDA kernels (bf16) match the CPU over their tilings") {
+  if (!cuda_test_device()) return;
+  Generator gen(523);
+  const SsdShape shapes[] = {
+      {2, 300, 4, 64, 2, 128, 256, true},   // 1 chunk + a tail of 44, 4 tiles per chunk, 2 groups
+      {1, 200, 3, 40, 1, 24, 100, false},   // Q = 100: tiles of 64 + 36; P, N padded
+      {1, 130, 2, 128, 1, 256, 64, true},   // the largest headdim and state
+      {2, 77, 4, 96, 2, 160, 128, true},    // a single short chunk; padded to 128 x 256
+  };
+  for (const SsdShape& s : shapes) {
+    CAPTURE(s.L);
+    CAPTURE(s.P);
+    CAPTURE(s.N);
+    CAPTURE(s.Q);
+    compare_with_cpu(ssd_op(s.options, s.Q), ssd_args(s, DType::bf16, gen), {"y", "h_last"}, kSsdFused, gen);
+  }
+}
+
+// Gated RMSNorm on CUDA: rows of 1 and 2 groups, widths below and above a block's 256
+// threads, f32 and bf16 (the weight in f32, as Mamba2 passes it).
+TEST_CASE("gated_rms_norm CUDA matches the CPU in forward and backward") {
+  if (!cuda_test_device()) return;
+  Generator gen(524);
+  struct Shape {
+    int64_t rows, D, gs;
+  };
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    for (const Shape& s : {Shape{37, 96, 96}, Shape{9, 600, 300}, Shape{70, 40, 10}}) {
+      CAPTURE(dtype_name(dtype));
+      CAPTURE(s.D);
+      CAPTURE(s.gs);
+      std::vector<Arg> a;
+      a.push_back({"y", random_tensor({s.rows, s.D}, gen, DType::f64, Device::cpu(), -2, 2), dtype});
+      a.push_back({"z", random_tensor({s.rows, s.D}, gen, DType::f64, Device::cpu(), -3, 3), dtype});
+      a.push_back({"w", random_tensor({s.D}, gen, DType::f64, Device::cpu(), 0.5, 1.5), DType::f32});
+      const int64_t gs = s.gs;
+      compare_with_cpu([gs](const std::vector<Tensor>& v) { return std::vector<Tensor>{gated_rms_norm(v[0], v[1], v[2], gs, 1e-5)}; },
+                       a, {"out"}, tolerance_for(dtype), gen);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,0 +1,920 @@
+// Fused chunked SSD on CUDA (bf16 inputs, tensor cores). See ssd_cuda.h for the interface
+// and docs/perf_ssm.md for the measurements.
+//
+// Notation (per batch b, head h, chunk c of Q steps; g = h / (H / G)):
+//   dt_s = softplus(dt_raw_s + bias), cs_l = sum_{k <= l} dt_k A (inside the chunk),
+//   y_l  = sum_{s <= l} (C_l . B_s) e^{cs_l - cs_s} dt_s x_s + e^{cs_l} H_c C_l + D x_l,
+//   H_{c+1} = e^{cs_last} H_c + sum_s e^{cs_last - cs_s} dt_s x_s B_s^T        (H: P x N).
+// A chunk is processed in tiles of 64 steps ("rows"); Q is padded up to Qp = 64 * ceil(Q/64)
+// with dt = 0 and zero inputs, and so is the tail past L: padded steps change nothing.
+//
+// Forward (4 launches): prep (dt, cs per chunk: one block scan), chunk states (X^T (w o B)
+// per chunk on tensor cores), state passing (H_c entering every chunk, one thread per state
+// element, sequential over chunks), chunk scan (per 64-row tile of l: e^{cs} C H_c^T plus the
+// masked (C B^T o decay o dt) x products over the tiles s <= l; the Q x Q scores never leave
+// shared memory). Nothing is saved for the backward but the inputs.
+//
+// Backward: prep, chunk states and state passing again (the H_c), the chunk states of the
+// output gradient (dS_c = sum_l e^{cs_l} dy_l C_l^T), the reverse state passing (G_c, the
+// gradient of the state leaving chunk c), then two tile kernels: one per l-tile (dC and the
+// row sums of dcs), one per s-tile (dB, dx, the x . d(dt x) term of ddt and the column sums
+// of dcs); a last block scan per chunk turns dcs into ddt, dA and ddt_bias. dB and dC are
+// kept per head in fp32 and summed over the heads of a group in a fixed order; dA, dD,
+// ddt_bias per (batch, chunk) likewise: no float atomics, deterministic.
+//
+// Products: bf16 operands in shared memory, fp32 accumulators (WMMA 16x16x16). Operands
+// that are scaled (w o B, e^{cs} C, the masked score tiles) are rounded to bf16 after the
+// scaling, as the official kernels do; states and all sums stay fp32.
+#include "ssm/kernels/ssd_cuda.h"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include <algorithm>
+
+#include "core/backend.h"
+#include "core/cuda/device.cuh"
+#include "core/error.h"
+#include "core/tensor.h"
+
+namespace ssmtrain {
+
+namespace {
+
+namespace wmma = nvcuda::wmma;
+using bf = __nv_bfloat16;
+
+#define SSD_CUDA_CHECK(expr)                                                                      \
+  do {                                                                                            \
+    cudaError_t e_ = (expr);                                                                      \
+    if (e_ != cudaSuccess)                                                                        \
+      throw InternalError(detail::concat(__FILE__, ":", __LINE__, ": ", #expr, ": ", cudaGetErrorString(e_))); \
+  } while (0)
+
+constexpr int kT = 64;         // rows of a tile
+constexpr int kThreads = 256;  // 8 warps
+constexpr int kWarps = kThreads / 32;
+
+// Shared-memory row strides: bf16 rows padded by 8 elements, fp32 rows by 4 (16 bytes),
+// which keeps every 16-row fragment 32-byte aligned and spreads the rows over the banks.
+constexpr int ldb(int w) { return w + 8; }
+constexpr int ldf(int w) { return w + 4; }
+constexpr size_t round_up(size_t v) { return (v + 127) / 128 * 128; }
+constexpr size_t bf_bytes(int rows, int w) { return round_up(sizeof(bf) * rows * ldb(w)); }
+constexpr size_t f_bytes(int rows, int w) { return round_up(sizeof(float) * rows * ldf(w)); }
+constexpr size_t cmax(size_t a, size_t b) { return a > b ? a : b; }
+
+__device__ __forceinline__ float softplus_f(float x) { return x > 20.f ? x : log1pf(expf(x)); }
+__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
+
+struct SsdDims {
+  int B, L, H, P, G, N, Q, Qp, Qt, nc, hpg;  // hpg: heads per group
+  int Pp, Np;                                // padded P and N of the state buffers
+};
+
+// ---- warp-level tensor-core products ----
+
+using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// A warp's share of an R x W output: one 16-row strip and NF column fragments.
+template <int R, int W>
+struct WarpTile {
+  static constexpr int kStrips = R / 16, kPerStrip = kWarps / kStrips, NF = W / 16 / kPerStrip;
+  static_assert(kWarps % kStrips == 0 && (W / 16) % kPerStrip == 0, "warp tiling");
+  int row0, col0;
+  __device__ WarpTile() {
+    const int w = threadIdx.x / 32;
+    row0 = (w % kStrips) * 16;
+    col0 = (w / kStrips) * NF * 16;
+  }
+};
+
+template <int NF>
+__device__ __forceinline__ void zero(Acc (&acc)[NF]) {
+#pragma unroll
+  for (int f = 0; f < NF; ++f) wmma::fill_fragment(acc[f], 0.f);
+}
+
+// acc[f] += A[row0 .. row0 + 16, 0 .. K) x B[0 .. K, col0 + 16 f .. + 16). A is row-major
+// (element (r, k) at A[r * lda + k]) or col-major (at A[r + k * lda]); B likewise with
+// (k, c) at B[k * ldb + c] (row) or B[k + c * ldb] (col).
+template <int NF, int K, typename LA, typename LB>
+__device__ __forceinline__ void mma(Acc (&acc)[NF], const bf* A, int lda, const bf* Bm, int ldbm, int row0, int col0) {
+#pragma unroll 4
+  for (int k = 0; k < K; k += 16) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, bf, LA> a;
+    if constexpr (std::is_same_v<LA, wmma::row_major>) wmma::load_matrix_sync(a, A + row0 * lda + k, lda);
+    else wmma::load_matrix_sync(a, A + row0 + k * lda, lda);
+#pragma unroll
+    for (int f = 0; f < NF; ++f) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf, LB> b;
+      const int c = col0 + 16 * f;
+      if constexpr (std::is_same_v<LB, wmma::row_major>) wmma::load_matrix_sync(b, Bm + k * ldbm + c, ldbm);
+      else wmma::load_matrix_sync(b, Bm + k + c * ldbm, ldbm);
+      wmma::mma_sync(acc[f], a, b, acc[f]);
+    }
+  }
+}
+
+template <int NF>
+__device__ __forceinline__ void store(float* dst, int ld, const Acc (&acc)[NF], int row0, int col0) {
+#pragma unroll
+  for (int f = 0; f < NF; ++f) wmma::store_matrix_sync(dst + row0 * ld + col0 + 16 * f, acc[f], ld, wmma::mem_row_major);
+}
+
+// ---- staging global -> shared ----
+
+// dst[r][j] = scale(r) * src[r * stride + j] for r < rows, j < cols, zero elsewhere of the
+// 64 x W tile (src: bf16 rows of a sequence tensor).
+template <int W, typename Scale>
+__device__ __forceinline__ void stage(bf* dst, const bf* src, int64_t stride, int rows, int cols, Scale scale) {
+  for (int i = threadIdx.x; i < kT * W; i += kThreads) {
+    const int r = i / W, j = i % W;
+    float v = 0.f;
+    if (r < rows && j < cols) v = scale(r) * __bfloat162float(src[r * stride + j]);
+    dst[r * ldb(W) + j] = __float2bfloat16(v);
+  }
+}
+template <int W>
+__device__ __forceinline__ void stage_raw(bf* dst, const bf* src, int64_t stride, int rows, int cols) {
+  for (int i = threadIdx.x; i < kT * W; i += kThreads) {
+    const int r = i / W, j = i % W;
+    dst[r * ldb(W) + j] = r < rows && j < cols ? src[r * stride + j] : __float2bfloat16(0.f);
+  }
+}
+// A padded (Pp x Np) fp32 state into a bf16 tile [Pp][ldb(Np)].
+template <int PP, int NP>
+__device__ __forceinline__ void stage_state(bf* dst, const float* src) {
+  for (int i = threadIdx.x; i < PP * NP; i += kThreads) dst[(i / NP) * ldb(NP) + i % NP] = __float2bfloat16(src[i]);
+}
+
+// Where the tile `tile` of chunk c starts, and how many of its 64 rows are real steps.
+struct TileRows {
+  int t0, rows;
+  __device__ TileRows(const SsdDims& d, int c, int tile) {
+    t0 = c * d.Q + tile * kT;
+    rows = max(0, min(min(kT, d.Q - tile * kT), d.L - t0));
+  }
+};
+
+// Sum of 4 lanes (tid % 4 == 0..3 of one row), the same on all four, in a fixed order.
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  v += __shfl_xor_sync(0xffffffffu, v, 2);
+  return v;
+}
+
+// ---- kernels ----
+
+struct Ptrs {
+  const bf *x, *dt, *Bm, *Cm, *dy;
+  int64_t x_bs, x_ss, dt_bs, dt_ss, B_bs, B_ss, C_bs, C_ss, dy_bs, dy_ss;
+  const float *A, *D, *dt_bias, *h0, *dh_last;
+  bool softplus;
+};
+
+// dt and cs of every (b, h, chunk): dtv, cs (B, H, nc, Qp). One block of 256 threads.
+__global__ void __launch_bounds__(kThreads) prep_kernel(Ptrs p, SsdDims d, float* dtv, float* cs) {
+  __shared__ float warp_tot[kWarps];
+  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t = threadIdx.x;
+  const int pos = c * d.Q + t;
+  const bool valid = t < d.Q && pos < d.L;
+  float dtval = 0.f;
+  if (valid) {
+    const float raw = __bfloat162float(p.dt[b * p.dt_bs + pos * p.dt_ss + h]) + (p.dt_bias ? p.dt_bias[h] : 0.f);
+    dtval = p.softplus ? softplus_f(raw) : raw;
+  }
+  float v = dtval * p.A[h];
+  const int lane = t & 31, w = t >> 5;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const float u = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += u;
+  }
+  if (lane == 31) warp_tot[w] = v;
+  __syncthreads();
+  float before = 0.f;
+  for (int i = 0; i < w; ++i) before += warp_tot[i];
+  v += before;
+  if (t < d.Qp) {
+    const size_t at = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp + t;
+    dtv[at] = dtval;
+    cs[at] = v;
+  }
+}
+
+// Per chunk: out (P x N, padded) = X^T (w o Y) summed over the chunk's steps.
+//   kGrad = false: X = x, Y = Bm, w_s = e^{cs_last - cs_s} dt_s (the chunk's own state)
+//   kGrad = true:  X = dy, Y = Cm, w_l = e^{cs_l}            (dS_c of the backward)
+template <int PP, int NP, bool kGrad>
+__global__ void __launch_bounds__(kThreads) chunk_state_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
+                                                               float* out) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf* sX = reinterpret_cast<bf*>(smem);
+  bf* sY = reinterpret_cast<bf*>(smem + bf_bytes(kT, PP));
+  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
+  const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
+  const float cs_last = cs[cb + d.Qp - 1];
+  using WT = WarpTile<PP, NP>;
+  const WT wt;
+  Acc acc[WT::NF];
+  zero(acc);
+  for (int tile = 0; tile < d.Qt; ++tile) {
+    const TileRows tr(d, c, tile);
+    if (tr.rows <= 0) break;
+    const float* cst = cs + cb + tile * kT;
+    const float* dtt = dtv + cb + tile * kT;
+    if constexpr (kGrad) {
+      stage_raw<PP>(sX, p.dy + b * p.dy_bs + tr.t0 * p.dy_ss + h * d.P, p.dy_ss, tr.rows, d.P);
+      stage<NP>(sY, p.Cm + b * p.C_bs + tr.t0 * p.C_ss + g * d.N, p.C_ss, tr.rows, d.N,
+                [&](int r) { return __expf(cst[r]); });
+    } else {
+      stage_raw<PP>(sX, p.x + b * p.x_bs + tr.t0 * p.x_ss + h * d.P, p.x_ss, tr.rows, d.P);
+      stage<NP>(sY, p.Bm + b * p.B_bs + tr.t0 * p.B_ss + g * d.N, p.B_ss, tr.rows, d.N,
+                [&](int r) { return __expf(cs_last - cst[r]) * dtt[r]; });
+    }
+    __syncthreads();
+    mma<WT::NF, kT, wmma::col_major, wmma::row_major>(acc, sX, ldb(PP), sY, ldb(NP), wt.row0, wt.col0);
+    __syncthreads();
+  }
+  float* o = out + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP;
+#pragma unroll
+  for (int f = 0; f < WT::NF; ++f)
+    wmma::store_matrix_sync(o + wt.row0 * NP + wt.col0 + 16 * f, acc[f], NP, wmma::mem_row_major);
+}
+
+// Forward state passing, in place: st (B, nc, H, Pp, Np) holds each chunk's own state on
+// entry and the state entering the chunk on exit; h_last (B, H, P, N) the final state.
+__global__ void state_pass_fwd_kernel(Ptrs p, SsdDims d, const float* cs, float* st, float* h_last) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x, h = blockIdx.y, b = blockIdx.z;
+  if (e >= d.Pp * d.Np) return;
+  const int pi = e / d.Np, n = e % d.Np;
+  const bool inside = pi < d.P && n < d.N;
+  const size_t hidx = ((static_cast<size_t>(b) * d.H + h) * d.P + pi) * d.N + n;
+  float run = inside && p.h0 ? p.h0[hidx] : 0.f;
+  for (int c = 0; c < d.nc; ++c) {
+    const size_t at = ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * d.Pp * d.Np + e;
+    const float s = st[at];
+    st[at] = run;
+    run = __expf(cs[((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp + d.Qp - 1]) * run + s;
+  }
+  if (inside && h_last) h_last[hidx] = run;
+}
+
+// Reverse state passing, in place: dS (B, nc, H, Pp, Np) holds dS_c on entry and G_c (the
+// gradient of the state leaving chunk c) on exit; dh0 the gradient of h0. gdot (B, H, nc,
+// gridDim.x) receives each block's part of e^{cs_last} <G_c, H_c> (a term of dcs_last).
+__global__ void state_pass_bwd_kernel(Ptrs p, SsdDims d, const float* cs, const float* st, float* dS, float* dh0,
+                                      float* gdot) {
+  __shared__ float red[kWarps];
+  const int e = blockIdx.x * blockDim.x + threadIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const bool in_range = e < d.Pp * d.Np;
+  const int pi = in_range ? e / d.Np : 0, n = in_range ? e % d.Np : 0;
+  const bool inside = in_range && pi < d.P && n < d.N;
+  const size_t hidx = ((static_cast<size_t>(b) * d.H + h) * d.P + pi) * d.N + n;
+  float run = inside && p.dh_last ? p.dh_last[hidx] : 0.f;
+  for (int c = d.nc - 1; c >= 0; --c) {
+    const size_t at = ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * d.Pp * d.Np + e;
+    const size_t cb = (static_cast<size_t>(b) * d.H + h) * d.nc + c;
+    const float decay = __expf(cs[cb * d.Qp + d.Qp - 1]);
+    float dot = 0.f;
+    if (in_range) {
+      const float ds = dS[at];
+      dS[at] = run;
+      dot = decay * run * st[at];
+      run = decay * run + ds;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = dot;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float s = 0.f;
+      for (int w = 0; w < kWarps; ++w) s += red[w];
+      gdot[cb * gridDim.x + blockIdx.x] = s;
+    }
+    __syncthreads();
+  }
+  if (inside && dh0) dh0[hidx] = run;
+}
+
+// Shared-memory plan of the chunk-scan forward.
+template <int PP, int NP>
+struct ScanFwdSmem {
+  static constexpr size_t sC = 0;
+  static constexpr size_t sB = sC + bf_bytes(kT, NP);
+  static constexpr size_t sX = sB + bf_bytes(kT, NP);
+  static constexpr size_t sR = sX + bf_bytes(kT, PP);  // H_c (bf16), later the output tile (f32)
+  static constexpr size_t sS = sR + cmax(bf_bytes(PP, NP), f_bytes(kT, PP));
+  static constexpr size_t sW = sS + f_bytes(kT, kT);
+  static constexpr size_t vec = sW + bf_bytes(kT, kT);  // cs_l, cs_s, dt_s
+  static constexpr size_t total = vec + round_up(3 * kT * sizeof(float));
+};
+
+template <int PP, int NP>
+__global__ void __launch_bounds__(kThreads) chunk_scan_fwd_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
+                                                                  const float* st, bf* y) {
+  using S = ScanFwdSmem<PP, NP>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf* sC = reinterpret_cast<bf*>(smem + S::sC);
+  bf* sB = reinterpret_cast<bf*>(smem + S::sB);
+  bf* sX = reinterpret_cast<bf*>(smem + S::sX);
+  bf* sH = reinterpret_cast<bf*>(smem + S::sR);
+  float* sY = reinterpret_cast<float*>(smem + S::sR);
+  float* sS = reinterpret_cast<float*>(smem + S::sS);
+  bf* sW = reinterpret_cast<bf*>(smem + S::sW);
+  float* cs_l = reinterpret_cast<float*>(smem + S::vec);
+  float* cs_s = cs_l + kT;
+  float* dt_s = cs_s + kT;
+
+  const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
+  const TileRows tl(d, c, i);
+  if (tl.rows <= 0) return;
+  const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
+  for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
+  __syncthreads();
+  const bf* Cl = p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N;
+  stage_raw<NP>(sC, Cl, p.C_ss, tl.rows, d.N);
+  stage<NP>(sB, Cl, p.C_ss, tl.rows, d.N, [&](int r) { return __expf(cs_l[r]); });
+  stage_state<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
+  __syncthreads();
+
+  using WY = WarpTile<kT, PP>;
+  using WS = WarpTile<kT, kT>;
+  const WY wy;
+  const WS ws;
+  Acc acc[WY::NF];
+  zero(acc);
+  // e^{cs_l} C_l H_c^T: (n, p) of H^T is sH[p][n], a col-major operand.
+  mma<WY::NF, NP, wmma::row_major, wmma::col_major>(acc, sB, ldb(NP), sH, ldb(NP), wy.row0, wy.col0);
+  __syncthreads();
+
+  for (int j = 0; j <= i; ++j) {
+    const TileRows ts(d, c, j);
+    stage_raw<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, ts.rows, d.N);
+    stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
+    for (int r = threadIdx.x; r < kT; r += kThreads) {
+      cs_s[r] = cs[cb + j * kT + r];
+      dt_s[r] = dtv[cb + j * kT + r];
+    }
+    __syncthreads();
+    Acc sc[WS::NF];
+    zero(sc);
+    mma<WS::NF, NP, wmma::row_major, wmma::col_major>(sc, sC, ldb(NP), sB, ldb(NP), ws.row0, ws.col0);
+    store(sS, ldf(kT), sc, ws.row0, ws.col0);
+    __syncthreads();
+    for (int e = threadIdx.x; e < kT * kT; e += kThreads) {
+      const int r = e / kT, s = e % kT;
+      const bool keep = j < i || s <= r;
+      const float w = keep ? sS[r * ldf(kT) + s] * __expf(cs_l[r] - cs_s[s]) * dt_s[s] : 0.f;
+      sW[r * ldb(kT) + s] = __float2bfloat16(w);
+    }
+    __syncthreads();
+    mma<WY::NF, kT, wmma::row_major, wmma::row_major>(acc, sW, ldb(kT), sX, ldb(PP), wy.row0, wy.col0);
+    __syncthreads();
+  }
+  store(sY, ldf(PP), acc, wy.row0, wy.col0);
+  __syncthreads();
+  const float Dh = p.D ? p.D[h] : 0.f;
+  for (int e = threadIdx.x; e < tl.rows * d.P; e += kThreads) {
+    const int r = e / d.P, pi = e % d.P, t = tl.t0 + r;
+    const float xv = __bfloat162float(p.x[b * p.x_bs + t * p.x_ss + h * d.P + pi]);
+    y[((static_cast<size_t>(b) * d.L + t) * d.H + h) * d.P + pi] = __float2bfloat16(sY[r * ldf(PP) + pi] + Dh * xv);
+  }
+}
+
+// Shared-memory plan of the l-tile backward (dC, row sums of dcs).
+template <int PP, int NP>
+struct BwdLSmem {
+  static constexpr size_t sC = 0;
+  static constexpr size_t sDy = sC + bf_bytes(kT, NP);
+  static constexpr size_t sB = sDy + bf_bytes(kT, PP);
+  static constexpr size_t sX = sB + bf_bytes(kT, NP);
+  static constexpr size_t sR = sX + bf_bytes(kT, PP);  // H_c (bf16), later the dC tile (f32)
+  static constexpr size_t sLoop = sR + cmax(bf_bytes(PP, NP), f_bytes(kT, NP));  // e^{cs} dy first, then S1, S2
+  static constexpr size_t sW = sLoop + cmax(bf_bytes(kT, PP), 2 * f_bytes(kT, kT));
+  static constexpr size_t vec = sW + bf_bytes(kT, kT);
+  static constexpr size_t total = vec + round_up(3 * kT * sizeof(float));
+};
+
+// Per l-tile: dC_l = sum_{s <= l} W'_ls B_s + e^{cs_l} H_c^T dy_l, W'_ls = e^{cs_l - cs_s}
+// dt_s (dy_l . x_s), and the row sums of dcs: sum_s (C_l . B_s) W'_ls + e^{cs_l} dy_l . H_c C_l.
+// dC_part (B, L, H, N) f32; dcs_row (B, H, nc, Qp).
+template <int PP, int NP>
+__global__ void __launch_bounds__(kThreads) bwd_l_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
+                                                         const float* st, float* dC_part, float* dcs_row) {
+  using S = BwdLSmem<PP, NP>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf* sC = reinterpret_cast<bf*>(smem + S::sC);
+  bf* sDy = reinterpret_cast<bf*>(smem + S::sDy);
+  bf* sB = reinterpret_cast<bf*>(smem + S::sB);
+  bf* sX = reinterpret_cast<bf*>(smem + S::sX);
+  bf* sH = reinterpret_cast<bf*>(smem + S::sR);
+  float* sF = reinterpret_cast<float*>(smem + S::sR);
+  bf* sDs = reinterpret_cast<bf*>(smem + S::sLoop);
+  float* sS1 = reinterpret_cast<float*>(smem + S::sLoop);
+  float* sS2 = reinterpret_cast<float*>(smem + S::sLoop + f_bytes(kT, kT));
+  bf* sW = reinterpret_cast<bf*>(smem + S::sW);
+  float* cs_l = reinterpret_cast<float*>(smem + S::vec);
+  float* cs_s = cs_l + kT;
+  float* dt_s = cs_s + kT;
+
+  const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
+  const TileRows tl(d, c, i);
+  const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
+  const int row = threadIdx.x / 4, part = threadIdx.x % 4;  // 4 threads per row for the row sums
+  if (tl.rows <= 0) {
+    if (part == 0) dcs_row[cb + i * kT + row] = 0.f;
+    return;
+  }
+  for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
+  __syncthreads();
+  const bf* dyl = p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P;
+  stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
+  stage_raw<PP>(sDy, dyl, p.dy_ss, tl.rows, d.P);
+  stage<PP>(sDs, dyl, p.dy_ss, tl.rows, d.P, [&](int r) { return __expf(cs_l[r]); });
+  stage_state<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
+  __syncthreads();
+
+  using WC = WarpTile<kT, NP>;
+  using WS = WarpTile<kT, kT>;
+  const WC wc;
+  const WS ws;
+  Acc acc[WC::NF];
+  zero(acc);
+  mma<WC::NF, PP, wmma::row_major, wmma::row_major>(acc, sDs, ldb(PP), sH, ldb(NP), wc.row0, wc.col0);
+  __syncthreads();
+  store(sF, ldf(NP), acc, wc.row0, wc.col0);
+  __syncthreads();
+  float rsum = 0.f;  // the row sum of dcs for `row`, on all four of its threads
+  {
+    float v = 0.f;
+    for (int n = part; n < NP; n += 4) v += __bfloat162float(sC[row * ldb(NP) + n]) * sF[row * ldf(NP) + n];
+    rsum = quad_sum(v);
+  }
+  __syncthreads();
+
+  for (int j = 0; j <= i; ++j) {
+    const TileRows ts(d, c, j);
+    stage_raw<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, ts.rows, d.N);
+    stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
+    for (int r = threadIdx.x; r < kT; r += kThreads) {
+      cs_s[r] = cs[cb + j * kT + r];
+      dt_s[r] = dtv[cb + j * kT + r];
+    }
+    __syncthreads();
+    {
+      Acc s1[WS::NF], s2[WS::NF];
+      zero(s1);
+      zero(s2);
+      mma<WS::NF, NP, wmma::row_major, wmma::col_major>(s1, sC, ldb(NP), sB, ldb(NP), ws.row0, ws.col0);
+      mma<WS::NF, PP, wmma::row_major, wmma::col_major>(s2, sDy, ldb(PP), sX, ldb(PP), ws.row0, ws.col0);
+      store(sS1, ldf(kT), s1, ws.row0, ws.col0);
+      store(sS2, ldf(kT), s2, ws.row0, ws.col0);
+    }
+    __syncthreads();
+    {
+      float v = 0.f;
+#pragma unroll 4
+      for (int k = 0; k < 16; ++k) {
+        const int s = part * 16 + k;
+        const bool keep = j < i || s <= row;
+        const float w = keep ? sS2[row * ldf(kT) + s] * __expf(cs_l[row] - cs_s[s]) * dt_s[s] : 0.f;
+        sW[row * ldb(kT) + s] = __float2bfloat16(w);
+        v += sS1[row * ldf(kT) + s] * w;
+      }
+      rsum += quad_sum(v);
+    }
+    __syncthreads();
+    mma<WC::NF, kT, wmma::row_major, wmma::row_major>(acc, sW, ldb(kT), sB, ldb(NP), wc.row0, wc.col0);
+    __syncthreads();
+  }
+  store(sF, ldf(NP), acc, wc.row0, wc.col0);
+  __syncthreads();
+  if (part == 0) dcs_row[cb + i * kT + row] = rsum;
+  for (int e = threadIdx.x; e < tl.rows * d.N; e += kThreads) {
+    const int r = e / d.N, n = e % d.N;
+    dC_part[((static_cast<size_t>(b) * d.L + tl.t0 + r) * d.H + h) * d.N + n] = sF[r * ldf(NP) + n];
+  }
+}
+
+// Shared-memory plan of the s-tile backward (dB, dx, ddt terms, column sums of dcs).
+template <int PP, int NP>
+struct BwdSSmem {
+  static constexpr int FW = PP > NP ? PP : NP;
+  static constexpr size_t sB = 0;
+  static constexpr size_t sX = sB + bf_bytes(kT, NP);
+  static constexpr size_t sC = sX + bf_bytes(kT, PP);
+  static constexpr size_t sDy = sC + bf_bytes(kT, NP);
+  // G_c (bf16) in the prologue; S1, S2, M, W in the loop; the f32 output tiles after each.
+  static constexpr size_t sLoop = sDy + bf_bytes(kT, PP);
+  static constexpr size_t loop_bytes =
+      cmax(cmax(2 * f_bytes(kT, kT) + 2 * bf_bytes(kT, kT), f_bytes(kT, FW)), bf_bytes(PP, NP));
+  static constexpr size_t vec = sLoop + loop_bytes;  // cs_s, dt_s, cs_l, wlast, rowv
+  static constexpr size_t total = vec + round_up(6 * kT * sizeof(float));
+};
+
+// Per s-tile, with W'_ls = e^{cs_l - cs_s} dt_s (dy_l . x_s):
+//   d(dt x)_s = sum_{l >= s} (C_l . B_s) e^{cs_l - cs_s} dy_l + e^{cs_last - cs_s} G_c B_s
+//   dx_s = dt_s d(dt x)_s + D dy_s,   ddt_dir_s = x_s . d(dt x)_s
+//   dB_s = sum_{l >= s} W'_ls C_l + e^{cs_last - cs_s} dt_s G_c^T x_s
+//   dcs_col_s = -sum_{l >= s} (C_l . B_s) W'_ls - v_s,   v_s = e^{cs_last - cs_s} dt_s x_s . G_c B_s
+// vsum_part / dD_part (B, H, nc, Qt): the tile's sum of v_s (a term of dcs_last) and of dy . x.
+template <int PP, int NP>
+__global__ void __launch_bounds__(kThreads) bwd_s_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
+                                                         const float* G, float* dB_part, bf* dx, float* ddt_dir,
+                                                         float* dcs_col, float* vsum_part, float* dD_part) {
+  using S = BwdSSmem<PP, NP>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf* sB = reinterpret_cast<bf*>(smem + S::sB);
+  bf* sX = reinterpret_cast<bf*>(smem + S::sX);
+  bf* sC = reinterpret_cast<bf*>(smem + S::sC);
+  bf* sDy = reinterpret_cast<bf*>(smem + S::sDy);
+  bf* sG = reinterpret_cast<bf*>(smem + S::sLoop);
+  float* sS1 = reinterpret_cast<float*>(smem + S::sLoop);
+  float* sS2 = reinterpret_cast<float*>(smem + S::sLoop + f_bytes(kT, kT));
+  bf* sM = reinterpret_cast<bf*>(smem + S::sLoop + 2 * f_bytes(kT, kT));
+  bf* sW = reinterpret_cast<bf*>(smem + S::sLoop + 2 * f_bytes(kT, kT) + bf_bytes(kT, kT));
+  float* sF = reinterpret_cast<float*>(smem + S::sLoop);
+  float* cs_s = reinterpret_cast<float*>(smem + S::vec);
+  float* dt_s = cs_s + kT;
+  float* cs_l = dt_s + kT;
+  float* wlast = cs_l + kT;
+  float* rowv = wlast + kT;    // per-row v_s
+  float* rowd = rowv + kT;     // per-row dy . x
+
+  const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
+  const TileRows ts(d, c, i);
+  const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
+  const size_t tile_at = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qt + i;
+  const int row = threadIdx.x / 4, part = threadIdx.x % 4;
+  if (ts.rows <= 0) {
+    if (part == 0) dcs_col[cb + i * kT + row] = 0.f, ddt_dir[cb + i * kT + row] = 0.f;
+    if (threadIdx.x == 0) vsum_part[tile_at] = 0.f, dD_part[tile_at] = 0.f;
+    return;
+  }
+  const float cs_last = cs[cb + d.Qp - 1];
+  for (int r = threadIdx.x; r < kT; r += kThreads) {
+    cs_s[r] = cs[cb + i * kT + r];
+    dt_s[r] = dtv[cb + i * kT + r];
+    wlast[r] = __expf(cs_last - cs_s[r]);
+  }
+  __syncthreads();
+  const bf* Bs = p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N;
+  const bf* xs = p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P;
+  stage_raw<NP>(sB, Bs, p.B_ss, ts.rows, d.N);
+  stage_raw<PP>(sX, xs, p.x_ss, ts.rows, d.P);
+  stage_state<PP, NP>(sG, G + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
+  // The scaled operands of the state terms, in the loop's C and dy buffers for now.
+  stage<PP>(sDy, xs, p.x_ss, ts.rows, d.P, [&](int r) { return wlast[r] * dt_s[r]; });
+  stage<NP>(sC, Bs, p.B_ss, ts.rows, d.N, [&](int r) { return wlast[r]; });
+  __syncthreads();
+
+  using WB = WarpTile<kT, NP>;
+  using WX = WarpTile<kT, PP>;
+  using WS = WarpTile<kT, kT>;
+  const WB wb;
+  const WX wx;
+  const WS ws;
+  Acc accB[WB::NF], accX[WX::NF];
+  zero(accB);
+  zero(accX);
+  mma<WB::NF, PP, wmma::row_major, wmma::row_major>(accB, sDy, ldb(PP), sG, ldb(NP), wb.row0, wb.col0);
+  mma<WX::NF, NP, wmma::row_major, wmma::col_major>(accX, sC, ldb(NP), sG, ldb(NP), wx.row0, wx.col0);
+  __syncthreads();  // sF overlays sG
+  store(sF, ldf(PP), accX, wx.row0, wx.col0);
+  __syncthreads();
+  float vrow;
+  {
+    float v = 0.f;
+    for (int k = part; k < PP; k += 4) v += __bfloat162float(sX[row * ldb(PP) + k]) * sF[row * ldf(PP) + k];
+    vrow = quad_sum(v) * dt_s[row];
+  }
+  __syncthreads();
+
+  float csum = 0.f;  // sum over l of (C_l . B_s) W'_ls for s = row
+  for (int j = i; j < d.Qt; ++j) {
+    const TileRows tl(d, c, j);
+    if (tl.rows <= 0) break;
+    stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
+    stage_raw<PP>(sDy, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P, p.dy_ss, tl.rows, d.P);
+    for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + j * kT + r];
+    __syncthreads();
+    {
+      Acc s1[WS::NF], s2[WS::NF];
+      zero(s1);
+      zero(s2);
+      mma<WS::NF, NP, wmma::row_major, wmma::col_major>(s1, sB, ldb(NP), sC, ldb(NP), ws.row0, ws.col0);
+      mma<WS::NF, PP, wmma::row_major, wmma::col_major>(s2, sX, ldb(PP), sDy, ldb(PP), ws.row0, ws.col0);
+      store(sS1, ldf(kT), s1, ws.row0, ws.col0);
+      store(sS2, ldf(kT), s2, ws.row0, ws.col0);
+    }
+    __syncthreads();
+    {
+      float v = 0.f;
+#pragma unroll 4
+      for (int k = 0; k < 16; ++k) {
+        const int l = part * 16 + k;
+        const bool keep = j > i || l >= row;
+        const float decay = keep ? __expf(cs_l[l] - cs_s[row]) : 0.f;
+        const float t1 = sS1[row * ldf(kT) + l];
+        const float w = sS2[row * ldf(kT) + l] * decay * dt_s[row];
+        sM[row * ldb(kT) + l] = __float2bfloat16(t1 * decay);
+        sW[row * ldb(kT) + l] = __float2bfloat16(w);
+        v += t1 * w;
+      }
+      csum += quad_sum(v);
+    }
+    __syncthreads();
+    mma<WX::NF, kT, wmma::row_major, wmma::row_major>(accX, sM, ldb(kT), sDy, ldb(PP), wx.row0, wx.col0);
+    mma<WB::NF, kT, wmma::row_major, wmma::row_major>(accB, sW, ldb(kT), sC, ldb(NP), wb.row0, wb.col0);
+    __syncthreads();
+  }
+
+  // d(dt x) of the tile -> dx, the x . d(dt x) term of ddt, dy . x for dD.
+  store(sF, ldf(PP), accX, wx.row0, wx.col0);
+  __syncthreads();
+  const float Dh = p.D ? p.D[h] : 0.f;
+  {
+    float vx = 0.f, vd = 0.f;
+    for (int k = part; k < d.P; k += 4) {
+      const float xv = __bfloat162float(sX[row * ldb(PP) + k]);
+      vx += xv * sF[row * ldf(PP) + k];
+      if (row < ts.rows) vd += xv * __bfloat162float(p.dy[b * p.dy_bs + (ts.t0 + row) * p.dy_ss + h * d.P + k]);
+    }
+    vx = quad_sum(vx);
+    vd = quad_sum(vd);
+    if (part == 0) {
+      ddt_dir[cb + i * kT + row] = vx;
+      dcs_col[cb + i * kT + row] = -csum - vrow;
+      rowv[row] = vrow;
+      rowd[row] = vd;
+    }
+  }
+  if (dx) {
+    for (int e = threadIdx.x; e < ts.rows * d.P; e += kThreads) {
+      const int r = e / d.P, k = e % d.P, t = ts.t0 + r;
+      const float dyv = __bfloat162float(p.dy[b * p.dy_bs + t * p.dy_ss + h * d.P + k]);
+      dx[((static_cast<size_t>(b) * d.L + t) * d.H + h) * d.P + k] =
+          __float2bfloat16(dt_s[r] * sF[r * ldf(PP) + k] + Dh * dyv);
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float sv = 0.f, sd = 0.f;
+    for (int r = 0; r < kT; ++r) sv += rowv[r], sd += rowd[r];
+    vsum_part[tile_at] = sv;
+    dD_part[tile_at] = sd;
+  }
+  store(sF, ldf(NP), accB, wb.row0, wb.col0);
+  __syncthreads();
+  for (int e = threadIdx.x; e < ts.rows * d.N; e += kThreads) {
+    const int r = e / d.N, n = e % d.N;
+    dB_part[((static_cast<size_t>(b) * d.L + ts.t0 + r) * d.H + h) * d.N + n] = sF[r * ldf(NP) + n];
+  }
+}
+
+// Per chunk: dcs -> d(dt A) by a reverse cumsum; ddt = ddt_dir + A d(dt A) (then through
+// the softplus), and the chunk's parts of dA and ddt_bias. ddt (B, L, H) bf16 or null.
+__global__ void __launch_bounds__(kThreads) finalize_dt_kernel(Ptrs p, SsdDims d, const float* dtv, const float* ddt_dir,
+                                                               const float* dcs_row, const float* dcs_col,
+                                                               const float* gdot, int ngdot, const float* vsum_part,
+                                                               bf* ddt, float* dA_part, float* dbias_part) {
+  __shared__ float warp_tot[kWarps], red_a[kWarps], red_b[kWarps];
+  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const size_t chunk = (static_cast<size_t>(b) * d.H + h) * d.nc + c, cb = chunk * d.Qp;
+  // Thread t holds position Qp-1-t so that an inclusive prefix scan is the reverse cumsum.
+  const int t = d.Qp - 1 - static_cast<int>(threadIdx.x);
+  float v = 0.f;
+  if (t >= 0) {
+    v = dcs_row[cb + t] + dcs_col[cb + t];
+    if (t == d.Qp - 1) {
+      for (int k = 0; k < ngdot; ++k) v += gdot[chunk * ngdot + k];
+      for (int k = 0; k < d.Qt; ++k) v += vsum_part[chunk * d.Qt + k];
+    }
+  }
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const float u = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += u;
+  }
+  if (lane == 31) warp_tot[w] = v;
+  __syncthreads();
+  for (int k = 0; k < w; ++k) v += warp_tot[k];
+  float da = 0.f, dbias = 0.f;
+  const int pos = c * d.Q + t;
+  if (t >= 0 && t < d.Q && pos < d.L) {
+    const float dtval = dtv[cb + t];
+    const float A = p.A[h];
+    float g = ddt_dir[cb + t] + A * v;
+    da = dtval * v;
+    if (p.softplus) {
+      const float raw = __bfloat162float(p.dt[b * p.dt_bs + pos * p.dt_ss + h]) + (p.dt_bias ? p.dt_bias[h] : 0.f);
+      g *= sigmoid_f(raw);
+    }
+    dbias = g;
+    if (ddt) ddt[(static_cast<size_t>(b) * d.L + pos) * d.H + h] = __float2bfloat16(g);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    da += __shfl_xor_sync(0xffffffffu, da, o);
+    dbias += __shfl_xor_sync(0xffffffffu, dbias, o);
+  }
+  if (lane == 0) red_a[w] = da, red_b[w] = dbias;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float sa = 0.f, sb = 0.f;
+    for (int k = 0; k < kWarps; ++k) sa += red_a[k], sb += red_b[k];
+    dA_part[chunk] = sa;
+    dbias_part[chunk] = sb;
+  }
+}
+
+// out (B, L, G, N) bf16 = sum over the heads of each group of part (B, L, H, N), in order.
+__global__ void sum_heads_kernel(const float* part, bf* out, SsdDims d) {
+  const size_t total = static_cast<size_t>(d.B) * d.L * d.G * d.N;
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const int n = static_cast<int>(i % d.N);
+    const size_t r = i / d.N;
+    const int g = static_cast<int>(r % d.G);
+    const size_t bt = r / d.G;
+    const float* src = part + (bt * d.H + static_cast<size_t>(g) * d.hpg) * d.N + n;
+    float acc = 0.f;
+    for (int k = 0; k < d.hpg; ++k) acc += src[static_cast<size_t>(k) * d.N];
+    out[i] = __float2bfloat16(acc);
+  }
+}
+
+// out[h] = sum over (b, j < per) of part[(b * H + h) * per + j], in order (null out: skip).
+__global__ void sum_per_head_kernel(const float* part, float* out, int B, int H, int per) {
+  const int h = blockIdx.x * blockDim.x + threadIdx.x;
+  if (h >= H || !out) return;
+  float acc = 0.f;
+  for (int b = 0; b < B; ++b)
+    for (int j = 0; j < per; ++j) acc += part[(static_cast<size_t>(b) * H + h) * per + j];
+  out[h] = acc;
+}
+
+// ---- host side ----
+
+int pad_state_dim(int64_t v, int64_t max) {
+  SSMT_CHECK(v >= 1 && v <= max, "ssd_chunked (CUDA): size ", v, " is outside 1..", max);
+  return v <= 64 ? 64 : v <= 128 ? 128 : 256;
+}
+
+SsdDims make_dims(const SsdParams& p) {
+  SsdDims d{};
+  d.B = static_cast<int>(p.B), d.L = static_cast<int>(p.L), d.H = static_cast<int>(p.H);
+  d.P = static_cast<int>(p.P), d.G = static_cast<int>(p.G), d.N = static_cast<int>(p.N);
+  d.Q = static_cast<int>(p.chunk_size);
+  d.Qt = (d.Q + kT - 1) / kT;
+  d.Qp = d.Qt * kT;
+  d.nc = static_cast<int>(p.num_chunks());
+  d.hpg = d.H / d.G;
+  d.Pp = pad_state_dim(p.P, kSsdCudaMaxHeaddim);
+  d.Np = pad_state_dim(p.N, kSsdCudaMaxState);
+  return d;
+}
+
+Ptrs make_ptrs(const SsdParams& p) {
+  Ptrs q{};
+  q.x = static_cast<const bf*>(p.x.data), q.x_bs = p.x.batch_stride, q.x_ss = p.x.seq_stride;
+  q.dt = static_cast<const bf*>(p.dt.data), q.dt_bs = p.dt.batch_stride, q.dt_ss = p.dt.seq_stride;
+  q.Bm = static_cast<const bf*>(p.Bm.data), q.B_bs = p.Bm.batch_stride, q.B_ss = p.Bm.seq_stride;
+  q.Cm = static_cast<const bf*>(p.Cm.data), q.C_bs = p.Cm.batch_stride, q.C_ss = p.Cm.seq_stride;
+  q.dy = static_cast<const bf*>(p.dy.data), q.dy_bs = p.dy.batch_stride, q.dy_ss = p.dy.seq_stride;
+  q.A = static_cast<const float*>(p.A);
+  q.D = static_cast<const float*>(p.D);
+  q.dt_bias = static_cast<const float*>(p.dt_bias);
+  q.h0 = static_cast<const float*>(p.h0);
+  q.dh_last = static_cast<const float*>(p.dh_last);
+  q.softplus = p.dt_softplus;
+  return q;
+}
+
+// Calls f with the padded (P, N) as compile-time constants.
+template <typename F>
+void with_sizes(const SsdDims& d, F&& f) {
+  auto n_case = [&](auto pp) {
+    switch (d.Np) {
+      case 64: f(pp, std::integral_constant<int, 64>{}); break;
+      case 128: f(pp, std::integral_constant<int, 128>{}); break;
+      default: f(pp, std::integral_constant<int, 256>{}); break;
+    }
+  };
+  if (d.Pp == 64) n_case(std::integral_constant<int, 64>{});
+  else n_case(std::integral_constant<int, 128>{});
+}
+
+template <typename K>
+void launch(K kernel, dim3 grid, size_t smem, cudaStream_t stream, const auto&... args) {
+  SSD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kernel<<<grid, kThreads, smem, stream>>>(args...);
+  SSD_CUDA_CHECK(cudaGetLastError());
+}
+
+// Prep, chunk states and state passing: fills dtv, cs and st (the state entering each chunk).
+void entering_states(const Ptrs& q, const SsdDims& d, float* dtv, float* cs, float* st, float* h_last,
+                     cudaStream_t stream) {
+  const dim3 chunks(d.nc, d.H, d.B);
+  prep_kernel<<<chunks, kThreads, 0, stream>>>(q, d, dtv, cs);
+  SSD_CUDA_CHECK(cudaGetLastError());
+  with_sizes(d, [&](auto pp, auto np) {
+    constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
+    launch(chunk_state_kernel<PP, NP, false>, chunks, bf_bytes(kT, PP) + bf_bytes(kT, NP), stream, q, d,
+           static_cast<const float*>(dtv), static_cast<const float*>(cs), st);
+  });
+  const dim3 elems((d.Pp * d.Np + kThreads - 1) / kThreads, d.H, d.B);
+  state_pass_fwd_kernel<<<elems, kThreads, 0, stream>>>(q, d, cs, st, h_last);
+  SSD_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+bool ssd_cuda_supports(DType dtype, int64_t P, int64_t N, int64_t chunk_size) {
+  return dtype == DType::bf16 && P >= 1 && P <= kSsdCudaMaxHeaddim && N >= 1 && N <= kSsdCudaMaxState &&
+         chunk_size >= 1 && chunk_size <= kSsdCudaMaxChunk;
+}
+
+void ssd_fwd_cuda(const SsdParams& p, Device device) {
+  SSMT_CHECK(ssd_cuda_supports(p.dtype, p.P, p.N, p.chunk_size), "ssd_chunked (CUDA): unsupported call");
+  if (p.B == 0 || p.L == 0 || p.H == 0) return;
+  const SsdDims d = make_dims(p);
+  const Ptrs q = make_ptrs(p);
+  cuda_detail::DeviceGuard guard(device.index);
+  auto stream = static_cast<cudaStream_t>(cuda::compute_stream(device.index));
+  Tensor dtv = Tensor::empty({d.B, d.H, d.nc, d.Qp}, DType::f32, device);
+  Tensor cs = Tensor::empty({d.B, d.H, d.nc, d.Qp}, DType::f32, device);
+  Tensor st = Tensor::empty({d.B, d.nc, d.H, d.Pp, d.Np}, DType::f32, device);
+  entering_states(q, d, dtv.data<float>(), cs.data<float>(), st.data<float>(), static_cast<float*>(p.h_last), stream);
+  with_sizes(d, [&](auto pp, auto np) {
+    constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
+    launch(chunk_scan_fwd_kernel<PP, NP>, dim3(d.nc * d.Qt, d.H, d.B), ScanFwdSmem<PP, NP>::total, stream, q, d,
+           static_cast<const float*>(dtv.data<float>()), static_cast<const float*>(cs.data<float>()),
+           static_cast<const float*>(st.data<float>()), static_cast<bf*>(p.y));
+  });
+}
+
+void ssd_bwd_cuda(const SsdParams& p, Device device) {
+  SSMT_CHECK(ssd_cuda_supports(p.dtype, p.P, p.N, p.chunk_size), "ssd_chunked (CUDA): unsupported call");
+  if (p.B == 0 || p.L == 0 || p.H == 0) return;
+  const SsdDims d = make_dims(p);
+  const Ptrs q = make_ptrs(p);
+  cuda_detail::DeviceGuard guard(device.index);
+  auto stream = static_cast<cudaStream_t>(cuda::compute_stream(device.index));
+  auto f32 = [&](const Dims& shape) { return Tensor::empty(shape, DType::f32, device); };
+  Tensor dtv = f32({d.B, d.H, d.nc, d.Qp}), cs = f32({d.B, d.H, d.nc, d.Qp});
+  Tensor st = f32({d.B, d.nc, d.H, d.Pp, d.Np}), dS = f32({d.B, d.nc, d.H, d.Pp, d.Np});
+  float* dtv_p = dtv.data<float>();
+  float* cs_p = cs.data<float>();
+  entering_states(q, d, dtv_p, cs_p, st.data<float>(), nullptr, stream);
+
+  const dim3 chunks(d.nc, d.H, d.B), tiles(d.nc * d.Qt, d.H, d.B);
+  with_sizes(d, [&](auto pp, auto np) {
+    constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
+    launch(chunk_state_kernel<PP, NP, true>, chunks, bf_bytes(kT, PP) + bf_bytes(kT, NP), stream, q, d,
+           static_cast<const float*>(dtv_p), static_cast<const float*>(cs_p), dS.data<float>());
+  });
+  const int ngdot = (d.Pp * d.Np + kThreads - 1) / kThreads;
+  Tensor gdot = f32({d.B, d.H, d.nc, ngdot});
+  state_pass_bwd_kernel<<<dim3(ngdot, d.H, d.B), kThreads, 0, stream>>>(q, d, cs_p, st.data<float>(), dS.data<float>(),
+                                                                      static_cast<float*>(p.dh0), gdot.data<float>());
+  SSD_CUDA_CHECK(cudaGetLastError());
+
+  Tensor dC_part = f32({d.B, d.L, d.H, d.N}), dB_part = f32({d.B, d.L, d.H, d.N});
+  Tensor dcs_row = f32({d.B, d.H, d.nc, d.Qp}), dcs_col = f32({d.B, d.H, d.nc, d.Qp});
+  Tensor ddt_dir = f32({d.B, d.H, d.nc, d.Qp});
+  Tensor vsum = f32({d.B, d.H, d.nc, d.Qt}), dD_part = f32({d.B, d.H, d.nc, d.Qt});
+  with_sizes(d, [&](auto pp, auto np) {
+    constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
+    launch(bwd_l_kernel<PP, NP>, tiles, BwdLSmem<PP, NP>::total, stream, q, d, static_cast<const float*>(dtv_p),
+           static_cast<const float*>(cs_p), static_cast<const float*>(st.data<float>()), dC_part.data<float>(),
+           dcs_row.data<float>());
+    launch(bwd_s_kernel<PP, NP>, tiles, BwdSSmem<PP, NP>::total, stream, q, d, static_cast<const float*>(dtv_p),
+           static_cast<const float*>(cs_p), static_cast<const float*>(dS.data<float>()), dB_part.data<float>(),
+           static_cast<bf*>(p.dx), ddt_dir.data<float>(), dcs_col.data<float>(), vsum.data<float>(),
+           dD_part.data<float>());
+  });
+  Tensor dA_part = f32({d.B, d.H, d.nc}), dbias_part = f32({d.B, d.H, d.nc});
+  finalize_dt_kernel<<<chunks, kThreads, 0, stream>>>(q, d, dtv_p, ddt_dir.data<float>(), dcs_row.data<float>(),
+                                                      dcs_col.data<float>(), gdot.data<float>(), ngdot,
+                                                      vsum.data<float>(), static_cast<bf*>(p.ddt),
+                                                      dA_part.data<float>(), dbias_part.data<float>());
+  SSD_CUDA_CHECK(cudaGetLastError());
+  const size_t nBC = static_cast<size_t>(d.B) * d.L * d.G * d.N;
+  const int blocks = static_cast<int>(std::clamp<size_t>((nBC + 255) / 256, 1, 4096));
+  if (p.dBm) sum_heads_kernel<<<blocks, 256, 0, stream>>>(dB_part.data<float>(), static_cast<bf*>(p.dBm), d);
+  if (p.dCm) sum_heads_kernel<<<blocks, 256, 0, stream>>>(dC_part.data<float>(), static_cast<bf*>(p.dCm), d);
+  const int hblocks = (d.H + 127) / 128;
+  sum_per_head_kernel<<<hblocks, 128, 0, stream>>>(dA_part.data<float>(), static_cast<float*>(p.dA), d.B, d.H, d.nc);
+  sum_per_head_kernel<<<hblocks, 128, 0, stream>>>(dbias_part.data<float>(), static_cast<float*>(p.ddt_bias), d.B,
+                                                   d.H, d.nc);
+  sum_per_head_kernel<<<hblocks, 128, 0, stream>>>(dD_part.data<float>(), static_cast<float*>(p.dD), d.B, d.H,
+                                                   d.nc * d.Qt);
+  SSD_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace ssmtrain
