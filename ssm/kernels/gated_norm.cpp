@@ -9,6 +9,7 @@
 
 #include "core/autograd.h"
 #include "core/error.h"
+#include "core/math.h"
 #include "core/ops.h"
 #include "ssm/kernels/kernel_common.h"
 
@@ -20,7 +21,6 @@ namespace {
 
 constexpr const char* kOp = "gated_rms_norm";
 
-template <typename A> A sigmoid_of(A x) { return A(1) / (A(1) + std::exp(-x)); }
 
 template <typename T>
 void forward_cpu(const GatedNormParams& p) {
@@ -37,7 +37,7 @@ void forward_cpu(const GatedNormParams& p) {
       const int64_t c0 = r * D + g * gs;
       auto v_at = [&](int64_t i) {
         const A zi = static_cast<A>(z[c0 + i]);
-        return static_cast<A>(y[c0 + i]) * zi * sigmoid_of(zi);
+        return static_cast<A>(y[c0 + i]) * zi * math::sigmoid(zi);
       };
       A ss = 0;
       for (int64_t i = 0; i < gs; ++i) {
@@ -76,12 +76,12 @@ void backward_cpu(const GatedNormParams& p) {
         A dot = 0;
         for (int64_t i = 0; i < gs; ++i) {
           const A zi = static_cast<A>(z[c0 + i]);
-          const A n = static_cast<A>(y[c0 + i]) * zi * sigmoid_of(zi) * inv;
+          const A n = static_cast<A>(y[c0 + i]) * zi * math::sigmoid(zi) * inv;
           dot += static_cast<A>(dout[c0 + i]) * (w ? w[w0 + i] : A(1)) * n;
         }
         const A mean = dot / static_cast<A>(gs);
         for (int64_t i = 0; i < gs; ++i) {
-          const A zi = static_cast<A>(z[c0 + i]), yi = static_cast<A>(y[c0 + i]), s = sigmoid_of(zi);
+          const A zi = static_cast<A>(z[c0 + i]), yi = static_cast<A>(y[c0 + i]), s = math::sigmoid(zi);
           const A n = yi * zi * s * inv, go = static_cast<A>(dout[c0 + i]);
           const A dv = inv * (go * (w ? w[w0 + i] : A(1)) - n * mean);
           if (dy) dy[c0 + i] = T(dv * zi * s);

@@ -9,9 +9,11 @@
 #include <algorithm>
 
 #include "core/backend.h"
+#include "core/cuda/cuda_check.cuh"
 #include "core/cuda/device.cuh"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/math.h"
 #include "core/tensor.h"
 #include "ssm/kernels/gated_norm.h"
 
@@ -19,18 +21,9 @@ namespace ssmtrain {
 
 namespace {
 
-#define GN_CUDA_CHECK(expr)                                                                       \
-  do {                                                                                            \
-    cudaError_t e_ = (expr);                                                                      \
-    if (e_ != cudaSuccess)                                                                        \
-      throw InternalError(detail::concat(__FILE__, ":", __LINE__, ": ", #expr, ": ", cudaGetErrorString(e_))); \
-  } while (0)
-
 constexpr int kThreads = 256;
 constexpr int kRowsPerBlock = 32;
 
-template <typename A> __device__ __forceinline__ A sigmoid_d(A x) { return A(1) / (A(1) + exp(-x)); }
-template <> __device__ __forceinline__ float sigmoid_d(float x) { return 1.f / (1.f + __expf(-x)); }
 
 // The block's sum of v, the same on every thread, in a fixed order.
 template <typename A>
@@ -57,7 +50,7 @@ __global__ void __launch_bounds__(kThreads) gated_norm_fwd_kernel(const T* __res
     A ss = 0;
     for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
       const A zi = static_cast<A>(z[c0 + i]);
-      const A v = static_cast<A>(y[c0 + i]) * zi * sigmoid_d(zi);
+      const A v = static_cast<A>(y[c0 + i]) * zi * math::sigmoid(zi);
       ss += v * v;
     }
     ss = block_sum(ss, scratch);
@@ -65,7 +58,7 @@ __global__ void __launch_bounds__(kThreads) gated_norm_fwd_kernel(const T* __res
     if (threadIdx.x == 0) rstd[r * G + g] = inv;
     for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
       const A zi = static_cast<A>(z[c0 + i]);
-      const A v = static_cast<A>(y[c0 + i]) * zi * sigmoid_d(zi);
+      const A v = static_cast<A>(y[c0 + i]) * zi * math::sigmoid(zi);
       out[c0 + i] = T(v * inv * (w ? w[g * gs + i] : A(1)));
     }
   }
@@ -91,12 +84,12 @@ __global__ void __launch_bounds__(kThreads) gated_norm_bwd_kernel(const T* __res
       A dot = 0;
       for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
         const A zi = static_cast<A>(z[c0 + i]);
-        const A n = static_cast<A>(y[c0 + i]) * zi * sigmoid_d(zi) * inv;
+        const A n = static_cast<A>(y[c0 + i]) * zi * math::sigmoid(zi) * inv;
         dot += static_cast<A>(dout[c0 + i]) * (w ? w[w0 + i] : A(1)) * n;
       }
       const A mean = block_sum(dot, scratch) / static_cast<A>(gs);
       for (int64_t i = threadIdx.x; i < gs; i += kThreads) {
-        const A zi = static_cast<A>(z[c0 + i]), yi = static_cast<A>(y[c0 + i]), s = sigmoid_d(zi);
+        const A zi = static_cast<A>(z[c0 + i]), yi = static_cast<A>(y[c0 + i]), s = math::sigmoid(zi);
         const A n = yi * zi * s * inv, go = static_cast<A>(dout[c0 + i]);
         const A dv = inv * (go * (w ? w[w0 + i] : A(1)) - n * mean);
         if (dy) dy[c0 + i] = T(dv * zi * s);
@@ -145,7 +138,7 @@ void gated_norm_fwd_cuda(const GatedNormParams& p, Device device) {
         static_cast<const T*>(p.y), static_cast<const T*>(p.z), static_cast<const A*>(p.w), static_cast<T*>(p.out),
         static_cast<A*>(p.rstd), p.D, p.group_size, static_cast<A>(p.eps));
   });
-  GN_CUDA_CHECK(cudaGetLastError());
+  CUDA_CHECK_LAUNCH();
 }
 
 void gated_norm_bwd_cuda(const GatedNormParams& p, Device device) {
@@ -159,18 +152,18 @@ void gated_norm_bwd_cuda(const GatedNormParams& p, Device device) {
     const size_t smem = p.dw ? sizeof(A) * static_cast<size_t>(p.D) : 0;
     SSMT_CHECK(smem <= 160 * 1024, "gated_rms_norm (CUDA): ", p.D, " channels are too many for the weight gradient");
     auto kernel = gated_norm_bwd_kernel<T, A>;
-    GN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     Tensor part = p.dw ? Tensor::empty({nblk, p.D}, dtype_of<A>::value, device) : Tensor();
     kernel<<<nblk, kThreads, smem, stream>>>(static_cast<const T*>(p.y), static_cast<const T*>(p.z),
                                              static_cast<const A*>(p.w), static_cast<const A*>(p.rstd),
                                              static_cast<const T*>(p.dout), static_cast<T*>(p.dy),
                                              static_cast<T*>(p.dz), p.dw ? part.data<A>() : nullptr, p.rows, p.D,
                                              p.group_size);
-    GN_CUDA_CHECK(cudaGetLastError());
+    CUDA_CHECK_LAUNCH();
     if (p.dw) {
       const int blocks = static_cast<int>(std::min<int64_t>((p.D + 255) / 256, 1024));
       sum_partials_kernel<A><<<blocks, 256, 0, stream>>>(part.data<A>(), static_cast<A*>(p.dw), nblk, p.D);
-      GN_CUDA_CHECK(cudaGetLastError());
+      CUDA_CHECK_LAUNCH();
     }
   });
 }

@@ -32,10 +32,15 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <tuple>
+#include <utility>
 
 #include "core/backend.h"
+#include "core/cuda/cuda_check.cuh"
 #include "core/cuda/device.cuh"
 #include "core/error.h"
+#include "core/math.h"
 #include "core/tensor.h"
 
 namespace ssmtrain {
@@ -44,13 +49,6 @@ namespace {
 
 namespace wmma = nvcuda::wmma;
 using bf = __nv_bfloat16;
-
-#define SSD_CUDA_CHECK(expr)                                                                      \
-  do {                                                                                            \
-    cudaError_t e_ = (expr);                                                                      \
-    if (e_ != cudaSuccess)                                                                        \
-      throw InternalError(detail::concat(__FILE__, ":", __LINE__, ": ", #expr, ": ", cudaGetErrorString(e_))); \
-  } while (0)
 
 constexpr int kT = 64;         // rows of a tile
 constexpr int kThreads = 256;  // 8 warps
@@ -65,8 +63,6 @@ constexpr size_t bf_bytes(int rows, int w) { return round_up(sizeof(bf) * rows *
 constexpr size_t f_bytes(int rows, int w) { return round_up(sizeof(float) * rows * ldf(w)); }
 constexpr size_t cmax(size_t a, size_t b) { return a > b ? a : b; }
 
-__device__ __forceinline__ float softplus_f(float x) { return x > 20.f ? x : log1pf(expf(x)); }
-__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
 
 struct SsdDims {
   int B, L, H, P, G, N, Q, Qp, Qt, nc, hpg;  // hpg: heads per group
@@ -121,6 +117,22 @@ template <int NF>
 __device__ __forceinline__ void store(float* dst, int ld, const Acc (&acc)[NF], int row0, int col0) {
 #pragma unroll
   for (int f = 0; f < NF; ++f) wmma::store_matrix_sync(dst + row0 * ld + col0 + 16 * f, acc[f], ld, wmma::mem_row_major);
+}
+
+// The two 64 x 64 score tiles of a backward tile pair, into shared f32: S1 = A1 B1^T (over
+// the state, K = NP) and S2 = A2 B2^T (over the head, K = PP); all operands row-major tiles.
+template <int PP, int NP>
+__device__ __forceinline__ void score_tiles(float* sS1, const bf* A1, const bf* B1, float* sS2, const bf* A2,
+                                            const bf* B2) {
+  using WS = WarpTile<kT, kT>;
+  const WS ws;
+  Acc s1[WS::NF], s2[WS::NF];
+  zero(s1);
+  zero(s2);
+  mma<WS::NF, NP, wmma::row_major, wmma::col_major>(s1, A1, ldb(NP), B1, ldb(NP), ws.row0, ws.col0);
+  mma<WS::NF, PP, wmma::row_major, wmma::col_major>(s2, A2, ldb(PP), B2, ldb(PP), ws.row0, ws.col0);
+  store(sS1, ldf(kT), s1, ws.row0, ws.col0);
+  store(sS2, ldf(kT), s2, ws.row0, ws.col0);
 }
 
 // ---- staging global -> shared ----
@@ -183,7 +195,7 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(Ptrs p, SsdDims d, float
   float dtval = 0.f;
   if (valid) {
     const float raw = __bfloat162float(p.dt[b * p.dt_bs + pos * p.dt_ss + h]) + (p.dt_bias ? p.dt_bias[h] : 0.f);
-    dtval = p.softplus ? softplus_f(raw) : raw;
+    dtval = p.softplus ? math::softplus(raw) : raw;
   }
   float v = dtval * p.A[h];
   const int lane = t & 31, w = t >> 5;
@@ -438,9 +450,7 @@ __global__ void __launch_bounds__(kThreads) bwd_l_kernel(Ptrs p, SsdDims d, cons
   __syncthreads();
 
   using WC = WarpTile<kT, NP>;
-  using WS = WarpTile<kT, kT>;
   const WC wc;
-  const WS ws;
   Acc acc[WC::NF];
   zero(acc);
   mma<WC::NF, PP, wmma::row_major, wmma::row_major>(acc, sDs, ldb(PP), sH, ldb(NP), wc.row0, wc.col0);
@@ -464,15 +474,7 @@ __global__ void __launch_bounds__(kThreads) bwd_l_kernel(Ptrs p, SsdDims d, cons
       dt_s[r] = dtv[cb + j * kT + r];
     }
     __syncthreads();
-    {
-      Acc s1[WS::NF], s2[WS::NF];
-      zero(s1);
-      zero(s2);
-      mma<WS::NF, NP, wmma::row_major, wmma::col_major>(s1, sC, ldb(NP), sB, ldb(NP), ws.row0, ws.col0);
-      mma<WS::NF, PP, wmma::row_major, wmma::col_major>(s2, sDy, ldb(PP), sX, ldb(PP), ws.row0, ws.col0);
-      store(sS1, ldf(kT), s1, ws.row0, ws.col0);
-      store(sS2, ldf(kT), s2, ws.row0, ws.col0);
-    }
+    score_tiles<PP, NP>(sS1, sC, sB, sS2, sDy, sX);
     __syncthreads();
     {
       float v = 0.f;
@@ -573,10 +575,8 @@ __global__ void __launch_bounds__(kThreads) bwd_s_kernel(Ptrs p, SsdDims d, cons
 
   using WB = WarpTile<kT, NP>;
   using WX = WarpTile<kT, PP>;
-  using WS = WarpTile<kT, kT>;
   const WB wb;
   const WX wx;
-  const WS ws;
   Acc accB[WB::NF], accX[WX::NF];
   zero(accB);
   zero(accX);
@@ -601,15 +601,7 @@ __global__ void __launch_bounds__(kThreads) bwd_s_kernel(Ptrs p, SsdDims d, cons
     stage_raw<PP>(sDy, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P, p.dy_ss, tl.rows, d.P);
     for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + j * kT + r];
     __syncthreads();
-    {
-      Acc s1[WS::NF], s2[WS::NF];
-      zero(s1);
-      zero(s2);
-      mma<WS::NF, NP, wmma::row_major, wmma::col_major>(s1, sB, ldb(NP), sC, ldb(NP), ws.row0, ws.col0);
-      mma<WS::NF, PP, wmma::row_major, wmma::col_major>(s2, sX, ldb(PP), sDy, ldb(PP), ws.row0, ws.col0);
-      store(sS1, ldf(kT), s1, ws.row0, ws.col0);
-      store(sS2, ldf(kT), s2, ws.row0, ws.col0);
-    }
+    score_tiles<PP, NP>(sS1, sB, sC, sS2, sX, sDy);
     __syncthreads();
     {
       float v = 0.f;
@@ -712,7 +704,7 @@ __global__ void __launch_bounds__(kThreads) finalize_dt_kernel(Ptrs p, SsdDims d
     da = dtval * v;
     if (p.softplus) {
       const float raw = __bfloat162float(p.dt[b * p.dt_bs + pos * p.dt_ss + h]) + (p.dt_bias ? p.dt_bias[h] : 0.f);
-      g *= sigmoid_f(raw);
+      g *= math::sigmoid(raw);
     }
     dbias = g;
     if (ddt) ddt[(static_cast<size_t>(b) * d.L + pos) * d.H + h] = __float2bfloat16(g);
@@ -811,9 +803,9 @@ void with_sizes(const SsdDims& d, F&& f) {
 
 template <typename K>
 void launch(K kernel, dim3 grid, size_t smem, cudaStream_t stream, const auto&... args) {
-  SSD_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   kernel<<<grid, kThreads, smem, stream>>>(args...);
-  SSD_CUDA_CHECK(cudaGetLastError());
+  CUDA_CHECK_LAUNCH();
 }
 
 // Prep, chunk states and state passing: fills dtv, cs and st (the state entering each chunk).
@@ -821,7 +813,7 @@ void entering_states(const Ptrs& q, const SsdDims& d, float* dtv, float* cs, flo
                      cudaStream_t stream) {
   const dim3 chunks(d.nc, d.H, d.B);
   prep_kernel<<<chunks, kThreads, 0, stream>>>(q, d, dtv, cs);
-  SSD_CUDA_CHECK(cudaGetLastError());
+  CUDA_CHECK_LAUNCH();
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
     launch(chunk_state_kernel<PP, NP, false>, chunks, bf_bytes(kT, PP) + bf_bytes(kT, NP), stream, q, d,
@@ -829,7 +821,7 @@ void entering_states(const Ptrs& q, const SsdDims& d, float* dtv, float* cs, flo
   });
   const dim3 elems((d.Pp * d.Np + kThreads - 1) / kThreads, d.H, d.B);
   state_pass_fwd_kernel<<<elems, kThreads, 0, stream>>>(q, d, cs, st, h_last);
-  SSD_CUDA_CHECK(cudaGetLastError());
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -882,7 +874,7 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
   Tensor gdot = f32({d.B, d.H, d.nc, ngdot});
   state_pass_bwd_kernel<<<dim3(ngdot, d.H, d.B), kThreads, 0, stream>>>(q, d, cs_p, st.data<float>(), dS.data<float>(),
                                                                       static_cast<float*>(p.dh0), gdot.data<float>());
-  SSD_CUDA_CHECK(cudaGetLastError());
+  CUDA_CHECK_LAUNCH();
 
   Tensor dC_part = f32({d.B, d.L, d.H, d.N}), dB_part = f32({d.B, d.L, d.H, d.N});
   Tensor dcs_row = f32({d.B, d.H, d.nc, d.Qp}), dcs_col = f32({d.B, d.H, d.nc, d.Qp});
@@ -903,18 +895,21 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
                                                       dcs_col.data<float>(), gdot.data<float>(), ngdot,
                                                       vsum.data<float>(), static_cast<bf*>(p.ddt),
                                                       dA_part.data<float>(), dbias_part.data<float>());
-  SSD_CUDA_CHECK(cudaGetLastError());
+  CUDA_CHECK_LAUNCH();
   const size_t nBC = static_cast<size_t>(d.B) * d.L * d.G * d.N;
   const int blocks = static_cast<int>(std::clamp<size_t>((nBC + 255) / 256, 1, 4096));
-  if (p.dBm) sum_heads_kernel<<<blocks, 256, 0, stream>>>(dB_part.data<float>(), static_cast<bf*>(p.dBm), d);
-  if (p.dCm) sum_heads_kernel<<<blocks, 256, 0, stream>>>(dC_part.data<float>(), static_cast<bf*>(p.dCm), d);
+  for (auto [part, out] : {std::pair{&dB_part, p.dBm}, std::pair{&dC_part, p.dCm}}) {
+    if (!out) continue;
+    sum_heads_kernel<<<blocks, 256, 0, stream>>>(part->data<float>(), static_cast<bf*>(out), d);
+    CUDA_CHECK_LAUNCH();
+  }
   const int hblocks = (d.H + 127) / 128;
-  sum_per_head_kernel<<<hblocks, 128, 0, stream>>>(dA_part.data<float>(), static_cast<float*>(p.dA), d.B, d.H, d.nc);
-  sum_per_head_kernel<<<hblocks, 128, 0, stream>>>(dbias_part.data<float>(), static_cast<float*>(p.ddt_bias), d.B,
-                                                   d.H, d.nc);
-  sum_per_head_kernel<<<hblocks, 128, 0, stream>>>(dD_part.data<float>(), static_cast<float*>(p.dD), d.B, d.H,
-                                                   d.nc * d.Qt);
-  SSD_CUDA_CHECK(cudaGetLastError());
+  for (auto [part, out, per] : {std::tuple{&dA_part, p.dA, d.nc}, std::tuple{&dbias_part, p.ddt_bias, d.nc},
+                                std::tuple{&dD_part, p.dD, d.nc * d.Qt}}) {
+    if (!out) continue;
+    sum_per_head_kernel<<<hblocks, 128, 0, stream>>>(part->data<float>(), static_cast<float*>(out), d.B, d.H, per);
+    CUDA_CHECK_LAUNCH();
+  }
 }
 
 }  // namespace ssmtrain
