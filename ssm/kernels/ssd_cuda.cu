@@ -32,7 +32,6 @@
 #include <mma.h>
 
 #include <algorithm>
-#include <cstdint>
 #include <tuple>
 #include <utility>
 
@@ -185,6 +184,20 @@ struct Ptrs {
   const float *A, *D, *dt_bias, *h0, *dh_last;
   bool softplus;
 };
+
+// A source tile s of a chunk: B_s and x_s rows (raw) and its cs and dt into shared memory.
+template <int PP, int NP>
+__device__ __forceinline__ void stage_source_tile(const Ptrs& p, const SsdDims& d, int b, int h, const TileRows& ts,
+                                                  const float* cs_tile, const float* dt_tile, bf* sB, bf* sX,
+                                                  float* cs_s, float* dt_s) {
+  const int g = h / d.hpg;
+  stage_raw<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, ts.rows, d.N);
+  stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
+  for (int r = threadIdx.x; r < kT; r += kThreads) {
+    cs_s[r] = cs_tile[r];
+    dt_s[r] = dt_tile[r];
+  }
+}
 
 // dt and cs of every (b, h, chunk): dtv, cs (B, H, nc, Qp). One block of 256 threads.
 __global__ void __launch_bounds__(kThreads) prep_kernel(Ptrs p, SsdDims d, float* dtv, float* cs) {
@@ -363,13 +376,7 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_fwd_kernel(Ptrs p, SsdDim
   __syncthreads();
 
   for (int j = 0; j <= i; ++j) {
-    const TileRows ts(d, c, j);
-    stage_raw<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, ts.rows, d.N);
-    stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
-    for (int r = threadIdx.x; r < kT; r += kThreads) {
-      cs_s[r] = cs[cb + j * kT + r];
-      dt_s[r] = dtv[cb + j * kT + r];
-    }
+    stage_source_tile<PP, NP>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX, cs_s, dt_s);
     __syncthreads();
     Acc sc[WS::NF];
     zero(sc);
@@ -466,13 +473,7 @@ __global__ void __launch_bounds__(kThreads) bwd_l_kernel(Ptrs p, SsdDims d, cons
   __syncthreads();
 
   for (int j = 0; j <= i; ++j) {
-    const TileRows ts(d, c, j);
-    stage_raw<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, ts.rows, d.N);
-    stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
-    for (int r = threadIdx.x; r < kT; r += kThreads) {
-      cs_s[r] = cs[cb + j * kT + r];
-      dt_s[r] = dtv[cb + j * kT + r];
-    }
+    stage_source_tile<PP, NP>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX, cs_s, dt_s);
     __syncthreads();
     score_tiles<PP, NP>(sS1, sC, sB, sS2, sDy, sX);
     __syncthreads();
