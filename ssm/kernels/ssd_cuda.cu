@@ -32,6 +32,7 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <tuple>
 #include <utility>
 
@@ -61,6 +62,13 @@ constexpr size_t round_up(size_t v) { return (v + 127) / 128 * 128; }
 constexpr size_t bf_bytes(int rows, int w) { return round_up(sizeof(bf) * rows * ldb(w)); }
 constexpr size_t f_bytes(int rows, int w) { return round_up(sizeof(float) * rows * ldf(w)); }
 constexpr size_t cmax(size_t a, size_t b) { return a > b ? a : b; }
+// Blocks of a kernel that fit on one multiprocessor by shared memory (228 KB, 1 KB reserved
+// per block), capped at `most`: the kernels' minimum-blocks launch bound, so that the
+// register budget never keeps out a block that shared memory would admit.
+constexpr int smem_blocks(size_t bytes, int most) {
+  const int fit = static_cast<int>((228 * 1024) / (bytes + 1024));
+  return fit < 1 ? 1 : fit > most ? most : fit;
+}
 
 
 struct SsdDims {
@@ -120,10 +128,10 @@ __device__ __forceinline__ void store(float* dst, int ld, const Acc (&acc)[NF], 
 
 // The two 64 x 64 score tiles of a backward tile pair, into shared f32: S1 = A1 B1^T (over
 // the state, K = NP) and S2 = A2 B2^T (over the head, K = PP); all operands row-major tiles.
+using WS = WarpTile<kT, kT>;
 template <int PP, int NP>
 __device__ __forceinline__ void score_tiles(float* sS1, const bf* A1, const bf* B1, float* sS2, const bf* A2,
                                             const bf* B2) {
-  using WS = WarpTile<kT, kT>;
   const WS ws;
   Acc s1[WS::NF], s2[WS::NF];
   zero(s1);
@@ -138,8 +146,32 @@ __device__ __forceinline__ void score_tiles(float* sS1, const bf* A1, const bf* 
 
 // dst[r][j] = scale(r) * src[r * stride + j] for r < rows, j < cols, zero elsewhere of the
 // 64 x W tile (src: bf16 rows of a sequence tensor).
+// Whether rows of src can be moved as 16-byte vectors of 8 elements (the same answer on
+// every thread of a block).
+__device__ __forceinline__ bool vector_rows(const bf* src, int64_t stride, int cols) {
+  return cols % 8 == 0 && stride % 8 == 0 && (reinterpret_cast<uintptr_t>(src) & 15) == 0;
+}
+
 template <int W, typename Scale>
 __device__ __forceinline__ void stage(bf* dst, const bf* src, int64_t stride, int rows, int cols, Scale scale) {
+  if (vector_rows(src, stride, cols)) {
+    for (int i = threadIdx.x; i < kT * W / 8; i += kThreads) {
+      const int r = i / (W / 8), j = (i % (W / 8)) * 8;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (r < rows && j < cols) {
+        v = *reinterpret_cast<const uint4*>(src + r * stride + j);
+        const float sc = scale(r);
+        __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&v);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float2 f = __bfloat1622float2(h[k]);
+          h[k] = __floats2bfloat162_rn(f.x * sc, f.y * sc);
+        }
+      }
+      *reinterpret_cast<uint4*>(dst + r * ldb(W) + j) = v;
+    }
+    return;
+  }
   for (int i = threadIdx.x; i < kT * W; i += kThreads) {
     const int r = i / W, j = i % W;
     float v = 0.f;
@@ -149,6 +181,15 @@ __device__ __forceinline__ void stage(bf* dst, const bf* src, int64_t stride, in
 }
 template <int W>
 __device__ __forceinline__ void stage_raw(bf* dst, const bf* src, int64_t stride, int rows, int cols) {
+  if (vector_rows(src, stride, cols)) {
+    for (int i = threadIdx.x; i < kT * W / 8; i += kThreads) {
+      const int r = i / (W / 8), j = (i % (W / 8)) * 8;
+      const uint4 v = r < rows && j < cols ? *reinterpret_cast<const uint4*>(src + r * stride + j)
+                                           : make_uint4(0, 0, 0, 0);
+      *reinterpret_cast<uint4*>(dst + r * ldb(W) + j) = v;
+    }
+    return;
+  }
   for (int i = threadIdx.x; i < kT * W; i += kThreads) {
     const int r = i / W, j = i % W;
     dst[r * ldb(W) + j] = r < rows && j < cols ? src[r * stride + j] : __float2bfloat16(0.f);
@@ -157,7 +198,12 @@ __device__ __forceinline__ void stage_raw(bf* dst, const bf* src, int64_t stride
 // A padded (Pp x Np) fp32 state into a bf16 tile [Pp][ldb(Np)].
 template <int PP, int NP>
 __device__ __forceinline__ void stage_state(bf* dst, const float* src) {
-  for (int i = threadIdx.x; i < PP * NP; i += kThreads) dst[(i / NP) * ldb(NP) + i % NP] = __float2bfloat16(src[i]);
+  for (int i = threadIdx.x; i < PP * NP / 4; i += kThreads) {
+    const float4 v = reinterpret_cast<const float4*>(src)[i];
+    __nv_bfloat162* o = reinterpret_cast<__nv_bfloat162*>(dst + (4 * i / NP) * ldb(NP) + 4 * i % NP);
+    o[0] = __floats2bfloat162_rn(v.x, v.y);
+    o[1] = __floats2bfloat162_rn(v.z, v.w);
+  }
 }
 
 // Where the tile `tile` of chunk c starts, and how many of its 64 rows are real steps.
@@ -269,76 +315,135 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(Ptrs p, SsdDims d
     wmma::store_matrix_sync(o + wt.row0 * NP + wt.col0 + 16 * f, acc[f], NP, wmma::mem_row_major);
 }
 
-// Forward state passing, in place: st (B, nc, H, Pp, Np) holds each chunk's own state on
-// entry and the state entering the chunk on exit; h_last (B, H, P, N) the final state.
-__global__ void state_pass_fwd_kernel(Ptrs p, SsdDims d, const float* cs, float* st, float* h_last) {
-  const int e = blockIdx.x * blockDim.x + threadIdx.x, h = blockIdx.y, b = blockIdx.z;
-  if (e >= d.Pp * d.Np) return;
-  const int pi = e / d.Np, n = e % d.Np;
-  const bool inside = pi < d.P && n < d.N;
-  const size_t hidx = ((static_cast<size_t>(b) * d.H + h) * d.P + pi) * d.N + n;
-  float run = inside && p.h0 ? p.h0[hidx] : 0.f;
-  for (int c = 0; c < d.nc; ++c) {
-    const size_t at = ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * d.Pp * d.Np + e;
-    const float s = st[at];
-    st[at] = run;
-    run = __expf(cs[((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp + d.Qp - 1]) * run + s;
+// State passing: one thread per 4 consecutive state elements (a float4 of the padded P x N
+// state), sequential over chunks. The chunk states of kAhead chunks are loaded before the
+// recurrence consumes them, so that each thread keeps kAhead 16-byte loads in flight: the
+// pass is a stream over the states, bound by memory bandwidth, not by the latency of one
+// dependent load per chunk.
+constexpr int kAhead = 8;
+constexpr int kPassElems = 4 * kThreads;  // state elements per block
+
+__device__ __forceinline__ float4 fma4(float a, float4 x, float4 y) {
+  return make_float4(a * x.x + y.x, a * x.y + y.y, a * x.z + y.z, a * x.w + y.w);
+}
+__device__ __forceinline__ float dot4(float4 a, float4 b) { return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w; }
+
+// The unpadded (B, H, P, N) state h at the 4 padded elements e .. e + 3 (zeros outside).
+__device__ __forceinline__ float4 load_state4(const float* h, const SsdDims& d, int b, int hd, int e) {
+  float v[4] = {0.f, 0.f, 0.f, 0.f};
+  const int pi = e / d.Np, n0 = e % d.Np;
+  if (h && pi < d.P) {
+    const float* src = h + ((static_cast<size_t>(b) * d.H + hd) * d.P + pi) * d.N;
+    for (int k = 0; k < 4; ++k)
+      if (n0 + k < d.N) v[k] = src[n0 + k];
   }
-  if (inside && h_last) h_last[hidx] = run;
+  return make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void store_state4(float* h, const SsdDims& d, int b, int hd, int e, float4 v) {
+  const int pi = e / d.Np, n0 = e % d.Np;
+  if (!h || pi >= d.P) return;
+  float* dst = h + ((static_cast<size_t>(b) * d.H + hd) * d.P + pi) * d.N;
+  const float a[4] = {v.x, v.y, v.z, v.w};
+  for (int k = 0; k < 4; ++k)
+    if (n0 + k < d.N) dst[n0 + k] = a[k];
 }
 
-// Reverse state passing, in place: dS (B, nc, H, Pp, Np) holds dS_c on entry and G_c (the
-// gradient of the state leaving chunk c) on exit; dh0 the gradient of h0. gdot (B, H, nc,
-// gridDim.x) receives each block's part of e^{cs_last} <G_c, H_c> (a term of dcs_last).
-__global__ void state_pass_bwd_kernel(Ptrs p, SsdDims d, const float* cs, const float* st, float* dS, float* dh0,
-                                      float* gdot) {
-  __shared__ float red[kWarps];
-  const int e = blockIdx.x * blockDim.x + threadIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const bool in_range = e < d.Pp * d.Np;
-  const int pi = in_range ? e / d.Np : 0, n = in_range ? e % d.Np : 0;
-  const bool inside = in_range && pi < d.P && n < d.N;
-  const size_t hidx = ((static_cast<size_t>(b) * d.H + h) * d.P + pi) * d.N + n;
-  float run = inside && p.dh_last ? p.dh_last[hidx] : 0.f;
-  for (int c = d.nc - 1; c >= 0; --c) {
-    const size_t at = ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * d.Pp * d.Np + e;
-    const size_t cb = (static_cast<size_t>(b) * d.H + h) * d.nc + c;
-    const float decay = __expf(cs[cb * d.Qp + d.Qp - 1]);
-    float dot = 0.f;
-    if (in_range) {
-      const float ds = dS[at];
-      dS[at] = run;
-      dot = decay * run * st[at];
-      run = decay * run + ds;
+// Forward, in place: st (B, nc, H, Pp, Np) holds each chunk's own state on entry and the
+// state entering the chunk on exit; h_last (B, H, P, N) the final state.
+__global__ void __launch_bounds__(kThreads) state_pass_fwd_kernel(Ptrs p, SsdDims d, const float* cs, float* st,
+                                                                  float* h_last) {
+  const int e = (blockIdx.x * kThreads + threadIdx.x) * 4, h = blockIdx.y, b = blockIdx.z;
+  const size_t step = static_cast<size_t>(d.H) * d.Pp * d.Np / 4;  // float4s from one chunk to the next
+  float4* s = reinterpret_cast<float4*>(st + (static_cast<size_t>(b) * d.nc * d.H + h) * d.Pp * d.Np + e);
+  const float* cs_last = cs + (static_cast<size_t>(b) * d.H + h) * d.nc * d.Qp + d.Qp - 1;
+  float4 run = load_state4(p.h0, d, b, h, e);
+  for (int c0 = 0; c0 < d.nc; c0 += kAhead) {
+    float4 own[kAhead];
+    float decay[kAhead];
+#pragma unroll
+    for (int k = 0; k < kAhead; ++k) {
+      if (c0 + k >= d.nc) break;
+      own[k] = s[(c0 + k) * step];
+      decay[k] = __expf(cs_last[static_cast<size_t>(c0 + k) * d.Qp]);
     }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = dot;
+    for (int k = 0; k < kAhead; ++k) {
+      if (c0 + k >= d.nc) break;
+      s[(c0 + k) * step] = run;
+      run = fma4(decay[k], run, own[k]);
+    }
+  }
+  store_state4(h_last, d, b, h, e, run);
+}
+
+// Reverse, in place: dS (B, nc, H, Pp, Np) holds dS_c on entry and G_c (the gradient of the
+// state leaving chunk c) on exit; dh0 the gradient of h0. gdot (B, H, nc, gridDim.x)
+// receives each block's part of e^{cs_last} <G_c, H_c> (a term of dcs_last).
+__global__ void __launch_bounds__(kThreads) state_pass_bwd_kernel(Ptrs p, SsdDims d, const float* cs, const float* st,
+                                                                  float* dS, float* dh0, float* gdot) {
+  __shared__ float red[kAhead][kWarps];
+  const int e = (blockIdx.x * kThreads + threadIdx.x) * 4, h = blockIdx.y, b = blockIdx.z;
+  const size_t step = static_cast<size_t>(d.H) * d.Pp * d.Np / 4;
+  const size_t base = (static_cast<size_t>(b) * d.nc * d.H + h) * d.Pp * d.Np + e;
+  float4* g = reinterpret_cast<float4*>(dS + base);
+  const float4* hs = reinterpret_cast<const float4*>(st + base);
+  const size_t bh = static_cast<size_t>(b) * d.H + h;
+  const float* cs_last = cs + bh * d.nc * d.Qp + d.Qp - 1;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  float4 run = load_state4(p.dh_last, d, b, h, e);
+  for (int top = d.nc - 1; top >= 0; top -= kAhead) {
+    float4 ds[kAhead], hc[kAhead];
+    float decay[kAhead], dot[kAhead];
+#pragma unroll
+    for (int k = 0; k < kAhead; ++k) {
+      const int c = top - k;
+      if (c < 0) break;
+      ds[k] = g[c * step];
+      hc[k] = hs[c * step];
+      decay[k] = __expf(cs_last[static_cast<size_t>(c) * d.Qp]);
+    }
+#pragma unroll
+    for (int k = 0; k < kAhead; ++k) {
+      dot[k] = 0.f;
+      const int c = top - k;
+      if (c < 0) continue;
+      g[c * step] = run;
+      dot[k] = decay[k] * dot4(run, hc[k]);
+      run = fma4(decay[k], run, ds[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < kAhead; ++k) {
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) dot[k] += __shfl_xor_sync(0xffffffffu, dot[k], o);
+      if (lane == 0) red[k][w] = dot[k];
+    }
     __syncthreads();
-    if (threadIdx.x == 0) {
-      float s = 0.f;
-      for (int w = 0; w < kWarps; ++w) s += red[w];
-      gdot[cb * gridDim.x + blockIdx.x] = s;
+    if (threadIdx.x < kAhead && top - static_cast<int>(threadIdx.x) >= 0) {
+      float sum = 0.f;
+      for (int i = 0; i < kWarps; ++i) sum += red[threadIdx.x][i];
+      gdot[(bh * d.nc + top - threadIdx.x) * gridDim.x + blockIdx.x] = sum;
     }
     __syncthreads();
   }
-  if (inside && dh0) dh0[hidx] = run;
+  store_state4(dh0, d, b, h, e, run);
 }
 
-// Shared-memory plan of the chunk-scan forward.
+// Shared-memory plan of the chunk-scan forward: H_c (bf16, prologue only), the f32 score
+// tile (loop) and the f32 output tile (epilogue) share one region, so that three blocks fit
+// on a multiprocessor at headdim 64, d_state 128 (71 KB each).
 template <int PP, int NP>
 struct ScanFwdSmem {
   static constexpr size_t sC = 0;
   static constexpr size_t sB = sC + bf_bytes(kT, NP);
   static constexpr size_t sX = sB + bf_bytes(kT, NP);
-  static constexpr size_t sR = sX + bf_bytes(kT, PP);  // H_c (bf16), later the output tile (f32)
-  static constexpr size_t sS = sR + cmax(bf_bytes(PP, NP), f_bytes(kT, PP));
-  static constexpr size_t sW = sS + f_bytes(kT, kT);
+  static constexpr size_t sR = sX + bf_bytes(kT, PP);  // H_c (bf16); S (f32); the output tile (f32)
+  static constexpr size_t sW = sR + cmax(cmax(bf_bytes(PP, NP), f_bytes(kT, kT)), f_bytes(kT, PP));
   static constexpr size_t vec = sW + bf_bytes(kT, kT);  // cs_l, cs_s, dt_s
   static constexpr size_t total = vec + round_up(3 * kT * sizeof(float));
 };
 
 template <int PP, int NP>
-__global__ void __launch_bounds__(kThreads) chunk_scan_fwd_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
+__global__ void __launch_bounds__(kThreads, smem_blocks(ScanFwdSmem<PP, NP>::total, 3)) chunk_scan_fwd_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
                                                                   const float* st, bf* y) {
   using S = ScanFwdSmem<PP, NP>;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -347,7 +452,7 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_fwd_kernel(Ptrs p, SsdDim
   bf* sX = reinterpret_cast<bf*>(smem + S::sX);
   bf* sH = reinterpret_cast<bf*>(smem + S::sR);
   float* sY = reinterpret_cast<float*>(smem + S::sR);
-  float* sS = reinterpret_cast<float*>(smem + S::sS);
+  float* sS = reinterpret_cast<float*>(smem + S::sR);
   bf* sW = reinterpret_cast<bf*>(smem + S::sW);
   float* cs_l = reinterpret_cast<float*>(smem + S::vec);
   float* cs_s = cs_l + kT;
@@ -366,7 +471,6 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_fwd_kernel(Ptrs p, SsdDim
   __syncthreads();
 
   using WY = WarpTile<kT, PP>;
-  using WS = WarpTile<kT, kT>;
   const WY wy;
   const WS ws;
   Acc acc[WY::NF];
@@ -378,6 +482,7 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_fwd_kernel(Ptrs p, SsdDim
   for (int j = 0; j <= i; ++j) {
     stage_source_tile<PP, NP>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX, cs_s, dt_s);
     __syncthreads();
+    const WS ws;
     Acc sc[WS::NF];
     zero(sc);
     mma<WS::NF, NP, wmma::row_major, wmma::col_major>(sc, sC, ldb(NP), sB, ldb(NP), ws.row0, ws.col0);
@@ -403,16 +508,19 @@ __global__ void __launch_bounds__(kThreads) chunk_scan_fwd_kernel(Ptrs p, SsdDim
   }
 }
 
-// Shared-memory plan of the l-tile backward (dC, row sums of dcs).
+// Shared-memory plan of the l-tile backward (dC, row sums of dcs). Regions are reused by
+// phase so that two blocks fit on a multiprocessor (98 KB at headdim 64, d_state 128):
+// the source tiles (B_s, x_s) overlay H_c, which only the prologue reads, and the f32 dC
+// tile overlays e^{cs} dy (prologue) and the score tiles (loop).
 template <int PP, int NP>
 struct BwdLSmem {
   static constexpr size_t sC = 0;
   static constexpr size_t sDy = sC + bf_bytes(kT, NP);
-  static constexpr size_t sB = sDy + bf_bytes(kT, PP);
-  static constexpr size_t sX = sB + bf_bytes(kT, NP);
-  static constexpr size_t sR = sX + bf_bytes(kT, PP);  // H_c (bf16), later the dC tile (f32)
-  static constexpr size_t sLoop = sR + cmax(bf_bytes(PP, NP), f_bytes(kT, NP));  // e^{cs} dy first, then S1, S2
-  static constexpr size_t sW = sLoop + cmax(bf_bytes(kT, PP), 2 * f_bytes(kT, kT));
+  static constexpr size_t sSrc = sDy + bf_bytes(kT, PP);  // B_s then x_s; H_c (bf16) in the prologue
+  static constexpr size_t src_bytes = cmax(bf_bytes(kT, NP) + bf_bytes(kT, PP), bf_bytes(PP, NP));
+  static constexpr size_t sLoop = sSrc + src_bytes;  // e^{cs} dy; S1, S2; the dC tile (f32)
+  static constexpr size_t loop_bytes = cmax(cmax(bf_bytes(kT, PP), 2 * f_bytes(kT, kT)), f_bytes(kT, NP));
+  static constexpr size_t sW = sLoop + loop_bytes;
   static constexpr size_t vec = sW + bf_bytes(kT, kT);
   static constexpr size_t total = vec + round_up(3 * kT * sizeof(float));
 };
@@ -421,16 +529,16 @@ struct BwdLSmem {
 // dt_s (dy_l . x_s), and the row sums of dcs: sum_s (C_l . B_s) W'_ls + e^{cs_l} dy_l . H_c C_l.
 // dC_part (B, L, H, N) f32; dcs_row (B, H, nc, Qp).
 template <int PP, int NP>
-__global__ void __launch_bounds__(kThreads) bwd_l_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
+__global__ void __launch_bounds__(kThreads, smem_blocks(BwdLSmem<PP, NP>::total, 2)) bwd_l_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
                                                          const float* st, float* dC_part, float* dcs_row) {
   using S = BwdLSmem<PP, NP>;
   extern __shared__ __align__(128) unsigned char smem[];
   bf* sC = reinterpret_cast<bf*>(smem + S::sC);
   bf* sDy = reinterpret_cast<bf*>(smem + S::sDy);
-  bf* sB = reinterpret_cast<bf*>(smem + S::sB);
-  bf* sX = reinterpret_cast<bf*>(smem + S::sX);
-  bf* sH = reinterpret_cast<bf*>(smem + S::sR);
-  float* sF = reinterpret_cast<float*>(smem + S::sR);
+  bf* sB = reinterpret_cast<bf*>(smem + S::sSrc);
+  bf* sX = reinterpret_cast<bf*>(smem + S::sSrc + bf_bytes(kT, NP));
+  bf* sH = reinterpret_cast<bf*>(smem + S::sSrc);
+  float* sF = reinterpret_cast<float*>(smem + S::sLoop);
   bf* sDs = reinterpret_cast<bf*>(smem + S::sLoop);
   float* sS1 = reinterpret_cast<float*>(smem + S::sLoop);
   float* sS2 = reinterpret_cast<float*>(smem + S::sLoop + f_bytes(kT, kT));
@@ -525,7 +633,7 @@ struct BwdSSmem {
 //   dcs_col_s = -sum_{l >= s} (C_l . B_s) W'_ls - v_s,   v_s = e^{cs_last - cs_s} dt_s x_s . G_c B_s
 // vsum_part / dD_part (B, H, nc, Qt): the tile's sum of v_s (a term of dcs_last) and of dy . x.
 template <int PP, int NP>
-__global__ void __launch_bounds__(kThreads) bwd_s_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
+__global__ void __launch_bounds__(kThreads, smem_blocks(BwdSSmem<PP, NP>::total, 2)) bwd_s_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
                                                          const float* G, float* dB_part, bf* dx, float* ddt_dir,
                                                          float* dcs_col, float* vsum_part, float* dD_part) {
   using S = BwdSSmem<PP, NP>;
@@ -769,6 +877,7 @@ SsdDims make_dims(const SsdParams& p) {
   d.hpg = d.H / d.G;
   d.Pp = pad_state_dim(p.P, kSsdCudaMaxHeaddim);
   d.Np = pad_state_dim(p.N, kSsdCudaMaxState);
+  static_assert(64 * 64 % kPassElems == 0, "state passing covers whole blocks");
   return d;
 }
 
@@ -820,8 +929,7 @@ void entering_states(const Ptrs& q, const SsdDims& d, float* dtv, float* cs, flo
     launch(chunk_state_kernel<PP, NP, false>, chunks, bf_bytes(kT, PP) + bf_bytes(kT, NP), stream, q, d,
            static_cast<const float*>(dtv), static_cast<const float*>(cs), st);
   });
-  const dim3 elems((d.Pp * d.Np + kThreads - 1) / kThreads, d.H, d.B);
-  state_pass_fwd_kernel<<<elems, kThreads, 0, stream>>>(q, d, cs, st, h_last);
+  state_pass_fwd_kernel<<<dim3(d.Pp * d.Np / kPassElems, d.H, d.B), kThreads, 0, stream>>>(q, d, cs, st, h_last);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -871,7 +979,7 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
     launch(chunk_state_kernel<PP, NP, true>, chunks, bf_bytes(kT, PP) + bf_bytes(kT, NP), stream, q, d,
            static_cast<const float*>(dtv_p), static_cast<const float*>(cs_p), dS.data<float>());
   });
-  const int ngdot = (d.Pp * d.Np + kThreads - 1) / kThreads;
+  const int ngdot = d.Pp * d.Np / kPassElems;
   Tensor gdot = f32({d.B, d.H, d.nc, ngdot});
   state_pass_bwd_kernel<<<dim3(ngdot, d.H, d.B), kThreads, 0, stream>>>(q, d, cs_p, st.data<float>(), dS.data<float>(),
                                                                       static_cast<float*>(p.dh0), gdot.data<float>());
