@@ -7,8 +7,8 @@
 #include <cmath>
 #include <vector>
 
-#include "core/autograd.h"
 #include "core/error.h"
+#include "core/fused_op.h"
 #include "core/math.h"
 #include "core/ops.h"
 #include "ssm/kernels/kernel_common.h"
@@ -20,7 +20,6 @@ using namespace ssm_detail;
 namespace {
 
 constexpr const char* kOp = "gated_rms_norm";
-
 
 template <typename T>
 void forward_cpu(const GatedNormParams& p) {
@@ -100,27 +99,24 @@ void backward_cpu(const GatedNormParams& p) {
   }
 }
 
-void run_forward(const GatedNormParams& p, Device device) {
-  if (device.is_cuda()) {
-#if defined(SSMTRAIN_WITH_CUDA)
-    return gated_norm_fwd_cuda(p, device);
-#endif
-  }
+}  // namespace
+
+void gated_norm_fwd_cpu(const GatedNormParams& p) {
   SSMT_DISPATCH_FLOAT(p.dtype, kOp, [&] { forward_cpu<scalar_t>(p); });
 }
 
-void run_backward(const GatedNormParams& p, Device device) {
-  if (device.is_cuda()) {
-#if defined(SSMTRAIN_WITH_CUDA)
-    return gated_norm_bwd_cuda(p, device);
-#endif
-  }
+void gated_norm_bwd_cpu(const GatedNormParams& p) {
   SSMT_DISPATCH_FLOAT(p.dtype, kOp, [&] { backward_cpu<scalar_t>(p); });
 }
 
+namespace {
+const FusedKernels<GatedNormParams> kKernels = {gated_norm_fwd_cpu, gated_norm_bwd_cpu,
+                                                SSMT_CUDA_KERNEL(gated_norm_fwd_cuda),
+                                                SSMT_CUDA_KERNEL(gated_norm_bwd_cuda)};
 }  // namespace
 
 Tensor gated_rms_norm(const Tensor& y_in, const Tensor& z_in, const Tensor& w_in, int64_t group_size, double eps) {
+  using P = GatedNormParams;
   check_present(kOp, "y", y_in);
   check_present(kOp, "z", z_in);
   check_floating_arg(kOp, "y", y_in);
@@ -132,57 +128,30 @@ Tensor gated_rms_norm(const Tensor& y_in, const Tensor& z_in, const Tensor& w_in
   SSMT_CHECK(group_size >= 1 && D % group_size == 0, kOp, ": group_size ", group_size,
              " must divide the channel count ", D, " of y ", y_in.describe());
   SSMT_CHECK(eps >= 0, kOp, ": eps must be non-negative, got ", eps);
-  const DType cd = compute_dtype(y_in.dtype());
   if (w_in.defined()) {
     check_shape(kOp, "w", w_in, {D}, "(D)");
     check_device(kOp, "w", w_in, y_in.device(), "y");
     check_floating_arg(kOp, "w", w_in);
   }
-#if !defined(SSMTRAIN_WITH_CUDA)
-  if (y_in.device().is_cuda()) throw_cuda_not_built(kOp, y_in);
-#endif
+  FusedOp<P> op(kOp, kKernels, y_in.device());
+  const DType cd = compute_dtype(y_in.dtype());
   const Tensor y = y_in.contiguous(), z = z_in.contiguous();
   const Tensor w = w_in.defined() ? w_in.to(cd).contiguous() : Tensor();
-  const Device device = y.device();
-  const int64_t rows = D > 0 ? y.numel() / D : 0;
-
-  auto params = [=](const Tensor& yy, const Tensor& zz, const Tensor& ww) {
-    GatedNormParams p;
-    p.dtype = yy.dtype();
-    p.rows = rows, p.D = D, p.group_size = group_size, p.eps = eps;
-    p.y = yy.data_ptr(), p.z = zz.data_ptr(), p.w = ww.defined() ? ww.data_ptr() : nullptr;
-    return p;
-  };
-  Tensor out = Tensor::empty(y.shape(), y.dtype(), device);
-  Tensor rstd = Tensor::empty({rows, D / group_size}, cd, device);
-  if (rows > 0 && D > 0) {
-    GatedNormParams p = params(y, z, w);
-    p.out = out.data_ptr();
-    p.rstd = rstd.data_ptr();
-    run_forward(p, device);
-  }
-  const std::vector<Tensor> inputs{y, z, w};
-  if (any_requires_grad(inputs)) {
-    const bool want_y = wants_grad(y), want_z = wants_grad(z), want_w = wants_grad(w);
-    const Tensor ky = saved(y), kz = saved(z), kw = saved(w), kr = rstd;
-    record(kOp, inputs, {out}, [=](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
-      const Tensor dout = grads[0].contiguous();
-      std::vector<Tensor> result(3);
-      if (want_y) result[0] = Tensor::empty(ky.shape(), ky.dtype(), ky.device());
-      if (want_z) result[1] = Tensor::empty(kz.shape(), kz.dtype(), kz.device());
-      if (want_w) result[2] = Tensor::zeros({D}, kw.dtype(), kw.device());
-      if (rows > 0 && D > 0) {
-        GatedNormParams q = params(ky, kz, kw);
-        q.rstd = kr.data_ptr();
-        q.dout = dout.data_ptr();
-        q.dy = want_y ? result[0].data_ptr() : nullptr;
-        q.dz = want_z ? result[1].data_ptr() : nullptr;
-        q.dw = want_w ? result[2].data_ptr() : nullptr;
-        run_backward(q, device);
-      }
-      return result;
-    });
-  }
+  P& p = op.p;
+  p.dtype = y.dtype();
+  p.rows = D > 0 ? y.numel() / D : 0, p.D = D, p.group_size = group_size, p.eps = eps;
+  p.y = y.data_ptr(), p.z = z.data_ptr(), p.w = w.defined() ? w.data_ptr() : nullptr;
+  op.input(y, &P::dy);
+  op.input(z, &P::dz);
+  op.input(w, &P::dw);
+  Tensor out = op.output(y.shape(), y.dtype(), &P::out);
+  op.output({p.rows, p.groups()}, cd, &P::rstd, /*saved=*/true);
+  op.forward();
+  op.record({out}, [](P& q, const std::vector<Tensor>& grads) {
+    Tensor dout = grads[0].contiguous();
+    q.dout = dout.data_ptr();
+    return std::vector<Tensor>{dout};
+  });
   return out;
 }
 

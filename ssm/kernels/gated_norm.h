@@ -33,7 +33,11 @@ struct GatedNormParams {
   int64_t groups() const { return D / group_size; }
 };
 
-void gated_norm_fwd_cuda(const GatedNormParams& p, Device device);
-void gated_norm_bwd_cuda(const GatedNormParams& p, Device device);
+// The kernels of the op (core/fused_op.h): the CPU ones (gated_norm.cpp), the CUDA launchers
+// on the compute stream of CUDA device `device` (gated_norm_cuda.cu, CUDA builds only).
+void gated_norm_fwd_cpu(const GatedNormParams& p);
+void gated_norm_bwd_cpu(const GatedNormParams& p);
+void gated_norm_fwd_cuda(const GatedNormParams& p, int device);
+void gated_norm_bwd_cuda(const GatedNormParams& p, int device);
 
 }  // namespace ssmtrain

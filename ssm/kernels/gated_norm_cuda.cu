@@ -24,7 +24,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kRowsPerBlock = 32;
 
-
 // The block's sum of v, the same on every thread, in a fixed order.
 template <typename A>
 __device__ __forceinline__ A block_sum(A v, A* scratch) {
@@ -126,10 +125,10 @@ void with_types(DType dtype, F&& f) {
 
 }  // namespace
 
-void gated_norm_fwd_cuda(const GatedNormParams& p, Device device) {
+void gated_norm_fwd_cuda(const GatedNormParams& p, int device) {
   if (p.rows == 0 || p.D == 0) return;
-  cuda_detail::DeviceGuard guard(device.index);
-  auto stream = static_cast<cudaStream_t>(cuda::compute_stream(device.index));
+  cuda_detail::DeviceGuard guard(device);
+  auto stream = static_cast<cudaStream_t>(cuda::compute_stream(device));
   SSMT_CHECK(p.rows <= 0x7fffffff, "gated_rms_norm (CUDA): too many rows (", p.rows, ")");
   with_types(p.dtype, [&](auto t, auto a) {
     using T = decltype(t);
@@ -141,19 +140,23 @@ void gated_norm_fwd_cuda(const GatedNormParams& p, Device device) {
   CUDA_CHECK_LAUNCH();
 }
 
-void gated_norm_bwd_cuda(const GatedNormParams& p, Device device) {
-  if (p.rows == 0 || p.D == 0) return;
-  cuda_detail::DeviceGuard guard(device.index);
-  auto stream = static_cast<cudaStream_t>(cuda::compute_stream(device.index));
+void gated_norm_bwd_cuda(const GatedNormParams& p, int device) {
+  if (p.D == 0) return;
+  cuda_detail::DeviceGuard guard(device);
+  auto stream = static_cast<cudaStream_t>(cuda::compute_stream(device));
   const int nblk = static_cast<int>((p.rows + kRowsPerBlock - 1) / kRowsPerBlock);
   with_types(p.dtype, [&](auto t, auto a) {
     using T = decltype(t);
     using A = decltype(a);
+    if (p.rows == 0) {  // no rows: the weight gradient is an empty sum
+      if (p.dw) CUDA_CHECK(cudaMemsetAsync(p.dw, 0, sizeof(A) * static_cast<size_t>(p.D), stream));
+      return;
+    }
     const size_t smem = p.dw ? sizeof(A) * static_cast<size_t>(p.D) : 0;
     SSMT_CHECK(smem <= 160 * 1024, "gated_rms_norm (CUDA): ", p.D, " channels are too many for the weight gradient");
     auto kernel = gated_norm_bwd_kernel<T, A>;
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    Tensor part = p.dw ? Tensor::empty({nblk, p.D}, dtype_of<A>::value, device) : Tensor();
+    Tensor part = p.dw ? Tensor::empty({nblk, p.D}, dtype_of<A>::value, Device::cuda(device)) : Tensor();
     kernel<<<nblk, kThreads, smem, stream>>>(static_cast<const T*>(p.y), static_cast<const T*>(p.z),
                                              static_cast<const A*>(p.w), static_cast<const A*>(p.rstd),
                                              static_cast<const T*>(p.dout), static_cast<T*>(p.dy),

@@ -2,7 +2,6 @@
 #include "ssm/kernels/kernel_common.h"
 
 #include "core/error.h"
-#include "core/fused_op.h"
 
 namespace ssmtrain::ssm_detail {
 
@@ -42,7 +41,18 @@ void check_floating_arg(const char* op, const char* arg, const Tensor& t) {
   SSMT_CHECK(is_floating(t.dtype()), op, ": ", describe_arg(arg, t), ": expected a floating dtype (f32, bf16, f64)");
 }
 
-void throw_cuda_not_built(const char* op, const Tensor& t) { ::ssmtrain::throw_cuda_not_built(op, t.device()); }
+void check_operands(const char* op, const Tensor& ref, const char* ref_name, std::initializer_list<NamedArg> args) {
+  for (const NamedArg& a : args) {
+    if (!a.t.defined()) continue;
+    check_device(op, a.name, a.t, ref.device(), ref_name);
+    check_floating_arg(op, a.name, a.t);
+  }
+}
+
+void check_same_dtype(const char* op, const Tensor& ref, const char* ref_name, std::initializer_list<NamedArg> args) {
+  for (const NamedArg& a : args)
+    if (a.t.defined()) check_dtype(op, a.name, a.t, ref.dtype(), ref_name);
+}
 
 Tensor with_contiguous_rows(const Tensor& t, int inner_dims) {
   int64_t expect = 1;
@@ -57,10 +67,5 @@ SeqView seq_view(const Tensor& t) {
   SSMT_ASSERT(t.dim() >= 2, "seq_view of ", t.describe());
   return SeqView{t.data_ptr(), t.strides()[0], t.strides()[1]};
 }
-
-
-Tensor saved(const Tensor& t) { return t.defined() ? t.detach() : Tensor(); }
-
-bool wants_grad(const Tensor& t) { return t.defined() && t.requires_grad(); }
 
 }  // namespace ssmtrain::ssm_detail

@@ -8,9 +8,9 @@
 // inputs, f32 otherwise), so bf16 activations are scanned in fp32.
 #pragma once
 
-#include <vector>
-
 #include <cstdint>
+#include <initializer_list>
+#include <vector>
 
 #include "core/math.h"
 #include "core/tensor.h"
@@ -27,12 +27,7 @@ struct SeqView {
 };
 
 // The scalar math of these kernels is core/math.h (sigmoid, softplus, silu and their
-// derivatives; exp_vec and the branch-free sigmoid for the CPU loops). ssm_math keeps the
-// names ssd.cpp calls.
-namespace ssm_math {
-using math::softplus;
-using math::softplus_grad;
-}  // namespace ssm_math
+// derivatives; exp_vec and the branch-free sigmoid for the CPU loops).
 
 namespace ssm_detail {
 
@@ -48,18 +43,22 @@ void check_device(const char* op, const char* arg, const Tensor& t, Device devic
 // t of dtype `dtype`, naming `ref` (the tensor that fixed the dtype).
 void check_dtype(const char* op, const char* arg, const Tensor& t, DType dtype, const char* ref);
 void check_floating_arg(const char* op, const char* arg, const Tensor& t);
-// The UserError for ops whose CUDA kernel is not in this build (core/fused_op.h's, for t's device).
-[[noreturn]] void throw_cuda_not_built(const char* op, const Tensor& t);
+
+// An argument by name, for the checks over several at once (undefined: absent, skipped).
+struct NamedArg {
+  const char* name;
+  const Tensor& t;
+};
+// Each defined one of `args` on ref's device (naming `ref_name`) and floating-point.
+void check_operands(const char* op, const Tensor& ref, const char* ref_name, std::initializer_list<NamedArg> args);
+// Each defined one of `args` of ref's dtype (the sequence tensors of an op share one).
+void check_same_dtype(const char* op, const Tensor& ref, const char* ref_name, std::initializer_list<NamedArg> args);
 
 // t itself when its last `inner_dims` axes are contiguous (any strides for the others),
 // else a contiguous copy (recorded on the tape like any copy).
 Tensor with_contiguous_rows(const Tensor& t, int inner_dims);
 // The SeqView of a (B, L, ...) tensor whose trailing axes are contiguous.
 SeqView seq_view(const Tensor& t);
-// t.detach() or undefined: what a backward closure keeps (data, no history).
-Tensor saved(const Tensor& t);
-// True when t is defined and requires grad (decides which gradients a backward computes).
-bool wants_grad(const Tensor& t);
 
 }  // namespace ssm_detail
 

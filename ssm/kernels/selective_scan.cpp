@@ -268,15 +268,16 @@ ScanTensors checked_inputs(const Tensor& u, const Tensor& delta, const Tensor& A
   if (delta_bias.defined()) check_shape(kOp, "delta_bias", delta_bias, {D}, "(D)");
   if (h0.defined()) check_shape(kOp, "h0", h0, {B, D, N}, "(B, D, N)");
 
-  const char* names[] = {"delta", "A", "Bm", "Cm", "Dskip", "z", "delta_bias", "h0"};
-  const Tensor* others[] = {&delta, &A, &Bm, &Cm, &Dskip, &z, &delta_bias, &h0};
-  for (int i = 0; i < 8; ++i) {
-    if (!others[i]->defined()) continue;
-    check_device(kOp, names[i], *others[i], u.device(), "u");
-    check_floating_arg(kOp, names[i], *others[i]);
-  }
-  for (int i : {0, 2, 3, 5})
-    if (others[i]->defined()) check_dtype(kOp, names[i], *others[i], u.dtype(), "u");
+  check_operands(kOp, u, "u",
+                 {{"delta", delta},
+                  {"A", A},
+                  {"Bm", Bm},
+                  {"Cm", Cm},
+                  {"Dskip", Dskip},
+                  {"z", z},
+                  {"delta_bias", delta_bias},
+                  {"h0", h0}});
+  check_same_dtype(kOp, u, "u", {{"delta", delta}, {"Bm", Bm}, {"Cm", Cm}, {"z", z}});
   const bool on_cuda = u.device().is_cuda();
   if (on_cuda) {
     SSMT_CHECK(u.dtype() == DType::f32 || u.dtype() == DType::bf16, kOp, ": u ", u.shape().str(), " ",

@@ -5,12 +5,11 @@
 
 #include <Eigen/Dense>
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <vector>
 
-#include "core/autograd.h"
 #include "core/error.h"
+#include "core/fused_op.h"
 #include "core/ops.h"
 #include "ssm/kernels/ssd_composed.h"
 #if defined(SSMTRAIN_WITH_CUDA)
@@ -66,7 +65,7 @@ template <typename T> struct Chunk {
     Acc acc = 0;
     for (int64_t l = 0; l < len; ++l) {
       dt_in(l) = static_cast<Acc>(dt_base[(t0 + l) * p.dt.seq_stride]) + bias;
-      dt(l) = p.dt_softplus ? ssm_math::softplus(dt_in(l)) : dt_in(l);
+      dt(l) = p.dt_softplus ? math::softplus(dt_in(l)) : dt_in(l);
       acc += dt(l) * A;
       cs(l) = acc;
     }
@@ -269,7 +268,7 @@ void backward_kernel(const SsdParams& p) {
               dA_acc += acc * ch.dt(k);
             }
             for (int64_t l = 0; l < len; ++l) {
-              const Acc d_in = p.dt_softplus ? ddt(l) * ssm_math::softplus_grad(ch.dt_in(l)) : ddt(l);
+              const Acc d_in = p.dt_softplus ? ddt(l) * math::softplus_grad(ch.dt_in(l)) : ddt(l);
               dbias_acc += d_in;
               if (ddt_out) ddt_out[(b * L + t0 + l) * H + h] = static_cast<T>(d_in);
               if (dx) {
@@ -306,48 +305,41 @@ void backward_kernel(const SsdParams& p) {
   reduce_heads(dbias_part, p.ddt_bias);
 }
 
-// The tensors of one call after checks and conversions (what the backward keeps).
+// The tensors of one call after conversions (see ssd.h for shapes).
 struct SsdTensors {
-  Tensor x, dt, A, Bm, Cm, D, dt_bias, h0;  // see ssd.h for shapes
-  std::vector<Tensor> list() const { return {x, dt, A, Bm, Cm, D, dt_bias, h0}; }
-  SsdTensors detached() const {
-    return {saved(x), saved(dt), saved(A), saved(Bm), saved(Cm), saved(D), saved(dt_bias), saved(h0)};
-  }
+  Tensor x, dt, A, Bm, Cm, D, dt_bias, h0;
 };
 
-SsdTensors checked_inputs(const char* op, const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm,
-                          const Tensor& Cm, const Tensor& D, const Tensor& dt_bias, const Tensor& h0) {
-  check_present(op, "x", x);
-  check_present(op, "dt", dt);
-  check_present(op, "A", A);
-  check_present(op, "Bm", Bm);
-  check_present(op, "Cm", Cm);
-  check_floating_arg(op, "x", x);
-  check_rank(op, "x", x, 4, "(B, L, H, P)");
+void check_args(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm, const Tensor& D,
+                const Tensor& dt_bias, const Tensor& h0, int64_t chunk_size) {
+  SSMT_CHECK(chunk_size >= 1, kOp, ": chunk_size must be at least 1, got ", chunk_size);
+  check_present(kOp, "x", x);
+  check_present(kOp, "dt", dt);
+  check_present(kOp, "A", A);
+  check_present(kOp, "Bm", Bm);
+  check_present(kOp, "Cm", Cm);
+  check_floating_arg(kOp, "x", x);
+  check_rank(kOp, "x", x, 4, "(B, L, H, P)");
   const int64_t B = x.size(0), L = x.size(1), H = x.size(2), P = x.size(3);
-  check_shape(op, "dt", dt, {B, L, H}, "(B, L, H)");
-  check_shape(op, "A", A, {H}, "(H)");
-  check_rank(op, "Bm", Bm, 4, "(B, L, G, N)");
+  check_shape(kOp, "dt", dt, {B, L, H}, "(B, L, H)");
+  check_shape(kOp, "A", A, {H}, "(H)");
+  check_rank(kOp, "Bm", Bm, 4, "(B, L, G, N)");
   const int64_t G = Bm.size(2), N = Bm.size(3);
-  check_shape(op, "Bm", Bm, {B, L, G, N}, "(B, L, G, N)");
-  SSMT_CHECK(G > 0 && H % G == 0, op, ": Bm ", Bm.shape().str(), ": the group count G = ", G,
+  check_shape(kOp, "Bm", Bm, {B, L, G, N}, "(B, L, G, N)");
+  SSMT_CHECK(G > 0 && H % G == 0, kOp, ": Bm ", Bm.shape().str(), ": the group count G = ", G,
              " must divide the number of heads H = ", H);
-  check_shape(op, "Cm", Cm, {B, L, G, N}, "(B, L, G, N)");
-  if (D.defined()) check_shape(op, "D", D, {H}, "(H)");
-  if (dt_bias.defined()) check_shape(op, "dt_bias", dt_bias, {H}, "(H)");
-  if (h0.defined()) check_shape(op, "h0", h0, {B, H, P, N}, "(B, H, P, N)");
-  const char* names[] = {"dt", "A", "Bm", "Cm", "D", "dt_bias", "h0"};
-  const Tensor* others[] = {&dt, &A, &Bm, &Cm, &D, &dt_bias, &h0};
-  for (int i = 0; i < 7; ++i) {
-    if (!others[i]->defined()) continue;
-    check_device(op, names[i], *others[i], x.device(), "x");
-    check_floating_arg(op, names[i], *others[i]);
-  }
-  for (int i : {0, 2, 3}) check_dtype(op, names[i], *others[i], x.dtype(), "x");
-#if !defined(SSMTRAIN_WITH_CUDA)
-  if (x.device().is_cuda()) throw_cuda_not_built(op, x);
-#endif
+  check_shape(kOp, "Cm", Cm, {B, L, G, N}, "(B, L, G, N)");
+  if (D.defined()) check_shape(kOp, "D", D, {H}, "(H)");
+  if (dt_bias.defined()) check_shape(kOp, "dt_bias", dt_bias, {H}, "(H)");
+  if (h0.defined()) check_shape(kOp, "h0", h0, {B, H, P, N}, "(B, H, P, N)");
+  check_operands(kOp, x, "x",
+                 {{"dt", dt}, {"A", A}, {"Bm", Bm}, {"Cm", Cm}, {"D", D}, {"dt_bias", dt_bias}, {"h0", h0}});
+  check_same_dtype(kOp, x, "x", {{"dt", dt}, {"Bm", Bm}, {"Cm", Cm}});
+}
 
+// Sequence tensors with their trailing axes contiguous, the others in the compute dtype.
+SsdTensors converted(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
+                     const Tensor& D, const Tensor& dt_bias, const Tensor& h0) {
   const DType cd = compute_dtype(x.dtype());
   auto param = [&](const Tensor& t) { return t.defined() ? t.to(cd).contiguous() : Tensor(); };
   return {with_contiguous_rows(x, 2), with_contiguous_rows(dt, 1), param(A), with_contiguous_rows(Bm, 2),
@@ -381,33 +373,22 @@ void ssd_bwd_cpu(const SsdParams& p) {
 
 namespace {
 
-// Whether the fused CUDA kernels (ssd_cuda.h) take this call: bf16 inputs within their
-// size limits. Other CUDA calls take the composed path below.
+#if defined(SSMTRAIN_WITH_CUDA)
+// The fused CUDA launchers (ssd_cuda.h) take the Device; the kernel table passes its index.
+void ssd_fwd_on_cuda(const SsdParams& p, int device) { ssd_fwd_cuda(p, Device::cuda(device)); }
+void ssd_bwd_on_cuda(const SsdParams& p, int device) { ssd_bwd_cuda(p, Device::cuda(device)); }
+
+// Whether the fused CUDA kernels take a call on the GPU: bf16 inputs within their size
+// limits. Other CUDA calls take the composed path below.
 bool fused_on_device(const SsdTensors& in, int64_t chunk_size) {
-#if defined(SSMTRAIN_WITH_CUDA)
-  return in.x.device().is_cuda() && in.x.size(1) > 0 &&
-         ssd_cuda_supports(in.x.dtype(), in.x.size(3), in.Bm.size(3), chunk_size);
+  return in.x.size(1) > 0 && ssd_cuda_supports(in.x.dtype(), in.x.size(3), in.Bm.size(3), chunk_size);
+}
 #else
-  (void)in, (void)chunk_size;
-  return false;
+bool fused_on_device(const SsdTensors&, int64_t) { return false; }
 #endif
-}
 
-void run_forward(const SsdParams& p, Device device) {
-#if defined(SSMTRAIN_WITH_CUDA)
-  if (device.is_cuda()) return ssd_fwd_cuda(p, device);
-#endif
-  (void)device;
-  ssd_fwd_cpu(p);
-}
-
-void run_backward(const SsdParams& p, Device device) {
-#if defined(SSMTRAIN_WITH_CUDA)
-  if (device.is_cuda()) return ssd_bwd_cuda(p, device);
-#endif
-  (void)device;
-  ssd_bwd_cpu(p);
-}
+const FusedKernels<SsdParams> kKernels = {ssd_fwd_cpu, ssd_bwd_cpu, SSMT_CUDA_KERNEL(ssd_fwd_on_cuda),
+                                          SSMT_CUDA_KERNEL(ssd_bwd_on_cuda)};
 
 // The other CUDA calls (f32 and f64 inputs, sizes past the fused kernels' limits): the
 // chunked algorithm composed of differentiable tensor ops (batched GEMMs through the
@@ -428,42 +409,33 @@ SsdResult ssd_on_device(const SsdTensors& in, bool dt_softplus, int64_t chunk_si
 
 }  // namespace
 
-SsdResult ssd_chunked(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
-                      const Tensor& D, const Tensor& dt_bias, bool dt_softplus, int64_t chunk_size, const Tensor& h0) {
-  SSMT_CHECK(chunk_size >= 1, kOp, ": chunk_size must be at least 1, got ", chunk_size);
-  const SsdTensors in = checked_inputs(kOp, x, dt, A, Bm, Cm, D, dt_bias, h0);
-  const Device device = in.x.device();
-  if (device.is_cuda() && !fused_on_device(in, chunk_size)) return ssd_on_device(in, dt_softplus, chunk_size);
-  SsdParams p = make_params(in, dt_softplus, chunk_size);
-  Tensor y = Tensor::empty({p.B, p.L, p.H, p.P}, p.dtype, x.device());
-  Tensor h_last = Tensor::empty({p.B, p.H, p.P, p.N}, compute_dtype(p.dtype), x.device());
-  p.y = y.data_ptr();
-  p.h_last = h_last.data_ptr();
-  run_forward(p, device);
-
-  const std::vector<Tensor> inputs = in.list();
-  if (any_requires_grad(inputs)) {
-    std::array<bool, 8> want;
-    for (int i = 0; i < 8; ++i) want[i] = wants_grad(inputs[i]);
-    const SsdTensors keep = in.detached();
-    record(kOp, inputs, {y, h_last},
-           [keep, want, dt_softplus, chunk_size, device](const std::vector<Tensor>& grads) -> std::vector<Tensor> {
-             SsdParams q = make_params(keep, dt_softplus, chunk_size);
-             Tensor dy = with_contiguous_rows(grads[0], 2), dh_last = grads[1].contiguous();
-             q.dy = seq_view(dy);
-             q.dh_last = dh_last.data_ptr();
-             const std::vector<Tensor> like = keep.list();
-             std::vector<Tensor> result(8);
-             void** dst[8] = {&q.dx, &q.ddt, &q.dA, &q.dBm, &q.dCm, &q.dD, &q.ddt_bias, &q.dh0};
-             for (int i = 0; i < 8; ++i) {
-               if (!want[i]) continue;
-               result[i] = Tensor::empty(like[i].shape(), like[i].dtype(), like[i].device());
-               *dst[i] = result[i].data_ptr();
-             }
-             run_backward(q, device);
-             return result;
-           });
-  }
+SsdResult ssd_chunked(const Tensor& x_in, const Tensor& dt_in, const Tensor& A_in, const Tensor& Bm_in,
+                      const Tensor& Cm_in, const Tensor& D_in, const Tensor& dt_bias_in, bool dt_softplus,
+                      int64_t chunk_size, const Tensor& h0_in) {
+  using P = SsdParams;
+  check_args(x_in, dt_in, A_in, Bm_in, Cm_in, D_in, dt_bias_in, h0_in, chunk_size);
+  FusedOp<P> op(kOp, kKernels, x_in.device());
+  const SsdTensors in = converted(x_in, dt_in, A_in, Bm_in, Cm_in, D_in, dt_bias_in, h0_in);
+  if (op.device().is_cuda() && !fused_on_device(in, chunk_size)) return ssd_on_device(in, dt_softplus, chunk_size);
+  op.p = make_params(in, dt_softplus, chunk_size);
+  op.input(in.x, &P::dx);
+  op.input(in.dt, &P::ddt);
+  op.input(in.A, &P::dA);
+  op.input(in.Bm, &P::dBm);
+  op.input(in.Cm, &P::dCm);
+  op.input(in.D, &P::dD);
+  op.input(in.dt_bias, &P::ddt_bias);
+  op.input(in.h0, &P::dh0);
+  Tensor y = op.output({op.p.B, op.p.L, op.p.H, op.p.P}, op.p.dtype, &P::y);
+  Tensor h_last = op.output({op.p.B, op.p.H, op.p.P, op.p.N}, compute_dtype(op.p.dtype), &P::h_last);
+  op.forward();
+  // Nothing but the inputs is kept: the backward recomputes the chunk states.
+  op.record({y, h_last}, [](P& q, const std::vector<Tensor>& grads) {
+    Tensor dy = with_contiguous_rows(grads[0], 2), dh_last = grads[1].contiguous();
+    q.dy = seq_view(dy);
+    q.dh_last = dh_last.data_ptr();
+    return std::vector<Tensor>{dy, dh_last};
+  });
   return {y, h_last};
 }
 

@@ -21,8 +21,10 @@
 // ((B, H, L/Q, P, N) values), runs the inter-chunk recurrence of the state gradient in
 // reverse, and then forms every chunk's local gradients in parallel.
 //
-// Layout: x, dt, Bm, Cm are used in place when their trailing axes are contiguous. CPU
-// kernels go through SsdParams so a CUDA launcher can be added in ssd.cu.
+// Layout: x, dt, Bm, Cm are used in place when their trailing axes are contiguous. The op is
+// a FusedOp (core/fused_op.h) over the CPU kernels below and the fused CUDA kernels
+// (ssd_cuda.h), which take the same SsdParams. CUDA calls the fused kernels do not take
+// (f32, f64, sizes past their limits) run the composed form (ssd_composed.h) instead.
 #pragma once
 
 #include <cstdint>

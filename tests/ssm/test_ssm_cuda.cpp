@@ -34,6 +34,7 @@
 
 #include <cmath>
 #include <functional>
+#include <initializer_list>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -127,6 +128,17 @@ OpFn ssd_op(bool softplus, int64_t Q) {
     const SsdResult r = ssd_chunked(v[0], v[1], v[2], v[3], v[4], v[5], v[6], softplus, Q, v[7]);
     return std::vector<Tensor>{r.y, r.h_last};
   };
+}
+
+// ssd_chunked on CUDA against the CPU for each shape, its inputs in `dtype`.
+void compare_ssd_with_cpu(std::initializer_list<SsdShape> shapes, DType dtype, const Tolerance& tol, Generator& gen) {
+  for (const SsdShape& s : shapes) {
+    CAPTURE(s.L);
+    CAPTURE(s.P);
+    CAPTURE(s.N);
+    CAPTURE(s.Q);
+    compare_with_cpu(ssd_op(s.options, s.Q), ssd_args(s, dtype, gen), {"y", "h_last"}, tol, gen);
+  }
 }
 
 // ---- causal conv ----
@@ -305,18 +317,13 @@ TEST_CASE("ssd_chunked CUDA f32 matches the CPU in forward and backward") {
   if (!cuda_test_device()) return;
   Generator gen(521);
   // L = 45 with Q = 16: two full chunks and a tail of 13; H = 4 heads in G = 2 groups.
-  for (const SsdShape& s : {SsdShape{2, 45, 4, 8, 2, 8, 16, true}, SsdShape{1, 19, 3, 5, 1, 6, 32, false}}) {
-    CAPTURE(s.L);
-    CAPTURE(s.Q);
-    compare_with_cpu(ssd_op(s.options, s.Q), ssd_args(s, DType::f32, gen), {"y", "h_last"}, kF32, gen);
-  }
+  compare_ssd_with_cpu({{2, 45, 4, 8, 2, 8, 16, true}, {1, 19, 3, 5, 1, 6, 32, false}}, DType::f32, kF32, gen);
 }
 
 TEST_CASE("ssd_chunked CUDA bf16 matches the CPU in forward and backward") {
   if (!cuda_test_device()) return;
   Generator gen(522);
-  const SsdShape s{2, 40, 4, 8, 1, 8, 16, true};
-  compare_with_cpu(ssd_op(true, s.Q), ssd_args(s, DType::bf16, gen), {"y", "h_last"}, kBf16, gen);
+  compare_ssd_with_cpu({{2, 40, 4, 8, 1, 8, 16, true}}, DType::bf16, kBf16, gen);
 }
 
 // The fused bf16 kernels (ssd_cuda.h) over the shapes that exercise their tiling: chunks of
@@ -326,19 +333,14 @@ TEST_CASE("ssd_chunked CUDA bf16 matches the CPU in forward and backward") {
 TEST_CASE("ssd_chunked fused CUDA kernels (bf16) match the CPU over their tilings") {
   if (!cuda_test_device()) return;
   Generator gen(523);
-  const SsdShape shapes[] = {
-      {2, 300, 4, 64, 2, 128, 256, true},   // 1 chunk + a tail of 44, 4 tiles per chunk, 2 groups
-      {1, 200, 3, 40, 1, 24, 100, false},   // Q = 100: tiles of 64 + 36; P, N padded
-      {1, 130, 2, 128, 1, 256, 64, true},   // the largest headdim and state
-      {2, 77, 4, 96, 2, 160, 128, true},    // a single short chunk; padded to 128 x 256
-  };
-  for (const SsdShape& s : shapes) {
-    CAPTURE(s.L);
-    CAPTURE(s.P);
-    CAPTURE(s.N);
-    CAPTURE(s.Q);
-    compare_with_cpu(ssd_op(s.options, s.Q), ssd_args(s, DType::bf16, gen), {"y", "h_last"}, kSsdFused, gen);
-  }
+  compare_ssd_with_cpu(
+      {
+          {2, 300, 4, 64, 2, 128, 256, true},  // 1 chunk + a tail of 44, 4 tiles per chunk, 2 groups
+          {1, 200, 3, 40, 1, 24, 100, false},  // Q = 100: tiles of 64 + 36; P, N padded
+          {1, 130, 2, 128, 1, 256, 64, true},  // the largest headdim and state
+          {2, 77, 4, 96, 2, 160, 128, true},   // a single short chunk; padded to 128 x 256
+      },
+      DType::bf16, kSsdFused, gen);
 }
 
 // Gated RMSNorm on CUDA: rows of 1 and 2 groups, widths below and above a block's 256
@@ -363,6 +365,23 @@ TEST_CASE("gated_rms_norm CUDA matches the CPU in forward and backward") {
                        a, {"out"}, tolerance_for(dtype), gen);
     }
   }
+}
+
+// No rows: nothing is launched, and the weight gradient is an empty sum, zero as on the CPU
+// (the gradient is allocated uninitialised, so the launcher must clear it).
+TEST_CASE("gated_rms_norm CUDA of zero rows gives a zero weight gradient") {
+  if (!cuda_test_device()) return;
+  Generator gen(525);
+  const Device dev = Device::cuda();
+  Tensor y = Tensor::empty({0, 8}, DType::f32, dev).requires_grad_(), z = Tensor::empty({0, 8}, DType::f32, dev);
+  Tensor w = random_tensor({8}, gen, DType::f32, dev, 0.5, 1.5).requires_grad_();
+  const Tensor out = gated_rms_norm(y, z, w, 4, 1e-5);
+  CHECK(out.shape() == Dims{0, 8});
+  { const Tensor freed = random_tensor({8}, gen, DType::f32, dev, 1, 2); }  // leaves non-zero memory to reuse
+  backward(out, Tensor::empty({0, 8}, DType::f32, dev));
+  REQUIRE(w.grad().defined());
+  CHECK(w.grad().to(Device::cpu()).to_vector<float>() == std::vector<float>(8, 0.0f));
+  CHECK(y.grad().numel() == 0);
 }
 
 // ---------------------------------------------------------------------------------------
