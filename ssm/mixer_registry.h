@@ -20,6 +20,7 @@
 #include <memory>
 #include <string>
 #include <typeinfo>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -57,6 +58,10 @@ struct MixerEntry {
   std::function<bool(const std::any& a, const std::any& b)> equal;
   std::function<void(const std::any& options, const MixerContext& context)> validate;
   std::function<std::shared_ptr<Mixer>(const std::any& options, const MixerContext& context, Generator& gen)> build;
+  // The optional hooks of the options struct (see mixer_entry); null when it has none.
+  std::function<bool(const std::any& options, int64_t layer)> takes_layer;
+  std::function<double(const std::any& options)> ssm_lr;
+  std::function<std::pair<int, int>(const std::any& options)> expert_routing;
 };
 
 // The registration of the mixers `names`, which share the options struct `Options`: a
@@ -65,6 +70,14 @@ struct MixerEntry {
 // `void validate(const MixerContext&) const`, which throws a UserError naming the key
 // (context.key(...)) for values the per-key rules cannot judge alone. validate() runs for
 // each of `names` a layer uses, or once with an empty name when no layer uses any.
+// Options that shape the model around their layers say so through these optional members,
+// read by ssm/model.cpp and train/ without knowing the mixer:
+//   bool takes_layer(int64_t layer) const: a stacking rule; layer i (from 0) gets the
+//     registration's first name whatever model.mixer and model.layers say (moe.every).
+//   double ssm_lr() const: the learning rate asked for the parameters tagged
+//     param_tag::ssm, 0 = none (s4.lr; optim.ssm_lr overrides it).
+//   std::pair<int, int> expert_routing() const: experts per token and experts per layer of
+//     the registration's layers, for active-parameter counts (moe: 1 and moe.experts).
 // `build` makes the layer of `context.name`. The keys sit directly under `model`, or under
 // `model.<section>` when `section` is given (`section_doc` is its line in the reference).
 template <class Options>
@@ -89,6 +102,16 @@ MixerEntry mixer_entry(std::vector<MixerName> names, MixerBuild<Options> build, 
   e.build = [build](const std::any& o, const MixerContext& c, Generator& gen) {
     return build(std::any_cast<const Options&>(o), c, gen);
   };
+  if constexpr (requires(const Options& opt, int64_t layer) { opt.takes_layer(layer); })
+    e.takes_layer = [](const std::any& o, int64_t layer) -> bool {
+      return std::any_cast<const Options&>(o).takes_layer(layer);
+    };
+  if constexpr (requires(const Options& opt) { opt.ssm_lr(); })
+    e.ssm_lr = [](const std::any& o) -> double { return std::any_cast<const Options&>(o).ssm_lr(); };
+  if constexpr (requires(const Options& opt) { opt.expert_routing(); })
+    e.expert_routing = [](const std::any& o) -> std::pair<int, int> {
+      return std::any_cast<const Options&>(o).expert_routing();
+    };
   return e;
 }
 

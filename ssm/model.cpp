@@ -7,11 +7,19 @@ namespace ssmtrain {
 std::vector<std::string> layer_mixers(const ModelOptions& model) {
   std::vector<std::string> mixers = model.layers;
   if (mixers.empty()) mixers.assign(static_cast<size_t>(std::max<int64_t>(model.n_layer, 0)), model.mixer);
-  const int64_t every = model.mixers.get<MoEOptions>().every;
-  if (every > 0)
-    for (size_t i = static_cast<size_t>(every) - 1; i < mixers.size(); i += static_cast<size_t>(every))
-      mixers[i] = "moe";
+  for (const auto& item : model.mixers.items()) {
+    if (!item.entry->takes_layer) continue;
+    for (size_t i = 0; i < mixers.size(); ++i)
+      if (item.entry->takes_layer(item.options, static_cast<int64_t>(i))) mixers[i] = item.entry->names.front().name;
+  }
   return mixers;
+}
+
+double mixer_ssm_lr(const ModelOptions& model) {
+  for (const auto& item : model.mixers.items())
+    if (item.entry->ssm_lr)
+      if (const double lr = item.entry->ssm_lr(item.options); lr > 0) return lr;
+  return 0;
 }
 
 namespace {
@@ -76,34 +84,13 @@ std::shared_ptr<LanguageModel> build_language_model(const ModelSpec& spec, Gener
 }
 
 std::pair<int, int> moe_routing(const ModelSpec& spec) {
-  const auto mixers = layer_mixers(spec.model);
-  const bool any = std::find(mixers.begin(), mixers.end(), "moe") != mixers.end();
-  return any ? std::pair<int, int>{1, static_cast<int>(spec.model.mixers.get<MoEOptions>().num_experts)}
-             : std::pair<int, int>{1, 1};
-}
-
-std::vector<std::pair<std::string, ExpertUsage>> moe_usage(LanguageModel& model) {
-  std::vector<std::pair<std::string, ExpertUsage>> out;
-  for (int i = 0; i < model.n_layer(); ++i)
-    if (auto moe = std::dynamic_pointer_cast<SwitchMoE>(model.block(i)->mixer()))
-      out.emplace_back("layers." + std::to_string(i), moe->last_usage());
-  return out;
-}
-
-std::optional<MoeSummary> moe_summary(LanguageModel& model) {
-  auto usage = moe_usage(model);
-  if (usage.empty()) return std::nullopt;
-  MoeSummary m;
-  for (const auto& [name, u] : usage) {
-    m.dropped += u.tokens > 0 ? static_cast<double>(u.dropped) / static_cast<double>(u.tokens) : 0.0;
-    int64_t busiest = 0, routed = 0;
-    for (int64_t t : u.tokens_routed) busiest = std::max(busiest, t), routed += t;
-    if (routed > 0)
-      m.max_load = std::max(m.max_load, static_cast<double>(busiest) * static_cast<double>(u.tokens_routed.size()) /
-                                            static_cast<double>(routed));
+  const std::vector<std::string> used = layer_mixers(spec.model);
+  for (const auto& item : spec.model.mixers.items()) {
+    if (!item.entry->expert_routing) continue;
+    for (const auto& n : item.entry->names)
+      if (std::find(used.begin(), used.end(), n.name) != used.end()) return item.entry->expert_routing(item.options);
   }
-  m.dropped /= static_cast<double>(usage.size());
-  return m;
+  return {1, 1};
 }
 
 }  // namespace ssmtrain

@@ -4,19 +4,20 @@
 //
 // ModelOptions declares the keys every mixer may read (sizes, norm epsilon) and holds the
 // registered mixers' own options (MixerOptionSet); train/config.h uses it as its `model`
-// section, so each key is declared once. With moe.every = k > 0, layers k-1, 2k-1, ... are
-// MoE blocks and the others use the mixer of their layer (MoE-Mamba: mamba, moe, mamba, ...).
+// section, so each key is declared once. What a mixer's options decide beyond its own
+// layers (a stacking rule such as moe.every, the ssm-tagged learning rate s4.lr, expert
+// routing) reaches the functions below through the registry's hooks (ssm/mixer_registry.h).
 #pragma once
 
 #include <memory>
-#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/options.h"
 #include "nn/lm.h"
 #include "ssm/mixer_registry.h"
-#include "ssm/moe.h"
+#include "ssm/moe.h"  // MoeSummary, moe_summary (the trainer's metrics)
 
 namespace ssmtrain {
 
@@ -70,9 +71,14 @@ struct ModelSpec {
   int64_t seq_len = 0;  // the training sequence length (MixerContext::seq_len); 0 = not known
 };
 
-// The mixer name of every layer: model.layers, else model.mixer everywhere, with every
-// moe.every-th layer a MoE layer.
+// The mixer name of every layer: model.layers, else model.mixer everywhere, then the
+// registrations' stacking rules (takes_layer: with moe.every = k > 0, layers k-1, 2k-1, ...
+// are MoE layers; MoE-Mamba: mamba, moe, mamba, moe, ...).
 std::vector<std::string> layer_mixers(const ModelOptions& model);
+
+// The learning rate the registered mixers ask for their ssm-tagged parameters (s4.lr): the
+// first non-zero one in registration order; 0 = none.
+double mixer_ssm_lr(const ModelOptions& model);
 
 // The checks across keys: the length of model.layers, then each registered mixer's own
 // validate() (for each of its names a layer uses, or once when none does). UserError
@@ -82,19 +88,9 @@ void validate(const ModelOptions& model);
 // Checks `spec.model` (validate above) and builds its model.
 std::shared_ptr<LanguageModel> build_language_model(const ModelSpec& spec, Generator& gen);
 
-// Experts per token and experts per MoE layer of a spec, for active-parameter counts.
+// Experts per token and experts per MoE layer of a spec, for active-parameter counts: the
+// expert_routing of the first registration with one whose mixer a layer uses, else {1, 1}.
+// (The MoE layers' usage statistics: moe_usage / moe_summary, ssm/moe.h.)
 std::pair<int, int> moe_routing(const ModelSpec& spec);
-
-// Usage statistics of every MoE layer of a model (empty when it has none).
-std::vector<std::pair<std::string, ExpertUsage>> moe_usage(LanguageModel& model);
-
-// The usage of the last forward in two numbers (the trainer's metrics): the share of tokens
-// dropped at capacity (mean over MoE layers) and the busiest expert's load over the mean
-// load (max over layers; 1 = perfectly balanced). Empty without MoE layers.
-struct MoeSummary {
-  double dropped = 0;
-  double max_load = 0;
-};
-std::optional<MoeSummary> moe_summary(LanguageModel& model);
 
 }  // namespace ssmtrain

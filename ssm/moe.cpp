@@ -1,5 +1,6 @@
 #include "ssm/moe.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/ops.h"
@@ -125,6 +126,30 @@ MixerEntry moe_mixer_entry() {
   };
   return mixer_entry<MoEOptions>({{"moe", "Switch mixture of experts"}}, build, "moe",
                                  "Switch mixture-of-experts layers (MoE-Mamba, SPECS section 5).");
+}
+
+std::vector<std::pair<std::string, ExpertUsage>> moe_usage(LanguageModel& model) {
+  std::vector<std::pair<std::string, ExpertUsage>> out;
+  for (int i = 0; i < model.n_layer(); ++i)
+    if (auto moe = std::dynamic_pointer_cast<SwitchMoE>(model.block(i)->mixer()))
+      out.emplace_back("layers." + std::to_string(i), moe->last_usage());
+  return out;
+}
+
+std::optional<MoeSummary> moe_summary(LanguageModel& model) {
+  auto usage = moe_usage(model);
+  if (usage.empty()) return std::nullopt;
+  MoeSummary m;
+  for (const auto& [name, u] : usage) {
+    m.dropped += u.tokens > 0 ? static_cast<double>(u.dropped) / static_cast<double>(u.tokens) : 0.0;
+    int64_t busiest = 0, routed = 0;
+    for (int64_t t : u.tokens_routed) busiest = std::max(busiest, t), routed += t;
+    if (routed > 0)
+      m.max_load = std::max(m.max_load, static_cast<double>(busiest) * static_cast<double>(u.tokens_routed.size()) /
+                                            static_cast<double>(routed));
+  }
+  m.dropped /= static_cast<double>(usage.size());
+  return m;
 }
 
 }  // namespace ssmtrain

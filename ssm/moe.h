@@ -15,10 +15,13 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nn/linear.h"
+#include "nn/lm.h"
 #include "nn/mixer.h"
 #include "nn/mlp.h"
 #include "ssm/mixer_registry.h"
@@ -26,8 +29,8 @@
 namespace ssmtrain {
 
 // The options of the registered mixer moe: its config keys sit in the section model.moe;
-// d_model comes from the model. `every` is the model's stacking rule (ssm/model.h), not
-// the layer's.
+// d_model comes from the model. `every` is a stacking rule (takes_layer): with k > 0, MoE
+// layers replace layers k-1, 2k-1, ... of whatever model.mixer / model.layers give.
 struct MoEOptions {
   int64_t d_model = 0;
   int64_t every = 0;  // with k > 0, layers k-1, 2k-1, ... are MoE layers
@@ -53,6 +56,10 @@ struct MoEOptions {
     v.field("z_loss_coef", z_loss_coef, "weight of the router z-loss mean(logsumexp(logits)^2); 0 = off", ge(0));
   }
   void validate(const MixerContext& context) const;  // every <= n_layer
+  // The registry's hooks (ssm/mixer_registry.h): layer i is a MoE layer when moe.every
+  // divides i + 1; a token goes to one of num_experts experts.
+  bool takes_layer(int64_t layer) const { return every > 0 && (layer + 1) % every == 0; }
+  std::pair<int, int> expert_routing() const { return {1, static_cast<int>(num_experts)}; }
   bool operator==(const MoEOptions&) const = default;
 };
 
@@ -87,5 +94,17 @@ class SwitchMoE : public Mixer {
   std::vector<std::shared_ptr<Linear>> fc1_, fc2_;
   ExpertUsage usage_;
 };
+
+// Usage statistics of every MoE layer of a model (empty when it has none).
+std::vector<std::pair<std::string, ExpertUsage>> moe_usage(LanguageModel& model);
+
+// The usage of the last forward in two numbers (the trainer's metrics): the share of tokens
+// dropped at capacity (mean over MoE layers) and the busiest expert's load over the mean
+// load (max over layers; 1 = perfectly balanced). Empty without MoE layers.
+struct MoeSummary {
+  double dropped = 0;
+  double max_load = 0;
+};
+std::optional<MoeSummary> moe_summary(LanguageModel& model);
 
 }  // namespace ssmtrain

@@ -59,7 +59,7 @@ struct S4Options {
   std::string kernel = "dplr";              // dplr | diag
   std::string init = "legs";                // legs | lin | inv | real
   std::string discretization = "bilinear";  // zoh | bilinear (dplr requires bilinear)
-  double lr = 1e-3;  // the optimizer's learning rate of the ssm-tagged parameters (train/setup.cpp)
+  double lr = 1e-3;                         // learning rate of the ssm-tagged parameters (ssm_lr())
   double dt_min = 1e-3, dt_max = 1e-1;
   double dropout = 0.0;
   int64_t l_max = 0;  // dplr kernel length Lk; 0 = the first forward's L
@@ -85,6 +85,8 @@ struct S4Options {
             ge(0));
   }
   void validate(const MixerContext& context) const;  // dt_min <= dt_max
+  // The registry's hook (ssm/mixer_registry.h): s4.lr for the ssm-tagged parameters.
+  double ssm_lr() const { return lr; }
   bool operator==(const S4Options&) const = default;
 };
 

@@ -19,7 +19,6 @@
 #include <sstream>
 
 #include "core/error.h"
-#include "ssm/s4.h"
 
 namespace ssmtrain {
 
@@ -681,8 +680,7 @@ std::string config_docs_markdown() {
 
 double resolved_ssm_lr(const Config& config) {
   if (config.optim.ssm_lr > 0) return config.optim.ssm_lr;
-  const double s4_lr = config.model.mixers.get<S4Options>().lr;
-  if (s4_lr > 0) return s4_lr;
+  if (const double mixer_lr = mixer_ssm_lr(config.model); mixer_lr > 0) return mixer_lr;
   return config.optim.lr;
 }
 
