@@ -128,6 +128,7 @@ class Run {
 
     // Model: drawn on the CPU from the seed (identical on every device), then moved.
     spec_ = model_spec(config_);
+    has_experts_ = moe_routing(spec_).second > 1;
     Generator init_gen(static_cast<uint64_t>(config_.train.seed));
     model_ = build_language_model(spec_, init_gen);
     if (!device_.is_cpu()) model_->to(device_);
@@ -221,11 +222,14 @@ class Run {
     std::optional<MoeSummary> moe;  // expert usage of its last micro-batch
   };
 
-  // Expert usage of the last micro-batch (host values the forward kept; ssm/model.h).
+  // Expert usage of the last micro-batch (host values the forward kept; ssm/moe.h).
   std::optional<MoeSummary> moe_fields() {
-    if (moe_routing(spec_).second <= 1) return std::nullopt;
+    if (!has_experts_) return std::nullopt;
     return moe_summary(*model_);
   }
+
+  // Steps that write a metrics record and a log line: every log_every-th, the first, the last.
+  bool log_due(int64_t step) const { return step % config_.train.log_every == 0 || step == budget_.steps || step == 1; }
 
   // The loop runs one step ahead of what it reports (docs/training.md, "What is logged
   // when"): it launches step k, then reads step k - 1's scalars, which the device has
@@ -247,7 +251,7 @@ class Run {
     // non-finite guard. Returns false when the guard stops the run.
     auto finish = [&](InFlight& f) -> bool {
       const StepResult& step = f.pending.resolve();
-      const double loss = step.loss, aux_sum = step.aux_loss * static_cast<double>(tc.grad_accum);
+      const double loss = step.loss;
       const bool finite = step.finite;
       const ClipResult& clip = step.clip;
       if (step.applied) {
@@ -268,13 +272,12 @@ class Run {
                                              static_cast<double>(budget_.steps - f.step)
                                        : 0.0;
       log_->progress(f.step, budget_.steps, loss, f.lr, tok_s, eta);
-      const bool last = f.step == budget_.steps;
-      if (f.step % tc.log_every == 0 || last || f.step == 1) {
+      if (log_due(f.step)) {
         JsonLine j;
         j.add("step", f.step).add("tokens", f.tokens).add("loss", loss).add("lr", f.lr);
         j.add("grad_norm", clip.norm).add("tokens_per_s", tok_s).add("elapsed_s", elapsed);
-        if (moe_routing(spec_).second > 1) {
-          j.add("aux_loss", aux_sum / static_cast<double>(tc.grad_accum));
+        if (has_experts_) {
+          j.add("aux_loss", step.aux_loss);
           if (f.moe) {
             j.add("moe_dropped", f.moe->dropped);
             j.add("moe_max_load", f.moe->max_load);
@@ -322,9 +325,8 @@ class Run {
       ++state_.step;
       state_.tokens += budget_.tokens_per_step;
       const bool last = state_.step == budget_.steps;
-      const bool logged = state_.step % tc.log_every == 0 || last || state_.step == 1;
       InFlight launched{state_.step, state_.tokens, lr, std::move(pending),
-                        logged ? moe_fields() : std::nullopt};
+                        log_due(state_.step) ? moe_fields() : std::nullopt};
       if (in_flight && !finish(*in_flight)) return 1;  // the previous step, read one step late
       in_flight.emplace(std::move(launched));
 
@@ -422,6 +424,7 @@ class Run {
   std::vector<std::string> restore_notes_;  // printed once restore has succeeded
   std::string config_yaml_;
   ModelSpec spec_;
+  bool has_experts_ = false;  // MoE layers with several experts: their metrics are logged
   std::shared_ptr<LanguageModel> model_;
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<Dataset> train_data_, val_data_;
