@@ -9,8 +9,12 @@
 #include <bit>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <limits>
+#include <optional>
+#include <stdexcept>
 #include <system_error>
 #include <utility>
 
@@ -166,6 +170,23 @@ H5Handle file_access_plist() {
   return fapl;
 }
 
+// HDF5 1.8 formats put a version 2 superblock at offset 0: signature (8 bytes), version,
+// sizes of offsets and lengths, consistency flags (1 byte each), then the base address, the
+// extension address and the end-of-file address (8 bytes each, little-endian). The last is
+// the file's length; HDF5 refuses a file shorter than it as truncated.
+std::optional<size_t> superblock_file_length(const unsigned char* image, size_t capacity) {
+  static constexpr unsigned char kSignature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+  constexpr size_t kEndOfFileAt = 28;
+  if (image == nullptr || capacity < kEndOfFileAt + 8 || std::memcmp(image, kSignature, 8) != 0 || image[8] != 2 ||
+      image[9] != 8)
+    return std::nullopt;
+  uint64_t base = 0, end = 0;
+  std::memcpy(&base, image + 12, 8);
+  std::memcpy(&end, image + kEndOfFileAt, 8);
+  if (base != 0 || end < kEndOfFileAt + 8 || end > capacity) return std::nullopt;
+  return static_cast<size_t>(end);
+}
+
 // Replaces attribute `name` on obj with a scalar of file_type, written from value.
 bool set_attr(hid_t obj, const std::string& name, hid_t file_type, hid_t mem_type, const void* value) {
   if (H5Aexists(obj, name.c_str()) > 0 && H5Adelete(obj, name.c_str()) < 0) return false;
@@ -214,32 +235,130 @@ int64_t HostArray::numel() const {
 
 // ---- CheckpointWriter ----------------------------------------------------------------------
 
+// The buffer of the core driver's in-memory file. HDF5 grows it through these callbacks and
+// hands it over at close (H5FD_FILE_IMAGE_OP_FILE_CLOSE) instead of freeing it, so commit()
+// writes the bytes without a second copy.
+struct CheckpointWriter::MemoryImage {
+  void* data = nullptr;
+  size_t capacity = 0;    // bytes allocated, at least the file's length
+  bool released = false;  // HDF5 closed the file and left the buffer to us
+
+  MemoryImage() = default;
+  MemoryImage(const MemoryImage&) = delete;
+  MemoryImage& operator=(const MemoryImage&) = delete;
+  ~MemoryImage() { reset(); }
+
+  void reset() {
+    std::free(data);
+    data = nullptr;
+    capacity = 0;
+  }
+
+  // The callbacks HDF5 calls with this object as udata; property lists share it rather
+  // than copying it.
+  H5FD_file_image_callbacks_t callbacks() {
+    H5FD_file_image_callbacks_t c{};
+    c.image_malloc = [](size_t size, H5FD_file_image_op_t, void* self) -> void* {
+      return static_cast<MemoryImage*>(self)->grow(nullptr, size);
+    };
+    c.image_memcpy = [](void* dest, const void* src, size_t size, H5FD_file_image_op_t, void*) -> void* {
+      return std::memcpy(dest, src, size);
+    };
+    c.image_realloc = [](void* ptr, size_t size, H5FD_file_image_op_t, void* self) -> void* {
+      return static_cast<MemoryImage*>(self)->grow(ptr, size);
+    };
+    c.image_free = [](void* ptr, H5FD_file_image_op_t op, void* udata) -> herr_t {
+      auto* self = static_cast<MemoryImage*>(udata);
+      if (ptr == self->data && op == H5FD_FILE_IMAGE_OP_FILE_CLOSE) {
+        self->released = true;  // kept for commit(); freed by reset()
+        return 0;
+      }
+      if (ptr == self->data) {
+        self->data = nullptr;
+        self->capacity = 0;
+      }
+      std::free(ptr);
+      return 0;
+    };
+    c.udata_copy = [](void* self) -> void* { return self; };
+    c.udata_free = [](void*) -> herr_t { return 0; };
+    c.udata = this;
+    return c;
+  }
+
+ private:
+  void* grow(void* ptr, size_t size) {
+    void* grown = std::realloc(ptr, std::max<size_t>(size, 1));
+    if (grown == nullptr) return nullptr;
+    data = grown;
+    capacity = size;
+    return grown;
+  }
+};
+
+namespace {
+// A core-driver (in-memory) file whose buffer grows through `callbacks`; nothing is
+// written to disk by HDF5.
+H5Handle memory_file_access_plist(const H5FD_file_image_callbacks_t& callbacks) {
+  H5Handle fapl = file_access_plist();
+  constexpr size_t kGrowBy = size_t{1} << 20;
+  if (H5Pset_fapl_core(fapl.get(), kGrowBy, /*backing_store=*/false) < 0) return {};
+  H5FD_file_image_callbacks_t c = callbacks;
+  if (H5Pset_file_image_callbacks(fapl.get(), &c) < 0) return {};
+  return fapl;
+}
+
+// write(2) until every byte is out; 0 on success, else errno.
+int write_all(int fd, const void* data, size_t size) {
+  const auto* p = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = ::write(fd, p, std::min<size_t>(size, size_t{1} << 30));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+  return 0;
+}
+}  // namespace
+
 CheckpointWriter::CheckpointWriter(std::string final_path)
-    : final_path_(std::move(final_path)), temp_path_(final_path_ + ".tmp") {
+    : final_path_(std::move(final_path)), temp_path_(final_path_ + ".tmp"), image_(std::make_unique<MemoryImage>()) {
   silence_hdf5_errors();
   SSMT_ASSERT(!final_path_.empty(), "CheckpointWriter: empty path");
   fs::path dir = fs::path(final_path_).parent_path();
   std::error_code ec;
   SSMT_CHECK(dir.empty() || fs::is_directory(dir, ec), "checkpoint '", final_path_, "': directory '", dir.string(),
              "' does not exist");
-  H5Handle fapl = file_access_plist();
-  file_ = H5Fcreate(temp_path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
-  if (file_ < 0) fail("could not create the file");
+  // The temp file is created now, so an unwritable directory is reported before any work.
+  fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0)
+    throw UserError("writing checkpoint '" + final_path_ + "': could not create the temp file '" + temp_path_ +
+                    "': " + std::strerror(errno));
   try {
+    H5Handle fapl = memory_file_access_plist(image_->callbacks());
+    if (!fapl.ok()) fail("could not set up the in-memory file");
+    file_ = H5Fcreate(temp_path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
+    if (file_ < 0) fail("could not create the in-memory file");
     int64_t version = kFormatVersion;
     if (!set_attr_string(file_, "format", kFormat) ||
         !set_attr(file_, "format_version", H5T_STD_I64LE, H5T_NATIVE_INT64, &version))
       fail("could not write the root attributes");
   } catch (...) {
-    H5Fclose(file_);
+    if (file_ >= 0) H5Fclose(file_);
     file_ = -1;
-    std::filesystem::remove(temp_path_, ec);
+    ::close(fd_);
+    fd_ = -1;
+    fs::remove(temp_path_, ec);
     throw;
   }
 }
 
 CheckpointWriter::~CheckpointWriter() {
-  if (file_ >= 0) H5Fclose(file_);
+  if (file_ >= 0) H5Fclose(file_);  // in memory: closing cannot fail for lack of disk space
+  if (fd_ >= 0) ::close(fd_);
   if (!committed_) {
     std::error_code ec;
     fs::remove(temp_path_, ec);  // best effort: a destructor must not throw
@@ -247,9 +366,10 @@ CheckpointWriter::~CheckpointWriter() {
 }
 
 void CheckpointWriter::fail(const std::string& what, int os_error) const {
-  std::string detail = os_error ? std::strerror(os_error) : hdf5_error_detail();
-  throw UserError("writing checkpoint '" + final_path_ + "' (temp file '" + temp_path_ + "'): " + what +
-                  (detail.empty() ? "" : ": " + detail));
+  std::string where = "writing checkpoint '" + final_path_ + "' (temp file '" + temp_path_ + "'): " + what;
+  if (os_error) throw std::system_error(os_error, std::generic_category(), where);
+  std::string detail = hdf5_error_detail();
+  throw std::runtime_error(where + (detail.empty() ? "" : ": " + detail));
 }
 
 void CheckpointWriter::write_array(const std::string& path, const std::string& dtype, const std::vector<int64_t>& shape,
@@ -359,32 +479,38 @@ void CheckpointWriter::write_attr(const std::string& path, const std::string& na
 namespace {
 // 0 on success, else errno. Directories that cannot be fsynced (EINVAL on some file
 // systems) count as success: there is nothing more we can do for them.
-int fsync_path(const std::string& path, bool directory) {
-  int fd = ::open(path.c_str(), directory ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+int fsync_directory(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return errno;
   int err = ::fsync(fd) == 0 ? 0 : errno;
   ::close(fd);
-  if (directory && (err == EINVAL || err == ENOTSUP)) err = 0;
-  return err;
+  return (err == EINVAL || err == ENOTSUP) ? 0 : err;
 }
 }  // namespace
 
 void CheckpointWriter::commit() {
-  SSMT_ASSERT(file_ >= 0 && !committed_, "CheckpointWriter::commit called twice");
+  SSMT_ASSERT(file_ >= 0 && fd_ >= 0 && !committed_, "CheckpointWriter::commit called twice");
   // num_datasets is written last, so a file cut short before commit cannot pass verify().
   if (!set_attr(file_, "num_datasets", H5T_STD_I64LE, H5T_NATIVE_INT64, &num_datasets_))
     fail("could not write the root attribute num_datasets");
-  if (H5Fflush(file_, H5F_SCOPE_GLOBAL) < 0) fail("could not flush the file");
   herr_t closed = H5Fclose(file_);
   file_ = -1;
-  if (closed < 0) fail("could not close the file");
-  if (int err = fsync_path(temp_path_, false)) fail("could not fsync the file", err);
+  if (closed < 0 || !image_->released) fail("could not close the in-memory file");
+  std::optional<size_t> length =
+      superblock_file_length(static_cast<const unsigned char*>(image_->data), image_->capacity);
+  SSMT_ASSERT(length.has_value(), "CheckpointWriter: the in-memory file of '", final_path_,
+              "' has no version 2 superblock giving its length");
+  if (int err = write_all(fd_, image_->data, *length)) fail("could not write the file", err);
+  image_->reset();
+  if (::fsync(fd_) != 0) fail("could not fsync the file", errno);
+  int fd = std::exchange(fd_, -1);
+  if (::close(fd) != 0) fail("could not close the file", errno);
   if (::rename(temp_path_.c_str(), final_path_.c_str()) != 0) fail("could not rename it to the final name", errno);
   committed_ = true;
   std::string dir = fs::path(final_path_).parent_path().string();
-  if (int err = fsync_path(dir.empty() ? "." : dir, true))
-    throw UserError("checkpoint '" + final_path_ +
-                    "' was written, but its directory could not be fsynced: " + std::strerror(err));
+  if (int err = fsync_directory(dir.empty() ? "." : dir))
+    throw std::system_error(err, std::generic_category(),
+                            "checkpoint '" + final_path_ + "' was written, but its directory could not be fsynced");
 }
 
 // ---- CheckpointReader ----------------------------------------------------------------------

@@ -14,6 +14,7 @@
 #include <concepts>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -81,8 +82,15 @@ struct HostArray {
 
 // Writes `<final_path>.tmp`; commit() makes it `final_path` atomically. Until then a crash,
 // an exception or destruction leaves any existing `final_path` as it was and removes the
-// temp file. Failures of the file system (disk full, permissions) throw UserError naming
-// the file; misuse (a path written twice, an unknown dtype) throws InternalError.
+// temp file. A temp file that cannot be created (missing or read-only directory) throws
+// UserError naming it; a failure while writing it (disk full, file size limit, I/O error)
+// throws std::system_error naming the file and the reason, which the CLI reports with exit
+// code 1; misuse (a path written twice, an unknown dtype) throws InternalError.
+//
+// The file is assembled in memory (HDF5's core driver, about the checkpoint's size in host
+// memory) and written to the temp file with write(2) at commit. HDF5 itself never touches
+// the disk, so a full disk is an error of ours and never a failed H5Fclose: HDF5 1.10 frees
+// a file whose close fails but keeps its id, and its exit-time cleanup then crashes.
 //
 // Paths are slash-separated ("model/layers.0.mixer.A_log"); groups along the way are
 // created on demand. Dots in names are ordinary characters.
@@ -116,7 +124,8 @@ class CheckpointWriter {
     write_attr(path, name, std::string(value));
   }
 
-  // Stores num_datasets, then flush, close, fsync, rename onto final_path, fsync the directory.
+  // Stores num_datasets, closes the in-memory file, writes its bytes to the temp file,
+  // fsyncs it, renames it onto final_path and fsyncs the directory.
   void commit();
 
   const std::string& final_path() const { return final_path_; }
@@ -128,12 +137,17 @@ class CheckpointWriter {
   // file_type / mem_type are HDF5 type ids (hid_t), kept out of this header.
   void write_attr_value(const std::string& path, const std::string& name, int64_t file_type, int64_t mem_type,
                         const void* value);
-  // UserError naming the file; the reason is strerror(os_error) when given, else HDF5's own.
+  // std::system_error naming the file with strerror(os_error) when given; else a
+  // std::runtime_error with HDF5's own reason.
   [[noreturn]] void fail(const std::string& what, int os_error = 0) const;
+
+  struct MemoryImage;  // the in-memory file's bytes (train/checkpoint_io.cpp)
 
   std::string final_path_;
   std::string temp_path_;
-  int64_t file_ = -1;  // hid_t of the open temp file; -1 once closed
+  std::unique_ptr<MemoryImage> image_;
+  int64_t file_ = -1;  // hid_t of the in-memory HDF5 file; -1 once closed
+  int fd_ = -1;        // the temp file, open from construction until commit
   int64_t num_datasets_ = 0;
   bool committed_ = false;
 };

@@ -2,14 +2,19 @@
 // for damaged or foreign files, the temp-file protocol and the run-directory helpers.
 #include <doctest/doctest.h>
 #include <hdf5.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <system_error>
 
 #include "train/checkpoint_io.h"
 #include "temp_dir.h"
@@ -366,6 +371,55 @@ TEST_CASE("checkpoint uncommitted writer leaves no file and keeps the old one") 
     throw UserError("simulated failure while saving");
   } catch (const UserError&) {
   }
+  CHECK_FALSE(fs::exists(path + ".tmp"));
+  CheckpointReader r(path);
+  r.verify();
+  CHECK(r.read_array("model/w").as<float>() == ramp(4, 1.0f));
+}
+
+// A write that fails for lack of space (here: a file size limit, EFBIG, which the kernel
+// reports where a full disk gives ENOSPC) runs in a child process, so the limit and HDF5's
+// exit-time cleanup are the child's alone. The child exits through exit(), running that
+// cleanup: HDF5 1.10 crashed in it when a file's close had failed.
+TEST_CASE("checkpoint write failing for lack of space names the file, removes the temp file and exits cleanly") {
+  TempDir dir;
+  std::string path = dir.file("ckpt_00000007.h5");
+  {
+    CheckpointWriter w(path);
+    w.write_array("model/w", HostArray::from_vector(ramp(4, 1.0f)));
+    w.commit();
+  }
+  std::string message_file = dir.file("message.txt");
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    std::signal(SIGXFSZ, SIG_IGN);
+    rlimit limit{16 * 1024, 16 * 1024};
+    int code = 10;
+    if (setrlimit(RLIMIT_FSIZE, &limit) == 0) {
+      try {
+        CheckpointWriter w(path);
+        w.write_array("model/w", HostArray::from_vector(ramp(64 * 1024, -1.0f)));  // 256 KiB
+        w.commit();
+        code = 11;  // nothing failed
+      } catch (const std::system_error& e) {
+        std::ofstream(message_file) << e.what();
+        code = e.code().value() == EFBIG ? 0 : 12;
+      } catch (...) {
+        code = 13;
+      }
+    }
+    std::exit(code);
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  INFO("child status " << status);
+  REQUIRE_FALSE(WIFSIGNALED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  std::ifstream in(message_file);
+  std::string message((std::istreambuf_iterator<char>(in)), {});
+  CHECK(contains(message, path));
+  CHECK(contains(message, "File too large"));
   CHECK_FALSE(fs::exists(path + ".tmp"));
   CheckpointReader r(path);
   r.verify();

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# On a GPU host: run NVIDIA compute-sanitizer (memcheck, racecheck, synccheck) over the CUDA
+# test cases of a CUDA build and print one summary line per tool and test binary
+# (docs/testing.md).
+#
+# Usage: tools/sanitize_cuda.sh BUILD_DIR [OUTDIR]
+#   BUILD_DIR  a CUDA build (cmake -B BUILD_DIR -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo,
+#              then cmake --build BUILD_DIR); its test_* binaries are run
+#   OUTDIR     where the full sanitizer logs go (default: BUILD_DIR/sanitize-cuda)
+# Environment:
+#   TOOLS             tools to run (default: "memcheck racecheck synccheck")
+#   TESTS             test binaries (default: "test_core test_nn test_optim test_ssm test_train")
+#   CASES             doctest test-case filter (default: '*cuda*,*CUDA*')
+#   TIMEOUT           seconds per tool and binary (default: 3600; racecheck is the slowest)
+#   COMPUTE_SANITIZER the compute-sanitizer executable (default: from PATH or the CUDA toolkit)
+# Exit status: 0 when every run finished with no sanitizer error and no failed test case.
+set -uo pipefail
+
+build="${1:?usage: tools/sanitize_cuda.sh BUILD_DIR [OUTDIR]}"
+out="${2:-$build/sanitize-cuda}"
+tools="${TOOLS:-memcheck racecheck synccheck}"
+tests="${TESTS:-test_core test_nn test_optim test_ssm test_train}"
+cases="${CASES:-*cuda*,*CUDA*}"
+limit="${TIMEOUT:-3600}"
+
+sanitizer="${COMPUTE_SANITIZER:-}"
+if [ -z "$sanitizer" ]; then
+  for candidate in "$(command -v compute-sanitizer 2>/dev/null)" \
+                   /usr/local/cuda/bin/compute-sanitizer \
+                   /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ]; then sanitizer="$candidate"; break; fi
+  done
+fi
+[ -n "$sanitizer" ] || { echo "sanitize_cuda: compute-sanitizer not found (set COMPUTE_SANITIZER)"; exit 2; }
+[ -d "$build" ] || { echo "sanitize_cuda: no build directory '$build'"; exit 2; }
+mkdir -p "$out"
+
+# Options per tool. racecheck reports every hazard, warnings included. memcheck runs without
+# --leak-check: the caching allocator keeps its segments to the end of the process on purpose
+# (core/cuda/allocator.cu), which a leak check would count as errors. memcheck sees the
+# allocator's blocks, not the tensors in them: an overrun that stays inside its block is
+# invisible to it; the CPU comparisons in the tests catch those by their results.
+tool_options() {
+  case "$1" in
+    racecheck) echo "--racecheck-report all" ;;
+    *) echo "" ;;
+  esac
+}
+
+status=0
+summary="$out/summary.txt"
+: > "$summary"
+for tool in $tools; do
+  for t in $tests; do
+    bin="$build/$t"
+    if [ ! -x "$bin" ]; then
+      line=$(printf '%-10s %-11s missing (%s not built)' "$tool" "$t" "$bin")
+      echo "$line" | tee -a "$summary"
+      status=1
+      continue
+    fi
+    log="$out/${tool}_${t}.log"
+    start=$(date +%s)
+    # shellcheck disable=SC2046  # tool_options is a list of words on purpose
+    timeout "$limit" "$sanitizer" --tool "$tool" $(tool_options "$tool") --target-processes all \
+      --print-limit 100 --error-exitcode 86 "$bin" -tc="$cases" > "$log" 2>&1
+    rc=$?
+    secs=$(( $(date +%s) - start ))
+    # The sanitizer's own count: "ERROR SUMMARY: N errors" (memcheck, synccheck) or
+    # "RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)".
+    errors=$(grep -oE 'ERROR SUMMARY: [0-9]+ error' "$log" | tail -1 | grep -oE '[0-9]+')
+    hazards=$(grep -oE 'RACECHECK SUMMARY: [0-9]+ hazard' "$log" | tail -1 | grep -oE '[0-9]+')
+    cases_line=$(grep -E '^\[doctest\] test cases:' "$log" | tail -1 | sed 's/^\[doctest\] //')
+    verdict="clean"
+    if [ "$rc" -eq 124 ]; then
+      verdict="TIMED OUT after ${limit}s"
+    elif [ -z "$errors" ] && [ -z "$hazards" ]; then
+      verdict="NO SANITIZER SUMMARY (exit $rc; see the log)"
+    elif [ "${errors:-0}" -ne 0 ] || [ "${hazards:-0}" -ne 0 ]; then
+      verdict="FINDINGS"
+    elif [ "$rc" -ne 0 ]; then
+      verdict="TESTS FAILED (exit $rc)"
+    fi
+    if [ -z "$cases_line" ] || echo "$cases_line" | grep -qE '^test cases: *0 \|'; then
+      cases_line="no CUDA test cases ran"
+    fi
+    [ "$verdict" = "clean" ] || status=1
+    line=$(printf '%-10s %-11s %-22s errors %-4s hazards %-4s %5ss  %s' "$tool" "$t" "$verdict" \
+      "${errors:--}" "${hazards:--}" "$secs" "$cases_line")
+    echo "$line" | tee -a "$summary"
+  done
+done
+echo "sanitize_cuda: logs in $out; summary in $summary"
+exit "$status"
