@@ -21,9 +21,11 @@ SelectiveScanResult selective_scan_reference(const Tensor& u, const Tensor& delt
 // definition, step by step. Quadratic: the masked attention-like form
 // y = (Lmask o C B^T)(dt x) over the whole sequence, with Lmask[l, s] =
 // exp(sum_{k=s+1..l} dt_k A) for s <= l, plus the decayed initial state.
+// With seq_idx (B, L) the recurrent form restarts the state where the index changes
+// (a_t = 0 there, SPECS section 12).
 SsdResult ssd_recurrent(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
                         const Tensor& D = Tensor(), const Tensor& dt_bias = Tensor(), bool dt_softplus = false,
-                        const Tensor& h0 = Tensor());
+                        const Tensor& h0 = Tensor(), const Tensor& seq_idx = Tensor());
 SsdResult ssd_quadratic(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
                         const Tensor& D = Tensor(), const Tensor& dt_bias = Tensor(), bool dt_softplus = false,
                         const Tensor& h0 = Tensor());

@@ -54,6 +54,24 @@ void check_same_dtype(const char* op, const Tensor& ref, const char* ref_name, s
     if (a.t.defined()) check_dtype(op, a.name, a.t, ref.dtype(), ref_name);
 }
 
+Tensor checked_seq_idx(const char* op, const Tensor& seq_idx, int64_t B, int64_t L, Device device) {
+  if (!seq_idx.defined()) return seq_idx;
+  check_shape(op, "seq_idx", seq_idx, {B, L}, "(B, L)");
+  SSMT_CHECK(seq_idx.dtype() == DType::i32, op, ": ", describe_arg("seq_idx", seq_idx),
+             ": expected dtype i32 (the document index of every position)");
+  check_device(op, "seq_idx", seq_idx, device, "x");
+  Tensor s = seq_idx.contiguous();
+  if (device.is_cpu()) {
+    const int32_t* v = static_cast<const int32_t*>(s.data_ptr());
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 1; t < L; ++t)
+        SSMT_CHECK(v[b * L + t] >= v[b * L + t - 1], op, ": ", describe_arg("seq_idx", seq_idx), ": row ", b,
+                   " decreases at position ", t, " (", v[b * L + t - 1], " then ", v[b * L + t],
+                   "); document indices must be non-decreasing along L");
+  }
+  return s;
+}
+
 Tensor with_contiguous_rows(const Tensor& t, int inner_dims) {
   int64_t expect = 1;
   for (int i = t.dim() - 1; i >= t.dim() - inner_dims; --i) {

@@ -48,8 +48,11 @@ template <typename T> struct Chunk {
   Mat<Acc> X, Bc, Cc;     // (len, P), (len, N), (len, N)
   Vec<Acc> dt_in, dt;     // (len): dt + dt_bias before the softplus, and after
   Vec<Acc> cs;            // (len): inclusive cumsum of dt A inside the chunk
+  Vec<Acc> in_decay;      // (len): exp(cs_l), the decay of the state entering the chunk up to step l
   Vec<Acc> decay_to_end;  // (len): exp(cs_last - cs_s), from a running sum
   Mat<Acc> decay;         // (len, len): exp(segsum)[l, s] = exp(sum_{k=s+1..l} dt_k A), 0 above the diagonal
+  Acc carry = 1;          // in_decay at the last step: the entering state's share of the chunk's end
+  // With seq_idx every factor above that spans a document boundary is 0 (ssd.h).
 
   void load(const SsdParams& p, int64_t b, int64_t h, int64_t c, bool with_decay_matrix) {
     const int64_t g = h / (p.H / p.G);
@@ -61,7 +64,11 @@ template <typename T> struct Chunk {
     const Acc A = static_cast<const Acc*>(p.A)[h];
     const Acc bias = p.dt_bias ? static_cast<const Acc*>(p.dt_bias)[h] : Acc(0);
     const T* dt_base = static_cast<const T*>(p.dt.data) + b * p.dt.batch_stride + h;
-    dt_in.resize(len), dt.resize(len), cs.resize(len), decay_to_end.resize(len);
+    // Document indices of the chunk's steps and of the step before it (seq_0 for the first).
+    const int32_t* seq = p.seq_idx ? p.seq_idx + b * p.L + t0 : nullptr;
+    const int32_t seq_before = seq ? seq[t0 > 0 ? -1 : 0] : 0;
+    auto same = [seq](int64_t l, int32_t other) { return !seq || seq[l] == other; };
+    dt_in.resize(len), dt.resize(len), cs.resize(len), in_decay.resize(len), decay_to_end.resize(len);
     Acc acc = 0;
     for (int64_t l = 0; l < len; ++l) {
       dt_in(l) = static_cast<Acc>(dt_base[(t0 + l) * p.dt.seq_stride]) + bias;
@@ -69,9 +76,16 @@ template <typename T> struct Chunk {
       acc += dt(l) * A;
       cs(l) = acc;
     }
+    in_decay = cs.array().exp().matrix();
+    carry = len > 0 ? std::exp(cs(len - 1)) : Acc(1);
+    for (int64_t l = 0; l < len; ++l) {
+      if (same(l, seq_before)) continue;
+      in_decay(l) = 0;
+      if (l == len - 1) carry = 0;
+    }
     acc = 0;
     for (int64_t s = len - 1; s >= 0; --s) {
-      decay_to_end(s) = std::exp(acc);
+      decay_to_end(s) = same(s, seq ? seq[len - 1] : 0) ? std::exp(acc) : Acc(0);
       acc += dt(s) * A;
     }
     if (!with_decay_matrix) return;
@@ -81,23 +95,22 @@ template <typename T> struct Chunk {
       decay(s, s) = 1;
       for (int64_t l = s + 1; l < len; ++l) {
         acc += dt(l) * A;
-        decay(l, s) = std::exp(acc);
+        decay(l, s) = same(l, seq ? seq[s] : 0) ? std::exp(acc) : Acc(0);
       }
     }
   }
-  Acc log_decay_total() const { return len > 0 ? cs(len - 1) : Acc(0); }
 };
 
 // Stages 2 and 3: states (B, H, nc, P, N) receives the state entering each chunk and
-// log_decay (B, H, nc) each chunk's total log decay; h_last (B, H, P, N) the final state
-// when non-null.
+// carry (B, H, nc) each chunk's Chunk::carry; h_last (B, H, P, N) the final state when
+// non-null.
 template <typename T>
-void entering_states(const SsdParams& p, std::vector<acc_t<T>>& states, std::vector<acc_t<T>>& log_decay,
+void entering_states(const SsdParams& p, std::vector<acc_t<T>>& states, std::vector<acc_t<T>>& carry,
                      acc_t<T>* h_last) {
   using Acc = acc_t<T>;
   const int64_t B = p.B, H = p.H, P = p.P, N = p.N, nc = p.num_chunks(), PN = P * N;
   states.assign(static_cast<size_t>(B * H * nc * PN), Acc(0));
-  log_decay.assign(static_cast<size_t>(B * H * nc), Acc(0));
+  carry.assign(static_cast<size_t>(B * H * nc), Acc(0));
 #pragma omp parallel
   {
     Chunk<T> ch;
@@ -109,7 +122,7 @@ void entering_states(const SsdParams& p, std::vector<acc_t<T>>& states, std::vec
           const Vec<Acc> weight = ch.decay_to_end.cwiseProduct(ch.dt);
           StateMap<Acc> S(&states[((b * H + h) * nc + c) * PN], P, N);
           S.noalias() = ch.X.transpose() * weight.asDiagonal() * ch.Bc;
-          log_decay[(b * H + h) * nc + c] = ch.log_decay_total();
+          carry[(b * H + h) * nc + c] = ch.carry;
         }
       }
     }
@@ -124,7 +137,7 @@ void entering_states(const SsdParams& p, std::vector<acc_t<T>>& states, std::vec
         StateMap<Acc> S(&states[((b * H + h) * nc + c) * PN], P, N);
         chunk_state = S;
         S = running;
-        running = std::exp(log_decay[(b * H + h) * nc + c]) * running + chunk_state;
+        running = carry[(b * H + h) * nc + c] * running + chunk_state;
       }
       if (h_last) StateMap<Acc>(h_last + (b * H + h) * PN, P, N) = running;
     }
@@ -135,8 +148,8 @@ template <typename T>
 void forward_kernel(const SsdParams& p) {
   using Acc = acc_t<T>;
   const int64_t B = p.B, L = p.L, H = p.H, P = p.P, N = p.N, nc = p.num_chunks(), PN = P * N;
-  std::vector<Acc> states, log_decay;
-  entering_states<T>(p, states, log_decay, static_cast<Acc*>(p.h_last));
+  std::vector<Acc> states, carry;
+  entering_states<T>(p, states, carry, static_cast<Acc*>(p.h_last));
   const Acc* D = static_cast<const Acc*>(p.D);
   T* y = static_cast<T*>(p.y);
 #pragma omp parallel
@@ -150,7 +163,7 @@ void forward_kernel(const SsdParams& p) {
           Eigen::Map<const Mat<Acc>> H_in(&states[((b * H + h) * nc + c) * PN], P, N);
           const Mat<Acc> K = (ch.Cc * ch.Bc.transpose()).cwiseProduct(ch.decay);
           Mat<Acc> Y = K * ch.dt.asDiagonal() * ch.X;                                        // stage 1
-          Y.noalias() += ch.cs.array().exp().matrix().asDiagonal() * (ch.Cc * H_in.transpose());  // stage 4
+          Y.noalias() += ch.in_decay.asDiagonal() * (ch.Cc * H_in.transpose());  // stage 4
           if (D) Y += D[h] * ch.X;
           for (int64_t l = 0; l < ch.len; ++l) {
             T* row = y + ((b * L + ch.t0 + l) * H + h) * P;
@@ -167,11 +180,11 @@ void backward_kernel(const SsdParams& p) {
   using Acc = acc_t<T>;
   const int64_t B = p.B, L = p.L, H = p.H, P = p.P, N = p.N, G = p.G, nc = p.num_chunks(), PN = P * N;
   const int64_t heads_per_group = H / G;
-  std::vector<Acc> states, log_decay;
-  entering_states<T>(p, states, log_decay, nullptr);
+  std::vector<Acc> states, carry;
+  entering_states<T>(p, states, carry, nullptr);
 
   // grad_states[c]: first the chunk's direct contribution to the gradient of the state
-  // entering it, E_c = sum_l exp(cs_l) dY_l C_l^T; after the reverse pass, the gradient of
+  // entering it, E_c = sum_l in_decay_l dY_l C_l^T; after the reverse pass, the gradient of
   // the state leaving chunk c.
   std::vector<Acc> grad_states(static_cast<size_t>(B * H * nc * PN));
 #pragma omp parallel
@@ -185,7 +198,7 @@ void backward_kernel(const SsdParams& p) {
           ch.load(p, b, h, c, false);
           load_rows<T>(p.dy, b, ch.t0, ch.len, h * P, P, dY);
           StateMap<Acc>(&grad_states[((b * H + h) * nc + c) * PN], P, N).noalias() =
-              dY.transpose() * ch.cs.array().exp().matrix().asDiagonal() * ch.Cc;
+              dY.transpose() * ch.in_decay.asDiagonal() * ch.Cc;
         }
       }
     }
@@ -201,7 +214,7 @@ void backward_kernel(const SsdParams& p) {
         StateMap<Acc> E(&grad_states[((b * H + h) * nc + c) * PN], P, N);
         direct = E;
         E = grad;
-        grad = std::exp(log_decay[(b * H + h) * nc + c]) * grad + direct;
+        grad = carry[(b * H + h) * nc + c] * grad + direct;
       }
       if (dh0) StateMap<Acc>(dh0 + (b * H + h) * PN, P, N) = grad;
     }
@@ -232,7 +245,7 @@ void backward_kernel(const SsdParams& p) {
             load_rows<T>(p.dy, b, t0, len, h * P, P, dY);
             const int64_t bhc = (b * H + h) * nc + c;
             Eigen::Map<const Mat<Acc>> H_in(&states[bhc * PN], P, N), G_out(&grad_states[bhc * PN], P, N);
-            const Vec<Acc> exp_cs = ch.cs.array().exp().matrix();
+            const Vec<Acc>& exp_cs = ch.in_decay;
             const Vec<Acc> w_end = ch.decay_to_end.cwiseProduct(ch.dt);  // weight of step s in the chunk state
             const Mat<Acc> K = (ch.Cc * ch.Bc.transpose()).cwiseProduct(ch.decay);  // (C_l . B_s) exp(segsum)
             const Mat<Acc> dYX = dY * ch.X.transpose();                             // dY_l . x_s
@@ -258,7 +271,7 @@ void backward_kernel(const SsdParams& p) {
             dcs -= v;
             dcs(len - 1) += v.sum();
             dcs += exp_cs.cwiseProduct((ch.Cc * H_in.transpose()).cwiseProduct(dY).rowwise().sum());  // stage 4
-            dcs(len - 1) += std::exp(ch.log_decay_total()) * G_out.cwiseProduct(H_in).sum();         // stage 3
+            dcs(len - 1) += ch.carry * G_out.cwiseProduct(H_in).sum();                               // stage 3
 
             // cs_l = sum_{k <= l} dt_k A  =>  d(dt_k A) = sum_{l >= k} dcs_l.
             Acc acc = 0, dA_acc = 0, dbias_acc = 0;
@@ -395,7 +408,7 @@ const FusedKernels<SsdParams> kKernels = {ssd_fwd_cpu, ssd_bwd_cpu, SSMT_CUDA_KE
 // backend, cumsums, masked exponentials), see ssd_composed.h. Sequence tensors are cast
 // (differentiably) to the compute dtype first, so bf16 inputs are computed in fp32 like on
 // the CPU, and y is rounded back to x's dtype once. The tape differentiates it.
-SsdResult ssd_on_device(const SsdTensors& in, bool dt_softplus, int64_t chunk_size) {
+SsdResult ssd_on_device(const SsdTensors& in, bool dt_softplus, int64_t chunk_size, const Tensor& seq_idx) {
   const DType dtype = in.x.dtype(), cd = compute_dtype(dtype);
   if (in.x.size(1) == 0) {  // an empty sequence: no chunks; the state passes through
     const Device dev = in.x.device();
@@ -403,7 +416,7 @@ SsdResult ssd_on_device(const SsdTensors& in, bool dt_softplus, int64_t chunk_si
             in.h0.defined() ? in.h0 : Tensor::zeros({in.x.size(0), in.x.size(2), in.x.size(3), in.Bm.size(3)}, cd, dev)};
   }
   auto [y, h_last] = ssd_chunked_composed(in.x.to(cd), in.dt.to(cd), in.A, in.Bm.to(cd), in.Cm.to(cd), in.D,
-                                          in.dt_bias, dt_softplus, chunk_size, in.h0);
+                                          in.dt_bias, dt_softplus, chunk_size, in.h0, seq_idx);
   return {y.to(dtype), h_last};
 }
 
@@ -411,13 +424,19 @@ SsdResult ssd_on_device(const SsdTensors& in, bool dt_softplus, int64_t chunk_si
 
 SsdResult ssd_chunked(const Tensor& x_in, const Tensor& dt_in, const Tensor& A_in, const Tensor& Bm_in,
                       const Tensor& Cm_in, const Tensor& D_in, const Tensor& dt_bias_in, bool dt_softplus,
-                      int64_t chunk_size, const Tensor& h0_in) {
+                      int64_t chunk_size, const Tensor& h0_in, const Tensor& seq_idx_in) {
   using P = SsdParams;
   check_args(x_in, dt_in, A_in, Bm_in, Cm_in, D_in, dt_bias_in, h0_in, chunk_size);
+  const Tensor seq_idx = checked_seq_idx(kOp, seq_idx_in, x_in.size(0), x_in.size(1), x_in.device());
   FusedOp<P> op(kOp, kKernels, x_in.device());
   const SsdTensors in = converted(x_in, dt_in, A_in, Bm_in, Cm_in, D_in, dt_bias_in, h0_in);
-  if (op.device().is_cuda() && !fused_on_device(in, chunk_size)) return ssd_on_device(in, dt_softplus, chunk_size);
+  if (op.device().is_cuda() && !fused_on_device(in, chunk_size))
+    return ssd_on_device(in, dt_softplus, chunk_size, seq_idx);
   op.p = make_params(in, dt_softplus, chunk_size);
+  if (seq_idx.defined()) {
+    op.p.seq_idx = static_cast<const int32_t*>(seq_idx.data_ptr());
+    op.save(seq_idx);
+  }
   op.input(in.x, &P::dx);
   op.input(in.dt, &P::ddt);
   op.input(in.A, &P::dA);

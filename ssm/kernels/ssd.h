@@ -16,6 +16,15 @@
 // long cumsums). A tail shorter than Q is processed as a short chunk, which is exactly
 // padding it with dt = 0 (a = 1, no input): neither y nor h_last changes.
 //
+// Packed documents (SPECS section 12): with seq_idx (B, L) the state restarts wherever
+// seq_idx changes along L, i.e. a_t = 0 at a reset. In the chunked form every decay factor
+// that spans a reset is 0: exp(segsum)[l, s] needs seq_l == seq_s, the chunk-state weight
+// of step s needs seq_s == seq_last, and the state entering a chunk reaches step l (and
+// the chunk's end) only when seq_l equals the document of the step before the chunk (for
+// the first chunk: seq_0, so h0 continues the first document). The backward uses the same
+// masked factors, so no gradient crosses a boundary and the decay of the reset step gets
+// none.
+//
 // Backward: the four stages reversed (docs/ssm_ops.md has the derivation). Nothing but the
 // inputs is saved: the backward recomputes the cumsums and the chunk states H_c
 // ((B, H, L/Q, P, N) values), runs the inter-chunk recurrence of the state gradient in
@@ -42,10 +51,11 @@ struct SsdResult {
 // x (B, L, H, P), dt (B, L, H) (raw: before bias and softplus), Bm, Cm (B, L, G, N) share
 // x's dtype (f32, bf16, f64). A (H) (negative: -exp(A_log)), D (H), dt_bias (H), h0
 // (B, H, P, N) are converted (differentiably) to the compute dtype; D, dt_bias and h0 may
-// be undefined. G must divide H; chunk_size Q >= 1 (any L: Q need not divide it).
+// be undefined. seq_idx (B, L) i32 (optional, non-decreasing rows) marks packed documents
+// (see above). G must divide H; chunk_size Q >= 1 (any L: Q need not divide it).
 SsdResult ssd_chunked(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
                       const Tensor& D = Tensor(), const Tensor& dt_bias = Tensor(), bool dt_softplus = false,
-                      int64_t chunk_size = 256, const Tensor& h0 = Tensor());
+                      int64_t chunk_size = 256, const Tensor& h0 = Tensor(), const Tensor& seq_idx = Tensor());
 
 // ---- kernel interface ----
 
@@ -62,6 +72,7 @@ struct SsdParams {
   const void* D = nullptr;         // (H), or null
   const void* dt_bias = nullptr;   // (H), or null
   const void* h0 = nullptr;        // (B, H, P, N), or null
+  const int32_t* seq_idx = nullptr;  // (B, L) contiguous, or null (one document per row)
   void* y = nullptr;               // (B, L, H, P) contiguous
   void* h_last = nullptr;          // (B, H, P, N)
 

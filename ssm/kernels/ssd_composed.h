@@ -11,10 +11,12 @@
 namespace ssmtrain {
 
 // x (B, L, H, P), dt (B, L, H) (raw), A (H) (negative), Bm, Cm (B, L, G, N), D (H) or
-// undefined, dt_bias (H) or undefined, h0 (B, H, P, N) or undefined.
+// undefined, dt_bias (H) or undefined, h0 (B, H, P, N) or undefined, seq_idx (B, L) i32 or
+// undefined (packed documents, ssd.h: the decays spanning a boundary are masked to 0).
 // Returns {y (B, L, H, P), h_last (B, H, P, N)}. L need not be a multiple of chunk_size.
 std::pair<Tensor, Tensor> ssd_chunked_composed(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm,
                                                const Tensor& Cm, const Tensor& D, const Tensor& dt_bias,
-                                               bool dt_softplus, int64_t chunk_size, const Tensor& h0);
+                                               bool dt_softplus, int64_t chunk_size, const Tensor& h0,
+                                               const Tensor& seq_idx = Tensor());
 
 }  // namespace ssmtrain

@@ -52,9 +52,12 @@ struct HostSsd {
 }  // namespace
 
 SsdResult ssd_recurrent(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
-                        const Tensor& D, const Tensor& dt_bias, bool dt_softplus, const Tensor& h0) {
+                        const Tensor& D, const Tensor& dt_bias, bool dt_softplus, const Tensor& h0,
+                        const Tensor& seq_idx) {
   NoGradGuard no_grad;
   const HostSsd s("ssd_recurrent", x, dt, A, Bm, Cm, D, dt_bias, dt_softplus, h0);
+  const std::vector<int32_t> seq = seq_idx.defined() ? seq_idx.to_vector<int32_t>() : std::vector<int32_t>();
+  auto reset = [&](int64_t b, int64_t t) { return !seq.empty() && t > 0 && seq[b * s.L + t] != seq[b * s.L + t - 1]; };
   std::vector<double> y(s.x.size()), h_last(static_cast<size_t>(s.B * s.H * s.P * s.N));
   std::vector<double> state(static_cast<size_t>(s.P * s.N));
   for (int64_t b = 0; b < s.B; ++b) {
@@ -62,7 +65,7 @@ SsdResult ssd_recurrent(const Tensor& x, const Tensor& dt, const Tensor& A, cons
       for (int64_t p = 0; p < s.P; ++p)
         for (int64_t n = 0; n < s.N; ++n) state[p * s.N + n] = s.h0v(b, h, p, n);
       for (int64_t t = 0; t < s.L; ++t) {
-        const double dtv = s.dtv(b, t, h), a = std::exp(dtv * s.A[h]);
+        const double dtv = s.dtv(b, t, h), a = reset(b, t) ? 0.0 : std::exp(dtv * s.A[h]);
         for (int64_t p = 0; p < s.P; ++p) {
           double out = s.D.empty() ? 0.0 : s.D[h] * s.xv(b, t, h, p);
           for (int64_t n = 0; n < s.N; ++n) {

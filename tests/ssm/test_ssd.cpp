@@ -10,6 +10,7 @@
 #include "gradcheck.h"
 #include "ssm/kernels/selective_scan.h"
 #include "ssm/kernels/ssd.h"
+#include "ssm/kernels/ssd_composed.h"
 #include "ssm_reference.h"
 #include "user_error.h"
 
@@ -242,6 +243,141 @@ TEST_CASE("ssd names the offending argument") {
             .find("G = 3 must divide the number of heads H = 4") != std::string::npos);
   CHECK(user_error_of([&] { ssd_chunked(in.x, in.dt, in.A, in.Bm, in.Cm, {}, {}, false, 0); }) ==
         "ssd_chunked: chunk_size must be at least 1, got 0");
+}
+
+// ---- packed documents (seq_idx) ----
+
+namespace {
+
+// Two rows of 37 steps. Row 0 restarts at 1 (a one-step first document), at 8 (a chunk
+// start for Q = 8), at 13 and at 36 (a last document of one step); row 1 at 5, 6 (a document
+// of one step) and 20, with indices that do not start at 0.
+Tensor packed_seq_idx() {
+  std::vector<int32_t> v;
+  const std::vector<std::vector<int64_t>> starts = {{1, 8, 13, 36}, {5, 6, 20}};
+  for (int64_t b = 0; b < 2; ++b) {
+    int32_t doc = b == 0 ? 0 : 3;
+    for (int64_t t = 0; t < 37; ++t) {
+      for (int64_t s : starts[b]) doc += s == t;
+      v.push_back(doc);
+    }
+  }
+  return Tensor::from_vector(v, {2, 37});
+}
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  const std::vector<double> u = a.to_vector<double>(), v = b.to_vector<double>();
+  double m = 0;
+  for (size_t i = 0; i < u.size(); ++i) m = std::max(m, std::abs(u[i] - v[i]));
+  return m;
+}
+
+SsdResult chunked(const SsdInputs& in, int64_t Q, const Tensor& seq_idx) {
+  return ssd_chunked(in.x, in.dt, in.A, in.Bm, in.Cm, in.D, in.dt_bias, in.softplus, Q, in.h0, seq_idx);
+}
+
+}  // namespace
+
+TEST_CASE("ssd with seq_idx matches the recurrence that restarts at every document") {
+  Generator gen(48);
+  const Tensor seq = packed_seq_idx();
+  for (bool options : {false, true}) {
+    for (int64_t G : {1, 2}) {
+      CAPTURE(options);
+      CAPTURE(G);
+      const SsdInputs in = make_inputs(2, 37, 4, 3, G, 5, options, gen);
+      const SsdResult rec = ssd_recurrent(in.x, in.dt, in.A, in.Bm, in.Cm, in.D, in.dt_bias, in.softplus, in.h0, seq);
+      const SsdResult plain = recurrent(in);
+      // The masks must matter: without them the outputs after the first restart differ.
+      CHECK(max_abs_diff(rec.y.narrow(1, 1, 36), plain.y.narrow(1, 1, 36)) > 1e-3);
+      for (int64_t Q : {8, 64, 1, 37, 5}) {
+        CAPTURE(Q);
+        const SsdResult ch = chunked(in, Q, seq);
+        check_close(ch.y, rec.y, 1e-11, 1e-12, "chunked y");
+        check_close(ch.h_last, rec.h_last, 1e-11, 1e-12, "chunked h_last");
+        auto [y, h_last] = ssd_chunked_composed(in.x, in.dt, in.A, in.Bm, in.Cm, in.D, in.dt_bias, in.softplus, Q,
+                                                in.h0, seq);
+        check_close(y, rec.y, 1e-11, 1e-12, "composed y");
+        check_close(h_last, rec.h_last, 1e-11, 1e-12, "composed h_last");
+      }
+    }
+  }
+}
+
+TEST_CASE("ssd of a packed row equals its documents run one by one") {
+  // Row 1 of packed_seq_idx holds documents [0, 5), [5, 6), [6, 20), [20, 37). Each one run
+  // alone (the first from h0, the others from a zero state) gives the packed outputs, the
+  // last one's final state is h_last, and the gradients of a loss over the packed row are
+  // the sums of the documents' own.
+  Generator gen(49);
+  SsdInputs in = make_inputs(2, 37, 4, 3, 2, 5, true, gen);
+  const Tensor seq = packed_seq_idx();
+  std::vector<Tensor> leaves = in.all();
+  for (Tensor& t : leaves) t.requires_grad_();
+  const Tensor w = random_tensor({37, 4, 3}, gen, DType::f64);  // weights of the loss sum(w * y)
+  const Tensor w_last = random_tensor({4, 3, 5}, gen, DType::f64);
+  auto row = [](const Tensor& t, int64_t start, int64_t len) { return t.narrow(0, 1, 1).narrow(1, start, len); };
+
+  const SsdResult packed = ssd_chunked(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], leaves[6],
+                                       true, 8, leaves[7], seq);
+  backward(add(sum(mul(row(packed.y, 0, 37).reshape({37, 4, 3}), w)),
+               sum(mul(packed.h_last.narrow(0, 1, 1).reshape({4, 3, 5}), w_last))));
+  std::vector<Tensor> packed_grads;
+  for (Tensor& t : leaves) packed_grads.push_back(t.grad().narrow(0, t.dim() > 1 ? 1 : 0, t.dim() > 1 ? 1 : t.size(0)));
+  for (Tensor& t : leaves) t.zero_grad();
+
+  const std::vector<std::pair<int64_t, int64_t>> docs = {{0, 5}, {5, 1}, {6, 14}, {20, 17}};
+  Tensor loss;
+  for (size_t i = 0; i < docs.size(); ++i) {
+    const auto [start, len] = docs[i];
+    const Tensor h0 = i == 0 ? leaves[7].narrow(0, 1, 1) : Tensor();
+    const SsdResult one = ssd_chunked(row(leaves[0], start, len), row(leaves[1], start, len), leaves[2],
+                                      row(leaves[3], start, len), row(leaves[4], start, len), leaves[5], leaves[6],
+                                      true, 8, h0);
+    check_close(one.y, row(packed.y, start, len).detach(), 1e-11, 1e-12, "document y");
+    Tensor part = sum(mul(one.y.reshape({len, 4, 3}), w.narrow(0, start, len)));
+    if (i + 1 == docs.size()) {
+      check_close(one.h_last, packed.h_last.narrow(0, 1, 1).detach(), 1e-11, 1e-12, "h_last");
+      part = add(part, sum(mul(one.h_last.reshape({4, 3, 5}), w_last)));
+    }
+    loss = loss.defined() ? add(loss, part) : part;
+  }
+  backward(loss);
+  const char* names[] = {"dx", "ddt", "dA", "dBm", "dCm", "dD", "ddt_bias", "dh0"};
+  for (size_t i = 0; i < leaves.size(); ++i) {
+    const Tensor& t = leaves[i];
+    const Tensor g = t.grad().narrow(0, t.dim() > 1 ? 1 : 0, t.dim() > 1 ? 1 : t.size(0));
+    check_close(packed_grads[i], g, 1e-10, 1e-12, names[i]);
+  }
+}
+
+TEST_CASE("ssd gradients with seq_idx match finite differences") {
+  Generator gen(50);
+  SsdInputs in = make_inputs(2, 37, 4, 3, 2, 5, true, gen);
+  const Tensor seq = packed_seq_idx();
+  std::vector<Tensor> leaves = in.all();
+  for (Tensor& t : leaves) t.requires_grad_();
+  for (int64_t Q : {8, 5}) {
+    CAPTURE(Q);
+    check_gradients(
+        [&](const std::vector<Tensor>& v) {
+          const SsdResult r = ssd_chunked(v[0], v[1], v[2], v[3], v[4], v[5], v[6], true, Q, v[7], seq);
+          return cat({r.y.reshape({-1}), r.h_last.reshape({-1})}, 0);
+        },
+        leaves);
+  }
+}
+
+TEST_CASE("ssd names a bad seq_idx") {
+  Generator gen(51);
+  const SsdInputs in = make_inputs(2, 16, 4, 3, 1, 8, false, gen, DType::f32);
+  auto run = [&](const Tensor& seq) { ssd_chunked(in.x, in.dt, in.A, in.Bm, in.Cm, {}, {}, false, 8, {}, seq); };
+  CHECK(user_error_of([&] { run(Tensor::zeros({2, 15}, DType::i32)); }) ==
+        "ssd_chunked: seq_idx (2, 15) i32 cpu: expected (B, L) = (2, 16)");
+  CHECK(contains(user_error_of([&] { run(Tensor::zeros({2, 16}, DType::f32)); }), "expected dtype i32"));
+  std::vector<int32_t> v(32, 1);
+  v[16 + 9] = 0;  // row 1 goes back from document 1 to 0 at position 9
+  CHECK(contains(user_error_of([&] { run(Tensor::from_vector(v, {2, 16})); }), "row 1 decreases at position 9"));
 }
 
 }  // namespace ssmtrain
