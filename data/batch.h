@@ -55,6 +55,9 @@ class Dataset {
   virtual int64_t vocab_size() const = 0;
   // True when one token is one byte of text, so bits per byte can be reported.
   virtual bool byte_level() const { return false; }
+  // The data's own end-of-text token, the one that begins each document (data.pack_documents,
+  // data/packing.h); -1 = none known.
+  virtual int64_t eot_token() const { return -1; }
 
   virtual DataCursor cursor() const = 0;
   // UserError when the cursor was written by another kind of dataset or over other data.

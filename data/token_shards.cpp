@@ -86,8 +86,14 @@ TokenShard::TokenShard(const std::string& path) : path_(path) {
     throw UserError(detail::concat(path, ": header words 3 (vocabulary size) and 4 (byte-level flag) are ", header[3],
                                    " and ", header[4], "; expected a size >= 0 and a flag of 0 or 1"));
   }
+  if (header[5] < 0 || (header[3] > 0 && header[5] > header[3])) {
+    release();
+    throw UserError(detail::concat(path, ": header word 5 (end-of-text token + 1) is ", header[5],
+                                   "; expected 0 (none recorded) or a token + 1 within the vocabulary of ", header[3]));
+  }
   vocab_size_ = header[3];
   byte_level_ = header[4] == 1;
+  eot_token_ = static_cast<int64_t>(header[5]) - 1;
   tokens_ = static_cast<const unsigned char*>(map_) + kShardHeaderBytes;
 }
 
@@ -140,10 +146,16 @@ std::vector<int32_t> read_token_shard(const std::string& path) {
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-TokenShardWriter::TokenShardWriter(std::string path, int64_t vocab_size, bool byte_level)
-    : path_(std::move(path)), temp_path_(path_ + ".tmp"), vocab_size_(vocab_size), byte_level_(byte_level) {
+TokenShardWriter::TokenShardWriter(std::string path, int64_t vocab_size, bool byte_level, int64_t eot_token)
+    : path_(std::move(path)),
+      temp_path_(path_ + ".tmp"),
+      vocab_size_(vocab_size),
+      byte_level_(byte_level),
+      eot_token_(eot_token) {
   SSMT_CHECK(vocab_size >= 1 && vocab_size <= (int64_t{1} << 31), path_, ": vocabulary size ", vocab_size,
              " is outside [1, 2^31]");
+  SSMT_CHECK(eot_token >= -1 && eot_token < std::min<int64_t>(vocab_size, INT32_MAX), path_, ": end-of-text token ",
+             eot_token, " is outside the vocabulary [0, ", vocab_size, ")");
   token_bytes_ = vocab_size <= 65536 ? 2 : 4;
   file_ = std::fopen(temp_path_.c_str(), "wb");
   SSMT_CHECK(file_ != nullptr, temp_path_, ": cannot create: ", errno_text(errno));
@@ -198,6 +210,7 @@ void TokenShardWriter::close() {
   header[2] = static_cast<int32_t>(num_tokens_);
   header[3] = static_cast<int32_t>(std::min<int64_t>(vocab_size_, INT32_MAX));
   header[4] = byte_level_ ? 1 : 0;
+  header[5] = static_cast<int32_t>(eot_token_ + 1);
   if (std::fseek(file_, 0, SEEK_SET) != 0) throw UserError(temp_path_ + ": seek failed: " + errno_text(errno));
   write_raw(header, sizeof(header));
   if (std::fflush(file_) != 0) throw UserError(temp_path_ + ": flush failed: " + errno_text(errno));
@@ -217,8 +230,8 @@ void TokenShardWriter::commit() {
 }
 
 void write_token_shard(const std::string& path, const std::vector<int32_t>& tokens, int64_t vocab_size,
-                       bool byte_level) {
-  TokenShardWriter writer(path, vocab_size, byte_level);
+                       bool byte_level, int64_t eot_token) {
+  TokenShardWriter writer(path, vocab_size, byte_level, eot_token);
   writer.append(tokens.data(), static_cast<int64_t>(tokens.size()));
   writer.commit();
 }
@@ -323,10 +336,17 @@ TokenShardDataset::TokenShardDataset(const std::vector<std::string>& files, int6
   if (holdout_.part != HoldOut::Part::whole) what_ += " (" + holdout_.describe() + ")";
   int64_t recorded = 0;
   const TokenShard* largest = nullptr;
+  const TokenShard* eot_source = nullptr;
   for (const auto& s : shards_) {
     if (s->vocab_size() > recorded) recorded = s->vocab_size(), largest = s.get();
     byte_level_ = byte_level_ && s->byte_level();
+    if (s->eot_token() < 0) continue;
+    SSMT_CHECK(!eot_source || eot_source->eot_token() == s->eot_token(), what_, ": the shards record different "
+               "end-of-text tokens (", eot_source->eot_token(), " in ", quoted(eot_source->path()), ", ",
+               s->eot_token(), " in ", quoted(s->path()), ")");
+    eot_source = s.get();
   }
+  eot_token_ = eot_source ? eot_source->eot_token() : byte_level_ ? -1 : kGpt2EndOfText;
   if (vocab_size == 0) {
     SSMT_CHECK(recorded > 0, "model.vocab_size: must be set for ", what_,
                ": their headers do not record a vocabulary size (llm.c leaves header word 3 at 0)");

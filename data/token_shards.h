@@ -6,6 +6,8 @@
 //   word 2  number of tokens
 //   word 3  vocabulary size, 0 = not recorded (our extension; llm.c writes 0 and never reads it)
 //   word 4  1 when each token is one byte of text (our extension, written by `ssmtrain prepare`)
+//   word 5  the end-of-text token that begins each document, plus one; 0 = not recorded (our
+//           extension, written by `ssmtrain prepare --eot`; llm.c writes 0)
 // and the file size must be exactly 1024 + tokens * width. Readers map the file (POSIX mmap)
 // so a run touches only the windows it samples; writers go through a temporary name and
 // rename, so a shard on disk is either complete or absent.
@@ -25,6 +27,9 @@ namespace ssmtrain {
 inline constexpr int32_t kShardMagicU16 = 20240520, kShardVersionU16 = 1;
 inline constexpr int32_t kShardMagicU32 = 20240801, kShardVersionU32 = 7;
 inline constexpr int64_t kShardHeaderBytes = 256 * 4;
+// GPT-2's <|endoftext|>, which llm.c's GPT-2 shards put before every document: the end-of-text
+// token of shards whose header records none, unless they are byte-level.
+inline constexpr int32_t kGpt2EndOfText = 50256;
 
 // A validated, read-only mapping of one shard. Every check failure is a UserError naming
 // the file and what is wrong with it.
@@ -40,6 +45,7 @@ class TokenShard {
   int token_bytes() const { return token_bytes_; }  // 2 or 4
   int64_t vocab_size() const { return vocab_size_; }  // header word 3; 0 = not recorded
   bool byte_level() const { return byte_level_; }
+  int64_t eot_token() const { return eot_token_; }  // header word 5 - 1; -1 = not recorded
 
   uint32_t token(int64_t index) const;
   // Copies tokens [start, start + count) into out, as int32.
@@ -56,6 +62,7 @@ class TokenShard {
   int token_bytes_ = 2;
   int64_t vocab_size_ = 0;
   bool byte_level_ = false;
+  int64_t eot_token_ = -1;
 };
 
 // All tokens of a shard (for tests and tools; training maps shards instead).
@@ -63,10 +70,11 @@ std::vector<int32_t> read_token_shard(const std::string& path);
 
 // Streams tokens into `path` + ".tmp"; commit() completes the header, fsyncs and renames to
 // `path`. Tokens are uint16 when vocab_size <= 65536, else uint32. Dropping a writer that
-// was not committed removes the temporary file.
+// was not committed removes the temporary file. eot_token >= 0 is recorded in header word 5
+// (the writer does not place it: the caller appends it before each document).
 class TokenShardWriter {
  public:
-  TokenShardWriter(std::string path, int64_t vocab_size, bool byte_level = false);
+  TokenShardWriter(std::string path, int64_t vocab_size, bool byte_level = false, int64_t eot_token = -1);
   ~TokenShardWriter();
   TokenShardWriter(const TokenShardWriter&) = delete;
   TokenShardWriter& operator=(const TokenShardWriter&) = delete;
@@ -90,6 +98,7 @@ class TokenShardWriter {
   std::string path_, temp_path_;
   int64_t vocab_size_;
   bool byte_level_;
+  int64_t eot_token_;
   int token_bytes_;
   std::FILE* file_ = nullptr;
   int64_t num_tokens_ = 0;
@@ -98,7 +107,7 @@ class TokenShardWriter {
 
 // The whole shard in one call.
 void write_token_shard(const std::string& path, const std::vector<int32_t>& tokens, int64_t vocab_size,
-                       bool byte_level = false);
+                       bool byte_level = false, int64_t eot_token = -1);
 
 // Shard files named by `spec`, sorted by path: a glob pattern (any of * ? [), a single file,
 // or a directory, of which the *.bin files with the word `split` ("train" or "val") in their
@@ -125,6 +134,9 @@ class TokenShardDataset : public Dataset {
   Batch next(int64_t batch, int64_t seq_len) override;
   int64_t vocab_size() const override { return vocab_size_; }
   bool byte_level() const override { return byte_level_; }
+  // The token recorded in the headers (UserError at construction when two shards record
+  // different ones), else none for byte-level shards and kGpt2EndOfText for the others.
+  int64_t eot_token() const override { return eot_token_; }
   DataCursor cursor() const override;
   void restore(const DataCursor& cursor) override;
   void rewind() override { sampler_.rewind(); }
@@ -139,6 +151,7 @@ class TokenShardDataset : public Dataset {
   std::vector<int64_t> first_token_;  // (num_shards) where each shard's part begins
   int64_t vocab_size_ = 0;
   bool byte_level_ = true;
+  int64_t eot_token_ = -1;
   WindowSampler sampler_;
   std::string what_;  // names the data in errors
 };
