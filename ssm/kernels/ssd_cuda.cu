@@ -22,6 +22,13 @@
 // kept per head in fp32 and summed over the heads of a group in a fixed order; dA, dD,
 // ddt_bias per (batch, chunk) likewise: no float atomics, deterministic.
 //
+// Packed documents (seq_idx, ssd.h): every decay factor spanning a document boundary is 0.
+// The kernels keep the document index of each row of a tile beside its cs in shared memory
+// and compare: e^{cs_l - cs_s} needs doc_l == doc_s, the chunk-state weight of step s needs
+// doc_s == doc_last, and e^{cs_l} (the entering state reaching step l, or the chunk's end)
+// needs doc_l == doc_before (the step before the chunk; for the first chunk, step 0).
+// Without seq_idx every index is 0 and the masks keep everything.
+//
 // Products: bf16 operands in shared memory, fp32 accumulators (WMMA 16x16x16). Operands
 // that are scaled (w o B, e^{cs} C, the masked score tiles) are rounded to bf16 after the
 // scaling, as the official kernels do; states and all sums stay fp32.
@@ -228,15 +235,40 @@ struct Ptrs {
   const bf *x, *dt, *Bm, *Cm, *dy;
   int64_t x_bs, x_ss, dt_bs, dt_ss, B_bs, B_ss, C_bs, C_ss, dy_bs, dy_ss;
   const float *A, *D, *dt_bias, *h0, *dh_last;
+  const int32_t* seq;  // (B, L) document indices, or null
   bool softplus;
 };
+
+// The document of step pos of row b, pos clamped into [0, L): before the sequence is its
+// first step, past it the last (0 for every step without seq_idx).
+__device__ __forceinline__ int doc_at(const Ptrs& p, const SsdDims& d, int b, int pos) {
+  return p.seq ? p.seq[static_cast<size_t>(b) * d.L + min(max(pos, 0), d.L - 1)] : 0;
+}
+// The documents of the step before chunk c and of its last step.
+__device__ __forceinline__ int doc_before(const Ptrs& p, const SsdDims& d, int b, int c) {
+  return doc_at(p, d, b, c * d.Q - 1);
+}
+__device__ __forceinline__ int doc_last(const Ptrs& p, const SsdDims& d, int b, int c) {
+  return doc_at(p, d, b, c * d.Q + d.Q - 1);
+}
+// The chunk carries the state entering it to its end (no document starts inside it).
+__device__ __forceinline__ bool chunk_carries(const Ptrs& p, const SsdDims& d, int b, int c) {
+  return !p.seq || doc_before(p, d, b, c) == doc_last(p, d, b, c);
+}
+// doc[r] for the kT rows of a tile (rows past the chunk's steps: its last step's document).
+__device__ __forceinline__ void load_tile_docs(const Ptrs& p, const SsdDims& d, int b, int c, const TileRows& tr,
+                                               int* doc) {
+  const int last = min(c * d.Q + d.Q, d.L) - 1;
+  for (int r = threadIdx.x; r < kT; r += kThreads) doc[r] = doc_at(p, d, b, min(tr.t0 + r, last));
+}
 
 // A source tile s of a chunk: B_s and x_s rows (raw) and its cs and dt into shared memory.
 template <int PP, int NP>
 __device__ __forceinline__ void stage_source_tile(const Ptrs& p, const SsdDims& d, int b, int h, const TileRows& ts,
                                                   const float* cs_tile, const float* dt_tile, bf* sB, bf* sX,
-                                                  float* cs_s, float* dt_s) {
+                                                  float* cs_s, float* dt_s, int c, int* doc_s) {
   const int g = h / d.hpg;
+  load_tile_docs(p, d, b, c, ts, doc_s);
   stage_raw<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, ts.rows, d.N);
   stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
   for (int r = threadIdx.x; r < kT; r += kThreads) {
@@ -282,11 +314,15 @@ template <int PP, int NP, bool kGrad>
 __global__ void __launch_bounds__(kThreads) chunk_state_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
                                                                float* out) {
   extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ float w_row[kT];
   bf* sX = reinterpret_cast<bf*>(smem);
   bf* sY = reinterpret_cast<bf*>(smem + bf_bytes(kT, PP));
   const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
   const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
   const float cs_last = cs[cb + d.Qp - 1];
+  // Steps of the document the chunk's state belongs to: the last step's (own state), or
+  // the step before the chunk's (dS: the gradient reaches the entering state).
+  const int doc_keep = kGrad ? doc_before(p, d, b, c) : doc_last(p, d, b, c);
   using WT = WarpTile<PP, NP>;
   const WT wt;
   Acc acc[WT::NF];
@@ -296,14 +332,19 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(Ptrs p, SsdDims d
     if (tr.rows <= 0) break;
     const float* cst = cs + cb + tile * kT;
     const float* dtt = dtv + cb + tile * kT;
+    for (int r = threadIdx.x; r < kT; r += kThreads) {
+      const bool keep = doc_at(p, d, b, tr.t0 + r) == doc_keep;
+      w_row[r] = !keep ? 0.f : kGrad ? __expf(cst[r]) : __expf(cs_last - cst[r]) * dtt[r];
+    }
+    __syncthreads();
     if constexpr (kGrad) {
       stage_raw<PP>(sX, p.dy + b * p.dy_bs + tr.t0 * p.dy_ss + h * d.P, p.dy_ss, tr.rows, d.P);
       stage<NP>(sY, p.Cm + b * p.C_bs + tr.t0 * p.C_ss + g * d.N, p.C_ss, tr.rows, d.N,
-                [&](int r) { return __expf(cst[r]); });
+                [&](int r) { return w_row[r]; });
     } else {
       stage_raw<PP>(sX, p.x + b * p.x_bs + tr.t0 * p.x_ss + h * d.P, p.x_ss, tr.rows, d.P);
       stage<NP>(sY, p.Bm + b * p.B_bs + tr.t0 * p.B_ss + g * d.N, p.B_ss, tr.rows, d.N,
-                [&](int r) { return __expf(cs_last - cst[r]) * dtt[r]; });
+                [&](int r) { return w_row[r]; });
     }
     __syncthreads();
     mma<WT::NF, kT, wmma::col_major, wmma::row_major>(acc, sX, ldb(PP), sY, ldb(NP), wt.row0, wt.col0);
@@ -364,7 +405,7 @@ __global__ void __launch_bounds__(kThreads) state_pass_fwd_kernel(Ptrs p, SsdDim
     for (int k = 0; k < kAhead; ++k) {
       if (c0 + k >= d.nc) break;
       own[k] = s[(c0 + k) * step];
-      decay[k] = __expf(cs_last[static_cast<size_t>(c0 + k) * d.Qp]);
+      decay[k] = chunk_carries(p, d, b, c0 + k) ? __expf(cs_last[static_cast<size_t>(c0 + k) * d.Qp]) : 0.f;
     }
 #pragma unroll
     for (int k = 0; k < kAhead; ++k) {
@@ -400,7 +441,7 @@ __global__ void __launch_bounds__(kThreads) state_pass_bwd_kernel(Ptrs p, SsdDim
       if (c < 0) break;
       ds[k] = g[c * step];
       hc[k] = hs[c * step];
-      decay[k] = __expf(cs_last[static_cast<size_t>(c) * d.Qp]);
+      decay[k] = chunk_carries(p, d, b, c) ? __expf(cs_last[static_cast<size_t>(c) * d.Qp]) : 0.f;
     }
 #pragma unroll
     for (int k = 0; k < kAhead; ++k) {
@@ -439,7 +480,8 @@ struct ScanFwdSmem {
   static constexpr size_t sR = sX + bf_bytes(kT, PP);  // H_c (bf16); S (f32); the output tile (f32)
   static constexpr size_t sW = sR + cmax(cmax(bf_bytes(PP, NP), f_bytes(kT, kT)), f_bytes(kT, PP));
   static constexpr size_t vec = sW + bf_bytes(kT, kT);  // cs_l, cs_s, dt_s
-  static constexpr size_t total = vec + round_up(3 * kT * sizeof(float));
+  static constexpr size_t docs = vec + round_up(3 * kT * sizeof(float));  // doc_l, doc_s
+  static constexpr size_t total = docs + round_up(2 * kT * sizeof(int));
 };
 
 template <int PP, int NP>
@@ -457,16 +499,20 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(ScanFwdSmem<PP, NP>::tot
   float* cs_l = reinterpret_cast<float*>(smem + S::vec);
   float* cs_s = cs_l + kT;
   float* dt_s = cs_s + kT;
+  int* doc_l = reinterpret_cast<int*>(smem + S::docs);
+  int* doc_s = doc_l + kT;
 
   const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
   const TileRows tl(d, c, i);
   if (tl.rows <= 0) return;
   const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
+  const int entering = doc_before(p, d, b, c);
   for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
+  load_tile_docs(p, d, b, c, tl, doc_l);
   __syncthreads();
   const bf* Cl = p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N;
   stage_raw<NP>(sC, Cl, p.C_ss, tl.rows, d.N);
-  stage<NP>(sB, Cl, p.C_ss, tl.rows, d.N, [&](int r) { return __expf(cs_l[r]); });
+  stage<NP>(sB, Cl, p.C_ss, tl.rows, d.N, [&](int r) { return doc_l[r] == entering ? __expf(cs_l[r]) : 0.f; });
   stage_state<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
   __syncthreads();
 
@@ -480,7 +526,8 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(ScanFwdSmem<PP, NP>::tot
   __syncthreads();
 
   for (int j = 0; j <= i; ++j) {
-    stage_source_tile<PP, NP>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX, cs_s, dt_s);
+    stage_source_tile<PP, NP>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX, cs_s, dt_s,
+                              c, doc_s);
     __syncthreads();
     const WS ws;
     Acc sc[WS::NF];
@@ -490,7 +537,7 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(ScanFwdSmem<PP, NP>::tot
     __syncthreads();
     for (int e = threadIdx.x; e < kT * kT; e += kThreads) {
       const int r = e / kT, s = e % kT;
-      const bool keep = j < i || s <= r;
+      const bool keep = (j < i || s <= r) && doc_l[r] == doc_s[s];
       const float w = keep ? sS[r * ldf(kT) + s] * __expf(cs_l[r] - cs_s[s]) * dt_s[s] : 0.f;
       sW[r * ldb(kT) + s] = __float2bfloat16(w);
     }
@@ -522,7 +569,8 @@ struct BwdLSmem {
   static constexpr size_t loop_bytes = cmax(cmax(bf_bytes(kT, PP), 2 * f_bytes(kT, kT)), f_bytes(kT, NP));
   static constexpr size_t sW = sLoop + loop_bytes;
   static constexpr size_t vec = sW + bf_bytes(kT, kT);
-  static constexpr size_t total = vec + round_up(3 * kT * sizeof(float));
+  static constexpr size_t docs = vec + round_up(3 * kT * sizeof(float));  // doc_l, doc_s
+  static constexpr size_t total = docs + round_up(2 * kT * sizeof(int));
 };
 
 // Per l-tile: dC_l = sum_{s <= l} W'_ls B_s + e^{cs_l} H_c^T dy_l, W'_ls = e^{cs_l - cs_s}
@@ -546,6 +594,8 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdLSmem<PP, NP>::total,
   float* cs_l = reinterpret_cast<float*>(smem + S::vec);
   float* cs_s = cs_l + kT;
   float* dt_s = cs_s + kT;
+  int* doc_l = reinterpret_cast<int*>(smem + S::docs);
+  int* doc_s = doc_l + kT;
 
   const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
   const TileRows tl(d, c, i);
@@ -555,12 +605,14 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdLSmem<PP, NP>::total,
     if (part == 0) dcs_row[cb + i * kT + row] = 0.f;
     return;
   }
+  const int entering = doc_before(p, d, b, c);
   for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
+  load_tile_docs(p, d, b, c, tl, doc_l);
   __syncthreads();
   const bf* dyl = p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P;
   stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
   stage_raw<PP>(sDy, dyl, p.dy_ss, tl.rows, d.P);
-  stage<PP>(sDs, dyl, p.dy_ss, tl.rows, d.P, [&](int r) { return __expf(cs_l[r]); });
+  stage<PP>(sDs, dyl, p.dy_ss, tl.rows, d.P, [&](int r) { return doc_l[r] == entering ? __expf(cs_l[r]) : 0.f; });
   stage_state<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
   __syncthreads();
 
@@ -581,7 +633,8 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdLSmem<PP, NP>::total,
   __syncthreads();
 
   for (int j = 0; j <= i; ++j) {
-    stage_source_tile<PP, NP>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX, cs_s, dt_s);
+    stage_source_tile<PP, NP>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX, cs_s, dt_s,
+                              c, doc_s);
     __syncthreads();
     score_tiles<PP, NP>(sS1, sC, sB, sS2, sDy, sX);
     __syncthreads();
@@ -590,7 +643,7 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdLSmem<PP, NP>::total,
 #pragma unroll 4
       for (int k = 0; k < 16; ++k) {
         const int s = part * 16 + k;
-        const bool keep = j < i || s <= row;
+        const bool keep = (j < i || s <= row) && doc_l[row] == doc_s[s];
         const float w = keep ? sS2[row * ldf(kT) + s] * __expf(cs_l[row] - cs_s[s]) * dt_s[s] : 0.f;
         sW[row * ldb(kT) + s] = __float2bfloat16(w);
         v += sS1[row * ldf(kT) + s] * w;
@@ -622,8 +675,9 @@ struct BwdSSmem {
   static constexpr size_t sLoop = sDy + bf_bytes(kT, PP);
   static constexpr size_t loop_bytes =
       cmax(cmax(2 * f_bytes(kT, kT) + 2 * bf_bytes(kT, kT), f_bytes(kT, FW)), bf_bytes(PP, NP));
-  static constexpr size_t vec = sLoop + loop_bytes;  // cs_s, dt_s, cs_l, wlast, rowv
-  static constexpr size_t total = vec + round_up(6 * kT * sizeof(float));
+  static constexpr size_t vec = sLoop + loop_bytes;  // cs_s, dt_s, cs_l, wlast, rowv, rowd
+  static constexpr size_t docs = vec + round_up(6 * kT * sizeof(float));  // doc_s, doc_l
+  static constexpr size_t total = docs + round_up(2 * kT * sizeof(int));
 };
 
 // Per s-tile, with W'_ls = e^{cs_l - cs_s} dt_s (dy_l . x_s):
@@ -654,6 +708,8 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdSSmem<PP, NP>::total,
   float* wlast = cs_l + kT;
   float* rowv = wlast + kT;    // per-row v_s
   float* rowd = rowv + kT;     // per-row dy . x
+  int* doc_s = reinterpret_cast<int*>(smem + S::docs);
+  int* doc_l = doc_s + kT;
 
   const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
   const TileRows ts(d, c, i);
@@ -666,10 +722,13 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdSSmem<PP, NP>::total,
     return;
   }
   const float cs_last = cs[cb + d.Qp - 1];
+  const int last = doc_last(p, d, b, c);
+  load_tile_docs(p, d, b, c, ts, doc_s);
+  __syncthreads();
   for (int r = threadIdx.x; r < kT; r += kThreads) {
     cs_s[r] = cs[cb + i * kT + r];
     dt_s[r] = dtv[cb + i * kT + r];
-    wlast[r] = __expf(cs_last - cs_s[r]);
+    wlast[r] = doc_s[r] == last ? __expf(cs_last - cs_s[r]) : 0.f;
   }
   __syncthreads();
   const bf* Bs = p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N;
@@ -709,6 +768,7 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdSSmem<PP, NP>::total,
     stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
     stage_raw<PP>(sDy, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P, p.dy_ss, tl.rows, d.P);
     for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + j * kT + r];
+    load_tile_docs(p, d, b, c, tl, doc_l);
     __syncthreads();
     score_tiles<PP, NP>(sS1, sB, sC, sS2, sX, sDy);
     __syncthreads();
@@ -717,7 +777,7 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdSSmem<PP, NP>::total,
 #pragma unroll 4
       for (int k = 0; k < 16; ++k) {
         const int l = part * 16 + k;
-        const bool keep = j > i || l >= row;
+        const bool keep = (j > i || l >= row) && doc_l[l] == doc_s[row];
         const float decay = keep ? __expf(cs_l[l] - cs_s[row]) : 0.f;
         const float t1 = sS1[row * ldf(kT) + l];
         const float w = sS2[row * ldf(kT) + l] * decay * dt_s[row];
@@ -893,6 +953,7 @@ Ptrs make_ptrs(const SsdParams& p) {
   q.dt_bias = static_cast<const float*>(p.dt_bias);
   q.h0 = static_cast<const float*>(p.h0);
   q.dh_last = static_cast<const float*>(p.dh_last);
+  q.seq = p.seq_idx;
   q.softplus = p.dt_softplus;
   return q;
 }

@@ -130,14 +130,40 @@ OpFn ssd_op(bool softplus, int64_t Q) {
   };
 }
 
-// ssd_chunked on CUDA against the CPU for each shape, its inputs in `dtype`.
-void compare_ssd_with_cpu(std::initializer_list<SsdShape> shapes, DType dtype, const Tolerance& tol, Generator& gen) {
+// Packed documents: seq_idx (B, L) i32 on the CPU whose row b restarts at the positions
+// starts[b % starts.size()] that lie inside the row.
+Tensor packed_seq_idx(int64_t B, int64_t L, const std::vector<std::vector<int64_t>>& starts) {
+  std::vector<int32_t> v;
+  for (int64_t b = 0; b < B; ++b) {
+    int32_t doc = static_cast<int32_t>(b);
+    for (int64_t t = 0; t < L; ++t) {
+      for (int64_t s : starts[b % starts.size()]) doc += s == t;
+      v.push_back(doc);
+    }
+  }
+  return Tensor::from_vector(v, {B, L});
+}
+
+OpFn ssd_packed_op(bool softplus, int64_t Q, const Tensor& seq_idx) {
+  return [softplus, Q, seq_idx](const std::vector<Tensor>& v) {
+    const SsdResult r =
+        ssd_chunked(v[0], v[1], v[2], v[3], v[4], v[5], v[6], softplus, Q, v[7], seq_idx.to(v[0].device()));
+    return std::vector<Tensor>{r.y, r.h_last};
+  };
+}
+
+// ssd_chunked on CUDA against the CPU for each shape, its inputs in `dtype`; with `starts`,
+// on packed documents restarting there.
+void compare_ssd_with_cpu(std::initializer_list<SsdShape> shapes, DType dtype, const Tolerance& tol, Generator& gen,
+                          const std::vector<std::vector<int64_t>>& starts = {}) {
   for (const SsdShape& s : shapes) {
     CAPTURE(s.L);
     CAPTURE(s.P);
     CAPTURE(s.N);
     CAPTURE(s.Q);
-    compare_with_cpu(ssd_op(s.options, s.Q), ssd_args(s, dtype, gen), {"y", "h_last"}, tol, gen);
+    const OpFn op = starts.empty() ? ssd_op(s.options, s.Q)
+                                   : ssd_packed_op(s.options, s.Q, packed_seq_idx(s.B, s.L, starts));
+    compare_with_cpu(op, ssd_args(s, dtype, gen), {"y", "h_last"}, tol, gen);
   }
 }
 
@@ -341,6 +367,23 @@ TEST_CASE("ssd_chunked fused CUDA kernels (bf16) match the CPU over their tiling
           {2, 77, 4, 96, 2, 160, 128, true},   // a single short chunk; padded to 128 x 256
       },
       DType::bf16, kSsdFused, gen);
+}
+
+// Packed documents (seq_idx): restarts at the second step, at the first and last step of a
+// 64-step tile and of a chunk, mid-tile, one-step documents, and at the very last step,
+// different in each row; the fused kernels (bf16) and the composed path (f32).
+TEST_CASE("ssd_chunked CUDA with seq_idx matches the CPU in forward and backward") {
+  if (!cuda_test_device()) return;
+  Generator gen(526);
+  const std::vector<std::vector<int64_t>> starts = {{1, 63, 64, 150, 151, 256, 299}, {10, 99, 100, 128, 255, 257}};
+  compare_ssd_with_cpu(
+      {
+          {2, 300, 4, 64, 2, 128, 256, true},
+          {2, 200, 3, 40, 1, 24, 100, false},
+          {2, 77, 4, 96, 2, 160, 128, true},
+      },
+      DType::bf16, kSsdFused, gen, starts);
+  compare_ssd_with_cpu({{2, 45, 4, 8, 2, 8, 16, true}}, DType::f32, kF32, gen, {{1, 16, 30, 31}, {15, 17, 44}});
 }
 
 // Gated RMSNorm on CUDA: rows of 1 and 2 groups, widths below and above a block's 256
