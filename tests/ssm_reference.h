@@ -11,11 +11,13 @@
 namespace ssmtrain {
 
 // The selective scan (SPECS section 1): a double loop that keeps every state; same arguments
-// and results as selective_scan.
+// and results as selective_scan. With seq_idx (B, L) the state restarts from zero where the
+// index changes (h_t = dt_t Bm_t u_t there, SPECS section 12).
 SelectiveScanResult selective_scan_reference(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
                                              const Tensor& Cm, const Tensor& Dskip = Tensor(),
                                              const Tensor& z = Tensor(), const Tensor& delta_bias = Tensor(),
-                                             bool delta_softplus = false, const Tensor& h0 = Tensor());
+                                             bool delta_softplus = false, const Tensor& h0 = Tensor(),
+                                             const Tensor& seq_idx = Tensor());
 
 // SSD (SPECS section 3), same arguments and results as ssd_chunked. Recurrent: the
 // definition, step by step. Quadratic: the masked attention-like form

@@ -23,29 +23,41 @@ constexpr int64_t kChannelBlock = 64;  // channels per task: contiguous inner lo
 template <typename T> struct ExtendedInput {
   const T* x;
   SeqView xv;
-  const T* state;  // (B, C, K-1) or null
-  int64_t C, K;
+  const T* state;      // (B, C, K-1) or null
+  const int32_t* seq;  // (B, L) document indices, or null (one document per row)
+  int64_t L, C, K;
   acc_t<T> operator()(int64_t b, int64_t e, int64_t c) const {
     if (e >= K - 1) return static_cast<acc_t<T>>(x[b * xv.batch_stride + (e - K + 1) * xv.seq_stride + c]);
     return state ? static_cast<acc_t<T>>(state[(b * C + c) * (K - 1) + e]) : acc_t<T>(0);
+  }
+  // Whether xext entry e belongs to the document of sequence position t (0 <= t < L): the
+  // entries before the sequence (initial state, padding) belong to position 0's document.
+  // kDocs = false (no seq_idx): always, as a constant, so the plain conv's code is unchanged.
+  template <bool kDocs>
+  bool same_doc(int64_t b, int64_t e, int64_t t) const {
+    if constexpr (!kDocs) return true;
+    else return seq[b * L + std::max<int64_t>(e - (K - 1), 0)] == seq[b * L + t];
   }
 };
 
 template <typename T>
 ExtendedInput<T> extended_input(const CausalConv1dParams& p) {
-  return {static_cast<const T*>(p.x.data), p.x, static_cast<const T*>(p.initial_state), p.C, p.K};
+  return {static_cast<const T*>(p.x.data), p.x, static_cast<const T*>(p.initial_state), p.seq_idx, p.L, p.C, p.K};
 }
 
-// bias + sum_k w[c, k] xext[b, t + k, c], before the activation.
-template <typename T>
+// bias + sum_k w[c, k] xext[b, t + k, c], before the activation; the taps outside t's
+// document are left out.
+template <bool kDocs, typename T>
 acc_t<T> pre_activation(const ExtendedInput<T>& xext, const acc_t<T>* w, const acc_t<T>* bias, int64_t b, int64_t t,
                         int64_t c, int64_t K) {
   acc_t<T> acc = bias ? bias[c] : acc_t<T>(0);
-  for (int64_t k = 0; k < K; ++k) acc += w[c * K + k] * xext(b, t + k, c);
+  for (int64_t k = 0; k < K; ++k)
+    if (xext.template same_doc<kDocs>(b, t + k, t)) acc += w[c * K + k] * xext(b, t + k, c);
   return acc;
 }
 
-template <typename T>
+// kDocs: with seq_idx (the kernels are instantiated apart so the plain path stays as it was).
+template <typename T, bool kDocs>
 void forward_kernel(const CausalConv1dParams& p) {
   using Acc = acc_t<T>;
   const int64_t B = p.B, L = p.L, C = p.C, K = p.K, nblocks = (C + kChannelBlock - 1) / kChannelBlock;
@@ -60,18 +72,21 @@ void forward_kernel(const CausalConv1dParams& p) {
       const int64_t c0 = blk * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock);
       for (int64_t t = 0; t < L; ++t) {
         for (int64_t c = c0; c < c1; ++c) {
-          const Acc v = pre_activation(xext, w, bias, b, t, c, K);
+          const Acc v = pre_activation<kDocs>(xext, w, bias, b, t, c, K);
           out[(b * L + t) * C + c] = static_cast<T>(p.silu ? math::silu_branchless(v, math::VecExp{}) : v);
         }
       }
+      // The last K - 1 entries of xext, those outside the last document zeroed.
       if (final_state)
         for (int64_t c = c0; c < c1; ++c)
-          for (int64_t j = 0; j < K - 1; ++j) final_state[(b * C + c) * (K - 1) + j] = static_cast<T>(xext(b, L + j, c));
+          for (int64_t j = 0; j < K - 1; ++j)
+            final_state[(b * C + c) * (K - 1) + j] =
+                xext.template same_doc<kDocs>(b, L + j, L - 1) ? static_cast<T>(xext(b, L + j, c)) : T(0);
     }
   }
 }
 
-template <typename T>
+template <typename T, bool kDocs>
 void backward_kernel(const CausalConv1dParams& p) {
   using Acc = acc_t<T>;
   const int64_t B = p.B, L = p.L, C = p.C, K = p.K, nblocks = (C + kChannelBlock - 1) / kChannelBlock;
@@ -97,22 +112,25 @@ void backward_kernel(const CausalConv1dParams& p) {
           for (int64_t c = c0; c < c1; ++c) {
             Acc g = static_cast<Acc>(dout[b * p.dout.batch_stride + t * p.dout.seq_stride + c]);
             if (p.silu) {
-              const Acc v = pre_activation(xext, w, bias, b, t, c, K);
+              const Acc v = pre_activation<kDocs>(xext, w, bias, b, t, c, K);
               g *= math::silu_grad(v, math::sigmoid_branchless(v, math::VecExp{}));
             }
             dpre[t * width + c - c0] = g;
             dbias_part[b * C + c] += g;
-            for (int64_t k = 0; k < K; ++k) dw_part[(b * C + c) * K + k] += g * xext(b, t + k, c);
+            for (int64_t k = 0; k < K; ++k)
+              if (xext.template same_doc<kDocs>(b, t + k, t)) dw_part[(b * C + c) * K + k] += g * xext(b, t + k, c);
           }
         }
-        // d xext[e] = sum_k w[k] dpre[e - k] (+ d final_state for the last K - 1 entries).
+        // d xext[e] = sum_k w[k] dpre[e - k] (+ d final_state for the last K - 1 entries),
+        // over the taps and final-state entries the forward kept.
         for (int64_t e = 0; e < L + K - 1; ++e) {
           if (e >= K - 1 && !dx) continue;
           if (e < K - 1 && !dstate) continue;
+          const bool to_final = dfinal && e >= L && xext.template same_doc<kDocs>(b, e, L - 1);
           for (int64_t c = c0; c < c1; ++c) {
-            Acc acc = (dfinal && e >= L) ? static_cast<Acc>(dfinal[(b * C + c) * (K - 1) + e - L]) : Acc(0);
+            Acc acc = to_final ? static_cast<Acc>(dfinal[(b * C + c) * (K - 1) + e - L]) : Acc(0);
             for (int64_t k = std::max<int64_t>(0, e - L + 1); k <= std::min(K - 1, e); ++k)
-              acc += w[c * K + k] * dpre[(e - k) * width + c - c0];
+              if (xext.template same_doc<kDocs>(b, e, e - k)) acc += w[c * K + k] * dpre[(e - k) * width + c - c0];
             if (e >= K - 1)
               dx[(b * L + e - K + 1) * C + c] = static_cast<T>(acc);
             else
@@ -138,11 +156,21 @@ void check_cuda_support(const char* op, const Tensor& x, int64_t K) {
 }  // namespace
 
 void causal_conv1d_fwd_cpu(const CausalConv1dParams& p) {
-  SSMT_DISPATCH_FLOAT(p.dtype, kOp, [&] { forward_kernel<scalar_t>(p); });
+  SSMT_DISPATCH_FLOAT(p.dtype, kOp, [&] {
+    if (p.seq_idx)
+      forward_kernel<scalar_t, true>(p);
+    else
+      forward_kernel<scalar_t, false>(p);
+  });
 }
 
 void causal_conv1d_bwd_cpu(const CausalConv1dParams& p) {
-  SSMT_DISPATCH_FLOAT(p.dtype, kOp, [&] { backward_kernel<scalar_t>(p); });
+  SSMT_DISPATCH_FLOAT(p.dtype, kOp, [&] {
+    if (p.seq_idx)
+      backward_kernel<scalar_t, true>(p);
+    else
+      backward_kernel<scalar_t, false>(p);
+  });
 }
 
 namespace {
@@ -152,7 +180,7 @@ const FusedKernels<CausalConv1dParams> kKernels = {causal_conv1d_fwd_cpu, causal
 }  // namespace
 
 CausalConv1dResult causal_conv1d(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in,
-                                 bool silu_activation, const Tensor& initial_state_in) {
+                                 bool silu_activation, const Tensor& initial_state_in, const Tensor& seq_idx_in) {
   check_present(kOp, "x", x_in);
   check_present(kOp, "weight", weight_in);
   check_floating_arg(kOp, "x", x_in);
@@ -174,6 +202,7 @@ CausalConv1dResult causal_conv1d(const Tensor& x_in, const Tensor& weight_in, co
     check_device(kOp, "initial_state", initial_state_in, x_in.device(), "x");
     check_dtype(kOp, "initial_state", initial_state_in, x_in.dtype(), "x");
   }
+  const Tensor seq_idx = checked_seq_idx(kOp, seq_idx_in, B, L, x_in.device());
   if (x_in.device().is_cuda()) check_cuda_support(kOp, x_in, K);
 
   const DType cd = compute_dtype(x_in.dtype());
@@ -190,10 +219,13 @@ CausalConv1dResult causal_conv1d(const Tensor& x_in, const Tensor& weight_in, co
   p.weight = weight.data_ptr();
   p.bias = bias.defined() ? bias.data_ptr() : nullptr;
   p.initial_state = state.defined() ? state.data_ptr() : nullptr;
+  // An empty sequence has no documents: the state passes through as without seq_idx.
+  p.seq_idx = seq_idx.defined() && L > 0 ? static_cast<const int32_t*>(seq_idx.data_ptr()) : nullptr;
   op.input(x, &CausalConv1dParams::dx);
   op.input(weight, &CausalConv1dParams::dweight);
   op.input(bias, &CausalConv1dParams::dbias);
   op.input(state, &CausalConv1dParams::dinitial_state);
+  op.save(seq_idx);  // not differentiable; the backward reads it through the params
   Tensor out = op.output({B, L, C}, x.dtype(), &CausalConv1dParams::out);
   Tensor final_state = op.output({B, C, K - 1}, x.dtype(), &CausalConv1dParams::final_state);
   op.forward();

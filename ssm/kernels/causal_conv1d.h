@@ -7,6 +7,20 @@
 // final_state (B, C, K-1) holds the last K - 1 entries of xext, so feeding it as the next
 // call's initial state (or to causal_conv1d_step) continues the sequence exactly.
 //
+// Packed documents (SPECS section 12): with seq_idx (B, L) the window restarts wherever the
+// document index changes. Tap k of output t reads sequence position s = t + k - (K - 1) and
+// counts only inside t's document: for s >= 0 when seq_idx[s] == seq_idx[t]; for s < 0 (an
+// initial-state entry or the zero padding) when seq_idx[0] == seq_idx[t], so the initial
+// state feeds the first document only. final_state keeps the window of the last document:
+// the entry standing for position s >= 0 is x[s] when seq_idx[s] == seq_idx[L-1], else 0;
+// an entry carried over from the initial state (L < K - 1) is kept when seq_idx[0] ==
+// seq_idx[L-1], else 0. Feeding final_state to the next call thus continues the last
+// document exactly. The backward applies the same masks (no gradient crosses a boundary,
+// the final-state gradient reaches only the entries that were kept). On the CPU the entry
+// point rejects a decreasing row (UserError naming seq_idx); the CUDA kernels trust the order
+// and compare positions for equality. Without seq_idx the arithmetic is exactly that of the
+// plain conv.
+//
 // Backward: gradients for x, weight, bias and the initial state, including the gradient
 // flowing in through final_state. Saved: the inputs only (the pre-activation is recomputed).
 // Layout: x is used in place when its channel axis is contiguous (batch and time strides
@@ -28,9 +42,11 @@ struct CausalConv1dResult {
 
 // x (B, L, C) f32/bf16/f64; weight (C, K), K >= 1; bias (C) optional; initial_state
 // (B, C, K-1) optional, in x's dtype. weight and bias are converted (differentiably) to the
-// compute dtype (f32, or f64 for f64 inputs).
+// compute dtype (f32, or f64 for f64 inputs). seq_idx (B, L) i32 on x's device, optional,
+// non-decreasing rows, not differentiable: the packed documents (above).
 CausalConv1dResult causal_conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
-                                 bool silu_activation = false, const Tensor& initial_state = Tensor());
+                                 bool silu_activation = false, const Tensor& initial_state = Tensor(),
+                                 const Tensor& seq_idx = Tensor());
 
 // One generation step, no autodiff: x_t (B, C) -> out (B, C); state (B, C, K-1), contiguous
 // and in x_t's dtype, is updated in place (shifted by one, x_t appended).
@@ -48,6 +64,7 @@ struct CausalConv1dParams {
   const void* weight = nullptr;         // (C, K), compute dtype
   const void* bias = nullptr;           // (C), compute dtype, or null
   const void* initial_state = nullptr;  // (B, C, K-1) or null (zeros)
+  const int32_t* seq_idx = nullptr;     // (B, L) contiguous, or null
   void* out = nullptr;                  // (B, L, C) contiguous
   void* final_state = nullptr;          // (B, C, K-1), or null
 

@@ -18,6 +18,14 @@
 //    4) do the forward, or the whole backward, in one pass per (batch, 32-step tile, 4
 //    channels), each input read once: about 20x fewer instructions and loads than the
 //    per-element kernels, which recompute dpre K times per output.
+//
+// Packed documents (seq_idx, causal_conv1d.h): a tap, a final-state entry and the matching
+// gradient terms count only when the sequence position they read (s < 0: the initial state,
+// which belongs to position 0's document) is in the same document as the output (or as
+// position L - 1 for the final state); the others are replaced by 0. The per-element kernels
+// test each term against the loaded indices; the tiled kernels carry the indices of their
+// window beside its values, in a separate instantiation (kDocs), so the plain path is
+// unchanged. The kernels trust seq_idx to be non-decreasing (checked only on the CPU).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -50,6 +58,7 @@ struct ConvArgs {
   const float* w;        // (C, K)
   const float* bias;     // (C) or null
   const void* state;     // (B, C, K-1) or null
+  const int* seq;        // (B, L) document indices, or null (one document per row)
   void* out;             // (B, L, C)
   void* final_state;     // (B, C, K-1) or null
   const void* dout;
@@ -78,12 +87,30 @@ __device__ __forceinline__ float xext(const ConvArgs& a, int b, int e, int c) {
   return 0.f;
 }
 
-// bias + sum_k w[c, k] xext[b, t + k, c] (before the activation).
+// The document of sequence position s of row b; s < 0 (the initial state or the padding)
+// belongs to position 0's. Only with a.seq.
+__device__ __forceinline__ int doc_of(const ConvArgs& a, int b, int s) {
+  return a.seq[static_cast<long long>(b) * a.L + max(s, 0)];
+}
+
+// Whether the input at position s belongs to the document of position t (always, without
+// seq_idx).
+__device__ __forceinline__ bool same_doc(const ConvArgs& a, int b, int s, int t) {
+  return !a.seq || doc_of(a, b, s) == doc_of(a, b, t);
+}
+
+// xext[b, e, c] as output t's tap sees it: 0 outside t's document.
+template <typename T, int K>
+__device__ __forceinline__ float xext_for(const ConvArgs& a, int b, int e, int c, int t) {
+  return same_doc(a, b, e - (K - 1), t) ? xext<T, K>(a, b, e, c) : 0.f;
+}
+
+// bias + sum_k w[c, k] xext[b, t + k, c] over the taps in t's document (before the activation).
 template <typename T, int K>
 __device__ __forceinline__ float pre_act(const ConvArgs& a, int b, int t, int c) {
   float acc = a.bias ? a.bias[c] : 0.f;
 #pragma unroll
-  for (int k = 0; k < K; ++k) acc += a.w[c * K + k] * xext<T, K>(a, b, t + k, c);
+  for (int k = 0; k < K; ++k) acc += a.w[c * K + k] * xext_for<T, K>(a, b, t + k, c, t);
   return acc;
 }
 
@@ -111,7 +138,7 @@ __global__ void __launch_bounds__(kThreads) conv_forward_kernel(ConvArgs a) {
   }
 }
 
-// final_state[b, c, j] = xext[b, L + j, c], j < K - 1.
+// final_state[b, c, j] = xext[b, L + j, c], j < K - 1 (0 outside the last document).
 template <typename T, int K>
 __global__ void conv_final_state_kernel(ConvArgs a) {
   const long long total = static_cast<long long>(a.B) * a.C * (K - 1);
@@ -120,7 +147,7 @@ __global__ void conv_final_state_kernel(ConvArgs a) {
     const int j = static_cast<int>(i % (K - 1));
     const long long r = i / (K - 1);
     const int c = static_cast<int>(r % a.C), b = static_cast<int>(r / a.C);
-    st<T>(a.final_state, i, xext<T, K>(a, b, a.L + j, c));
+    st<T>(a.final_state, i, xext_for<T, K>(a, b, a.L + j, c, a.L - 1));
   }
 }
 
@@ -136,12 +163,15 @@ __global__ void __launch_bounds__(kThreads) conv_dx_kernel(ConvArgs a) {
     const int e = static_cast<int>(r % E), b = static_cast<int>(r / E);
     const bool to_dx = e >= K - 1;
     if (to_dx ? !a.dx : !a.dstate) continue;
+    // Position s = e - (K - 1) reaches output t (and the final state) only inside its document.
+    const int s = e - (K - 1);
     float acc = 0.f;
-    if (a.dfinal && e >= a.L) acc = ld<T>(a.dfinal, (static_cast<long long>(b) * a.C + c) * (K - 1) + (e - a.L));
+    if (a.dfinal && e >= a.L && same_doc(a, b, s, a.L - 1))
+      acc = ld<T>(a.dfinal, (static_cast<long long>(b) * a.C + c) * (K - 1) + (e - a.L));
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int t = e - k;
-      if (t >= 0 && t < a.L) acc += a.w[c * K + k] * dpre<T, K>(a, b, t, c);
+      if (t >= 0 && t < a.L && same_doc(a, b, s, t)) acc += a.w[c * K + k] * dpre<T, K>(a, b, t, c);
     }
     if (to_dx)
       st<T>(a.dx, (static_cast<long long>(b) * a.L + (e - (K - 1))) * a.C + c, acc);
@@ -163,7 +193,7 @@ __global__ void __launch_bounds__(kThreads) conv_dweight_partial_kernel(ConvArgs
   for (int t = t0; t < t1; ++t) {
     const float g = dpre<T, K>(a, b, t, c);
 #pragma unroll
-    for (int k = 0; k < K; ++k) acc[k] += g * xext<T, K>(a, b, t + k, c);
+    for (int k = 0; k < K; ++k) acc[k] += g * xext_for<T, K>(a, b, t + k, c, t);
     acc[K] += g;
   }
   float* dst = a.part + ((static_cast<long long>(b) * a.slices + s) * a.C + c) * (K + 1);
@@ -283,44 +313,70 @@ __device__ __forceinline__ void tile_start(const ConvArgs& a, int b, int c, int 
   for (int k = 0; k < K - 1; ++k) load_x<T, K>(a, b, t0 - (K - 1) + k, c, win[k]);
 }
 
-// Grid: (ceil(C / kVec / kThreads), tiles, B).
-template <typename T, int K>
+// The document indices beside a window (kDocs only): doc[k] = the document of position
+// t0 - (K - 1) + k for k < K - 1 (position 0's before the sequence).
+template <int K>
+__device__ __forceinline__ void docs_start(const ConvArgs& a, int b, int t0, int (&doc)[K]) {
+#pragma unroll
+  for (int k = 0; k < K - 1; ++k) doc[k] = doc_of(a, b, t0 - (K - 1) + k);
+}
+
+// Grid: (ceil(C / kVec / kThreads), tiles, B). kDocs: with seq_idx.
+template <typename T, int K, bool kDocs>
 __global__ void __launch_bounds__(kTiledThreads) conv_forward_tiled_kernel(ConvArgs a) {
   constexpr int V = VecOf<T>::n;
   const int c = (blockIdx.x * kTiledThreads + threadIdx.x) * V;
   if (c >= a.C) return;
   const int b = blockIdx.z, t0 = blockIdx.y * kTile, t1 = min(a.L, t0 + kTile);
   float w[K][V], bias[V], win[K][V];  // win[k]: xext at t - (K - 1) + k
+  [[maybe_unused]] int doc[K];        // kDocs: the document of win[k]'s position
   tile_start<T, K>(a, b, c, t0, w, bias, win);
+  if constexpr (kDocs) docs_start<K>(a, b, t0, doc);
 #pragma unroll 4
   for (int t = t0; t < t1; ++t) {
     load_x<T, K>(a, b, t, c, win[K - 1]);
+    if constexpr (kDocs) doc[K - 1] = doc_of(a, b, t);
     float out[V];
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       float v = bias[j];
 #pragma unroll
-      for (int k = 0; k < K; ++k) v += w[k][j] * win[k][j];
+      for (int k = 0; k < K; ++k) {
+        if constexpr (kDocs) v += w[k][j] * (doc[k] == doc[K - 1] ? win[k][j] : 0.f);
+        else v += w[k][j] * win[k][j];
+      }
       out[j] = a.silu ? math::silu_branchless(v) : v;
     }
     store_vec<T>(a.out, (static_cast<long long>(b) * a.L + t) * a.C + c, out);
 #pragma unroll
-    for (int k = 0; k < K - 1; ++k)
+    for (int k = 0; k < K - 1; ++k) {
 #pragma unroll
       for (int j = 0; j < V; ++j) win[k][j] = win[k + 1][j];
+      if constexpr (kDocs) doc[k] = doc[k + 1];
+    }
   }
 }
 
 // dx over the tile (and d initial_state from tile 0), and the tile's weight/bias partials
-// part[b, tile, c, K + 1]. Grid: (ceil(C / kVec / kThreads), tiles, B).
-template <typename T, int K>
+// part[b, tile, c, K + 1]. Grid: (ceil(C / kVec / kThreads), tiles, B). kDocs: with seq_idx.
+template <typename T, int K, bool kDocs>
 __global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(ConvArgs a) {
   constexpr int V = VecOf<T>::n;
   const int c = (blockIdx.x * kTiledThreads + threadIdx.x) * V;
   if (c >= a.C) return;
   const int b = blockIdx.z, t0 = blockIdx.y * kTile, t1 = min(a.L, t0 + kTile);
   float w[K][V], bias[V], win[K][V], ring[K][V], acc[K + 1][V];  // ring[k]: dpre at u - (K - 1) + k
+  // kDocs: doc[k] = the document of position u - (K - 1) + k, the position of both win[k]
+  // (while u < L) and ring[k]; last_doc = the document of position L - 1.
+  [[maybe_unused]] int doc[K], last_doc = 0;
   tile_start<T, K>(a, b, c, t0, w, bias, win);
+  if constexpr (kDocs) {
+    // As before the first step's shift: doc[k + 1] = the document of t0 - (K - 1) + k.
+    doc[0] = 0;
+#pragma unroll
+    for (int k = 0; k < K - 1; ++k) doc[k + 1] = doc_of(a, b, t0 - (K - 1) + k);
+    last_doc = doc_of(a, b, a.L - 1);
+  }
 #pragma unroll
   for (int j = 0; j < V; ++j) {
 #pragma unroll
@@ -335,11 +391,23 @@ __global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(Conv
   for (int u = t0; u < u_end; ++u) {
     // dpre[u] (0 past the sequence) into the ring's newest slot.
 #pragma unroll
-    for (int k = 0; k < K - 1; ++k)
+    for (int k = 0; k < K - 1; ++k) {
 #pragma unroll
       for (int j = 0; j < V; ++j) ring[k][j] = ring[k + 1][j];
+      if constexpr (kDocs) doc[k] = doc[k + 1];
+    }
+    if constexpr (kDocs) doc[K - 1] = doc_of(a, b, min(u, a.L - 1));  // past L: never read (dpre = 0)
     if (u < a.L) {
       load_x<T, K>(a, b, u, c, win[K - 1]);
+      // The taps of output u: win, with those outside u's document read as 0 (kDocs).
+      float x[K][V];
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          if constexpr (kDocs) x[k][j] = doc[k] == doc[K - 1] ? win[k][j] : 0.f;
+          else x[k][j] = win[k][j];
+        }
       float g[V];
       load_vec<T>(a.dout, b * a.d_bs + static_cast<long long>(u) * a.d_ss + c, g);
 #pragma unroll
@@ -347,7 +415,7 @@ __global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(Conv
         if (a.silu) {
           float v = bias[j];
 #pragma unroll
-          for (int k = 0; k < K; ++k) v += w[k][j] * win[k][j];
+          for (int k = 0; k < K; ++k) v += w[k][j] * x[k][j];
           g[j] *= math::silu_grad(v, math::sigmoid_branchless(v));
         }
         ring[K - 1][j] = g[j];
@@ -356,7 +424,7 @@ __global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(Conv
 #pragma unroll
         for (int j = 0; j < V; ++j) {
 #pragma unroll
-          for (int k = 0; k < K; ++k) acc[k][j] += g[j] * win[k][j];
+          for (int k = 0; k < K; ++k) acc[k][j] += g[j] * x[k][j];
           acc[K][j] += g[j];
         }
       }
@@ -368,7 +436,8 @@ __global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(Conv
 #pragma unroll
       for (int j = 0; j < V; ++j) ring[K - 1][j] = 0.f;
     }
-    // d xext at s = u - (K - 1): sum_k w[k] dpre[s + K - 1 - k] = sum_k w[k] ring[K - 1 - k].
+    // d xext at s = u - (K - 1): sum_k w[k] dpre[s + K - 1 - k] = sum_k w[k] ring[K - 1 - k],
+    // over the outputs in s's document (kDocs: doc[0] is s's, doc[K - 1 - k] the output's).
     const int s = u - (K - 1);
     if (s < s_first || s >= t1) continue;
     float d[V];
@@ -376,10 +445,16 @@ __global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(Conv
     for (int j = 0; j < V; ++j) {
       float v = 0.f;
 #pragma unroll
-      for (int k = 0; k < K; ++k) v += w[k][j] * ring[K - 1 - k][j];
+      for (int k = 0; k < K; ++k) {
+        if constexpr (kDocs) v += w[k][j] * (doc[K - 1 - k] == doc[0] ? ring[K - 1 - k][j] : 0.f);
+        else v += w[k][j] * ring[K - 1 - k][j];
+      }
       d[j] = v;
     }
-    if (a.dfinal && s >= a.L - (K - 1)) {
+    // The final-state gradient reaches the entries that stayed (kDocs: those in the last document).
+    bool to_final = a.dfinal != nullptr;
+    if constexpr (kDocs) to_final = to_final && doc[0] == last_doc;
+    if (to_final && s >= a.L - (K - 1)) {
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         // xext position e = s + K - 1 >= L: final_state entry e - L.
@@ -433,6 +508,7 @@ ConvArgs make_args(const CausalConv1dParams& p) {
   a.w = static_cast<const float*>(p.weight);
   a.bias = static_cast<const float*>(p.bias);
   a.state = p.initial_state;
+  a.seq = p.seq_idx;
   a.out = p.out;
   a.final_state = p.final_state;
   a.dout = p.dout.data, a.d_bs = p.dout.batch_stride, a.d_ss = p.dout.seq_stride;
@@ -473,7 +549,10 @@ void causal_conv1d_fwd_cuda(const CausalConv1dParams& p, int device) {
       if (tiled_ok<T>(p, false) && p.B <= 65535) {
         const dim3 grid(static_cast<unsigned>((p.C / VecOf<T>::n + kTiledThreads - 1) / kTiledThreads),
                         static_cast<unsigned>((p.L + kTile - 1) / kTile), static_cast<unsigned>(p.B));
-        conv_forward_tiled_kernel<T, K><<<grid, kTiledThreads, 0, stream>>>(a);
+        if (a.seq)
+          conv_forward_tiled_kernel<T, K, true><<<grid, kTiledThreads, 0, stream>>>(a);
+        else
+          conv_forward_tiled_kernel<T, K, false><<<grid, kTiledThreads, 0, stream>>>(a);
       } else {
         conv_forward_kernel<T, K><<<grid_for(p.B * p.L * p.C), kThreads, 0, stream>>>(a);
       }
@@ -524,7 +603,10 @@ void causal_conv1d_bwd_cuda(const CausalConv1dParams& p, int device) {
       }
       const dim3 grid(static_cast<unsigned>((p.C / VecOf<T>::n + kTiledThreads - 1) / kTiledThreads),
                       static_cast<unsigned>(tiles), static_cast<unsigned>(p.B));
-      conv_backward_tiled_kernel<T, K><<<grid, kTiledThreads, 0, stream>>>(a);
+      if (a.seq)
+        conv_backward_tiled_kernel<T, K, true><<<grid, kTiledThreads, 0, stream>>>(a);
+      else
+        conv_backward_tiled_kernel<T, K, false><<<grid, kTiledThreads, 0, stream>>>(a);
       CONV_CUDA_CHECK(cudaGetLastError());
       if (need_dw) {
         launch_dweight_reduce<K>(a.part, p.B * tiles, a.C, p.dweight, p.dbias, stream);

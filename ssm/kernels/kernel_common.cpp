@@ -54,12 +54,12 @@ void check_same_dtype(const char* op, const Tensor& ref, const char* ref_name, s
     if (a.t.defined()) check_dtype(op, a.name, a.t, ref.dtype(), ref_name);
 }
 
-Tensor checked_seq_idx(const char* op, const Tensor& seq_idx, int64_t B, int64_t L, Device device) {
+Tensor checked_seq_idx(const char* op, const Tensor& seq_idx, int64_t B, int64_t L, Device device, const char* ref) {
   if (!seq_idx.defined()) return seq_idx;
   check_shape(op, "seq_idx", seq_idx, {B, L}, "(B, L)");
   SSMT_CHECK(seq_idx.dtype() == DType::i32, op, ": ", describe_arg("seq_idx", seq_idx),
              ": expected dtype i32 (the document index of every position)");
-  check_device(op, "seq_idx", seq_idx, device, "x");
+  check_device(op, "seq_idx", seq_idx, device, ref);
   Tensor s = seq_idx.contiguous();
   if (device.is_cpu()) {
     const int32_t* v = static_cast<const int32_t*>(s.data_ptr());

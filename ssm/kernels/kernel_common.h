@@ -55,10 +55,12 @@ void check_operands(const char* op, const Tensor& ref, const char* ref_name, std
 void check_same_dtype(const char* op, const Tensor& ref, const char* ref_name, std::initializer_list<NamedArg> args);
 
 // The packed-documents argument of the scans and the conv (SPECS section 12): undefined, or
-// an i32 (B, L) tensor on `device`. Returns it contiguous (or undefined). On the CPU it also
-// checks that every row is non-decreasing (the CUDA kernels trust it: a reset is wherever
-// seq_idx[b, t] != seq_idx[b, t-1], and positions of one document are compared by equality).
-Tensor checked_seq_idx(const char* op, const Tensor& seq_idx, int64_t B, int64_t L, Device device);
+// an i32 (B, L) tensor on `device` (the device of the op's tensor `ref`). Returns it
+// contiguous (or undefined). On the CPU it also checks that every row is non-decreasing (the
+// CUDA kernels trust it: a reset is wherever seq_idx[b, t] != seq_idx[b, t-1], and positions
+// of one document are compared by equality).
+Tensor checked_seq_idx(const char* op, const Tensor& seq_idx, int64_t B, int64_t L, Device device,
+                       const char* ref = "x");
 
 // t itself when its last `inner_dims` axes are contiguous (any strides for the others),
 // else a contiguous copy (recorded on the tape like any copy).

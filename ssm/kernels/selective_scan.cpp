@@ -20,9 +20,14 @@ constexpr const char* kOp = "selective_scan";
 // The tensors of one call after checks and conversions (see selective_scan.h for shapes).
 struct ScanTensors {
   Tensor u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0;
+  Tensor seq_idx;  // (B, L) i32 contiguous, or undefined
 };
 
 template <typename T> inline acc_t<T> load(const T* p, int64_t i) { return static_cast<acc_t<T>>(p[i]); }
+
+// Whether step t of a row restarts the state (a_t = 0): its document index differs from the
+// previous step's. `row` is the row's seq_idx, or null (one document: never).
+inline bool resets_at(const int32_t* row, int64_t t) { return row && t > 0 && row[t] != row[t - 1]; }
 
 SelectiveScanParams make_params(const ScanTensors& t, bool delta_softplus) {
   SelectiveScanParams p;
@@ -35,6 +40,8 @@ SelectiveScanParams make_params(const ScanTensors& t, bool delta_softplus) {
   p.Dskip = t.Dskip.defined() ? t.Dskip.data_ptr() : nullptr;
   p.delta_bias = t.delta_bias.defined() ? t.delta_bias.data_ptr() : nullptr;
   p.h0 = t.h0.defined() ? t.h0.data_ptr() : nullptr;
+  // An empty sequence has no documents: h0 passes through as without seq_idx.
+  p.seq_idx = t.seq_idx.defined() && p.L > 0 ? static_cast<const int32_t*>(t.seq_idx.data_ptr()) : nullptr;
   return p;
 }
 
@@ -72,6 +79,7 @@ void forward_kernel(const SelectiveScanParams& p) {
         const int64_t g = d / per_group, bd = b * D + d;
         const C* A_row = A + d * N;
         const C skip = Dskip ? Dskip[d] : C(0), bias = delta_bias ? delta_bias[d] : C(0);
+        const int32_t* seq = p.seq_idx ? p.seq_idx + b * L : nullptr;
         for (int64_t n = 0; n < N; ++n) h[n] = h0 ? h0[bd * N + n] : C(0);
         for (int64_t t = 0; t < L; ++t) {
           if (ckpt && t % interval == 0) std::copy(h.begin(), h.end(), ckpt + (bd * nck + t / interval) * N);
@@ -81,8 +89,12 @@ void forward_kernel(const SelectiveScanParams& p) {
           const T* B_row = Bm + b * p.Bm.batch_stride + t * p.Bm.seq_stride + g * N;
           const T* C_row = Cm + b * p.Cm.batch_stride + t * p.Cm.seq_stride + g * N;
           const C dtu = dt * ut;
+          const bool reset = resets_at(seq, t);
           C* __restrict hs = h.data();
-          for (int64_t n = 0; n < N; ++n) hs[n] = math::exp_vec(dt * A_row[n]) * hs[n] + dtu * load(B_row, n);
+          for (int64_t n = 0; n < N; ++n) {
+            const C a = reset ? C(0) : math::exp_vec(dt * A_row[n]);  // the decay: 0 at a document start
+            hs[n] = a * hs[n] + dtu * load(B_row, n);
+          }
           C y = 0;
 #pragma omp simd reduction(+ : y)
           for (int64_t n = 0; n < N; ++n) y += load(C_row, n) * hs[n];
@@ -140,6 +152,7 @@ void backward_kernel(const SelectiveScanParams& p) {
             const int64_t bd = b * D + d;
             const C* A_row = A + d * N;
             const C skip = Dskip ? Dskip[d] : C(0), bias = delta_bias ? delta_bias[d] : C(0);
+            const int32_t* seq = p.seq_idx ? p.seq_idx + b * L : nullptr;
             C dskip_acc = 0, dbias_acc = 0;
             // lam carries a_{t+1} * lambda_{t+1}; at the end of the sequence, d(h_last).
             for (int64_t n = 0; n < N; ++n) lam[n] = dh_last ? dh_last[bd * N + n] : C(0);
@@ -148,7 +161,9 @@ void backward_kernel(const SelectiveScanParams& p) {
             for (int64_t c = nck - 1; c >= 0; --c) {
               const int64_t t0 = c * interval, t1 = std::min(L, t0 + interval);
               // Recompute the interval's states from its checkpoint: h_buf[k] = state after
-              // step t0 + k - 1 (h_buf[0] is the checkpoint), a_buf[k] = decay of step t0 + k.
+              // step t0 + k - 1 (h_buf[0] is the checkpoint), a_buf[k] = decay of step t0 + k
+              // (0 at a document start: the adjoint below then stops there, and the terms
+              // a * h_prev of ddelta and dA vanish).
               std::copy(ckpt + (bd * nck + c) * N, ckpt + (bd * nck + c + 1) * N, h_buf.begin());
               for (int64_t t = t0; t < t1; ++t) {
                 const C ut = load(u, b * p.u.batch_stride + t * p.u.seq_stride + d);
@@ -162,8 +177,9 @@ void backward_kernel(const SelectiveScanParams& p) {
                 const C* __restrict h_prev = &h_buf[(t - t0) * N];
                 C* __restrict h_cur = &h_buf[(t - t0 + 1) * N];
                 C* __restrict a = &a_buf[(t - t0) * N];
+                const bool reset = resets_at(seq, t);
                 for (int64_t n = 0; n < N; ++n) {
-                  a[n] = math::exp_vec(dt * A_row[n]);
+                  a[n] = reset ? C(0) : math::exp_vec(dt * A_row[n]);
                   h_cur[n] = a[n] * h_prev[n] + dtu * load(B_row, n);
                 }
               }
@@ -244,7 +260,8 @@ void backward_kernel(const SelectiveScanParams& p) {
 
 // Checks every argument against u's (B, L, D) and A's N; returns the converted tensors.
 ScanTensors checked_inputs(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
-                           const Tensor& Dskip, const Tensor& z, const Tensor& delta_bias, const Tensor& h0) {
+                           const Tensor& Dskip, const Tensor& z, const Tensor& delta_bias, const Tensor& h0,
+                           const Tensor& seq_idx) {
   check_present(kOp, "u", u);
   check_present(kOp, "delta", delta);
   check_present(kOp, "A", A);
@@ -278,6 +295,7 @@ ScanTensors checked_inputs(const Tensor& u, const Tensor& delta, const Tensor& A
                   {"delta_bias", delta_bias},
                   {"h0", h0}});
   check_same_dtype(kOp, u, "u", {{"delta", delta}, {"Bm", Bm}, {"Cm", Cm}, {"z", z}});
+  const Tensor documents = checked_seq_idx(kOp, seq_idx, B, L, u.device(), "u");
   const bool on_cuda = u.device().is_cuda();
   if (on_cuda) {
     SSMT_CHECK(u.dtype() == DType::f32 || u.dtype() == DType::bf16, kOp, ": u ", u.shape().str(), " ",
@@ -301,6 +319,7 @@ ScanTensors checked_inputs(const Tensor& u, const Tensor& delta, const Tensor& A
   s.Bm = seq(Bm, 2);
   s.Cm = seq(Cm, 2);
   s.A = param(A), s.Dskip = param(Dskip), s.delta_bias = param(delta_bias), s.h0 = param(h0);
+  s.seq_idx = documents;
   return s;
 }
 
@@ -322,9 +341,9 @@ const FusedKernels<SelectiveScanParams> kKernels = {selective_scan_fwd_cpu, sele
 
 SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
                                    const Tensor& Cm, const Tensor& Dskip, const Tensor& z, const Tensor& delta_bias,
-                                   bool delta_softplus, const Tensor& h0) {
+                                   bool delta_softplus, const Tensor& h0, const Tensor& seq_idx) {
   using P = SelectiveScanParams;
-  const ScanTensors in = checked_inputs(u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0);
+  const ScanTensors in = checked_inputs(u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0, seq_idx);
   const bool on_cuda = in.u.device().is_cuda();
   FusedOp<P> op(kOp, kKernels, in.u.device());
   P& p = op.p;
@@ -339,6 +358,7 @@ SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const T
   op.input(in.z, &P::dz);
   op.input(in.delta_bias, &P::ddelta_bias);
   op.input(in.h0, &P::dh0);
+  op.save(in.seq_idx);  // not differentiable; the backward reads it through the params
   const DType cd = compute_dtype(p.dtype);
   Tensor out = op.output({p.B, p.L, p.D}, p.dtype, &P::out);
   Tensor h_last = op.output({p.B, p.D, p.N}, cd, &P::h_last);

@@ -7,6 +7,18 @@
 // SPECS section 1 and returns gradients for every input, h0 included, and takes the
 // gradient flowing in through h_last.
 //
+// Packed documents (SPECS section 12): with seq_idx (B, L) the state restarts wherever the
+// document index changes along L. reset_t = (t > 0 && seq_idx[b, t] != seq_idx[b, t-1]), and
+//   h_t = (reset_t ? 0 : exp(dt_t A)) h_{t-1} + dt_t Bm_t u_t,
+// i.e. the decay a_t is the constant 0 at a reset (never at t = 0: h0 continues the first
+// document; h_last is the state of the last one). Every place that forms a decay uses that
+// a_t: the forward, the backward's recompute from checkpoints and the adjoint
+// lam_{t-1} = a_t lam_t + ..., so the adjoint stops at the boundary and the reset step's
+// decay contributes nothing to ddelta or dA (its derivative is 0, not that of an exp). On
+// the CPU the entry point rejects a row that decreases (UserError naming seq_idx); the CUDA
+// kernels trust the order and compare neighbours for equality. Without seq_idx the
+// arithmetic is exactly that of the plain scan.
+//
 // Memory: the (B, L, D, N) state is never stored. When a gradient is needed the forward
 // keeps the state at the start of every checkpoint interval (64 steps on the CPU, 16 on
 // CUDA), (B, D, ceil(L / 64), N) in the compute dtype on the CPU, i.e. B*D*N*L/64 values,
@@ -34,10 +46,12 @@ struct SelectiveScanResult {
 // u, delta, z (B, L, D), Bm, Cm (B, L, G, N) share u's dtype (f32, bf16, f64).
 // A (D, N), Dskip (D), delta_bias (D), h0 (B, D, N) are converted to the compute dtype
 // (differentiably). Dskip, z, delta_bias and h0 may be undefined. G must divide D.
+// seq_idx (B, L) i32 on u's device, optional, non-decreasing rows, not differentiable:
+// the packed documents (above); made contiguous when it is not.
 SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
                                    const Tensor& Cm, const Tensor& Dskip = Tensor(), const Tensor& z = Tensor(),
                                    const Tensor& delta_bias = Tensor(), bool delta_softplus = false,
-                                   const Tensor& h0 = Tensor());
+                                   const Tensor& h0 = Tensor(), const Tensor& seq_idx = Tensor());
 
 // ---- kernel interface ----
 
@@ -59,6 +73,7 @@ struct SelectiveScanParams {
   const void* Dskip = nullptr;       // (D)
   const void* delta_bias = nullptr;  // (D)
   const void* h0 = nullptr;          // (B, D, N)
+  const int32_t* seq_idx = nullptr;  // (B, L) contiguous, or null
 
   // forward outputs
   void* out = nullptr;          // (B, L, D) contiguous, dtype

@@ -23,10 +23,22 @@
 // state forwards; the adjoint backwards, which needs no states) and keeps its end value and
 // its sum of delta; pass 2 chains them through exp(A sum delta); pass 3 is the ordinary
 // kernel, each segment starting from its carried value. See set_segments for the count.
+//
+// Packed documents (seq_idx): the decay of a step where the document index changes is the
+// constant 0 (selective_scan.h). Each tile's restarts are one bit mask (bit t: step l0 + t
+// restarts), built by a warp ballot from the indices that lane t loads with the tile's other
+// raw values. Every place a decay is formed reads it: the forward step, the backward's
+// recompute, the adjoint step a_t lam_t and the adjoint summary pass; and a time segment
+// holding a restart carries nothing across it (pass 1 records a flag per segment, pass 2
+// uses a decay product of 0 for it). A tile without restarts (always, without seq_idx) runs
+// the unmasked instantiation of the tile loop, so the plain scan does the same arithmetic as
+// before seq_idx existed (what it adds there: a block-uniform branch per tile and two index
+// registers). The kernels trust seq_idx to be non-decreasing (checked only on the CPU).
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <type_traits>
 
 #include "core/backend.h"
 #include "core/cuda/device.cuh"
@@ -63,6 +75,7 @@ struct ScanParams {
   const float* Dskip;      // (D) or null
   const float* delta_bias; // (D) or null
   const float* h0;         // (B, D, N) or null
+  const int* seq_idx;      // (B, L) document indices, or null (one document per row)
   void* out;               // (B, L, D)
   float* h_last;           // (B, D, N)
   float* ckpt;             // (B, D, nckpt, N) or null
@@ -83,6 +96,8 @@ struct ScanParams {
   int nseg, seg_len;
   float* seg_local;        // (B, D, nseg, N): the summary pass's end values
   float* seg_dtsum;        // (B, D, nseg): sum of delta over each segment (summary pass)
+  float* seg_keep;         // (B, D, nseg), with seq_idx: 0 when a document starts inside the
+                           // segment (its decay product is 0), else 1; null without seq_idx
   const float* seg_init;   // (B, D, nseg, N): state before (forward) / adjoint after (backward) each segment
 };
 
@@ -127,21 +142,38 @@ __device__ __forceinline__ void store_row(float* p, const float (&in)[NL]) {
   }
 }
 
-// One step of the recurrence for a lane's NL states, h <- exp(dt A) h + (dt u) B, from the
-// shared-memory rows of B and C at this lane's states (A2 = A log2 e); returns the lane's
+// The decay exp(dt A) of one state (A2 = A log2 e); with kResets, the constant 0 at a step
+// that starts a document (`reset`). Without kResets this is exactly the plain decay.
+template <bool kResets>
+__device__ __forceinline__ float decay(float dt, float A2, bool reset) {
+  if constexpr (kResets) return reset ? 0.f : exp2_fast(dt * A2);
+  else return exp2_fast(dt * A2);
+}
+
+// One step of the recurrence for a lane's NL states, h <- a h + (dt u) B with a the decay
+// above, from the shared-memory rows of B and C at this lane's states; returns the lane's
 // part of y = C . h.
-template <int NL>
+template <int NL, bool kResets>
 __device__ __forceinline__ float scan_step(float (&h)[NL], const float (&A2)[NL], float dt, float du,
-                                           const float* B_row, const float* C_row) {
+                                           const float* B_row, const float* C_row, bool reset) {
   float Bt[NL], Ct[NL], yp = 0.f;
   load_row<NL>(B_row, Bt);
   load_row<NL>(C_row, Ct);
 #pragma unroll
   for (int s = 0; s < NL; ++s) {
-    h[s] = exp2_fast(dt * A2[s]) * h[s] + du * Bt[s];
+    h[s] = decay<kResets>(dt, A2[s], reset) * h[s] + du * Bt[s];
     yp += h[s] * Ct[s];
   }
   return yp;
+}
+
+// Runs fn(std::true_type) for a tile with restarts (mask != 0), else fn(std::false_type):
+// the plain tile loop is a separate instantiation, untouched by the masks. mask is uniform
+// over the block, so the branch never diverges.
+template <typename Fn>
+__device__ __forceinline__ void with_resets(unsigned mask, Fn&& fn) {
+  if (mask) fn(std::true_type{});
+  else fn(std::false_type{});
 }
 
 // Butterfly reduce-scatter of V values (V a power of two) over the lanes that differ in the
@@ -223,8 +255,16 @@ template <typename T, int TPC, int NL, int TILE, bool kBackward>
 struct TileRegs {
   using G = Geo<TPC, NL, TILE>;
   T u[G::SEQ], x[G::SEQ], z[G::SEQ], o[G::SEQ], Bv[G::NBC], Cv[G::NBC];
+  int seq_cur, seq_prev;  // with seq_idx: the indices at steps l0 + lane and l0 + lane - 1 (lane < TILE)
 
   __device__ __forceinline__ void fetch(const ScanParams& p, const BlockCoords<TPC>& bc, int l0) {
+    if (p.seq_idx) {
+      const int lane = threadIdx.x & 31, t = l0 + lane;
+      const bool ok = lane < TILE && t > 0 && t < p.L;  // step 0 never restarts; padded steps neither
+      const int* row = p.seq_idx + static_cast<size_t>(bc.b) * p.L;
+      seq_cur = ok ? row[t] : 0;
+      seq_prev = ok ? row[t - 1] : 0;
+    }
 #pragma unroll
     for (int j = 0; j < G::SEQ; ++j) {
       const int t = bc.rs + j * TPC;
@@ -243,6 +283,11 @@ struct TileRegs {
       Bv[j] = ok ? static_cast<const T*>(p.Bm)[off] : T(0.f);
       Cv[j] = ok ? static_cast<const T*>(p.Cm)[off] : T(0.f);
     }
+  }
+  // The restarts of the fetched tile: bit t set when step l0 + t starts a new document (0
+  // without seq_idx). Every lane of the warp must call it; every warp gets the same mask.
+  __device__ __forceinline__ unsigned resets(const ScanParams& p) const {
+    return p.seq_idx ? __ballot_sync(0xffffffffu, seq_cur != seq_prev) : 0u;
   }
   // The staged B and C rows into shared memory ([TILE][NMAX] arrays; either may be null).
   __device__ __forceinline__ void store_bc(float (*sB)[G::NMAX], float (*sC)[G::NMAX]) const {
@@ -286,6 +331,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
   const size_t bd = static_cast<size_t>(bc.b) * D + bc.d, bds = bd * p.nseg + bc.seg;
 
   float A2[NL], h[NL], dtsum = 0.f;
+  [[maybe_unused]] bool seg_resets = false;  // (summary) whether a document starts inside the segment
 #pragma unroll
   for (int s = 0; s < NL; ++s) {
     const int n = bc.q * NL + s;
@@ -299,6 +345,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
 
   TileRegs<T, TPC, NL, kTile, false> next;
   float cur_u[G::SEQ], cur_z[G::SEQ];  // the staged elements' u and z, for the output
+  unsigned cur_resets = 0;             // the staged tile's restarts (bit t: step t)
   auto commit = [&](int l0) {
 #pragma unroll
     for (int j = 0; j < G::SEQ; ++j) {
@@ -308,6 +355,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
       s_u[t][bc.cs] = cur_u[j];
       s_dt[t][bc.cs] = next.dt(p, bc, l0, j, bias_s, nullptr);
     }
+    cur_resets = next.resets(p);
     next.store_bc(s_B, s_C);
   };
 
@@ -318,30 +366,36 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
   for (int k = k0; k < k1; ++k) {
     const int l0 = k * kTile;
     if (k + 1 < k1) next.fetch(p, bc, l0 + kTile);
+    const unsigned resets = cur_resets;
+    if constexpr (kSummary) seg_resets |= resets != 0;
     // The recurrence: only h carries from one step to the next, so with the loop unrolled
     // the exponentials and loads of later steps overlap the current one.
+    with_resets(resets, [&](auto masked) {
+      constexpr bool kResets = decltype(masked)::value;
 #pragma unroll
-    for (int t = 0; t < kTile; ++t) {
-      if (!kSummary && t % kBTile == 0 && p.ckpt && bc.active) {  // the state before every kBTile steps
-        const int c = (l0 + t) / kBTile;
-        if (c < p.nckpt) {
+      for (int t = 0; t < kTile; ++t) {
+        if (!kSummary && t % kBTile == 0 && p.ckpt && bc.active) {  // the state before every kBTile steps
+          const int c = (l0 + t) / kBTile;
+          if (c < p.nckpt) {
 #pragma unroll
-          for (int s = 0; s < NL; ++s) {
-            const int n = bc.q * NL + s;
-            if (n < N) p.ckpt[(bd * p.nckpt + c) * N + n] = h[s];
+            for (int s = 0; s < NL; ++s) {
+              const int n = bc.q * NL + s;
+              if (n < N) p.ckpt[(bd * p.nckpt + c) * N + n] = h[s];
+            }
           }
         }
-      }
-      const float dt = s_dt[t][bc.cl];
-      float yp = scan_step<NL>(h, A2, dt, dt * s_u[t][bc.cl], &s_B[t][bc.q * NL], &s_C[t][bc.q * NL]);
-      if constexpr (kSummary) {
-        dtsum += dt;
-      } else {
+        const float dt = s_dt[t][bc.cl];
+        float yp = scan_step<NL, kResets>(h, A2, dt, dt * s_u[t][bc.cl], &s_B[t][bc.q * NL], &s_C[t][bc.q * NL],
+                                          (resets >> t) & 1u);
+        if constexpr (kSummary) {
+          dtsum += dt;
+        } else {
 #pragma unroll
-        for (int m = 1; m < TPC; m <<= 1) yp += __shfl_xor_sync(0xffffffffu, yp, m);
-        if (bc.q == 0) s_y[t][bc.cl] = yp;
+          for (int m = 1; m < TPC; m <<= 1) yp += __shfl_xor_sync(0xffffffffu, yp, m);
+          if (bc.q == 0) s_y[t][bc.cl] = yp;
+        }
       }
-    }
+    });
     __syncthreads();
     // Outputs of the tile (D skip and z gate applied here, by every thread), then the next
     // tile's values into shared memory.
@@ -364,7 +418,10 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
       const int n = bc.q * NL + s;
       if (n < N) dst[n] = h[s];
     }
-    if (kSummary && bc.q == 0) p.seg_dtsum[bds] = dtsum;
+    if (kSummary && bc.q == 0) {
+      p.seg_dtsum[bds] = dtsum;
+      if (p.seg_keep) p.seg_keep[bds] = seg_resets ? 0.f : 1.f;
+    }
   }
 }
 
@@ -412,6 +469,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
 
   TileRegs<T, TPC, NL, kBTile, true> next;
   float cur_sig[G::SEQ], cur_o[G::SEQ], cur_z[G::SEQ];  // for ddelta and dz of the staged elements
+  unsigned cur_resets = 0;                              // the staged tile's restarts (bit t: step t)
   auto commit = [&](int l0) {
 #pragma unroll
     for (int j = 0; j < G::SEQ; ++j) {
@@ -422,6 +480,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
       cur_z[j] = static_cast<float>(next.z[j]);
       s_gy[t][bc.cs] = gate_grad(p, cur_o[j], cur_z[j]);
     }
+    cur_resets = next.resets(p);
     next.store_bc(s_B, s_C);
   };
 
@@ -439,73 +498,79 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
     __syncthreads();
     if (k > k0) next.fetch(p, bc, l0 - kBTile);
 
-    // Recompute the tile's states into the history (and y before the gate, for dz). The
-    // last state stays in registers: the adjoint starts from it.
-    float hcur[NL];
+    const unsigned resets = cur_resets;
+    with_resets(resets, [&](auto masked) {
+      constexpr bool kResets = decltype(masked)::value;
+      // Recompute the tile's states into the history (and y before the gate, for dz). The
+      // last state stays in registers: the adjoint starts from it.
+      float hcur[NL];
 #pragma unroll
-    for (int s = 0; s < NL; ++s) hcur[s] = h_start[s];
+      for (int s = 0; s < NL; ++s) hcur[s] = h_start[s];
 #pragma unroll
-    for (int t = 0; t < kBTile; ++t) {
-      const float dt = s_dt[t][bc.cl];
-      float yp = scan_step<NL>(hcur, A2, dt, dt * s_u[t][bc.cl], &s_B[t][bc.q * NL], &s_C[t][bc.q * NL]);
-      if (t + 1 < kBTile) store_row<NL>(&hist[(t * kThreads + threadIdx.x) * NL], hcur);
-      if (p.z) {
+      for (int t = 0; t < kBTile; ++t) {
+        const float dt = s_dt[t][bc.cl];
+        float yp = scan_step<NL, kResets>(hcur, A2, dt, dt * s_u[t][bc.cl], &s_B[t][bc.q * NL], &s_C[t][bc.q * NL],
+                                          (resets >> t) & 1u);
+        if (t + 1 < kBTile) store_row<NL>(&hist[(t * kThreads + threadIdx.x) * NL], hcur);
+        if (p.z) {
 #pragma unroll
-        for (int m = 1; m < TPC; m <<= 1) yp += __shfl_xor_sync(0xffffffffu, yp, m);
-        if (bc.q == 0) s_y[t][bc.cl] = yp + Dv * s_u[t][bc.cl];
-      }
-    }
-
-    // The adjoint recurrence, backwards through the tile. Padded steps (past L) have
-    // dt = 0 and gy = 0: they pass lam through unchanged and add nothing to dA or dD.
-#pragma unroll
-    for (int t = kBTile - 1; t >= 0; --t) {
-      const float dt = s_dt[t][bc.cl], uu = s_u[t][bc.cl], gy = s_gy[t][bc.cl];
-      float Bt[NL], Ct[NL], hprev[NL];
-      load_row<NL>(&s_B[t][bc.q * NL], Bt);
-      load_row<NL>(&s_C[t][bc.q * NL], Ct);
-      if (t > 0) load_row<NL>(&hist[((t - 1) * kThreads + threadIdx.x) * NL], hprev);
-      else
-#pragma unroll
-        for (int s = 0; s < NL; ++s) hprev[s] = h_start[s];
-      float lane_sums[2] = {0.f, 0.f};  // this lane's part of d(u) and d(delta) before softplus'
-      float dBC[2 * NL];                // dB for the states s < NL, then dC
-#pragma unroll
-      for (int s = 0; s < NL; ++s) {
-        const float a = exp2_fast(dt * A2[s]);
-        const float lam = gy * Ct[s] + g[s];
-        dBC[NL + s] = gy * hcur[s];
-        dBC[s] = lam * dt * uu;
-        lane_sums[0] += lam * dt * Bt[s];
-        const float ah = a * hprev[s];
-        lane_sums[1] += lam * (A_r[s] * ah + Bt[s] * uu);
-        dA_acc[s] += lam * dt * ah;
-        g[s] = a * lam;
-        hcur[s] = hprev[s];
-      }
-      // Over the channel's lanes: lanes with q even end with d(u), odd with d(delta).
-      int base = 0;
-      bool writer = true;
-      reduce_scatter<2, 1, TPC>(lane_sums, lane, base, writer);
-      if (bc.q == 0) {
-        s_du[t][bc.cl] = lane_sums[0] + Dv * gy;
-        dD_acc += gy * uu;
-      } else if (bc.q == 1) {
-        s_dd[t][bc.cl] = lane_sums[0];  // times softplus' when stored
-      }
-      // dB and dC summed over the channels of this warp, then parked in shared memory.
-      base = 0;
-      writer = true;
-      reduce_scatter<2 * NL, TPC, 32>(dBC, lane, base, writer);
-      if (writer) {
-#pragma unroll
-        for (int i = 0; i < scattered_count<2 * NL, TPC, 32>(); ++i) {
-          const int o = base + i;
-          float* red = o < NL ? redB : redC;
-          red[(warp * kBTile + t) * NMAX + bc.q * NL + (o < NL ? o : o - NL)] = dBC[i];
+          for (int m = 1; m < TPC; m <<= 1) yp += __shfl_xor_sync(0xffffffffu, yp, m);
+          if (bc.q == 0) s_y[t][bc.cl] = yp + Dv * s_u[t][bc.cl];
         }
       }
-    }
+
+      // The adjoint recurrence, backwards through the tile. Padded steps (past L) have
+      // dt = 0 and gy = 0: they pass lam through unchanged and add nothing to dA or dD. At a
+      // restart a = 0: the adjoint stops there and a * hprev adds nothing to ddelta or dA.
+#pragma unroll
+      for (int t = kBTile - 1; t >= 0; --t) {
+        const float dt = s_dt[t][bc.cl], uu = s_u[t][bc.cl], gy = s_gy[t][bc.cl];
+        float Bt[NL], Ct[NL], hprev[NL];
+        load_row<NL>(&s_B[t][bc.q * NL], Bt);
+        load_row<NL>(&s_C[t][bc.q * NL], Ct);
+        if (t > 0) load_row<NL>(&hist[((t - 1) * kThreads + threadIdx.x) * NL], hprev);
+        else
+#pragma unroll
+          for (int s = 0; s < NL; ++s) hprev[s] = h_start[s];
+        float lane_sums[2] = {0.f, 0.f};  // this lane's part of d(u) and d(delta) before softplus'
+        float dBC[2 * NL];                // dB for the states s < NL, then dC
+#pragma unroll
+        for (int s = 0; s < NL; ++s) {
+          const float a = decay<kResets>(dt, A2[s], (resets >> t) & 1u);
+          const float lam = gy * Ct[s] + g[s];
+          dBC[NL + s] = gy * hcur[s];
+          dBC[s] = lam * dt * uu;
+          lane_sums[0] += lam * dt * Bt[s];
+          const float ah = a * hprev[s];
+          lane_sums[1] += lam * (A_r[s] * ah + Bt[s] * uu);
+          dA_acc[s] += lam * dt * ah;
+          g[s] = a * lam;
+          hcur[s] = hprev[s];
+        }
+        // Over the channel's lanes: lanes with q even end with d(u), odd with d(delta).
+        int base = 0;
+        bool writer = true;
+        reduce_scatter<2, 1, TPC>(lane_sums, lane, base, writer);
+        if (bc.q == 0) {
+          s_du[t][bc.cl] = lane_sums[0] + Dv * gy;
+          dD_acc += gy * uu;
+        } else if (bc.q == 1) {
+          s_dd[t][bc.cl] = lane_sums[0];  // times softplus' when stored
+        }
+        // dB and dC summed over the channels of this warp, then parked in shared memory.
+        base = 0;
+        writer = true;
+        reduce_scatter<2 * NL, TPC, 32>(dBC, lane, base, writer);
+        if (writer) {
+#pragma unroll
+          for (int i = 0; i < scattered_count<2 * NL, TPC, 32>(); ++i) {
+            const int o = base + i;
+            float* red = o < NL ? redB : redC;
+            red[(warp * kBTile + t) * NMAX + bc.q * NL + (o < NL ? o : o - NL)] = dBC[i];
+          }
+        }
+      }
+    });
     __syncthreads();
 
     // The tile's outputs (coalesced) and the block's dB/dC partials. The next commit writes
@@ -566,6 +631,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
 // Pass 1 of a segmented backward: for every segment but the first, the adjoint at its
 // start when it is zero after its end (g <- a_t (gy_t C_t + g), backwards), and the sum of
 // delta over it. The adjoint needs no states, so this is a scan of delta, dout, z and C only.
+// With seq_idx it also records whether a document starts inside the segment.
 template <typename T, int NL, int TPC>
 __global__ void __launch_bounds__(kThreads) adjoint_summary_kernel(ScanParams p) {
   using G = Geo<TPC, NL, kBTile>;
@@ -577,6 +643,7 @@ __global__ void __launch_bounds__(kThreads) adjoint_summary_kernel(ScanParams p)
   const int N = p.N;
   const size_t bds = (static_cast<size_t>(bc.b) * p.D + bc.d) * p.nseg + bc.seg;
   float A2[NL], g[NL], dtsum = 0.f;
+  bool seg_resets = false;
 #pragma unroll
   for (int s = 0; s < NL; ++s) {
     const int n = bc.q * NL + s;
@@ -595,18 +662,23 @@ __global__ void __launch_bounds__(kThreads) adjoint_summary_kernel(ScanParams p)
       s_dt[t][bc.cs] = next.dt(p, bc, l0, j, bias_s, nullptr);
       s_gy[t][bc.cs] = gate_grad(p, static_cast<float>(next.o[j]), static_cast<float>(next.z[j]));
     }
+    const unsigned resets = next.resets(p);
+    seg_resets |= resets != 0;
     next.store_bc(nullptr, s_C);
     __syncthreads();
     if (k > k0) next.fetch(p, bc, l0 - kBTile);
+    with_resets(resets, [&](auto masked) {
+      constexpr bool kResets = decltype(masked)::value;
 #pragma unroll
-    for (int t = kBTile - 1; t >= 0; --t) {
-      const float dt = s_dt[t][bc.cl], gy = s_gy[t][bc.cl];
-      float Ct[NL];
-      load_row<NL>(&s_C[t][bc.q * NL], Ct);
+      for (int t = kBTile - 1; t >= 0; --t) {
+        const float dt = s_dt[t][bc.cl], gy = s_gy[t][bc.cl];
+        float Ct[NL];
+        load_row<NL>(&s_C[t][bc.q * NL], Ct);
 #pragma unroll
-      for (int s = 0; s < NL; ++s) g[s] = exp2_fast(dt * A2[s]) * (gy * Ct[s] + g[s]);
-      dtsum += dt;
-    }
+        for (int s = 0; s < NL; ++s) g[s] = decay<kResets>(dt, A2[s], (resets >> t) & 1u) * (gy * Ct[s] + g[s]);
+        dtsum += dt;
+      }
+    });
     __syncthreads();
   }
   if (bc.active) {
@@ -615,16 +687,20 @@ __global__ void __launch_bounds__(kThreads) adjoint_summary_kernel(ScanParams p)
       const int n = bc.q * NL + s;
       if (n < N) p.seg_local[bds * N + n] = g[s];
     }
-    if (bc.q == 0) p.seg_dtsum[bds] = dtsum;
+    if (bc.q == 0) {
+      p.seg_dtsum[bds] = dtsum;
+      if (p.seg_keep) p.seg_keep[bds] = seg_resets ? 0.f : 1.f;
+    }
   }
 }
 
 // Pass 2 of a segmented scan, one thread per (b, d, n): the value entering each segment from
 // the summaries. Forward: init[0] = first (h0), init[s + 1] = exp(A dtsum[s]) init[s] +
 // local[s]. Backward (reverse): init[nseg - 1] = first (dh_last), init[s - 1] =
-// exp(A dtsum[s]) init[s] + local[s].
+// exp(A dtsum[s]) init[s] + local[s]. With seq_idx, the decay product of a segment in which
+// a document starts (keep[s] == 0) is 0: nothing is carried across it.
 __global__ void carry_segments(const float* A, const float* first, const float* local, const float* dtsum,
-                               float* init, int B, int D, int N, int nseg, bool reverse) {
+                               const float* keep, float* init, int B, int D, int N, int nseg, bool reverse) {
   const int64_t total = static_cast<int64_t>(B) * D * N;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -636,7 +712,10 @@ __global__ void carry_segments(const float* A, const float* first, const float* 
       const int s = reverse ? nseg - 1 - j : j;
       const int64_t at = bd * nseg + s;
       init[at * N + n] = v;
-      if (j + 1 < nseg) v = expf(a * dtsum[at]) * v + local[at * N + n];
+      if (j + 1 < nseg) {
+        const float seg_decay = keep && keep[at] == 0.f ? 0.f : expf(a * dtsum[at]);
+        v = seg_decay * v + local[at * N + n];
+      }
     }
   }
 }
@@ -771,6 +850,7 @@ ScanParams make_params(const SelectiveScanParams& s, Variant v) {
   p.Dskip = static_cast<const float*>(s.Dskip);
   p.delta_bias = static_cast<const float*>(s.delta_bias);
   p.h0 = static_cast<const float*>(s.h0);
+  p.seq_idx = s.seq_idx;
   p.nseg = 1;  // set by the launcher (set_segments)
   p.seg_len = std::max(p.nchunks * kTile, kTile);
   return p;
@@ -820,11 +900,12 @@ void dispatch(DType dt, Variant v, Fn&& fn) {
     by_variant(float{});
 }
 
-void launch_carry(const ScanParams& p, const float* first, const float* local, const float* dtsum, float* init,
-                  bool reverse, cudaStream_t stream) {
+void launch_carry(const ScanParams& p, const float* first, const float* local, const float* dtsum,
+                  const float* keep, float* init, bool reverse, cudaStream_t stream) {
   const int64_t total = static_cast<int64_t>(p.B) * p.D * p.N;
   const int threads = 256, blocks = static_cast<int>(std::clamp<int64_t>((total + threads - 1) / threads, 1, 4096));
-  carry_segments<<<blocks, threads, 0, stream>>>(p.A, first, local, dtsum, init, p.B, p.D, p.N, p.nseg, reverse);
+  carry_segments<<<blocks, threads, 0, stream>>>(p.A, first, local, dtsum, keep, init, p.B, p.D, p.N, p.nseg,
+                                                  reverse);
   SCAN_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -849,19 +930,21 @@ void selective_scan_fwd_cuda(const SelectiveScanParams& s, int device) {
                  2.0);
   });
   dim3 grid(p.nblocks_per_group, p.G, p.B * p.nseg);
-  Tensor seg_local, seg_dtsum, seg_init;
+  Tensor seg_local, seg_dtsum, seg_keep, seg_init;
   if (p.nseg > 1) {  // pass 1: each segment's end state from zero; pass 2: the carry
     seg_local = Tensor::empty({p.B, p.D, p.nseg, p.N}, DType::f32, dev);
     seg_dtsum = Tensor::empty({p.B, p.D, p.nseg}, DType::f32, dev);
+    if (p.seq_idx) seg_keep = Tensor::empty({p.B, p.D, p.nseg}, DType::f32, dev);
     seg_init = Tensor::empty({p.B, p.D, p.nseg, p.N}, DType::f32, dev);
     ScanParams ps = p;
     ps.ckpt = nullptr;
     ps.seg_local = seg_local.data<float>();
     ps.seg_dtsum = seg_dtsum.data<float>();
+    ps.seg_keep = p.seq_idx ? seg_keep.data<float>() : nullptr;
     dispatch(s.dtype, v, [&](auto t, auto nl, auto tpc) {
       scan_forward_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value, true><<<grid, kThreads, 0, stream>>>(ps);
     });
-    launch_carry(p, p.h0, ps.seg_local, ps.seg_dtsum, seg_init.data<float>(), false, stream);
+    launch_carry(p, p.h0, ps.seg_local, ps.seg_dtsum, ps.seg_keep, seg_init.data<float>(), false, stream);
     p.seg_init = seg_init.data<float>();
   }
   dispatch(s.dtype, v, [&](auto t, auto nl, auto tpc) {
@@ -914,18 +997,20 @@ void selective_scan_bwd_cuda(const SelectiveScanParams& s, int device) {
 
   auto stream = static_cast<cudaStream_t>(cuda::compute_stream(dev.index));
   dim3 grid(p.nblocks_per_group, p.G, p.B * p.nseg);
-  Tensor seg_local, seg_dtsum, seg_init;
+  Tensor seg_local, seg_dtsum, seg_keep, seg_init;
   if (p.nseg > 1) {  // pass 1: each segment's adjoint at its start from zero; pass 2: the carry
     seg_local = Tensor::empty({p.B, p.D, p.nseg, p.N}, DType::f32, dev);
     seg_dtsum = Tensor::empty({p.B, p.D, p.nseg}, DType::f32, dev);
+    if (p.seq_idx) seg_keep = Tensor::empty({p.B, p.D, p.nseg}, DType::f32, dev);
     seg_init = Tensor::empty({p.B, p.D, p.nseg, p.N}, DType::f32, dev);
     ScanParams ps = p;
     ps.seg_local = seg_local.data<float>();
     ps.seg_dtsum = seg_dtsum.data<float>();
+    ps.seg_keep = p.seq_idx ? seg_keep.data<float>() : nullptr;
     dispatch(dt, v, [&](auto t, auto nl, auto tpc) {
       adjoint_summary_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value><<<grid, kThreads, 0, stream>>>(ps);
     });
-    launch_carry(p, p.dh_last, ps.seg_local, ps.seg_dtsum, seg_init.data<float>(), true, stream);
+    launch_carry(p, p.dh_last, ps.seg_local, ps.seg_dtsum, ps.seg_keep, seg_init.data<float>(), true, stream);
     p.seg_init = seg_init.data<float>();
   }
   dispatch(dt, v, [&](auto t, auto nl, auto tpc) {

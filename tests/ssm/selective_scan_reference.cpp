@@ -1,6 +1,7 @@
 // The selective scan exactly as SPECS section 1 writes it, for tests: every input copied to
 // double on the host, every state kept, no autodiff, no parallelism.
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "core/autograd.h"
@@ -11,7 +12,8 @@ namespace ssmtrain {
 
 SelectiveScanResult selective_scan_reference(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
                                              const Tensor& Cm, const Tensor& Dskip, const Tensor& z,
-                                             const Tensor& delta_bias, bool delta_softplus, const Tensor& h0) {
+                                             const Tensor& delta_bias, bool delta_softplus, const Tensor& h0,
+                                             const Tensor& seq_idx) {
   NoGradGuard no_grad;
   SSMT_CHECK(u.dim() == 3 && A.dim() == 2 && Bm.dim() == 4, "selective_scan_reference: u ", u.shape().str(),
              ", A ", A.shape().str(), ", Bm ", Bm.shape().str(), ": expected (B, L, D), (D, N), (B, L, G, N)");
@@ -20,6 +22,7 @@ SelectiveScanResult selective_scan_reference(const Tensor& u, const Tensor& delt
   auto host = [](const Tensor& t) { return t.defined() ? t.to_vector<double>() : std::vector<double>(); };
   const std::vector<double> uv = host(u), deltav = host(delta), Av = host(A), Bv = host(Bm), Cv = host(Cm);
   const std::vector<double> Dv = host(Dskip), zv = host(z), biasv = host(delta_bias), h0v = host(h0);
+  const std::vector<int32_t> seq = seq_idx.defined() ? seq_idx.to_vector<int32_t>() : std::vector<int32_t>();
 
   // states[((b * L + t) * D + d) * N + n] = h_t[d, n] of batch b.
   std::vector<double> states(static_cast<size_t>(B * L * D * N));
@@ -33,6 +36,8 @@ SelectiveScanResult selective_scan_reference(const Tensor& u, const Tensor& delt
           const int64_t i = (b * L + t) * D + d, j = ((b * L + t) * G + g) * N + n;
           double dt = deltav[i] + (biasv.empty() ? 0.0 : biasv[d]);
           if (delta_softplus) dt = dt > 20 ? dt : std::log1p(std::exp(dt));
+          const bool restart = !seq.empty() && t > 0 && seq[b * L + t] != seq[b * L + t - 1];
+          if (restart) h = 0;  // a new document: the state starts from zero
           h = std::exp(dt * Av[d * N + n]) * h + dt * Bv[j] * uv[i];
           states[i * N + n] = h;
         }
