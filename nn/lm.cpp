@@ -52,13 +52,13 @@ Tensor to_residual(const Tensor& y, const Tensor& residual, const std::string& w
 }
 }  // namespace
 
-Tensor Block::forward(const Tensor& h, DType compute_dtype) {
-  Tensor y = mixer_->forward(to_compute(norm_->forward(h), compute_dtype));
+Tensor Block::forward(const Tensor& h, DType compute_dtype, const Tensor& seq_idx) {
+  Tensor y = mixer_->forward(to_compute(norm_->forward(h), compute_dtype), seq_idx);
   return add(h, to_residual(y, h, path()));
 }
 
-Tensor Block::forward(const Tensor& h, DType compute_dtype, Tensor* aux) {
-  Tensor out = forward(h, compute_dtype);
+Tensor Block::forward(const Tensor& h, DType compute_dtype, Tensor* aux, const Tensor& seq_idx) {
+  Tensor out = forward(h, compute_dtype, seq_idx);
   *aux = mixer_->take_aux_loss();
   return out;
 }
@@ -91,9 +91,20 @@ Tensor LanguageModel::head(const Tensor& h) const {
   return linear(norm_f_->forward(h), embedding_->weight());
 }
 
-LanguageModel::Trunk LanguageModel::trunk(const Tensor& ids, Tensor* aux_loss, DType final_dtype) {
+bool LanguageModel::supports_seq_idx() const {
+  for (const auto& item : *layers_)
+    if (!static_cast<const Block&>(*item).mixer()->supports_seq_idx()) return false;
+  return true;
+}
+
+LanguageModel::Trunk LanguageModel::trunk(const Tensor& ids, const Tensor& seq_idx, Tensor* aux_loss,
+                                          DType final_dtype) {
   SSMT_CHECK(ids.dim() == 2 && ids.dtype() == DType::i64, "LanguageModel: input ids ", ids.describe(),
              " must be (B, L) i64");
+  SSMT_CHECK(!seq_idx.defined() || (seq_idx.shape() == ids.shape() && seq_idx.dtype() == DType::i32 &&
+                                    seq_idx.device() == ids.device()),
+             "LanguageModel: seq_idx ", seq_idx.describe(), " must be i32 of the ids' shape ", ids.shape().str(),
+             " on ", ids.device().str());
   const DType cdt = config_.compute_dtype;
   auto add_aux = [&](const Tensor& aux) {
     if (aux.defined()) *aux_loss = aux_loss->defined() ? add(*aux_loss, aux) : aux;
@@ -106,9 +117,9 @@ LanguageModel::Trunk LanguageModel::trunk(const Tensor& ids, Tensor* aux_loss, D
       std::shared_ptr<Block> block = layers_->at<Block>(i);
       auto outs = recompute(
           "recompute_block",
-          [block, cdt](const std::vector<Tensor>& in) -> std::vector<Tensor> {
+          [block, cdt, seq_idx](const std::vector<Tensor>& in) -> std::vector<Tensor> {
             Tensor a;
-            Tensor out = block->forward(in[0], cdt, &a);
+            Tensor out = block->forward(in[0], cdt, &a, seq_idx);
             return {out, a};
           },
           {h}, block->parameters());
@@ -129,15 +140,15 @@ LanguageModel::Trunk LanguageModel::trunk(const Tensor& ids, Tensor* aux_loss, D
     if (config_.recompute == LMConfig::Recompute::mixer) {
       auto outs = recompute(
           "recompute_mixer",
-          [mixer](const std::vector<Tensor>& in) -> std::vector<Tensor> {
-            Tensor out = mixer->forward(in[0]);
+          [mixer, seq_idx](const std::vector<Tensor>& in) -> std::vector<Tensor> {
+            Tensor out = mixer->forward(in[0], seq_idx);
             return {out, mixer->take_aux_loss()};
           },
           {x}, mixer->parameters());
       y = outs[0];
       aux = outs[1];
     } else {
-      y = mixer->forward(x);
+      y = mixer->forward(x, seq_idx);
       aux = mixer->take_aux_loss();
     }
     SSMT_CHECK(y.shape() == h.shape(), block->path(), ": the mixer returned ", y.describe(), ", expected shape ",
@@ -151,18 +162,19 @@ LanguageModel::Trunk LanguageModel::trunk(const Tensor& ids, Tensor* aux_loss, D
   return {h, x};
 }
 
-LMOutput LanguageModel::forward(const Tensor& ids) {
+LMOutput LanguageModel::forward(const Tensor& ids, const Tensor& seq_idx) {
   LMOutput out;
-  Trunk t = trunk(ids, &out.aux_loss, norm_f_->weight().dtype());
+  Trunk t = trunk(ids, seq_idx, &out.aux_loss, norm_f_->weight().dtype());
   out.logits = linear(t.normed, embedding_->weight());
   return out;
 }
 
-LMLoss LanguageModel::forward_loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index) {
+LMLoss LanguageModel::forward_loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index,
+                                  const Tensor& seq_idx) {
   SSMT_CHECK(targets.shape() == ids.shape() && targets.dtype() == DType::i64, "LanguageModel: targets ",
              targets.describe(), " must be i64 of the ids' shape ", ids.shape().str());
   LMLoss out;
-  Trunk t = trunk(ids, &out.aux_loss, config_.compute_dtype);
+  Trunk t = trunk(ids, seq_idx, &out.aux_loss, config_.compute_dtype);
   out.loss = linear_cross_entropy(t.normed, embedding_->weight(), targets, ignore_index);
   return out;
 }

@@ -4,6 +4,11 @@
 //   for each block:  h = h + mixer(norm(h))       pre-norm residual, stream kept in f32
 //   logits = RMSNorm_f(h) @ Embedding.weight^T    (B, L, V_padded), head tied to the embedding
 //
+// Packed documents (SPECS section 12): forward and forward_loss take an optional seq_idx
+// (B, L) i32, the document of every position, and hand it to every mixer (nn/mixer.h), so
+// each document is computed as if it were a row of its own; the blocks' other parts are
+// position-wise. Every mixer must support it (Mixer::supports_seq_idx).
+//
 // The vocabulary is padded up to a multiple of pad_vocab_multiple (50277 -> 50280) so the
 // head GEMM has aligned sizes; the padded rows are ordinary embedding rows that no target
 // ever selects. Output projections named out_proj / fc2 are rescaled by 1/sqrt(n_layer)
@@ -55,10 +60,11 @@ ParameterCounts count_parameters(const Module& model, int experts_per_token = 1,
 class Block : public Module {
  public:
   Block(int64_t d_model, double norm_eps, std::shared_ptr<Mixer> mixer);
-  // h (B, L, D) f32 -> (B, L, D) f32; the mixer runs in compute_dtype.
-  Tensor forward(const Tensor& h, DType compute_dtype);
+  // h (B, L, D) f32 -> (B, L, D) f32; the mixer runs in compute_dtype. seq_idx (B, L) i32:
+  // packed documents, or undefined.
+  Tensor forward(const Tensor& h, DType compute_dtype, const Tensor& seq_idx = Tensor());
   // The same, taking the mixer's auxiliary loss of this forward (undefined when none) into *aux.
-  Tensor forward(const Tensor& h, DType compute_dtype, Tensor* aux);
+  Tensor forward(const Tensor& h, DType compute_dtype, Tensor* aux, const Tensor& seq_idx = Tensor());
   // h_t (B, D) f32 -> (B, D) f32
   Tensor step(const Tensor& h_t, MixerState& state, DType compute_dtype);
 
@@ -85,13 +91,18 @@ class LanguageModel : public Module {
   // Draws the embedding from `gen`; the factory builds each mixer (with its own draws).
   LanguageModel(const LMConfig& config, const MixerFactory& make_mixer, Generator& gen);
 
-  // ids (B, L) i64 in [0, vocab_size)
-  LMOutput forward(const Tensor& ids);
+  // ids (B, L) i64 in [0, vocab_size); seq_idx (B, L) i32 on the ids' device, non-decreasing
+  // along L: the document of every position (packed documents), or undefined (one per row).
+  LMOutput forward(const Tensor& ids, const Tensor& seq_idx = Tensor());
   // The training forward: the loss of ids against targets (B, L) i64 through the fused head
   // (linear_cross_entropy in the compute dtype), so the logits never exist in full. The
-  // same function as cross_entropy(forward(ids).logits, targets), up to the head's GEMMs
-  // running in the compute dtype (bf16 under mixed precision, as the mixers' GEMMs).
-  LMLoss forward_loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index = -100);
+  // same function as cross_entropy(forward(ids, seq_idx).logits, targets), up to the head's
+  // GEMMs running in the compute dtype (bf16 under mixed precision, as the mixers' GEMMs).
+  LMLoss forward_loss(const Tensor& ids, const Tensor& targets, int64_t ignore_index = -100,
+                      const Tensor& seq_idx = Tensor());
+
+  // Whether every block's mixer takes packed documents (Mixer::supports_seq_idx).
+  bool supports_seq_idx() const;
 
   // Generation: one state per block; ids_t (B) i64 -> logits (B, V_padded) f32.
   std::vector<std::unique_ptr<MixerState>> init_states(int64_t batch, Device device);
@@ -113,7 +124,7 @@ class LanguageModel : public Module {
   struct Trunk {
     Tensor stream, normed;
   };
-  Trunk trunk(const Tensor& ids, Tensor* aux_loss, DType final_dtype);
+  Trunk trunk(const Tensor& ids, const Tensor& seq_idx, Tensor* aux_loss, DType final_dtype);
 
   LMConfig config_;
   std::shared_ptr<Embedding> embedding_;

@@ -13,6 +13,12 @@ Tensor Mixer::step(const Tensor&, MixerState&) {
   throw UserError(detail::concat("mixer '", path(), "' has no step mode for generation"));
 }
 
+Tensor Mixer::forward(const Tensor& x, const Tensor& seq_idx) {
+  SSMT_CHECK(!seq_idx.defined(), "mixer '", path(), "' cannot restart its state where a document begins, so it "
+             "cannot take packed documents (seq_idx ", seq_idx.describe(), ")");
+  return forward(x);
+}
+
 void Mixer::add_aux_loss(const Tensor& loss) {
   SSMT_CHECK(loss.defined() && loss.numel() == 1, "mixer '", path(), "': an auxiliary loss must be a scalar, got ",
              loss.describe());

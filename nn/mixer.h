@@ -6,7 +6,12 @@
 //  - run one step at a time for generation (init_state / step), which must give the same
 //    output as the full-sequence forward;
 //  - contribute an auxiliary loss (MoE load balancing) through add_aux_loss() during its
-//    forward; the LM collects and sums these after each forward.
+//    forward; the LM collects and sums these after each forward;
+//  - take packed documents (SPECS section 12): forward(x, seq_idx) with seq_idx (B, L) i32,
+//    the document of every position (non-decreasing along L), restarts the mixer's state
+//    (conv window, SSM state) from zero wherever seq_idx changes, as if each document were a
+//    row of its own. Mixers that can say so (supports_seq_idx); position-wise ones (MLP,
+//    MoE) carry nothing along L and ignore it; the others refuse it.
 #pragma once
 
 #include <functional>
@@ -26,6 +31,13 @@ class Mixer : public Module {
  public:
   // x (B, L, D) -> (B, L, D)
   virtual Tensor forward(const Tensor& x) = 0;
+
+  // ---- packed documents ----
+  virtual bool supports_seq_idx() const { return false; }
+  // x (B, L, D), seq_idx (B, L) i32 on x's device or undefined -> (B, L, D). Undefined
+  // seq_idx is forward(x) exactly. The default is that, and a UserError naming the layer
+  // for a defined seq_idx; mixers that support it override both.
+  virtual Tensor forward(const Tensor& x, const Tensor& seq_idx);
 
   // ---- step API for generation ----
   virtual bool supports_step() const { return false; }
@@ -52,6 +64,9 @@ class MLPMixer : public Mixer {
  public:
   MLPMixer(int64_t d_model, int64_t hidden, Generator& gen, bool gated = true);
   Tensor forward(const Tensor& x) override;
+  // Position-wise: documents never meet, seq_idx is not read.
+  bool supports_seq_idx() const override { return true; }
+  Tensor forward(const Tensor& x, const Tensor& seq_idx) override { return forward(x); }
   bool supports_step() const override { return true; }
   std::unique_ptr<MixerState> init_state(int64_t batch, Device device, DType dtype) override;
   Tensor step(const Tensor& x_t, MixerState& state) override;

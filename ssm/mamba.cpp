@@ -68,7 +68,7 @@ Mamba::Mamba(const MambaOptions& o, Generator& gen) : opt_(o) {
   out_proj_ = register_module("out_proj", std::make_shared<Linear>(d_inner_, o.d_model, gen, nobias));
 }
 
-Tensor Mamba::ssm(const Tensor& xc, const Tensor& z, const Tensor& h0, Tensor* h_last) {
+Tensor Mamba::ssm(const Tensor& xc, const Tensor& z, const Tensor& h0, Tensor* h_last, const Tensor& seq_idx) {
   const int64_t Bsz = xc.size(0), L = xc.size(1), N = opt_.d_state;
   const DType dt = xc.dtype();
   Tensor delta, Bm, Cm;
@@ -84,12 +84,14 @@ Tensor Mamba::ssm(const Tensor& xc, const Tensor& z, const Tensor& h0, Tensor* h
     Cm = as_dtype(C_lti_, dt).reshape({1, 1, 1, N}).expand({Bsz, L, 1, N});
   }
   Tensor A = -exp(A_log_);
-  auto r = selective_scan(xc, delta, A, Bm, Cm, D_, z, dt_bias_, /*delta_softplus=*/true, h0);
+  auto r = selective_scan(xc, delta, A, Bm, Cm, D_, z, dt_bias_, /*delta_softplus=*/true, h0, seq_idx);
   if (h_last) *h_last = r.h_last;
   return r.out;
 }
 
-Tensor Mamba::forward(const Tensor& x) {
+Tensor Mamba::forward(const Tensor& x) { return forward(x, Tensor()); }
+
+Tensor Mamba::forward(const Tensor& x, const Tensor& seq_idx) {
   SSMT_CHECK(x.dim() == 3 && x.size(2) == opt_.d_model, "mamba: input ", x.describe(), ": expected (B, L, ",
              opt_.d_model, ")");
   const DType dt = x.dtype();
@@ -99,8 +101,8 @@ Tensor Mamba::forward(const Tensor& x) {
   Tensor w_in = as_dtype(in_proj_->weight(), dt);  // ((1|2) d_inner, d_model)
   Tensor xs = linear(x, opt_.gated ? w_in.narrow(0, 0, d_inner_) : w_in), z;
   if (opt_.gated) z = linear(x, w_in.narrow(0, d_inner_, d_inner_));
-  Tensor xc = causal_conv1d(xs, conv_->weight, conv_->bias, /*silu=*/true).out;
-  Tensor y = ssm(xc, z, Tensor(), nullptr);
+  Tensor xc = causal_conv1d(xs, conv_->weight, conv_->bias, /*silu=*/true, Tensor(), seq_idx).out;
+  Tensor y = ssm(xc, z, Tensor(), nullptr, seq_idx);
   return linear(y, as_dtype(out_proj_->weight(), dt));
 }
 

@@ -64,6 +64,9 @@ class Mamba : public Mixer {
   Mamba(const MambaOptions& options, Generator& gen);
 
   Tensor forward(const Tensor& x) override;  // (B, L, D) -> (B, L, D)
+  // Packed documents: the conv window and the scan state restart where seq_idx (B, L) changes.
+  bool supports_seq_idx() const override { return true; }
+  Tensor forward(const Tensor& x, const Tensor& seq_idx) override;
 
   bool supports_step() const override { return true; }
   std::unique_ptr<MixerState> init_state(int64_t batch, Device device, DType dtype) override;
@@ -74,8 +77,8 @@ class Mamba : public Mixer {
   int64_t dt_rank() const { return dt_rank_; }  // options().dt_rank, or its default
 
  private:
-  // The scan's inputs from the conv output xc (B, L, d_inner); z may be undefined.
-  Tensor ssm(const Tensor& xc, const Tensor& z, const Tensor& h0, Tensor* h_last);
+  // The scan's inputs from the conv output xc (B, L, d_inner); z and seq_idx may be undefined.
+  Tensor ssm(const Tensor& xc, const Tensor& z, const Tensor& h0, Tensor* h_last, const Tensor& seq_idx = Tensor());
 
   MambaOptions opt_;
   int64_t d_inner_, dt_rank_;

@@ -36,26 +36,30 @@ Mamba2::Mamba2(const Mamba2Options& o, Generator& gen) : opt_(o) {
   out_proj_ = register_module("out_proj", std::make_shared<Linear>(d_inner_, o.d_model, gen, nobias));
 }
 
-Tensor Mamba2::mix(const Tensor& xBC, const Tensor& z, const Tensor& dt, const Tensor& h0, Tensor* h_last) {
+Tensor Mamba2::mix(const Tensor& xBC, const Tensor& z, const Tensor& dt, const Tensor& h0, Tensor* h_last,
+                   const Tensor& seq_idx) {
   const int64_t Bsz = xBC.size(0), L = xBC.size(1), G = opt_.ngroups, N = opt_.d_state, P = opt_.headdim;
   auto parts = xBC.split({d_inner_, G * N, G * N}, -1);
   Tensor x = parts[0].reshape({Bsz, L, nheads_, P});
   Tensor Bm = parts[1].reshape({Bsz, L, G, N});
   Tensor Cm = parts[2].reshape({Bsz, L, G, N});
-  auto r = ssd_chunked(x, dt, -exp(A_log_), Bm, Cm, D_, dt_bias_, /*dt_softplus=*/true, opt_.chunk_size, h0);
+  auto r = ssd_chunked(x, dt, -exp(A_log_), Bm, Cm, D_, dt_bias_, /*dt_softplus=*/true, opt_.chunk_size, h0,
+                       seq_idx);
   if (h_last) *h_last = r.h_last;
   // Gated RMSNorm: y * silu(z), normalised per group of d_inner / G channels, then the weight.
   return gated_rms_norm(r.y.reshape({Bsz, L, d_inner_}), z, norm_weight_, d_inner_ / G, opt_.norm_eps);
 }
 
-Tensor Mamba2::forward(const Tensor& x) {
+Tensor Mamba2::forward(const Tensor& x) { return forward(x, Tensor()); }
+
+Tensor Mamba2::forward(const Tensor& x, const Tensor& seq_idx) {
   SSMT_CHECK(x.dim() == 3 && x.size(2) == opt_.d_model, "mamba2: input ", x.describe(), ": expected (B, L, ",
              opt_.d_model, ")");
   const DType dtp = x.dtype();
   Tensor proj = linear(x, as_dtype(in_proj_->weight(), dtp));
   auto parts = proj.split({d_inner_, conv_dim_, nheads_}, -1);
-  Tensor xBC = causal_conv1d(parts[1], conv_->weight, conv_->bias, /*silu=*/true).out;
-  Tensor y = mix(xBC, parts[0], parts[2], Tensor(), nullptr);
+  Tensor xBC = causal_conv1d(parts[1], conv_->weight, conv_->bias, /*silu=*/true, Tensor(), seq_idx).out;
+  Tensor y = mix(xBC, parts[0], parts[2], Tensor(), nullptr, seq_idx);
   return linear(y, as_dtype(out_proj_->weight(), dtp));
 }
 

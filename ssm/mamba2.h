@@ -51,6 +51,9 @@ class Mamba2 : public Mixer {
   Mamba2(const Mamba2Options& options, Generator& gen);
 
   Tensor forward(const Tensor& x) override;  // (B, L, D) -> (B, L, D)
+  // Packed documents: the conv window and the SSD state restart where seq_idx (B, L) changes.
+  bool supports_seq_idx() const override { return true; }
+  Tensor forward(const Tensor& x, const Tensor& seq_idx) override;
 
   bool supports_step() const override { return true; }
   std::unique_ptr<MixerState> init_state(int64_t batch, Device device, DType dtype) override;
@@ -60,8 +63,10 @@ class Mamba2 : public Mixer {
   int64_t nheads() const { return nheads_; }
 
  private:
-  // xBC (B, L, conv_dim) after the conv, z and dt (B, L, ...) -> y (B, L, d_inner) before out_proj.
-  Tensor mix(const Tensor& xBC, const Tensor& z, const Tensor& dt, const Tensor& h0, Tensor* h_last);
+  // xBC (B, L, conv_dim) after the conv, z and dt (B, L, ...) -> y (B, L, d_inner) before out_proj;
+  // seq_idx (B, L) or undefined.
+  Tensor mix(const Tensor& xBC, const Tensor& z, const Tensor& dt, const Tensor& h0, Tensor* h_last,
+             const Tensor& seq_idx = Tensor());
 
   Mamba2Options opt_;
   int64_t d_inner_, nheads_, conv_dim_;

@@ -78,6 +78,10 @@ class SwitchMoE : public Mixer {
   SwitchMoE(const MoEOptions& options, Generator& gen);
 
   Tensor forward(const Tensor& x) override;  // (B, L, D) -> (B, L, D)
+  // Packed documents: each token is routed alone, so documents never meet and seq_idx is
+  // not read (the capacity is shared by the batch's tokens whether packed or not).
+  bool supports_seq_idx() const override { return true; }
+  Tensor forward(const Tensor& x, const Tensor& seq_idx) override { return forward(x); }
 
   // Position-wise, so the step is the forward on one position.
   bool supports_step() const override { return true; }

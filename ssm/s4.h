@@ -108,6 +108,9 @@ class S4 : public Mixer {
   S4(const S4Options& options, Generator& gen);
 
   Tensor forward(const Tensor& x) override;  // (B, L, H) -> (B, L, H)
+  // Packed documents are refused (Mixer's default): the convolution over the whole row
+  // cannot restart at a document boundary.
+  using Mixer::forward;
 
   bool supports_step() const override { return true; }
   std::unique_ptr<MixerState> init_state(int64_t batch, Device device, DType dtype) override;
