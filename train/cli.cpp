@@ -45,9 +45,11 @@ const std::vector<Command>& commands() {
        {"--prompt", "--tokens", "--temperature", "--top-k", "--top-p", "--seed", "--device"}, {}, cmd_sample},
       {"info", "ssmtrain info CKPT.h5", "Print a checkpoint's config, step, tokens seen and parameter counts.", {}, {},
        cmd_info},
-      {"prepare", "ssmtrain prepare --input FILE... --output DIR [--val-fraction F] [--shard-tokens N]",
-       "Turn text files (plain or .gz) into byte-level token shards (llm.c format) with a train/val split.",
-       {"--output", "--val-fraction", "--shard-tokens"}, {}, cmd_prepare},
+      {"prepare", "ssmtrain prepare --input FILE... --output DIR [--val-fraction F] [--shard-tokens N] [--eot BYTE]",
+       "Turn text files (plain or .gz) into byte-level token shards (llm.c format) with a train/val split.\n"
+       "--eot BYTE puts that byte before every document (each input file's part) and records it in the\n"
+       "shard headers, for data.pack_documents (docs/data.md).",
+       {"--output", "--val-fraction", "--shard-tokens", "--eot"}, {}, cmd_prepare},
       {"sweep", "ssmtrain sweep CONFIG.yaml --grid \"key.path=v1,v2;key.path=v1,v2\" [--run-dir DIR] [key.path=value ...]",
        "Train the config over every combination of the grid (each a run directory under DIR, default\n"
        "runs/<config name>-sweep), write DIR/sweep.jsonl (N, D and final validation loss per run) and,\n"

@@ -101,7 +101,9 @@ int cmd_eval(const Args& args) {
   const int64_t batches = args.get_int("--batches", ck.config.train.eval_batches);
   SSMT_CHECK(batches >= 1, "--batches: must be >= 1, got ", batches);
   const int64_t L = resolved_eval_seq_len(ck.config);
-  EvalResult r = evaluate(*ck.model, *val, batches, ck.config.train.batch_size, L, train_device(ck.config));
+  check_pack_documents(ck.config, *ck.model);
+  EvalResult r = evaluate(*ck.model, *val, batches, ck.config.train.batch_size, L, train_device(ck.config),
+                          resolved_eot_token(ck.config, *val));
   std::printf("checkpoint   %s (step %lld, %s tokens)\n", path.c_str(), static_cast<long long>(ck.state.step),
               format_count(static_cast<double>(ck.state.tokens)).c_str());
   std::printf("data         %s\n", val->describe().c_str());
@@ -189,8 +191,8 @@ int cmd_prepare(const Args& args) {
     if (!line.empty()) inputs.push_back(line);
   const int64_t shard_tokens = args.get_int("--shard-tokens", 100'000'000);
   SSMT_CHECK(shard_tokens >= 1, "--shard-tokens: must be >= 1, got ", shard_tokens);
-  PrepareSummary summary =
-      prepare_text_shards(inputs, args.get("--output"), args.get_double("--val-fraction", 0.01), shard_tokens);
+  PrepareSummary summary = prepare_text_shards(inputs, args.get("--output"), args.get_double("--val-fraction", 0.01),
+                                               shard_tokens, args.get_int("--eot", -1));
   std::cout << summary.describe() << std::endl;
   return 0;
 }

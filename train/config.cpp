@@ -636,6 +636,13 @@ void validate(const Config& config) {
              " (the training files; data.kind=synthetic needs none)");
   for (size_t i = 0; i < d.path.size(); ++i) SSMT_CHECK(!d.path[i].empty(), "data.path[", i, "] is empty");
   for (size_t i = 0; i < d.val_path.size(); ++i) SSMT_CHECK(!d.val_path[i].empty(), "data.val_path[", i, "] is empty");
+  if (d.pack_documents) {
+    SSMT_CHECK(d.eot_token >= 0 || d.kind == "shards", "data.eot_token: data.pack_documents needs the token that "
+               "begins each document, and ", d.kind, " data has none of its own; set data.eot_token (e.g. 10, a "
+               "newline, for text) or data.pack_documents=false");
+    SSMT_CHECK(d.eot_token < config.model.vocab_size, "data.eot_token: ", d.eot_token,
+               " is outside the vocabulary: model.vocab_size is ", config.model.vocab_size);
+  }
 }
 
 std::string to_yaml(const Config& config) {

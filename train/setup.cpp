@@ -53,6 +53,29 @@ DataSpec data_spec(const Config& config, int rank, int world_size) {
   return d;
 }
 
+int64_t resolved_eot_token(const Config& config, const Dataset& data) {
+  const DataSection& d = config.data;
+  if (!d.pack_documents) return -1;
+  const int64_t eot = d.eot_token >= 0 ? d.eot_token : data.eot_token();
+  SSMT_CHECK(eot >= 0, "data.eot_token: -1 takes the data's own end-of-text token, but ", data.describe(),
+             " records none (byte-level shards hold one only when written by `ssmtrain prepare --eot`); set "
+             "data.eot_token or data.pack_documents=false");
+  SSMT_CHECK(eot < config.model.vocab_size, "data.eot_token: ",
+             d.eot_token >= 0 ? std::to_string(eot) : "-1 stands for the data's own token " + std::to_string(eot) + ", which",
+             " is outside the vocabulary: model.vocab_size is ", config.model.vocab_size, "; set data.eot_token");
+  return eot;
+}
+
+void check_pack_documents(const Config& config, const LanguageModel& model) {
+  if (!config.data.pack_documents) return;
+  const std::vector<std::string> names = layer_mixers(config.model);
+  for (int i = 0; i < model.n_layer(); ++i)
+    SSMT_CHECK(model.block(i)->mixer()->supports_seq_idx(), "data.pack_documents: layer ", i, " (mixer ",
+               i < static_cast<int>(names.size()) ? names[static_cast<size_t>(i)] : std::string("?"),
+               ") cannot restart its state where a document begins; use mixers that can (docs/data.md, "
+               "\"Packed documents\") or set data.pack_documents=false");
+}
+
 std::unique_ptr<Optimizer> make_optimizer(const Config& config, const Module& model) {
   GroupRules rules;
   rules.weight_decay = config.optim.weight_decay;

@@ -13,6 +13,7 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "core/profiler.h"
+#include "data/batch.h"
 
 namespace ssmtrain {
 
@@ -66,16 +67,16 @@ PendingStep train_step(LanguageModel& model, Optimizer& optimizer, const std::ve
                        const NextBatch& next_batch, int64_t grad_accum, double grad_clip, bool fused_head) {
   std::vector<Tensor> losses, aux_losses;
   for (int64_t micro = 0; micro < grad_accum; ++micro) {
-    auto [ids, targets] = next_batch();
+    const MicroBatch batch = next_batch();
     Tensor total;
     {
       ProfileScope forward("forward");
       LMLoss out;
       if (fused_head) {
-        out = model.forward_loss(ids, targets);
+        out = model.forward_loss(batch.ids, batch.targets, kIgnoreIndex, batch.seq_idx);
       } else {
-        LMOutput full = model.forward(ids);
-        out.loss = cross_entropy(full.logits, targets);
+        LMOutput full = model.forward(batch.ids, batch.seq_idx);
+        out.loss = cross_entropy(full.logits, batch.targets);
         out.aux_loss = full.aux_loss;
       }
       total = out.loss;

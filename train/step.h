@@ -56,8 +56,21 @@ class PendingStep {
   std::optional<StepResult> result_;
 };
 
-// Returns the next micro-batch as (ids, targets), both (B, L) i64 on the model's device.
-using NextBatch = std::function<std::pair<Tensor, Tensor>()>;
+// One micro-batch on the model's device.
+struct MicroBatch {
+  Tensor ids;      // (B, L) i64
+  Tensor targets;  // (B, L) i64
+  Tensor seq_idx;  // (B, L) i32: the document of every position (data.pack_documents), or undefined
+  MicroBatch() = default;
+  MicroBatch(Tensor ids_, Tensor targets_, Tensor seq_idx_ = Tensor())
+      : ids(std::move(ids_)), targets(std::move(targets_)), seq_idx(std::move(seq_idx_)) {}
+  // (ids, targets): one document per row.
+  MicroBatch(std::pair<Tensor, Tensor> ids_targets)  // NOLINT: implicit, for callers that make pairs
+      : ids(std::move(ids_targets.first)), targets(std::move(ids_targets.second)) {}
+};
+
+// Returns the next micro-batch.
+using NextBatch = std::function<MicroBatch()>;
 
 // params: the optimizer's parameters (optimizer.parameters()). Leaves the gradients zeroed.
 // fused_head = false computes the full logits and then cross_entropy (the unfused form, kept

@@ -11,6 +11,7 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "optim/clip.h"
+#include "data/packing.h"
 #include "data/sampler.h"
 #include "train/checkpoint.h"
 #include "train/dist.h"
@@ -33,8 +34,15 @@ std::pair<Tensor, Tensor> batch_tensors(const Batch& batch, Device device) {
   return {Tensor::from_vector<int64_t>(ids, shape, device), Tensor::from_vector<int64_t>(targets, shape, device)};
 }
 
+MicroBatch micro_batch(const Batch& batch, Device device, int64_t eot_token) {
+  auto [ids, targets] = batch_tensors(batch, device);
+  if (eot_token < 0) return MicroBatch(ids, targets);
+  Tensor seq_idx = Tensor::from_vector<int32_t>(document_index(batch, eot_token), {batch.batch, batch.seq_len}, device);
+  return MicroBatch(ids, targets, seq_idx);
+}
+
 EvalResult evaluate(LanguageModel& model, Dataset& data, int64_t batches, int64_t batch_size, int64_t seq_len,
-                    Device device) {
+                    Device device, int64_t eot_token) {
   NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
@@ -43,9 +51,9 @@ EvalResult evaluate(LanguageModel& model, Dataset& data, int64_t batches, int64_
   int64_t targets = 0, bytes = 0, correct = 0;
   for (int64_t i = 0; i < batches; ++i) {
     Batch b = data.next(batch_size, seq_len);
-    auto [ids, tg] = batch_tensors(b, device);
-    Tensor logits = model.forward(ids).logits;
-    Tensor per_token = cross_entropy_per_token(logits, tg);
+    const MicroBatch mb = micro_batch(b, device, eot_token);
+    Tensor logits = model.forward(mb.ids, mb.seq_idx).logits;
+    Tensor per_token = cross_entropy_per_token(logits, mb.targets);
     nll += sum(per_token).to(Device::cpu()).to(DType::f64).item<double>();
     targets += b.num_targets();
     bytes += b.num_target_bytes;
@@ -131,6 +139,7 @@ class Run {
     has_experts_ = moe_routing(spec_).second > 1;
     Generator init_gen(static_cast<uint64_t>(config_.train.seed));
     model_ = build_language_model(spec_, init_gen);
+    check_pack_documents(config_, *model_);
     if (!device_.is_cpu()) model_->to(device_);
     optimizer_ = make_optimizer(config_, *model_);
 
@@ -139,6 +148,7 @@ class Run {
     SSMT_CHECK(train_data_->vocab_size() <= config_.model.vocab_size, "model.vocab_size: ", config_.model.vocab_size,
                " is smaller than the data's vocabulary of ", train_data_->vocab_size(), " (", train_data_->describe(),
                ")");
+    eot_token_ = resolved_eot_token(config_, *train_data_);
 
     budget_ = compute_budget(param_counts(spec_, *model_), budget_spec(config_), tokens_per_step(config_, dist_.world_size()));
     schedule_ = schedule_config(config_, budget_.steps);
@@ -320,7 +330,7 @@ class Run {
       optimizer_->set_lr(lr);
       PendingStep pending = train_step(
           *model_, *optimizer_, params, dist_,
-          [&] { return batch_tensors(train_data_->next(tc.batch_size, tc.seq_len), device_); }, tc.grad_accum,
+          [&] { return micro_batch(train_data_->next(tc.batch_size, tc.seq_len), device_, eot_token_); }, tc.grad_accum,
           config_.optim.grad_clip, tc.fused_head);
       ++state_.step;
       state_.tokens += budget_.tokens_per_step;
@@ -375,7 +385,7 @@ class Run {
   void run_eval() {
     const auto& tc = config_.train;
     const int64_t L = resolved_eval_seq_len(config_);
-    EvalResult r = evaluate(*model_, *val_data_, tc.eval_batches, tc.batch_size, L, device_);
+    EvalResult r = evaluate(*model_, *val_data_, tc.eval_batches, tc.batch_size, L, device_, eot_token_);
     JsonLine j;
     j.add("step", state_.step).add("tokens", state_.tokens).add("split", std::string("val")).add("loss", r.loss);
     std::string line = "eval step " + std::to_string(state_.step) + " | val loss " + fixed(r.loss, 4);
@@ -425,6 +435,7 @@ class Run {
   std::string config_yaml_;
   ModelSpec spec_;
   bool has_experts_ = false;  // MoE layers with several experts: their metrics are logged
+  int64_t eot_token_ = -1;    // data.pack_documents: the token that begins each document; -1 = off
   std::shared_ptr<LanguageModel> model_;
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<Dataset> train_data_, val_data_;

@@ -9,6 +9,7 @@
 #include "data/dataset.h"
 #include "ssm/model.h"
 #include "train/config.h"
+#include "train/step.h"
 
 namespace ssmtrain {
 
@@ -33,11 +34,15 @@ struct EvalResult {
 };
 
 // Mean loss and accuracy over `batches` batches of `data` from its start (it is rewound
-// first). The model is evaluated in eval mode without a tape.
+// first). The model is evaluated in eval mode without a tape. eot_token >= 0: packed
+// documents, each begun by that token (resolved_eot_token, train/setup.h).
 EvalResult evaluate(LanguageModel& model, Dataset& data, int64_t batches, int64_t batch_size, int64_t seq_len,
-                    Device device);
+                    Device device, int64_t eot_token = -1);
 
 // The (B, L) i64 input and target tensors of a batch on `device`.
 std::pair<Tensor, Tensor> batch_tensors(const Batch& batch, Device device);
+// The same with, when eot_token >= 0 (packed documents), the document index of every position
+// (data/packing.h) as a (B, L) i32 seq_idx on `device`; undefined otherwise.
+MicroBatch micro_batch(const Batch& batch, Device device, int64_t eot_token);
 
 }  // namespace ssmtrain

@@ -72,8 +72,8 @@ StepResult synchronous_step(Setup& s) {
   const int64_t accum = s.config.train.grad_accum;
   std::vector<Tensor> losses;
   for (int64_t micro = 0; micro < accum; ++micro) {
-    auto [ids, targets] = next();
-    LMLoss out = s.model->forward_loss(ids, targets);
+    const MicroBatch batch = next();
+    LMLoss out = s.model->forward_loss(batch.ids, batch.targets);
     Tensor total = out.loss;
     if (out.aux_loss.defined()) total = add(out.loss, out.aux_loss);
     if (accum > 1) total = mul(total, 1.0 / static_cast<double>(accum));
