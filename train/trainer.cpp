@@ -217,6 +217,9 @@ class Run {
     log_->info("ssmtrain: run '" + options_.run_dir + "' on " + device_.str() + ", model " + spec_.model.mixer +
                " x" + std::to_string(spec_.model.n_layer) + " (d_model " + std::to_string(spec_.model.d_model) + ")");
     log_->info("data: " + train_data_->describe());
+    if (eot_token_ >= 0)
+      log_->info("packed documents: each begins at token " + std::to_string(eot_token_) +
+                 "; the mixers' state restarts there");
     log_->info("budget: " + budget_.summary());
     if (resume_from)
       log_->info("resumed from " + *resume_from + " at step " + std::to_string(state_.step) + " (" +
