@@ -255,20 +255,28 @@ __device__ __forceinline__ int doc_last(const Ptrs& p, const SsdDims& d, int b, 
 __device__ __forceinline__ bool chunk_carries(const Ptrs& p, const SsdDims& d, int b, int c) {
   return !p.seq || doc_before(p, d, b, c) == doc_last(p, d, b, c);
 }
+// The tile kernels come in two instantiations: kDocs (with seq_idx) compares document
+// indices, the plain one compiles the comparisons away (the index arrays are not loaded).
+template <bool kDocs>
+__device__ __forceinline__ bool same_doc(int a, int b) {
+  return !kDocs || a == b;
+}
 // doc[r] for the kT rows of a tile (rows past the chunk's steps: its last step's document).
+template <bool kDocs>
 __device__ __forceinline__ void load_tile_docs(const Ptrs& p, const SsdDims& d, int b, int c, const TileRows& tr,
                                                int* doc) {
+  if constexpr (!kDocs) return;
   const int last = min(c * d.Q + d.Q, d.L) - 1;
   for (int r = threadIdx.x; r < kT; r += kThreads) doc[r] = doc_at(p, d, b, min(tr.t0 + r, last));
 }
 
 // A source tile s of a chunk: B_s and x_s rows (raw) and its cs and dt into shared memory.
-template <int PP, int NP>
+template <int PP, int NP, bool kDocs>
 __device__ __forceinline__ void stage_source_tile(const Ptrs& p, const SsdDims& d, int b, int h, const TileRows& ts,
                                                   const float* cs_tile, const float* dt_tile, bf* sB, bf* sX,
                                                   float* cs_s, float* dt_s, int c, int* doc_s) {
   const int g = h / d.hpg;
-  load_tile_docs(p, d, b, c, ts, doc_s);
+  load_tile_docs<kDocs>(p, d, b, c, ts, doc_s);
   stage_raw<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, ts.rows, d.N);
   stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
   for (int r = threadIdx.x; r < kT; r += kThreads) {
@@ -484,7 +492,7 @@ struct ScanFwdSmem {
   static constexpr size_t total = docs + round_up(2 * kT * sizeof(int));
 };
 
-template <int PP, int NP>
+template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, smem_blocks(ScanFwdSmem<PP, NP>::total, 3)) chunk_scan_fwd_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
                                                                   const float* st, bf* y) {
   using S = ScanFwdSmem<PP, NP>;
@@ -508,11 +516,11 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(ScanFwdSmem<PP, NP>::tot
   const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
   const int entering = doc_before(p, d, b, c);
   for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
-  load_tile_docs(p, d, b, c, tl, doc_l);
+  load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
   __syncthreads();
   const bf* Cl = p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N;
   stage_raw<NP>(sC, Cl, p.C_ss, tl.rows, d.N);
-  stage<NP>(sB, Cl, p.C_ss, tl.rows, d.N, [&](int r) { return doc_l[r] == entering ? __expf(cs_l[r]) : 0.f; });
+  stage<NP>(sB, Cl, p.C_ss, tl.rows, d.N, [&](int r) { return same_doc<kDocs>(doc_l[r], entering) ? __expf(cs_l[r]) : 0.f; });
   stage_state<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
   __syncthreads();
 
@@ -526,7 +534,7 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(ScanFwdSmem<PP, NP>::tot
   __syncthreads();
 
   for (int j = 0; j <= i; ++j) {
-    stage_source_tile<PP, NP>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX, cs_s, dt_s,
+    stage_source_tile<PP, NP, kDocs>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX, cs_s, dt_s,
                               c, doc_s);
     __syncthreads();
     const WS ws;
@@ -537,7 +545,7 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(ScanFwdSmem<PP, NP>::tot
     __syncthreads();
     for (int e = threadIdx.x; e < kT * kT; e += kThreads) {
       const int r = e / kT, s = e % kT;
-      const bool keep = (j < i || s <= r) && doc_l[r] == doc_s[s];
+      const bool keep = (j < i || s <= r) && same_doc<kDocs>(doc_l[r], doc_s[s]);
       const float w = keep ? sS[r * ldf(kT) + s] * __expf(cs_l[r] - cs_s[s]) * dt_s[s] : 0.f;
       sW[r * ldb(kT) + s] = __float2bfloat16(w);
     }
@@ -576,7 +584,7 @@ struct BwdLSmem {
 // Per l-tile: dC_l = sum_{s <= l} W'_ls B_s + e^{cs_l} H_c^T dy_l, W'_ls = e^{cs_l - cs_s}
 // dt_s (dy_l . x_s), and the row sums of dcs: sum_s (C_l . B_s) W'_ls + e^{cs_l} dy_l . H_c C_l.
 // dC_part (B, L, H, N) f32; dcs_row (B, H, nc, Qp).
-template <int PP, int NP>
+template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, smem_blocks(BwdLSmem<PP, NP>::total, 2)) bwd_l_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
                                                          const float* st, float* dC_part, float* dcs_row) {
   using S = BwdLSmem<PP, NP>;
@@ -607,12 +615,12 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdLSmem<PP, NP>::total,
   }
   const int entering = doc_before(p, d, b, c);
   for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
-  load_tile_docs(p, d, b, c, tl, doc_l);
+  load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
   __syncthreads();
   const bf* dyl = p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P;
   stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
   stage_raw<PP>(sDy, dyl, p.dy_ss, tl.rows, d.P);
-  stage<PP>(sDs, dyl, p.dy_ss, tl.rows, d.P, [&](int r) { return doc_l[r] == entering ? __expf(cs_l[r]) : 0.f; });
+  stage<PP>(sDs, dyl, p.dy_ss, tl.rows, d.P, [&](int r) { return same_doc<kDocs>(doc_l[r], entering) ? __expf(cs_l[r]) : 0.f; });
   stage_state<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
   __syncthreads();
 
@@ -633,7 +641,7 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdLSmem<PP, NP>::total,
   __syncthreads();
 
   for (int j = 0; j <= i; ++j) {
-    stage_source_tile<PP, NP>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX, cs_s, dt_s,
+    stage_source_tile<PP, NP, kDocs>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX, cs_s, dt_s,
                               c, doc_s);
     __syncthreads();
     score_tiles<PP, NP>(sS1, sC, sB, sS2, sDy, sX);
@@ -643,7 +651,7 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdLSmem<PP, NP>::total,
 #pragma unroll 4
       for (int k = 0; k < 16; ++k) {
         const int s = part * 16 + k;
-        const bool keep = (j < i || s <= row) && doc_l[row] == doc_s[s];
+        const bool keep = (j < i || s <= row) && same_doc<kDocs>(doc_l[row], doc_s[s]);
         const float w = keep ? sS2[row * ldf(kT) + s] * __expf(cs_l[row] - cs_s[s]) * dt_s[s] : 0.f;
         sW[row * ldb(kT) + s] = __float2bfloat16(w);
         v += sS1[row * ldf(kT) + s] * w;
@@ -686,7 +694,7 @@ struct BwdSSmem {
 //   dB_s = sum_{l >= s} W'_ls C_l + e^{cs_last - cs_s} dt_s G_c^T x_s
 //   dcs_col_s = -sum_{l >= s} (C_l . B_s) W'_ls - v_s,   v_s = e^{cs_last - cs_s} dt_s x_s . G_c B_s
 // vsum_part / dD_part (B, H, nc, Qt): the tile's sum of v_s (a term of dcs_last) and of dy . x.
-template <int PP, int NP>
+template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, smem_blocks(BwdSSmem<PP, NP>::total, 2)) bwd_s_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
                                                          const float* G, float* dB_part, bf* dx, float* ddt_dir,
                                                          float* dcs_col, float* vsum_part, float* dD_part) {
@@ -723,12 +731,12 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdSSmem<PP, NP>::total,
   }
   const float cs_last = cs[cb + d.Qp - 1];
   const int last = doc_last(p, d, b, c);
-  load_tile_docs(p, d, b, c, ts, doc_s);
+  load_tile_docs<kDocs>(p, d, b, c, ts, doc_s);
   __syncthreads();
   for (int r = threadIdx.x; r < kT; r += kThreads) {
     cs_s[r] = cs[cb + i * kT + r];
     dt_s[r] = dtv[cb + i * kT + r];
-    wlast[r] = doc_s[r] == last ? __expf(cs_last - cs_s[r]) : 0.f;
+    wlast[r] = same_doc<kDocs>(doc_s[r], last) ? __expf(cs_last - cs_s[r]) : 0.f;
   }
   __syncthreads();
   const bf* Bs = p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N;
@@ -768,7 +776,7 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdSSmem<PP, NP>::total,
     stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
     stage_raw<PP>(sDy, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P, p.dy_ss, tl.rows, d.P);
     for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + j * kT + r];
-    load_tile_docs(p, d, b, c, tl, doc_l);
+    load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
     __syncthreads();
     score_tiles<PP, NP>(sS1, sB, sC, sS2, sX, sDy);
     __syncthreads();
@@ -777,7 +785,7 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdSSmem<PP, NP>::total,
 #pragma unroll 4
       for (int k = 0; k < 16; ++k) {
         const int l = part * 16 + k;
-        const bool keep = (j > i || l >= row) && doc_l[l] == doc_s[row];
+        const bool keep = (j > i || l >= row) && same_doc<kDocs>(doc_l[l], doc_s[row]);
         const float decay = keep ? __expf(cs_l[l] - cs_s[row]) : 0.f;
         const float t1 = sS1[row * ldf(kT) + l];
         const float w = sS2[row * ldf(kT) + l] * decay * dt_s[row];
@@ -1014,7 +1022,7 @@ void ssd_fwd_cuda(const SsdParams& p, Device device) {
   entering_states(q, d, dtv.data<float>(), cs.data<float>(), st.data<float>(), static_cast<float*>(p.h_last), stream);
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
-    launch(chunk_scan_fwd_kernel<PP, NP>, dim3(d.nc * d.Qt, d.H, d.B), ScanFwdSmem<PP, NP>::total, stream, q, d,
+    launch(q.seq ? chunk_scan_fwd_kernel<PP, NP, true> : chunk_scan_fwd_kernel<PP, NP, false>, dim3(d.nc * d.Qt, d.H, d.B), ScanFwdSmem<PP, NP>::total, stream, q, d,
            static_cast<const float*>(dtv.data<float>()), static_cast<const float*>(cs.data<float>()),
            static_cast<const float*>(st.data<float>()), static_cast<bf*>(p.y));
   });
@@ -1052,10 +1060,10 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
   Tensor vsum = f32({d.B, d.H, d.nc, d.Qt}), dD_part = f32({d.B, d.H, d.nc, d.Qt});
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
-    launch(bwd_l_kernel<PP, NP>, tiles, BwdLSmem<PP, NP>::total, stream, q, d, static_cast<const float*>(dtv_p),
+    launch(q.seq ? bwd_l_kernel<PP, NP, true> : bwd_l_kernel<PP, NP, false>, tiles, BwdLSmem<PP, NP>::total, stream, q, d, static_cast<const float*>(dtv_p),
            static_cast<const float*>(cs_p), static_cast<const float*>(st.data<float>()), dC_part.data<float>(),
            dcs_row.data<float>());
-    launch(bwd_s_kernel<PP, NP>, tiles, BwdSSmem<PP, NP>::total, stream, q, d, static_cast<const float*>(dtv_p),
+    launch(q.seq ? bwd_s_kernel<PP, NP, true> : bwd_s_kernel<PP, NP, false>, tiles, BwdSSmem<PP, NP>::total, stream, q, d, static_cast<const float*>(dtv_p),
            static_cast<const float*>(cs_p), static_cast<const float*>(dS.data<float>()), dB_part.data<float>(),
            static_cast<bf*>(p.dx), ddt_dir.data<float>(), dcs_col.data<float>(), vsum.data<float>(),
            dD_part.data<float>());
