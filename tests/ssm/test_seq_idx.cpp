@@ -28,6 +28,17 @@ using testing::contains;
 using testing::user_error_of;
 namespace {
 
+// The gradients of `leaves` (copies), which are then cleared for the next backward.
+std::vector<Tensor> take_grads(std::vector<Tensor>& leaves) {
+  std::vector<Tensor> grads;
+  for (Tensor& t : leaves) {
+    grads.push_back(t.grad().clone());
+    t.zero_grad();
+  }
+  return grads;
+}
+
+
 // (B, L) i32 document indices: row b starts at first[b] and moves on at every position of
 // starts[b] (by 1 + t % 3: any increase is a new document).
 Tensor doc_index(int64_t L, const std::vector<std::vector<int64_t>>& starts, const std::vector<int32_t>& first) {
@@ -276,11 +287,7 @@ TEST_CASE("selective_scan of a packed row equals its documents run one by one") 
 
     const SelectiveScanResult packed = scan(leaves, true, seq);
     backward(add(sum(mul(packed.out, w_out)), sum(mul(packed.h_last, w_last))));
-    std::vector<Tensor> packed_grads;
-    for (Tensor& t : leaves) {
-      packed_grads.push_back(t.grad().clone());
-      t.zero_grad();
-    }
+    const std::vector<Tensor> packed_grads = take_grads(leaves);
 
     Tensor loss;
     for (int64_t b = 0; b < 4; ++b) {
@@ -496,11 +503,7 @@ TEST_CASE("causal_conv1d of a packed row equals its documents run one by one") {
 
     const CausalConv1dResult packed = causal_conv1d(leaves[0], leaves[1], leaves[2], true, leaves[3], seq);
     backward(add(sum(mul(packed.out, w_out)), sum(mul(packed.final_state, w_fin))));
-    std::vector<Tensor> packed_grads;
-    for (Tensor& t : leaves) {
-      packed_grads.push_back(t.grad().clone());
-      t.zero_grad();
-    }
+    const std::vector<Tensor> packed_grads = take_grads(leaves);
 
     Tensor loss;
     for (int64_t b = 0; b < 4; ++b) {
