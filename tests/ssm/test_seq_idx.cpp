@@ -38,6 +38,29 @@ std::vector<Tensor> take_grads(std::vector<Tensor>& leaves) {
   return grads;
 }
 
+double max_abs(const Tensor& t);  // below
+
+// The f64 twins of low-precision leaves (the same rounded values); both sets require grad.
+std::vector<Tensor> f64_twins(std::vector<Tensor>& low) {
+  std::vector<Tensor> high;
+  for (Tensor& t : low) {
+    high.push_back(t.to(DType::f64).requires_grad_());
+    t.requires_grad_();
+  }
+  return high;
+}
+
+// Each low leaf's gradient against its f64 twin's: `tol` relative, and `tol` of the
+// reference's largest element absolute.
+void check_grads_against_f64(const std::vector<Tensor>& low, const std::vector<Tensor>& high, double tol,
+                             const std::vector<const char*>& names) {
+  for (size_t i = 0; i < low.size(); ++i) {
+    REQUIRE(low[i].grad().defined());
+    const Tensor ref = high[i].grad();
+    check_close(low[i].grad(), ref, tol, tol * max_abs(ref), names[i]);
+  }
+}
+
 
 // (B, L) i32 document indices: row b starts at first[b] and moves on at every position of
 // starts[b] (by 1 + t % 3: any increase is a new document).
@@ -344,10 +367,8 @@ TEST_CASE("selective_scan with seq_idx in f32 and bf16 agrees with f64") {
   for (DType dtype : {DType::f32, DType::bf16}) {
     CAPTURE(dtype_name(dtype));
     const ScanInputs low = make_scan(4, kL, 6, 5, 2, kAllScanOptions, gen, dtype);
-    std::vector<Tensor> low_leaves = low.all(), high_leaves;  // high: the same rounded values in f64
-    for (const Tensor& t : low_leaves) high_leaves.push_back(t.to(DType::f64));
-    for (Tensor& t : low_leaves) t.requires_grad_();
-    for (Tensor& t : high_leaves) t.requires_grad_();
+    std::vector<Tensor> low_leaves = low.all();
+    const std::vector<Tensor> high_leaves = f64_twins(low_leaves);
     const Tensor seed = random_tensor({4, kL, 6}, gen, DType::f64);
     // backward() consumes the whole tape: one forward and backward at a time.
     const SelectiveScanResult rl = scan(low_leaves, true, seq);
@@ -358,12 +379,8 @@ TEST_CASE("selective_scan with seq_idx in f32 and bf16 agrees with f64") {
     check_close(rl.out, rh.out, out_tol, out_tol, "out");
     check_close(rl.h_last, rh.h_last, 1e-5, 1e-5, "h_last");
     const double tol = dtype == DType::f32 ? 1e-4 : 1.5e-2;
-    const char* names[] = {"du", "ddelta", "dA", "dBm", "dCm", "dDskip", "dz", "ddelta_bias", "dh0"};
-    for (size_t i = 0; i < low_leaves.size(); ++i) {
-      REQUIRE(low_leaves[i].grad().defined());
-      const Tensor ref = high_leaves[i].grad();
-      check_close(low_leaves[i].grad(), ref, tol, tol * max_abs(ref), names[i]);
-    }
+    check_grads_against_f64(low_leaves, high_leaves, tol,
+                            {"du", "ddelta", "dA", "dBm", "dCm", "dDskip", "dz", "ddelta_bias", "dh0"});
   }
 }
 
@@ -570,10 +587,8 @@ TEST_CASE("causal_conv1d with seq_idx in f32 and bf16 agrees with f64") {
   for (DType dtype : {DType::f32, DType::bf16}) {
     CAPTURE(dtype_name(dtype));
     const ConvInputs low = make_conv(4, kL, 6, 4, true, true, gen, dtype);
-    std::vector<Tensor> low_leaves = low.all(), high_leaves;
-    for (const Tensor& t : low_leaves) high_leaves.push_back(t.to(DType::f64));
-    for (Tensor& t : low_leaves) t.requires_grad_();
-    for (Tensor& t : high_leaves) t.requires_grad_();
+    std::vector<Tensor> low_leaves = low.all();
+    const std::vector<Tensor> high_leaves = f64_twins(low_leaves);
     const Tensor seed = random_tensor({4, kL, 6}, gen, DType::f64),
                  seed_fin = random_tensor({4, 6, 3}, gen, DType::f64);
     // backward() consumes the whole tape: one forward and backward at a time.
@@ -586,11 +601,7 @@ TEST_CASE("causal_conv1d with seq_idx in f32 and bf16 agrees with f64") {
     check_close(rl.out, rh.out, out_tol, out_tol, "out");
     check_close(rl.final_state, rh.final_state, 0, 0, "final_state");  // copies of inputs
     const double tol = dtype == DType::f32 ? 1e-4 : 1.5e-2;
-    const char* names[] = {"dx", "dweight", "dbias", "dinitial_state"};
-    for (size_t i = 0; i < low_leaves.size(); ++i) {
-      const Tensor ref = high_leaves[i].grad();
-      check_close(low_leaves[i].grad(), ref, tol, tol * max_abs(ref), names[i]);
-    }
+    check_grads_against_f64(low_leaves, high_leaves, tol, {"dx", "dweight", "dbias", "dinitial_state"});
   }
 }
 
