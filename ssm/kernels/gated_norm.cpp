@@ -1,6 +1,7 @@
 // Gated RMSNorm: argument checks, the tape node, and the CPU forward and backward (OpenMP
 // over rows; the weight gradient summed per block of rows, then over blocks in order, so the
-// result does not depend on the thread count).
+// result does not depend on the thread count). y and z are read through their row strides
+// (a column slice of a wider projection is not copied); the other operands are contiguous.
 #include "ssm/kernels/gated_norm.h"
 
 #include <algorithm>
@@ -33,10 +34,10 @@ void forward_cpu(const GatedNormParams& p) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < p.rows; ++r) {
     for (int64_t g = 0; g < G; ++g) {
-      const int64_t c0 = r * D + g * gs;
+      const int64_t c0 = r * D + g * gs, y0 = r * p.y_stride + g * gs, z0 = r * p.z_stride + g * gs;
       auto v_at = [&](int64_t i) {
-        const A zi = static_cast<A>(z[c0 + i]);
-        return static_cast<A>(y[c0 + i]) * zi * math::sigmoid(zi);
+        const A zi = static_cast<A>(z[z0 + i]);
+        return static_cast<A>(y[y0 + i]) * zi * math::sigmoid(zi);
       };
       A ss = 0;
       for (int64_t i = 0; i < gs; ++i) {
@@ -71,16 +72,17 @@ void backward_cpu(const GatedNormParams& p) {
     for (int64_t r = blk * per; r < std::min(M, (blk + 1) * per); ++r) {
       for (int64_t g = 0; g < G; ++g) {
         const int64_t c0 = r * D + g * gs, w0 = g * gs;
+        const int64_t y0 = r * p.y_stride + g * gs, z0 = r * p.z_stride + g * gs;
         const A inv = rstd[r * G + g];
         A dot = 0;
         for (int64_t i = 0; i < gs; ++i) {
-          const A zi = static_cast<A>(z[c0 + i]);
-          const A n = static_cast<A>(y[c0 + i]) * zi * math::sigmoid(zi) * inv;
+          const A zi = static_cast<A>(z[z0 + i]);
+          const A n = static_cast<A>(y[y0 + i]) * zi * math::sigmoid(zi) * inv;
           dot += static_cast<A>(dout[c0 + i]) * (w ? w[w0 + i] : A(1)) * n;
         }
         const A mean = dot / static_cast<A>(gs);
         for (int64_t i = 0; i < gs; ++i) {
-          const A zi = static_cast<A>(z[c0 + i]), yi = static_cast<A>(y[c0 + i]), s = math::sigmoid(zi);
+          const A zi = static_cast<A>(z[z0 + i]), yi = static_cast<A>(y[y0 + i]), s = math::sigmoid(zi);
           const A n = yi * zi * s * inv, go = static_cast<A>(dout[c0 + i]);
           const A dv = inv * (go * (w ? w[w0 + i] : A(1)) - n * mean);
           if (dy) dy[c0 + i] = T(dv * zi * s);
@@ -113,6 +115,32 @@ namespace {
 const FusedKernels<GatedNormParams> kKernels = {gated_norm_fwd_cpu, gated_norm_bwd_cpu,
                                                 SSMT_CUDA_KERNEL(gated_norm_fwd_cuda),
                                                 SSMT_CUDA_KERNEL(gated_norm_bwd_cuda)};
+
+// The elements between consecutive rows of t (.., D) when the kernels can read it in place:
+// its last axis contiguous and its leading axes one row axis in disguise (each stride the
+// next one's times its size; axes of size 1 have no say). -1 otherwise.
+int64_t row_stride(const Tensor& t) {
+  const Dims& shape = t.shape();
+  const Dims& strides = t.strides();
+  const int last = t.dim() - 1;
+  if (shape[last] > 1 && strides[last] != 1) return -1;
+  int64_t stride = -1, span = 1;  // the innermost leading axis' stride; the rows of the axes seen so far
+  for (int i = last - 1; i >= 0; --i) {
+    if (shape[i] == 1) continue;
+    if (stride < 0) {
+      stride = strides[i], span = shape[i];
+    } else if (strides[i] == stride * span) {
+      span *= shape[i];
+    } else {
+      return -1;
+    }
+  }
+  return stride < 0 ? shape[last] : stride;  // one row: any stride serves
+}
+
+// t itself when row_stride(t) finds one, else a contiguous copy (on the tape like any copy).
+Tensor with_row_stride(const Tensor& t) { return row_stride(t) >= 0 ? t : t.contiguous(); }
+
 }  // namespace
 
 Tensor gated_rms_norm(const Tensor& y_in, const Tensor& z_in, const Tensor& w_in, int64_t group_size, double eps) {
@@ -135,11 +163,12 @@ Tensor gated_rms_norm(const Tensor& y_in, const Tensor& z_in, const Tensor& w_in
   }
   FusedOp<P> op(kOp, kKernels, y_in.device());
   const DType cd = compute_dtype(y_in.dtype());
-  const Tensor y = y_in.contiguous(), z = z_in.contiguous();
+  const Tensor y = with_row_stride(y_in), z = with_row_stride(z_in);
   const Tensor w = w_in.defined() ? w_in.to(cd).contiguous() : Tensor();
   P& p = op.p;
   p.dtype = y.dtype();
   p.rows = D > 0 ? y.numel() / D : 0, p.D = D, p.group_size = group_size, p.eps = eps;
+  p.y_stride = row_stride(y), p.z_stride = row_stride(z);
   p.y = y.data_ptr(), p.z = z.data_ptr(), p.w = w.defined() ? w.data_ptr() : nullptr;
   op.input(y, &P::dy);
   op.input(z, &P::dz);

@@ -13,13 +13,20 @@ namespace ssmtrain {
 
 // y, z (.., D) of one float dtype; w (D) in y's dtype or its compute dtype (f32 for bf16),
 // or undefined (no weight); group_size divides D. Returns out (.., D) in y's dtype.
+// y and z are read in place when their last axis is contiguous and their leading axes
+// collapse to one row stride (e.g. z a column slice of a wider projection, strides
+// (L W, W, 1)); otherwise they are copied to contiguous first.
 Tensor gated_rms_norm(const Tensor& y, const Tensor& z, const Tensor& w, int64_t group_size, double eps);
 
 // ---- kernel interface (rows of D contiguous channels) ----
+// Row r of y starts at y + r * y_stride, of z at z + r * z_stride (strides in elements, any
+// value >= 0: rows may be slices of wider rows); out, rstd, dout, dy and dz are contiguous
+// (row r at r * D, resp. r * groups()).
 
 struct GatedNormParams {
   DType dtype = DType::f32;  // of y, z, out, dout, dy, dz
   int64_t rows = 0, D = 0, group_size = 0;
+  int64_t y_stride = 0, z_stride = 0;  // elements between consecutive rows of y, of z
   double eps = 1e-5;
   const void* y = nullptr;
   const void* z = nullptr;

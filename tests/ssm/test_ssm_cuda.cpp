@@ -510,4 +510,155 @@ TEST_CASE("causal_conv1d CUDA reports unsupported widths and dtypes") {
         }).find("f32 or bf16") != std::string::npos);
 }
 
+// ---------------------------------------------------------------------------------------
+// Gated RMSNorm on CUDA: the vector kernels (bf16 / f32 with D and group_size multiples of
+// the 16-byte vector, D / vector <= 1024, 16-byte aligned row starts) and the generic
+// fallback, on contiguous and strided y and z.
+//
+// Tolerances (against the CPU op in f64 on the same rounded inputs and output gradients):
+//  - bf16: the math is f32 and out, dy, dz are rounded to bf16 once: at most 2^-8 = 3.9e-3
+//    of each value (8 significant bits), about 2^-8 / sqrt(3) = 2.3e-3 in the relative
+//    2-norm. Bounds: kBf16 (6e-3 in the norm, 1.2e-2 of max |ref| elementwise).
+//  - f32 (and the f32 weight gradient of bf16): each element is a few f32 roundings after
+//    the reductions (the group's sum of squares and dot product over group_size channels;
+//    dw over the rows), whose relative error grows like sqrt(n) ulp for random data. Bound
+//    in the norm: 8 ulp (2^-24 = 6e-8 each) x sqrt(n) for the longest reduction n, at least
+//    kF32's 2e-5; 10x that elementwise (one element of a cancelling dot product, dv =
+//    rstd (gn - n mean), can lose a digit against max |ref|).
+//  - f64 (generic kernels): the harness casts the outputs to f32 in the device's loss, so
+//    the device's output gradient is W rounded to f32 (2^-24 relative) where the reference
+//    has W in f64; the gradients carry that rounding: kF32. (out itself agrees to ~1e-15.)
+
+namespace {
+
+struct GatedNormCase {
+  int64_t B, L, D, gs;
+  bool weight = true;
+  int64_t y_extra = 0, y_off = 0;  // y: columns [y_off, y_off + D) of rows of D + y_extra
+  int64_t z_extra = 0, z_off = 0;  // z: likewise
+  bool grad_yz = true, grad_w = true;
+};
+
+std::vector<Arg> gated_norm_args(const GatedNormCase& c, DType dtype, Generator& gen) {
+  std::vector<Arg> a;
+  a.push_back({"y", random_tensor({c.B, c.L, c.D + c.y_extra}, gen, DType::f64, Device::cpu(), -2, 2), dtype,
+               c.grad_yz});
+  a.push_back({"z", random_tensor({c.B, c.L, c.D + c.z_extra}, gen, DType::f64, Device::cpu(), -3, 3), dtype,
+               c.grad_yz});
+  a.push_back({"w", c.weight ? random_tensor({c.D}, gen, DType::f64, Device::cpu(), 0.5, 1.5) : Tensor(),
+               dtype == DType::f64 ? DType::f64 : DType::f32, c.grad_w});
+  return a;
+}
+
+OpFn gated_norm_op(const GatedNormCase& c) {
+  return [c](const std::vector<Tensor>& v) {
+    const Tensor y = c.y_extra > 0 ? v[0].narrow(2, c.y_off, c.D) : v[0];
+    const Tensor z = c.z_extra > 0 ? v[1].narrow(2, c.z_off, c.D) : v[1];
+    return std::vector<Tensor>{gated_rms_norm(y, z, v[2], c.gs, 1e-5)};
+  };
+}
+
+Tolerance gated_norm_tolerance(DType dtype, const GatedNormCase& c) {
+  if (dtype == DType::bf16) return kBf16;
+  if (dtype == DType::f64) return kF32;
+  const double n = static_cast<double>(c.gs > c.B * c.L ? c.gs : c.B * c.L);
+  const double norm = 8 * std::ldexp(1.0, -24) * std::sqrt(n);
+  return norm > kF32.rel_norm ? Tolerance{norm, 10 * norm} : kF32;
+}
+
+void compare_gated_norm(const GatedNormCase& c, DType dtype, Generator& gen) {
+  CAPTURE(dtype_name(dtype));
+  CAPTURE(c.B * c.L);
+  CAPTURE(c.D);
+  CAPTURE(c.gs);
+  CAPTURE(c.weight);
+  CAPTURE(c.y_extra);
+  CAPTURE(c.y_off);
+  CAPTURE(c.z_extra);
+  CAPTURE(c.z_off);
+  CAPTURE(c.grad_yz);
+  CAPTURE(c.grad_w);
+  compare_with_cpu(gated_norm_op(c), gated_norm_args(c, dtype, gen), {"out"}, gated_norm_tolerance(dtype, c), gen);
+}
+
+}  // namespace
+
+// Mamba2's width, D = 1536: one group, two groups (a group = 96 bf16 / 192 f32 threads,
+// whole warps) and eight (24 bf16 threads: groups inside a warp and across warp
+// boundaries), with and without the weight. 1000 rows: more than the backward's grid (a
+// wave of blocks) takes at once, so blocks walk several rows and the next-row loads and the
+// register partials of dw are exercised.
+TEST_CASE("gated_rms_norm CUDA vector kernels at D = 1536 match the CPU") {
+  if (!cuda_test_device()) return;
+  Generator gen(526);
+  for (DType dtype : {DType::bf16, DType::f32}) {
+    compare_gated_norm({2, 500, 1536, 1536}, dtype, gen);
+    compare_gated_norm({2, 500, 1536, 768}, dtype, gen);
+    compare_gated_norm({2, 37, 1536, 192}, dtype, gen);
+    compare_gated_norm({2, 500, 1536, 1536, false}, dtype, gen);
+    compare_gated_norm({2, 37, 1536, 768, false}, dtype, gen);
+  }
+}
+
+// Narrow and wide rows on the vector path, and shapes that take the generic kernels:
+//  - D = 64 (bf16: 8 threads a row, 32 rows a block, groups of 2 threads; f32: 16 threads,
+//    groups of 4);
+//  - D = 48, group 12 (f32: 12 threads a row, 21 rows a block padded from 252 to 256
+//    threads, groups of 3 threads straddling warps; bf16: 12 % 8 != 0, generic);
+//  - D = 100 (bf16 generic; f32 vector with 25 threads a row) and D = 100, group 50
+//    (generic for both);
+//  - D = 2560 (bf16 320 threads; f32 640 threads: the 1024-thread variant without next-row
+//    loads) and D = 4608 in two groups (bf16 576 threads, 1024-thread variant; f32 1152
+//    vectors > 1024: generic).
+TEST_CASE("gated_rms_norm CUDA narrow, wide and generic-path widths match the CPU") {
+  if (!cuda_test_device()) return;
+  Generator gen(527);
+  for (DType dtype : {DType::bf16, DType::f32}) {
+    compare_gated_norm({3, 41, 64, 16}, dtype, gen);
+    compare_gated_norm({2, 45, 48, 12}, dtype, gen);
+    compare_gated_norm({2, 37, 100, 100}, dtype, gen);
+    compare_gated_norm({2, 37, 100, 50}, dtype, gen);
+    compare_gated_norm({2, 37, 100, 100, false}, dtype, gen);
+    compare_gated_norm({2, 150, 2560, 2560}, dtype, gen);
+    compare_gated_norm({2, 150, 4608, 2304}, dtype, gen);
+  }
+}
+
+// y and z as column slices of wider rows, read in place: row starts that keep 16-byte
+// alignment (offsets and widths multiples of 8 elements: the vector kernels, as Mamba2's z
+// slice of the projection) and ones that do not (the generic kernels with row strides).
+TEST_CASE("gated_rms_norm CUDA with strided y and z matches the CPU") {
+  if (!cuda_test_device()) return;
+  Generator gen(528);
+  for (DType dtype : {DType::bf16, DType::f32}) {
+    compare_gated_norm({2, 300, 1536, 1536, true, 16, 8, 1536 + 136, 0}, dtype, gen);
+    compare_gated_norm({2, 300, 1536, 768, false, 16, 8, 1536 + 136, 1536}, dtype, gen);
+    compare_gated_norm({2, 37, 1536, 768, true, 5, 3, 7, 1}, dtype, gen);
+    compare_gated_norm({2, 37, 1536, 1536, true, 0, 0, 3, 2}, dtype, gen);  // z alone misaligned
+    compare_gated_norm({3, 41, 64, 16, true, 8, 8, 72, 64}, dtype, gen);
+  }
+}
+
+// Some gradients not wanted (null outputs in the backward): only dw, or only dy and dz.
+TEST_CASE("gated_rms_norm CUDA with some gradients not requested matches the CPU") {
+  if (!cuda_test_device()) return;
+  Generator gen(529);
+  for (DType dtype : {DType::bf16, DType::f32}) {
+    GatedNormCase only_w{2, 300, 1536, 1536};
+    only_w.grad_yz = false;
+    compare_gated_norm(only_w, dtype, gen);
+    GatedNormCase only_yz{2, 300, 1536, 768, true, 16, 8, 136, 0};
+    only_yz.grad_w = false;
+    compare_gated_norm(only_yz, dtype, gen);
+  }
+}
+
+// f64 takes the generic kernels; contiguous and strided rows.
+TEST_CASE("gated_rms_norm CUDA in f64 matches the CPU") {
+  if (!cuda_test_device()) return;
+  Generator gen(530);
+  compare_gated_norm({2, 37, 1536, 768}, DType::f64, gen);
+  compare_gated_norm({2, 37, 96, 32, true, 5, 3, 8, 8}, DType::f64, gen);
+}
+
 }  // namespace ssmtrain
