@@ -415,6 +415,57 @@ Tensor Tensor::expand(const Dims& target) const {
   return out;
 }
 
+namespace {
+
+// Strides that give `shape` over the elements of a tensor of `old_shape`/`old_strides`
+// without moving them, or false when there are none: runs of old axes that are contiguous
+// with each other are re-cut into the new axes, which must fall inside one run each.
+bool view_strides(const Dims& old_shape, const Dims& old_strides, const Dims& shape, Dims& strides) {
+  strides = contiguous_strides(shape);
+  if (old_shape.size() == 0 || old_shape.numel() == 0) return true;
+  int vd = static_cast<int>(shape.size()) - 1;
+  int64_t base = old_strides[old_shape.size() - 1], tensor_n = 1, view_n = 1;
+  for (int td = static_cast<int>(old_shape.size()) - 1; td >= 0; --td) {
+    tensor_n *= old_shape[td];
+    if (td == 0 || (old_shape[td - 1] != 1 && old_strides[td - 1] != tensor_n * base)) {
+      while (vd >= 0 && (view_n < tensor_n || shape[vd] == 1)) {
+        strides[vd] = view_n * base;
+        view_n *= shape[vd];
+        --vd;
+      }
+      if (view_n != tensor_n) return false;
+      if (td > 0) {
+        base = old_strides[td - 1];
+        tensor_n = view_n = 1;
+      }
+    }
+  }
+  return vd == -1;
+}
+
+}  // namespace
+
+Tensor Tensor::view(const Dims& shape_in) const {
+  if (is_contiguous()) return reshape(shape_in);
+  Dims shape = shape_in;
+  int64_t known = 1;
+  int infer = -1;
+  for (int i = 0; i < shape.size(); ++i) {
+    if (shape[i] == -1 && infer < 0) infer = i;
+    else known *= shape[i];
+  }
+  if (infer >= 0) {
+    if (known <= 0 || numel() % known != 0) return reshape(shape_in);  // reshape says what is wrong
+    shape[infer] = numel() / known;
+  }
+  Dims st;
+  if (shape.numel() != numel() || !view_strides(this->shape(), strides(), shape, st)) return reshape(shape_in);
+  Tensor out = make_view(*this, shape, st, offset());
+  Dims old_shape = this->shape();
+  record_view("view", *this, out, [old_shape](const Tensor& g) { return g.reshape(old_shape); });
+  return out;
+}
+
 std::vector<Tensor> Tensor::split(const std::vector<int64_t>& sizes, int axis) const {
   int a = normalize_axis(axis, dim(), "split");
   int64_t total = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});

@@ -119,7 +119,10 @@ class Tensor {
 
   // ---- views (recorded on the tape) ----
   Tensor reshape(const Dims& shape) const;  // one -1 allowed; copies if not viewable
-  Tensor view(const Dims& shape) const { return reshape(shape); }
+  // The same elements in a new shape without a copy whenever the strides allow it (a column
+  // slice reshaped along its last axis stays a strided view), else a contiguous copy as
+  // reshape makes. Unlike reshape, the result need not be contiguous.
+  Tensor view(const Dims& shape) const;
   Tensor flatten(int start = 0, int end = -1) const;
   Tensor narrow(int axis, int64_t start, int64_t length) const;
   Tensor select(int axis, int64_t index) const;  // narrow + drop the axis

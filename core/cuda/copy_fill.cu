@@ -63,6 +63,27 @@ void launch_random(const Tensor& dst, uint64_t seed, uint64_t offset, double a, 
   });
 }
 
+// t as `rows` rows of `cols` contiguous elements, `pitch` elements apart: true when the last
+// axis has stride 1 and every leading axis steps by whole rows of the one before it (a
+// column slice of a bigger tensor, e.g. a part of a split, or a contiguous tensor).
+bool as_rows(const Tensor& t, int64_t& rows, int64_t& cols, int64_t& pitch) {
+  const int n = t.dim();
+  if (n == 0) return false;
+  const auto& sh = t.shape();
+  const auto& st = t.strides();
+  if (st[n - 1] != 1 && sh[n - 1] != 1) return false;
+  cols = sh[n - 1];
+  rows = 1;
+  pitch = n >= 2 ? st[n - 2] : cols;
+  int64_t step = pitch;  // the stride axis i must have
+  for (int i = n - 2; i >= 0; --i) {
+    if (sh[i] != 1 && st[i] != step) return false;
+    rows *= sh[i];
+    step *= sh[i];
+  }
+  return pitch >= cols;
+}
+
 }  // namespace
 
 void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
@@ -72,6 +93,15 @@ void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
   if (src.dtype() == dst.dtype() && src.is_contiguous() && dst.is_contiguous()) {
     CUDA_CHECK(cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), dst.nbytes(), cudaMemcpyDeviceToDevice,
                                stream_of(dst)));
+    return;
+  }
+  // Rows between column slices (a split's parts and their gradients): one 2-D copy, which
+  // runs at copy bandwidth where the elementwise kernel pays a strided index per element.
+  int64_t rs, cs, ps, rd, cd, pd;
+  if (src.dtype() == dst.dtype() && as_rows(src, rs, cs, ps) && as_rows(dst, rd, cd, pd) && rs == rd && cs == cd) {
+    const size_t es = dtype_size(dst.dtype());
+    CUDA_CHECK(cudaMemcpy2DAsync(dst.data_ptr(), pd * es, src.data_ptr(), ps * es, cs * es, rs,
+                                 cudaMemcpyDeviceToDevice, stream_of(dst)));
     return;
   }
   SSMT_DISPATCH_ALL(dst.dtype(), "copy", [&] {

@@ -30,10 +30,10 @@
 // raw values. Every place a decay is formed reads it: the forward step, the backward's
 // recompute, the adjoint step a_t lam_t and the adjoint summary pass; and a time segment
 // holding a restart carries nothing across it (pass 1 records a flag per segment, pass 2
-// uses a decay product of 0 for it). A tile without restarts (always, without seq_idx) runs
-// the unmasked instantiation of the tile loop, so the plain scan does the same arithmetic as
-// before seq_idx existed (what it adds there: a block-uniform branch per tile and two index
-// registers). The kernels trust seq_idx to be non-decreasing (checked only on the CPU).
+// uses a decay product of 0 for it). A tile without restarts runs the unmasked instantiation
+// of the tile loop. Every kernel is compiled twice, with and without seq_idx (kSeq): the plain
+// scan loads no indices and has no masked loop at all, so packed-document support costs it
+// nothing. The kernels trust seq_idx to be non-decreasing (checked only on the CPU).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -251,14 +251,14 @@ struct BlockCoords {
 
 // Raw values of one tile, loaded into registers one tile ahead of their use so that the
 // global loads overlap the scan of the current tile. Steps past L load as zeros.
-template <typename T, int TPC, int NL, int TILE, bool kBackward>
+template <typename T, int TPC, int NL, int TILE, bool kBackward, bool kSeq>
 struct TileRegs {
   using G = Geo<TPC, NL, TILE>;
   T u[G::SEQ], x[G::SEQ], z[G::SEQ], o[G::SEQ], Bv[G::NBC], Cv[G::NBC];
   int seq_cur, seq_prev;  // with seq_idx: the indices at steps l0 + lane and l0 + lane - 1 (lane < TILE)
 
   __device__ __forceinline__ void fetch(const ScanParams& p, const BlockCoords<TPC>& bc, int l0) {
-    if (p.seq_idx) {
+    if constexpr (kSeq) {
       const int lane = threadIdx.x & 31, t = l0 + lane;
       const bool ok = lane < TILE && t > 0 && t < p.L;  // step 0 never restarts; padded steps neither
       const int* row = p.seq_idx + static_cast<size_t>(bc.b) * p.L;
@@ -285,9 +285,11 @@ struct TileRegs {
     }
   }
   // The restarts of the fetched tile: bit t set when step l0 + t starts a new document (0
-  // without seq_idx). Every lane of the warp must call it; every warp gets the same mask.
-  __device__ __forceinline__ unsigned resets(const ScanParams& p) const {
-    return p.seq_idx ? __ballot_sync(0xffffffffu, seq_cur != seq_prev) : 0u;
+  // without seq_idx: a constant, so the masked tile loop is not even compiled). Every lane of
+  // the warp must call it; every warp gets the same mask.
+  __device__ __forceinline__ unsigned resets() const {
+    if constexpr (kSeq) return __ballot_sync(0xffffffffu, seq_cur != seq_prev);
+    else return 0u;
   }
   // The staged B and C rows into shared memory ([TILE][NMAX] arrays; either may be null).
   __device__ __forceinline__ void store_bc(float (*sB)[G::NMAX], float (*sC)[G::NMAX]) const {
@@ -318,7 +320,7 @@ __device__ __forceinline__ float gate_grad(const ScanParams& p, float dout, floa
 
 // kSummary: pass 1 of a segmented forward (each segment from zero; its end state and sum of
 // delta only). Otherwise the forward proper.
-template <typename T, int NL, int TPC, bool kSummary>
+template <typename T, int NL, int TPC, bool kSeq, bool kSummary>
 __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
   using G = Geo<TPC, NL, kTile>;
   constexpr int CH = G::CH, NMAX = G::NMAX;
@@ -343,7 +345,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
   const float Dv_s = bc.sactive && p.Dskip ? p.Dskip[cs] : 0.f;
   const float bias_s = bc.sactive && p.delta_bias ? p.delta_bias[cs] : 0.f;
 
-  TileRegs<T, TPC, NL, kTile, false> next;
+  TileRegs<T, TPC, NL, kTile, false, kSeq> next;
   float cur_u[G::SEQ], cur_z[G::SEQ];  // the staged elements' u and z, for the output
   unsigned cur_resets = 0;             // the staged tile's restarts (bit t: step t)
   auto commit = [&](int l0) {
@@ -355,7 +357,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
       s_u[t][bc.cs] = cur_u[j];
       s_dt[t][bc.cs] = next.dt(p, bc, l0, j, bias_s, nullptr);
     }
-    cur_resets = next.resets(p);
+    cur_resets = next.resets();
     next.store_bc(s_B, s_C);
   };
 
@@ -431,7 +433,7 @@ constexpr size_t backward_dynamic_smem() {
   return sizeof(float) * ((kBTile - 1) * NL * kThreads + 2 * (kThreads / 32) * kBTile * TPC * NL);
 }
 
-template <typename T, int NL, int TPC>
+template <typename T, int NL, int TPC, bool kSeq>
 __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
   using G = Geo<TPC, NL, kBTile>;
   constexpr int CH = G::CH, NMAX = G::NMAX, kWarps = kThreads / 32;
@@ -467,7 +469,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
   const float bias_s = bc.sactive && p.delta_bias ? p.delta_bias[cs] : 0.f;
   float dD_acc = 0.f, dbias_acc = 0.f;
 
-  TileRegs<T, TPC, NL, kBTile, true> next;
+  TileRegs<T, TPC, NL, kBTile, true, kSeq> next;
   float cur_sig[G::SEQ], cur_o[G::SEQ], cur_z[G::SEQ];  // for ddelta and dz of the staged elements
   unsigned cur_resets = 0;                              // the staged tile's restarts (bit t: step t)
   auto commit = [&](int l0) {
@@ -480,7 +482,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
       cur_z[j] = static_cast<float>(next.z[j]);
       s_gy[t][bc.cs] = gate_grad(p, cur_o[j], cur_z[j]);
     }
-    cur_resets = next.resets(p);
+    cur_resets = next.resets();
     next.store_bc(s_B, s_C);
   };
 
@@ -632,7 +634,7 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
 // start when it is zero after its end (g <- a_t (gy_t C_t + g), backwards), and the sum of
 // delta over it. The adjoint needs no states, so this is a scan of delta, dout, z and C only.
 // With seq_idx it also records whether a document starts inside the segment.
-template <typename T, int NL, int TPC>
+template <typename T, int NL, int TPC, bool kSeq>
 __global__ void __launch_bounds__(kThreads) adjoint_summary_kernel(ScanParams p) {
   using G = Geo<TPC, NL, kBTile>;
   constexpr int CH = G::CH, NMAX = G::NMAX;
@@ -651,7 +653,7 @@ __global__ void __launch_bounds__(kThreads) adjoint_summary_kernel(ScanParams p)
     g[s] = 0.f;
   }
   const float bias_s = bc.sactive && p.delta_bias ? p.delta_bias[bc.c0 + bc.cs] : 0.f;
-  TileRegs<T, TPC, NL, kBTile, true> next;
+  TileRegs<T, TPC, NL, kBTile, true, kSeq> next;
   const int k0 = bc.lbeg / kBTile, k1 = (bc.lend + kBTile - 1) / kBTile;
   if (k1 > k0) next.fetch(p, bc, (k1 - 1) * kBTile);
   for (int k = k1 - 1; k >= k0; --k) {
@@ -662,7 +664,7 @@ __global__ void __launch_bounds__(kThreads) adjoint_summary_kernel(ScanParams p)
       s_dt[t][bc.cs] = next.dt(p, bc, l0, j, bias_s, nullptr);
       s_gy[t][bc.cs] = gate_grad(p, static_cast<float>(next.o[j]), static_cast<float>(next.z[j]));
     }
-    const unsigned resets = next.resets(p);
+    const unsigned resets = next.resets();
     seg_resets |= resets != 0;
     next.store_bc(nullptr, s_C);
     __syncthreads();
@@ -873,12 +875,14 @@ void check_params(const SelectiveScanParams& s) {
               "selective_scan (CUDA): sequence tensors must be dense");
 }
 
-// Calls fn(T{}, integral_constant<NL>, integral_constant<TPC>) for the dtype and variant.
+// Calls fn(T{}, integral_constant<NL>, integral_constant<TPC>, bool_constant<seq>) for the
+// dtype, the variant and whether seq_idx is given (the plain scan compiles none of its code).
 template <typename Fn>
-void dispatch(DType dt, Variant v, Fn&& fn) {
-  auto by_variant = [&](auto tag) {
+void dispatch(DType dt, Variant v, bool seq, Fn&& fn_seq) {
+  auto by_variant = [&](auto tag, auto seq_tag) {
     using T = decltype(tag);
     using std::integral_constant;
+    auto fn = [&](auto t, auto nl, auto tpc) { fn_seq(t, nl, tpc, seq_tag); };
     if (v.tpc == 4) {
       switch (v.nl) {
         case 1: fn(T{}, integral_constant<int, 1>{}, integral_constant<int, 4>{}); break;
@@ -894,10 +898,16 @@ void dispatch(DType dt, Variant v, Fn&& fn) {
       }
     }
   };
-  if (dt == DType::bf16)
-    by_variant(bf16{});
+  auto by_dtype = [&](auto seq_tag) {
+    if (dt == DType::bf16)
+      by_variant(bf16{}, seq_tag);
+    else
+      by_variant(float{}, seq_tag);
+  };
+  if (seq)
+    by_dtype(std::true_type{});
   else
-    by_variant(float{});
+    by_dtype(std::false_type{});
 }
 
 void launch_carry(const ScanParams& p, const float* first, const float* local, const float* dtsum,
@@ -924,8 +934,8 @@ void selective_scan_fwd_cuda(const SelectiveScanParams& s, int device) {
   if (p.B == 0 || p.D == 0) return;
   cuda_detail::DeviceGuard guard(dev.index);
   auto stream = static_cast<cudaStream_t>(cuda::compute_stream(dev.index));
-  dispatch(s.dtype, v, [&](auto t, auto nl, auto tpc) {
-    set_segments(p, resident_blocks(scan_forward_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value, false>, 0,
+  dispatch(s.dtype, v, s.seq_idx != nullptr, [&](auto t, auto nl, auto tpc, auto seq) {
+    set_segments(p, resident_blocks(scan_forward_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value, decltype(seq)::value, false>, 0,
                                     dev.index),
                  2.0);
   });
@@ -941,14 +951,14 @@ void selective_scan_fwd_cuda(const SelectiveScanParams& s, int device) {
     ps.seg_local = seg_local.data<float>();
     ps.seg_dtsum = seg_dtsum.data<float>();
     ps.seg_keep = p.seq_idx ? seg_keep.data<float>() : nullptr;
-    dispatch(s.dtype, v, [&](auto t, auto nl, auto tpc) {
-      scan_forward_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value, true><<<grid, kThreads, 0, stream>>>(ps);
+    dispatch(s.dtype, v, s.seq_idx != nullptr, [&](auto t, auto nl, auto tpc, auto seq) {
+      scan_forward_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value, decltype(seq)::value, true><<<grid, kThreads, 0, stream>>>(ps);
     });
     launch_carry(p, p.h0, ps.seg_local, ps.seg_dtsum, ps.seg_keep, seg_init.data<float>(), false, stream);
     p.seg_init = seg_init.data<float>();
   }
-  dispatch(s.dtype, v, [&](auto t, auto nl, auto tpc) {
-    scan_forward_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value, false><<<grid, kThreads, 0, stream>>>(p);
+  dispatch(s.dtype, v, s.seq_idx != nullptr, [&](auto t, auto nl, auto tpc, auto seq) {
+    scan_forward_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value, decltype(seq)::value, false><<<grid, kThreads, 0, stream>>>(p);
   });
   SCAN_CUDA_CHECK(cudaGetLastError());
 }
@@ -971,9 +981,9 @@ void selective_scan_bwd_cuda(const SelectiveScanParams& s, int device) {
 
   Tensor dB_part = Tensor::empty({p.B, p.G, p.nblocks_per_group, p.L, p.N}, DType::f32, dev);
   Tensor dC_part = Tensor::empty({p.B, p.G, p.nblocks_per_group, p.L, p.N}, DType::f32, dev);
-  dispatch(dt, v, [&](auto t, auto nl, auto tpc) {
+  dispatch(dt, v, s.seq_idx != nullptr, [&](auto t, auto nl, auto tpc, auto seq) {
     constexpr int NL = decltype(nl)::value, TPC = decltype(tpc)::value;
-    auto kernel = scan_backward_kernel<decltype(t), NL, TPC>;
+    auto kernel = scan_backward_kernel<decltype(t), NL, TPC, decltype(seq)::value>;
     constexpr size_t smem = backward_dynamic_smem<NL, TPC>();
     SCAN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     set_segments(p, resident_blocks(kernel, smem, dev.index), 1.5);
@@ -1007,15 +1017,15 @@ void selective_scan_bwd_cuda(const SelectiveScanParams& s, int device) {
     ps.seg_local = seg_local.data<float>();
     ps.seg_dtsum = seg_dtsum.data<float>();
     ps.seg_keep = p.seq_idx ? seg_keep.data<float>() : nullptr;
-    dispatch(dt, v, [&](auto t, auto nl, auto tpc) {
-      adjoint_summary_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value><<<grid, kThreads, 0, stream>>>(ps);
+    dispatch(dt, v, s.seq_idx != nullptr, [&](auto t, auto nl, auto tpc, auto seq) {
+      adjoint_summary_kernel<decltype(t), decltype(nl)::value, decltype(tpc)::value, decltype(seq)::value><<<grid, kThreads, 0, stream>>>(ps);
     });
     launch_carry(p, p.dh_last, ps.seg_local, ps.seg_dtsum, ps.seg_keep, seg_init.data<float>(), true, stream);
     p.seg_init = seg_init.data<float>();
   }
-  dispatch(dt, v, [&](auto t, auto nl, auto tpc) {
+  dispatch(dt, v, s.seq_idx != nullptr, [&](auto t, auto nl, auto tpc, auto seq) {
     constexpr int NL = decltype(nl)::value, TPC = decltype(tpc)::value;
-    auto kernel = scan_backward_kernel<decltype(t), NL, TPC>;
+    auto kernel = scan_backward_kernel<decltype(t), NL, TPC, decltype(seq)::value>;
     constexpr size_t smem = backward_dynamic_smem<NL, TPC>();
     SCAN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     kernel<<<grid, kThreads, smem, stream>>>(p);

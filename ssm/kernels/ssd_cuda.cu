@@ -318,11 +318,13 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(Ptrs p, SsdDims d, float
 // Per chunk: out (P x N, padded) = X^T (w o Y) summed over the chunk's steps.
 //   kGrad = false: X = x, Y = Bm, w_s = e^{cs_last - cs_s} dt_s (the chunk's own state)
 //   kGrad = true:  X = dy, Y = Cm, w_l = e^{cs_l}            (dS_c of the backward)
-template <int PP, int NP, bool kGrad>
+//   kDocs: steps of another document than the state's get weight 0 (staged through w_row,
+//   whose barrier the plain instantiation does not pay).
+template <int PP, int NP, bool kGrad, bool kDocs>
 __global__ void __launch_bounds__(kThreads) chunk_state_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
                                                                float* out) {
   extern __shared__ __align__(128) unsigned char smem[];
-  __shared__ float w_row[kT];
+  __shared__ float w_row[kDocs ? kT : 1];
   bf* sX = reinterpret_cast<bf*>(smem);
   bf* sY = reinterpret_cast<bf*>(smem + bf_bytes(kT, PP));
   const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
@@ -330,7 +332,7 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(Ptrs p, SsdDims d
   const float cs_last = cs[cb + d.Qp - 1];
   // Steps of the document the chunk's state belongs to: the last step's (own state), or
   // the step before the chunk's (dS: the gradient reaches the entering state).
-  const int doc_keep = kGrad ? doc_before(p, d, b, c) : doc_last(p, d, b, c);
+  [[maybe_unused]] const int doc_keep = !kDocs ? 0 : kGrad ? doc_before(p, d, b, c) : doc_last(p, d, b, c);
   using WT = WarpTile<PP, NP>;
   const WT wt;
   Acc acc[WT::NF];
@@ -340,19 +342,22 @@ __global__ void __launch_bounds__(kThreads) chunk_state_kernel(Ptrs p, SsdDims d
     if (tr.rows <= 0) break;
     const float* cst = cs + cb + tile * kT;
     const float* dtt = dtv + cb + tile * kT;
-    for (int r = threadIdx.x; r < kT; r += kThreads) {
-      const bool keep = doc_at(p, d, b, tr.t0 + r) == doc_keep;
-      w_row[r] = !keep ? 0.f : kGrad ? __expf(cst[r]) : __expf(cs_last - cst[r]) * dtt[r];
+    auto weight = [&](int r) { return kGrad ? __expf(cst[r]) : __expf(cs_last - cst[r]) * dtt[r]; };
+    if constexpr (kDocs) {
+      for (int r = threadIdx.x; r < kT; r += kThreads)
+        w_row[r] = doc_at(p, d, b, tr.t0 + r) == doc_keep ? weight(r) : 0.f;
+      __syncthreads();
     }
-    __syncthreads();
+    auto w = [&](int r) {
+      if constexpr (kDocs) return w_row[r];
+      else return weight(r);
+    };
     if constexpr (kGrad) {
       stage_raw<PP>(sX, p.dy + b * p.dy_bs + tr.t0 * p.dy_ss + h * d.P, p.dy_ss, tr.rows, d.P);
-      stage<NP>(sY, p.Cm + b * p.C_bs + tr.t0 * p.C_ss + g * d.N, p.C_ss, tr.rows, d.N,
-                [&](int r) { return w_row[r]; });
+      stage<NP>(sY, p.Cm + b * p.C_bs + tr.t0 * p.C_ss + g * d.N, p.C_ss, tr.rows, d.N, w);
     } else {
       stage_raw<PP>(sX, p.x + b * p.x_bs + tr.t0 * p.x_ss + h * d.P, p.x_ss, tr.rows, d.P);
-      stage<NP>(sY, p.Bm + b * p.B_bs + tr.t0 * p.B_ss + g * d.N, p.B_ss, tr.rows, d.N,
-                [&](int r) { return w_row[r]; });
+      stage<NP>(sY, p.Bm + b * p.B_bs + tr.t0 * p.B_ss + g * d.N, p.B_ss, tr.rows, d.N, w);
     }
     __syncthreads();
     mma<WT::NF, kT, wmma::col_major, wmma::row_major>(acc, sX, ldb(PP), sY, ldb(NP), wt.row0, wt.col0);
@@ -995,7 +1000,7 @@ void entering_states(const Ptrs& q, const SsdDims& d, float* dtv, float* cs, flo
   CUDA_CHECK_LAUNCH();
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
-    launch(chunk_state_kernel<PP, NP, false>, chunks, bf_bytes(kT, PP) + bf_bytes(kT, NP), stream, q, d,
+    launch(q.seq ? chunk_state_kernel<PP, NP, false, true> : chunk_state_kernel<PP, NP, false, false>, chunks, bf_bytes(kT, PP) + bf_bytes(kT, NP), stream, q, d,
            static_cast<const float*>(dtv), static_cast<const float*>(cs), st);
   });
   state_pass_fwd_kernel<<<dim3(d.Pp * d.Np / kPassElems, d.H, d.B), kThreads, 0, stream>>>(q, d, cs, st, h_last);
@@ -1045,7 +1050,7 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
   const dim3 chunks(d.nc, d.H, d.B), tiles(d.nc * d.Qt, d.H, d.B);
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
-    launch(chunk_state_kernel<PP, NP, true>, chunks, bf_bytes(kT, PP) + bf_bytes(kT, NP), stream, q, d,
+    launch(q.seq ? chunk_state_kernel<PP, NP, true, true> : chunk_state_kernel<PP, NP, true, false>, chunks, bf_bytes(kT, PP) + bf_bytes(kT, NP), stream, q, d,
            static_cast<const float*>(dtv_p), static_cast<const float*>(cs_p), dS.data<float>());
   });
   const int ngdot = d.Pp * d.Np / kPassElems;

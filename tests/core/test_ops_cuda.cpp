@@ -183,6 +183,11 @@ std::vector<DeviceCase> fused_cases(Generator& g) {
       {"cat", [](const std::vector<Tensor>& in) { return cat({in[0], in[1].transpose(0, 1)}, 1); },
        {rnd({3, 4}, g), rnd({5, 3}, g)}},
       {"stack", [](const std::vector<Tensor>& in) { return stack({in[0], in[1]}, 1); }, {rnd({3, 4}, g), rnd({3, 4}, g)}},
+      // Column slices: the 2-D copy path of copy (contiguous() of a part, the split's backward).
+      {"split view contiguous", [](const std::vector<Tensor>& in) {
+         auto p = in[0].split({5, 7, 4}, -1);
+         return cat({p[0].contiguous().reshape({6, 5}), p[1].view({6, 7}) * 2.0, p[2].reshape({6, 4})}, 1);
+       }, {rnd({2, 3, 16}, g)}},
       {"pad", [](const std::vector<Tensor>& in) { return pad(in[0], 0, 2, 1, 0.5); }, {rnd({3, 4}, g)}},
       {"cast", [](const std::vector<Tensor>& in) { return cast(in[0], DType::f32) * 2.0; }, {rnd({3, 4}, g)}},
       {"dropout", [](const std::vector<Tensor>& in) {

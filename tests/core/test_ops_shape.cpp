@@ -185,3 +185,37 @@ TEST_CASE("cast converts dtypes and routes the gradient back in the source dtype
   Tensor i = cast(ref::make({1.7, -2.2}, {2}), DType::i64);
   CHECK(i.to_vector<int64_t>() == std::vector<int64_t>{1, -2});
 }
+
+TEST_CASE("view keeps a column slice's elements in place and copies only when the strides forbid it") {
+  Generator gen(66);
+  Tensor x = random_tensor({2, 3, 16}, gen, DType::f64);
+  auto parts = x.split({5, 8, 3}, -1);
+  // Splitting the last axis of a column slice: a strided view on the same storage.
+  Tensor v = parts[1].view({2, 3, 2, 4});
+  CHECK(v.storage() == x.storage());
+  CHECK_FALSE(v.is_contiguous());
+  CHECK(v.strides() == Dims{48, 16, 4, 1});
+  CHECK(ref::host(v) == ref::host(parts[1].reshape({2, 3, 2, 4})));
+  // Leading axes that step by whole rows merge; -1 is inferred as in reshape.
+  Tensor m = parts[1].view({-1, 8});
+  CHECK(m.storage() == x.storage());
+  CHECK(m.strides() == Dims{16, 1});
+  CHECK(ref::host(m) == ref::host(parts[1].reshape({6, 8})));
+  // Merging across the slice's row gap is impossible without a copy: a contiguous copy.
+  Tensor c = parts[1].view({2, 24});
+  CHECK(c.is_contiguous());
+  CHECK(c.storage() != x.storage());
+  CHECK(ref::host(c) == ref::host(parts[1].reshape({2, 24})));
+  Tensor t = x.transpose(1, 2).view({2, 48});
+  CHECK(t.is_contiguous());
+  CHECK(ref::host(t) == ref::host(x.transpose(1, 2).reshape({2, 48})));
+  CHECK_THROWS_AS(parts[1].view({5, 5}), UserError);
+  // Gradients through split + view, and the views' values after a write to the base.
+  Tensor a = grad_leaf({2, 3, 16}, gen);
+  check_gradients(
+      [](const std::vector<Tensor>& in) {
+        auto p = in[0].split({5, 8, 3}, -1);
+        return cat({p[1].view({6, 2, 4}).reshape({6, 8}) * p[1].view({6, 8}), p[2].view({6, 3})}, 1);
+      },
+      {a});
+}
