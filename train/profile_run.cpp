@@ -12,13 +12,13 @@ constexpr int64_t kWarmupSteps = 2;  // the first steps allocate memory and pick
 }
 
 ProfileRun::ProfileRun(const Config& config, const TrainOptions& options, Device device, int64_t first_step,
-                       int64_t budget_steps, RunLog* log)
+                       int64_t budget_steps, RunLog& log)
     : device_(device), path_(options.run_dir + "/profile.json"), log_(log) {
   const int64_t wanted = options.profile_steps >= 0 ? options.profile_steps : config.train.profile_steps;
   int64_t end = budget_steps;
   if (options.max_steps > 0) end = std::min(end, options.max_steps);
   const int64_t remaining = end - first_step;
-  if (wanted <= 0 || remaining <= 0 || !log_) return;
+  if (wanted <= 0 || remaining <= 0 || !log_.enabled()) return;
   // Warm-up shrinks when the run is too short for it and all the requested steps.
   count_ = std::min(wanted, remaining);
   start_step_ = first_step + std::clamp<int64_t>(remaining - wanted, 0, kWarmupSteps);
@@ -37,8 +37,7 @@ ProfileRun::Step ProfileRun::step(int64_t step) {
   if (step == start_step_ && !recording_ && recorded_ == 0) {
     profiler::start(device_);
     recording_ = true;
-    if (log_)
-      log_->info("profile: recording steps " + std::to_string(step + 1) + " to " + std::to_string(step + count_));
+    log_.info("profile: recording steps " + std::to_string(step + 1) + " to " + std::to_string(step + count_));
   }
   if (recording_) profiler::step_boundary(step + 1);  // numbered like the logs: step 1 is the first
   return Step(*this);
@@ -60,11 +59,11 @@ void ProfileRun::finish() noexcept {
     profiler::stop();
     profiler::write_chrome_trace(path_);
     std::istringstream table(profiler::summary_table(recorded_));
-    for (std::string line; std::getline(table, line);) log_->info(line);
-    log_->info("profile: trace written to " + path_ + " (open it in https://ui.perfetto.dev or chrome://tracing)");
+    for (std::string line; std::getline(table, line);) log_.info(line);
+    log_.info("profile: trace written to " + path_ + " (open it in https://ui.perfetto.dev or chrome://tracing)");
   } catch (const std::exception& e) {
     // A profile is a diagnostic: failing to write it must not end the run.
-    if (log_) log_->info(std::string("profile: ") + e.what());
+    log_.info(std::string("profile: ") + e.what());
   }
 }
 

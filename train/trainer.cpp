@@ -10,9 +10,9 @@
 
 #include "core/autograd.h"
 #include "core/ops.h"
-#include "optim/clip.h"
 #include "data/packing.h"
 #include "data/sampler.h"
+#include "optim/clip.h"
 #include "train/checkpoint.h"
 #include "train/dist.h"
 #include "train/generate.h"
@@ -119,6 +119,52 @@ std::string sci(double v) {
   return buf;
 }
 
+// Process exit codes of a run (trainer.h).
+constexpr int kExitDone = 0;       // budget done, --max-steps reached or stopped by a signal
+constexpr int kExitNonFinite = 1;  // the non-finite guard stopped the run
+
+// What the host knows of a step once its scalars are in: what the logs show of it and what
+// the non-finite guard decides on.
+struct StepStats {
+  int64_t step = 0;    // the step's number (1 = the first)
+  int64_t tokens = 0;  // tokens trained on up to and including it, over all ranks
+  double lr = 0;
+  double loss = 0;
+  bool finite = true;    // the loss was finite on every rank
+  bool applied = false;  // the optimizer stepped (loss and gradient norm finite)
+  double grad_norm = 0;  // before clipping
+
+  std::optional<double> aux_loss;  // models with several experts
+  std::optional<MoeSummary> moe;   // their usage in its last micro-batch (logged steps)
+
+  // The non-finite counters after it.
+  int64_t nonfinite_total = 0, nonfinite_in_row = 0;
+
+  double tokens_per_s = 0;  // over the steps since the last logged one
+  double elapsed_s = 0;     // since this process began training
+  double eta_s = 0;
+  bool logged = false;  // it writes a metrics record and a log line
+};
+
+// A step in the run's outputs: the live bar, and on logged steps the metrics record and
+// the log line (on a terminal the bar shows the step, so the line goes to train.log only).
+void log_step(RunLog& log, const StepStats& s, int64_t total_steps) {
+  log.progress(s.step, total_steps, s.loss, s.lr, s.tokens_per_s, s.eta_s);
+  if (!s.logged) return;
+  JsonLine j;
+  j.add("step", s.step).add("tokens", s.tokens).add("loss", s.loss).add("lr", s.lr);
+  j.add("grad_norm", s.grad_norm).add("tokens_per_s", s.tokens_per_s).add("elapsed_s", s.elapsed_s);
+  if (s.aux_loss) {
+    j.add("aux_loss", *s.aux_loss);
+    if (s.moe) j.add("moe_dropped", s.moe->dropped).add("moe_max_load", s.moe->max_load);
+  }
+  if (s.nonfinite_total > 0) j.add("nonfinite_total", s.nonfinite_total);
+  log.metrics(j);
+  log.info_or_file("step " + std::to_string(s.step) + "/" + std::to_string(total_steps) + " | loss " +
+                   fixed(s.loss, 4) + " | lr " + sci(s.lr) + " | grad norm " + fixed(s.grad_norm, 3) + " | " +
+                   format_count(s.tokens_per_s) + " tok/s | ETA " + format_duration(s.eta_s));
+}
+
 class Run {
  public:
   Run(const Config& config, const TrainOptions& options) : config_(config), options_(options) {}
@@ -127,7 +173,8 @@ class Run {
     apply_compute_settings(config_);
     device_ = train_device(config_);
     // Under mpirun each process takes the GPU of its local rank when train.device is "cuda".
-    if (device_.is_cuda() && dist_.active() && config_.train.device == "cuda") device_ = Device::cuda(dist_.local_rank());
+    if (device_.is_cuda() && dist_.active() && config_.train.device == "cuda")
+      device_ = Device::cuda(dist_.local_rank());
     // One process per run directory, before anything there is read or written.
     if (dist_.is_main()) lock_.emplace(options_.run_dir);
     const std::string ckpt_dir = options_.run_dir + "/checkpoints";
@@ -144,13 +191,15 @@ class Run {
     optimizer_ = make_optimizer(config_, *model_);
 
     train_data_ = make_dataset(data_spec(config_, dist_.rank(), dist_.world_size()), "train");
-    if (dist_.is_main() && has_validation(data_spec(config_, 0, 1))) val_data_ = make_dataset(data_spec(config_, 0, 1), "val");
+    if (dist_.is_main() && has_validation(data_spec(config_, 0, 1)))
+      val_data_ = make_dataset(data_spec(config_, 0, 1), "val");
     SSMT_CHECK(train_data_->vocab_size() <= config_.model.vocab_size, "model.vocab_size: ", config_.model.vocab_size,
                " is smaller than the data's vocabulary of ", train_data_->vocab_size(), " (", train_data_->describe(),
                ")");
     eot_token_ = resolved_eot_token(config_, *train_data_);
 
-    budget_ = compute_budget(param_counts(spec_, *model_), budget_spec(config_), tokens_per_step(config_, dist_.world_size()));
+    budget_ = compute_budget(param_counts(spec_, *model_), budget_spec(config_),
+                             tokens_per_step(config_, dist_.world_size()));
     schedule_ = schedule_config(config_, budget_.steps);
     state_.total_steps = budget_.steps;
     state_.rng_seed = static_cast<uint64_t>(config_.train.seed);
@@ -176,8 +225,8 @@ class Run {
   std::optional<std::string> find_resume_checkpoint(const std::string& dir) {
     if (options_.resume.empty()) {
       auto existing = list_checkpoints(dir);
-      SSMT_CHECK(existing.empty(), "run directory '", options_.run_dir, "' already holds checkpoints (newest: ",
-                 existing.empty() ? "" : existing.back(),
+      SSMT_CHECK(existing.empty(), "run directory '", options_.run_dir,
+                 "' already holds checkpoints (newest: ", existing.empty() ? "" : existing.back(),
                  "); pass --resume auto to continue that run, or choose another --run-dir / run.name");
       return std::nullopt;
     }
@@ -185,7 +234,8 @@ class Run {
       std::vector<std::string> skipped;
       auto found = newest_valid_checkpoint(dir, &skipped);
       for (const auto& m : skipped) std::fprintf(stderr, "warning: skipping checkpoint: %s\n", m.c_str());
-      if (!found) std::fprintf(stderr, "--resume auto: no valid checkpoint in '%s'; starting from scratch\n", dir.c_str());
+      if (!found)
+        std::fprintf(stderr, "--resume auto: no valid checkpoint in '%s'; starting from scratch\n", dir.c_str());
       return found;
     }
     SSMT_CHECK(fs::exists(options_.resume), "--resume: checkpoint '", options_.resume, "' does not exist");
@@ -214,8 +264,8 @@ class Run {
   }
 
   void announce(const std::optional<std::string>& resume_from) {
-    log_->info("ssmtrain: run '" + options_.run_dir + "' on " + device_.str() + ", model " + spec_.model.mixer +
-               " x" + std::to_string(spec_.model.n_layer) + " (d_model " + std::to_string(spec_.model.d_model) + ")");
+    log_->info("ssmtrain: run '" + options_.run_dir + "' on " + device_.str() + ", model " + spec_.model.mixer + " x" +
+               std::to_string(spec_.model.n_layer) + " (d_model " + std::to_string(spec_.model.d_model) + ")");
     log_->info("data: " + train_data_->describe());
     if (eot_token_ >= 0)
       log_->info("packed documents: each begins at token " + std::to_string(eot_token_) +
@@ -247,128 +297,38 @@ class Run {
   // The loop runs one step ahead of what it reports (docs/training.md, "What is logged
   // when"): it launches step k, then reads step k - 1's scalars, which the device has
   // finished by then or nearly, and logs them. At an eval, checkpoint, stop or the last step
-  // it reads step k at once, so the non-finite guard and the saved state see every step. The
-  // guard therefore stops one launch later than it would synchronously (the extra step is
-  // neither logged nor saved).
+  // it reads step k at once (settle), so the non-finite guard and the saved state see every
+  // step. The guard therefore stops one launch later than it would synchronously (the extra
+  // step is neither logged nor saved).
   int loop() {
     install_stop_handlers();
-    const auto& tc = config_.train;
     const std::vector<Tensor> params = optimizer_->parameters();
-    const auto start = std::chrono::steady_clock::now();
-    auto window_start = start;
-    int64_t window_tokens = 0;
+    loop_start_ = window_start_ = std::chrono::steady_clock::now();
+    window_tokens_ = 0;
     model_->train();
 
-    // Reads a launched step's scalars (waiting for them if need be) and does what needs
-    // them: the non-finite counters, the progress line, the metrics record and the
-    // non-finite guard. Returns false when the guard stops the run.
-    auto finish = [&](InFlight& f) -> bool {
-      const StepResult& step = f.pending.resolve();
-      const double loss = step.loss;
-      const bool finite = step.finite;
-      const ClipResult& clip = step.clip;
-      if (step.applied) {
-        state_.nonfinite_in_row = 0;
-      } else {
-        ++state_.nonfinite_total;
-        ++state_.nonfinite_in_row;
-      }
-      window_tokens += budget_.tokens_per_step;
-
-      // Times are taken when the step's scalars are in, so they follow the device.
-      const auto now = std::chrono::steady_clock::now();
-      const double elapsed = std::chrono::duration<double>(now - start).count();
-      const double window_s = std::chrono::duration<double>(now - window_start).count();
-      const double tok_s = window_s > 0 ? static_cast<double>(window_tokens) / window_s : 0.0;
-      const int64_t done_here = f.step - resumed_step_;
-      const double eta = done_here > 0 ? elapsed / static_cast<double>(done_here) *
-                                             static_cast<double>(budget_.steps - f.step)
-                                       : 0.0;
-      log_->progress(f.step, budget_.steps, loss, f.lr, tok_s, eta);
-      if (log_due(f.step)) {
-        JsonLine j;
-        j.add("step", f.step).add("tokens", f.tokens).add("loss", loss).add("lr", f.lr);
-        j.add("grad_norm", clip.norm).add("tokens_per_s", tok_s).add("elapsed_s", elapsed);
-        if (has_experts_) {
-          j.add("aux_loss", step.aux_loss);
-          if (f.moe) {
-            j.add("moe_dropped", f.moe->dropped);
-            j.add("moe_max_load", f.moe->max_load);
-          }
-        }
-        if (state_.nonfinite_total > 0) j.add("nonfinite_total", state_.nonfinite_total);
-        log_->metrics(j);
-        // On a terminal the live bar shows the step; train.log keeps the line either way.
-        log_->info_or_file("step " + std::to_string(f.step) + "/" + std::to_string(budget_.steps) + " | loss " +
-                     fixed(loss, 4) + " | lr " + sci(f.lr) + " | grad norm " + fixed(clip.norm, 3) + " | " +
-                     format_count(tok_s) + " tok/s | ETA " + format_duration(eta));
-        window_start = now;
-        window_tokens = 0;
-      }
-      if (state_.nonfinite_in_row > 0) {
-        log_->info("step " + std::to_string(f.step) + ": non-finite " + (finite ? "gradient" : "loss") +
-                   " (loss " + fixed(loss, 4) + ", grad norm " + sci(clip.norm) + "); update skipped (" +
-                   std::to_string(state_.nonfinite_in_row) + " in a row)");
-        if (state_.nonfinite_in_row >= std::max<int64_t>(1, tc.max_nonfinite)) {
-          log_->finish_progress();
-          std::fprintf(stderr,
-                       "ssmtrain: stopping: %lld consecutive steps had a non-finite loss or gradient "
-                       "(train.max_nonfinite = %lld); the last good checkpoint in %s/checkpoints is kept. "
-                       "Lower optim.lr or optim.grad_clip, or check the data.\n",
-                       static_cast<long long>(state_.nonfinite_in_row), static_cast<long long>(tc.max_nonfinite),
-                       options_.run_dir.c_str());
-          return false;
-        }
-      }
-      return true;
-    };
-
-    ProfileRun profile(config_, options_, device_, state_.step, budget_.steps,
-                       dist_.is_main() ? log_.get() : nullptr);
-    std::optional<InFlight> in_flight;
-    while (state_.step < budget_.steps) {
-      if (options_.max_steps > 0 && state_.step >= options_.max_steps) break;
+    ProfileRun profile(config_, options_, device_, state_.step, budget_.steps, *log_);
+    while (state_.step < budget_.steps && !max_steps_reached()) {
       auto profiled_step = profile.step(state_.step);  // the "step" span while profiling
-      const double lr = learning_rate(schedule_, state_.step);
-      optimizer_->set_lr(lr);
-      PendingStep pending = train_step(
-          *model_, *optimizer_, params, dist_,
-          [&] { return micro_batch(train_data_->next(tc.batch_size, tc.seq_len), device_, eot_token_); }, tc.grad_accum,
-          config_.optim.grad_clip, tc.fused_head);
-      ++state_.step;
-      state_.tokens += budget_.tokens_per_step;
-      const bool last = state_.step == budget_.steps;
-      InFlight launched{state_.step, state_.tokens, lr, std::move(pending),
-                        log_due(state_.step) ? moe_fields() : std::nullopt};
-      if (in_flight && !finish(*in_flight)) return 1;  // the previous step, read one step late
-      in_flight.emplace(std::move(launched));
+      InFlight launched = launch_step(params);
+      if (!finish_in_flight()) return kExitNonFinite;  // the previous step, read one step late
+      in_flight_.emplace(std::move(launched));
 
-      // An eval or a checkpoint needs this step's outcome and final state: read it now.
-      auto finish_now = [&] {
-        if (!in_flight) return true;
-        const bool go_on = finish(*in_flight);
-        in_flight.reset();
-        optimizer_->resolve_pending();  // exact step counts for the checkpoint
-        return go_on;
-      };
-      const bool reached_max = options_.max_steps > 0 && state_.step >= options_.max_steps;
-      const bool checkpoint_due =
-          (tc.checkpoint_every > 0 && state_.step % tc.checkpoint_every == 0) || last || reached_max;
-      const bool eval = val_data_ && ((tc.eval_every > 0 && state_.step % tc.eval_every == 0) || last);
-      if ((eval || checkpoint_due) && !finish_now()) return 1;
+      const bool eval = eval_due(), checkpoint = checkpoint_due();
+      if ((eval || checkpoint) && !settle()) return kExitNonFinite;
       if (eval) run_eval();
-      const bool stop = dist_.max(stop_requested() ? 1.0 : 0.0) > 0;
-      if (stop && !finish_now()) return 1;
-      if (checkpoint_due || stop) save();
+      const bool stop = stop_agreed();  // collective: every rank asks once per step
+      if (stop && !settle()) return kExitNonFinite;
+      if (checkpoint || stop) save();
       if (stop) {
         log_->finish_progress();
-        log_->info("stopped by signal after step " + std::to_string(state_.step) + "; continue with: " +
-                   resume_command());
-        return 0;
+        log_->info("stopped by signal after step " + std::to_string(state_.step) +
+                   "; continue with: " + resume_command());
+        return kExitDone;
       }
     }
     // The loop ends after a step that was read at once (the last step, --max-steps).
-    if (in_flight && !finish(*in_flight)) return 1;
+    SSMT_ASSERT(!in_flight_, "the last step of the loop was not read");
     log_->finish_progress();
     if (state_.step < budget_.steps)
       log_->info("stopped at step " + std::to_string(state_.step) + " of " + std::to_string(budget_.steps) +
@@ -376,8 +336,120 @@ class Run {
     else
       log_->info("done: " + std::to_string(state_.step) + " steps, " +
                  format_count(static_cast<double>(state_.tokens)) + " tokens");
-    return 0;
+    return kExitDone;
   }
+
+  // Queues the next optimizer step at the schedule's learning rate and counts it as done;
+  // its scalars are read later (finish_in_flight).
+  InFlight launch_step(const std::vector<Tensor>& params) {
+    const auto& tc = config_.train;
+    const double lr = learning_rate(schedule_, state_.step);
+    optimizer_->set_lr(lr);
+    PendingStep pending = train_step(
+        *model_, *optimizer_, params, dist_,
+        [&] { return micro_batch(train_data_->next(tc.batch_size, tc.seq_len), device_, eot_token_); }, tc.grad_accum,
+        config_.optim.grad_clip, tc.fused_head);
+    ++state_.step;
+    state_.tokens += budget_.tokens_per_step;
+    // The MoE usage is the model's, so it is taken now, before the next forward.
+    return InFlight{state_.step, state_.tokens, lr, std::move(pending),
+                    log_due(state_.step) ? moe_fields() : std::nullopt};
+  }
+
+  // Reads the step in flight, if any (waiting for its scalars if need be), logs it and
+  // applies the non-finite guard. Every step goes through here once. Returns false when the
+  // guard stops the run.
+  bool finish_in_flight() {
+    if (!in_flight_) return true;
+    const StepStats stats = resolve(*in_flight_);
+    in_flight_.reset();
+    log_step(*log_, stats, budget_.steps);
+    return nonfinite_guard(stats);
+  }
+
+  // Reads the step in flight at once, with the optimizer's pending skip flags (exact step
+  // counts for a checkpoint), so that an eval, a checkpoint or a stop sees every step.
+  bool settle() {
+    const bool go_on = finish_in_flight();
+    optimizer_->resolve_pending();
+    return go_on;
+  }
+
+  // A launched step's statistics. Its scalars update the non-finite counters; times are
+  // taken when they are in, so they follow the device. Throughput is averaged over the
+  // steps since the last logged one.
+  StepStats resolve(InFlight& f) {
+    const StepResult& r = f.pending.resolve();
+    if (r.applied) {
+      state_.nonfinite_in_row = 0;
+    } else {
+      ++state_.nonfinite_total;
+      ++state_.nonfinite_in_row;
+    }
+    StepStats s;
+    s.step = f.step;
+    s.tokens = f.tokens;
+    s.lr = f.lr;
+    s.loss = r.loss;
+    s.finite = r.finite;
+    s.applied = r.applied;
+    s.grad_norm = r.clip.norm;
+    if (has_experts_) {
+      s.aux_loss = r.aux_loss;
+      s.moe = f.moe;
+    }
+    s.nonfinite_total = state_.nonfinite_total;
+    s.nonfinite_in_row = state_.nonfinite_in_row;
+    s.logged = log_due(f.step);
+
+    window_tokens_ += budget_.tokens_per_step;
+    const auto now = std::chrono::steady_clock::now();
+    s.elapsed_s = std::chrono::duration<double>(now - loop_start_).count();
+    const double window_s = std::chrono::duration<double>(now - window_start_).count();
+    s.tokens_per_s = window_s > 0 ? static_cast<double>(window_tokens_) / window_s : 0.0;
+    const int64_t done_here = f.step - resumed_step_;
+    s.eta_s = done_here > 0 ? s.elapsed_s / static_cast<double>(done_here) * static_cast<double>(budget_.steps - f.step)
+                            : 0.0;
+    if (s.logged) {
+      window_start_ = now;
+      window_tokens_ = 0;
+    }
+    return s;
+  }
+
+  // The non-finite guard: a skipped update is reported, and train.max_nonfinite of them in
+  // a row stop the run with the last good checkpoint kept. Returns false to stop.
+  bool nonfinite_guard(const StepStats& s) {
+    if (s.nonfinite_in_row == 0) return true;
+    log_->info("step " + std::to_string(s.step) + ": non-finite " + (s.finite ? "gradient" : "loss") + " (loss " +
+               fixed(s.loss, 4) + ", grad norm " + sci(s.grad_norm) + "); update skipped (" +
+               std::to_string(s.nonfinite_in_row) + " in a row)");
+    const int64_t limit = config_.train.max_nonfinite;
+    if (s.nonfinite_in_row < std::max<int64_t>(1, limit)) return true;
+    log_->finish_progress();
+    std::fprintf(stderr,
+                 "ssmtrain: stopping: %lld consecutive steps had a non-finite loss or gradient "
+                 "(train.max_nonfinite = %lld); the last good checkpoint in %s/checkpoints is kept. "
+                 "Lower optim.lr or optim.grad_clip, or check the data.\n",
+                 static_cast<long long>(s.nonfinite_in_row), static_cast<long long>(limit), options_.run_dir.c_str());
+    return false;
+  }
+
+  bool max_steps_reached() const { return options_.max_steps > 0 && state_.step >= options_.max_steps; }
+
+  // After the step just launched: every checkpoint_every-th step, the last and the last of
+  // --max-steps save a checkpoint; every eval_every-th and the last evaluate (main rank).
+  bool checkpoint_due() const {
+    const int64_t every = config_.train.checkpoint_every;
+    return (every > 0 && state_.step % every == 0) || state_.step == budget_.steps || max_steps_reached();
+  }
+  bool eval_due() const {
+    const int64_t every = config_.train.eval_every;
+    return val_data_ && ((every > 0 && state_.step % every == 0) || state_.step == budget_.steps);
+  }
+
+  // A stop signal on any rank stops every rank after the same step.
+  bool stop_agreed() { return dist_.max(stop_requested() ? 1.0 : 0.0) > 0; }
 
   // The command that continues this run as it is: the run directory's config.yaml holds the
   // resolved config, overrides included, so it needs no overrides repeated.
@@ -433,6 +505,7 @@ class Run {
   Dist& dist_ = Dist::get();
   Device device_;
   std::optional<RunDirLock> lock_;
+  // On ranks other than the main one RunLog::null(), so that no call site tests for a log.
   std::unique_ptr<RunLog> log_;
   std::vector<std::string> restore_notes_;  // printed once restore has succeeded
   std::string config_yaml_;
@@ -446,6 +519,10 @@ class Run {
   ScheduleConfig schedule_;
   TrainerState state_;
   int64_t resumed_step_ = 0;
+  std::optional<InFlight> in_flight_;  // the launched step not read yet
+  // The throughput window runs from the last logged step.
+  std::chrono::steady_clock::time_point loop_start_, window_start_;
+  int64_t window_tokens_ = 0;
 };
 
 }  // namespace
