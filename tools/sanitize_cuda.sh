@@ -9,8 +9,13 @@
 #   OUTDIR     where the full sanitizer logs go (default: BUILD_DIR/sanitize-cuda)
 # Environment:
 #   TOOLS             tools to run (default: "memcheck racecheck synccheck")
-#   TESTS             test binaries (default: "test_core test_nn test_optim test_ssm test_train")
+#   TESTS             test binaries (default: "test_core test_optim test_ssm test_train"; test_nn
+#                     has no CUDA case: its layers' device paths are tested in test_core/test_ssm)
 #   CASES             doctest test-case filter (default: '*cuda*,*CUDA*')
+#   EXCLUDE           test cases left out (doctest -tce). Default: the cases that hold the compute
+#                     stream and assert that the host did not wait for it; every tool serialises
+#                     the host with the device, so they fail by design under it (they run in the
+#                     ordinary test suite)
 #   TIMEOUT           seconds per tool and binary (default: 3600; racecheck is the slowest)
 #   COMPUTE_SANITIZER the compute-sanitizer executable (default: from PATH or the CUDA toolkit)
 # Exit status: 0 when every run finished with no sanitizer error and no failed test case.
@@ -19,8 +24,9 @@ set -uo pipefail
 build="${1:?usage: tools/sanitize_cuda.sh BUILD_DIR [OUTDIR]}"
 out="${2:-$build/sanitize-cuda}"
 tools="${TOOLS:-memcheck racecheck synccheck}"
-tests="${TESTS:-test_core test_nn test_optim test_ssm test_train}"
+tests="${TESTS:-test_core test_optim test_ssm test_train}"
 cases="${CASES:-*cuda*,*CUDA*}"
+exclude="${EXCLUDE:-*does not wait for the device*,*while the device is held*,*while the previous skip flag*}"
 limit="${TIMEOUT:-3600}"
 
 sanitizer="${COMPUTE_SANITIZER:-}"
@@ -63,7 +69,7 @@ for tool in $tools; do
     start=$(date +%s)
     # shellcheck disable=SC2046  # tool_options is a list of words on purpose
     timeout "$limit" "$sanitizer" --tool "$tool" $(tool_options "$tool") --target-processes all \
-      --print-limit 100 --error-exitcode 86 "$bin" -tc="$cases" > "$log" 2>&1
+      --print-limit 100 --error-exitcode 86 "$bin" -tc="$cases" -tce="$exclude" > "$log" 2>&1
     rc=$?
     secs=$(( $(date +%s) - start ))
     # The sanitizer's own count: "ERROR SUMMARY: N errors" (memcheck, synccheck) or
