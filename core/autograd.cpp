@@ -1,6 +1,8 @@
 // The thread-local tape and the reverse loop (see autograd.h).
 #include "core/autograd.h"
 
+#include <unordered_map>
+
 #include "core/backend.h"
 #include "core/ops.h"
 #include "core/profiler.h"
@@ -82,7 +84,9 @@ void record(const char* op_name, const std::vector<Tensor>& inputs, const std::v
 
 void backward(const Tensor& root, const Tensor& grad) { backward(std::vector<Tensor>{root}, {grad}); }
 
-void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads) {
+void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads) { backward(roots, grads, nullptr); }
+
+void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, const GradReadyFn& on_grad_ready) {
   SSMT_CHECK(roots.size() == grads.size(), "backward: ", roots.size(), " roots and ", grads.size(), " gradients");
   std::vector<Tensor> seeds;
   for (size_t i = 0; i < roots.size(); ++i) {
@@ -105,6 +109,22 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
 
   std::vector<Node> nodes;
   nodes.swap(g_tape.nodes);  // the tape is consumed even if a backward closure throws
+  // For the hook: the leaves each node is the last to accumulate into. The reverse loop
+  // reaches node k after every node above it, so a leaf's last accumulation is at the
+  // lowest index that takes it as an input.
+  std::vector<std::vector<const AutogradMeta*>> ready_after;
+  if (on_grad_ready) {
+    std::unordered_map<const AutogradMeta*, size_t> lowest;
+    for (size_t k = 0; k < nodes.size(); ++k)
+      for (const auto& m : nodes[k].inputs)
+        if (m && m->is_leaf) lowest.emplace(m.get(), k);  // keeps the first (lowest) index
+    ready_after.resize(nodes.size());
+    for (const auto& [meta, k] : lowest) ready_after[k].push_back(meta);
+  }
+  auto report_ready = [&](size_t k) {
+    if (!on_grad_ready) return;
+    for (const AutogradMeta* meta : ready_after[k]) on_grad_ready(*meta);
+  };
   for (size_t k = nodes.size(); k-- > 0;) {
     Node& node = nodes[k];
     bool any = false;
@@ -114,6 +134,7 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
     if (!any || !wanted) {
       for (auto& m : node.outputs) m->grad.reset();
       node.fn = nullptr;
+      report_ready(k);
       continue;
     }
     std::vector<Tensor> grads_out;
@@ -136,6 +157,7 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
       accumulate(*node.inputs[i], g);
     }
     node.fn = nullptr;  // frees the saved tensors now
+    report_ready(k);
     // The span "<op>_backward" runs from the previous node's end: the output gradients, the
     // closure, the accumulation and the freeing of the saved tensors.
     if (profiler::recording()) profiler::mark(profiler::backward_name(node.name));

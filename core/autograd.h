@@ -61,6 +61,15 @@ void backward(const Tensor& root, const Tensor& grad = Tensor());
 // The tape must hold only the graph of these roots' history (a backward consumes the tape).
 void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads);
 
+// Called once per leaf that requires grad, as soon as this backward has finished
+// accumulating into its .grad: after the last node (in the reverse loop) that takes it as
+// an input. Data parallelism starts a leaf's gradient communication there, overlapping the
+// rest of the backward (train/grad_buckets.h). A leaf that no node of this tape reaches is
+// not reported. Nested backwards (core/recompute.h) never call it: a recomputed block's
+// parameters are inputs of its outer node, which reports them once its nested backward ran.
+using GradReadyFn = std::function<void(const AutogradMeta& leaf)>;
+void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, const GradReadyFn& on_grad_ready);
+
 // Drops all recorded nodes (e.g. after an evaluation forward with grad on).
 void clear_tape();
 size_t tape_size();

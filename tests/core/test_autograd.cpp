@@ -170,3 +170,27 @@ TEST_CASE("a 3-layer MLP trained with SGD lowers the loss by a large factor") {
   CHECK(run.losses.back() < run.losses.front() / 20);
   CHECK(tape_size() == 0);
 }
+
+TEST_CASE("the grad-ready hook reports each leaf once, after its last accumulation") {
+  // a is used by the first and the last op, b only by the middle one: the reverse loop
+  // finishes b first, a only at the end, and w (never reached) is not reported.
+  Tensor a = ref::make({1, 2}, {2}).requires_grad_();
+  Tensor b = ref::make({3, 4}, {2}).requires_grad_();
+  Tensor w = ref::make({5, 6}, {2}).requires_grad_();
+  Tensor y = a * 2.0;
+  Tensor z = y * b;
+  Tensor loss = sum(z * a);
+  std::vector<std::string> order;
+  std::vector<std::vector<double>> grads_seen;
+  backward({loss}, {Tensor()}, [&](const AutogradMeta& leaf) {
+    Tensor g(leaf.grad);
+    grads_seen.push_back(ref::host(g));
+    order.push_back(&leaf == a.impl()->autograd.get() ? "a" : &leaf == b.impl()->autograd.get() ? "b" : "other");
+  });
+  REQUIRE(order == std::vector<std::string>{"b", "a"});
+  // The gradient at the report is the final one: loss = sum(2 a^2 b), d/da = 4 a b, d/db = 2 a^2.
+  CHECK(grads_seen[0] == std::vector<double>{2, 8});
+  CHECK(grads_seen[1] == std::vector<double>{12, 32});
+  CHECK(ref::host(a.grad()) == grads_seen[1]);
+  CHECK_FALSE(w.grad().defined());
+}
