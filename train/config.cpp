@@ -631,6 +631,8 @@ void validate(const Config& config) {
              ") must not exceed optim.lr (", format(config.optim.lr), ")");
   SSMT_CHECK(config.budget.steps == 0 || config.schedule.warmup_steps <= config.budget.steps, "schedule.warmup_steps (",
              config.schedule.warmup_steps, ") exceeds budget.steps (", config.budget.steps, ")");
+  SSMT_CHECK(config.dist.zero == 0 || config.optim.name == "adamw", "dist.zero: 1 shards AdamW's state; optim.name is '",
+             config.optim.name, "', so set dist.zero=0 or optim.name=adamw");
   const DataSection& d = config.data;
   SSMT_CHECK(d.kind == "synthetic" || !d.path.empty(), "data.path is required when data.kind is ", d.kind,
              " (the training files; data.kind=synthetic needs none)");

@@ -200,6 +200,39 @@ struct TrainSection {
   bool operator==(const TrainSection&) const = default;
 };
 
+// Data parallelism under mpirun (docs/distributed.md). Ignored by a world of one.
+struct DistSection {
+  bool overlap = true;
+  double bucket_mb = 25.0;
+  std::string grad_dtype = "f32";
+  int64_t zero = 0;
+  double timeout_s = 600.0;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("overlap", overlap,
+            "gradients all-reduced in buckets while the backward still runs; false = one all-reduce per parameter "
+            "after the whole backward (kept for comparison)");
+    v.field("bucket_mb", bucket_mb,
+            "size of a gradient bucket in MB of f32 gradients (parameters in reverse registration order); a "
+            "parameter larger than this has a bucket of its own",
+            gt(0).le(4096));
+    v.field("grad_dtype", grad_dtype,
+            "dtype of the communicated gradients (overlap or zero: 1); bf16 halves the bytes and rounds each "
+            "gradient and each partial sum to bf16",
+            one_of({"f32", "bf16"}));
+    v.field("zero", zero,
+            "0: every rank keeps the whole optimizer state; 1: each rank keeps the AdamW state of its shard of the "
+            "flat parameters (ZeRO-1): reduce-scatter the gradients, update the shard, all-gather the parameters",
+            ge(0).le(1));
+    v.field("timeout_s", timeout_s,
+            "a rank that waits this long for the others (a collective that does not complete) ends the job with a "
+            "message naming the wait; must exceed the longest evaluation or checkpoint save of the main rank",
+            gt(0));
+  }
+  bool operator==(const DistSection&) const = default;
+};
+
 struct RunSection {
   std::string name;
   std::string dir;
@@ -219,6 +252,7 @@ struct Config {
   ScheduleSection schedule;
   BudgetSection budget;
   TrainSection train;
+  DistSection dist;
   RunSection run;
 
   template <class V>
@@ -230,6 +264,7 @@ struct Config {
     v.section("budget", budget,
               "How long to train. Precedence: steps, then tokens, then tokens_per_param * N (SPECS section 8).");
     v.section("train", train, "The training loop.");
+    v.section("dist", dist, "Data parallelism across processes started by mpirun or srun (docs/distributed.md).");
     v.section("run", run, "Where the run's files go.");
   }
   bool operator==(const Config&) const = default;

@@ -14,6 +14,8 @@
 #include "core/ops.h"
 #include "core/profiler.h"
 #include "data/batch.h"
+#include "train/grad_buckets.h"
+#include "train/zero.h"
 
 namespace ssmtrain {
 
@@ -64,7 +66,10 @@ const StepResult& PendingStep::resolve() {
 }
 
 PendingStep train_step(LanguageModel& model, Optimizer& optimizer, const std::vector<Tensor>& params, Dist& dist,
-                       const NextBatch& next_batch, int64_t grad_accum, double grad_clip, bool fused_head) {
+                       const NextBatch& next_batch, int64_t grad_accum, double grad_clip, bool fused_head,
+                       const DataParallelStep& data_parallel) {
+  GradBuckets* buckets = data_parallel.buckets;
+  SSMT_ASSERT(!data_parallel.zero || (buckets && buckets->sharded()), "train_step: ZeRO needs sharded buckets");
   std::vector<Tensor> losses, aux_losses;
   for (int64_t micro = 0; micro < grad_accum; ++micro) {
     const MicroBatch batch = next_batch();
@@ -88,7 +93,11 @@ PendingStep train_step(LanguageModel& model, Optimizer& optimizer, const std::ve
       losses.push_back(out.loss.detach());
     }
     ProfileScope backward_scope("backward");
-    backward(total);
+    // Only the last micro-batch communicates: earlier ones accumulate locally.
+    if (buckets && data_parallel.overlap && micro + 1 == grad_accum)
+      backward({total}, {Tensor()}, buckets->hook());
+    else
+      backward(total);
   }
   ProfileScope optimizer_scope("optimizer");
   NoGradGuard no_grad;
@@ -100,7 +109,10 @@ PendingStep train_step(LanguageModel& model, Optimizer& optimizer, const std::ve
   std::optional<double> global_loss;
   std::optional<bool> global_finite;
   const double local_sum = dist.active() ? loss_sum.item<double>() : 0.0;
-  dist.average_gradients(params);
+  if (buckets)
+    buckets->finish();
+  else
+    dist.average_gradients(params);
   Tensor must_be_finite = loss_sum;
   if (dist.active()) {
     global_loss = dist.sum(local_sum / static_cast<double>(grad_accum)) / dist.world_size();
@@ -108,8 +120,15 @@ PendingStep train_step(LanguageModel& model, Optimizer& optimizer, const std::ve
     must_be_finite =
         Tensor::scalar(*global_finite ? 0.0 : std::numeric_limits<double>::quiet_NaN(), DType::f64, device);
   }
-  DeviceClip clip = clip_grad_norm_deferred(params, grad_clip, must_be_finite);
-  optimizer.step_clipped(clip);
+  DeviceClip clip;
+  if (data_parallel.zero) {
+    // The shard's update; the run's optimizer keeps only the groups and the learning rate.
+    const bool loss_finite = global_finite ? *global_finite : std::isfinite(loss_sum.item<double>());
+    clip = data_parallel.zero->step(optimizer, grad_clip, loss_finite);
+  } else {
+    clip = clip_grad_norm_deferred(params, grad_clip, must_be_finite);
+    optimizer.step_clipped(clip);
+  }
   Tensor scalars = cat({loss_sum.reshape({1}), aux_sum.reshape({1}), clip.status.to(device)}, 0);
   PendingStep pending(AsyncRead(scalars), grad_accum, !aux_losses.empty(), global_loss, global_finite);
   model.zero_grad();

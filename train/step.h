@@ -25,6 +25,17 @@
 
 namespace ssmtrain {
 
+class GradBuckets;
+class ZeroOptimizer;
+
+// How a step communicates under data parallelism (train/grad_buckets.h, train/zero.h).
+// Empty: Dist::average_gradients after the whole backward, then the full optimizer.
+struct DataParallelStep {
+  GradBuckets* buckets = nullptr;  // the bucketed path
+  bool overlap = true;             // start buckets from the last micro-batch's backward
+  ZeroOptimizer* zero = nullptr;   // dist.zero 1 (needs sharded buckets)
+};
+
 struct StepResult {
   double loss = 0;      // mean loss over micro-batches and ranks
   double aux_loss = 0;  // mean auxiliary (MoE) loss over micro-batches on this rank; 0 when none
@@ -76,6 +87,7 @@ using NextBatch = std::function<MicroBatch()>;
 // fused_head = false computes the full logits and then cross_entropy (the unfused form, kept
 // for comparison in the benchmark).
 PendingStep train_step(LanguageModel& model, Optimizer& optimizer, const std::vector<Tensor>& params, Dist& dist,
-                       const NextBatch& next_batch, int64_t grad_accum, double grad_clip, bool fused_head = true);
+                       const NextBatch& next_batch, int64_t grad_accum, double grad_clip, bool fused_head = true,
+                       const DataParallelStep& data_parallel = {});
 
 }  // namespace ssmtrain

@@ -16,12 +16,14 @@
 #include "train/checkpoint.h"
 #include "train/dist.h"
 #include "train/generate.h"
+#include "train/grad_buckets.h"
 #include "train/metrics.h"
 #include "train/profile_run.h"
 #include "train/run_lock.h"
 #include "train/setup.h"
 #include "train/signals.h"
 #include "train/step.h"
+#include "train/zero.h"
 
 namespace fs = std::filesystem;
 
@@ -189,6 +191,7 @@ class Run {
     check_pack_documents(config_, *model_);
     if (!device_.is_cpu()) model_->to(device_);
     optimizer_ = make_optimizer(config_, *model_);
+    setup_data_parallel();
 
     train_data_ = make_dataset(data_spec(config_, dist_.rank(), dist_.world_size()), "train");
     if (dist_.is_main() && has_validation(data_spec(config_, 0, 1)))
@@ -222,6 +225,23 @@ class Run {
   }
 
  private:
+  // Several ranks: the bucketed gradient path (dist.overlap) and ZeRO-1 (dist.zero), or
+  // neither (Dist::average_gradients). A world of one never communicates.
+  void setup_data_parallel() {
+    const DistSection& dc = config_.dist;
+    dist_.set_timeout(dc.timeout_s);
+    if (!dist_.active() || (!dc.overlap && dc.zero == 0)) return;
+    std::vector<ParamSpec> specs = param_specs(model_->named_parameters());
+    std::reverse(specs.begin(), specs.end());  // the order in which the backward finishes them
+    buckets_ = std::make_unique<GradBuckets>(dist_, std::move(specs), dc.bucket_mb, dtype_from_name(dc.grad_dtype),
+                                             dc.zero == 1);
+    if (dc.zero == 1) {
+      const auto* adamw = dynamic_cast<const AdamW*>(optimizer_.get());
+      SSMT_CHECK(adamw, "dist.zero: 1 needs optim.name=adamw");
+      zero_ = std::make_unique<ZeroOptimizer>(*buckets_, *adamw);
+    }
+  }
+
   std::optional<std::string> find_resume_checkpoint(const std::string& dir) {
     if (options_.resume.empty()) {
       auto existing = list_checkpoints(dir);
@@ -251,6 +271,7 @@ class Run {
       restore_notes_.push_back("note: config differs from the checkpoint's: " + d);
     load_model(reader, *model_);
     load_optimizer(reader, *optimizer_);
+    if (zero_) zero_->load_state_from(*optimizer_);  // this rank's shard of the whole state
     TrainerState s = read_trainer_state(reader);
     SSMT_CHECK(s.step <= budget_.steps, "--resume: checkpoint '", path, "' is at step ", s.step,
                ", past this run's budget of ", budget_.steps, " steps");
@@ -348,7 +369,7 @@ class Run {
     PendingStep pending = train_step(
         *model_, *optimizer_, params, dist_,
         [&] { return micro_batch(train_data_->next(tc.batch_size, tc.seq_len), device_, eot_token_); }, tc.grad_accum,
-        config_.optim.grad_clip, tc.fused_head);
+        config_.optim.grad_clip, tc.fused_head, DataParallelStep{buckets_.get(), config_.dist.overlap, zero_.get()});
     ++state_.step;
     state_.tokens += budget_.tokens_per_step;
     // The MoE usage is the model's, so it is taken now, before the next forward.
@@ -489,6 +510,7 @@ class Run {
   }
 
   void save() {
+    if (zero_) zero_->gather_state_into(*optimizer_);  // collective: the main rank gets the whole state
     if (!dist_.is_main()) return;
     DataCursor c = train_data_->cursor();
     state_.data_kind = c.kind;
@@ -496,6 +518,7 @@ class Run {
     const std::string dir = options_.run_dir + "/checkpoints";
     const std::string path = checkpoint_path(dir, state_.step);
     save_checkpoint(path, *model_, optimizer_.get(), state_, config_yaml_);
+    if (zero_) ZeroOptimizer::release(*optimizer_);
     auto pruned = prune_checkpoints(dir, config_.train.keep_last);
     log_->info("checkpoint " + path + (pruned.empty() ? "" : " (removed " + std::to_string(pruned.size()) + " older)"));
   }
@@ -514,6 +537,8 @@ class Run {
   int64_t eot_token_ = -1;    // data.pack_documents: the token that begins each document; -1 = off
   std::shared_ptr<LanguageModel> model_;
   std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<GradBuckets> buckets_;  // data parallelism's bucketed path, when on
+  std::unique_ptr<ZeroOptimizer> zero_;   // dist.zero 1: this rank's shard of the AdamW state
   std::unique_ptr<Dataset> train_data_, val_data_;
   Budget budget_;
   ScheduleConfig schedule_;
