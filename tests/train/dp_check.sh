@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Data parallelism on CPU ranks (docs/distributed.md). Usage: dp_check.sh BIN MODE, MODE one of
-#   np2     2 ranks: bucketed (overlap) == per-parameter all-reduce, bitwise; ZeRO-1 == ZeRO-0;
-#           bf16 gradients close to f32
+#   np2     2 ranks: bucketed (overlap) == per-parameter all-reduce, bitwise, also with MoE
+#           experts idle on a rank and recomputed blocks; ZeRO-1 == ZeRO-0; bf16 close to f32
 #   np4     4 ranks x grad_accum 1 == 1 rank x grad_accum 4; overlap == no overlap; ZeRO-1 == ZeRO-0
 #   resume  ZeRO-1 checkpoints resumed across world sizes 4 -> 2 -> 1 == an uninterrupted run
 #   hang    a rank that stops makes the other exit != 0 with a message within dist.timeout_s
@@ -56,10 +56,20 @@ np2)
   run 2 on_big dist.bucket_mb=25
   run 2 zero1 dist.zero=1
   run 2 bf16 dist.grad_dtype=bf16
+  # Switch-MoE layers of 16 experts over 96 tokens a rank (capacity 6 each): experts that a
+  # rank's tokens never reach have no gradient there, so their buckets start only at the
+  # end and in another order of completion than on the other rank; with recompute=block
+  # every block's parameters are finished inside a nested backward.
+  moe="model.moe.every=2 model.moe.experts=16 train.recompute=block"
+  run 2 moe_off dist.overlap=false $moe
+  run 2 moe_on $moe
+  run 2 moe_zero1 dist.zero=1 $moe
   # Two ranks add a + b whatever MPI's algorithm, and both paths then multiply by 1/2 with
   # the same kernel: bitwise.
   bitwise off on
   bitwise off on_big
+  bitwise moe_off moe_on
+  same moe_off moe_zero1 1e-6
   # ZeRO-1 updates every element as ZeRO-0 does; only the clip's global norm is summed in
   # another grouping (per-shard squares over ranks), a relative change of ~1e-16 in the
   # factor: well inside 1e-6 after 6 steps (f32 losses carry ~1e-7).
