@@ -22,17 +22,20 @@ struct Command {
 const std::vector<Command>& commands() {
   static const std::vector<Command> cmds = {
       {"train",
-       "ssmtrain train CONFIG.yaml [--run-dir DIR] [--resume auto|PATH] [--max-steps N] [--profile N] [--quiet] "
+       "ssmtrain train CONFIG.yaml [--run-dir DIR] [--resume auto|PATH] [--init-from CKPT.h5] [--max-steps N] "
+       "[--profile N] [--quiet] "
        "[key.path=value ...]",
        "Train a model from a YAML config. Overrides like optim.lr=3e-4 are type-checked like the file.\n"
        "The run directory (default runs/<run.name>) receives config.yaml, metrics.jsonl, train.log and\n"
        "checkpoints/. --resume auto continues from the newest valid checkpoint of the run directory;\n"
        "--resume PATH from that checkpoint. Ctrl-C or SIGTERM finishes the step, saves and exits 0.\n"
+       "--init-from CKPT.h5 starts a fresh run (new optimizer state, schedule from step 0) from that\n"
+       "checkpoint's weights, e.g. one made by `ssmtrain import`; the config's model must match them.\n"
        "--max-steps N stops (with a checkpoint) after step N without changing the planned schedule.\n"
        "--quiet prints nothing but errors (logs and metrics are still written).\n"
        "--profile N records N steps after 2 warm-up steps (train.profile_steps): a Chrome trace in\n"
        "<run dir>/profile.json (Perfetto, chrome://tracing) and a per-op time table in the log.",
-       {"--run-dir", "--resume", "--max-steps", "--profile"}, {"--quiet"}, cmd_train},
+       {"--run-dir", "--resume", "--init-from", "--max-steps", "--profile"}, {"--quiet"}, cmd_train},
       {"eval", "ssmtrain eval CKPT.h5 [--batches N] [key.path=value ...]",
        "Evaluate a checkpoint on its validation split: loss, bits per byte (byte-level data) or\n"
        "answer accuracy (synthetic tasks). Overrides change the data (e.g. data.eval_seq_len=4096).",
@@ -56,6 +59,21 @@ const std::vector<Command>& commands() {
        "with 5 runs or more, fit L(N, D) = E + A/N^alpha + B/D^beta (docs/scaling.md). Finished runs\n"
        "are skipped, so an interrupted sweep continues when the command is repeated.",
        {"--grid", "--run-dir"}, {}, cmd_sweep},
+      {"export", "ssmtrain export CKPT.h5 OUTDIR [--format hf|mamba_ssm]",
+       "Write a checkpoint's weights for other code: OUTDIR/config.json and OUTDIR/model.safetensors.\n"
+       "--format hf (default): a directory transformers' MambaForCausalLM / Mamba2ForCausalLM load with\n"
+       "from_pretrained; --format mamba_ssm: mamba_ssm's MambaLMHeadModel state dict and MambaConfig.\n"
+       "Stacks of mamba or of mamba2 layers only (docs/interop.md).",
+       {"--format"}, {}, cmd_export},
+      {"import", "ssmtrain import HF_DIR OUT.h5",
+       "Read a transformers Mamba / Mamba-2 directory (config.json + model.safetensors, or its shards), or\n"
+       "one written by export, into an ssmtrain checkpoint. Evaluate or sample it like any checkpoint, or\n"
+       "fine-tune it with `ssmtrain train CONFIG.yaml --init-from OUT.h5` (the model section it prints).",
+       {}, {}, cmd_import},
+      {"logits", "ssmtrain logits CKPT.h5 --ids \"ID ID ...\" --out FILE.safetensors [key.path=value ...]",
+       "Run the checkpoint's model in fp32 on the CPU over the token ids and write its logits\n"
+       "(1, L, padded vocab) as the tensor 'logits' of a safetensors file, to compare with other code.",
+       {"--ids", "--out"}, {}, cmd_logits},
       {"config", "ssmtrain config --docs | ssmtrain config CONFIG.yaml [key.path=value ...]",
        "--docs prints the reference of every config key (docs/config.md); with a file, prints the\n"
        "resolved config after defaults and overrides.",

@@ -80,6 +80,7 @@ int cmd_train(const Args& args) {
   config.run.name = resolved_run_name(config, path);
   config.run.dir = options.run_dir;
   options.resume = args.get("--resume");
+  options.init_from = args.get("--init-from");
   options.max_steps = args.get_int("--max-steps", 0);
   SSMT_CHECK(!args.has("--max-steps") || options.max_steps >= 1, "--max-steps: must be >= 1, got ",
              options.max_steps, " (leave it out to train the whole budget)");

@@ -207,7 +207,10 @@ class Run {
     state_.total_steps = budget_.steps;
     state_.rng_seed = static_cast<uint64_t>(config_.train.seed);
 
-    if (resume_from) restore(*resume_from);
+    if (resume_from)
+      restore(*resume_from);
+    else if (!options_.init_from.empty())
+      init_weights_from(options_.init_from);
     // Every check has passed: only now does the run touch its directory's files, so a
     // rejected resume leaves config.yaml and metrics.jsonl as they were.
     if (dist_.is_main()) {
@@ -282,6 +285,21 @@ class Run {
     state_ = s;
     state_.total_steps = budget_.steps;
     resumed_step_ = s.step;
+  }
+
+  // Weights only: the optimizer starts empty and the schedule, data and counters at step 0,
+  // as a fresh run of this config would, so fine-tuning an imported model is a plain run.
+  void init_weights_from(const std::string& path) {
+    SSMT_CHECK(fs::exists(path), "--init-from: checkpoint '", path, "' does not exist");
+    CheckpointReader reader(path);
+    reader.verify();
+    try {
+      load_model(reader, *model_);
+    } catch (const UserError& e) {
+      throw UserError("--init-from '" + path + "': " + e.what() + " (`ssmtrain info " + path +
+                      "` shows the model config it was saved with)");
+    }
+    restore_notes_.push_back("initialised the weights from " + path + " (fresh optimizer and schedule)");
   }
 
   void announce(const std::optional<std::string>& resume_from) {

@@ -16,6 +16,7 @@ namespace ssmtrain {
 struct TrainOptions {
   std::string run_dir;        // resolved run directory
   std::string resume;         // "" (fresh run), "auto" (newest valid checkpoint, if any) or a path
+  std::string init_from;      // a fresh run starts from this checkpoint's weights ("" = the config's init)
   int64_t max_steps = 0;      // > 0: stop with a checkpoint once this many steps are done
   bool quiet = false;         // nothing on the terminal but errors
   int64_t profile_steps = -1; // >= 0: overrides train.profile_steps (--profile N)
