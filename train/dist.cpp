@@ -263,22 +263,28 @@ Dist& Dist::get() {
 
 void Dist::shutdown() {
   if (!g_instance) return;
-  if (g_instance->watchdog_) {
-    {
-      std::lock_guard<std::mutex> lock(g_instance->watchdog_->mutex);
-      g_instance->watchdog_->stop = true;
-    }
-    g_instance->watchdog_->wake.notify_all();
-    if (g_instance->watchdog_->thread.joinable()) g_instance->watchdog_->thread.join();
-    g_watchdog = nullptr;
-    g_instance->watchdog_->nccl_comm.store(nullptr);
-  }
-  g_instance->nccl_.reset();
+  DistWatchdog* dog = g_instance->watchdog_.get();
+  {
+    // Teardown waits for the other ranks too (NCCL's destroy, MPI_Finalize): still watched.
+    WaitScope scope("the end of the run (NCCL and MPI teardown)");
+    if (dog) dog->nccl_comm.store(nullptr);  // never abort a destroyed communicator
+    g_instance->nccl_.reset();
 #if defined(SSMTRAIN_WITH_MPI)
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (g_instance->mpi_ && !finalized) MPI_Finalize();
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (g_instance->mpi_ && !finalized) MPI_Finalize();
 #endif
+  }
+  if (dog) {
+    {
+      std::lock_guard<std::mutex> lock(dog->mutex);
+      dog->stop = true;
+    }
+    dog->wake.notify_all();
+    if (dog->thread.joinable()) dog->thread.join();
+    g_watchdog = nullptr;
+    dog->device_work.clear();  // their CUDA events go while the runtime is up
+  }
 }
 
 Dist::Dist() {

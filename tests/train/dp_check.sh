@@ -4,7 +4,7 @@
 #           experts idle on a rank and recomputed blocks; ZeRO-1 == ZeRO-0; bf16 close to f32
 #   np4     4 ranks x grad_accum 1 == 1 rank x grad_accum 4; overlap == no overlap; ZeRO-1 == ZeRO-0
 #   resume  ZeRO-1 checkpoints resumed across world sizes 4 -> 2 -> 1 == an uninterrupted run
-#   hang    a rank that stops makes the other exit != 0 with a message within dist.timeout_s
+#   hang    a rank that stops or is killed ends the job (exit != 0, a message) within the timeout
 #   badopts every dist.* key's bad value exits 2 naming the key
 set -euo pipefail
 bin="$1"
@@ -110,37 +110,43 @@ resume)
   echo "dp check resume: ZeRO-1 4 -> 2 -> 1 ranks == uninterrupted 4 ranks"
   ;;
 hang)
-  # Rank 1 is stopped (SIGSTOP) mid-run: rank 0 waits in a collective until the watchdog
-  # ends it after dist.timeout_s = 3 s, and mpirun then ends the job.
-  start=$(date +%s)
-  set +e
-  mpirun -np 2 "$bin" train "$work/tiny.yaml" --quiet --run-dir "$work/hang" budget.steps=100000 \
-    dist.timeout_s=3 train.checkpoint_every=0 > "$work/out.txt" 2>&1 &
-  launcher=$!
-  victim=""
-  for _ in $(seq 1 300); do
-    for pid in $(pgrep -P "$launcher" 2>/dev/null; for c in $(pgrep -P "$launcher" 2>/dev/null); do pgrep -P "$c"; done); do
-      if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=1'; then victim=$pid; fi
+  # fault SIGNAL MESSAGE: rank 1 gets SIGNAL once the run is logging; the job must exit != 0
+  # within 30 s, printing MESSAGE (a regex).
+  fault() {
+    local signal="$1" message="$2" dir="$work/fault_$1"
+    set +e
+    mpirun -np 2 "$bin" train "$work/tiny.yaml" --quiet --run-dir "$dir" budget.steps=100000 \
+      dist.timeout_s=3 train.checkpoint_every=0 > "$dir.out" 2>&1 &
+    local launcher=$! victim="" pid
+    for _ in $(seq 1 300); do
+      # The ranks are mpirun's children (or grandchildren under a daemon).
+      for pid in $(pgrep -P "$launcher" 2>/dev/null; for c in $(pgrep -P "$launcher" 2>/dev/null); do pgrep -P "$c"; done); do
+        if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=1'; then victim=$pid; fi
+      done
+      if [ -n "$victim" ] && [ -s "$dir/metrics.jsonl" ]; then break; fi
+      sleep 0.1
     done
-    if [ -n "$victim" ] && [ -s "$work/hang/metrics.jsonl" ]; then break; fi
-    sleep 0.1
-  done
-  [ -n "$victim" ] || { echo "rank 1 not found"; kill "$launcher"; exit 1; }
-  kill -STOP "$victim"
-  stopped=$(date +%s)
-  # A job still running after 60 s is the failure this mode looks for: end it ourselves.
-  for _ in $(seq 1 600); do kill -0 "$launcher" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$launcher" 2>/dev/null; then kill -KILL "$victim" 2>/dev/null; kill "$launcher"; fi
-  wait "$launcher"
-  rc=$?
-  set -e
-  end=$(date +%s)
-  cat "$work/out.txt"
-  [ "$rc" -ne 0 ] || { echo "the job exited 0 after a rank hung"; exit 1; }
-  grep -q "dist.timeout_s = 3" "$work/out.txt" || { echo "no timeout message"; exit 1; }
-  # 3 s of timeout, the watchdog's 0.1 s tick and mpirun's teardown: well under 30 s.
-  [ $((end - stopped)) -lt 30 ] || { echo "took $((end - stopped)) s to end the job"; exit 1; }
-  echo "dp check hang: exit $rc after $((end - stopped)) s (started $((stopped - start)) s in)"
+    [ -n "$victim" ] || { echo "rank 1 not found"; kill "$launcher"; cat "$dir.out"; exit 1; }
+    kill "-$signal" "$victim"
+    local hit=$(date +%s)
+    # A job still running after 60 s is the failure this mode looks for: end it ourselves.
+    for _ in $(seq 1 600); do kill -0 "$launcher" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$launcher" 2>/dev/null; then kill -KILL "$victim" 2>/dev/null; kill "$launcher"; fi
+    wait "$launcher"
+    local rc=$?
+    set -e
+    local took=$(( $(date +%s) - hit ))
+    [ "$rc" -ne 0 ] || { cat "$dir.out"; echo "SIG$signal: the job exited 0"; exit 1; }
+    grep -Eq "$message" "$dir.out" || { cat "$dir.out"; echo "SIG$signal: no message matching '$message'"; exit 1; }
+    # 3 s of timeout, the watchdog's 0.1 s tick and mpirun's teardown: well under 30 s.
+    [ "$took" -lt 30 ] || { echo "SIG$signal: took $took s to end the job"; exit 1; }
+    echo "SIG$signal to rank 1: the job exited $rc after $took s"
+  }
+  # A stopped rank hangs the others in a collective: only the watchdog can end them.
+  fault STOP "rank 0 of 2: .* did not complete within dist.timeout_s = 3 s"
+  # A killed rank: mpirun notices and ends the job (or the watchdog does, whichever first).
+  fault KILL "signal 9|Killed|dist.timeout_s = 3"
+  echo "dp check hang: a stopped or killed rank ends the job with a message"
   ;;
 badopts)
   for kv in dist.bucket_mb=0 dist.bucket_mb=-1 dist.grad_dtype=f16 dist.zero=2 dist.zero=-1 dist.timeout_s=0 \
