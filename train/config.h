@@ -158,6 +158,7 @@ struct TrainSection {
   std::string recompute = "none";
   bool fused_head = true;
   bool tf32 = false;
+  bool tensorboard = false;
 
   template <class V>
   void visit(V& v) {
@@ -196,6 +197,9 @@ struct TrainSection {
     v.field("tf32", tf32,
             "f32 GEMMs on CUDA on TF32 tensor cores (fp32 accumulation, 10-bit mantissa products); off = full "
             "fp32, as the CPU; bf16 precision runs its GEMMs in bf16 either way");
+    v.field("tensorboard", tensorboard,
+            "also write every metrics record as TensorBoard scalars (train/loss, train/lr, train/grad_norm, "
+            "train/tokens_per_s, val/loss, val/bpb, MoE usage, ...) to events.out.tfevents.* in the run directory");
   }
   bool operator==(const TrainSection&) const = default;
 };

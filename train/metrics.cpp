@@ -42,7 +42,14 @@ void JsonLine::key(const std::string& k) {
   body_ += "\"" + json_escape(k) + "\": ";
 }
 
+std::string JsonLine::text(const std::string& k) const {
+  for (const auto& [name, v] : strings_)
+    if (name == k) return v;
+  return "";
+}
+
 JsonLine& JsonLine::add(const std::string& k, double v) {
+  numbers_.emplace_back(k, v);
   key(k);
   if (!std::isfinite(v)) {
     body_ += std::isnan(v) ? "NaN" : (v > 0 ? "Infinity" : "-Infinity");
@@ -55,12 +62,14 @@ JsonLine& JsonLine::add(const std::string& k, double v) {
 }
 
 JsonLine& JsonLine::add(const std::string& k, int64_t v) {
+  numbers_.emplace_back(k, static_cast<double>(v));
   key(k);
   body_ += std::to_string(v);
   return *this;
 }
 
 JsonLine& JsonLine::add(const std::string& k, const std::string& v) {
+  strings_.emplace_back(k, v);
   key(k);
   body_ += "\"" + json_escape(v) + "\"";
   return *this;
@@ -68,6 +77,7 @@ JsonLine& JsonLine::add(const std::string& k, const std::string& v) {
 
 RunLog::RunLog(const std::string& run_dir, bool quiet) : enabled_(true), quiet_(quiet) {
   std::filesystem::create_directories(run_dir);
+  run_dir_ = run_dir;
   metrics_path_ = run_dir + "/metrics.jsonl";
   metrics_.open(metrics_path_, std::ios::app);
   log_path_ = run_dir + "/train.log";
@@ -81,6 +91,26 @@ void RunLog::metrics(const JsonLine& line) {
   metrics_ << line.str() << "\n";
   metrics_.flush();
   check_written(metrics_, metrics_path_, metrics_failed_);
+  if (tensorboard_) {
+    // The step is the x axis; everything else numeric is a scalar under the record's split.
+    std::string split = line.text("split");
+    if (split.empty()) split = "train";
+    int64_t step = 0;
+    std::vector<std::pair<std::string, float>> scalars;
+    for (const auto& [k, v] : line.numbers()) {
+      if (k == "step")
+        step = static_cast<int64_t>(v);
+      else
+        scalars.emplace_back(split + "/" + k, static_cast<float>(v));
+    }
+    tensorboard_->scalars(step, scalars);
+  }
+}
+
+void RunLog::enable_tensorboard(int64_t resumed_step) {
+  if (!enabled_ || tensorboard_) return;
+  tensorboard_ = std::make_unique<TensorBoardWriter>(run_dir_);
+  if (resumed_step > 0) tensorboard_->session_start(resumed_step);
 }
 
 // A failed write (full or broken device) is reported once on stderr; training goes on and

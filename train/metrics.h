@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "train/tensorboard.h"
+
 namespace ssmtrain {
 
 // A flat JSON object built field by field; numbers are written with full precision so that
@@ -20,10 +22,16 @@ class JsonLine {
   JsonLine& add(const std::string& key, int64_t v);
   JsonLine& add(const std::string& key, const std::string& v);
   std::string str() const { return "{" + body_ + "}"; }
+  // The numeric fields in the order added (integers too) and the string fields, for the
+  // other writers of the same record (TensorBoard).
+  const std::vector<std::pair<std::string, double>>& numbers() const { return numbers_; }
+  std::string text(const std::string& key) const;  // "" when absent
 
  private:
   void key(const std::string& k);
   std::string body_;
+  std::vector<std::pair<std::string, double>> numbers_;
+  std::vector<std::pair<std::string, std::string>> strings_;
 };
 
 std::string json_escape(const std::string& s);
@@ -39,7 +47,13 @@ class RunLog {
   // Whether a write to metrics.jsonl / train.log has failed (reported once on stderr).
   bool metrics_failed() const { return metrics_failed_; }
   bool log_failed() const { return log_failed_; }
+  // Writes the record to metrics.jsonl and, when enabled, its numbers to TensorBoard.
   void metrics(const JsonLine& line);
+  // train.tensorboard: from now on every metrics record also goes to an event file in the
+  // run directory (train/tensorboard.h) as scalars "<split>/<key>" at the record's step
+  // (split "train", or the record's own, e.g. "val"). resumed_step > 0: the run resumed
+  // there, which TensorBoard is told so that it drops the earlier files' later points.
+  void enable_tensorboard(int64_t resumed_step);
   // A line for the log file and the terminal (clearing a live bar first).
   void info(const std::string& line);
   // The same, except that on a terminal (where the live bar carries the progress) the line
@@ -56,7 +70,8 @@ class RunLog {
   static void check_written(std::ofstream& out, const std::string& path, bool& failed);
   bool enabled_ = false, tty_ = false, bar_shown_ = false, quiet_ = false, stdout_lost_ = false;
   bool metrics_failed_ = false, log_failed_ = false;
-  std::string metrics_path_, log_path_;
+  std::string metrics_path_, log_path_, run_dir_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;
 };
 
 std::string format_count(double n);     // 1.23M, 45.6k, 7.8B

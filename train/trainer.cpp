@@ -218,6 +218,7 @@ class Run {
       if (resume_from)
         drop_metrics_after(options_.run_dir + "/metrics.jsonl", checkpoint_step(*resume_from).value_or(0));
       log_ = std::make_unique<RunLog>(options_.run_dir, options_.quiet);
+      if (config_.train.tensorboard) log_->enable_tensorboard(resume_from ? state_.step : 0);
       write_text_atomically(options_.run_dir + "/config.yaml", config_yaml_);
     } else {
       log_ = RunLog::null();  // only the main rank writes logs and metrics
