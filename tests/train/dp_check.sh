@@ -64,12 +64,18 @@ np2)
   run 2 moe_off dist.overlap=false $moe
   run 2 moe_on $moe
   run 2 moe_zero1 dist.zero=1 $moe
+  # grad_accum 2: the first micro-batch accumulates locally, only the second communicates.
+  run 2 accum_off train.grad_accum=2 dist.overlap=false
+  run 2 accum_on train.grad_accum=2
+  run 2 accum_zero1 train.grad_accum=2 dist.zero=1 dist.overlap=false
   # Two ranks add a + b whatever MPI's algorithm, and both paths then multiply by 1/2 with
   # the same kernel: bitwise.
   bitwise off on
   bitwise off on_big
   bitwise moe_off moe_on
   same moe_off moe_zero1 1e-6
+  bitwise accum_off accum_on
+  same accum_off accum_zero1 1e-6
   # ZeRO-1 updates every element as ZeRO-0 does; only the clip's global norm is summed in
   # another grouping (per-shard squares over ranks), a relative change of ~1e-16 in the
   # factor: well inside 1e-6 after 6 steps (f32 losses carry ~1e-7).
