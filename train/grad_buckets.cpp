@@ -23,7 +23,11 @@ GradBuckets::GradBuckets(Dist& dist, std::vector<ParamSpec> params, double bucke
                "GradBuckets: parameter ", t.describe(), " must be a contiguous f32 leaf that requires grad");
     SSMT_CHECK(t.device() == device_, "GradBuckets: parameter ", t.describe(), " is not on ", device_.str(),
                " like the others");
-    if (buckets_.empty() || buckets_.back().end - buckets_.back().begin >= bucket_elems) {
+    // A new bucket when this parameter would overflow the current one: a bucket holds at
+    // most bucket_elems unless one parameter alone is larger (the embedding), which then
+    // travels alone instead of holding back the smaller ones before it.
+    const int64_t filled = buckets_.empty() ? 0 : buckets_.back().end - buckets_.back().begin;
+    if (buckets_.empty() || (filled > 0 && filled + t.numel() > bucket_elems)) {
       Bucket b;
       b.begin = b.end = flat_size_;
       b.first = b.last = entries_.size();
