@@ -74,6 +74,12 @@ const std::vector<Command>& commands() {
        "Run the checkpoint's model in fp32 on the CPU over the token ids and write its logits\n"
        "(1, L, padded vocab) as the tensor 'logits' of a safetensors file, to compare with other code.",
        {"--ids", "--out"}, {}, cmd_logits},
+      {"plot", "ssmtrain plot RUN_DIR... [--out FILE.svg]",
+       "Draw training and validation loss against tokens (runs overlaid), the learning rate and tokens/s\n"
+       "against steps as an SVG picture (default RUN_DIR/plot.svg for one run, ./plot.svg for several).\n"
+       "A sweep directory adds final validation loss against compute 6ND with the fitted law's\n"
+       "compute-optimal frontier (fit.json).",
+       {"--out"}, {}, cmd_plot},
       {"config", "ssmtrain config --docs | ssmtrain config CONFIG.yaml [key.path=value ...]",
        "--docs prints the reference of every config key (docs/config.md); with a file, prints the\n"
        "resolved config after defaults and overrides.",

@@ -1,5 +1,5 @@
 // The `ssmtrain` command line: subcommands train, eval, sample, info, prepare, config, sweep,
-// export, import, logits.
+// export, import, logits, plot.
 // Exit codes: 0 success, 2 usage/config/data error (a UserError), 1 failure during a run.
 #pragma once
 
@@ -31,9 +31,10 @@ int cmd_info(const Args& args);
 int cmd_prepare(const Args& args);
 int cmd_config(const Args& args);
 int cmd_sweep(const Args& args);
-// Weights in and out, and logits for comparisons (train/interop_commands.cpp).
+// Weights in and out, logits for comparisons, pictures of runs (train/interop_commands.cpp).
 int cmd_export(const Args& args);
 int cmd_import(const Args& args);
 int cmd_logits(const Args& args);
+int cmd_plot(const Args& args);
 
 }  // namespace ssmtrain

@@ -1,7 +1,7 @@
-// The interchange subcommands of `ssmtrain` (train/cli.h): export and import of weights in
-// the transformers and mamba_ssm layouts (train/interop.h), and logits, which writes a
-// checkpoint's logits on given token ids so that another implementation can be compared
-// with ours number by number.
+// The interchange and observability subcommands of `ssmtrain` (train/cli.h): export and
+// import of weights in the transformers and mamba_ssm layouts (train/interop.h); logits,
+// which writes a checkpoint's logits on given token ids so that another implementation can
+// be compared with ours number by number; plot, the SVG picture of runs (train/plot.h).
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -11,6 +11,7 @@
 #include "train/checkpoint.h"
 #include "train/cli.h"
 #include "train/interop.h"
+#include "train/plot.h"
 #include "train/safetensors.h"
 #include "train/setup.h"
 #include "ssm/mamba.h"
@@ -140,6 +141,18 @@ int cmd_logits(const Args& args) {
   write_safetensors(args.get("--out"), out);
   std::printf("logits (1, %lld, %lld) of %s -> %s\n", static_cast<long long>(L),
               static_cast<long long>(model->padded_vocab()), path.c_str(), args.get("--out").c_str());
+  return 0;
+}
+
+int cmd_plot(const Args& args) {
+  SSMT_CHECK(!args.positionals.empty(), "ssmtrain plot: expected one or more run or sweep directories");
+  std::string out = args.get("--out");
+  if (out.empty())
+    out = args.positionals.size() == 1 ? (fs::path(args.positionals[0]) / "plot.svg").string() : "plot.svg";
+  SSMT_CHECK(fs::path(out).extension() == ".svg", "--out: '", out,
+             "' must end in .svg (for PNG: rsvg-convert -o plot.png plot.svg, or ImageMagick's convert)");
+  write_file_atomically(out, plot_runs_svg(args.positionals));
+  std::printf("%s\n", out.c_str());
   return 0;
 }
 

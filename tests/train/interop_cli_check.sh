@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# export / import / logits / train --init-from through the command line, without Python:
+# export / import / logits / train --init-from / plot through the command line, without Python:
 # a tiny run is exported (hf and mamba_ssm), imported back, and the imported checkpoint
 # must give the same logits bit for bit and start a fine-tuning run; bad input exits 2
 # naming the file or option. (The comparison with transformers: tools/interop_check.py.)
@@ -8,7 +8,9 @@ set -uo pipefail
 bin="${1:?usage: interop_cli_check.sh path/to/ssmtrain}"
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-fail() { echo "interop cli check: $*"; exit 1; }
+fail() { expect2 "must end in .svg" "$bin" plot "$dir/run" --out "$dir/x.png"
+expect2 "no metrics.jsonl" "$bin" plot "$dir"
+echo "interop cli check: $*"; exit 1; }
 cat > "$dir/tiny.yaml" <<'YAML'
 model: {mixer: mamba2, d_model: 32, n_layer: 2, d_state: 8, headdim: 16, ngroups: 2, chunk_size: 8, vocab_size: 16}
 data: {kind: synthetic, task: selective_copy, task_vocab: 16, task_tokens: 4}
@@ -32,6 +34,9 @@ done
   { cat "$dir/ft.out"; fail "train --init-from exited $?"; }
 grep -q "initialised the weights from $dir/hf.h5" "$dir/run/../ft/train.log" || fail "train.log does not name --init-from"
 
+"$bin" plot "$dir/run" "$dir/ft" --out "$dir/runs.svg" > /dev/null || fail "plot exited $?"
+grep -q "<polyline" "$dir/runs.svg" || fail "plot wrote no curves"
+
 expect2() {  # expect2 PATTERN COMMAND...: exit code 2 and PATTERN in the message
   local pat="$1"; shift
   "$@" > "$dir/out" 2>&1; local rc=$?
@@ -45,4 +50,6 @@ echo '{"model_type": "gpt2"}' > "$dir/hf/config.json"
 expect2 "model_type" "$bin" import "$dir/hf" "$dir/x.h5"
 expect2 "not a token id" "$bin" logits "$ckpt" --ids "1 99" --out "$dir/x.safetensors"
 expect2 "init-from" "$bin" train "$dir/tiny.yaml" --run-dir "$dir/ft2" --init-from "$dir/missing.h5"
+expect2 "must end in .svg" "$bin" plot "$dir/run" --out "$dir/x.png"
+expect2 "no metrics.jsonl" "$bin" plot "$dir"
 echo "interop cli check: export/import round trips give identical logits; bad input exits 2"

@@ -1,0 +1,340 @@
+#include "train/plot.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+#include "core/error.h"
+#include "train/json.h"
+#include "train/metrics.h"
+#include "train/scaling.h"
+
+namespace fs = std::filesystem;
+
+namespace ssmtrain {
+
+namespace {
+
+// matplotlib's tab10: ten colours that stay apart for colour-blind readers too.
+const char* const kPalette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                                "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
+
+// Runs take the palette in turn; a negative index is black, for what is not a run (the
+// sweep's points and fitted law), so it never shares a colour with one.
+const char* color_of(int index) { return index < 0 ? "#000000" : kPalette[static_cast<size_t>(index) % 10]; }
+
+std::string xml_escape(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    switch (c) {
+      case '&': o += "&amp;"; break;
+      case '<': o += "&lt;"; break;
+      case '>': o += "&gt;"; break;
+      case '"': o += "&quot;"; break;
+      default: o += c;
+    }
+  }
+  return o;
+}
+
+std::string num(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f", v);
+  return b;
+}
+
+// A tick label: 3 significant digits, with k/M/B for large values.
+std::string tick_label(double v) {
+  if (v == 0) return "0";
+  const double a = std::fabs(v);
+  if (a >= 1e4) return format_count(v);
+  char b[32];
+  std::snprintf(b, sizeof b, a < 1e-3 ? "%.0e" : "%.3g", v);
+  return b;
+}
+
+struct Range {
+  double lo = std::numeric_limits<double>::infinity(), hi = -std::numeric_limits<double>::infinity();
+  void add(double v) { lo = std::min(lo, v), hi = std::max(hi, v); }
+  bool empty() const { return !(lo <= hi); }
+};
+
+void render_panel(std::string& svg, const PlotPanel& p, double x0, double y0, double w, double h) {
+  // The plot area inside the panel: room for tick labels on the left and below.
+  const double L = x0 + 62, R = x0 + w - 14, T = y0 + 26, B = y0 + h - 42;
+  svg += "<text x=\"" + num((L + R) / 2) + "\" y=\"" + num(y0 + 16) +
+         "\" text-anchor=\"middle\" font-size=\"14\" font-weight=\"bold\">" + xml_escape(p.title) + "</text>\n";
+  Range xr, yr;
+  auto usable = [&](double x, double y) {
+    return std::isfinite(x) && std::isfinite(y) && (!p.log_x || x > 0) && (!p.log_y || y > 0);
+  };
+  for (const auto& s : p.series)
+    for (const auto& [x, y] : s.points)
+      if (usable(x, y)) xr.add(x), yr.add(y);
+  svg += "<rect x=\"" + num(L) + "\" y=\"" + num(T) + "\" width=\"" + num(R - L) + "\" height=\"" + num(B - T) +
+         "\" fill=\"none\" stroke=\"#444\"/>\n";
+  if (xr.empty()) {
+    svg += "<text x=\"" + num((L + R) / 2) + "\" y=\"" + num((T + B) / 2) +
+           "\" text-anchor=\"middle\" fill=\"#888\">no data</text>\n";
+    return;
+  }
+  // Widen a degenerate range (one point, a constant learning rate) so it has a scale.
+  auto widen = [](Range& r, bool log) {
+    if (r.hi > r.lo) return;
+    if (log) r.lo /= 2, r.hi *= 2;
+    else if (r.lo == 0) r.lo = -1, r.hi = 1;
+    else r.lo -= std::fabs(r.lo) * 0.1, r.hi += std::fabs(r.hi) * 0.1;
+  };
+  widen(xr, p.log_x);
+  widen(yr, p.log_y);
+  if (!p.log_y) {  // a little air above and below the curves
+    const double pad = (yr.hi - yr.lo) * 0.05;
+    yr.lo -= pad, yr.hi += pad;
+  }
+  auto tx = [&](double x) {
+    return p.log_x ? L + (std::log10(x) - std::log10(xr.lo)) / (std::log10(xr.hi) - std::log10(xr.lo)) * (R - L)
+                   : L + (x - xr.lo) / (xr.hi - xr.lo) * (R - L);
+  };
+  auto ty = [&](double y) {
+    return p.log_y ? B - (std::log10(y) - std::log10(yr.lo)) / (std::log10(yr.hi) - std::log10(yr.lo)) * (B - T)
+                   : B - (y - yr.lo) / (yr.hi - yr.lo) * (B - T);
+  };
+  for (double t : p.log_x ? log_ticks(xr.lo, xr.hi) : nice_ticks(xr.lo, xr.hi, 5)) {
+    const double x = tx(t);
+    svg += "<line x1=\"" + num(x) + "\" y1=\"" + num(T) + "\" x2=\"" + num(x) + "\" y2=\"" + num(B) +
+           "\" stroke=\"#e4e4e4\"/>\n<text x=\"" + num(x) + "\" y=\"" + num(B + 15) +
+           "\" text-anchor=\"middle\" font-size=\"11\">" + tick_label(t) + "</text>\n";
+  }
+  for (double t : p.log_y ? log_ticks(yr.lo, yr.hi) : nice_ticks(yr.lo, yr.hi, 5)) {
+    const double y = ty(t);
+    svg += "<line x1=\"" + num(L) + "\" y1=\"" + num(y) + "\" x2=\"" + num(R) + "\" y2=\"" + num(y) +
+           "\" stroke=\"#e4e4e4\"/>\n<text x=\"" + num(L - 5) + "\" y=\"" + num(y + 4) +
+           "\" text-anchor=\"end\" font-size=\"11\">" + tick_label(t) + "</text>\n";
+  }
+  svg += "<text x=\"" + num((L + R) / 2) + "\" y=\"" + num(B + 32) + "\" text-anchor=\"middle\" font-size=\"12\">" +
+         xml_escape(p.x_label) + "</text>\n";
+  svg += "<text transform=\"translate(" + num(x0 + 14) + "," + num((T + B) / 2) +
+         ") rotate(-90)\" text-anchor=\"middle\" font-size=\"12\">" + xml_escape(p.y_label) + "</text>\n";
+  for (const auto& s : p.series) {
+    const char* color = color_of(s.color);
+    std::string pts;
+    int n = 0;
+    for (const auto& [x, y] : s.points) {
+      if (!usable(x, y)) continue;
+      pts += (n++ ? " " : "") + num(tx(x)) + "," + num(ty(y));
+    }
+    if (n == 0) continue;
+    if (s.line)
+      svg += "<polyline fill=\"none\" stroke=\"" + std::string(color) + "\" stroke-width=\"1.6\"" +
+             (s.dashed ? " stroke-dasharray=\"6,4\"" : "") + " points=\"" + pts + "\"/>\n";
+    if (s.markers)
+      for (const auto& [x, y] : s.points)
+        if (usable(x, y))
+          svg += "<circle cx=\"" + num(tx(x)) + "\" cy=\"" + num(ty(y)) + "\" r=\"3\" fill=\"" + color + "\"/>\n";
+  }
+}
+
+struct RunMetrics {
+  std::string name;
+  std::vector<JsonValue> train, val;
+};
+
+RunMetrics read_run_metrics(const std::string& dir) {
+  const std::string path = (fs::path(dir) / "metrics.jsonl").string();
+  SSMT_CHECK(fs::exists(path), "plot: '", dir, "' has no metrics.jsonl (nor sweep.jsonl): not a run or sweep directory");
+  std::ifstream in(path);
+  SSMT_CHECK(in.good(), "plot: cannot read '", path, "'");
+  RunMetrics r;
+  r.name = fs::path(dir).filename().string();
+  if (r.name.empty()) r.name = fs::path(dir).parent_path().filename().string();
+  int line_no = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++line_no;
+    if (line.empty()) continue;
+    JsonValue v = parse_json(line, path + " line " + std::to_string(line_no));
+    const JsonValue* split = v.find("split");
+    (split && split->is_string() && split->as_string("split") == "val" ? r.val : r.train).push_back(std::move(v));
+  }
+  return r;
+}
+
+PlotSeries series_of(const std::vector<JsonValue>& records, const char* x, const char* y, const std::string& label,
+                     int color) {
+  PlotSeries s;
+  s.label = label;
+  s.color = color;
+  for (const JsonValue& r : records) {
+    const JsonValue *xv = r.find(x), *yv = r.find(y);
+    if (xv && yv && xv->is_number() && yv->is_number()) s.points.emplace_back(xv->as_number(x), yv->as_number(y));
+  }
+  return s;
+}
+
+}  // namespace
+
+std::vector<double> nice_ticks(double lo, double hi, int target) {
+  std::vector<double> out;
+  if (!(hi > lo) || target < 1) return out;
+  const double raw = (hi - lo) / target, mag = std::pow(10.0, std::floor(std::log10(raw)));
+  double step = mag;
+  for (double m : {1.0, 2.0, 5.0, 10.0})
+    if (m * mag >= raw) {
+      step = m * mag;
+      break;
+    }
+  for (double t = std::ceil(lo / step) * step; t <= hi + step * 1e-9; t += step)
+    out.push_back(std::fabs(t) < step * 1e-9 ? 0.0 : t);
+  return out;
+}
+
+std::vector<double> log_ticks(double lo, double hi) {
+  std::vector<double> out;
+  if (!(lo > 0 && hi > lo)) return out;
+  for (double d = std::pow(10.0, std::ceil(std::log10(lo) - 1e-9)); d <= hi * (1 + 1e-9); d *= 10) out.push_back(d);
+  if (out.size() >= 2) return out;
+  // Less than two powers of ten in range: every integer multiple (losses between 2 and 5),
+  // or 1-2-5 steps when that would crowd the axis.
+  for (const std::vector<double>& mult : {std::vector<double>{1, 2, 3, 4, 5, 6, 7, 8, 9}, std::vector<double>{1, 2, 5}}) {
+    out.clear();
+    for (double d = std::pow(10.0, std::floor(std::log10(lo))); d <= hi * (1 + 1e-9); d *= 10)
+      for (double m : mult)
+        if (m * d >= lo * (1 - 1e-9) && m * d <= hi * (1 + 1e-9)) out.push_back(m * d);
+    if (out.size() <= 8) break;
+  }
+  return out;
+}
+
+std::string render_svg(const std::string& title, const std::vector<PlotPanel>& panels, int columns,
+                       const std::vector<std::pair<std::string, int>>& legend) {
+  const double pw = 480, ph = 320;
+  const int rows = (static_cast<int>(panels.size()) + columns - 1) / columns;
+  // The legend wraps at the picture's width; every slot fits the longest label (about 7 px
+  // per character at 12 px), so names are never cut.
+  size_t longest = 1;
+  for (const auto& [label, c] : legend) longest = std::max(longest, label.size());
+  const double slot = 40 + 7.0 * static_cast<double>(longest);
+  const int per_line = std::max(1, static_cast<int>((pw * columns - 20) / slot));
+  const int legend_lines = (static_cast<int>(legend.size()) + per_line - 1) / per_line;
+  const double top = 40 + 18.0 * legend_lines, width = pw * columns, height = top + ph * rows;
+  std::string svg = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" +
+                    num(width) + "\" height=\"" + num(height) + "\" viewBox=\"0 0 " + num(width) + " " +
+                    num(height) + "\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n";
+  svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+  svg += "<text x=\"" + num(width / 2) + "\" y=\"24\" text-anchor=\"middle\" font-size=\"16\">" + xml_escape(title) +
+         "</text>\n";
+  for (size_t i = 0; i < legend.size(); ++i) {
+    const double x = 20 + slot * static_cast<double>(i % static_cast<size_t>(per_line));
+    const double y = 44 + 18.0 * static_cast<double>(i / static_cast<size_t>(per_line));
+    const char* color = color_of(legend[i].second);
+    const std::string& label = legend[i].first;
+    svg += "<line x1=\"" + num(x) + "\" y1=\"" + num(y - 4) + "\" x2=\"" + num(x + 22) + "\" y2=\"" + num(y - 4) +
+           "\" stroke=\"" + color + "\" stroke-width=\"3\"/>\n<text x=\"" + num(x + 28) + "\" y=\"" + num(y) +
+           "\" font-size=\"12\">" + xml_escape(label) + "</text>\n";
+  }
+  for (size_t i = 0; i < panels.size(); ++i)
+    render_panel(svg, panels[i], pw * static_cast<double>(i % static_cast<size_t>(columns)),
+                 top + ph * static_cast<double>(i / static_cast<size_t>(columns)), pw, ph);
+  return svg + "</svg>\n";
+}
+
+std::string plot_runs_svg(const std::vector<std::string>& dirs) {
+  SSMT_CHECK(!dirs.empty(), "plot: no run directory given");
+  std::vector<RunMetrics> runs;
+  struct SweepPoint {
+    double n, d, loss;
+  };
+  std::vector<SweepPoint> sweep;
+  std::vector<ScalingLaw> laws;
+  for (const std::string& dir : dirs) {
+    SSMT_CHECK(fs::is_directory(dir), "plot: '", dir, "' is not a directory");
+    const std::string sweep_path = (fs::path(dir) / "sweep.jsonl").string();
+    if (!fs::exists(sweep_path)) {
+      runs.push_back(read_run_metrics(dir));
+      continue;
+    }
+    // A sweep directory: every run below it, and its (N, D, final loss) points.
+    std::ifstream in(sweep_path);
+    int line_no = 0;
+    for (std::string line; std::getline(in, line);) {
+      ++line_no;
+      if (line.empty()) continue;
+      const std::string what = sweep_path + " line " + std::to_string(line_no);
+      JsonValue v = parse_json(line, what);
+      SSMT_CHECK(v.find("params") && v.find("tokens") && v.find("val_loss") && v.find("name"), what,
+                 ": expected name, params, tokens, val_loss");
+      sweep.push_back({v.find("params")->as_number(what), v.find("tokens")->as_number(what),
+                       v.find("val_loss")->as_number(what)});
+      const std::string run_dir = (fs::path(dir) / v.find("name")->as_string(what)).string();
+      if (fs::exists(fs::path(run_dir) / "metrics.jsonl")) runs.push_back(read_run_metrics(run_dir));
+    }
+    const std::string fit_path = (fs::path(dir) / "fit.json").string();
+    if (fs::exists(fit_path)) {
+      std::ifstream f(fit_path);
+      std::string text((std::istreambuf_iterator<char>(f)), {});
+      JsonValue v = parse_json(text, fit_path);
+      ScalingLaw law;
+      law.E = v.find("E") ? v.find("E")->as_number(fit_path) : 0;
+      law.A = v.find("A") ? v.find("A")->as_number(fit_path) : 0;
+      law.B = v.find("B") ? v.find("B")->as_number(fit_path) : 0;
+      law.alpha = v.find("alpha") ? v.find("alpha")->as_number(fit_path) : 0;
+      law.beta = v.find("beta") ? v.find("beta")->as_number(fit_path) : 0;
+      if (law.alpha > 0 && law.beta > 0) laws.push_back(law);
+    }
+  }
+
+  PlotPanel loss{"training loss", "tokens", "loss (nats/token)", false, false, {}};
+  PlotPanel val{"validation loss", "tokens", "loss (nats/token)", false, false, {}};
+  PlotPanel lr{"learning rate", "step", "lr", false, false, {}};
+  PlotPanel speed{"throughput", "step", "tokens/s", false, false, {}};
+  std::vector<std::pair<std::string, int>> legend;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const int c = static_cast<int>(i);
+    legend.emplace_back(runs[i].name, c);
+    loss.series.push_back(series_of(runs[i].train, "tokens", "loss", runs[i].name, c));
+    PlotSeries v = series_of(runs[i].val, "tokens", "loss", runs[i].name, c);
+    v.markers = true;
+    val.series.push_back(v);
+    lr.series.push_back(series_of(runs[i].train, "step", "lr", runs[i].name, c));
+    speed.series.push_back(series_of(runs[i].train, "step", "tokens_per_s", runs[i].name, c));
+  }
+  std::vector<PlotPanel> panels = {loss, val, lr, speed};
+  if (!sweep.empty()) {
+    PlotPanel scaling{"final validation loss against compute", "compute C = 6 N D (FLOPs)", "loss (nats/token)",
+                      true, true, {}};
+    // Dots only: runs of different sizes at similar compute are not points of one curve.
+    PlotSeries pts;
+    pts.label = "sweep runs";
+    pts.markers = true;
+    pts.line = false;
+    pts.color = -1;
+    double c_lo = std::numeric_limits<double>::infinity(), c_hi = 0;
+    for (const auto& p : sweep) {
+      const double c = 6 * p.n * p.d;
+      pts.points.emplace_back(c, p.loss);
+      c_lo = std::min(c_lo, c), c_hi = std::max(c_hi, c);
+    }
+    scaling.series.push_back(pts);
+    legend.emplace_back("sweep runs (final validation loss)", -1);
+    for (const ScalingLaw& law : laws) {
+      // The law at the compute-optimal N and D for each C: the frontier the fit predicts.
+      PlotSeries f;
+      f.label = "fitted L(N, D), compute-optimal";
+      f.dashed = true;
+      f.color = -1;
+      // Over the sweep's own compute range: beyond it the law is an extrapolation.
+      for (int k = 0; k <= 40; ++k) {
+        const double c = c_lo * std::pow(c_hi / c_lo, k / 40.0);
+        f.points.emplace_back(c, law.loss(law.n_opt(c), law.d_opt(c)));
+      }
+      scaling.series.push_back(f);
+      legend.emplace_back(f.label, -1);
+    }
+    panels.push_back(scaling);
+  }
+  return render_svg("ssmtrain runs", panels, 2, legend);
+}
+
+}  // namespace ssmtrain
