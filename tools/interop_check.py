@@ -17,7 +17,8 @@
 3. transformers -> ssmtrain: random MambaForCausalLM and Mamba2ForCausalLM (vocabularies
    that are not multiples of 8, dt rank not the default, 2 groups) saved with
    save_pretrained, imported with `ssmtrain import`, compared through `ssmtrain logits`.
-   An untied Mamba-2 head must be refused with exit code 2.
+   The Mamba-2 saved in bf16 too (widened to f32 on import). An untied Mamba-2 head must be
+   refused with exit code 2.
 
 Every comparison is in fp32 on the CPU: relative difference = max|ours - theirs| /
 max|theirs| over all logits, required <= 1e-4. Both sides compute the same functions in
@@ -204,6 +205,17 @@ def main():
         ids = rng.integers(0, model.config.vocab_size, size=100)
         compare(f"import transformers {mixer} (random, vocab {model.config.vocab_size})",
                 ours_logits(ssmtrain, ckpt, ids, workdir), model, ids)
+
+    # Half-precision checkpoints are widened to f32 on import: a bf16 save of the Mamba-2
+    # imports to the same function as that bf16 model computed in fp32.
+    half = imports[1][1].to(torch.bfloat16)
+    half_dir = os.path.join(workdir, "random_mamba2_bf16_hf")
+    half.save_pretrained(half_dir)
+    ckpt = os.path.join(workdir, "imported_mamba2_bf16.h5")
+    run([ssmtrain, "import", half_dir, ckpt])
+    ids = rng.integers(0, half.config.vocab_size, size=100)
+    compare("import transformers mamba2 saved in bf16 (vs the bf16 weights in fp32)",
+            ours_logits(ssmtrain, ckpt, ids, workdir), half.float().eval(), ids)
 
     # An untied head has no counterpart: refused with exit 2, naming lm_head.weight.
     untied = Mamba2ForCausalLM(Mamba2Config(vocab_size=64, hidden_size=32, state_size=8, num_hidden_layers=1,
