@@ -38,23 +38,31 @@ struct NamePair {
 // norm (ours norm_weight, a parameter of the mixer; theirs norm.weight, a submodule).
 std::vector<NamePair> name_map(const std::string& mixer, int64_t n_layer, WeightFormat format) {
   std::vector<NamePair> out;
-  out.push_back({"embedding.weight",
-                 format == WeightFormat::hf ? "backbone.embeddings.weight" : "backbone.embedding.weight"});
+  out.push_back(
+      {"embedding.weight", format == WeightFormat::hf ? "backbone.embeddings.weight" : "backbone.embedding.weight"});
   for (int64_t i = 0; i < n_layer; ++i) {
     const std::string ours = "layers." + std::to_string(i) + ".", theirs = "backbone.layers." + std::to_string(i) + ".";
     out.push_back({ours + "norm.weight", theirs + "norm.weight"});
     std::vector<std::pair<std::string, std::string>> mixer_names;
     if (mixer == "mamba")
-      mixer_names = {{"in_proj.weight", "in_proj.weight"}, {"conv1d.weight", "conv1d.weight"},
-                     {"conv1d.bias", "conv1d.bias"},       {"x_proj.weight", "x_proj.weight"},
-                     {"dt_proj.weight", "dt_proj.weight"}, {"dt_proj.bias", "dt_proj.bias"},
-                     {"A_log", "A_log"},                   {"D", "D"},
+      mixer_names = {{"in_proj.weight", "in_proj.weight"},
+                     {"conv1d.weight", "conv1d.weight"},
+                     {"conv1d.bias", "conv1d.bias"},
+                     {"x_proj.weight", "x_proj.weight"},
+                     {"dt_proj.weight", "dt_proj.weight"},
+                     {"dt_proj.bias", "dt_proj.bias"},
+                     {"A_log", "A_log"},
+                     {"D", "D"},
                      {"out_proj.weight", "out_proj.weight"}};
     else
-      mixer_names = {{"in_proj.weight", "in_proj.weight"}, {"conv1d.weight", "conv1d.weight"},
-                     {"conv1d.bias", "conv1d.bias"},       {"dt_bias", "dt_bias"},
-                     {"A_log", "A_log"},                   {"D", "D"},
-                     {"norm_weight", "norm.weight"},       {"out_proj.weight", "out_proj.weight"}};
+      mixer_names = {{"in_proj.weight", "in_proj.weight"},
+                     {"conv1d.weight", "conv1d.weight"},
+                     {"conv1d.bias", "conv1d.bias"},
+                     {"dt_bias", "dt_bias"},
+                     {"A_log", "A_log"},
+                     {"D", "D"},
+                     {"norm_weight", "norm.weight"},
+                     {"out_proj.weight", "out_proj.weight"}};
     for (const auto& [a, b] : mixer_names)
       out.push_back({ours + "mixer." + a, theirs + "mixer." + b, a == "conv1d.weight"});
   }
@@ -282,7 +290,8 @@ SafeTensorMap read_weights(const std::string& dir) {
 }  // namespace
 
 ImportedModel import_weights(const std::string& dir) {
-  SSMT_CHECK(fs::is_directory(dir), "import: '", dir, "' is not a directory (expected one holding config.json and "
+  SSMT_CHECK(fs::is_directory(dir), "import: '", dir,
+             "' is not a directory (expected one holding config.json and "
              "model.safetensors)");
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
   SSMT_CHECK(fs::exists(cfg_path), "import: '", cfg_path, "': no such file");
@@ -381,7 +390,8 @@ ImportedModel import_weights(const std::string& dir) {
     }
     out.source = std::string("mamba_ssm MambaLMHeadModel (") + layer + ")";
   } else {
-    throw UserError(cfg_path + ": neither a transformers config (no key 'model_type') nor a mamba_ssm config (no "
+    throw UserError(cfg_path +
+                    ": neither a transformers config (no key 'model_type') nor a mamba_ssm config (no "
                     "key 'd_model')");
   }
   validate(m);
@@ -434,7 +444,8 @@ ImportedModel import_weights(const std::string& dir) {
     const std::vector<float> h = head->second.to_f32("import: tensor 'lm_head.weight'");
     const HostArray& e = out.params.at("embedding.weight");
     SSMT_CHECK(h.size() * 4 == e.bytes.size() && std::memcmp(h.data(), e.bytes.data(), e.bytes.size()) == 0,
-               "import: '", wfile, "': lm_head.weight differs from the embedding; ssmtrain's LM head is always tied "
+               "import: '", wfile,
+               "': lm_head.weight differs from the embedding; ssmtrain's LM head is always tied "
                "to it (model.tie_embeddings)");
     tensors.erase(head);
   } else if (format == WeightFormat::hf) {

@@ -8,14 +8,14 @@
 
 #include "core/autograd.h"
 #include "core/backend.h"
+#include "ssm/mamba.h"
+#include "ssm/mamba2.h"
 #include "train/checkpoint.h"
 #include "train/cli.h"
 #include "train/interop.h"
 #include "train/plot.h"
 #include "train/safetensors.h"
 #include "train/setup.h"
-#include "ssm/mamba.h"
-#include "ssm/mamba2.h"
 
 namespace fs = std::filesystem;
 
@@ -80,12 +80,13 @@ int cmd_import(const Args& args) {
   // The keys a config needs to train from it (the rest of the model section at its defaults).
   const ModelOptions& m = im.config.model;
   std::printf("model section of a config that trains from it (train --init-from %s):\n", pos[1].c_str());
-  std::printf("model:\n  mixer: %s\n  d_model: %lld\n  n_layer: %lld\n  vocab_size: %lld\n  pad_vocab_multiple: %lld\n"
-              "  d_state: %lld\n  d_conv: %lld\n  expand: %lld\n  norm_eps: %g\n",
-              m.mixer.c_str(), static_cast<long long>(m.d_model), static_cast<long long>(m.n_layer),
-              static_cast<long long>(m.vocab_size), static_cast<long long>(m.pad_vocab_multiple),
-              static_cast<long long>(m.d_state), static_cast<long long>(m.d_conv), static_cast<long long>(m.expand),
-              m.norm_eps);
+  std::printf(
+      "model:\n  mixer: %s\n  d_model: %lld\n  n_layer: %lld\n  vocab_size: %lld\n  pad_vocab_multiple: %lld\n"
+      "  d_state: %lld\n  d_conv: %lld\n  expand: %lld\n  norm_eps: %g\n",
+      m.mixer.c_str(), static_cast<long long>(m.d_model), static_cast<long long>(m.n_layer),
+      static_cast<long long>(m.vocab_size), static_cast<long long>(m.pad_vocab_multiple),
+      static_cast<long long>(m.d_state), static_cast<long long>(m.d_conv), static_cast<long long>(m.expand),
+      m.norm_eps);
   if (m.mixer == "mamba") {
     std::printf("  dt_rank: %lld\n", static_cast<long long>(m.mixers.get<MambaOptions>().dt_rank));
   } else {

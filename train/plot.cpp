@@ -30,11 +30,20 @@ std::string xml_escape(const std::string& s) {
   std::string o;
   for (char c : s) {
     switch (c) {
-      case '&': o += "&amp;"; break;
-      case '<': o += "&lt;"; break;
-      case '>': o += "&gt;"; break;
-      case '"': o += "&quot;"; break;
-      default: o += c;
+      case '&':
+        o += "&amp;";
+        break;
+      case '<':
+        o += "&lt;";
+        break;
+      case '>':
+        o += "&gt;";
+        break;
+      case '"':
+        o += "&quot;";
+        break;
+      default:
+        o += c;
     }
   }
   return o;
@@ -84,9 +93,12 @@ void render_panel(std::string& svg, const PlotPanel& p, double x0, double y0, do
   // Widen a degenerate range (one point, a constant learning rate) so it has a scale.
   auto widen = [](Range& r, bool log) {
     if (r.hi > r.lo) return;
-    if (log) r.lo /= 2, r.hi *= 2;
-    else if (r.lo == 0) r.lo = -1, r.hi = 1;
-    else r.lo -= std::fabs(r.lo) * 0.1, r.hi += std::fabs(r.hi) * 0.1;
+    if (log)
+      r.lo /= 2, r.hi *= 2;
+    else if (r.lo == 0)
+      r.lo = -1, r.hi = 1;
+    else
+      r.lo -= std::fabs(r.lo) * 0.1, r.hi += std::fabs(r.hi) * 0.1;
   };
   widen(xr, p.log_x);
   widen(yr, p.log_y);
@@ -144,7 +156,8 @@ struct RunMetrics {
 
 RunMetrics read_run_metrics(const std::string& dir) {
   const std::string path = (fs::path(dir) / "metrics.jsonl").string();
-  SSMT_CHECK(fs::exists(path), "plot: '", dir, "' has no metrics.jsonl (nor sweep.jsonl): not a run or sweep directory");
+  SSMT_CHECK(fs::exists(path), "plot: '", dir,
+             "' has no metrics.jsonl (nor sweep.jsonl): not a run or sweep directory");
   std::ifstream in(path);
   SSMT_CHECK(in.good(), "plot: cannot read '", path, "'");
   RunMetrics r;
@@ -197,7 +210,8 @@ std::vector<double> log_ticks(double lo, double hi) {
   if (out.size() >= 2) return out;
   // Less than two powers of ten in range: every integer multiple (losses between 2 and 5),
   // or 1-2-5 steps when that would crowd the axis.
-  for (const std::vector<double>& mult : {std::vector<double>{1, 2, 3, 4, 5, 6, 7, 8, 9}, std::vector<double>{1, 2, 5}}) {
+  for (const std::vector<double>& mult :
+       {std::vector<double>{1, 2, 3, 4, 5, 6, 7, 8, 9}, std::vector<double>{1, 2, 5}}) {
     out.clear();
     for (double d = std::pow(10.0, std::floor(std::log10(lo))); d <= hi * (1 + 1e-9); d *= 10)
       for (double m : mult)
@@ -220,8 +234,8 @@ std::string render_svg(const std::string& title, const std::vector<PlotPanel>& p
   const int legend_lines = (static_cast<int>(legend.size()) + per_line - 1) / per_line;
   const double top = 40 + 18.0 * legend_lines, width = pw * columns, height = top + ph * rows;
   std::string svg = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" +
-                    num(width) + "\" height=\"" + num(height) + "\" viewBox=\"0 0 " + num(width) + " " +
-                    num(height) + "\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n";
+                    num(width) + "\" height=\"" + num(height) + "\" viewBox=\"0 0 " + num(width) + " " + num(height) +
+                    "\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n";
   svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
   svg += "<text x=\"" + num(width / 2) + "\" y=\"24\" text-anchor=\"middle\" font-size=\"16\">" + xml_escape(title) +
          "</text>\n";
@@ -265,8 +279,8 @@ std::string plot_runs_svg(const std::vector<std::string>& dirs) {
       JsonValue v = parse_json(line, what);
       SSMT_CHECK(v.find("params") && v.find("tokens") && v.find("val_loss") && v.find("name"), what,
                  ": expected name, params, tokens, val_loss");
-      sweep.push_back({v.find("params")->as_number(what), v.find("tokens")->as_number(what),
-                       v.find("val_loss")->as_number(what)});
+      sweep.push_back(
+          {v.find("params")->as_number(what), v.find("tokens")->as_number(what), v.find("val_loss")->as_number(what)});
       const std::string run_dir = (fs::path(dir) / v.find("name")->as_string(what)).string();
       if (fs::exists(fs::path(run_dir) / "metrics.jsonl")) runs.push_back(read_run_metrics(run_dir));
     }
@@ -302,8 +316,8 @@ std::string plot_runs_svg(const std::vector<std::string>& dirs) {
   }
   std::vector<PlotPanel> panels = {loss, val, lr, speed};
   if (!sweep.empty()) {
-    PlotPanel scaling{"final validation loss against compute", "compute C = 6 N D (FLOPs)", "loss (nats/token)",
-                      true, true, {}};
+    PlotPanel scaling{
+        "final validation loss against compute", "compute C = 6 N D (FLOPs)", "loss (nats/token)", true, true, {}};
     // Dots only: runs of different sizes at similar compute are not points of one curve.
     PlotSeries pts;
     pts.label = "sweep runs";

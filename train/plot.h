@@ -21,7 +21,7 @@ struct PlotSeries {
   bool markers = false;                           // a dot at every point (few points: evaluations)
   bool line = true;                               // false: dots only (points that are not a curve)
   bool dashed = false;
-  int color = 0;                                  // index into the palette
+  int color = 0;  // index into the palette
 };
 
 struct PlotPanel {

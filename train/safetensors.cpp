@@ -220,8 +220,8 @@ SafeTensorMap read_safetensors(const std::string& path, std::map<std::string, st
     const int64_t b = off[0].as_int(what + " data_offsets"), e = off[1].as_int(what + " data_offsets");
     SSMT_CHECK(b >= 0 && e >= b && static_cast<uint64_t>(e) <= data_size, what, ": data_offsets [", b, ", ", e,
                "] lie outside the data area of ", data_size, " bytes (truncated file?)");
-    SSMT_CHECK(e - b == t.numel() * elem, what, ": shape and dtype need ", t.numel() * elem, " bytes, data_offsets give ",
-               e - b);
+    SSMT_CHECK(e - b == t.numel() * elem, what, ": shape and dtype need ", t.numel() * elem,
+               " bytes, data_offsets give ", e - b);
     ranges.emplace_back(b, e);
     t.bytes.resize(static_cast<size_t>(e - b));
     in.seekg(static_cast<std::streamoff>(8 + n + static_cast<uint64_t>(b)));

@@ -112,12 +112,15 @@ TEST_CASE("safetensors: the file is the header length, the JSON header padded to
 TEST_CASE("safetensors: F16 and BF16 widen to f32 exactly") {
   // 1.0, -2.0, 65504 (largest half), 2^-24 (smallest subnormal half), 2^-14 (smallest normal).
   const uint16_t half[] = {0x3C00, 0xC000, 0x7BFF, 0x0001, 0x0400};
-  SafeTensor h{"F16", {5}, std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(half),
-                                                reinterpret_cast<const uint8_t*>(half) + 10)};
+  SafeTensor h{
+      "F16",
+      {5},
+      std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(half), reinterpret_cast<const uint8_t*>(half) + 10)};
   CHECK(h.to_f32("h") == std::vector<float>{1.0f, -2.0f, 65504.0f, std::ldexp(1.0f, -24), std::ldexp(1.0f, -14)});
   const uint16_t bf[] = {0x3F80, 0xC040};  // 1.0, -3.0
-  SafeTensor b{"BF16", {2}, std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(bf),
-                                                 reinterpret_cast<const uint8_t*>(bf) + 4)};
+  SafeTensor b{"BF16",
+               {2},
+               std::vector<uint8_t>(reinterpret_cast<const uint8_t*>(bf), reinterpret_cast<const uint8_t*>(bf) + 4)};
   CHECK(b.to_f32("b") == std::vector<float>{1.0f, -3.0f});
   SafeTensor i{"I64", {1}, std::vector<uint8_t>(8, 0)};
   CHECK(contains(user_error_of([&] { i.to_f32("tensor 'x'"); }), "tensor 'x': holds I64 values"));
@@ -188,8 +191,8 @@ TEST_CASE("the transformers config names the architecture and the resolved sizes
   export_weights(config, params, dir.str(), WeightFormat::hf);
   const JsonValue c = parse_json(read_bytes(dir.str() + "/config.json"), "config.json");
   CHECK(c.find("model_type")->as_string("") == "mamba");
-  CHECK(c.find("vocab_size")->as_int("") == 56);      // transformers gets the padded rows
-  CHECK(c.find("time_step_rank")->as_int("") == 3);   // ceil(40 / 16), dt_rank 0 resolved
+  CHECK(c.find("vocab_size")->as_int("") == 56);     // transformers gets the padded rows
+  CHECK(c.find("time_step_rank")->as_int("") == 3);  // ceil(40 / 16), dt_rank 0 resolved
   CHECK(c.find("tie_word_embeddings")->as_bool(""));
   CHECK(c.find("layer_norm_epsilon")->as_number("") == 1e-5);
 }

@@ -33,7 +33,7 @@ TEST_CASE("plot: ticks are round numbers covering the range") {
   CHECK(nice_ticks(0, 61440, 5) == std::vector<double>{0, 20000, 40000, 60000});
   CHECK(nice_ticks(3, 3, 5).empty());
   CHECK(log_ticks(3e9, 9e12) == std::vector<double>{1e10, 1e11, 1e12});
-  CHECK(log_ticks(1.8, 4.5) == std::vector<double>{2, 3, 4});         // within a decade: integer steps
+  CHECK(log_ticks(1.8, 4.5) == std::vector<double>{2, 3, 4});                          // within a decade: integer steps
   CHECK(log_ticks(1.7e9, 8.6e10) == std::vector<double>{2e9, 5e9, 1e10, 2e10, 5e10});  // else 1-2-5
 }
 
@@ -52,13 +52,14 @@ TEST_CASE("plot: a run directory gives one curve per panel; a sweep adds its sca
   // The NaN loss is left out: the training-loss line has the two finite points only.
   const size_t first = svg.find("<polyline"), pts = svg.find("points=\"", first);
   CHECK(count(svg.substr(pts, svg.find('"', pts + 8) - pts), ",") == 2);
-  CHECK(contains(svg, ">a</text>"));    // the legend names the run
+  CHECK(contains(svg, ">a</text>"));  // the legend names the run
 
   // Two runs: two colours. A sweep directory: its runs plus the compute panel.
   const std::string sweep = dir.str() + "/sw";
   write(sweep + "/r1/metrics.jsonl", "{\"step\": 1, \"tokens\": 10, \"loss\": 3, \"lr\": 1, \"tokens_per_s\": 1}\n");
-  write(sweep + "/sweep.jsonl", "{\"name\": \"r1\", \"params\": 1000, \"tokens\": 2000, \"val_loss\": 3.5}\n"
-                                "{\"name\": \"r2\", \"params\": 4000, \"tokens\": 8000, \"val_loss\": 3.0}\n");
+  write(sweep + "/sweep.jsonl",
+        "{\"name\": \"r1\", \"params\": 1000, \"tokens\": 2000, \"val_loss\": 3.5}\n"
+        "{\"name\": \"r2\", \"params\": 4000, \"tokens\": 8000, \"val_loss\": 3.0}\n");
   write(sweep + "/fit.json", "{\"E\": 1.5, \"A\": 40, \"alpha\": 0.3, \"B\": 60, \"beta\": 0.3}\n");
   const std::string both = plot_runs_svg({run, sweep});
   CHECK(contains(both, "stroke=\"#1f77b4\""));

@@ -55,8 +55,7 @@ TEST_CASE("events: the bytes of an Event worked out by hand") {
   //   Summary.value (field 1 -> 0x0A), length 11: Value.tag (0x0A, 4, "loss"),
   //   Value.simple_value (field 2, wire type 5 -> 0x15) 2.0f = 0x40000000 LE.
   const std::string value = bytes({0x0A, 4}) + "loss" + bytes({0x15, 0, 0, 0, 0x40});
-  CHECK(encode_scalars_event(1.5, 3, {{"loss", 2.0f}}) ==
-        wall + bytes({0x10, 3, 0x2A, 13, 0x0A, 11}) + value);
+  CHECK(encode_scalars_event(1.5, 3, {{"loss", 2.0f}}) == wall + bytes({0x10, 3, 0x2A, 13, 0x0A, 11}) + value);
 
   // step 300 is a two-byte varint (0xAC 0x02); two values are two repeated Value fields.
   const std::string two = encode_scalars_event(1.5, 300, {{"loss", 2.0f}, {"lr", 0.5f}});
