@@ -13,6 +13,8 @@
 #include "train/cli.h"
 #include "train/generate.h"
 #include "train/metrics.h"
+#include "train/plot.h"
+#include "train/safetensors.h"
 #include "train/scaling.h"
 #include "train/setup.h"
 #include "train/signals.h"
@@ -210,6 +212,19 @@ int cmd_sweep(const Args& args) {
                                 : "runs/" + fs::path(o.config_path).stem().string() + "-sweep";
   std::vector<SweepRun> runs = run_sweep(o);
   if (stop_requested()) return 0;  // run_sweep said how to continue
+  // The sweep's picture (its runs, loss against compute, the fit once fit.json exists) is
+  // drawn whichever way this function returns; a failure costs the picture only.
+  struct PlotAtEnd {
+    std::string dir;
+    ~PlotAtEnd() {
+      try {
+        write_file_atomically(dir + "/plot.svg", plot_runs_svg({dir}));
+        std::printf("(%s/plot.svg)\n", dir.c_str());
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "warning: no plot written to '%s/plot.svg': %s\n", dir.c_str(), e.what());
+      }
+    }
+  } plot_at_end{o.dir};
   std::printf("%-60s %12s %12s %10s\n", "run", "N", "D", "val loss");
   std::vector<ScalingPoint> points;
   for (const SweepRun& r : runs) {

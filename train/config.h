@@ -159,6 +159,7 @@ struct TrainSection {
   bool fused_head = true;
   bool tf32 = false;
   bool tensorboard = false;
+  bool plot = true;
 
   template <class V>
   void visit(V& v) {
@@ -200,6 +201,9 @@ struct TrainSection {
     v.field("tensorboard", tensorboard,
             "also write every metrics record as TensorBoard scalars (train/loss, train/lr, train/grad_norm, "
             "train/tokens_per_s, val/loss, val/bpb, MoE usage, ...) to events.out.tfevents.* in the run directory");
+    v.field("plot", plot,
+            "at the end of the run, draw its loss curves, learning rate and throughput into plot.svg in the run "
+            "directory (ssmtrain plot; docs/training.md)");
   }
   bool operator==(const TrainSection&) const = default;
 };

@@ -18,6 +18,7 @@
 #include "train/generate.h"
 #include "train/grad_buckets.h"
 #include "train/metrics.h"
+#include "train/plot.h"
 #include "train/profile_run.h"
 #include "train/run_lock.h"
 #include "train/setup.h"
@@ -225,7 +226,9 @@ class Run {
     }
     for (const std::string& note : restore_notes_) log_->info(note);
     announce(resume_from);
-    return loop();
+    const int rc = loop();
+    if (rc == kExitDone && config_.train.plot && dist_.is_main()) write_plot();
+    return rc;
   }
 
  private:
@@ -286,6 +289,16 @@ class Run {
     state_ = s;
     state_.total_steps = budget_.steps;
     resumed_step_ = s.step;
+  }
+
+  // The run's picture (train/plot.h) beside its metrics; a failure costs the picture only.
+  void write_plot() {
+    const std::string path = options_.run_dir + "/plot.svg";
+    try {
+      write_text_atomically(path, plot_runs_svg({options_.run_dir}));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "warning: no plot written to '%s': %s\n", path.c_str(), e.what());
+    }
   }
 
   // Weights only: the optimizer starts empty and the schedule, data and counters at step 0,
