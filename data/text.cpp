@@ -29,18 +29,23 @@ std::vector<unsigned char> read_file_bytes(const std::string& path, const std::s
   std::FILE* f = std::fopen(path.c_str(), "rb");
   SSMT_CHECK(f != nullptr, key, ": cannot open ", quoted(path), ": ", std::strerror(errno));
   std::vector<unsigned char> bytes;
+  // The first read asks for one byte more than the size, so a file that does not change
+  // while it is read takes one read and a buffer of its own size (not a chunk per file:
+  // thousands of small files would each hold 4 MB).
+  constexpr size_t kChunk = size_t{1} << 22;
+  size_t chunk = kChunk;
   if (std::fseek(f, 0, SEEK_END) == 0) {
     long size = std::ftell(f);
-    if (size > 0) bytes.reserve(static_cast<size_t>(size));
+    if (size > 0) chunk = static_cast<size_t>(size) + 1;
     std::rewind(f);
   }
-  constexpr size_t kChunk = size_t{1} << 22;
   for (;;) {
     size_t used = bytes.size();
-    bytes.resize(used + kChunk);
-    size_t got = std::fread(bytes.data() + used, 1, kChunk, f);
+    bytes.resize(used + chunk);
+    size_t got = std::fread(bytes.data() + used, 1, chunk, f);
     bytes.resize(used + got);
-    if (got < kChunk) break;
+    if (got < chunk) break;
+    chunk = kChunk;
   }
   bool failed = std::ferror(f) != 0;
   int err = errno;
