@@ -7,8 +7,10 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <type_traits>
 
 #include "core/error.h"
+#include "data/bpe_tokenizer.h"
 #include "data/sampler.h"
 #include "data/text.h"
 #include "data/token_shards.h"
@@ -19,33 +21,44 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Writes a stream of bytes as numbered shards <dir>/<prefix>_NNNNNN.bin of at most
+// Writes a stream of tokens as numbered shards <dir>/<prefix>_NNNNNN.bin of at most
 // shard_tokens tokens each; eot >= 0 is recorded in their headers.
 class ShardSeries {
  public:
-  ShardSeries(std::string dir, std::string prefix, int64_t shard_tokens, int64_t eot)
-      : dir_(std::move(dir)), prefix_(std::move(prefix)), shard_tokens_(shard_tokens), eot_(eot) {}
+  ShardSeries(std::string dir, std::string prefix, int64_t shard_tokens, int64_t vocab, bool byte_level, int64_t eot)
+      : dir_(std::move(dir)),
+        prefix_(std::move(prefix)),
+        shard_tokens_(shard_tokens),
+        vocab_(vocab),
+        byte_level_(byte_level),
+        eot_(eot) {}
 
-  // One document: the end-of-text byte (when there is one), then its bytes.
-  void append_document(const unsigned char* bytes, int64_t count) {
+  // One document: the end-of-text token (when there is one), then its tokens.
+  template <typename Token>
+  void append_document(const Token* tokens, int64_t count) {
     if (count == 0) return;
     if (eot_ >= 0) {
-      const unsigned char eot = static_cast<unsigned char>(eot_);
+      const auto eot = static_cast<Token>(eot_);
       append(&eot, 1);
     }
-    append(bytes, count);
+    append(tokens, count);
   }
 
-  void append(const unsigned char* bytes, int64_t count) {
+  template <typename Token>
+  void append(const Token* tokens, int64_t count) {
     while (count > 0) {
       if (!writer_) {
         char name[64];
         std::snprintf(name, sizeof(name), "%s_%06zu.bin", prefix_.c_str(), files_.size());
-        writer_ = std::make_unique<TokenShardWriter>((fs::path(dir_) / name).string(), 256, /*byte_level=*/true, eot_);
+        writer_ = std::make_unique<TokenShardWriter>((fs::path(dir_) / name).string(), vocab_, byte_level_, eot_);
       }
       int64_t take = std::min(count, shard_tokens_ - writer_->num_tokens());
-      writer_->append_bytes(bytes, take);
-      bytes += take, count -= take, tokens_ += take;
+      if constexpr (std::is_same_v<Token, unsigned char>) {
+        writer_->append_bytes(tokens, take);
+      } else {
+        writer_->append(tokens, take);
+      }
+      tokens += take, count -= take, tokens_ += take;
       if (writer_->num_tokens() == shard_tokens_) finish_shard();
     }
   }
@@ -65,7 +78,9 @@ class ShardSeries {
   }
 
   std::string dir_, prefix_;
-  int64_t shard_tokens_, eot_;
+  int64_t shard_tokens_, vocab_;
+  bool byte_level_;
+  int64_t eot_;
   std::unique_ptr<TokenShardWriter> writer_;
   std::vector<std::string> files_;
   int64_t tokens_ = 0;
@@ -73,24 +88,82 @@ class ShardSeries {
 
 }  // namespace
 
-PrepareSummary prepare_text_shards(const std::vector<std::string>& inputs, const std::string& output_dir,
-                                   double val_fraction, int64_t shard_tokens, int64_t eot_byte) {
+namespace {
+
+void check_common_options(const std::vector<std::string>& inputs, const std::string& output_dir, double val_fraction,
+                          int64_t shard_tokens) {
   SSMT_CHECK(!inputs.empty(), "--input: expects at least one text file (plain or .gz)");
   SSMT_CHECK(!output_dir.empty(), "--output: expects a directory");
   SSMT_CHECK(val_fraction >= 0 && val_fraction < 1, "--val-fraction: ", val_fraction, " is outside [0, 1)");
   SSMT_CHECK(shard_tokens >= 1 && shard_tokens <= INT32_MAX, "--shard-tokens: ", shard_tokens,
              " is outside [1, 2^31 - 1] (a shard header counts its tokens in an int32)");
-  SSMT_CHECK(eot_byte >= -1 && eot_byte <= 255, "--eot: ", eot_byte,
-             " is not a byte (0..255); the shards are byte-level");
+}
+
+void create_output_dir(const std::string& output_dir) {
   std::error_code ec;
   fs::create_directories(output_dir, ec);
   SSMT_CHECK(fs::is_directory(output_dir), "--output: cannot create the directory '", output_dir, "'",
              ec ? ": " + ec.message() : std::string());
+}
 
-  HoldOut train_part{HoldOut::Part::head, val_fraction, 0}, val_part{HoldOut::Part::tail, val_fraction, 0};
-  if (val_fraction == 0) train_part = HoldOut{};
+// The training head and validation tail of each document (the hold-out rule), in shards.
+struct SplitWriter {
+  HoldOut train_part, val_part;
+  double val_fraction;
+  ShardSeries train, val;
+
+  SplitWriter(const std::string& dir, double f, int64_t shard_tokens, int64_t vocab, bool byte_level, int64_t eot)
+      : train_part{HoldOut::Part::head, f, 0},
+        val_part{HoldOut::Part::tail, f, 0},
+        val_fraction(f),
+        train(dir, "train", shard_tokens, vocab, byte_level, eot),
+        val(dir, "val", shard_tokens, vocab, byte_level, eot) {
+    if (f == 0) train_part = HoldOut{};
+  }
+
+  template <typename Token>
+  void document(const Token* tokens, int64_t n) {
+    train.append_document(tokens + train_part.begin(n), train_part.size(n));
+    if (val_fraction > 0) val.append_document(tokens + val_part.begin(n), val_part.size(n));
+  }
+
+  // Completes the shards, records them in `summary` and removes the stale ones.
+  void finish(const std::string& output_dir, PrepareSummary& summary) {
+    train.finish();
+    val.finish();
+    summary.train_files = train.files();
+    summary.val_files = val.files();
+    summary.train_tokens = train.tokens();
+    summary.val_tokens = val.tokens();
+
+    // Shards of an earlier run that this one did not overwrite would otherwise join the data.
+    std::set<std::string> written(summary.train_files.begin(), summary.train_files.end());
+    written.insert(summary.val_files.begin(), summary.val_files.end());
+    static const std::regex ours("(train|val)_[0-9]{6}\\.bin");
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(output_dir)) {
+      std::string name = entry.path().filename().string();
+      if (entry.is_regular_file() && std::regex_match(name, ours) && !written.count(entry.path().string())) {
+        fs::remove(entry.path(), ec);
+        SSMT_CHECK(!ec, "--output: cannot remove the stale shard '", entry.path().string(), "': ", ec.message());
+        summary.removed_files.push_back(entry.path().string());
+      }
+    }
+    std::sort(summary.removed_files.begin(), summary.removed_files.end());
+  }
+};
+
+}  // namespace
+
+PrepareSummary prepare_text_shards(const std::vector<std::string>& inputs, const std::string& output_dir,
+                                   double val_fraction, int64_t shard_tokens, int64_t eot_byte) {
+  check_common_options(inputs, output_dir, val_fraction, shard_tokens);
+  SSMT_CHECK(eot_byte >= -1 && eot_byte <= 255, "--eot: ", eot_byte,
+             " is not a byte (0..255); the shards are byte-level");
+  create_output_dir(output_dir);
+
   PrepareSummary summary;
-  ShardSeries train(output_dir, "train", shard_tokens, eot_byte), val(output_dir, "val", shard_tokens, eot_byte);
+  SplitWriter out(output_dir, val_fraction, shard_tokens, 256, /*byte_level=*/true, eot_byte);
   for (const auto& input : inputs) {
     std::vector<unsigned char> text = read_text_file(input, "--input");
     auto n = static_cast<int64_t>(text.size());
@@ -99,32 +172,48 @@ PrepareSummary prepare_text_shards(const std::vector<std::string>& inputs, const
       SSMT_CHECK(count == 0, "--eot: byte ", eot_byte, " occurs ", count, " time(s) in '", input, "'",
                  ", where it would start documents; choose a byte the text does not contain (0 for text files)");
     }
-    train.append_document(text.data() + train_part.begin(n), train_part.size(n));
-    if (val_fraction > 0) val.append_document(text.data() + val_part.begin(n), val_part.size(n));
+    out.document(text.data(), n);
     summary.input_files += 1;
     summary.input_bytes += n;
   }
-  train.finish();
-  val.finish();
-  summary.train_files = train.files();
-  summary.val_files = val.files();
-  summary.train_tokens = train.tokens();
-  summary.val_tokens = val.tokens();
-  summary.eot_byte = eot_byte;
+  summary.eot_token = eot_byte;
+  out.finish(output_dir, summary);
+  return summary;
+}
 
-  // Shards of an earlier run that this one did not overwrite would otherwise join the data.
-  std::set<std::string> written(summary.train_files.begin(), summary.train_files.end());
-  written.insert(summary.val_files.begin(), summary.val_files.end());
-  static const std::regex ours("(train|val)_[0-9]{6}\\.bin");
-  for (const auto& entry : fs::directory_iterator(output_dir)) {
-    std::string name = entry.path().filename().string();
-    if (entry.is_regular_file() && std::regex_match(name, ours) && !written.count(entry.path().string())) {
-      fs::remove(entry.path(), ec);
-      SSMT_CHECK(!ec, "--output: cannot remove the stale shard '", entry.path().string(), "': ", ec.message());
-      summary.removed_files.push_back(entry.path().string());
+PrepareSummary prepare_tokenized_shards(const std::vector<std::string>& inputs, const std::string& output_dir,
+                                        const BpeTokenizer& tokenizer, double val_fraction, int64_t shard_tokens,
+                                        int64_t eot_token, int threads) {
+  check_common_options(inputs, output_dir, val_fraction, shard_tokens);
+  if (eot_token < 0) eot_token = tokenizer.end_of_text();
+  SSMT_CHECK(eot_token >= -1 && eot_token < tokenizer.vocab_size(), "--eot: ", eot_token,
+             " is not a token id of the tokenizer (0..", tokenizer.vocab_size() - 1, ")");
+  create_output_dir(output_dir);
+
+  PrepareSummary summary;
+  summary.tokenizer = tokenizer.describe();
+  SplitWriter out(output_dir, val_fraction, shard_tokens, tokenizer.vocab_size(), /*byte_level=*/false, eot_token);
+  // Files are read and encoded in groups of about kGroupBytes, so memory stays bounded
+  // however many files there are and each group keeps every thread busy.
+  constexpr int64_t kGroupBytes = int64_t{256} << 20;
+  for (size_t first = 0; first < inputs.size();) {
+    std::vector<std::vector<unsigned char>> texts;
+    int64_t bytes = 0;
+    size_t last = first;
+    for (; last < inputs.size() && (last == first || bytes < kGroupBytes); ++last) {
+      texts.push_back(read_text_file(inputs[last], "--input"));
+      bytes += static_cast<int64_t>(texts.back().size());
     }
+    std::vector<std::string_view> docs;
+    for (const auto& t : texts) docs.emplace_back(reinterpret_cast<const char*>(t.data()), t.size());
+    std::vector<std::vector<int32_t>> ids = tokenizer.encode_documents(docs, threads);
+    for (const auto& d : ids) out.document(d.data(), static_cast<int64_t>(d.size()));
+    summary.input_files += static_cast<int64_t>(last - first);
+    summary.input_bytes += bytes;
+    first = last;
   }
-  std::sort(summary.removed_files.begin(), summary.removed_files.end());
+  summary.eot_token = eot_token;
+  out.finish(output_dir, summary);
   return summary;
 }
 
@@ -136,7 +225,10 @@ std::string PrepareSummary::describe() const {
   os << "\nval:   " << val_tokens << " tokens in " << val_files.size() << " shard(s)";
   if (!val_files.empty()) os << " (" << val_files.front() << (val_files.size() > 1 ? " ..." : "") << ")";
   os << "\n";
-  if (eot_byte >= 0) os << "each document (input file part) is preceded by byte " << eot_byte << "\n";
+  if (!tokenizer.empty()) os << "tokenizer: " << tokenizer << "\n";
+  if (eot_token >= 0)
+    os << "each document (input file part) is preceded by " << (tokenizer.empty() ? "byte " : "token ") << eot_token
+       << "\n";
   if (!removed_files.empty()) os << "removed " << removed_files.size() << " stale shard(s) of an earlier run\n";
   return os.str();
 }

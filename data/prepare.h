@@ -1,5 +1,7 @@
-// `ssmtrain prepare`: text files (plain or gzip) to byte-level token shards in llm.c's
-// format, with a train/val split, so large corpora are decompressed once and then mapped.
+// `ssmtrain prepare`: text files (plain or gzip) to token shards in llm.c's format, with a
+// train/val split, so large corpora are decompressed (and tokenized) once and then mapped.
+// Tokens are the bytes of the text (prepare_text_shards) or the ids of a byte-level BPE
+// tokenizer (prepare_tokenized_shards, data/bpe_tokenizer.h).
 //
 // Each input's bytes are split like the text source splits them (data/sampler.h HoldOut):
 // its last ceil(val_fraction * n) bytes go to validation, the rest to training. The parts are
@@ -15,6 +17,13 @@
 // byte-level vocabulary, and the shard headers record it (word 5), so data.eot_token = -1
 // finds it. The byte must not occur in the text (UserError naming --eot and the file). With
 // eot_byte = -1 (the default) the parts follow one another with nothing between them.
+//
+// With a tokenizer, each file is encoded whole and the hold-out rule splits its tokens (so
+// `kind: shards` with the same fraction would split alike); the shards record the
+// tokenizer's vocabulary size (uint16 up to 65536 ids, else uint32) and are not byte-level.
+// The end-of-text token before every part is eot_token, by default the tokenizer's
+// <|endoftext|> (none when it has none); text that contains "<|endoftext|>" literally
+// encodes it as that token, as Hugging Face does, and so starts a document there.
 #pragma once
 
 #include <cstdint>
@@ -23,13 +32,16 @@
 
 namespace ssmtrain {
 
+class BpeTokenizer;
+
 struct PrepareSummary {
   int64_t input_files = 0;
-  int64_t input_bytes = 0;                   // decompressed bytes read
+  int64_t input_bytes = 0;                          // decompressed bytes read
   std::vector<std::string> train_files, val_files;  // shards written, in order
   int64_t train_tokens = 0, val_tokens = 0;
-  std::vector<std::string> removed_files;    // stale shards of an earlier run
-  int64_t eot_byte = -1;                     // the byte before every document; -1 = none
+  std::vector<std::string> removed_files;  // stale shards of an earlier run
+  int64_t eot_token = -1;                  // the token (byte) before every document; -1 = none
+  std::string tokenizer;                   // the tokenizer's describe(); "" = byte-level
 
   // A few lines for the CLI: what was read, what was written.
   std::string describe() const;
@@ -40,5 +52,11 @@ struct PrepareSummary {
 PrepareSummary prepare_text_shards(const std::vector<std::string>& inputs, const std::string& output_dir,
                                    double val_fraction = 0.01, int64_t shard_tokens = 100'000'000,
                                    int64_t eot_byte = -1);
+
+// The same with a tokenizer; eot_token -1 takes the tokenizer's <|endoftext|>. Files are
+// encoded on `threads` threads (0: one per hardware thread).
+PrepareSummary prepare_tokenized_shards(const std::vector<std::string>& inputs, const std::string& output_dir,
+                                        const BpeTokenizer& tokenizer, double val_fraction = 0.01,
+                                        int64_t shard_tokens = 100'000'000, int64_t eot_token = -1, int threads = 0);
 
 }  // namespace ssmtrain

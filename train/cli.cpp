@@ -42,17 +42,26 @@ const std::vector<Command>& commands() {
        {"--batches"}, {}, cmd_eval},
       {"sample",
        "ssmtrain sample CKPT.h5 [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] "
-       "[--device D]",
+       "[--device D] [--tokenizer tokenizer.json]",
        "Generate text from a checkpoint with the recurrent step (constant time per token).\n"
-       "--temperature 0 samples greedily (the most likely token); --device cpu|cuda|cuda:N.",
-       {"--prompt", "--tokens", "--temperature", "--top-k", "--top-p", "--seed", "--device"}, {}, cmd_sample},
+       "--temperature 0 samples greedily (the most likely token); --device cpu|cuda|cuda:N.\n"
+       "--tokenizer encodes the prompt and decodes the output with the tokenizer the data was prepared\n"
+       "with (default prompt: its <|endoftext|>); without it, byte-level models read and write text and\n"
+       "other models take and print token ids.",
+       {"--prompt", "--tokens", "--temperature", "--top-k", "--top-p", "--seed", "--device", "--tokenizer"}, {},
+       cmd_sample},
       {"info", "ssmtrain info CKPT.h5", "Print a checkpoint's config, step, tokens seen and parameter counts.", {}, {},
        cmd_info},
-      {"prepare", "ssmtrain prepare --input FILE... --output DIR [--val-fraction F] [--shard-tokens N] [--eot BYTE]",
-       "Turn text files (plain or .gz) into byte-level token shards (llm.c format) with a train/val split.\n"
-       "--eot BYTE puts that byte before every document (each input file's part) and records it in the\n"
-       "shard headers, for data.pack_documents (docs/data.md).",
-       {"--output", "--val-fraction", "--shard-tokens", "--eot"}, {}, cmd_prepare},
+      {"prepare",
+       "ssmtrain prepare --input FILE... --output DIR [--val-fraction F] [--shard-tokens N] [--eot ID] "
+       "[--tokenizer tokenizer.json]",
+       "Turn text files (plain or .gz) into token shards (llm.c format) with a train/val split.\n"
+       "Tokens are bytes, or with --tokenizer the ids of a byte-level BPE tokenizer.json (GPT-2, GPT-NeoX),\n"
+       "encoded on every core; each file is one document.\n"
+       "--eot ID puts that token (a byte without --tokenizer) before every document (each input file's\n"
+       "part) and records it in the shard headers, for data.pack_documents (docs/data.md); with a\n"
+       "tokenizer its <|endoftext|> is the default.",
+       {"--output", "--val-fraction", "--shard-tokens", "--eot", "--tokenizer"}, {}, cmd_prepare},
       {"sweep", "ssmtrain sweep CONFIG.yaml --grid \"key.path=v1,v2;key.path=v1,v2\" [--run-dir DIR] [key.path=value ...]",
        "Train the config over every combination of the grid (each a run directory under DIR, default\n"
        "runs/<config name>-sweep), write DIR/sweep.jsonl (N, D and final validation loss per run) and,\n"

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "core/autograd.h"
+#include "data/bpe_tokenizer.h"
 #include "data/dataset.h"
 #include "data/prepare.h"
 #include "train/checkpoint.h"
@@ -84,8 +85,8 @@ int cmd_train(const Args& args) {
   options.resume = args.get("--resume");
   options.init_from = args.get("--init-from");
   options.max_steps = args.get_int("--max-steps", 0);
-  SSMT_CHECK(!args.has("--max-steps") || options.max_steps >= 1, "--max-steps: must be >= 1, got ",
-             options.max_steps, " (leave it out to train the whole budget)");
+  SSMT_CHECK(!args.has("--max-steps") || options.max_steps >= 1, "--max-steps: must be >= 1, got ", options.max_steps,
+             " (leave it out to train the whole budget)");
   options.quiet = args.has("--quiet");
   if (args.has("--profile")) {
     options.profile_steps = args.get_int("--profile", 0);
@@ -130,12 +131,29 @@ int cmd_sample(const Args& args) {
   so.temperature = args.get_double("--temperature", 0.8);
   so.top_k = args.get_int("--top-k", 0);
   so.top_p = args.get_double("--top-p", 1.0);
-  SSMT_CHECK(so.tokens >= 0 && so.tokens <= kMaxSampleTokens, "--tokens: must be in [0, ", kMaxSampleTokens,
-             "], got ", so.tokens);
+  SSMT_CHECK(so.tokens >= 0 && so.tokens <= kMaxSampleTokens, "--tokens: must be in [0, ", kMaxSampleTokens, "], got ",
+             so.tokens);
   SSMT_CHECK(so.temperature >= 0, "--temperature: must be >= 0, got ", so.temperature);
   SSMT_CHECK(so.top_k >= 0, "--top-k: must be >= 0, got ", so.top_k);
   SSMT_CHECK(so.top_p > 0 && so.top_p <= 1, "--top-p: must be in (0, 1], got ", so.top_p);
   const int64_t vocab = ck.config.model.vocab_size;
+  Generator gen(static_cast<uint64_t>(args.get_int("--seed", ck.config.train.seed)));
+  if (args.has("--tokenizer")) {
+    const BpeTokenizer tokenizer = BpeTokenizer::from_file(args.get("--tokenizer"));
+    SSMT_CHECK(tokenizer.vocab_size() <= vocab, "--tokenizer: '", args.get("--tokenizer"), "' has ",
+               tokenizer.vocab_size(), " tokens, more than the model's model.vocab_size ", vocab);
+    const std::string prompt = args.get("--prompt");
+    std::vector<int32_t> ids = tokenizer.encode(prompt);
+    if (ids.empty()) {
+      // A document's start: what the model saw before every document of its data.
+      SSMT_CHECK(tokenizer.end_of_text() >= 0, "--prompt: required, since the tokenizer '", args.get("--tokenizer"),
+                 "' has no <|endoftext|> to start from");
+      ids.push_back(tokenizer.end_of_text());
+    }
+    std::vector<int32_t> out = generate(*ck.model, ids, vocab, so, gen);
+    std::cout << prompt << tokenizer.decode(out) << std::endl;
+    return 0;
+  }
   const bool bytes = ck.config.data.kind == "text" || (ck.config.data.kind == "shards" && vocab == 256);
   std::string prompt = args.get("--prompt", bytes ? "\n" : "0");
   std::vector<int32_t> ids;
@@ -146,9 +164,9 @@ int cmd_sample(const Args& args) {
     std::istringstream in(prompt);
     long long id;
     while (in >> id) ids.push_back(static_cast<int32_t>(id));
-    SSMT_CHECK(!ids.empty(), "--prompt: this model reads token ids; write them space-separated, e.g. --prompt '3 1 4'");
+    SSMT_CHECK(!ids.empty(), "--prompt: this model reads token ids; write them space-separated, e.g. --prompt '3 1 4'",
+               " (or give --tokenizer to write text)");
   }
-  Generator gen(static_cast<uint64_t>(args.get_int("--seed", ck.config.train.seed)));
   std::vector<int32_t> out = generate(*ck.model, ids, vocab, so, gen);
   if (bytes) {
     std::string text(prompt);
@@ -194,8 +212,15 @@ int cmd_prepare(const Args& args) {
     if (!line.empty()) inputs.push_back(line);
   const int64_t shard_tokens = args.get_int("--shard-tokens", 100'000'000);
   SSMT_CHECK(shard_tokens >= 1, "--shard-tokens: must be >= 1, got ", shard_tokens);
-  PrepareSummary summary = prepare_text_shards(inputs, args.get("--output"), args.get_double("--val-fraction", 0.01),
-                                               shard_tokens, args.get_int("--eot", -1));
+  const double val_fraction = args.get_double("--val-fraction", 0.01);
+  PrepareSummary summary;
+  if (args.has("--tokenizer")) {
+    const BpeTokenizer tokenizer = BpeTokenizer::from_file(args.get("--tokenizer"));
+    summary = prepare_tokenized_shards(inputs, args.get("--output"), tokenizer, val_fraction, shard_tokens,
+                                       args.get_int("--eot", -1));
+  } else {
+    summary = prepare_text_shards(inputs, args.get("--output"), val_fraction, shard_tokens, args.get_int("--eot", -1));
+  }
   std::cout << summary.describe() << std::endl;
   return 0;
 }
@@ -208,8 +233,7 @@ int cmd_sweep(const Args& args) {
   SSMT_CHECK(args.has("--grid"), "ssmtrain sweep: --grid \"key.path=v1,v2;...\" is required");
   o.grid = parse_sweep_grid(args.get("--grid"));
   o.overrides = overrides;
-  o.dir = args.has("--run-dir") ? args.get("--run-dir")
-                                : "runs/" + fs::path(o.config_path).stem().string() + "-sweep";
+  o.dir = args.has("--run-dir") ? args.get("--run-dir") : "runs/" + fs::path(o.config_path).stem().string() + "-sweep";
   std::vector<SweepRun> runs = run_sweep(o);
   if (stop_requested()) return 0;  // run_sweep said how to continue
   // The sweep's picture (its runs, loss against compute, the fit once fit.json exists) is
@@ -242,8 +266,8 @@ int cmd_sweep(const Args& args) {
     return 0;
   }
   ScalingLaw law = fit_scaling_law(points);
-  std::printf("\nL(N, D) = %.4g + %.4g / N^%.4f + %.4g / D^%.4f   (Huber objective %.3g)\n", law.E, law.A,
-              law.alpha, law.B, law.beta, law.objective);
+  std::printf("\nL(N, D) = %.4g + %.4g / N^%.4f + %.4g / D^%.4f   (Huber objective %.3g)\n", law.E, law.A, law.alpha,
+              law.B, law.beta, law.objective);
   const std::string warning = scaling_fit_warning(law);
   if (!warning.empty()) std::printf("warning: %s\n", warning.c_str());
   {
