@@ -85,20 +85,16 @@ std::string single_mixer(const ModelOptions& model, const char* what) {
 
 // A number as Python writes it: a JSON number (NaN / Infinity literals included), or the
 // {"__float__": "Infinity"} object that recent transformers write for non-finite floats.
-double python_float(const JsonValue& v, const std::string& what) {
-  if (v.is_object() && v.find("__float__")) {
-    const std::string& s = v.find("__float__")->as_string(what);
+double python_float(const Json& v, const std::string& what) {
+  if (const Json* f = json_find(v, "__float__")) {
+    const std::string& s = json_string(*f, what);
     if (s == "Infinity" || s == "inf") return std::numeric_limits<double>::infinity();
     if (s == "-Infinity" || s == "-inf") return -std::numeric_limits<double>::infinity();
     if (s == "NaN" || s == "nan") return std::numeric_limits<double>::quiet_NaN();
     throw UserError(what + ": unknown __float__ value '" + s + "'");
   }
-  return v.as_number(what);
+  return json_number(v, what);
 }
-
-JsonValue num(double v) { return JsonValue::number(v); }
-JsonValue str(const std::string& s) { return JsonValue::string(s); }
-JsonValue flag(bool b) { return JsonValue::boolean(b); }
 
 SafeTensor to_safetensor(const HostArray& a, const std::string& name) {
   SSMT_CHECK(a.dtype == "f32", "parameter '", name, "' is stored as ", a.dtype, ", expected f32 master weights");
@@ -150,66 +146,66 @@ ExportResult export_weights(const Config& config, const ParamArrays& params, con
              " model of this config has ", n_ours);
 
   ExportResult r;
-  JsonValue cfg = JsonValue::object();
+  Json cfg = Json::object();
   if (format == WeightFormat::hf) {
     const bool v2 = mixer == "mamba2";
     r.architecture = v2 ? "Mamba2ForCausalLM" : "MambaForCausalLM";
-    cfg.set("architectures", JsonValue::array().push(str(r.architecture)));
-    cfg.set("model_type", str(v2 ? "mamba2" : "mamba"));
+    cfg["architectures"] = Json::array({r.architecture});
+    cfg["model_type"] = v2 ? "mamba2" : "mamba";
     // transformers does not pad: its embedding has vocab_size rows, so it gets our padded rows.
-    cfg.set("vocab_size", num(static_cast<double>(vocab_padded)));
-    cfg.set("hidden_size", num(static_cast<double>(m.d_model)));
-    cfg.set("state_size", num(static_cast<double>(m.d_state)));
-    cfg.set("num_hidden_layers", num(static_cast<double>(m.n_layer)));
-    cfg.set("layer_norm_epsilon", num(m.norm_eps));
-    cfg.set("expand", num(static_cast<double>(m.expand)));
-    cfg.set("conv_kernel", num(static_cast<double>(m.d_conv)));
-    cfg.set("use_bias", flag(false));
-    cfg.set("use_conv_bias", flag(true));
-    cfg.set("hidden_act", str("silu"));
-    cfg.set("residual_in_fp32", flag(true));
+    cfg["vocab_size"] = vocab_padded;
+    cfg["hidden_size"] = m.d_model;
+    cfg["state_size"] = m.d_state;
+    cfg["num_hidden_layers"] = m.n_layer;
+    cfg["layer_norm_epsilon"] = m.norm_eps;
+    cfg["expand"] = m.expand;
+    cfg["conv_kernel"] = m.d_conv;
+    cfg["use_bias"] = false;
+    cfg["use_conv_bias"] = true;
+    cfg["hidden_act"] = "silu";
+    cfg["residual_in_fp32"] = true;
     if (v2) {
       const auto& o = m.mixers.get<Mamba2Options>();
-      cfg.set("num_heads", num(static_cast<double>(m.expand * m.d_model / o.headdim)));
-      cfg.set("head_dim", num(static_cast<double>(o.headdim)));
-      cfg.set("n_groups", num(static_cast<double>(o.ngroups)));
-      cfg.set("chunk_size", num(static_cast<double>(o.chunk_size)));
+      cfg["num_heads"] = m.expand * m.d_model / o.headdim;
+      cfg["head_dim"] = o.headdim;
+      cfg["n_groups"] = o.ngroups;
+      cfg["chunk_size"] = o.chunk_size;
     } else {
       // The resolved rank (model.dt_rank 0 means ceil(d_model / 16), as transformers' "auto").
-      cfg.set("time_step_rank", num(static_cast<double>(param("layers.0.mixer.dt_proj.weight").shape.at(1))));
+      cfg["time_step_rank"] = param("layers.0.mixer.dt_proj.weight").shape.at(1);
     }
-    cfg.set("tie_word_embeddings", flag(true));
-    cfg.set("rescale_prenorm_residual", flag(false));
-    cfg.set("torch_dtype", str("float32"));
+    cfg["tie_word_embeddings"] = true;
+    cfg["rescale_prenorm_residual"] = false;
+    cfg["torch_dtype"] = "float32";
   } else {
     const bool v2 = mixer == "mamba2";
     r.architecture = v2 ? "Mamba2" : "Mamba1";
-    JsonValue ssm = JsonValue::object();
-    ssm.set("layer", str(r.architecture));
-    ssm.set("d_state", num(static_cast<double>(m.d_state)));
-    ssm.set("d_conv", num(static_cast<double>(m.d_conv)));
-    ssm.set("expand", num(static_cast<double>(m.expand)));
+    Json ssm = Json::object();
+    ssm["layer"] = r.architecture;
+    ssm["d_state"] = m.d_state;
+    ssm["d_conv"] = m.d_conv;
+    ssm["expand"] = m.expand;
     if (v2) {
       const auto& o = m.mixers.get<Mamba2Options>();
-      ssm.set("headdim", num(static_cast<double>(o.headdim)));
-      ssm.set("ngroups", num(static_cast<double>(o.ngroups)));
-      ssm.set("chunk_size", num(static_cast<double>(o.chunk_size)));
+      ssm["headdim"] = o.headdim;
+      ssm["ngroups"] = o.ngroups;
+      ssm["chunk_size"] = o.chunk_size;
     } else {
-      ssm.set("dt_rank", num(static_cast<double>(param("layers.0.mixer.dt_proj.weight").shape.at(1))));
+      ssm["dt_rank"] = param("layers.0.mixer.dt_proj.weight").shape.at(1);
     }
-    cfg.set("d_model", num(static_cast<double>(m.d_model)));
-    cfg.set("d_intermediate", num(0));
-    cfg.set("n_layer", num(static_cast<double>(m.n_layer)));
+    cfg["d_model"] = m.d_model;
+    cfg["d_intermediate"] = 0;
+    cfg["n_layer"] = m.n_layer;
     // mamba_ssm pads itself, from the unpadded size and the multiple.
-    cfg.set("vocab_size", num(static_cast<double>(m.vocab_size)));
-    cfg.set("ssm_cfg", std::move(ssm));
-    cfg.set("attn_layer_idx", JsonValue::array());
-    cfg.set("attn_cfg", JsonValue::object());
-    cfg.set("rms_norm", flag(true));
-    cfg.set("residual_in_fp32", flag(true));
-    cfg.set("fused_add_norm", flag(true));
-    cfg.set("pad_vocab_size_multiple", num(static_cast<double>(m.pad_vocab_multiple)));
-    cfg.set("tie_embeddings", flag(true));
+    cfg["vocab_size"] = m.vocab_size;
+    cfg["ssm_cfg"] = std::move(ssm);
+    cfg["attn_layer_idx"] = Json::array();
+    cfg["attn_cfg"] = Json::object();
+    cfg["rms_norm"] = true;
+    cfg["residual_in_fp32"] = true;
+    cfg["fused_add_norm"] = true;
+    cfg["pad_vocab_size_multiple"] = m.pad_vocab_multiple;
+    cfg["tie_embeddings"] = true;
   }
   std::error_code ec;
   fs::create_directories(outdir, ec);
@@ -227,28 +223,28 @@ namespace {
 // config.json's keys with transformers' (or mamba_ssm's) defaults where a key is absent.
 class ConfigKeys {
  public:
-  ConfigKeys(const JsonValue& obj, std::string file) : obj_(obj), file_(std::move(file)) {}
+  ConfigKeys(const Json& obj, std::string file) : obj_(obj), file_(std::move(file)) {}
   std::string what(const std::string& key) const { return file_ + ": key '" + key + "'"; }
-  const JsonValue* get(const std::string& key) const { return obj_.find(key); }
+  const Json* get(const std::string& key) const { return json_find(obj_, key); }
   int64_t integer(const std::string& key, std::optional<int64_t> def = std::nullopt) const {
-    const JsonValue* v = get(key);
+    const Json* v = get(key);
     if (!v || v->is_null()) {
       SSMT_CHECK(def.has_value(), file_, ": has no key '", key, "'");
       return *def;
     }
-    return v->as_int(what(key));
+    return json_int(*v, what(key));
   }
   double number(const std::string& key, double def) const {
-    const JsonValue* v = get(key);
-    return v && !v->is_null() ? v->as_number(what(key)) : def;
+    const Json* v = get(key);
+    return v && !v->is_null() ? json_number(*v, what(key)) : def;
   }
   bool boolean(const std::string& key, bool def) const {
-    const JsonValue* v = get(key);
-    return v && !v->is_null() ? v->as_bool(what(key)) : def;
+    const Json* v = get(key);
+    return v && !v->is_null() ? json_bool(*v, what(key)) : def;
   }
   std::string string(const std::string& key, const std::string& def) const {
-    const JsonValue* v = get(key);
-    return v && !v->is_null() ? v->as_string(what(key)) : def;
+    const Json* v = get(key);
+    return v && !v->is_null() ? json_string(*v, what(key)) : def;
   }
   // A key whose value our model cannot honour.
   void require(bool ok, const std::string& key, const std::string& why) const {
@@ -256,7 +252,7 @@ class ConfigKeys {
   }
 
  private:
-  const JsonValue& obj_;
+  const Json& obj_;
   std::string file_;
 };
 
@@ -265,12 +261,12 @@ SafeTensorMap read_weights(const std::string& dir) {
   if (fs::exists(single)) return read_safetensors(single.string());
   if (fs::exists(index)) {
     // A sharded checkpoint: the index maps each tensor to the file that holds it.
-    const JsonValue j = parse_json(read_text(index.string()), index.string());
-    const JsonValue* map = j.find("weight_map");
+    const Json j = parse_json(read_text(index.string()), index.string());
+    const Json* map = json_find(j, "weight_map");
     SSMT_CHECK(map, index.string(), ": has no key 'weight_map'");
     std::set<std::string> files;
-    for (const auto& [name, file] : map->as_object(index.string() + ": key 'weight_map'"))
-      files.insert(file.as_string(index.string() + ": weight_map entry '" + name + "'"));
+    for (const auto& [name, file] : json_object(*map, index.string() + ": key 'weight_map'").items())
+      files.insert(json_string(file, index.string() + ": weight_map entry '" + name + "'"));
     SafeTensorMap all;
     for (const std::string& f : files) {
       SSMT_CHECK(f.find('/') == std::string::npos, index.string(), ": shard name '", f, "' is not a plain file name");
@@ -295,7 +291,7 @@ ImportedModel import_weights(const std::string& dir) {
              "model.safetensors)");
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
   SSMT_CHECK(fs::exists(cfg_path), "import: '", cfg_path, "': no such file");
-  const JsonValue cfg_json = parse_json(read_text(cfg_path), cfg_path);
+  const Json cfg_json = parse_json(read_text(cfg_path), cfg_path);
   SSMT_CHECK(cfg_json.is_object(), cfg_path, ": expected a JSON object");
   const ConfigKeys k(cfg_json, cfg_path);
 
@@ -330,16 +326,16 @@ ImportedModel import_weights(const std::string& dir) {
       k.require(heads * o.headdim == m.expand * m.d_model, "num_heads",
                 "times head_dim must equal expand * hidden_size");
       k.require(k.boolean("rms_norm", true), "rms_norm", "is false; ssmtrain's Mamba-2 always has the gated RMSNorm");
-      if (const JsonValue* lim = k.get("time_step_limit")) {
-        const auto& a = lim->as_array(k.what("time_step_limit"));
+      if (const Json* lim = k.get("time_step_limit")) {
+        const Json& a = json_array(*lim, k.what("time_step_limit"));
         k.require(a.size() == 2 && python_float(a[0], k.what("time_step_limit")) == 0 &&
                       std::isinf(python_float(a[1], k.what("time_step_limit"))),
                   "time_step_limit", "must be [0, Infinity]; ssmtrain does not clamp dt");
       }
     } else {
       const int64_t auto_rank = (m.d_model + 15) / 16;
-      const JsonValue* r = k.get("time_step_rank");
-      const int64_t rank = r && r->is_number() ? r->as_int(k.what("time_step_rank")) : auto_rank;
+      const Json* r = k.get("time_step_rank");
+      const int64_t rank = r && r->is_number() ? json_int(*r, k.what("time_step_rank")) : auto_rank;
       m.mixers.get<MambaOptions>().dt_rank = rank == auto_rank ? 0 : rank;
     }
     // transformers does not pad the vocabulary; keep its size as it is (no padded rows).
@@ -354,13 +350,13 @@ ImportedModel import_weights(const std::string& dir) {
     m.vocab_size = k.integer("vocab_size");
     m.pad_vocab_multiple = k.integer("pad_vocab_size_multiple", 8);
     k.require(k.integer("d_intermediate", 0) == 0, "d_intermediate", "is not 0; MLP blocks are not imported");
-    const JsonValue* attn = k.get("attn_layer_idx");
-    k.require(!attn || attn->is_null() || attn->as_array(k.what("attn_layer_idx")).empty(), "attn_layer_idx",
+    const Json* attn = k.get("attn_layer_idx");
+    k.require(!attn || attn->is_null() || json_array(*attn, k.what("attn_layer_idx")).empty(), "attn_layer_idx",
               "is not empty; attention layers are not imported");
     k.require(k.boolean("rms_norm", true), "rms_norm", "is false; ssmtrain's blocks use RMSNorm");
     k.require(k.boolean("tie_embeddings", true), "tie_embeddings", "is false; ssmtrain's head is always tied");
-    static const JsonValue empty = JsonValue::object();
-    const JsonValue* ssm_json = k.get("ssm_cfg");
+    static const Json empty = Json::object();
+    const Json* ssm_json = k.get("ssm_cfg");
     const ConfigKeys s(ssm_json ? *ssm_json : empty, cfg_path + " ssm_cfg");
     const std::string layer = s.string("layer", "Mamba1");
     s.require(layer == "Mamba1" || layer == "Mamba2", "layer", "is '" + layer + "'; expected Mamba1 or Mamba2");
@@ -379,13 +375,13 @@ ImportedModel import_weights(const std::string& dir) {
       o.chunk_size = s.integer("chunk_size", 256);
       s.require(s.boolean("rmsnorm", true), "rmsnorm", "is false; ssmtrain's Mamba-2 always has the gated RMSNorm");
       s.require(!s.boolean("norm_before_gate", false), "norm_before_gate", "is true; ssmtrain gates before the norm");
-      const JsonValue* d_ssm = s.get("d_ssm");
-      s.require(!d_ssm || d_ssm->is_null() || d_ssm->as_int(s.what("d_ssm")) == m.expand * m.d_model, "d_ssm",
+      const Json* d_ssm = s.get("d_ssm");
+      s.require(!d_ssm || d_ssm->is_null() || json_int(*d_ssm, s.what("d_ssm")) == m.expand * m.d_model, "d_ssm",
                 "must be null (all of d_inner through the SSM)");
     } else {
-      const JsonValue* r = s.get("dt_rank");
+      const Json* r = s.get("dt_rank");
       const int64_t auto_rank = (m.d_model + 15) / 16;
-      const int64_t rank = r && r->is_number() ? r->as_int(s.what("dt_rank")) : auto_rank;
+      const int64_t rank = r && r->is_number() ? json_int(*r, s.what("dt_rank")) : auto_rank;
       m.mixers.get<MambaOptions>().dt_rank = rank == auto_rank ? 0 : rank;
     }
     out.source = std::string("mamba_ssm MambaLMHeadModel (") + layer + ")";

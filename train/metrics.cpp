@@ -10,36 +10,26 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/error.h"
 
 namespace ssmtrain {
 
-std::string json_escape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    switch (c) {
-      case '"': o += "\\\""; break;
-      case '\\': o += "\\\\"; break;
-      case '\n': o += "\\n"; break;
-      case '\t': o += "\\t"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          o += buf;
-        } else {
-          o += c;
-        }
-    }
-  }
-  return o;
+namespace {
+
+// A JSON string literal, by nlohmann-json's serializer; bytes that are not UTF-8 become
+// U+FFFD, so a record stays valid JSON whatever a name holds.
+std::string quoted(const std::string& s) {
+  return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
+
+}  // namespace
 
 void JsonLine::key(const std::string& k) {
   if (!body_.empty()) body_ += ", ";
-  body_ += "\"" + json_escape(k) + "\": ";
+  body_ += quoted(k) + ": ";
 }
 
 std::string JsonLine::text(const std::string& k) const {
@@ -71,7 +61,7 @@ JsonLine& JsonLine::add(const std::string& k, int64_t v) {
 JsonLine& JsonLine::add(const std::string& k, const std::string& v) {
   strings_.emplace_back(k, v);
   key(k);
-  body_ += "\"" + json_escape(v) + "\"";
+  body_ += quoted(v);
   return *this;
 }
 

@@ -14,8 +14,10 @@
 
 namespace ssmtrain {
 
-// A flat JSON object built field by field; numbers are written with full precision so that
-// two runs can be compared bitwise through their metrics files.
+// A flat JSON object built field by field; numbers are written with full precision (%.17g)
+// so that two runs can be compared bitwise through their metrics files, and a non-finite
+// value as Python's NaN / Infinity literal, which train/json.h reads back. (nlohmann-json
+// would write null and lose it; it quotes the strings here.)
 class JsonLine {
  public:
   JsonLine& add(const std::string& key, double v);
@@ -33,8 +35,6 @@ class JsonLine {
   std::vector<std::pair<std::string, double>> numbers_;
   std::vector<std::pair<std::string, std::string>> strings_;
 };
-
-std::string json_escape(const std::string& s);
 
 class RunLog {
  public:

@@ -151,7 +151,7 @@ void render_panel(std::string& svg, const PlotPanel& p, double x0, double y0, do
 
 struct RunMetrics {
   std::string name;
-  std::vector<JsonValue> train, val;
+  std::vector<Json> train, val;
 };
 
 RunMetrics read_run_metrics(const std::string& dir) {
@@ -167,21 +167,21 @@ RunMetrics read_run_metrics(const std::string& dir) {
   for (std::string line; std::getline(in, line);) {
     ++line_no;
     if (line.empty()) continue;
-    JsonValue v = parse_json(line, path + " line " + std::to_string(line_no));
-    const JsonValue* split = v.find("split");
-    (split && split->is_string() && split->as_string("split") == "val" ? r.val : r.train).push_back(std::move(v));
+    Json v = parse_json(line, path + " line " + std::to_string(line_no));
+    const Json* split = json_find(v, "split");
+    (split && *split == "val" ? r.val : r.train).push_back(std::move(v));
   }
   return r;
 }
 
-PlotSeries series_of(const std::vector<JsonValue>& records, const char* x, const char* y, const std::string& label,
+PlotSeries series_of(const std::vector<Json>& records, const char* x, const char* y, const std::string& label,
                      int color) {
   PlotSeries s;
   s.label = label;
   s.color = color;
-  for (const JsonValue& r : records) {
-    const JsonValue *xv = r.find(x), *yv = r.find(y);
-    if (xv && yv && xv->is_number() && yv->is_number()) s.points.emplace_back(xv->as_number(x), yv->as_number(y));
+  for (const Json& r : records) {
+    const Json *xv = json_find(r, x), *yv = json_find(r, y);
+    if (xv && yv && xv->is_number() && yv->is_number()) s.points.emplace_back(xv->get<double>(), yv->get<double>());
   }
   return s;
 }
@@ -276,25 +276,26 @@ std::string plot_runs_svg(const std::vector<std::string>& dirs) {
       ++line_no;
       if (line.empty()) continue;
       const std::string what = sweep_path + " line " + std::to_string(line_no);
-      JsonValue v = parse_json(line, what);
-      SSMT_CHECK(v.find("params") && v.find("tokens") && v.find("val_loss") && v.find("name"), what,
-                 ": expected name, params, tokens, val_loss");
+      Json v = parse_json(line, what);
+      SSMT_CHECK(json_find(v, "params") && json_find(v, "tokens") && json_find(v, "val_loss") && json_find(v, "name"),
+                 what, ": expected name, params, tokens, val_loss");
       sweep.push_back(
-          {v.find("params")->as_number(what), v.find("tokens")->as_number(what), v.find("val_loss")->as_number(what)});
-      const std::string run_dir = (fs::path(dir) / v.find("name")->as_string(what)).string();
+          {json_number(v["params"], what), json_number(v["tokens"], what), json_number(v["val_loss"], what)});
+      const std::string run_dir = (fs::path(dir) / json_string(v["name"], what)).string();
       if (fs::exists(fs::path(run_dir) / "metrics.jsonl")) runs.push_back(read_run_metrics(run_dir));
     }
     const std::string fit_path = (fs::path(dir) / "fit.json").string();
     if (fs::exists(fit_path)) {
       std::ifstream f(fit_path);
       std::string text((std::istreambuf_iterator<char>(f)), {});
-      JsonValue v = parse_json(text, fit_path);
+      const Json v = parse_json(text, fit_path);
+      auto number = [&](const char* key) { return json_find(v, key) ? json_number(v[key], fit_path) : 0.0; };
       ScalingLaw law;
-      law.E = v.find("E") ? v.find("E")->as_number(fit_path) : 0;
-      law.A = v.find("A") ? v.find("A")->as_number(fit_path) : 0;
-      law.B = v.find("B") ? v.find("B")->as_number(fit_path) : 0;
-      law.alpha = v.find("alpha") ? v.find("alpha")->as_number(fit_path) : 0;
-      law.beta = v.find("beta") ? v.find("beta")->as_number(fit_path) : 0;
+      law.E = number("E");
+      law.A = number("A");
+      law.B = number("B");
+      law.alpha = number("alpha");
+      law.beta = number("beta");
       if (law.alpha > 0 && law.beta > 0) laws.push_back(law);
     }
   }

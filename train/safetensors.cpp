@@ -140,26 +140,14 @@ SafeTensor SafeTensor::from_f32(const std::vector<float>& values, std::vector<in
 void write_safetensors(const std::string& path, const SafeTensorMap& tensors,
                        const std::map<std::string, std::string>& metadata) {
   static_assert(std::endian::native == std::endian::little, "safetensors are little-endian; so is this writer");
-  JsonValue header = JsonValue::object();
-  if (!metadata.empty()) {
-    JsonValue meta = JsonValue::object();
-    for (const auto& [k, v] : metadata) meta.set(k, JsonValue::string(v));
-    header.set("__metadata__", std::move(meta));
-  }
+  Json header = Json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
     SSMT_ASSERT(static_cast<int64_t>(t.bytes.size()) == t.numel() * safetensors_dtype_size(t.dtype), name);
-    JsonValue entry = JsonValue::object();
-    entry.set("dtype", JsonValue::string(t.dtype));
-    JsonValue shape = JsonValue::array();
-    for (int64_t d : t.shape) shape.push(JsonValue::number(static_cast<double>(d)));
-    entry.set("shape", std::move(shape));
-    JsonValue offsets = JsonValue::array();
-    offsets.push(JsonValue::number(static_cast<double>(offset)));
-    offset += t.bytes.size();
-    offsets.push(JsonValue::number(static_cast<double>(offset)));
-    entry.set("data_offsets", std::move(offsets));
-    header.set(name, std::move(entry));
+    const uint64_t end = offset + t.bytes.size();
+    header[name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", Json::array({offset, end})}};
+    offset = end;
   }
   std::string json = header.dump();
   // Padding the header to 8 bytes keeps every tensor 8-byte aligned when the file is mapped.
@@ -190,34 +178,36 @@ SafeTensorMap read_safetensors(const std::string& path, std::map<std::string, st
   std::string json(n, '\0');
   in.read(json.data(), static_cast<std::streamsize>(n));
   SSMT_CHECK(in.good(), "safetensors file '", path, "': cannot read its header");
-  const JsonValue header = parse_json(json, "safetensors header of '" + path + "'");
+  const std::string source = "safetensors header of '" + path + "'";
+  const Json header = parse_json(json, source);
   const uint64_t data_size = size - 8 - n;
   SafeTensorMap out;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
-  for (const auto& [name, entry] : header.as_object("safetensors header of '" + path + "'")) {
+  for (const auto& [name, entry] : json_object(header, source).items()) {
     const std::string what = "safetensors file '" + path + "': tensor '" + name + "'";
     if (name == "__metadata__") {
       if (metadata)
-        for (const auto& [k, v] : entry.as_object(what)) (*metadata)[k] = v.is_string() ? v.as_string(what) : v.dump();
+        for (const auto& [k, v] : json_object(entry, what).items())
+          (*metadata)[k] = v.is_string() ? v.get<std::string>() : v.dump();
       continue;
     }
-    SSMT_CHECK(entry.is_object() && entry.find("dtype") && entry.find("shape") && entry.find("data_offsets"), what,
+    SSMT_CHECK(json_find(entry, "dtype") && json_find(entry, "shape") && json_find(entry, "data_offsets"), what,
                ": expected {dtype, shape, data_offsets}");
     SafeTensor t;
-    t.dtype = entry.find("dtype")->as_string(what + " dtype");
+    t.dtype = json_string(entry["dtype"], what + " dtype");
     int64_t elem;
     try {
       elem = safetensors_dtype_size(t.dtype);
     } catch (const UserError& e) {
       throw UserError(what + ": " + e.what());
     }
-    for (const JsonValue& d : entry.find("shape")->as_array(what + " shape")) {
-      t.shape.push_back(d.as_int(what + " shape"));
+    for (const Json& d : json_array(entry["shape"], what + " shape")) {
+      t.shape.push_back(json_int(d, what + " shape"));
       SSMT_CHECK(t.shape.back() >= 0, what, ": negative dimension in its shape");
     }
-    const auto& off = entry.find("data_offsets")->as_array(what + " data_offsets");
+    const Json& off = json_array(entry["data_offsets"], what + " data_offsets");
     SSMT_CHECK(off.size() == 2, what, ": data_offsets must hold [begin, end]");
-    const int64_t b = off[0].as_int(what + " data_offsets"), e = off[1].as_int(what + " data_offsets");
+    const int64_t b = json_int(off[0], what + " data_offsets"), e = json_int(off[1], what + " data_offsets");
     SSMT_CHECK(b >= 0 && e >= b && static_cast<uint64_t>(e) <= data_size, what, ": data_offsets [", b, ", ", e,
                "] lie outside the data area of ", data_size, " bytes (truncated file?)");
     SSMT_CHECK(e - b == t.numel() * elem, what, ": shape and dtype need ", t.numel() * elem,

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "train/config.h"
+#include "train/json.h"
 #include "train/metrics.h"
 #include "train/signals.h"
 #include "train/setup.h"
@@ -32,15 +33,20 @@ std::string trim(const std::string& s) {
 
 // The last validation record of a run: (tokens, loss).
 std::pair<double, double> final_validation(const std::string& run_dir) {
-  std::ifstream in(run_dir + "/metrics.jsonl");
+  const std::string path = run_dir + "/metrics.jsonl";
+  std::ifstream in(path);
   SSMT_CHECK(in.good(), "sweep: run '", run_dir, "' has no metrics.jsonl");
   double tokens = -1, loss = -1;
+  int line_no = 0;
   for (std::string line; std::getline(in, line);) {
-    if (line.find("\"split\": \"val\"") == std::string::npos) continue;
-    auto t = line.find("\"tokens\": "), l = line.find("\"loss\": ");
-    if (t == std::string::npos || l == std::string::npos) continue;
-    tokens = std::stod(line.substr(t + 10));
-    loss = std::stod(line.substr(l + 8));
+    ++line_no;
+    if (line.find("\"val\"") == std::string::npos) continue;  // training records, quickly
+    const std::string what = path + " line " + std::to_string(line_no);
+    const Json r = parse_json(line, what);
+    const Json *split = json_find(r, "split"), *t = json_find(r, "tokens"), *l = json_find(r, "loss");
+    if (!split || *split != "val" || !t || !l) continue;
+    tokens = json_number(*t, what + ": tokens");
+    loss = json_number(*l, what + ": loss");
   }
   SSMT_CHECK(loss >= 0, "sweep: run '", run_dir,
              "' has no validation record (its data needs a validation split; train.eval_every 0 still evaluates "
