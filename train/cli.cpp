@@ -17,6 +17,7 @@ struct Command {
   std::set<std::string> value_flags;   // --flag VALUE
   std::set<std::string> switch_flags;  // --flag
   int (*fn)(const Args&);
+  std::set<std::string> list_flags = {};  // --flag VALUE..., up to the next --option
 };
 
 const std::vector<Command>& commands() {
@@ -42,7 +43,7 @@ const std::vector<Command>& commands() {
        {"--batches"}, {}, cmd_eval},
       {"sample",
        "ssmtrain sample CKPT.h5 [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] "
-       "[--device D] [--tokenizer tokenizer.json]",
+       "[--device D] [--tokenizer tokenizer.json] [key.path=value ...]",
        "Generate text from a checkpoint with the recurrent step (constant time per token).\n"
        "--temperature 0 samples greedily (the most likely token); --device cpu|cuda|cuda:N.\n"
        "--tokenizer encodes the prompt and decodes the output with the tokenizer the data was prepared\n"
@@ -61,7 +62,7 @@ const std::vector<Command>& commands() {
        "--eot ID puts that token (a byte without --tokenizer) before every document (each input file's\n"
        "part) and records it in the shard headers, for data.pack_documents (docs/data.md); with a\n"
        "tokenizer its <|endoftext|> is the default.",
-       {"--output", "--val-fraction", "--shard-tokens", "--eot", "--tokenizer"}, {}, cmd_prepare},
+       {"--output", "--val-fraction", "--shard-tokens", "--eot", "--tokenizer"}, {}, cmd_prepare, {"--input"}},
       {"sweep", "ssmtrain sweep CONFIG.yaml --grid \"key.path=v1,v2;key.path=v1,v2\" [--run-dir DIR] [key.path=value ...]",
        "Train the config over every combination of the grid (each a run directory under DIR, default\n"
        "runs/<config name>-sweep), write DIR/sweep.jsonl (N, D and final validation loss per run) and,\n"
@@ -104,6 +105,17 @@ void print_usage(std::ostream& os) {
 }
 
 }  // namespace
+
+std::vector<CommandOptions> command_options() {
+  std::vector<CommandOptions> out;
+  for (const auto& c : commands()) {
+    CommandOptions o{c.name, c.usage, {}};
+    for (const auto* flags : {&c.value_flags, &c.switch_flags, &c.list_flags})
+      o.options.insert(o.options.end(), flags->begin(), flags->end());
+    out.push_back(std::move(o));
+  }
+  return out;
+}
 
 std::string Args::get(const std::string& f, const std::string& def) const {
   auto it = flags.find(f);
@@ -167,17 +179,17 @@ int run_cli(int argc, char** argv) {
           if (i + 1 >= argc) throw UserError(key + ": expects a value (see `ssmtrain " + name + " --help`)");
           value = argv[++i];
         }
-        // --input takes several files: collect them all, separated by newlines.
         args.flags[key] = value;
-      } else if (key == "--input" && name == "prepare") {
-        std::string files;
-        if (eq != std::string::npos) files = value;
+      } else if (cmd->list_flags.count(key)) {
+        // Several values (prepare's input files): collect them all, separated by newlines.
+        std::string values;
+        if (eq != std::string::npos) values = value;
         while (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) {
-          if (!files.empty()) files += "\n";
-          files += argv[++i];
+          if (!values.empty()) values += "\n";
+          values += argv[++i];
         }
-        if (files.empty()) throw UserError("--input: expects at least one file");
-        args.flags[key] = files;
+        if (values.empty()) throw UserError(key + ": expects at least one value");
+        args.flags[key] = values;
       } else {
         throw UserError("unknown option '" + key + "' for `ssmtrain " + name + "` (see `ssmtrain " + name + " --help`)");
       }

@@ -23,6 +23,13 @@ struct Args {
 
 int run_cli(int argc, char** argv);
 
+// Each command's usage line and every option it accepts, so a test can hold the two together.
+struct CommandOptions {
+  std::string name, usage;
+  std::vector<std::string> options;
+};
+std::vector<CommandOptions> command_options();
+
 // Subcommands (train/commands.cpp).
 int cmd_train(const Args& args);
 int cmd_eval(const Args& args);
