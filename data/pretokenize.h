@@ -10,8 +10,8 @@
 // Characters are Unicode code points decoded from UTF-8 and classified by the tables in
 // data/unicode_tables.inc: \p{L} is general category L (Lu Ll Lt Lm Lo), \p{N} is N (Nd Nl
 // No), \s is the White_Space property, as in Oniguruma, the engine Hugging Face's tokenizers
-// uses. The tables come from Unicode 14.0 (tools/gen_unicode_tables.py regenerates them); a
-// code point assigned later is "other" here. A byte that does not begin a valid UTF-8
+// uses. The tables come from Unicode 16.0, the version of that engine in tokenizers 0.23
+// (tools/gen_unicode_tables.py regenerates them); a code point assigned later is "other". A byte that does not begin a valid UTF-8
 // sequence (or a truncated, overlong or surrogate one) is one character of class "other",
 // so any bytes split and every byte still reaches the BPE; text the Python package can read
 // (valid UTF-8) never contains one.

@@ -1,13 +1,22 @@
 #!/usr/bin/env python3
 """Writes data/unicode_tables.inc: the code point ranges of the Unicode general categories
 L (letters) and N (numbers) and of the White_Space property, which the GPT-2 pre-tokenizer
-split (data/pretokenize.h) classifies characters by. Generated from Python's unicodedata
-so the tables can be regenerated for a newer Unicode version:
+split (data/pretokenize.h) classifies characters by.
 
-    python3 tools/gen_unicode_tables.py > data/unicode_tables.inc
+The data comes from the `unicodedata2` package when it is installed (it follows new Unicode
+versions), else from Python's own unicodedata. The tables should match the Unicode version
+of the regex engine in Hugging Face's tokenizers (Oniguruma; Unicode 16.0 in tokenizers
+0.23), so:
+
+    python3 -m venv /tmp/ucd && /tmp/ucd/bin/pip install unicodedata2==16.0.0
+    /tmp/ucd/bin/python tools/gen_unicode_tables.py > data/unicode_tables.inc
 """
 import sys
-import unicodedata
+
+try:
+    import unicodedata2 as unicodedata
+except ImportError:
+    import unicodedata
 
 # White_Space (PropList.txt); unicodedata does not expose binary properties. Stable since
 # Unicode 6.3, when U+180E left it.

@@ -115,7 +115,11 @@ POOL = (list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") +
                                    "\u2028", "\u2029", "\u202f", "\u205f", "\u3000", "\u180e", "\u200b"] +
         list("éüßøÆœŁ") + list("αβγΩ") + list("жЯё") + list("中文字") + list("한국") + list("عربي") +
         list("हिन्दी") + list("٣٤५६") + list("²³¼Ⅻⅷ") + list("ˈˌʰ") + list("\u0301\u0308") +
-        list("😀🚀👍🏽") + list("—–…€£©®™") + ["\ufffd", "\U0001d400", "\U00010400"])
+        list("😀🚀👍🏽") + list("—–…€£©®™") + ["\ufffd", "\U0001d400", "\U00010400"] +
+        # Assigned in Unicode 15.0-16.0: Kawi letter and digit, a Kannada mark, CJK Ext. I,
+        # Garay capital and digit, Kirat Rai, Tulu-Tigalari, outlined digit; unassigned.
+        ["\U00011f04", "\U00011f50", "\u0cf3", "\U0002ebf0", "\U00010d50", "\U00010d40", "\U00016d43",
+         "\U00011380", "\U0001ccf0", "\U000e0080"])
 WORDS = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "don't", "we'll", "<|endoftext|>", "  ", "   x",
          "\n\n", " \n", "hello", " world", "12345", " 3.14"]
 

@@ -78,6 +78,10 @@ TEST_CASE("the GPT-2 split classifies non-ASCII characters by Unicode category")
   CHECK(char_class(U'Ⅻ') == CharClass::number);      // Nl
   CHECK(char_class(U'\u2029') == CharClass::space);
   CHECK(char_class(0x1C) == CharClass::other);  // Python's isspace() says yes; White_Space no
+  // Unicode 16.0, as the tokenizers package's regex engine: Garay (new in 16.0) letter and digit.
+  CHECK(char_class(0x10D50) == CharClass::letter);
+  CHECK(char_class(0x10D40) == CharClass::number);
+  CHECK(char_class(0xE0080) == CharClass::other);  // unassigned
 }
 
 TEST_CASE("byte-level BPE on a hand-written tokenizer.json") {
