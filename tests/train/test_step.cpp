@@ -245,8 +245,8 @@ TEST_CASE("a CUDA train_step does not wait for the device") {
 // update: so ZeRO is compared to 1e-6, the replicated buckets bitwise). Small buckets make
 // the hook start most of them during the backward. A step with a NaN weight is skipped by
 // all three, leaving parameters and optimizer state as they were.
-TEST_CASE("train_step with gradient buckets and ZeRO-1 in a world of one equals the plain step") {
-  Setup plain("cpu"), bucketed("cpu"), sharded("cpu");
+void check_buckets_in_a_world_of_one(const std::string& device) {
+  Setup plain(device), bucketed(device), sharded(device);
   auto specs = [](Setup& s) {
     std::vector<ParamSpec> v = param_specs(s.model->named_parameters());
     std::reverse(v.begin(), v.end());
@@ -301,4 +301,23 @@ TEST_CASE("train_step with gradient buckets and ZeRO-1 in a world of one equals 
       CHECK(ref_close(plain.params[i], sharded.params[i]));
     }
   }
+}
+
+TEST_CASE("train_step with gradient buckets and ZeRO-1 in a world of one equals the plain step") {
+  check_buckets_in_a_world_of_one("cpu");
+}
+
+// The same on the GPU: the bucket copies, the casts and the ZeRO shard update run as CUDA
+// kernels on the compute stream (a world of one has no communication stream), and the
+// result must still equal the plain CUDA step (bitwise; ZeRO to 1e-6 as above).
+TEST_CASE("CUDA train_step with gradient buckets and ZeRO-1 in a world of one equals the plain step") {
+#if defined(SSMTRAIN_WITH_CUDA)
+  if (!cuda_available()) {
+    MESSAGE("CUDA tests skipped: no GPU");
+    return;
+  }
+  check_buckets_in_a_world_of_one("cuda");
+#else
+  MESSAGE("CUDA tests skipped: built without CUDA");
+#endif
 }
