@@ -290,7 +290,11 @@ void check_buckets_in_a_world_of_one(const std::string& device) {
       CHECK(a.loss == b.loss);
       CHECK(a.clip.norm == b.clip.norm);
       CHECK(c.loss == doctest::Approx(a.loss).epsilon(1e-6));
-      CHECK(c.clip.norm == doctest::Approx(a.clip.norm).epsilon(1e-9));
+      // Step 1: the same gradients, their exact f64 squares summed in another order (~1e-12).
+      // Later steps start from parameters that differ in their last bits (on CUDA the plain
+      // AdamW applies the clip factor computed on the device, ZeRO the host's), so the
+      // gradients and their norm differ as the loss does.
+      CHECK(c.clip.norm == doctest::Approx(a.clip.norm).epsilon(step == 1 ? 1e-9 : 1e-6));
     }
     // All but the first bucket complete before the backward ends (the embedding, first in
     // registration, is last in bucket order and finished by the very last node).
@@ -316,7 +320,12 @@ TEST_CASE("CUDA train_step with gradient buckets and ZeRO-1 in a world of one eq
     MESSAGE("CUDA tests skipped: no GPU");
     return;
   }
+  // Full f32 GEMMs: with TF32 a last-bit difference of a parameter can move a product's
+  // 10-bit rounding, far more than the comparison above allows for.
+  const bool tf32 = allow_tf32();
+  set_allow_tf32(false);
   check_buckets_in_a_world_of_one("cuda");
+  set_allow_tf32(tf32);
 #else
   MESSAGE("CUDA tests skipped: built without CUDA");
 #endif
