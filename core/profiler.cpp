@@ -46,6 +46,7 @@ struct RawSpan {
   const char* category;
   int32_t begin, end;  // boundary indices; end -1 while open
   int32_t tid;
+  bool side = false;  // a StreamSpan: its boundaries are events on another stream
 };
 struct RawWait {
   int64_t begin_ns, end_ns;
@@ -64,6 +65,7 @@ struct StepMark {
 struct Span {
   std::string name, category;
   int32_t tid;
+  bool side;     // on another stream than the compute stream (StreamSpan)
   int64_t step;  // the step it began in; -1 before the first step_boundary
   int64_t host_begin, host_end, dev_begin, dev_end;
   int64_t host_dur() const { return host_end - host_begin; }
@@ -162,6 +164,18 @@ int32_t new_boundary(Recorder& r) {
   return index;
 }
 
+// A boundary whose event goes on `stream` (a StreamSpan's); the thread's mark stays.
+int32_t new_stream_boundary(Recorder& r, void* stream) {
+  const auto index = static_cast<int32_t>(r.boundary_ns.size());
+  r.boundary_ns.push_back(now_ns());
+#if defined(SSMTRAIN_WITH_CUDA)
+  cuda_detail::profiler_event_record(static_cast<size_t>(index), stream);
+#else
+  (void)stream;
+#endif
+  return index;
+}
+
 // Turns the raw records into the last recording (lock held; `stop_boundary` closes spans
 // still open). On CUDA this is the one wait for the device.
 void resolve(Recorder& r, int32_t stop_boundary) {
@@ -198,8 +212,8 @@ void resolve(Recorder& r, int32_t stop_boundary) {
     auto it = std::upper_bound(r.steps.begin(), r.steps.end(), s.begin,
                                [](int32_t v, const StepMark& m) { return v < m.boundary; });
     const int64_t step = it == r.steps.begin() ? -1 : std::prev(it)->step;
-    p.spans.push_back(
-        {s.name, s.category, s.tid, step, host[b], std::max(host[b], host[e]), dev[b], std::max(dev[b], dev[e])});
+    p.spans.push_back({s.name, s.category, s.tid, s.side, step, host[b], std::max(host[b], host[e]), dev[b],
+                       std::max(dev[b], dev[e])});
   }
   for (const RawWait& w : r.waits) p.waits.push_back({w.begin_ns - t0, w.end_ns - t0, w.tid});
   r.last_boundaries = n;
@@ -221,7 +235,7 @@ std::string us(int64_t ns) {
   return buf;
 }
 
-constexpr int kHostPid = 1, kDevicePid = 2, kStreamTid = 1;
+constexpr int kHostPid = 1, kDevicePid = 2, kStreamTid = 1, kSideStreamTid = 2;
 
 std::string complete_event(const std::string& name, const std::string& category, int64_t ts, int64_t dur, int pid,
                            int32_t tid, const std::string& args) {
@@ -359,6 +373,8 @@ std::string chrome_trace_json() {
     events.push_back(metadata_event("process_name", kDevicePid, 0, "name", json_string("device " + p.device)));
     events.push_back(metadata_event("process_sort_index", kDevicePid, 0, "sort_index", "1"));
     events.push_back(metadata_event("thread_name", kDevicePid, kStreamTid, "name", "\"compute stream\""));
+    if (std::any_of(p.spans.begin(), p.spans.end(), [](const Span& s) { return s.side; }))
+      events.push_back(metadata_event("thread_name", kDevicePid, kSideStreamTid, "name", "\"communication stream\""));
   }
 
   // Spans in begin order, enclosing spans first, so that viewers nest them as recorded.
@@ -375,6 +391,7 @@ std::string chrome_trace_json() {
   sorted_by([](const Span& s) { return s.host_begin; }, [](const Span& s) { return s.host_dur(); });
   for (size_t i : order) {
     const Span& s = p.spans[i];
+    if (s.side) continue;  // device work only: its host times are when it was queued
     events.push_back(complete_event(s.name, s.category, s.host_begin, s.host_dur(), kHostPid, s.tid, args_of(s)));
   }
   for (const Wait& w : p.waits)
@@ -391,8 +408,8 @@ std::string chrome_trace_json() {
     sorted_by([](const Span& s) { return s.dev_begin; }, [](const Span& s) { return s.dev_dur(); });
     for (size_t i : order) {
       const Span& s = p.spans[i];
-      events.push_back(
-          complete_event(s.name, s.category, s.dev_begin, s.dev_dur(), kDevicePid, kStreamTid, args_of(s)));
+      events.push_back(complete_event(s.name, s.category, s.dev_begin, s.dev_dur(), kDevicePid,
+                                      s.side ? kSideStreamTid : kStreamTid, args_of(s)));
     }
   }
 
@@ -450,8 +467,19 @@ std::string summary_table(int64_t steps) {
   std::vector<Row> rows, phases;
   std::unordered_map<std::string, size_t> row_of, phase_of;
   double op_dev = 0, step_host = 0, step_dev = 0;  // ns
+  double side_dev = 0, side_in_backward = 0;       // ns: other-stream spans, and their overlap with the backward
+  bool any_side = false;
   bool any_step = false;
   for (const Span& s : p.spans) {
+    if (s.side) {
+      any_side = true;
+      side_dev += static_cast<double>(s.dev_dur());
+      for (const Span& b : p.spans)
+        if (!b.side && b.category == "phase" && b.name == "backward")
+          side_in_backward += static_cast<double>(
+              std::max<int64_t>(0, std::min(s.dev_end, b.dev_end) - std::max(s.dev_begin, b.dev_begin)));
+      continue;
+    }
     const bool phase = s.category == "phase";
     if (phase && s.name == "step") {
       any_step = true;
@@ -498,6 +526,9 @@ std::string summary_table(int64_t steps) {
   out += line("%-40s %11.3f\n", "step wall ms", wall);
   out += line("%-40s %11.3f  (waiting for the device: %.3f ms)\n", "host ms per step outside waits",
               std::max(0.0, wall - waits), waits);
+  if (any_side)
+    out += line("%-40s %11.3f  (while the backward ran: %.3f ms)\n", "communication stream ms per step",
+                side_dev * ms / n, side_in_backward * ms / n);
   out += line("%-40s %11.1f\n", "kernel launches per step", static_cast<double>(c.launches) / n);
   out += line("%-40s %11.1f\n", "host syncs per step", static_cast<double>(c.syncs) / n);
   out += line("%-40s %11.1f\n", "host<->device copies per step", static_cast<double>(c.host_copies) / n);
@@ -532,6 +563,24 @@ void ProfileScope::begin(const char* name, const char* category) {
   span_ = static_cast<int64_t>(r.spans.size());
   session_ = r.session.load(std::memory_order_relaxed);
   r.spans.push_back({name, category, b, -1, profiler::thread_id()});
+}
+
+void StreamSpan::begin(const char* name, void* stream) {
+  auto& r = profiler::recorder();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  if (!profiler::recording() || !r.on_cuda) return;
+  const int32_t b = profiler::new_stream_boundary(r, stream);
+  span_ = static_cast<int64_t>(r.spans.size());
+  session_ = r.session.load(std::memory_order_relaxed);
+  stream_ = stream;
+  r.spans.push_back({name, "stream", b, -1, profiler::thread_id(), true});
+}
+
+void StreamSpan::end() {
+  auto& r = profiler::recorder();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  if (!profiler::recording() || session_ != r.session.load(std::memory_order_relaxed)) return;
+  r.spans[static_cast<size_t>(span_)].end = profiler::new_stream_boundary(r, stream_);
 }
 
 void ProfileScope::end() {

@@ -65,6 +65,30 @@ class ProfileScope {
   uint64_t session_ = 0;
 };
 
+// A span of work queued on another stream of the profiled device (the data-parallel
+// communication stream): an event is recorded on `stream` (a cudaStream_t) at construction,
+// before the work is queued, and another at destruction, after it. Such spans get their own
+// device track in the trace and their own line in the summary, apart from the compute
+// stream's ops. A no-op when not recording or when the recording is not on CUDA.
+class StreamSpan {
+ public:
+  StreamSpan(const char* name, void* stream) {
+    if (profiler::recording()) begin(name, stream);
+  }
+  ~StreamSpan() {
+    if (span_ >= 0) end();
+  }
+  StreamSpan(const StreamSpan&) = delete;
+  StreamSpan& operator=(const StreamSpan&) = delete;
+
+ private:
+  void begin(const char* name, void* stream);
+  void end();
+  int64_t span_ = -1;
+  uint64_t session_ = 0;
+  void* stream_ = nullptr;
+};
+
 namespace profiler {
 
 // Begins recording (throws InternalError when already recording). `device` is where the

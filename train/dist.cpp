@@ -13,6 +13,7 @@
 #include "core/autograd.h"
 #include "core/backend.h"
 #include "core/ops.h"
+#include "core/profiler.h"
 
 #if defined(SSMTRAIN_WITH_MPI)
 #include <mpi.h>
@@ -299,6 +300,8 @@ Dist::Dist() {
   MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &world_);
+  const char* loopback = std::getenv("SSMTRAIN_DIST_LOOPBACK");
+  loopback_ = world_ == 1 && loopback && std::string(loopback) == "1";
   MPI_Comm local;
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local);
   MPI_Comm_rank(local, &local_rank_);
@@ -436,7 +439,10 @@ CollectiveWork Dist::launch(Device device, const char* what, std::vector<Tensor>
     auto compute = static_cast<cudaStream_t>(cuda::compute_stream(device.index));
     CUDA_CHECK(cudaEventRecord(n.queued, compute));
     CUDA_CHECK(cudaStreamWaitEvent(n.stream, n.queued, 0));
-    nccl_calls(n.comm, n.stream);
+    {
+      StreamSpan span(what, n.stream);
+      nccl_calls(n.comm, n.stream);
+    }
     st->device = device.index;
     CUDA_CHECK(cudaEventCreateWithFlags(&st->event, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(st->event, n.stream));

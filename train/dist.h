@@ -7,6 +7,12 @@
 // checkpoints; every rank can read a checkpoint to resume. A process started without
 // mpirun is a world of one and never touches MPI.
 //
+// Loopback (for checking the communication path on one GPU or one CPU): a world of one
+// started by `mpirun -np 1` with SSMTRAIN_DIST_LOOPBACK=1 in its environment runs every
+// collective as a world of several would (MPI on the CPU, a NCCL communicator of one rank
+// on CUDA, the communication stream, the watchdog), so its results must equal a plain run
+// and its profile shows the communication stream beside the backward.
+//
 // Besides the per-parameter average (the simple path), Dist offers collectives on flat
 // buffers for the bucketed path and ZeRO-1 (train/grad_buckets.h, train/zero.h): CPU
 // buffers go through MPI's nonblocking collectives; CUDA buffers through NCCL on a
@@ -62,7 +68,8 @@ class Dist {
   int world_size() const { return world_; }
   int local_rank() const { return local_rank_; }  // rank among the processes of this host
   bool is_main() const { return rank_ == 0; }
-  bool active() const { return world_ > 1; }
+  // Whether the ranks communicate: a world of several, or a loopback world of one.
+  bool active() const { return world_ > 1 || loopback_; }
 
   // Averages the gradients of `params` over all ranks in place. A parameter without a
   // gradient on this rank (an unused expert) takes part with zeros, so every rank runs
@@ -106,6 +113,7 @@ class Dist {
   void start_watchdog();
   int rank_ = 0, world_ = 1, local_rank_ = 0;
   bool mpi_ = false;
+  bool loopback_ = false;  // SSMTRAIN_DIST_LOOPBACK=1 under mpirun -np 1
   double timeout_s_ = 600.0;
   std::unique_ptr<Nccl> nccl_;  // created on the first CUDA collective
   std::unique_ptr<DistWatchdog> watchdog_;

@@ -48,11 +48,11 @@ void profiler_events_begin(int device, size_t expected) {
   CUDA_CHECK(cudaStreamSynchronize(p.stream));
 }
 
-void profiler_event_record(size_t index) {
+void profiler_event_record(size_t index, void* stream) {
   EventPool& p = pool();
   SSMT_ASSERT(p.device >= 0, "profiler event recorded before profiler_events_begin");
   if (index >= p.events.size()) grow(p, index + kEventChunk);
-  CUDA_CHECK(cudaEventRecord(p.events[index], p.stream));
+  CUDA_CHECK(cudaEventRecord(p.events[index], stream ? static_cast<cudaStream_t>(stream) : p.stream));
 }
 
 std::vector<double> profiler_events_elapsed_ms(size_t count) {
@@ -60,7 +60,8 @@ std::vector<double> profiler_events_elapsed_ms(size_t count) {
   std::vector<double> ms(count, 0.0);
   if (count == 0) return ms;
   SSMT_ASSERT(count <= p.events.size(), "profiler: ", count, " events asked for, ", p.events.size(), " exist");
-  CUDA_CHECK(cudaStreamSynchronize(p.stream));
+  DeviceGuard guard(p.device);
+  CUDA_CHECK(cudaDeviceSynchronize());  // events may be on other streams (StreamSpan)
   for (size_t i = 1; i < count; ++i) {
     float t = 0;
     CUDA_CHECK(cudaEventElapsedTime(&t, p.events[0], p.events[i]));

@@ -103,6 +103,28 @@ np4)
   same off zero1 1e-6
   echo "dp check np4: 4 ranks x 1 == 1 rank x grad_accum 4; overlap and ZeRO-1 agree"
   ;;
+loopback)
+  # A world of one under mpirun with SSMTRAIN_DIST_LOOPBACK=1 runs every collective (MPI
+  # here; NCCL on a GPU): each is then a copy, the average a multiplication by 1, so the
+  # per-parameter and bucketed paths equal a plain run bitwise, and ZeRO-1 to 1e-6 (its
+  # clip norm is summed in another grouping, as in np2). DEVICE=cuda runs it on a GPU.
+  dev="train.device=${DEVICE:-cpu}"
+  run 1 plain "$dev"
+  export SSMTRAIN_DIST_LOOPBACK=1
+  for what in "off dist.overlap=false" "on" "zero1 dist.zero=1" "bf16 dist.grad_dtype=bf16"; do
+    set -- $what
+    name="$1"
+    shift
+    mpirun -np 1 -x SSMTRAIN_DIST_LOOPBACK "$bin" train "$work/tiny.yaml" --quiet --run-dir "$work/lb_$name" "$dev" "$@"
+  done
+  unset SSMTRAIN_DIST_LOOPBACK
+  bitwise plain lb_off
+  bitwise plain lb_on
+  same plain lb_zero1 1e-6
+  # bf16 communication rounds the gradients only when the collectives run: proof that they do.
+  if cmp -s <(losses plain) <(losses lb_bf16); then echo "loopback: bf16 gradients changed nothing: no collective ran"; exit 1; fi
+  echo "dp check loopback ($dev): per-parameter and bucketed collectives in a world of one == plain (bitwise), ZeRO-1 close"
+  ;;
 resume)
   # The global batch stays 4 sequences: 4 ranks x 1, then 2 x 2, then 1 x 4.
   run 4 whole train.batch_size=1 dist.zero=1
