@@ -63,7 +63,8 @@ struct MpiKind {
 
 MpiKind mpi_kind(DType dtype) {
   if (dtype == DType::f32) return {MPI_FLOAT, MPI_SUM};
-  SSMT_ASSERT(dtype == DType::bf16, "Dist: collectives take f32 or bf16 buffers, got ", dtype_name(dtype));
+  if (dtype == DType::f64) return {MPI_DOUBLE, MPI_SUM};
+  SSMT_ASSERT(dtype == DType::bf16, "Dist: collectives take f32, f64 or bf16 buffers, got ", dtype_name(dtype));
   static MPI_Op op = [] {
     MPI_Op o;
     mpi_check(MPI_Op_create(&bf16_sum, /*commute=*/1, &o), "MPI_Op_create (bf16 sum)");
@@ -89,7 +90,8 @@ int mpi_count(int64_t n) {
 
 ncclDataType_t nccl_type(DType dtype) {
   if (dtype == DType::f32) return ncclFloat;
-  SSMT_ASSERT(dtype == DType::bf16, "Dist: collectives take f32 or bf16 buffers, got ", dtype_name(dtype));
+  if (dtype == DType::f64) return ncclFloat64;
+  SSMT_ASSERT(dtype == DType::bf16, "Dist: collectives take f32, f64 or bf16 buffers, got ", dtype_name(dtype));
   return ncclBfloat16;
 }
 #endif

@@ -81,7 +81,7 @@ class Dist {
   void barrier();
 
   // ---- flat-buffer collectives (every rank calls them in the same order) ----
-  // `buf` (n) f32 or bf16, contiguous, 1-D: summed over the ranks in place.
+  // `buf` (n) f32, f64 or bf16, contiguous, 1-D: summed over the ranks in place.
   CollectiveWork all_reduce_sum_async(const Tensor& buf);
   // `buf` (n), n = sum(counts) with counts[r] >= 0 for each rank: rank r receives the sum
   // over ranks of buf[sum(counts[:r]) : sum(counts[:r+1])] into `out` (counts[rank]), of

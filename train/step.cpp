@@ -35,12 +35,13 @@ Tensor sum_f64(const std::vector<Tensor>& xs, Device device) {
 }  // namespace
 
 PendingStep::PendingStep(AsyncRead scalars, int64_t grad_accum, bool has_aux, std::optional<double> global_loss,
-                         std::optional<bool> global_finite)
+                         std::optional<bool> global_finite, int64_t reduced_world)
     : scalars_(std::move(scalars)),
       grad_accum_(grad_accum),
       has_aux_(has_aux),
       global_loss_(global_loss),
-      global_finite_(global_finite) {
+      global_finite_(global_finite),
+      reduced_world_(reduced_world) {
   SSMT_ASSERT(scalars_.defined() && scalars_.numel() == kStepScalars, "PendingStep: expected ", kStepScalars,
               " scalars");
 }
@@ -52,9 +53,13 @@ const StepResult& PendingStep::resolve() {
   const double n = static_cast<double>(grad_accum_);
   const double loss_sum = scalars_.value(kLossSum);  // the one wait
   StepResult r;
-  // One rank: dist.sum(loss_sum / n) / world_size is loss_sum / n exactly.
-  r.loss = global_loss_ ? *global_loss_ : loss_sum / n;
-  r.finite = global_finite_ ? *global_finite_ : std::isfinite(loss_sum);
+  if (reduced_world_ > 0) {  // the sum over the ranks of loss_sum / n
+    r.loss = loss_sum / static_cast<double>(reduced_world_);
+    r.finite = std::isfinite(loss_sum);
+  } else {
+    r.loss = global_loss_ ? *global_loss_ : loss_sum / n;
+    r.finite = global_finite_ ? *global_finite_ : std::isfinite(loss_sum);
+  }
   r.has_aux = has_aux_;
   r.aux_loss = scalars_.value(kAuxSum) / n;
   double status[kClipStatusSize];
@@ -104,17 +109,27 @@ PendingStep train_step(LanguageModel& model, Optimizer& optimizer, const std::ve
   SSMT_CHECK(!losses.empty(), "train_step: grad_accum must be >= 1, got ", grad_accum);
   const Device device = losses.front().device();
   Tensor loss_sum = sum_f64(losses, device), aux_sum = sum_f64(aux_losses, device);
-  // Several ranks: the loss and its finiteness are combined on the host, so the loss is read
-  // here (a wait per step on CUDA); every rank then feeds the same verdict to the clip.
   std::optional<double> global_loss;
   std::optional<bool> global_finite;
-  const double local_sum = dist.active() ? loss_sum.item<double>() : 0.0;
+  int64_t reduced_world = 0;
+  // ZeRO-1 decides on the host (its update reads the norm there): the loss is read here.
+  const double local_sum = dist.active() && data_parallel.zero ? loss_sum.item<double>() : 0.0;
   if (buckets)
     buckets->finish();
   else
     dist.average_gradients(params);
   Tensor must_be_finite = loss_sum;
-  if (dist.active()) {
+  if (dist.active() && !data_parallel.zero) {
+    // Several ranks: each rank's mean loss summed over the ranks on the device, after the
+    // gradients' collectives (the same order on every rank), so the host never waits. The
+    // sum is non-finite exactly when some rank's loss is (losses are >= 0, never -inf), so
+    // every rank feeds the same verdict to the clip.
+    Tensor mean = div(loss_sum, Tensor::scalar(static_cast<double>(grad_accum), DType::f64, device)).reshape({1});
+    dist.all_reduce_sum_async(mean).wait();
+    loss_sum = mean.reshape({});
+    must_be_finite = loss_sum;
+    reduced_world = dist.world_size();
+  } else if (dist.active()) {
     global_loss = dist.sum(local_sum / static_cast<double>(grad_accum)) / dist.world_size();
     global_finite = dist.max(std::isfinite(local_sum) ? 0.0 : 1.0) == 0.0;
     must_be_finite =
@@ -130,7 +145,8 @@ PendingStep train_step(LanguageModel& model, Optimizer& optimizer, const std::ve
     optimizer.step_clipped(clip);
   }
   Tensor scalars = cat({loss_sum.reshape({1}), aux_sum.reshape({1}), clip.status.to(device)}, 0);
-  PendingStep pending(AsyncRead(scalars), grad_accum, !aux_losses.empty(), global_loss, global_finite);
+  PendingStep pending(AsyncRead(scalars), grad_accum, !aux_losses.empty(), global_loss, global_finite,
+                      reduced_world);
   model.zero_grad();
   return pending;
 }
