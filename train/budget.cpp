@@ -25,8 +25,11 @@ Budget compute_budget(const ParamCounts& counts, const BudgetSpec& spec, int64_t
   if (spec.steps > 0) {
     b.steps = spec.steps;
   } else {
-    double tokens = spec.tokens > 0 ? static_cast<double>(spec.tokens) : spec.tokens_per_param * b.n_params;
-    SSMT_CHECK(tokens > 0, "budget: the token budget is zero (set budget.tokens, budget.tokens_per_param or budget.steps)");
+    double tokens = spec.tokens > 0  ? static_cast<double>(spec.tokens)
+                    : spec.flops > 0 ? spec.flops / (6.0 * static_cast<double>(b.n_params))
+                                     : spec.tokens_per_param * b.n_params;
+    SSMT_CHECK(tokens > 0, "budget: the token budget is zero (set budget.tokens, budget.flops, budget.tokens_per_param "
+                           "or budget.steps)");
     b.steps = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(tokens / tokens_per_step)));
   }
   b.tokens = b.steps * tokens_per_step;

@@ -15,6 +15,7 @@ struct ParamCounts {
 
 struct BudgetSpec {
   int64_t tokens = 0;             // > 0: train on this many tokens
+  double flops = 0;               // > 0 (tokens 0): tokens = flops / (6 N)
   double tokens_per_param = 20;   // otherwise tokens = tokens_per_param * N
   int64_t steps = 0;              // > 0: wins over both
   std::string params = "non_embedding";  // which N: total | non_embedding | active

@@ -63,12 +63,19 @@ const std::vector<Command>& commands() {
        "part) and records it in the shard headers, for data.pack_documents (docs/data.md); with a\n"
        "tokenizer its <|endoftext|> is the default.",
        {"--output", "--val-fraction", "--shard-tokens", "--eot", "--tokenizer"}, {}, cmd_prepare, {"--input"}},
-      {"sweep", "ssmtrain sweep CONFIG.yaml --grid \"key.path=v1,v2;key.path=v1,v2\" [--run-dir DIR] [key.path=value ...]",
-       "Train the config over every combination of the grid (each a run directory under DIR, default\n"
-       "runs/<config name>-sweep), write DIR/sweep.jsonl (N, D and final validation loss per run) and,\n"
-       "with 5 runs or more, fit L(N, D) = E + A/N^alpha + B/D^beta (docs/scaling.md). Finished runs\n"
-       "are skipped, so an interrupted sweep continues when the command is repeated.",
-       {"--grid", "--run-dir"}, {}, cmd_sweep},
+      {"sweep",
+       "ssmtrain sweep CONFIG.yaml [CONFIG.yaml ...] --grid \"key.path=v1,v2;key.path=v1,v2\" [--run-dir DIR] "
+       "[--family KEY|none] [--bootstrap N] [key.path=value ...]",
+       "Train each config over every combination of the grid (each a run directory under DIR, default\n"
+       "runs/<config names>-sweep), write DIR/sweep.jsonl (N, D, C and final validation loss per run),\n"
+       "fit L(N, D) = E + A/N^alpha + B/D^beta per model family when its runs identify it, with\n"
+       "bootstrap intervals (--bootstrap N resamples, default 200), and IsoFLOP profiles where runs\n"
+       "share a compute budget (budget.flops); DIR/fit.json and the pictures DIR/plot.svg and\n"
+       "DIR/scaling.svg (docs/scaling.md). With several configs each is a family (named by its\n"
+       "file); with one, families are the values of --family KEY, by default model.mixer when the\n"
+       "grid varies it. Finished runs are skipped, so an interrupted sweep continues when the\n"
+       "command is repeated.",
+       {"--grid", "--run-dir", "--family", "--bootstrap"}, {}, cmd_sweep},
       {"export", "ssmtrain export CKPT.h5 OUTDIR [--format hf|mamba_ssm]",
        "Write a checkpoint's weights for other code: OUTDIR/config.json and OUTDIR/model.safetensors.\n"
        "--format hf (default): a directory transformers' MambaForCausalLM / Mamba2ForCausalLM load with\n"

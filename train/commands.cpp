@@ -229,11 +229,26 @@ int cmd_sweep(const Args& args) {
   std::vector<std::string> overrides;
   auto plain = split_overrides(args, overrides);
   SweepOptions o;
-  o.config_path = one_positional(args, plain, "the config file");
+  SSMT_CHECK(!plain.empty(), "ssmtrain sweep: expects one or more config files (each a model family)");
+  o.config_paths = plain;
+  o.config_path = plain.front();
   SSMT_CHECK(args.has("--grid"), "ssmtrain sweep: --grid \"key.path=v1,v2;...\" is required");
   o.grid = parse_sweep_grid(args.get("--grid"));
   o.overrides = overrides;
-  o.dir = args.has("--run-dir") ? args.get("--run-dir") : "runs/" + fs::path(o.config_path).stem().string() + "-sweep";
+  std::string stems;
+  for (const auto& path : o.config_paths) stems += (stems.empty() ? "" : "+") + fs::path(path).stem().string();
+  o.dir = args.has("--run-dir") ? args.get("--run-dir") : "runs/" + stems + "-sweep";
+  if (args.has("--family")) o.family_key = args.get("--family");
+  int bootstrap = 200;
+  if (args.has("--bootstrap")) {
+    const std::string v = args.get("--bootstrap");
+    char* end = nullptr;
+    const long n = std::strtol(v.c_str(), &end, 10);
+    SSMT_CHECK(!v.empty() && *end == '\0' && n >= 0 && n <= 100000, "ssmtrain sweep: --bootstrap '", v,
+               "' must be a whole number of resamples in [0, 100000]");
+    bootstrap = static_cast<int>(n);
+  }
+  sweep_family_key(o);  // a bad --family fails before any training
   std::vector<SweepRun> runs = run_sweep(o);
   if (stop_requested()) return 0;  // run_sweep said how to continue
   // The sweep's picture (its runs, loss against compute, the fit once fit.json exists) is
@@ -243,54 +258,49 @@ int cmd_sweep(const Args& args) {
     ~PlotAtEnd() {
       try {
         write_file_atomically(dir + "/plot.svg", plot_runs_svg({dir}));
-        std::printf("(%s/plot.svg)\n", dir.c_str());
+        write_file_atomically(dir + "/scaling.svg", plot_sweep_svg(dir));
+        std::printf("(%s/plot.svg, %s/scaling.svg)\n", dir.c_str(), dir.c_str());
       } catch (const std::exception& e) {
-        std::fprintf(stderr, "warning: no plot written to '%s/plot.svg': %s\n", dir.c_str(), e.what());
+        std::fprintf(stderr, "warning: no plots written to '%s': %s\n", dir.c_str(), e.what());
       }
     }
   } plot_at_end{o.dir};
   std::printf("%-60s %12s %12s %10s\n", "run", "N", "D", "val loss");
-  std::vector<ScalingPoint> points;
-  for (const SweepRun& r : runs) {
+  for (const SweepRun& r : runs)
     std::printf("%-60s %12.4g %12.4g %10.4f\n", r.name.c_str(), r.params, r.tokens, r.val_loss);
-    points.push_back({r.params, r.tokens, r.val_loss});
-  }
   std::printf("(%s/sweep.jsonl)\n", o.dir.c_str());
-  if (points.size() < 5) {
-    std::printf("fewer than 5 runs: no scaling-law fit\n");
-    return 0;
-  }
-  const std::string problem = scaling_fit_problem(points);
-  if (!problem.empty()) {
-    std::printf("no scaling-law fit: %s\n", problem.c_str());
-    return 0;
-  }
-  ScalingLaw law = fit_scaling_law(points);
-  std::printf("\nL(N, D) = %.4g + %.4g / N^%.4f + %.4g / D^%.4f   (Huber objective %.3g)\n", law.E, law.A, law.alpha,
-              law.B, law.beta, law.objective);
-  const std::string warning = scaling_fit_warning(law);
-  if (!warning.empty()) std::printf("warning: %s\n", warning.c_str());
-  {
-    // The fit beside the runs it came from, for plots and later comparison.
-    JsonLine j;
-    j.add("E", law.E).add("A", law.A).add("alpha", law.alpha).add("B", law.B).add("beta", law.beta);
-    j.add("objective", law.objective).add("runs", static_cast<int64_t>(points.size()));
-    const std::string path = o.dir + "/fit.json", tmp = path + ".tmp";
-    {
-      std::ofstream out(tmp, std::ios::trunc);
-      SSMT_CHECK(out.good(), "sweep: cannot write '", tmp, "'");
-      out << j.str() << "\n";
+  const std::vector<FamilyFit> fits = fit_sweep(runs, bootstrap);
+  for (const FamilyFit& f : fits) {
+    const std::string who = f.family.empty() ? "" : f.family + ": ";
+    if (!f.fitted) {
+      std::printf("\n%sno scaling-law fit: %s\n", who.c_str(), f.problem.c_str());
+    } else {
+      const ScalingLaw& law = f.law;
+      std::printf("\n%sL(N, D) = %.4g + %.4g / N^%.4f + %.4g / D^%.4f   (%zu runs, Huber objective %.3g)\n",
+                  who.c_str(), law.E, law.A, law.alpha, law.B, law.beta, f.points.size(), law.objective);
+      if (!f.warning.empty()) std::printf("warning: %s\n", f.warning.c_str());
+      if (f.ci.used > 0)
+        std::printf("  %.0f%% bootstrap intervals (%d of %d resamples): E [%.4g, %.4g], alpha [%.3f, %.3f], beta "
+                    "[%.3f, %.3f], N_opt ~ C^a with a [%.3f, %.3f] (fit: %.3f)\n",
+                    100 * f.ci.level, f.ci.used, f.ci.resamples, f.ci.E.lo, f.ci.E.hi, f.ci.alpha.lo, f.ci.alpha.hi,
+                    f.ci.beta.lo, f.ci.beta.hi, f.ci.exponent.lo, f.ci.exponent.hi, law.beta / (law.alpha + law.beta));
+      if (law.alpha > 0 && law.beta > 0) {
+        double c_max = 0;
+        for (const auto& p : f.points) c_max = std::max(c_max, 6 * p.n * p.d);
+        for (double c : {c_max, 10 * c_max, 100 * c_max})
+          std::printf("  compute-optimal at C = %.3g FLOPs: N = %.4g, D = %.4g (%.1f tokens per parameter), L = %.4f\n",
+                      c, law.n_opt(c), law.d_opt(c), law.d_opt(c) / law.n_opt(c),
+                      law.loss(law.n_opt(c), law.d_opt(c)));
+      }
     }
-    fs::rename(tmp, path);
-    std::printf("(%s)\n", path.c_str());
+    if (f.has_isoflop)
+      std::printf("  IsoFLOP profiles (%zu budgets): N_opt = %.4g C^%.3f\n", f.isoflop.budgets.size(), f.isoflop.k,
+                  f.isoflop.a);
   }
-  if (law.alpha > 0 && law.beta > 0) {
-    double c_max = 0;
-    for (const auto& p : points) c_max = std::max(c_max, 6 * p.n * p.d);
-    for (double c : {c_max, 10 * c_max, 100 * c_max})
-      std::printf("compute-optimal at C = %.3g FLOPs: N = %.4g, D = %.4g (%.1f tokens per parameter)\n", c,
-                  law.n_opt(c), law.d_opt(c), law.d_opt(c) / law.n_opt(c));
-  }
+  // The fits beside the runs they came from, for the pictures and later comparison.
+  const std::string path = o.dir + "/fit.json";
+  write_file_atomically(path, sweep_fit_json(fits));
+  std::printf("(%s)\n", path.c_str());
   return 0;
 }
 

@@ -124,14 +124,20 @@ struct ScheduleSection {
 
 struct BudgetSection {
   int64_t tokens = 0;
+  double flops = 0;
   double tokens_per_param = 20.0;
   int64_t steps = 0;
   std::string params = "non_embedding";
 
   template <class V>
   void visit(V& v) {
-    v.field("tokens", tokens, "training tokens D (rounded up to whole steps); 0 = tokens_per_param * N", ge(0));
-    v.field("tokens_per_param", tokens_per_param, "D / N when tokens and steps are 0 (Chinchilla: 20)", gt(0));
+    v.field("tokens", tokens, "training tokens D (rounded up to whole steps); 0 = from flops, else tokens_per_param * N",
+            ge(0));
+    v.field("flops", flops,
+            "training compute C = 6 N D: when > 0 (and tokens, steps are 0), D = C / (6 N), so a sweep over model sizes "
+            "at fixed flops gives IsoFLOP profiles",
+            ge(0));
+    v.field("tokens_per_param", tokens_per_param, "D / N when tokens, flops and steps are 0 (Chinchilla: 20)", gt(0));
     v.field("steps", steps, "optimizer steps; when > 0 it wins over tokens and tokens_per_param", ge(0));
     v.field("params", params, "which parameter count is N (MoE models: active)",
             one_of({"total", "non_embedding", "active"}));

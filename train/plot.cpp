@@ -59,7 +59,7 @@ std::string num(double v) {
 std::string tick_label(double v) {
   if (v == 0) return "0";
   const double a = std::fabs(v);
-  if (a >= 1e4) return format_count(v);
+  if (a >= 1e3) return format_count(v);
   char b[32];
   std::snprintf(b, sizeof b, a < 1e-3 ? "%.0e" : "%.3g", v);
   return b;
@@ -218,6 +218,8 @@ std::vector<double> log_ticks(double lo, double hi) {
         if (m * d >= lo * (1 - 1e-9) && m * d <= hi * (1 + 1e-9)) out.push_back(m * d);
     if (out.size() <= 8) break;
   }
+  // A range inside one step of those (losses between 2.6 and 2.8): linear ticks.
+  if (out.size() < 2) return nice_ticks(lo, hi, 4);
   return out;
 }
 
@@ -254,50 +256,161 @@ std::string render_svg(const std::string& title, const std::vector<PlotPanel>& p
   return svg + "</svg>\n";
 }
 
+namespace {
+
+struct SweepPoint {
+  double n, d, loss;
+  std::string family;
+  double budget;  // the IsoFLOP group: budget.flops when the run had one, else 6 N D
+};
+struct FamilyLaw {
+  std::string family;
+  ScalingLaw law;
+};
+struct SweepData {
+  std::vector<SweepPoint> points;
+  std::vector<FamilyLaw> laws;        // fitted families (fit.json)
+  std::vector<std::string> families;  // in order of first appearance ("" without families)
+  std::vector<std::string> run_dirs;  // the runs' directories that hold metrics
+};
+
+// sweep.jsonl and fit.json of a sweep directory.
+SweepData read_sweep(const std::string& dir) {
+  SweepData s;
+  const std::string sweep_path = (fs::path(dir) / "sweep.jsonl").string();
+  std::ifstream in(sweep_path);
+  SSMT_CHECK(in.good(), "plot: cannot read '", sweep_path, "'");
+  int line_no = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++line_no;
+    if (line.empty()) continue;
+    const std::string what = sweep_path + " line " + std::to_string(line_no);
+    Json v = parse_json(line, what);
+    SSMT_CHECK(json_find(v, "params") && json_find(v, "tokens") && json_find(v, "val_loss") && json_find(v, "name"),
+               what, ": expected name, params, tokens, val_loss");
+    const std::string family = json_find(v, "family") ? json_string(v["family"], what + ": family") : "";
+    const double n = json_number(v["params"], what), d = json_number(v["tokens"], what);
+    const double budget = json_find(v, "budget_flops") ? json_number(v["budget_flops"], what) : 6 * n * d;
+    s.points.push_back({n, d, json_number(v["val_loss"], what), family, budget});
+    if (std::find(s.families.begin(), s.families.end(), family) == s.families.end()) s.families.push_back(family);
+    const std::string run_dir = (fs::path(dir) / json_string(v["name"], what)).string();
+    if (fs::exists(fs::path(run_dir) / "metrics.jsonl")) s.run_dirs.push_back(run_dir);
+  }
+  const std::string fit_path = (fs::path(dir) / "fit.json").string();
+  if (fs::exists(fit_path)) {
+    std::ifstream f(fit_path);
+    std::string text((std::istreambuf_iterator<char>(f)), {});
+    const Json v = parse_json(text, fit_path);
+    auto law_of = [&](const Json& o) {
+      auto number = [&](const char* key) { return json_find(o, key) ? json_number(o[key], fit_path) : 0.0; };
+      ScalingLaw law;
+      law.E = number("E"), law.A = number("A"), law.B = number("B");
+      law.alpha = number("alpha"), law.beta = number("beta");
+      return law;
+    };
+    if (const Json* fams = json_find(v, "families")) {
+      for (const Json& o : json_array(*fams, fit_path + ": families")) {
+        const std::string family = json_find(o, "family") ? json_string(o["family"], fit_path + ": family") : "";
+        const ScalingLaw law = law_of(o);
+        if (law.alpha > 0 && law.beta > 0) s.laws.push_back({family, law});
+      }
+    } else {  // a fit.json of an earlier version: one law at the top level
+      const ScalingLaw law = law_of(v);
+      if (law.alpha > 0 && law.beta > 0) s.laws.push_back({"", law});
+    }
+  }
+  return s;
+}
+
+std::string family_label(const std::string& family) { return family.empty() ? "sweep runs" : family; }
+
+// Final validation loss against compute: each family's runs as dots of its colour (black
+// without families) and its fitted compute-optimal frontier dashed, over the sweep's own
+// compute range (beyond it the law is an extrapolation).
+PlotPanel scaling_panel(const SweepData& s, std::vector<std::pair<std::string, int>>& legend) {
+  PlotPanel panel{"final validation loss against compute", "compute C = 6 N D (FLOPs)", "loss (nats/token)", true,
+                  true, {}};
+  const bool many = s.families.size() > 1 || (s.families.size() == 1 && !s.families[0].empty());
+  double c_lo = std::numeric_limits<double>::infinity(), c_hi = 0;
+  for (const auto& p : s.points) c_lo = std::min(c_lo, 6 * p.n * p.d), c_hi = std::max(c_hi, 6 * p.n * p.d);
+  for (size_t k = 0; k < s.families.size(); ++k) {
+    const int color = many ? static_cast<int>(k) : -1;
+    PlotSeries pts;  // dots only: runs of different sizes at similar compute are not one curve
+    pts.label = family_label(s.families[k]);
+    pts.markers = true;
+    pts.line = false;
+    pts.color = color;
+    for (const auto& p : s.points)
+      if (p.family == s.families[k]) pts.points.emplace_back(6 * p.n * p.d, p.loss);
+    panel.series.push_back(pts);
+    legend.emplace_back(pts.label + " (final validation loss)", color);
+    for (const FamilyLaw& fl : s.laws) {
+      if (fl.family != s.families[k]) continue;
+      PlotSeries f;
+      f.label = family_label(fl.family) + ": fitted L(N, D), compute-optimal";
+      f.dashed = true;
+      f.color = color;
+      for (int i = 0; i <= 40; ++i) {
+        const double c = c_lo * std::pow(c_hi / c_lo, i / 40.0);
+        f.points.emplace_back(c, fl.law.loss(fl.law.n_opt(c), fl.law.d_opt(c)));
+      }
+      panel.series.push_back(f);
+      legend.emplace_back(f.label, color);
+    }
+  }
+  return panel;
+}
+
+// IsoFLOP profiles: for every family and compute budget (C to 1%) with runs at 3 or more
+// sizes, loss against N through those runs. Empty when no budget has 3 sizes.
+PlotPanel isoflop_panel(const SweepData& s, std::vector<std::pair<std::string, int>>& legend) {
+  PlotPanel panel{"IsoFLOP profiles (runs of equal compute)", "parameters N", "loss (nats/token)", true, true, {}};
+  const bool many = s.families.size() > 1 || (s.families.size() == 1 && !s.families[0].empty());
+  for (size_t k = 0; k < s.families.size(); ++k) {
+    std::vector<SweepPoint> pts;
+    for (const auto& p : s.points)
+      if (p.family == s.families[k]) pts.push_back(p);
+    std::sort(pts.begin(), pts.end(), [](const SweepPoint& a, const SweepPoint& b) { return a.budget < b.budget; });
+    bool labelled = false;
+    for (size_t i = 0; i < pts.size();) {
+      size_t j = i;
+      while (j < pts.size() && pts[j].budget <= pts[i].budget * 1.01) ++j;
+      if (j - i >= 3) {
+        PlotSeries line;
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "C = %.2g", pts[i].budget);
+        line.label = family_label(s.families[k]) + ", " + buf;
+        line.markers = true;
+        line.color = many ? static_cast<int>(k) : -1;
+        std::vector<std::pair<double, double>> xy;
+        for (size_t q = i; q < j; ++q) xy.emplace_back(pts[q].n, pts[q].loss);
+        std::sort(xy.begin(), xy.end());
+        line.points = xy;
+        panel.series.push_back(line);
+        if (!labelled) legend.emplace_back(family_label(s.families[k]) + " (one line per compute budget)", line.color);
+        labelled = true;
+      }
+      i = j;
+    }
+  }
+  return panel;
+}
+
+}  // namespace
+
 std::string plot_runs_svg(const std::vector<std::string>& dirs) {
   SSMT_CHECK(!dirs.empty(), "plot: no run directory given");
   std::vector<RunMetrics> runs;
-  struct SweepPoint {
-    double n, d, loss;
-  };
-  std::vector<SweepPoint> sweep;
-  std::vector<ScalingLaw> laws;
+  std::vector<SweepData> sweeps;
   for (const std::string& dir : dirs) {
     SSMT_CHECK(fs::is_directory(dir), "plot: '", dir, "' is not a directory");
-    const std::string sweep_path = (fs::path(dir) / "sweep.jsonl").string();
-    if (!fs::exists(sweep_path)) {
+    if (!fs::exists(fs::path(dir) / "sweep.jsonl")) {
       runs.push_back(read_run_metrics(dir));
       continue;
     }
     // A sweep directory: every run below it, and its (N, D, final loss) points.
-    std::ifstream in(sweep_path);
-    int line_no = 0;
-    for (std::string line; std::getline(in, line);) {
-      ++line_no;
-      if (line.empty()) continue;
-      const std::string what = sweep_path + " line " + std::to_string(line_no);
-      Json v = parse_json(line, what);
-      SSMT_CHECK(json_find(v, "params") && json_find(v, "tokens") && json_find(v, "val_loss") && json_find(v, "name"),
-                 what, ": expected name, params, tokens, val_loss");
-      sweep.push_back(
-          {json_number(v["params"], what), json_number(v["tokens"], what), json_number(v["val_loss"], what)});
-      const std::string run_dir = (fs::path(dir) / json_string(v["name"], what)).string();
-      if (fs::exists(fs::path(run_dir) / "metrics.jsonl")) runs.push_back(read_run_metrics(run_dir));
-    }
-    const std::string fit_path = (fs::path(dir) / "fit.json").string();
-    if (fs::exists(fit_path)) {
-      std::ifstream f(fit_path);
-      std::string text((std::istreambuf_iterator<char>(f)), {});
-      const Json v = parse_json(text, fit_path);
-      auto number = [&](const char* key) { return json_find(v, key) ? json_number(v[key], fit_path) : 0.0; };
-      ScalingLaw law;
-      law.E = number("E");
-      law.A = number("A");
-      law.B = number("B");
-      law.alpha = number("alpha");
-      law.beta = number("beta");
-      if (law.alpha > 0 && law.beta > 0) laws.push_back(law);
-    }
+    sweeps.push_back(read_sweep(dir));
+    for (const std::string& run_dir : sweeps.back().run_dirs) runs.push_back(read_run_metrics(run_dir));
   }
 
   PlotPanel loss{"training loss", "tokens", "loss (nats/token)", false, false, {}};
@@ -316,40 +429,31 @@ std::string plot_runs_svg(const std::vector<std::string>& dirs) {
     speed.series.push_back(series_of(runs[i].train, "step", "tokens_per_s", runs[i].name, c));
   }
   std::vector<PlotPanel> panels = {loss, val, lr, speed};
-  if (!sweep.empty()) {
-    PlotPanel scaling{
-        "final validation loss against compute", "compute C = 6 N D (FLOPs)", "loss (nats/token)", true, true, {}};
-    // Dots only: runs of different sizes at similar compute are not points of one curve.
-    PlotSeries pts;
-    pts.label = "sweep runs";
-    pts.markers = true;
-    pts.line = false;
-    pts.color = -1;
-    double c_lo = std::numeric_limits<double>::infinity(), c_hi = 0;
-    for (const auto& p : sweep) {
-      const double c = 6 * p.n * p.d;
-      pts.points.emplace_back(c, p.loss);
-      c_lo = std::min(c_lo, c), c_hi = std::max(c_hi, c);
-    }
-    scaling.series.push_back(pts);
+  // With one sweep, its scaling panel (one sweep's families share the run colours' palette
+  // only in scaling.svg, where no run curves are drawn).
+  if (sweeps.size() == 1) {
+    std::vector<std::pair<std::string, int>> ignored;
+    PlotPanel p = scaling_panel(sweeps[0], ignored);
+    for (auto& series : p.series) series.color = -1;  // black: the colours belong to the runs here
+    panels.push_back(p);
     legend.emplace_back("sweep runs (final validation loss)", -1);
-    for (const ScalingLaw& law : laws) {
-      // The law at the compute-optimal N and D for each C: the frontier the fit predicts.
-      PlotSeries f;
-      f.label = "fitted L(N, D), compute-optimal";
-      f.dashed = true;
-      f.color = -1;
-      // Over the sweep's own compute range: beyond it the law is an extrapolation.
-      for (int k = 0; k <= 40; ++k) {
-        const double c = c_lo * std::pow(c_hi / c_lo, k / 40.0);
-        f.points.emplace_back(c, law.loss(law.n_opt(c), law.d_opt(c)));
-      }
-      scaling.series.push_back(f);
-      legend.emplace_back(f.label, -1);
-    }
-    panels.push_back(scaling);
+    if (!sweeps[0].laws.empty()) legend.emplace_back("fitted L(N, D), compute-optimal (dashed)", -1);
   }
   return render_svg("ssmtrain runs", panels, 2, legend);
+}
+
+std::string plot_sweep_svg(const std::string& dir) {
+  SSMT_CHECK(fs::exists(fs::path(dir) / "sweep.jsonl"), "plot: '", dir, "' has no sweep.jsonl: not a sweep directory");
+  const SweepData s = read_sweep(dir);
+  std::vector<std::pair<std::string, int>> legend;
+  std::vector<PlotPanel> panels = {scaling_panel(s, legend)};
+  std::vector<std::pair<std::string, int>> iso_legend;
+  PlotPanel iso = isoflop_panel(s, iso_legend);
+  if (!iso.series.empty()) {
+    panels.push_back(iso);
+    legend.insert(legend.end(), iso_legend.begin(), iso_legend.end());
+  }
+  return render_svg("scaling: " + fs::path(dir).filename().string(), panels, static_cast<int>(panels.size()), legend);
 }
 
 }  // namespace ssmtrain

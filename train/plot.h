@@ -43,4 +43,10 @@ std::string render_svg(const std::string& title, const std::vector<PlotPanel>& p
 // metrics.jsonl (nor sweep.jsonl), or a line of it that is not JSON.
 std::string plot_runs_svg(const std::vector<std::string>& dirs);
 
+// The scaling picture of a sweep directory (scaling.svg): final validation loss against
+// compute per model family (one colour each) with each fitted family's compute-optimal
+// frontier, and the IsoFLOP profiles (loss against N for each compute budget that has runs at
+// 3 or more sizes) when there are any.
+std::string plot_sweep_svg(const std::string& dir);
+
 }  // namespace ssmtrain

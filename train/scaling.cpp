@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <random>
 
 #include "core/error.h"
 
@@ -160,6 +161,62 @@ ScalingLaw fit_scaling_law(const std::vector<ScalingPoint>& points, const Scalin
   law.beta = t[4];
   law.objective = value[best];
   return law;
+}
+
+ScalingBootstrap bootstrap_scaling_law(const std::vector<ScalingPoint>& points, const ScalingLaw& law, int resamples,
+                                       double level, uint64_t seed, const ScalingFitOptions& options) {
+  SSMT_CHECK(resamples >= 0, "scaling bootstrap: resamples must be >= 0, got ", resamples);
+  SSMT_CHECK(level > 0 && level < 1, "scaling bootstrap: level must be in (0, 1), got ", level);
+  SSMT_CHECK(law.A > 0 && law.B > 0 && law.E > 0, "scaling bootstrap: needs a fitted law");
+  ScalingBootstrap out;
+  out.resamples = resamples;
+  out.level = level;
+  const Vec start{std::log(law.A), std::log(law.B), std::log(law.E), law.alpha, law.beta};
+  std::vector<Vec> fits(static_cast<size_t>(resamples));
+  std::vector<char> ok(static_cast<size_t>(resamples), 0);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int r = 0; r < resamples; ++r) {
+    std::mt19937_64 rng(seed + static_cast<uint64_t>(r));
+    std::uniform_int_distribution<size_t> pick(0, points.size() - 1);
+    std::vector<ScalingPoint> sample(points.size());
+    for (auto& p : sample) p = points[pick(rng)];
+    if (!scaling_fit_problem(sample).empty()) continue;
+    Objective obj;
+    obj.delta = options.huber_delta;
+    for (const auto& p : sample) {
+      obj.log_n.push_back(std::log(p.n));
+      obj.log_d.push_back(std::log(p.d));
+      obj.log_loss.push_back(std::log(p.loss));
+    }
+    Vec x = start;
+    minimise(obj, x, options.max_iterations);
+    fits[static_cast<size_t>(r)] = x;
+    ok[static_cast<size_t>(r)] = 1;
+  }
+  // Percentile intervals (nearest rank) of each quantity over the fitted resamples.
+  std::vector<std::vector<double>> q(6);
+  for (int r = 0; r < resamples; ++r) {
+    if (!ok[static_cast<size_t>(r)]) continue;
+    const Vec& t = fits[static_cast<size_t>(r)];
+    const double v[6] = {std::exp(t[2]), std::exp(t[0]), std::exp(t[1]), t[3], t[4], t[4] / (t[3] + t[4])};
+    for (int k = 0; k < 6; ++k) q[static_cast<size_t>(k)].push_back(v[k]);
+  }
+  out.used = static_cast<int>(q[0].size());
+  if (out.used == 0) return out;
+  auto interval = [&](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const double tail = (1 - level) / 2 * static_cast<double>(v.size() - 1);
+    const auto lo = static_cast<size_t>(std::floor(tail));
+    const auto hi = static_cast<size_t>(std::ceil(static_cast<double>(v.size() - 1) - tail));
+    return ScalingInterval{v[lo], v[std::min(hi, v.size() - 1)]};
+  };
+  out.E = interval(q[0]);
+  out.A = interval(q[1]);
+  out.B = interval(q[2]);
+  out.alpha = interval(q[3]);
+  out.beta = interval(q[4]);
+  out.exponent = interval(q[5]);
+  return out;
 }
 
 IsoFlopFit fit_isoflop(const std::vector<ScalingPoint>& points) {

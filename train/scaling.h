@@ -11,6 +11,7 @@
 // the best local minimum wins.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,26 @@ std::string scaling_fit_warning(const ScalingLaw& law);
 
 // UserError for fewer than 5 points or a non-positive N, D or loss.
 ScalingLaw fit_scaling_law(const std::vector<ScalingPoint>& points, const ScalingFitOptions& options = {});
+
+// Bootstrap intervals of a fitted law: `resamples` refits of the points drawn with
+// replacement (resample r uses the seed seed + r, so the result does not depend on the
+// thread schedule), each started from `law`, the fit of all points (a resample moves the
+// optimum a little; restarting the 4500-point grid for each would cost 4500x as much and
+// find the same basin). Resamples that cannot identify the law (scaling_fit_problem) are
+// skipped and counted. Each interval is the central `level` (e.g. 0.9) of the refits.
+struct ScalingInterval {
+  double lo = 0, hi = 0;
+};
+struct ScalingBootstrap {
+  int resamples = 0;  // asked for
+  int used = 0;       // identifiable resamples that were fitted
+  double level = 0;
+  ScalingInterval E, A, B, alpha, beta;
+  ScalingInterval exponent;  // a = beta / (alpha + beta) of N_opt ~ C^a
+};
+ScalingBootstrap bootstrap_scaling_law(const std::vector<ScalingPoint>& points, const ScalingLaw& law, int resamples,
+                                       double level = 0.9, uint64_t seed = 1,
+                                       const ScalingFitOptions& options = {});
 
 // IsoFLOP analysis: for each budget, a parabola of loss in log N through its runs (at least 3
 // distinct N) and its minimum; then N_opt = k C^a fitted by least squares in log-log space

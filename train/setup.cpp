@@ -115,6 +115,7 @@ ParamCounts param_counts(const ModelSpec& spec, const LanguageModel& model) {
 BudgetSpec budget_spec(const Config& config) {
   BudgetSpec b;
   b.tokens = config.budget.tokens;
+  b.flops = config.budget.flops;
   b.tokens_per_param = config.budget.tokens_per_param;
   b.steps = config.budget.steps;
   b.params = config.budget.params;

@@ -1,6 +1,9 @@
 #include "train/sweep.h"
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <sstream>
 
@@ -75,7 +78,26 @@ std::vector<SweepAxis> parse_sweep_grid(const std::string& text) {
   return axes;
 }
 
+std::string sweep_family_key(const SweepOptions& options) {
+  if (options.config_paths.size() > 1) {
+    SSMT_CHECK(options.family_key.empty(), "sweep: --family '", options.family_key,
+               "' with several config files: the families are the configs");
+    return "";
+  }
+  if (options.family_key == "none") return "";
+  auto in_grid = [&](const std::string& key) {
+    for (const SweepAxis& axis : options.grid)
+      if (axis.key == key) return true;
+    return false;
+  };
+  if (options.family_key.empty()) return in_grid("model.mixer") ? "model.mixer" : "";
+  SSMT_CHECK(in_grid(options.family_key), "sweep: --family '", options.family_key,
+             "' is not a key of the --grid (families are the values of one grid key, or 'none')");
+  return options.family_key;
+}
+
 std::vector<SweepRun> run_sweep(const SweepOptions& options) {
+  const std::string family_key = sweep_family_key(options);
   // Every combination, first axis slowest; each is checked as a config before any training.
   std::vector<std::vector<std::string>> combos = {{}};
   for (const SweepAxis& axis : options.grid) {
@@ -88,21 +110,39 @@ std::vector<SweepRun> run_sweep(const SweepOptions& options) {
       }
     combos = next;
   }
-  std::vector<Config> configs;
-  for (const auto& combo : combos) {
-    std::vector<std::string> all = options.overrides;
-    all.insert(all.end(), combo.begin(), combo.end());
-    configs.push_back(load_config(options.config_path, all));
+  // Several config files: each is a family (named by its file's stem), swept over the grid.
+  const std::vector<std::string> paths =
+      options.config_paths.empty() ? std::vector<std::string>{options.config_path} : options.config_paths;
+  struct Planned {
+    std::string family, path;
+    std::vector<std::string> combo;
+    Config config;
+  };
+  std::vector<Planned> plan;
+  for (const std::string& path : paths) {
+    const std::string stem = fs::path(path).stem().string();
+    for (const Planned& p : plan)
+      SSMT_CHECK(paths.size() == 1 || fs::path(p.path).stem().string() != stem, "sweep: the configs '", p.path,
+                 "' and '", path, "' have the same name; the families of a sweep are named by their files");
+    for (const auto& combo : combos) {
+      std::vector<std::string> all = options.overrides;
+      all.insert(all.end(), combo.begin(), combo.end());
+      plan.push_back({paths.size() > 1 ? stem : "", path, combo, load_config(path, all)});
+    }
   }
   fs::create_directories(options.dir);
   std::vector<SweepRun> runs;
-  for (size_t i = 0; i < combos.size(); ++i) {
+  for (size_t i = 0; i < plan.size(); ++i) {
     SweepRun run;
-    run.overrides = combos[i];
-    for (const auto& o : combos[i]) run.name += (run.name.empty() ? "" : "__") + o;
+    run.overrides = plan[i].combo;
+    run.family = plan[i].family;
+    run.name = plan[i].family;
+    for (const auto& o : plan[i].combo)
+      if (!family_key.empty() && o.rfind(family_key + "=", 0) == 0) run.family = o.substr(family_key.size() + 1);
+    for (const auto& o : plan[i].combo) run.name += (run.name.empty() ? "" : "__") + o;
     for (char& ch : run.name)
       if (ch == '=') ch = '-';
-    Config config = configs[i];
+    Config config = plan[i].config;
     TrainOptions t;
     t.run_dir = options.dir + "/" + run.name;
     t.resume = "auto";
@@ -120,7 +160,7 @@ std::vector<SweepRun> run_sweep(const SweepOptions& options) {
       SSMT_CHECK(differs.empty(), "sweep: run directory '", t.run_dir, "' holds a run trained with another config (",
                  differs, "); remove it, or give this sweep another --run-dir");
     }
-    std::fprintf(stderr, "sweep: run %zu of %zu: %s\n", i + 1, combos.size(), run.name.c_str());
+    std::fprintf(stderr, "sweep: run %zu of %zu: %s\n", i + 1, plan.size(), run.name.c_str());
     const int rc = run_training(config, t);
     SSMT_CHECK(rc == 0, "sweep: run '", t.run_dir, "' failed (exit code ", rc, "); fix it and repeat the command");
     if (stop_requested()) {
@@ -128,7 +168,7 @@ std::vector<SweepRun> run_sweep(const SweepOptions& options) {
       std::fprintf(stderr,
                    "sweep: stopped by signal in run %zu of %zu (%s); repeat the command to continue (finished runs "
                    "are reused, this one resumes)\n",
-                   i + 1, combos.size(), run.name.c_str());
+                   i + 1, plan.size(), run.name.c_str());
       return runs;
     }
     // N as the budget counts it, from the model the config builds.
@@ -140,12 +180,16 @@ std::vector<SweepRun> run_sweep(const SweepOptions& options) {
                                      : config.budget.params == "active" ? counts.active
                                                                         : counts.non_embedding);
     std::tie(run.tokens, run.val_loss) = final_validation(t.run_dir);
+    run.budget_flops = config.budget.steps == 0 && config.budget.tokens == 0 ? config.budget.flops : 0.0;
     runs.push_back(run);
   }
   std::string jsonl;
   for (const SweepRun& r : runs) {
     JsonLine j;
     j.add("name", r.name).add("params", r.params).add("tokens", r.tokens).add("val_loss", r.val_loss);
+    j.add("compute", 6.0 * r.params * r.tokens);
+    if (!r.family.empty()) j.add("family", r.family);
+    if (r.budget_flops > 0) j.add("budget_flops", r.budget_flops);
     jsonl += j.str() + "\n";
   }
   const std::string path = options.dir + "/sweep.jsonl", tmp = path + ".tmp";
@@ -156,6 +200,87 @@ std::vector<SweepRun> run_sweep(const SweepOptions& options) {
   }
   fs::rename(tmp, path);
   return runs;
+}
+
+std::vector<FamilyFit> fit_sweep(const std::vector<SweepRun>& runs, int bootstrap) {
+  std::vector<FamilyFit> fits;
+  for (const SweepRun& r : runs) {
+    auto it = std::find_if(fits.begin(), fits.end(), [&](const FamilyFit& f) { return f.family == r.family; });
+    if (it == fits.end()) {
+      fits.push_back(FamilyFit{});
+      fits.back().family = r.family;
+      it = std::prev(fits.end());
+    }
+    it->points.push_back({r.params, r.tokens, r.val_loss});
+    it->nominal.push_back({r.params, r.budget_flops > 0 ? r.budget_flops / (6 * r.params) : r.tokens, r.val_loss});
+  }
+  for (size_t i = 0; i < fits.size(); ++i) {
+    FamilyFit& f = fits[i];
+    f.problem = f.points.size() < 5 ? "fewer than 5 runs" : scaling_fit_problem(f.points);
+    if (f.problem.empty()) {
+      f.law = fit_scaling_law(f.points);
+      f.fitted = true;
+      f.warning = scaling_fit_warning(f.law);
+      if (bootstrap > 0)
+        f.ci = bootstrap_scaling_law(f.points, f.law, bootstrap, 0.9, 1 + 1000003 * static_cast<uint64_t>(i));
+    }
+    try {
+      f.isoflop = fit_isoflop(f.nominal);
+      f.has_isoflop = true;
+    } catch (const UserError& e) {
+      f.isoflop_problem = e.what();
+    }
+  }
+  return fits;
+}
+
+std::string sweep_fit_json(const std::vector<FamilyFit>& fits) {
+  Json root = Json::object();
+  Json families = Json::array();
+  for (const FamilyFit& f : fits) {
+    Json j = Json::object();
+    j["family"] = f.family;
+    j["runs"] = f.points.size();
+    if (f.fitted) {
+      j["E"] = f.law.E, j["A"] = f.law.A, j["B"] = f.law.B, j["alpha"] = f.law.alpha, j["beta"] = f.law.beta;
+      j["objective"] = f.law.objective;
+      if (!f.warning.empty()) j["warning"] = f.warning;
+      if (f.ci.used > 0) {
+        auto pair = [](const ScalingInterval& v) { return Json::array({v.lo, v.hi}); };
+        j["ci"] = {{"level", f.ci.level}, {"resamples", f.ci.resamples}, {"used", f.ci.used},
+                   {"E", pair(f.ci.E)},     {"A", pair(f.ci.A)},           {"B", pair(f.ci.B)},
+                   {"alpha", pair(f.ci.alpha)}, {"beta", pair(f.ci.beta)}, {"a", pair(f.ci.exponent)}};
+      }
+      if (f.law.alpha > 0 && f.law.beta > 0) {
+        // The compute-optimal frontier over the family's compute range and two decades past it.
+        double c_lo = std::numeric_limits<double>::infinity(), c_hi = 0;
+        for (const auto& p : f.points) c_lo = std::min(c_lo, 6 * p.n * p.d), c_hi = std::max(c_hi, 6 * p.n * p.d);
+        Json frontier = Json::array();
+        for (int k = 0; k <= 24; ++k) {
+          const double c = c_lo * std::pow(100 * c_hi / c_lo, k / 24.0);
+          const double n = f.law.n_opt(c), d = f.law.d_opt(c);
+          frontier.push_back(Json::array({c, n, d, f.law.loss(n, d)}));
+        }
+        j["frontier"] = frontier;
+      }
+    } else {
+      j["problem"] = f.problem;
+    }
+    if (f.has_isoflop) {
+      Json budgets = Json::array();
+      for (const auto& b : f.isoflop.budgets) budgets.push_back(Json::array({b.flops, b.n_opt, b.loss_opt}));
+      j["isoflop"] = {{"k", f.isoflop.k}, {"a", f.isoflop.a}, {"budgets", budgets}};
+    }
+    families.push_back(j);
+  }
+  if (fits.size() == 1 && fits[0].fitted) {
+    const ScalingLaw& law = fits[0].law;
+    root["E"] = law.E, root["A"] = law.A, root["B"] = law.B, root["alpha"] = law.alpha, root["beta"] = law.beta;
+    root["objective"] = law.objective;
+    root["runs"] = fits[0].points.size();
+  }
+  root["families"] = families;
+  return root.dump(1) + "\n";
 }
 
 }  // namespace ssmtrain

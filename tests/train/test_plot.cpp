@@ -35,6 +35,9 @@ TEST_CASE("plot: ticks are round numbers covering the range") {
   CHECK(log_ticks(3e9, 9e12) == std::vector<double>{1e10, 1e11, 1e12});
   CHECK(log_ticks(1.8, 4.5) == std::vector<double>{2, 3, 4});                          // within a decade: integer steps
   CHECK(log_ticks(1.7e9, 8.6e10) == std::vector<double>{2e9, 5e9, 1e10, 2e10, 5e10});  // else 1-2-5
+  CHECK(log_ticks(2.6, 2.8).size() >= 3);  // inside one integer step: linear ticks
+  CHECK(log_ticks(2.6, 2.8).front() >= 2.6);
+  CHECK(log_ticks(2.6, 2.8).back() <= 2.8 + 1e-12);
 }
 
 TEST_CASE("plot: a run directory gives one curve per panel; a sweep adds its scaling panel") {

@@ -140,3 +140,33 @@ TEST_CASE("a fitted law outside the region of its starting points is flagged") {
   CHECK(w.find("log E") != std::string::npos);
   CHECK(w.find("alpha") == std::string::npos);
 }
+
+// Bootstrap intervals: with noise, the 90% intervals of the refits must contain the true
+// exponents (the noise of 0.5% moves each fit by a few hundredths, far inside what an
+// interval of 49 points spans), be ordered, and be narrower for less noise; exact points give
+// intervals of (near) zero width around the truth. Deterministic for a seed.
+TEST_CASE("bootstrap intervals of a fitted law contain the truth and shrink with the noise") {
+  const ScalingLaw truth = hoffmann();
+  const std::vector<ScalingPoint> noisy = grid_points(truth, 0.005, 3);
+  const ScalingLaw fit = fit_scaling_law(noisy);
+  const ScalingBootstrap ci = bootstrap_scaling_law(noisy, fit, 60, 0.9, 11);
+  CHECK(ci.resamples == 60);
+  CHECK(ci.used > 50);
+  CHECK(ci.alpha.lo <= ci.alpha.hi);
+  CHECK(ci.alpha.lo < truth.alpha);
+  CHECK(ci.alpha.hi > truth.alpha);
+  CHECK(ci.beta.lo < truth.beta);
+  CHECK(ci.beta.hi > truth.beta);
+  const double a = truth.beta / (truth.alpha + truth.beta);
+  CHECK(ci.exponent.lo < a);
+  CHECK(ci.exponent.hi > a);
+  const ScalingBootstrap again = bootstrap_scaling_law(noisy, fit, 60, 0.9, 11);
+  CHECK(again.alpha.lo == ci.alpha.lo);
+  CHECK(again.beta.hi == ci.beta.hi);
+  const std::vector<ScalingPoint> exact = grid_points(truth, 0, 1);
+  const ScalingBootstrap tight = bootstrap_scaling_law(exact, fit_scaling_law(exact), 20, 0.9, 5);
+  CHECK(tight.alpha.hi - tight.alpha.lo < 1e-3);
+  CHECK(tight.alpha.lo == doctest::Approx(truth.alpha).epsilon(1e-3));
+  CHECK(tight.alpha.hi - tight.alpha.lo < 0.1 * (ci.alpha.hi - ci.alpha.lo));
+  CHECK_THROWS_AS(bootstrap_scaling_law(noisy, fit, 10, 1.5), UserError);
+}

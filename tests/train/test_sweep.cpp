@@ -94,3 +94,87 @@ TEST_CASE("a stop request ends a sweep after the run in flight; the same command
   CHECK(done[0].tokens == 3 * 2 * 16);  // the stopped run resumed to its full budget
   CHECK(std::filesystem::exists(o.dir + "/sweep.jsonl"));
 }
+
+// Families: two config files are two families, named by their files, fitted separately;
+// fit_sweep recovers each family's law from runs drawn from it, groups IsoFLOP runs by their
+// nominal budget.flops (their 6 N D differ by the rounding of D to whole steps), and
+// sweep_fit_json lists every family.
+TEST_CASE("a sweep of two configs trains and fits two families") {
+  testing::TempDir dir("sweep_families");
+  const std::string a = tiny_sweep_config(dir, "budget: {steps: 2}\n");
+  const std::string b = dir.file("s6.yaml");
+  {
+    std::ifstream in(a);
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string t = text.str();
+    t.replace(t.find("mixer: mamba"), 12, "mixer: s6");
+    std::ofstream(b) << t;
+  }
+  SweepOptions o;
+  o.config_paths = {a, b};
+  o.grid = parse_sweep_grid("model.d_model=8,16");
+  o.dir = dir.file("sweep");
+  std::vector<SweepRun> runs = run_sweep(o);
+  REQUIRE(runs.size() == 4);
+  CHECK(runs[0].family == "tiny");
+  CHECK(runs[0].name == "tiny__model.d_model-8");
+  CHECK(runs[3].family == "s6");
+  CHECK(runs[3].name == "s6__model.d_model-16");
+  CHECK(runs[2].params != runs[0].params);  // another mixer, another count
+  std::ifstream in(o.dir + "/sweep.jsonl");
+  std::stringstream text;
+  text << in.rdbuf();
+  CHECK(text.str().find("\"family\": \"s6\"") != std::string::npos);
+  // Families of a single config come from a grid key; a key outside the grid is refused.
+  SweepOptions keyed;
+  keyed.config_path = a;
+  keyed.grid = parse_sweep_grid("model.mixer=mamba,s6;model.d_model=8");
+  CHECK(sweep_family_key(keyed) == "model.mixer");
+  keyed.family_key = "none";
+  CHECK(sweep_family_key(keyed).empty());
+  keyed.family_key = "optim.lr";
+  CHECK_THROWS_WITH_AS(sweep_family_key(keyed), doctest::Contains("optim.lr"), UserError);
+  SweepOptions both = o;
+  both.family_key = "model.d_model";
+  CHECK_THROWS_WITH_AS(sweep_family_key(both), doctest::Contains("the configs"), UserError);
+}
+
+TEST_CASE("fit_sweep fits each family's law and its IsoFLOP profiles") {
+  // Two laws; runs at N x nominal budget C (D = C / 6N, then rounded up by up to 3% as whole
+  // steps would), losses exact.
+  ScalingLaw la, lb;
+  la.E = 1.7, la.A = 400, la.B = 410, la.alpha = 0.34, la.beta = 0.28;
+  lb.E = 1.9, lb.A = 300, lb.B = 900, lb.alpha = 0.30, lb.beta = 0.35;
+  std::vector<SweepRun> runs;
+  int k = 0;
+  for (const auto& [family, law] : {std::pair{std::string("a"), la}, std::pair{std::string("b"), lb}})
+    for (double c : {1e17, 1e18, 1e19, 1e20})
+      for (double n : {3e7, 1e8, 3e8, 1e9, 3e9}) {
+        SweepRun r;
+        r.family = family;
+        r.params = n;
+        r.tokens = c / (6 * n) * (1 + 0.03 * ((k++ % 3) / 2.0));
+        r.val_loss = law.loss(r.params, r.tokens);
+        r.budget_flops = c;
+        runs.push_back(r);
+      }
+  const std::vector<FamilyFit> fits = fit_sweep(runs, 20);
+  REQUIRE(fits.size() == 2);
+  for (const FamilyFit& f : fits) {
+    const ScalingLaw& truth = f.family == "a" ? la : lb;
+    INFO("family " << f.family);
+    REQUIRE(f.fitted);
+    CHECK(f.law.alpha == doctest::Approx(truth.alpha).epsilon(0.01));
+    CHECK(f.law.beta == doctest::Approx(truth.beta).epsilon(0.01));
+    CHECK(f.ci.used > 0);
+    REQUIRE(f.has_isoflop);
+    CHECK(f.isoflop.budgets.size() == 4);
+    CHECK(f.isoflop.budgets[0].flops == doctest::Approx(1e17));
+  }
+  const std::string json = sweep_fit_json(fits);
+  CHECK(json.find("\"family\": \"a\"") != std::string::npos);
+  CHECK(json.find("\"frontier\"") != std::string::npos);
+  CHECK(json.find("\"isoflop\"") != std::string::npos);
+  CHECK(json.find("\"alpha\"") != std::string::npos);
+}
