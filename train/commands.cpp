@@ -236,7 +236,10 @@ int cmd_sweep(const Args& args) {
   o.grid = parse_sweep_grid(args.get("--grid"));
   o.overrides = overrides;
   std::string stems;
-  for (const auto& path : o.config_paths) stems += (stems.empty() ? "" : "+") + fs::path(path).stem().string();
+  for (const auto& path : o.config_paths) {
+    if (!stems.empty()) stems += '+';
+    stems += fs::path(path).stem().string();
+  }
   o.dir = args.has("--run-dir") ? args.get("--run-dir") : "runs/" + stems + "-sweep";
   if (args.has("--family")) o.family_key = args.get("--family");
   int bootstrap = 200;
