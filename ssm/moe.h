@@ -21,9 +21,9 @@
 // strided-batched cuBLAS call each, forward and backward; zero rows cost work but add
 // nothing), and the weighted scatter back (moe_combine). The backward reaches the router
 // (through the gates and the balancing and z losses) and every expert. Dropless mode and
-// evaluation use blocks of `tokens` rows: E times the FFN work and activation memory of the
-// routed tokens (a grouped GEMM that skips the empty rows by device-side counts is the
-// missing piece; docs/nn.md).
+// evaluation use blocks of `tokens` rows: E / k times the FFN work and activation memory of
+// the routed tokens (a grouped GEMM that skips the empty rows by device-side counts is the
+// missing piece; docs/design.md).
 //
 // Expert usage is accumulated on the device by the training forwards (counts per expert,
 // drops, assignments) and read by the host only when asked: usage() waits for it,
