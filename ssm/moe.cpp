@@ -75,15 +75,16 @@ Tensor SwitchMoE::forward(const Tensor& x) {
   Tensor gate = gather(probs, 1, route.expert);  // (T, K)
   if (K > 1) gate = gate / sum(gate, {1}, true);
 
-  // The experts on per-expert blocks of C rows: two batched GEMMs over the stacked weights.
+  // The experts on per-expert blocks of C rows: two batched GEMMs over the stacked weights
+  // (cast to the activations' dtype in the same pass).
   std::vector<Tensor> w1(static_cast<size_t>(E)), w2(static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e) {
-    w1[e] = as_dtype(fc1_[e]->weight(), dt);  // (F, D)
-    w2[e] = as_dtype(fc2_[e]->weight(), dt);  // (D, F)
+    w1[e] = fc1_[e]->weight();  // (F, D)
+    w2[e] = fc2_[e]->weight();  // (D, F)
   }
   Tensor xd = moe_dispatch(xf, route.slot, E * C).reshape({E, C, D});
-  Tensor h = apply_activation(act_, matmul(xd, stack(w1, 0).transpose(1, 2)));  // (E, C, F)
-  Tensor yd = matmul(h, stack(w2, 0).transpose(1, 2));                             // (E, C, D)
+  Tensor h = apply_activation(act_, matmul(xd, moe_stack_weights(w1, dt).transpose(1, 2)));  // (E, C, F)
+  Tensor yd = matmul(h, moe_stack_weights(w2, dt).transpose(1, 2));                             // (E, C, D)
   Tensor y = moe_combine(yd.reshape({E * C, D}), route.slot, gate);               // (T, D)
 
   // Load balancing: alpha * E * sum_i f_i P_i; f is a constant, P carries the gradient.

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "core/autograd.h"
@@ -129,6 +130,22 @@ void combine_bwd(const MoeCombineParams& p) {
     }
 }
 
+template <typename S, typename D>
+void stack_copy(const void* const* src, void* const* dst, int64_t E, int64_t numel, bool gather) {
+  // gather: dst[0] is (E, numel), src[e] per expert; else src[0] is (E, numel), dst[e] per expert.
+#pragma omp parallel for schedule(static)
+  for (int64_t e = 0; e < E; ++e) {
+    const S* from = static_cast<const S*>(gather ? src[e] : src[0]) + (gather ? 0 : e * numel);
+    D* to = gather ? static_cast<D*>(dst[0]) + e * numel : static_cast<D*>(dst[e]);
+    if (!to) continue;
+    for (int64_t i = 0; i < numel; ++i) to[i] = static_cast<D>(static_cast<acc_t<S>>(from[i]));
+  }
+}
+
+const FusedKernels<MoeStackParams> kStackKernels = {moe_stack_fwd_cpu, moe_stack_bwd_cpu,
+                                                    SSMT_CUDA_KERNEL(moe_stack_fwd_cuda),
+                                                    SSMT_CUDA_KERNEL(moe_stack_bwd_cuda)};
+
 const FusedKernels<MoeDispatchParams> kDispatchKernels = {moe_dispatch_fwd_cpu, moe_dispatch_bwd_cpu,
                                                           SSMT_CUDA_KERNEL(moe_dispatch_fwd_cuda),
                                                           SSMT_CUDA_KERNEL(moe_dispatch_bwd_cuda)};
@@ -161,6 +178,65 @@ void moe_combine_fwd_cpu(const MoeCombineParams& p) {
 }
 void moe_combine_bwd_cpu(const MoeCombineParams& p) {
   SSMT_DISPATCH_FLOAT(p.dtype, "moe_combine", [&] { combine_bwd<scalar_t>(p); });
+}
+
+void moe_stack_fwd_cpu(const MoeStackParams& p) {
+  SSMT_DISPATCH_FLOAT(p.src_dtype, "moe_stack_weights", [&] {
+    using S = scalar_t;
+    SSMT_DISPATCH_FLOAT(p.dst_dtype, "moe_stack_weights", [&] {
+      void* out = p.out;
+      stack_copy<S, scalar_t>(p.w.data(), &out, p.E, p.numel, true);
+    });
+  });
+}
+void moe_stack_bwd_cpu(const MoeStackParams& p) {
+  SSMT_DISPATCH_FLOAT(p.dst_dtype, "moe_stack_weights", [&] {
+    using S = scalar_t;
+    SSMT_DISPATCH_FLOAT(p.src_dtype, "moe_stack_weights", [&] {
+      const void* dout = p.dout;
+      stack_copy<S, scalar_t>(&dout, p.dw.data(), p.E, p.numel, false);
+    });
+  });
+}
+
+Tensor moe_stack_weights(const std::vector<Tensor>& ws, DType dtype) {
+  constexpr const char* op = "moe_stack_weights";
+  SSMT_CHECK(!ws.empty(), op, ": needs at least one weight");
+  check_present(op, "ws[0]", ws[0]);
+  check_floating_arg(op, "ws[0]", ws[0]);
+  SSMT_CHECK(is_floating(dtype), op, ": dtype ", dtype_name(dtype), ": expected f32, bf16 or f64");
+  const int64_t E = static_cast<int64_t>(ws.size());
+  std::vector<Tensor> w(ws.size());
+  for (int64_t e = 0; e < E; ++e) {
+    const std::string name = "ws[" + std::to_string(e) + "]";
+    check_present(op, name.c_str(), ws[e]);
+    check_shape(op, name.c_str(), ws[e], ws[0].shape(), "like ws[0]");
+    check_device(op, name.c_str(), ws[e], ws[0].device(), "ws[0]");
+    check_dtype(op, name.c_str(), ws[e], ws[0].dtype(), "ws[0]");
+    w[e] = ws[e].contiguous();
+  }
+  Dims shape = ws[0].shape();
+  shape.insert(0, E);
+  FusedOp<MoeStackParams> f(op, kStackKernels, ws[0].device());
+  f.p.src_dtype = ws[0].dtype();
+  f.p.dst_dtype = dtype;
+  f.p.E = E;
+  f.p.numel = ws[0].numel();
+  f.p.w.resize(static_cast<size_t>(E));
+  f.p.dw.assign(static_cast<size_t>(E), nullptr);
+  for (int64_t e = 0; e < E; ++e) {
+    f.p.w[e] = w[e].data_ptr();
+    f.input(w[e], [e](MoeStackParams& q) -> void*& { return q.dw[e]; }, /*saved=*/false);
+  }
+  Tensor out = f.output(shape, dtype, &MoeStackParams::out);
+  f.forward();
+  f.p.w.assign(static_cast<size_t>(E), nullptr);  // the backward reads dout only
+  f.record({out}, [](MoeStackParams& q, const std::vector<Tensor>& grads) {
+    Tensor dout = grads[0].contiguous();
+    q.dout = dout.data_ptr();
+    return std::vector<Tensor>{dout};
+  });
+  return out;
 }
 
 MoeRouting moe_route(const Tensor& probs_in, int64_t k, int64_t capacity, const Tensor& usage) {

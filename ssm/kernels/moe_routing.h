@@ -28,6 +28,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -50,6 +51,13 @@ Tensor moe_dispatch(const Tensor& x, const Tensor& slot, int64_t rows);
 // yd (rows, D) float, slot (T, k) i64, gate (T, k) in yd's compute dtype (f32 for f32 and
 // bf16, f64 for f64) -> y (T, D) in yd's dtype. Gradients for yd and gate.
 Tensor moe_combine(const Tensor& yd, const Tensor& slot, const Tensor& gate);
+
+// The expert weights stacked for the batched GEMMs, cast on the way: ws E tensors of one
+// shape S (any float dtype, the same for all; contiguous or not) -> (E, S...) in `dtype`.
+// One tape node and one kernel each way (the E casts and the stack copy of the plain ops
+// would be 2E launches and an extra pass over every expert weight per step); the backward
+// writes each weight's gradient in the weight's dtype.
+Tensor moe_stack_weights(const std::vector<Tensor>& ws, DType dtype);
 
 // ---- kernel interface ----
 
@@ -97,5 +105,20 @@ void moe_combine_fwd_cpu(const MoeCombineParams& p);
 void moe_combine_bwd_cpu(const MoeCombineParams& p);
 void moe_combine_fwd_cuda(const MoeCombineParams& p, int device);
 void moe_combine_bwd_cuda(const MoeCombineParams& p, int device);
+
+struct MoeStackParams {
+  DType src_dtype = DType::f32;  // of the weights and their gradients
+  DType dst_dtype = DType::f32;  // of the stacked copy and its gradient
+  int64_t E = 0, numel = 0;      // experts, elements per expert
+  std::vector<const void*> w;    // E pointers, each (numel) contiguous
+  void* out = nullptr;           // (E, numel)
+  const void* dout = nullptr;    // (E, numel) contiguous, backward input
+  std::vector<void*> dw;         // E pointers (numel), each null when not wanted
+};
+
+void moe_stack_fwd_cpu(const MoeStackParams& p);
+void moe_stack_bwd_cpu(const MoeStackParams& p);
+void moe_stack_fwd_cuda(const MoeStackParams& p, int device);
+void moe_stack_bwd_cuda(const MoeStackParams& p, int device);
 
 }  // namespace ssmtrain

@@ -194,6 +194,27 @@ __global__ void combine_bwd_kernel(const T* yd, const long long* slot, const acc
   }
 }
 
+// The expert weights stacked with a cast, up to kStackChunk experts per launch (their
+// pointers travel in the kernel's parameters, so nothing is copied to the device first).
+constexpr int kStackChunk = 64;
+struct StackPointers {
+  const void* src[kStackChunk];
+  void* dst[kStackChunk];
+};
+
+// gather: dst[0] is (experts, numel) and src[e] per expert; else the reverse. blockIdx.y
+// is the expert within the chunk; each block converts a grid-stride range of its elements.
+template <typename S, typename D>
+__global__ void stack_kernel(StackPointers ptr, long long numel, bool gather) {
+  const int e = blockIdx.y;
+  const S* from = static_cast<const S*>(gather ? ptr.src[e] : ptr.src[0]) + (gather ? 0 : e * numel);
+  D* to = gather ? static_cast<D*>(ptr.dst[0]) + e * numel : static_cast<D*>(ptr.dst[e]);
+  if (!to) return;
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < numel;
+       i += static_cast<long long>(gridDim.x) * blockDim.x)
+    to[i] = D(static_cast<acc_t<S>>(from[i]));
+}
+
 cudaStream_t stream_of(int device) { return static_cast<cudaStream_t>(cuda::compute_stream(device)); }
 
 template <typename P>
@@ -232,6 +253,43 @@ void moe_route_cuda(const MoeRouteParams& p, int device) {
   else
     route<float>(p, device);
 }
+
+namespace {
+void launch_stack(const MoeStackParams& p, int device, bool gather) {
+  if (p.E == 0 || p.numel == 0) return;
+  cuda_detail::DeviceGuard guard(device);
+  cudaStream_t stream = stream_of(device);
+  const DType from = gather ? p.src_dtype : p.dst_dtype, to = gather ? p.dst_dtype : p.src_dtype;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((p.numel + kThreads - 1) / kThreads, 1024));
+  for (int64_t e0 = 0; e0 < p.E; e0 += kStackChunk) {
+    const int64_t n = std::min<int64_t>(kStackChunk, p.E - e0);
+    StackPointers ptr{};
+    for (int64_t i = 0; i < n; ++i) {
+      if (gather) {
+        ptr.src[i] = p.w[e0 + i];
+      } else {
+        ptr.dst[i] = p.dw[e0 + i];
+      }
+    }
+    const size_t elem = dtype_size(p.dst_dtype);  // the stacked side, either way
+    if (gather)
+      ptr.dst[0] = static_cast<char*>(p.out) + elem * static_cast<size_t>(e0 * p.numel);
+    else
+      ptr.src[0] = static_cast<const char*>(p.dout) + elem * static_cast<size_t>(e0 * p.numel);
+    SSMT_DISPATCH_FLOAT(from, "moe_stack_weights", [&] {
+      using S = scalar_t;
+      SSMT_DISPATCH_FLOAT(to, "moe_stack_weights", [&] {
+        stack_kernel<S, scalar_t><<<dim3(blocks, static_cast<unsigned>(n)), kThreads, 0, stream>>>(ptr, p.numel,
+                                                                                                  gather);
+      });
+    });
+    MOE_CUDA_CHECK(cudaGetLastError());
+  }
+}
+}  // namespace
+
+void moe_stack_fwd_cuda(const MoeStackParams& p, int device) { launch_stack(p, device, true); }
+void moe_stack_bwd_cuda(const MoeStackParams& p, int device) { launch_stack(p, device, false); }
 
 void moe_dispatch_fwd_cuda(const MoeDispatchParams& p, int device) {
   cuda_detail::DeviceGuard guard(device);

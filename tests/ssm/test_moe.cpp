@@ -315,3 +315,25 @@ TEST_CASE("Switch MoE block gradients (router and experts, output and aux losses
     if (c.capacity_factor > 0) CHECK(moe->usage().dropped > 0);
   }
 }
+
+TEST_CASE("moe_stack_weights equals stack of casts, with finite-difference gradients") {
+  Generator gen(31);
+  std::vector<Tensor> ws;
+  for (int e = 0; e < 3; ++e) ws.push_back(grad_leaf({4, 5}, gen));
+  // A non-contiguous weight is taken too.
+  Tensor wide = grad_leaf({5, 4}, gen);
+  {
+    NoGradGuard no_grad;
+    for (DType dt : {DType::f64, DType::f32, DType::bf16}) {
+      std::vector<Tensor> cast_ws;
+      for (const Tensor& w : ws) cast_ws.push_back(w.to(DType::f32).to(dt));
+      const Tensor got = moe_stack_weights({ws[0].to(DType::f32), ws[1].to(DType::f32), ws[2].to(DType::f32)}, dt);
+      CHECK(got.dtype() == dt);
+      CHECK(got.shape() == Dims{3, 4, 5});
+      CHECK(got.to_vector<double>() == stack(cast_ws, 0).to_vector<double>());  // the same rounding
+    }
+    const Tensor t = moe_stack_weights({wide.transpose(0, 1), ws[0]}, DType::f64);
+    CHECK(t.select(0, 0).to_vector<double>() == wide.transpose(0, 1).contiguous().to_vector<double>());
+  }
+  check_gradients([](const std::vector<Tensor>& in) { return moe_stack_weights(in, DType::f64); }, ws);
+}

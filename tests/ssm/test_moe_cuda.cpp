@@ -6,7 +6,8 @@
 //
 // Tolerances (cuda_compare.h's two measures: relative 2-norm error, and max error relative
 // to max |ref|):
-//  - routing and dispatch: integers and copies, so equality.
+//  - routing, dispatch and the weight stacking: integers, copies and single roundings of
+//    the same values, so equality.
 //  - combine f32: sums of k <= 2 products per element, the gate gradient a dot product over
 //    D <= 96 terms: error <= D * eps = 96 * 6e-8 = 6e-6 relative to the sum of |terms|.
 //    kF32 = {2e-5, 2e-4}, the bound the other SSM ops use (same analysis, ~10x margin).
@@ -174,6 +175,33 @@ TEST_CASE("moe_dispatch and moe_combine CUDA match the CPU in forward and backwa
                             {"yd", random_tensor({rows, s.D}, gen, DType::f64), dt},
                             {"gate", random_tensor({s.T, s.k}, gen, DType::f64), DType::f32}};
       compare_with_cpu(op, args, {"xd", "y"}, dt == DType::bf16 ? kBf16 : kF32, gen);
+    }
+  }
+}
+
+TEST_CASE("moe_stack_weights CUDA equals the CPU (casts are exact roundings, 70 experts in two launches)") {
+  if (!cuda_test_device()) return;
+  Generator gen(45);
+  for (const int64_t E : {int64_t{1}, int64_t{5}, int64_t{70}}) {
+    for (const DType dt : {DType::f32, DType::bf16}) {
+      CAPTURE(E);
+      CAPTURE(dtype_name(dt));
+      std::vector<Tensor> host, dev;
+      for (int64_t e = 0; e < E; ++e) {
+        host.push_back(random_tensor({7, 33}, gen, DType::f32));
+        dev.push_back(host.back().to(Device::cuda()));
+        host.back().requires_grad_();
+        dev.back().requires_grad_();
+      }
+      const Tensor g = random_tensor({E, 7, 33}, gen, DType::f32).to(dt);
+      clear_tape();
+      Tensor out_dev = moe_stack_weights(dev, dt);
+      backward(sum(mul(cast(out_dev, DType::f32), g.to(DType::f32).to(Device::cuda()))));
+      Tensor out_cpu = moe_stack_weights(host, dt);
+      backward(sum(mul(cast(out_cpu, DType::f32), g.to(DType::f32))));
+      CHECK(out_dev.to(Device::cpu()).to_vector<double>() == out_cpu.to_vector<double>());
+      for (int64_t e = 0; e < E; ++e)
+        CHECK(dev[e].grad().to(Device::cpu()).to_vector<double>() == host[e].grad().to_vector<double>());
     }
   }
 }
