@@ -29,8 +29,8 @@ class Expert : public Module {
 SwitchMoE::SwitchMoE(const MoEOptions& o, Generator& gen) : opt_(o), act_(activation_from_name(o.activation)) {
   SSMT_CHECK(o.num_experts >= 1, "moe: experts must be >= 1, got ", o.num_experts);
   SSMT_CHECK(o.capacity_factor >= 0, "moe: capacity_factor must be >= 0 (0 = dropless), got ", o.capacity_factor);
-  SSMT_CHECK(o.top_k >= 1 && o.top_k <= o.num_experts, "moe: top_k must be in [1, experts = ", o.num_experts,
-             "], got ", o.top_k);
+  SSMT_CHECK(o.top_k >= 1 && o.top_k <= o.num_experts, "moe: top_k must be in [1, experts = ", o.num_experts, "], got ",
+             o.top_k);
   const int64_t d_ff = o.d_ff > 0 ? o.d_ff : 3 * o.d_model;
   LinearOptions nobias;
   nobias.bias = false;
@@ -46,15 +46,15 @@ SwitchMoE::SwitchMoE(const MoEOptions& o, Generator& gen) : opt_(o), act_(activa
 
 int64_t SwitchMoE::capacity(int64_t tokens) const {
   if (!is_training() || opt_.capacity_factor == 0) return std::max<int64_t>(1, tokens);
-  const double cap = std::floor(opt_.capacity_factor * static_cast<double>(opt_.top_k) *
-                                static_cast<double>(tokens) / static_cast<double>(opt_.num_experts));
+  const double cap = std::floor(opt_.capacity_factor * static_cast<double>(opt_.top_k) * static_cast<double>(tokens) /
+                                static_cast<double>(opt_.num_experts));
   // An expert takes a token at most once, so more than `tokens` rows would stay empty.
   return std::clamp<int64_t>(static_cast<int64_t>(cap), 1, std::max<int64_t>(1, tokens));
 }
 
 Tensor SwitchMoE::forward(const Tensor& x) {
-  SSMT_CHECK(x.dim() >= 2 && x.size(-1) == opt_.d_model, "moe: input ", x.describe(), ": expected (.., ",
-             opt_.d_model, ")");
+  SSMT_CHECK(x.dim() >= 2 && x.size(-1) == opt_.d_model, "moe: input ", x.describe(), ": expected (.., ", opt_.d_model,
+             ")");
   const int64_t D = opt_.d_model, E = opt_.num_experts, K = opt_.top_k;
   const DType dt = x.dtype();
   const DType rdt = dt == DType::f64 ? DType::f64 : DType::f32;  // the router runs in f32
@@ -84,8 +84,8 @@ Tensor SwitchMoE::forward(const Tensor& x) {
   }
   Tensor xd = moe_dispatch(xf, route.slot, E * C).reshape({E, C, D});
   Tensor h = apply_activation(act_, matmul(xd, moe_stack_weights(w1, dt).transpose(1, 2)));  // (E, C, F)
-  Tensor yd = matmul(h, moe_stack_weights(w2, dt).transpose(1, 2));                             // (E, C, D)
-  Tensor y = moe_combine(yd.reshape({E * C, D}), route.slot, gate);               // (T, D)
+  Tensor yd = matmul(h, moe_stack_weights(w2, dt).transpose(1, 2));                          // (E, C, D)
+  Tensor y = moe_combine(yd.reshape({E * C, D}), route.slot, gate);                          // (T, D)
 
   // Load balancing: alpha * E * sum_i f_i P_i; f is a constant, P carries the gradient.
   if (is_training() && (opt_.aux_loss_coef > 0 || opt_.z_loss_coef > 0)) {
@@ -128,8 +128,8 @@ Tensor SwitchMoE::step(const Tensor& x_t, MixerState&) {
 void MoEOptions::validate(const MixerContext& c) const {
   SSMT_CHECK(every <= c.n_layer, c.key("every"), " is ", every, " but model.n_layer is only ", c.n_layer,
              ": no layer would be a MoE layer (0 turns MoE off)");
-  SSMT_CHECK(top_k <= num_experts, c.key("top_k"), " is ", top_k, " but ", c.key("experts"), " is only ",
-             num_experts, ": a token takes at most every expert once");
+  SSMT_CHECK(top_k <= num_experts, c.key("top_k"), " is ", top_k, " but ", c.key("experts"), " is only ", num_experts,
+             ": a token takes at most every expert once");
 }
 
 MixerEntry moe_mixer_entry() {
@@ -181,7 +181,7 @@ AsyncRead moe_summary_read(LanguageModel& model) {
     rows.push_back(cat({dropped, load}, 0).reshape({1, 2}));
     moe->reset_usage();  // queued after the reads above
   }
-  Tensor all = cat(rows, 0);  // (layers, 2)
+  Tensor all = cat(rows, 0);                                                                       // (layers, 2)
   Tensor summary = cat({mean(all.select(1, 0), {0}, true), max(all.select(1, 1), {0}, true)}, 0);  // (2)
   return AsyncRead(summary);
 }

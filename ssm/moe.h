@@ -55,7 +55,7 @@ struct MoEOptions {
   int64_t every = 0;  // with k > 0, layers k-1, 2k-1, ... are MoE layers
   int64_t num_experts = 8;
   int64_t top_k = 1;  // experts per token
-  int64_t d_ff = 0;  // 0: 3 * d_model
+  int64_t d_ff = 0;   // 0: 3 * d_model
   double capacity_factor = 1.0;
   std::string activation = "gelu";  // relu | gelu
   double aux_loss_coef = 0.01;
@@ -85,9 +85,7 @@ struct MoEOptions {
   // The registry's hooks (ssm/mixer_registry.h): layer i is a MoE layer when moe.every
   // divides i + 1; a token goes to top_k of num_experts experts.
   bool takes_layer(int64_t layer) const { return every > 0 && (layer + 1) % every == 0; }
-  std::pair<int, int> expert_routing() const {
-    return {static_cast<int>(top_k), static_cast<int>(num_experts)};
-  }
+  std::pair<int, int> expert_routing() const { return {static_cast<int>(top_k), static_cast<int>(num_experts)}; }
   bool operator==(const MoEOptions&) const = default;
 };
 

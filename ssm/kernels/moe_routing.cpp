@@ -142,9 +142,8 @@ void stack_copy(const void* const* src, void* const* dst, int64_t E, int64_t num
   }
 }
 
-const FusedKernels<MoeStackParams> kStackKernels = {moe_stack_fwd_cpu, moe_stack_bwd_cpu,
-                                                    SSMT_CUDA_KERNEL(moe_stack_fwd_cuda),
-                                                    SSMT_CUDA_KERNEL(moe_stack_bwd_cuda)};
+const FusedKernels<MoeStackParams> kStackKernels = {
+    moe_stack_fwd_cpu, moe_stack_bwd_cpu, SSMT_CUDA_KERNEL(moe_stack_fwd_cuda), SSMT_CUDA_KERNEL(moe_stack_bwd_cuda)};
 
 const FusedKernels<MoeDispatchParams> kDispatchKernels = {moe_dispatch_fwd_cpu, moe_dispatch_bwd_cpu,
                                                           SSMT_CUDA_KERNEL(moe_dispatch_fwd_cuda),
@@ -156,8 +155,8 @@ const FusedKernels<MoeCombineParams> kCombineKernels = {moe_combine_fwd_cpu, moe
 void check_slot(const char* op, const Tensor& slot, int64_t T, Device device, const char* ref) {
   check_present(op, "slot", slot);
   check_rank(op, "slot", slot, 2, "(T, k)");
-  SSMT_CHECK(slot.size(0) == T && slot.size(1) >= 1, op, ": slot ", slot.describe(), ": expected (T, k) with T = ",
-             T, " and k >= 1");
+  SSMT_CHECK(slot.size(0) == T && slot.size(1) >= 1, op, ": slot ", slot.describe(), ": expected (T, k) with T = ", T,
+             " and k >= 1");
   SSMT_CHECK(slot.dtype() == DType::i64, op, ": slot ", slot.describe(), ": expected i64 (from moe_route)");
   check_device(op, "slot", slot, device, ref);
 }
@@ -226,7 +225,8 @@ Tensor moe_stack_weights(const std::vector<Tensor>& ws, DType dtype) {
   f.p.dw.assign(static_cast<size_t>(E), nullptr);
   for (int64_t e = 0; e < E; ++e) {
     f.p.w[e] = w[e].data_ptr();
-    f.input(w[e], [e](MoeStackParams& q) -> void*& { return q.dw[e]; }, /*saved=*/false);
+    f.input(
+        w[e], [e](MoeStackParams& q) -> void*& { return q.dw[e]; }, /*saved=*/false);
   }
   Tensor out = f.output(shape, dtype, &MoeStackParams::out);
   f.forward();

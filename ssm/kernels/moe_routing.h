@@ -64,11 +64,11 @@ Tensor moe_stack_weights(const std::vector<Tensor>& ws, DType dtype);
 struct MoeRouteParams {
   DType dtype = DType::f32;  // of probs
   int64_t T = 0, E = 0, K = 1, capacity = 1;
-  const void* probs = nullptr;     // (T, E) contiguous
-  int64_t* expert = nullptr;       // (T, K)
-  int64_t* slot = nullptr;         // (T, K)
-  int64_t* first_counts = nullptr; // (E)
-  double* usage = nullptr;         // (E + 2) or null
+  const void* probs = nullptr;      // (T, E) contiguous
+  int64_t* expert = nullptr;        // (T, K)
+  int64_t* slot = nullptr;          // (T, K)
+  int64_t* first_counts = nullptr;  // (E)
+  double* usage = nullptr;          // (E + 2) or null
 };
 
 void moe_route_cpu(const MoeRouteParams& p);

@@ -28,10 +28,10 @@ namespace ssmtrain {
 
 namespace {
 
-#define MOE_CUDA_CHECK(expr)                                                                                 \
-  do {                                                                                                       \
-    cudaError_t e_ = (expr);                                                                                 \
-    if (e_ != cudaSuccess)                                                                                   \
+#define MOE_CUDA_CHECK(expr)                                                                                   \
+  do {                                                                                                         \
+    cudaError_t e_ = (expr);                                                                                   \
+    if (e_ != cudaSuccess)                                                                                     \
       throw InternalError(detail::concat(__FILE__, ":", __LINE__, ": ", #expr, ": ", cudaGetErrorString(e_))); \
   } while (0)
 
@@ -226,17 +226,16 @@ void route(const MoeRouteParams& p, int device) {
   Tensor hist = Tensor::empty({static_cast<int64_t>(K) * chunks * E}, DType::i32, Device::cuda(device));
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(K));
   const size_t hist_shared = sizeof(int) * static_cast<size_t>(E);
-  route_hist_kernel<P><<<grid, kChunk, hist_shared, stream>>>(static_cast<const P*>(p.probs), T, E, K,
-                                                                reinterpret_cast<long long*>(p.expert),
-                                                                hist.data<int32_t>(), chunks);
+  route_hist_kernel<P><<<grid, kChunk, hist_shared, stream>>>(
+      static_cast<const P*>(p.probs), T, E, K, reinterpret_cast<long long*>(p.expert), hist.data<int32_t>(), chunks);
   MOE_CUDA_CHECK(cudaGetLastError());
   const int scan_threads = std::min(1024, ((E + 31) / 32) * 32);
   route_scan_kernel<<<1, scan_threads, sizeof(long long) * static_cast<size_t>(E), stream>>>(
       hist.data<int32_t>(), T, E, K, chunks, p.capacity, reinterpret_cast<long long*>(p.first_counts), p.usage);
   MOE_CUDA_CHECK(cudaGetLastError());
   if (T == 0) return;
-  route_slot_kernel<<<grid, kChunk, 0, stream>>>(reinterpret_cast<const long long*>(p.expert), hist.data<int32_t>(),
-                                                 T, E, K, chunks, p.capacity, reinterpret_cast<long long*>(p.slot));
+  route_slot_kernel<<<grid, kChunk, 0, stream>>>(reinterpret_cast<const long long*>(p.expert), hist.data<int32_t>(), T,
+                                                 E, K, chunks, p.capacity, reinterpret_cast<long long*>(p.slot));
   MOE_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -244,8 +243,8 @@ void route(const MoeRouteParams& p, int device) {
 
 void moe_route_cuda(const MoeRouteParams& p, int device) {
   SSMT_CHECK(p.K <= 8, "moe_route: k = ", p.K, " experts per token: the CUDA kernel takes at most 8");
-  SSMT_CHECK(p.T < (int64_t{1} << 31) / std::max<int64_t>(p.K, 1) && p.E < (int64_t{1} << 20),
-             "moe_route: ", p.T, " tokens x ", p.E, " experts: too large for the CUDA kernel");
+  SSMT_CHECK(p.T < (int64_t{1} << 31) / std::max<int64_t>(p.K, 1) && p.E < (int64_t{1} << 20), "moe_route: ", p.T,
+             " tokens x ", p.E, " experts: too large for the CUDA kernel");
   // hist_shared is E ints: E <= 12288 fits the 48 KiB default (and the scan's E i64 too).
   SSMT_CHECK(p.E <= 6144, "moe_route: ", p.E, " experts: the CUDA kernel takes at most 6144");
   if (p.dtype == DType::f64)
@@ -279,8 +278,8 @@ void launch_stack(const MoeStackParams& p, int device, bool gather) {
     SSMT_DISPATCH_FLOAT(from, "moe_stack_weights", [&] {
       using S = scalar_t;
       SSMT_DISPATCH_FLOAT(to, "moe_stack_weights", [&] {
-        stack_kernel<S, scalar_t><<<dim3(blocks, static_cast<unsigned>(n)), kThreads, 0, stream>>>(ptr, p.numel,
-                                                                                                  gather);
+        stack_kernel<S, scalar_t>
+            <<<dim3(blocks, static_cast<unsigned>(n)), kThreads, 0, stream>>>(ptr, p.numel, gather);
       });
     });
     MOE_CUDA_CHECK(cudaGetLastError());
@@ -299,8 +298,8 @@ void moe_dispatch_fwd_cuda(const MoeDispatchParams& p, int device) {
   const long long assignments = p.T * p.K;
   if (assignments == 0 || p.D == 0) return;
   const size_t row_bytes = elem * static_cast<size_t>(p.D);
-  const bool aligned = row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0 &&
-                       reinterpret_cast<uintptr_t>(p.xd) % 16 == 0;
+  const bool aligned =
+      row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.xd) % 16 == 0;
   const auto* slot = reinterpret_cast<const long long*>(p.slot);
   if (aligned) {
     dispatch_fwd_kernel<uint4><<<static_cast<unsigned>(assignments), kThreads, 0, stream>>>(
@@ -322,8 +321,8 @@ void moe_dispatch_bwd_cuda(const MoeDispatchParams& p, int device) {
   cudaStream_t stream = stream_of(device);
   SSMT_DISPATCH_FLOAT(p.dtype, "moe_dispatch", [&] {
     dispatch_bwd_kernel<scalar_t><<<static_cast<unsigned>(p.T), kThreads, 0, stream>>>(
-        static_cast<const scalar_t*>(p.dxd), reinterpret_cast<const long long*>(p.slot),
-        static_cast<scalar_t*>(p.dx), static_cast<int>(p.D), static_cast<int>(p.K));
+        static_cast<const scalar_t*>(p.dxd), reinterpret_cast<const long long*>(p.slot), static_cast<scalar_t*>(p.dx),
+        static_cast<int>(p.D), static_cast<int>(p.K));
   });
   MOE_CUDA_CHECK(cudaGetLastError());
 }
@@ -335,9 +334,8 @@ void moe_combine_fwd_cuda(const MoeCombineParams& p, int device) {
   SSMT_DISPATCH_FLOAT(p.dtype, "moe_combine", [&] {
     using Acc = acc_t<scalar_t>;
     combine_fwd_kernel<scalar_t><<<static_cast<unsigned>(p.T), kThreads, 0, stream>>>(
-        static_cast<const scalar_t*>(p.yd), reinterpret_cast<const long long*>(p.slot),
-        static_cast<const Acc*>(p.gate), static_cast<scalar_t*>(p.y), static_cast<int>(p.D),
-        static_cast<int>(p.K));
+        static_cast<const scalar_t*>(p.yd), reinterpret_cast<const long long*>(p.slot), static_cast<const Acc*>(p.gate),
+        static_cast<scalar_t*>(p.y), static_cast<int>(p.D), static_cast<int>(p.K));
   });
   MOE_CUDA_CHECK(cudaGetLastError());
 }
@@ -349,8 +347,10 @@ void moe_combine_bwd_cuda(const MoeCombineParams& p, int device) {
   if (p.dyd) MOE_CUDA_CHECK(cudaMemsetAsync(p.dyd, 0, elem * static_cast<size_t>(p.rows * p.D), stream));
   if (p.T * p.K == 0) return;
   if (p.D == 0) {
-    if (p.dgate) MOE_CUDA_CHECK(cudaMemsetAsync(p.dgate, 0, dtype_size(p.dtype == DType::f64 ? DType::f64 : DType::f32) *
-                                                                  static_cast<size_t>(p.T * p.K), stream));
+    if (p.dgate)
+      MOE_CUDA_CHECK(cudaMemsetAsync(
+          p.dgate, 0, dtype_size(p.dtype == DType::f64 ? DType::f64 : DType::f32) * static_cast<size_t>(p.T * p.K),
+          stream));
     return;
   }
   SSMT_CHECK(p.T * p.K < (int64_t{1} << 31) && p.K < 65536, "moe_combine: ", p.T, " x ", p.K,
@@ -358,9 +358,9 @@ void moe_combine_bwd_cuda(const MoeCombineParams& p, int device) {
   SSMT_DISPATCH_FLOAT(p.dtype, "moe_combine", [&] {
     using Acc = acc_t<scalar_t>;
     combine_bwd_kernel<scalar_t><<<static_cast<unsigned>(p.T * p.K), kThreads, 0, stream>>>(
-        static_cast<const scalar_t*>(p.yd), reinterpret_cast<const long long*>(p.slot),
-        static_cast<const Acc*>(p.gate), static_cast<const scalar_t*>(p.dy), static_cast<scalar_t*>(p.dyd),
-        static_cast<Acc*>(p.dgate), static_cast<int>(p.D), static_cast<int>(p.K));
+        static_cast<const scalar_t*>(p.yd), reinterpret_cast<const long long*>(p.slot), static_cast<const Acc*>(p.gate),
+        static_cast<const scalar_t*>(p.dy), static_cast<scalar_t*>(p.dyd), static_cast<Acc*>(p.dgate),
+        static_cast<int>(p.D), static_cast<int>(p.K));
   });
   MOE_CUDA_CHECK(cudaGetLastError());
 }

@@ -45,8 +45,7 @@ DirectRoute direct_route(const std::vector<double>& p, int64_t T, int64_t E, int
   for (int64_t t = 0; t < T; ++t) {
     std::vector<int64_t> order(static_cast<size_t>(E));
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int64_t a, int64_t b) { return p[t * E + a] > p[t * E + b]; });
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[t * E + a] > p[t * E + b]; });
     for (int64_t j = 0; j < k; ++j) r.expert[t * k + j] = order[j];
     ++r.first[order[0]];
   }

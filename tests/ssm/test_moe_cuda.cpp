@@ -121,7 +121,7 @@ TEST_CASE("moe_route CUDA equals the CPU routing (top-1, top-2, capacity drops, 
   if (!cuda_test_device()) return;
   Generator gen(41);
   // T crosses the 256-token chunks with tails; E up to 64; integer probabilities give ties.
-  const RouteCase cases[] = {{1, 1, 1},    {5, 3, 2},     {255, 8, 1},   {257, 8, 2},
+  const RouteCase cases[] = {{1, 1, 1},     {5, 3, 2},     {255, 8, 1},   {257, 8, 2},
                              {1000, 32, 1}, {1000, 32, 2}, {3001, 64, 2}, {4096, 8, 1}};
   for (const RouteCase& c : cases) {
     for (int64_t capacity : {int64_t{1}, std::max<int64_t>(1, c.T * c.k / c.E), std::max<int64_t>(1, c.T)}) {
