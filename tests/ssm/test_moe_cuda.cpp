@@ -29,6 +29,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <optional>
 #include <string>
@@ -241,6 +242,33 @@ TEST_CASE("Switch MoE block CUDA matches the CPU in forward and backward (top-1,
     for (size_t i = 0; i < ref.grads.size(); ++i)
       expect_near(dev.grads[i].second.to(DType::f64), ref.grads[i].second, tol, "d" + ref.grads[i].first);
   }
+}
+
+TEST_CASE("MoE expert pipeline CUDA at a real size matches the CPU (64 experts, d_model 512, d_ff 1536, bf16)") {
+  // The block's pieces at the issue's shapes, on the CUDA routing's own slots (so near-ties
+  // in the router cannot make the two sides route differently): dispatch, the two
+  // strided-batched GEMMs over 64 experts (cuBLAS, bf16 with fp32 accumulation), GELU and the
+  // weighted combine, forward and every gradient, against the CPU in f64.
+  if (!cuda_test_device()) return;
+  Generator gen(47);
+  const int64_t T = 2048, E = 64, D = 512, F = 1536, k = 2, C = 80;  // C = floor(1.25 * k * T / E)
+  const MoeRouting r = moe_route(random_tensor({T, E}, gen, DType::f32, Device::cuda()), k, C);
+  const Tensor slot_host = r.slot.to(Device::cpu());
+  const std::vector<int64_t> slots = slot_host.to_vector<int64_t>();
+  REQUIRE(std::count(slots.begin(), slots.end(), -1) > 0);  // some assignments are dropped
+  OpFn op = [&](const std::vector<Tensor>& in) {
+    const Tensor slot = slot_host.to(in[0].device());
+    Tensor xd = moe_dispatch(in[0], slot, E * C).reshape({E, C, D});
+    Tensor h = gelu(matmul(xd, in[1].transpose(1, 2)));  // (E, C, F)
+    Tensor yd = matmul(h, in[2].transpose(1, 2));        // (E, C, D)
+    return std::vector<Tensor>{moe_combine(yd.reshape({E * C, D}), slot, in[3])};
+  };
+  // Weights at the init scale (U(+-1/sqrt(fan_in))), so the hidden activations are O(1).
+  std::vector<Arg> args{{"x", random_tensor({T, D}, gen, DType::f64), DType::bf16},
+                        {"w1", mul(random_tensor({E, F, D}, gen, DType::f64), 1.0 / std::sqrt(512.0)), DType::bf16},
+                        {"w2", mul(random_tensor({E, D, F}, gen, DType::f64), 1.0 / std::sqrt(1536.0)), DType::bf16},
+                        {"gate", random_tensor({T, k}, gen, DType::f64, Device::cpu(), 0, 1), DType::f32}};
+  compare_with_cpu(op, args, {"y"}, kBlockBf16, gen);
 }
 
 TEST_CASE("Switch MoE block CUDA gradients are deterministic") {
