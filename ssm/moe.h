@@ -20,10 +20,12 @@
 // count zero), the experts as two batched GEMMs over the stacked expert weights (one
 // strided-batched cuBLAS call each, forward and backward; zero rows cost work but add
 // nothing), and the weighted scatter back (moe_combine). The backward reaches the router
-// (through the gates and the balancing and z losses) and every expert. Dropless mode and
-// evaluation use blocks of `tokens` rows: E / k times the FFN work and activation memory of
-// the routed tokens (a grouped GEMM that skips the empty rows by device-side counts is the
-// missing piece; docs/design.md).
+// (through the gates and the balancing and z losses) and every expert. Dropless training uses
+// blocks of `tokens` rows: E / k times the FFN work and activation memory of the routed
+// tokens (a grouped GEMM that skips the empty rows by device-side counts is the missing
+// piece; docs/design.md). Evaluation and generation, where a host read is allowed, size the
+// blocks by the busiest expert instead: one read of the E counts per forward, then about
+// the routed work.
 //
 // Expert usage is accumulated on the device by the training forwards (counts per expert,
 // drops, assignments) and read by the host only when asked: usage() waits for it,
@@ -116,8 +118,9 @@ class SwitchMoE : public Mixer {
   std::unique_ptr<MixerState> init_state(int64_t batch, Device device, DType dtype) override;
   Tensor step(const Tensor& x_t, MixerState& state) override;
 
-  // Rows per expert for a batch of `tokens` in the current mode (training: the capacity;
-  // evaluation and dropless: tokens).
+  // The cap on an expert's tokens for a batch of `tokens` in the current mode (training:
+  // the capacity; evaluation and dropless: tokens, i.e. none). Evaluation then shrinks its
+  // blocks to the busiest expert's load, which drops nothing either.
   int64_t capacity(int64_t tokens) const;
 
   // The usage since the last reset, read from the device (waits for it).

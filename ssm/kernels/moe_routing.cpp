@@ -48,8 +48,7 @@ void route_cpu(const MoeRouteParams& p) {
     if (j == 0)
       for (int64_t e = 0; e < E; ++e) p.first_counts[e] = filled[e];
   }
-  if (K == 0)
-    for (int64_t e = 0; e < E; ++e) p.first_counts[e] = 0;
+  for (int64_t e = 0; e < E; ++e) p.counts[e] = filled[e];
   if (p.usage) {
     for (int64_t e = 0; e < E; ++e) p.usage[e] += static_cast<double>(p.first_counts[e]);
     p.usage[E] += static_cast<double>(dropped);
@@ -264,6 +263,7 @@ MoeRouting moe_route(const Tensor& probs_in, int64_t k, int64_t capacity, const 
   r.expert = Tensor::empty({T, k}, DType::i64, device);
   r.slot = Tensor::empty({T, k}, DType::i64, device);
   r.first_counts = Tensor::empty({E}, DType::i64, device);
+  r.counts = Tensor::empty({E}, DType::i64, device);
   MoeRouteParams p;
   p.dtype = probs.dtype();
   p.T = T, p.E = E, p.K = k, p.capacity = capacity;
@@ -271,6 +271,7 @@ MoeRouting moe_route(const Tensor& probs_in, int64_t k, int64_t capacity, const 
   p.expert = r.expert.data<int64_t>();
   p.slot = r.slot.data<int64_t>();
   p.first_counts = r.first_counts.data<int64_t>();
+  p.counts = r.counts.data<int64_t>();
   p.usage = usage.defined() ? usage.data<double>() : nullptr;
   if (device.is_cuda()) {
 #if defined(SSMTRAIN_WITH_CUDA)

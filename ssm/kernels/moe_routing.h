@@ -38,6 +38,7 @@ struct MoeRouting {
   Tensor expert;        // (T, k) i64: the chosen experts, best first
   Tensor slot;          // (T, k) i64: the dispatch row e * capacity + position, or -1 (dropped)
   Tensor first_counts;  // (E) i64: tokens whose first choice is each expert (before capacity)
+  Tensor counts;        // (E) i64: assignments to each expert, all choices (before capacity)
 };
 
 // probs (T, E) f32 or f64 (any float), no gradient taken; 1 <= k <= E; capacity >= 1
@@ -68,6 +69,7 @@ struct MoeRouteParams {
   int64_t* expert = nullptr;        // (T, K)
   int64_t* slot = nullptr;          // (T, K)
   int64_t* first_counts = nullptr;  // (E)
+  int64_t* counts = nullptr;        // (E)
   double* usage = nullptr;          // (E + 2) or null
 };
 

@@ -72,9 +72,9 @@ __global__ void route_hist_kernel(const P* probs, int T, int E, int K, long long
   for (int e = threadIdx.x; e < E; e += blockDim.x) out[e] = counts[e];
 }
 
-// hist (K, chunks, E) -> exclusive offsets in place; first_counts, usage.
+// hist (K, chunks, E) -> exclusive offsets in place; first_counts, counts, usage.
 __global__ void route_scan_kernel(int* hist, int T, int E, int K, int chunks, long long capacity,
-                                  long long* first_counts, double* usage) {
+                                  long long* first_counts, long long* counts, double* usage) {
   extern __shared__ long long dropped[];  // (E)
   for (int e = threadIdx.x; e < E; e += blockDim.x) {
     long long running = 0;
@@ -87,6 +87,7 @@ __global__ void route_scan_kernel(int* hist, int T, int E, int K, int chunks, lo
       }
       if (j == 0) first_counts[e] = running;
     }
+    counts[e] = running;
     dropped[e] = running > capacity ? running - capacity : 0;
     if (usage) usage[e] += static_cast<double>(first_counts[e]);
   }
@@ -231,7 +232,8 @@ void route(const MoeRouteParams& p, int device) {
   MOE_CUDA_CHECK(cudaGetLastError());
   const int scan_threads = std::min(1024, ((E + 31) / 32) * 32);
   route_scan_kernel<<<1, scan_threads, sizeof(long long) * static_cast<size_t>(E), stream>>>(
-      hist.data<int32_t>(), T, E, K, chunks, p.capacity, reinterpret_cast<long long*>(p.first_counts), p.usage);
+      hist.data<int32_t>(), T, E, K, chunks, p.capacity, reinterpret_cast<long long*>(p.first_counts),
+      reinterpret_cast<long long*>(p.counts), p.usage);
   MOE_CUDA_CHECK(cudaGetLastError());
   if (T == 0) return;
   route_slot_kernel<<<grid, kChunk, 0, stream>>>(reinterpret_cast<const long long*>(p.expert), hist.data<int32_t>(), T,

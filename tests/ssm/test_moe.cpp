@@ -34,7 +34,7 @@ namespace {
 // The routing of moe_routing.h, transcribed: experts sorted by (-p, index), assignments
 // walked choice-major then by token.
 struct DirectRoute {
-  std::vector<int64_t> expert, slot, first;
+  std::vector<int64_t> expert, slot, first, counts;
   int64_t dropped = 0;
 };
 DirectRoute direct_route(const std::vector<double>& p, int64_t T, int64_t E, int64_t k, int64_t capacity) {
@@ -56,6 +56,7 @@ DirectRoute direct_route(const std::vector<double>& p, int64_t T, int64_t E, int
       r.slot[t * k + j] = pos < capacity ? e * capacity + pos : -1;
       r.dropped += pos < capacity ? 0 : 1;
     }
+  r.counts = filled;
   return r;
 }
 
@@ -181,6 +182,7 @@ TEST_CASE("moe_route matches the direct routing: top-k with ties, choice-major c
             CHECK(got.expert.to_vector<int64_t>() == want.expert);
             CHECK(got.slot.to_vector<int64_t>() == want.slot);
             CHECK(got.first_counts.to_vector<int64_t>() == want.first);
+            CHECK(got.counts.to_vector<int64_t>() == want.counts);
           }
           // Two calls accumulated.
           std::vector<double> u = usage.to_vector<double>();

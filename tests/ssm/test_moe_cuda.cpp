@@ -85,6 +85,7 @@ struct BlockCase {
 // loss sum(cast(y, f32) * W) + aux (W fixed, bf16-representable).
 struct BlockRun {
   Tensor y, dx;
+  Tensor y_eval;  // the evaluation-mode output (blocks sized by the busiest expert)
   std::vector<std::pair<std::string, Tensor>> grads;
   ExpertUsage usage;
 };
@@ -113,6 +114,9 @@ BlockRun run_block(const BlockCase& c, Device device, DType dtype, const Tensor&
     r.grads.emplace_back(p.name, g.defined() ? g.to(Device::cpu()) : Tensor::zeros(p.tensor.shape(), DType::f64));
   }
   r.usage = moe.usage();
+  moe.eval();
+  NoGradGuard no_grad;
+  r.y_eval = moe.forward(x).to(Device::cpu());
   return r;
 }
 
@@ -146,6 +150,7 @@ TEST_CASE("moe_route CUDA equals the CPU routing (top-1, top-2, capacity drops, 
         CHECK(got.expert.to_vector<int64_t>() == want.expert.to_vector<int64_t>());
         CHECK(got.slot.to_vector<int64_t>() == want.slot.to_vector<int64_t>());
         CHECK(got.first_counts.to_vector<int64_t>() == want.first_counts.to_vector<int64_t>());
+        CHECK(got.counts.to_vector<int64_t>() == want.counts.to_vector<int64_t>());
         CHECK(usage_dev.to_vector<double>() == usage_cpu.to_vector<double>());
       }
     }
@@ -238,6 +243,7 @@ TEST_CASE("Switch MoE block CUDA matches the CPU in forward and backward (top-1,
     if (c.capacity_factor == 0.5) CHECK(ref.usage.dropped > 0);
     expect_near(dev.y.to(DType::f64), ref.y, tol, "y");
     expect_near(dev.dx.to(DType::f64), ref.dx, tol, "dx");
+    expect_near(dev.y_eval.to(DType::f64), ref.y_eval, tol, "y in evaluation");
     REQUIRE(dev.grads.size() == ref.grads.size());
     for (size_t i = 0; i < ref.grads.size(); ++i)
       expect_near(dev.grads[i].second.to(DType::f64), ref.grads[i].second, tol, "d" + ref.grads[i].first);
