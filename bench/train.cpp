@@ -5,8 +5,8 @@
 //
 // Rows: the Mamba ladder at PERF.md's shapes (24 x 768 = 129M and 48 x 1024 = 372M at
 // B8 L2048, vocab 50277 padded to 50280, bf16 compute over f32 master weights, AdamW
-// (0.9, 0.95), weight decay 0.1, clip 1.0), Mamba-2 at the same sizes, a MoE-Mamba of the
-// 129M model's active size, the 12- and 1-layer rows of PERF.md, and every shipped config of
+// (0.9, 0.95), weight decay 0.1, clip 1.0), Mamba-2 at the same sizes, MoE-Mamba (8 and 32
+// experts) at the 129M model's active size, the 12- and 1-layer rows of PERF.md, and every shipped config of
 // configs/ at its own shape. Each row reports the median step time over the timed steps
 // (steps run back to back as in training, each timed between end-of-step events on the
 // device's timeline), tokens/s, the
@@ -72,7 +72,13 @@ std::string lm_yaml(const std::string& mixer, int64_t d_model, int64_t n_layer, 
 }
 
 std::vector<TrainCase> full_cases() {
-  const std::string moe = "  moe:\n    every: 2\n    experts: 8\n    d_ff: 2304\n    capacity_factor: 1.25\n";
+  // MoE-Mamba at the 129M model's active size: 12 Mamba + 12 Switch blocks whose expert
+  // (2 x 768 x 2304) matches a Mamba block, so a token touches as many parameters as in the
+  // dense row; 8 and 32 experts (many experts as in the paper).
+  auto moe = [](int experts) {
+    return "  moe:\n    every: 2\n    experts: " + std::to_string(experts) +
+           "\n    d_ff: 2304\n    capacity_factor: 1.25\n";
+  };
   std::vector<TrainCase> c;
   c.push_back({"mamba 24x768 (129M)", lm_yaml("mamba", 768, 24, 50277, 8, 2048, "cuda"), "", {}, 153.9e3, 20.0,
                231e3});
@@ -82,8 +88,10 @@ std::vector<TrainCase> full_cases() {
                203e3});
   c.push_back({"mamba2 48x1024 (368M)", lm_yaml("mamba2", 1024, 48, 50277, 8, 2048, "cuda"), "", {}, 61.7e3, 33.3,
                93e3});
-  c.push_back({"moe-mamba 24x768 8 experts (129M active)", lm_yaml("mamba", 768, 24, 50277, 8, 2048, "cuda", moe),
+  c.push_back({"moe-mamba 24x768 8 experts (129M active)", lm_yaml("mamba", 768, 24, 50277, 8, 2048, "cuda", moe(8)),
                "", {}, 0, 0, 0});
+  c.push_back({"moe-mamba 24x768 32 experts (129M active)",
+               lm_yaml("mamba", 768, 24, 50277, 8, 2048, "cuda", moe(32)), "", {}, 0, 0, 0});
   // Activation recomputation: the memory it saves and the time it costs.
   c.push_back({"mamba 24x768 recompute=mixer", lm_yaml("mamba", 768, 24, 50277, 8, 2048, "cuda"), "",
                {"train.recompute=mixer"}, 153.9e3, 20.0, 0});
@@ -111,6 +119,8 @@ std::vector<TrainCase> quick_cases(bool cuda) {
     c.push_back({"quick mamba 2x64 recompute=block " + d, lm_yaml("mamba", 64, 2, 256, 2, 64, d), "",
                  {"train.recompute=block"}, 0, 0, 0});
     c.push_back({"quick moe-mamba 2x64 " + d, lm_yaml("mamba", 64, 2, 256, 2, 64, d, moe), "", {}, 0, 0, 0});
+    c.push_back({"quick moe-mamba 2x64 top-2 dropless " + d, lm_yaml("mamba", 64, 2, 256, 2, 64, d, moe), "",
+                 {"model.moe.top_k=2", "model.moe.capacity_factor=0"}, 0, 0, 0});
   }
   return c;
 }

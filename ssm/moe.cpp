@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/backend.h"
 #include "core/ops.h"
+#include "ssm/kernels/moe_routing.h"
 #include "ssm/mixer_util.h"
 
 namespace ssmtrain {
@@ -26,7 +28,9 @@ class Expert : public Module {
 
 SwitchMoE::SwitchMoE(const MoEOptions& o, Generator& gen) : opt_(o), act_(activation_from_name(o.activation)) {
   SSMT_CHECK(o.num_experts >= 1, "moe: experts must be >= 1, got ", o.num_experts);
-  SSMT_CHECK(o.capacity_factor > 0, "moe: capacity_factor must be > 0, got ", o.capacity_factor);
+  SSMT_CHECK(o.capacity_factor >= 0, "moe: capacity_factor must be >= 0 (0 = dropless), got ", o.capacity_factor);
+  SSMT_CHECK(o.top_k >= 1 && o.top_k <= o.num_experts, "moe: top_k must be in [1, experts = ", o.num_experts, "], got ",
+             o.top_k);
   const int64_t d_ff = o.d_ff > 0 ? o.d_ff : 3 * o.d_model;
   LinearOptions nobias;
   nobias.bias = false;
@@ -40,10 +44,18 @@ SwitchMoE::SwitchMoE(const MoEOptions& o, Generator& gen) : opt_(o), act_(activa
   }
 }
 
+int64_t SwitchMoE::capacity(int64_t tokens) const {
+  if (!is_training() || opt_.capacity_factor == 0) return std::max<int64_t>(1, tokens);
+  const double cap = std::floor(opt_.capacity_factor * static_cast<double>(opt_.top_k) * static_cast<double>(tokens) /
+                                static_cast<double>(opt_.num_experts));
+  // An expert takes a token at most once, so more than `tokens` rows would stay empty.
+  return std::clamp<int64_t>(static_cast<int64_t>(cap), 1, std::max<int64_t>(1, tokens));
+}
+
 Tensor SwitchMoE::forward(const Tensor& x) {
-  SSMT_CHECK(x.dim() >= 2 && x.size(-1) == opt_.d_model, "moe: input ", x.describe(), ": expected (.., ",
-             opt_.d_model, ")");
-  const int64_t D = opt_.d_model, E = opt_.num_experts;
+  SSMT_CHECK(x.dim() >= 2 && x.size(-1) == opt_.d_model, "moe: input ", x.describe(), ": expected (.., ", opt_.d_model,
+             ")");
+  const int64_t D = opt_.d_model, E = opt_.num_experts, K = opt_.top_k;
   const DType dt = x.dtype();
   const DType rdt = dt == DType::f64 ? DType::f64 : DType::f32;  // the router runs in f32
   Tensor xf = x.reshape({-1, D});
@@ -51,59 +63,70 @@ Tensor SwitchMoE::forward(const Tensor& x) {
   Tensor logits = linear(as_dtype(xf, rdt), as_dtype(router_->weight(), rdt));  // (T, E)
   Tensor probs = softmax(logits, -1);
 
-  // Top-1 on the host (ties go to the lower expert index).
-  std::vector<double> ph = probs.to_vector<double>();
-  std::vector<int64_t> choice(static_cast<size_t>(T));
-  usage_ = ExpertUsage{};
-  usage_.tokens_routed.assign(static_cast<size_t>(E), 0);
-  usage_.tokens = T;
-  for (int64_t t = 0; t < T; ++t) {
-    int64_t best = 0;
-    for (int64_t e = 1; e < E; ++e)
-      if (ph[t * E + e] > ph[t * E + best]) best = e;
-    choice[t] = best;
-    usage_.tokens_routed[best]++;
+  // Routing on the device; training forwards add to the usage accumulator.
+  int64_t C = capacity(T);
+  Tensor usage;
+  if (is_training()) {
+    if (!usage_acc_.defined() || usage_acc_.device() != x.device())
+      usage_acc_ = Tensor::zeros({E + 2}, DType::f64, x.device());
+    usage = usage_acc_;
   }
-  // Capacity limits apply to training batches; evaluation and generation drop nothing.
-  const int64_t capacity =
-      is_training() ? std::max<int64_t>(1, static_cast<int64_t>(std::floor(opt_.capacity_factor * T / E))) : T;
+  MoeRouting route = moe_route(probs, K, C, usage);
+  if (!is_training() && T > 1) {
+    // Evaluation and generation size the blocks by the busiest expert instead of by the
+    // token count (C = T here, so nothing was dropped): one read of E counts per forward,
+    // which a training step never does, for ~1x instead of E / k times the FFN work.
+    const std::vector<int64_t> counts = route.counts.to_vector<int64_t>();
+    const int64_t busiest = std::max<int64_t>(1, *std::max_element(counts.begin(), counts.end()));
+    if (busiest < C) {
+      C = busiest;
+      route = moe_route(probs, K, C);
+    }
+  }
+  Tensor gate = gather(probs, 1, route.expert);  // (T, K)
+  if (K > 1) gate = gate / sum(gate, {1}, true);
 
-  // Dispatch lists in token order, truncated at capacity; perm maps each token to its row
-  // of the concatenated expert outputs, or to the final zero row when dropped.
-  std::vector<std::vector<int64_t>> lists(static_cast<size_t>(E));
-  for (int64_t t = 0; t < T; ++t)
-    if (static_cast<int64_t>(lists[choice[t]].size()) < capacity) lists[choice[t]].push_back(t);
-  std::vector<int64_t> perm(static_cast<size_t>(T), -1);
-  std::vector<Tensor> outs;
-  int64_t row = 0;
+  // The experts on per-expert blocks of C rows: two batched GEMMs over the stacked weights
+  // (cast to the activations' dtype in the same pass).
+  std::vector<Tensor> w1(static_cast<size_t>(E)), w2(static_cast<size_t>(E));
   for (int64_t e = 0; e < E; ++e) {
-    if (lists[e].empty()) continue;
-    Tensor idx = Tensor::from_vector(lists[e], {static_cast<int64_t>(lists[e].size())}).to(x.device());
-    Tensor xe = index_select(xf, 0, idx);
-    Tensor h = apply_activation(act_, linear(xe, as_dtype(fc1_[e]->weight(), dt)));
-    outs.push_back(linear(h, as_dtype(fc2_[e]->weight(), dt)));
-    for (int64_t t : lists[e]) perm[t] = row++;
+    w1[e] = fc1_[e]->weight();  // (F, D)
+    w2[e] = fc2_[e]->weight();  // (D, F)
   }
-  usage_.dropped = T - row;
-  for (int64_t& p : perm)
-    if (p < 0) p = row;
-  outs.push_back(Tensor::zeros({1, D}, dt, x.device()));
-  Tensor combined = index_select(cat(outs, 0), 0, Tensor::from_vector(perm, {T}).to(x.device()));  // (T, D)
-  Tensor gate = gather(probs, 1, Tensor::from_vector(choice, {T, 1}).to(x.device()));           // (T, 1)
-  Tensor y = combined * as_dtype(gate, dt);
+  Tensor xd = moe_dispatch(xf, route.slot, E * C).reshape({E, C, D});
+  Tensor h = apply_activation(act_, matmul(xd, moe_stack_weights(w1, dt).transpose(1, 2)));  // (E, C, F)
+  Tensor yd = matmul(h, moe_stack_weights(w2, dt).transpose(1, 2));                          // (E, C, D)
+  Tensor y = moe_combine(yd.reshape({E * C, D}), route.slot, gate);                          // (T, D)
 
   // Load balancing: alpha * E * sum_i f_i P_i; f is a constant, P carries the gradient.
   if (is_training() && (opt_.aux_loss_coef > 0 || opt_.z_loss_coef > 0)) {
-    std::vector<double> f(static_cast<size_t>(E));
-    for (int64_t e = 0; e < E; ++e) f[e] = static_cast<double>(usage_.tokens_routed[e]) / std::max<int64_t>(T, 1);
-    Tensor fT = Tensor::from_vector(f, {E}).to(rdt).to(x.device());
-    Tensor balance = sum(fT * mean(probs, {0})) * static_cast<double>(E);
-    usage_.aux_loss = balance.item<double>();
+    Tensor f = route.first_counts.to(rdt) * (1.0 / static_cast<double>(std::max<int64_t>(T, 1)));
+    Tensor balance = sum(f * mean(probs, {0})) * static_cast<double>(E);
+    last_balance_ = balance.detach();
     Tensor aux = balance * opt_.aux_loss_coef;
     if (opt_.z_loss_coef > 0) aux = aux + mean(square(logsumexp(logits, {-1}))) * opt_.z_loss_coef;
-    add_aux_loss(aux.to(DType::f32));
+    add_aux_loss(aux);  // in the router dtype: f32, or f64 for f64 blocks
   }
   return y.reshape(x.shape());
+}
+
+ExpertUsage SwitchMoE::usage() const {
+  const int64_t E = opt_.num_experts;
+  ExpertUsage u;
+  u.tokens_routed.assign(static_cast<size_t>(E), 0);
+  if (usage_acc_.defined()) {
+    const std::vector<double> acc = usage_acc_.to_vector<double>();
+    for (int64_t e = 0; e < E; ++e) u.tokens_routed[e] = static_cast<int64_t>(acc[e]);
+    u.dropped = static_cast<int64_t>(acc[E]);
+    u.assignments = static_cast<int64_t>(acc[E + 1]);
+    u.tokens = u.assignments / opt_.top_k;
+  }
+  if (last_balance_.defined()) u.aux_loss = last_balance_.item<double>();
+  return u;
+}
+
+void SwitchMoE::reset_usage() {
+  if (usage_acc_.defined()) backend(usage_acc_.device()).fill(usage_acc_, 0);
 }
 
 std::unique_ptr<MixerState> SwitchMoE::init_state(int64_t, Device, DType) { return std::make_unique<MixerState>(); }
@@ -116,6 +139,8 @@ Tensor SwitchMoE::step(const Tensor& x_t, MixerState&) {
 void MoEOptions::validate(const MixerContext& c) const {
   SSMT_CHECK(every <= c.n_layer, c.key("every"), " is ", every, " but model.n_layer is only ", c.n_layer,
              ": no layer would be a MoE layer (0 turns MoE off)");
+  SSMT_CHECK(top_k <= num_experts, c.key("top_k"), " is ", top_k, " but ", c.key("experts"), " is only ", num_experts,
+             ": a token takes at most every expert once");
 }
 
 MixerEntry moe_mixer_entry() {
@@ -128,28 +153,61 @@ MixerEntry moe_mixer_entry() {
                                  "Switch mixture-of-experts layers (MoE-Mamba, SPECS section 5).");
 }
 
-std::vector<std::pair<std::string, ExpertUsage>> moe_usage(LanguageModel& model) {
-  std::vector<std::pair<std::string, ExpertUsage>> out;
+namespace {
+std::vector<std::pair<std::string, std::shared_ptr<SwitchMoE>>> moe_layers(LanguageModel& model) {
+  std::vector<std::pair<std::string, std::shared_ptr<SwitchMoE>>> out;
   for (int i = 0; i < model.n_layer(); ++i)
     if (auto moe = std::dynamic_pointer_cast<SwitchMoE>(model.block(i)->mixer()))
-      out.emplace_back("layers." + std::to_string(i), moe->last_usage());
+      out.emplace_back("layers." + std::to_string(i), moe);
+  return out;
+}
+}  // namespace
+
+std::vector<std::pair<std::string, ExpertUsage>> moe_usage(LanguageModel& model) {
+  std::vector<std::pair<std::string, ExpertUsage>> out;
+  for (const auto& [name, moe] : moe_layers(model)) out.emplace_back(name, moe->usage());
   return out;
 }
 
-std::optional<MoeSummary> moe_summary(LanguageModel& model) {
-  auto usage = moe_usage(model);
-  if (usage.empty()) return std::nullopt;
-  MoeSummary m;
-  for (const auto& [name, u] : usage) {
-    m.dropped += u.tokens > 0 ? static_cast<double>(u.dropped) / static_cast<double>(u.tokens) : 0.0;
-    int64_t busiest = 0, routed = 0;
-    for (int64_t t : u.tokens_routed) busiest = std::max(busiest, t), routed += t;
-    if (routed > 0)
-      m.max_load = std::max(m.max_load, static_cast<double>(busiest) * static_cast<double>(u.tokens_routed.size()) /
-                                            static_cast<double>(routed));
+AsyncRead moe_summary_read(LanguageModel& model) {
+  const auto layers = moe_layers(model);
+  if (layers.empty()) return AsyncRead();
+  NoGradGuard no_grad;
+  // Per layer (dropped share, max load) from its accumulator; a layer that has not routed
+  // a training batch yet counts as (0, 0), as an empty usage did.
+  std::vector<Tensor> rows;
+  Device device = Device::cpu();
+  for (const auto& [name, moe] : layers)
+    if (moe->usage_accumulator().defined()) device = moe->usage_accumulator().device();
+  for (const auto& [name, moe] : layers) {
+    const Tensor& acc = moe->usage_accumulator();
+    if (!acc.defined() || acc.device() != device) {
+      rows.push_back(Tensor::zeros({1, 2}, DType::f64, device));
+      continue;
+    }
+    const int64_t E = moe->options().num_experts;
+    Tensor counts = acc.narrow(0, 0, E);
+    Tensor dropped = acc.narrow(0, E, 1) / clamp(acc.narrow(0, E + 1, 1), 1.0, 1e300);
+    Tensor load = max(counts, {0}, true) * static_cast<double>(E) / clamp(sum(counts, {0}, true), 1.0, 1e300);
+    rows.push_back(cat({dropped, load}, 0).reshape({1, 2}));
+    moe->reset_usage();  // queued after the reads above
   }
-  m.dropped /= static_cast<double>(usage.size());
+  Tensor all = cat(rows, 0);                                                                       // (layers, 2)
+  Tensor summary = cat({mean(all.select(1, 0), {0}, true), max(all.select(1, 1), {0}, true)}, 0);  // (2)
+  return AsyncRead(summary);
+}
+
+MoeSummary moe_summary_of(const AsyncRead& read) {
+  MoeSummary m;
+  m.dropped = read.value(0);
+  m.max_load = read.value(1);
   return m;
+}
+
+std::optional<MoeSummary> moe_summary(LanguageModel& model) {
+  AsyncRead read = moe_summary_read(model);
+  if (!read.defined()) return std::nullopt;
+  return moe_summary_of(read);
 }
 
 }  // namespace ssmtrain

@@ -138,7 +138,7 @@ struct StepStats {
   double grad_norm = 0;  // before clipping
 
   std::optional<double> aux_loss;  // models with several experts
-  std::optional<MoeSummary> moe;   // their usage in its last micro-batch (logged steps)
+  std::optional<MoeSummary> moe;   // their usage since the previous logged step (logged steps)
 
   // The non-finite counters after it.
   int64_t nonfinite_total = 0, nonfinite_in_row = 0;
@@ -335,13 +335,14 @@ class Run {
     int64_t step = 0, tokens = 0;
     double lr = 0;
     PendingStep pending;
-    std::optional<MoeSummary> moe;  // expert usage of its last micro-batch
+    AsyncRead moe;  // expert usage since the previous logged step, on its way to the host
   };
 
-  // Expert usage of the last micro-batch (host values the forward kept; ssm/moe.h).
-  std::optional<MoeSummary> moe_fields() {
-    if (!has_experts_) return std::nullopt;
-    return moe_summary(*model_);
+  // Expert usage since the last call, reduced on the device and copied home without
+  // waiting (ssm/moe.h); read with the step's scalars. Undefined without experts.
+  AsyncRead moe_fields() {
+    if (!has_experts_) return AsyncRead();
+    return moe_summary_read(*model_);
   }
 
   // Steps that write a metrics record and a log line: every log_every-th, the first, the last.
@@ -404,9 +405,10 @@ class Run {
         config_.optim.grad_clip, tc.fused_head, DataParallelStep{buckets_.get(), config_.dist.overlap, zero_.get()});
     ++state_.step;
     state_.tokens += budget_.tokens_per_step;
-    // The MoE usage is the model's, so it is taken now, before the next forward.
+    // The MoE usage accumulates on the device; a logged step queues its copy now, after
+    // the step's forwards and before the next step's.
     return InFlight{state_.step, state_.tokens, lr, std::move(pending),
-                    log_due(state_.step) ? moe_fields() : std::nullopt};
+                    log_due(state_.step) ? moe_fields() : AsyncRead()};
   }
 
   // Reads the step in flight, if any (waiting for its scalars if need be), logs it and
@@ -449,7 +451,7 @@ class Run {
     s.grad_norm = r.clip.norm;
     if (has_experts_) {
       s.aux_loss = r.aux_loss;
-      s.moe = f.moe;
+      if (f.moe.defined()) s.moe = moe_summary_of(f.moe);
     }
     s.nonfinite_total = state_.nonfinite_total;
     s.nonfinite_in_row = state_.nonfinite_in_row;

@@ -148,8 +148,9 @@ TEST_CASE("Switch MoE routes top-1, drops tokens over capacity and computes the 
     }
   }
   CHECK(dropped > 0);  // the test exercises the capacity limit
-  const ExpertUsage& usage = moe.last_usage();
+  const ExpertUsage usage = moe.usage();
   CHECK(usage.tokens == T);
+  CHECK(usage.assignments == T);
   CHECK(usage.dropped == dropped);
   CHECK(usage.tokens_routed == routed);
   // alpha * E * sum_i f_i P_i with f the routed share and P the mean router probability.
@@ -158,10 +159,18 @@ TEST_CASE("Switch MoE routes top-1, drops tokens over capacity and computes the 
   balance *= 3;
   CHECK(usage.aux_loss == doctest::Approx(balance).epsilon(1e-12));
   CHECK(aux.item<double>() == doctest::Approx(0.01 * balance).epsilon(1e-6));
-  // In eval mode nothing is dropped.
+  // In eval mode nothing is dropped (every token gets its expert's output) and the
+  // training usage is left as it was.
   moe.eval();
   Tensor y_eval = moe.forward(x).reshape({T, 4});
-  CHECK(moe.last_usage().dropped == 0);
+  std::vector<double> out_eval = y_eval.to_vector<double>();
+  for (int64_t t = 0; t < T; ++t) {
+    double norm = 0;
+    for (int64_t d = 0; d < 4; ++d) norm += std::fabs(out_eval[t * 4 + d]);
+    CHECK(norm > 0);
+  }
+  CHECK(moe.usage().dropped == dropped);
+  CHECK(moe.usage().tokens == T);
 }
 
 TEST_CASE("the model factory builds every mixer and mixed stacks with the expected layers") {

@@ -5,10 +5,12 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <vector>
 
 #include "train/checkpoint.h"
 #include "train/config.h"
@@ -229,4 +231,51 @@ TEST_CASE("sampling rules: greedy top-k and top-p keep only the allowed tokens")
   int ones = 0;
   for (int i = 0; i < 400; ++i) ones += sample_from_logits(logits, full, gen) == 1;
   CHECK(std::fabs(ones / 400.0 - 0.636) < 0.08);
+}
+
+TEST_CASE("MoE usage reaches metrics.jsonl on logged steps, read with the step's scalars") {
+  // Switch layers with drops (capacity 0.5) and a dropless top-2 run: every logged training
+  // record carries the balancing loss and the usage since the previous logged step.
+  std::vector<std::string> devices{"cpu"};
+  if (cuda_available()) devices.push_back("cuda");
+  else MESSAGE("CUDA tests skipped: no GPU");
+  for (const std::string& device : devices) {
+    for (const bool dropless : {false, true}) {
+      INFO("device " << device << (dropless ? ", dropless top-2" : ", capacity 0.5"));
+      RunDir dir;
+      std::vector<std::string> overrides{"model.moe.every=2", "model.moe.experts=4", "train.log_every=2",
+                                         "train.eval_every=0", "train.checkpoint_every=0", "budget.steps=5",
+                                         "train.device=" + device};
+      if (dropless) {
+        overrides.push_back("model.moe.capacity_factor=0");
+        overrides.push_back("model.moe.top_k=2");
+      } else {
+        overrides.push_back("model.moe.capacity_factor=0.5");
+      }
+      CHECK(run_training(tiny_config(overrides), options(dir)) == 0);
+      std::ifstream in(dir.str() + "/metrics.jsonl");
+      std::vector<int64_t> steps;
+      for (std::string line; std::getline(in, line);) {
+        if (line.find("\"split\"") != std::string::npos) continue;
+        auto number = [&](const std::string& key) {
+          const auto at = line.find("\"" + key + "\": ");
+          REQUIRE_MESSAGE(at != std::string::npos, key, " missing in ", line);
+          return std::strtod(line.c_str() + at + key.size() + 4, nullptr);
+        };
+        steps.push_back(static_cast<int64_t>(number("step")));
+        const double dropped = number("moe_dropped"), max_load = number("moe_max_load");
+        CHECK(number("aux_loss") > 0);
+        CHECK(max_load >= 1.0);  // the busiest expert takes at least the mean load
+        CHECK(max_load <= 4.0);  // at most every token (4 experts)
+        if (dropless) {
+          CHECK(dropped == 0);
+        } else {
+          // Capacity 0.5 keeps at most E * floor(0.5 * T / E) <= T / 2 tokens per layer.
+          CHECK(dropped >= 0.5);
+          CHECK(dropped < 1);
+        }
+      }
+      CHECK(steps == std::vector<int64_t>{1, 2, 4, 5});
+    }
+  }
 }
