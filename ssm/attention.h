@@ -1,0 +1,87 @@
+// The attention mixer (SPECS section 10): causal multi-head softmax attention with rotary
+// position embeddings on q and k (base 10000, as Llama / Transformer++) and optional
+// grouped-query heads, the sequence mixer of Transformer++ and of hybrid stacks:
+//
+//   q, k, v = split(in_proj(u))              (H Dh, Hkv Dh, Hkv Dh), no bias
+//   q, k    = rotary(q), rotary(k)           position t of the sequence
+//   o       = causal_attention(q, k, v, 1/sqrt(Dh))      (ssm/kernels/attention.h)
+//   out     = out_proj(o)                    (H Dh -> d_model), no bias
+//
+// The Transformer++ block is this layer followed by a SwiGLU mlp layer, each with its own
+// RMSNorm pre-norm residual (nn/lm.h): `mixer: attention` with `mlp_every: 2`
+// (ssm/mlp_mixer.h). Parameter names follow mamba_ssm's MHA: in_proj.weight,
+// out_proj.weight (rescaled by 1/sqrt(n_layer) with the other output projections).
+//
+// Generation keeps a KV cache per layer (AttentionState): each step rotates the new q and k
+// at the current position, appends k and v to the cache (grown by doubling) and attends
+// over all cached positions: the same op as the forward, with Lq = 1. Memory grows with the
+// generated length, unlike the SSM mixers' constant state.
+#pragma once
+
+#include <memory>
+
+#include "nn/linear.h"
+#include "nn/mixer.h"
+#include "ssm/mixer_registry.h"
+
+namespace ssmtrain {
+
+// The options of the registered mixer attention (keys under model.attention).
+struct AttentionOptions {
+  int64_t d_model = 0;  // from the model
+  int64_t heads = 0;      // H; 0: d_model / head_dim
+  int64_t kv_heads = 0;   // Hkv; 0: H (multi-head); 1: multi-query; else grouped-query
+  int64_t head_dim = 64;  // Dh
+  double rope_base = 10000.0;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("heads", heads, "attention: query heads H; 0 = d_model / head_dim", ge(0));
+    v.field("kv_heads", kv_heads,
+            "attention: key/value heads (grouped-query attention); must divide the query heads; 0 = as many as "
+            "query heads",
+            ge(0));
+    v.field("head_dim", head_dim, "attention: head dimension Dh (even, for the rotary pairs)", ge(2));
+    v.field("rope_base", rope_base, "attention: rotary embedding base theta (angles t * theta^(-2i/Dh))", gt(1));
+  }
+  // The head geometry against d_model, when a layer is an attention layer.
+  void validate(const MixerContext& context) const;
+  bool operator==(const AttentionOptions&) const = default;
+
+  // The resolved head counts for a model of width d_model.
+  int64_t query_heads(int64_t d_model) const { return heads > 0 ? heads : d_model / head_dim; }
+  int64_t key_value_heads(int64_t d_model) const { return kv_heads > 0 ? kv_heads : query_heads(d_model); }
+};
+
+// The registration of attention (ssm/mixer_registry.h).
+MixerEntry attention_mixer_entry();
+
+class Attention : public Mixer {
+ public:
+  Attention(const AttentionOptions& options, Generator& gen);
+
+  Tensor forward(const Tensor& x) override;  // (B, L, D) -> (B, L, D)
+
+  bool supports_step() const override { return true; }
+  std::unique_ptr<MixerState> init_state(int64_t batch, Device device, DType dtype) override;
+  // x_t (B, D) -> (B, D): attends over every position stepped so far and this one.
+  Tensor step(const Tensor& x_t, MixerState& state) override;
+
+  int64_t heads() const { return heads_; }
+  int64_t kv_heads() const { return kv_heads_; }
+  int64_t head_dim() const { return opt_.head_dim; }
+
+ private:
+  // proj (B, L, (H + 2 Hkv) Dh) -> q (B, L, H, Dh) and k (B, L, Hkv, Dh) rotated from
+  // position `offset`, v (B, L, Hkv, Dh) a view of proj.
+  struct QKV {
+    Tensor q, k, v;
+  };
+  QKV split_heads(const Tensor& proj, int64_t offset) const;
+
+  AttentionOptions opt_;
+  int64_t heads_, kv_heads_;
+  std::shared_ptr<Linear> in_proj_, out_proj_;
+};
+
+}  // namespace ssmtrain
