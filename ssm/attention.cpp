@@ -12,14 +12,14 @@ namespace ssmtrain {
 
 Attention::Attention(const AttentionOptions& o, Generator& gen) : opt_(o) {
   heads_ = o.query_heads(o.d_model), kv_heads_ = o.key_value_heads(o.d_model);
-  SSMT_CHECK(o.head_dim >= 2 && o.head_dim % 2 == 0, "attention: head_dim ", o.head_dim,
+  SSMT_CHECK(o.head_dim >= 1 && (o.rope_base == 0 || o.head_dim % 2 == 0), "attention: head_dim ", o.head_dim,
              " must be even (rotary pairs)");
   SSMT_CHECK(heads_ >= 1 && kv_heads_ >= 1 && heads_ % kv_heads_ == 0, "attention: ", kv_heads_,
              " key/value heads must divide ", heads_, " query heads");
   LinearOptions nobias;
   nobias.bias = false;
-  in_proj_ = register_module(
-      "in_proj", std::make_shared<Linear>(o.d_model, (heads_ + 2 * kv_heads_) * o.head_dim, gen, nobias));
+  in_proj_ = register_module("in_proj",
+                             std::make_shared<Linear>(o.d_model, (heads_ + 2 * kv_heads_) * o.head_dim, gen, nobias));
   out_proj_ = register_module("out_proj", std::make_shared<Linear>(heads_ * o.head_dim, o.d_model, gen, nobias));
 }
 
@@ -27,8 +27,12 @@ Attention::QKV Attention::split_heads(const Tensor& proj, int64_t offset) const 
   const int64_t Bsz = proj.size(0), L = proj.size(1), Dh = opt_.head_dim;
   auto parts = proj.split({heads_ * Dh, kv_heads_ * Dh, kv_heads_ * Dh}, -1);
   QKV r;
-  r.q = rotary_embedding(parts[0].view({Bsz, L, heads_, Dh}), offset, opt_.rope_base);
-  r.k = rotary_embedding(parts[1].view({Bsz, L, kv_heads_, Dh}), offset, opt_.rope_base);
+  r.q = parts[0].view({Bsz, L, heads_, Dh});
+  r.k = parts[1].view({Bsz, L, kv_heads_, Dh});
+  if (opt_.rope_base > 0) {
+    r.q = rotary_embedding(r.q, offset, opt_.rope_base);
+    r.k = rotary_embedding(r.k, offset, opt_.rope_base);
+  }
   r.v = parts[2].view({Bsz, L, kv_heads_, Dh});
   return r;
 }
@@ -80,17 +84,20 @@ Tensor Attention::step(const Tensor& x_t, MixerState& state) {
   be.copy(t.k, s.k.narrow(1, s.len, 1));
   be.copy(t.v, s.v.narrow(1, s.len, 1));
   ++s.len;
-  Tensor o = causal_attention(t.q, s.k.narrow(1, 0, s.len), s.v.narrow(1, 0, s.len),
-                              1.0 / std::sqrt(static_cast<double>(Dh)));
+  Tensor o =
+      causal_attention(t.q, s.k.narrow(1, 0, s.len), s.v.narrow(1, 0, s.len), 1.0 / std::sqrt(static_cast<double>(Dh)));
   return linear(o.reshape({Bsz, heads_ * Dh}), as_dtype(out_proj_->weight(), dtp));
 }
 
 void AttentionOptions::validate(const MixerContext& c) const {
-  SSMT_CHECK(head_dim % 2 == 0, c.key("head_dim"), " (", head_dim, ") must be even: rotary embeddings rotate pairs");
+  SSMT_CHECK(rope_base == 0 || rope_base > 1, c.key("rope_base"), " is ", rope_base,
+             ": expected 0 (no rotary embedding) or a base above 1");
+  SSMT_CHECK(rope_base == 0 || head_dim % 2 == 0, c.key("head_dim"), " (", head_dim,
+             ") must be even: rotary embeddings rotate pairs");
   if (c.name.empty()) return;
   if (heads == 0)
-    SSMT_CHECK(c.d_model % head_dim == 0, c.key("head_dim"), " (", head_dim, ") must divide model.d_model (",
-               c.d_model, ") when ", c.key("heads"), " is 0 (heads = d_model / head_dim)");
+    SSMT_CHECK(c.d_model % head_dim == 0, c.key("head_dim"), " (", head_dim, ") must divide model.d_model (", c.d_model,
+               ") when ", c.key("heads"), " is 0 (heads = d_model / head_dim)");
   const int64_t h = query_heads(c.d_model);
   SSMT_CHECK(h >= 1, c.key("heads"), ": no query heads");
   SSMT_CHECK(kv_heads == 0 || h % kv_heads == 0, c.key("kv_heads"), " (", kv_heads,

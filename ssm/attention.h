@@ -28,7 +28,7 @@ namespace ssmtrain {
 
 // The options of the registered mixer attention (keys under model.attention).
 struct AttentionOptions {
-  int64_t d_model = 0;  // from the model
+  int64_t d_model = 0;    // from the model
   int64_t heads = 0;      // H; 0: d_model / head_dim
   int64_t kv_heads = 0;   // Hkv; 0: H (multi-head); 1: multi-query; else grouped-query
   int64_t head_dim = 64;  // Dh
@@ -41,8 +41,12 @@ struct AttentionOptions {
             "attention: key/value heads (grouped-query attention); must divide the query heads; 0 = as many as "
             "query heads",
             ge(0));
-    v.field("head_dim", head_dim, "attention: head dimension Dh (even, for the rotary pairs)", ge(2));
-    v.field("rope_base", rope_base, "attention: rotary embedding base theta (angles t * theta^(-2i/Dh))", gt(1));
+    v.field("head_dim", head_dim, "attention: head dimension Dh (even, for the rotary pairs, unless rope_base is 0)",
+            ge(1));
+    v.field("rope_base", rope_base,
+            "attention: rotary embedding base theta (angles t * theta^(-2i/Dh)); 0 = no rotary embedding (as "
+            "Jamba's attention layers)",
+            ge(0));
   }
   // The head geometry against d_model, when a layer is an attention layer.
   void validate(const MixerContext& context) const;

@@ -19,8 +19,7 @@ struct MLPMixerOptions {
   template <class V>
   void visit(V& v) {
     v.field("mlp_ratio", mlp_ratio,
-            "mlp mixer: hidden width = round(mlp_ratio * d_model), rounded up to a multiple of mlp_multiple_of",
-            gt(0));
+            "mlp mixer: hidden width = round(mlp_ratio * d_model), rounded up to a multiple of mlp_multiple_of", gt(0));
     v.field("mlp_multiple_of", mlp_multiple_of,
             "mlp mixer: the hidden width is rounded up to a multiple of this (Transformer++: 64 with mlp_ratio 8/3)",
             ge(1));

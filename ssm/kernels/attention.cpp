@@ -186,9 +186,8 @@ void rotary_bwd_cpu(const RotaryParams& p) {
 
 namespace {
 
-const FusedKernels<AttentionParams> kAttentionKernels = {attention_fwd_cpu, attention_bwd_cpu,
-                                                          SSMT_CUDA_KERNEL(attention_fwd_cuda),
-                                                          SSMT_CUDA_KERNEL(attention_bwd_cuda)};
+const FusedKernels<AttentionParams> kAttentionKernels = {
+    attention_fwd_cpu, attention_bwd_cpu, SSMT_CUDA_KERNEL(attention_fwd_cuda), SSMT_CUDA_KERNEL(attention_bwd_cuda)};
 const FusedKernels<RotaryParams> kRotaryKernels = {rotary_fwd_cpu, rotary_bwd_cpu, SSMT_CUDA_KERNEL(rotary_fwd_cuda),
                                                    SSMT_CUDA_KERNEL(rotary_bwd_cuda)};
 

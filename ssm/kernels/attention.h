@@ -57,13 +57,13 @@ struct AttentionParams {
   DType dtype = DType::f32;  // of q, k, v, o and the gradients; lse, dsum: f32 (f64 for f64)
   int64_t B = 0, Lq = 0, Lk = 0, H = 0, Hkv = 0, D = 0;
   double scale = 1.0;
-  SeqView q, k, v;               // (B, Lq, H, D), (B, Lk, Hkv, D), (B, Lk, Hkv, D)
-  void* o = nullptr;             // (B, Lq, H, D) contiguous, forward output
-  void* lse = nullptr;           // (B, H, Lq) log-sum-exp of the scaled scores (natural log)
-  const void* dout = nullptr;    // (B, Lq, H, D) contiguous, backward input
-  void* dq = nullptr;            // (B, Lq, H, D) contiguous, or null: not wanted
-  void* dk = nullptr;            // (B, Lk, Hkv, D) contiguous, or null
-  void* dv = nullptr;            // (B, Lk, Hkv, D) contiguous, or null
+  SeqView q, k, v;                            // (B, Lq, H, D), (B, Lk, Hkv, D), (B, Lk, Hkv, D)
+  void* o = nullptr;                          // (B, Lq, H, D) contiguous, forward output
+  void* lse = nullptr;                        // (B, H, Lq) log-sum-exp of the scaled scores (natural log)
+  const void* dout = nullptr;                 // (B, Lq, H, D) contiguous, backward input
+  void* dq = nullptr;                         // (B, Lq, H, D) contiguous, or null: not wanted
+  void* dk = nullptr;                         // (B, Lk, Hkv, D) contiguous, or null
+  void* dv = nullptr;                         // (B, Lk, Hkv, D) contiguous, or null
   int64_t offset() const { return Lk - Lq; }  // query i sits at position i + offset
 };
 

@@ -112,10 +112,17 @@ void rotary_launch(const RotaryParams& p, int device) {
     CUDA_CHECK_LAUNCH();
   };
   switch (p.dtype) {
-    case DType::bf16: run(bf16{}); break;
-    case DType::f32: run(float{}); break;
-    case DType::f64: run(double{}); break;
-    default: SSMT_CHECK(false, "rotary_embedding (CUDA): unsupported dtype ", dtype_name(p.dtype));
+    case DType::bf16:
+      run(bf16{});
+      break;
+    case DType::f32:
+      run(float{});
+      break;
+    case DType::f64:
+      run(double{});
+      break;
+    default:
+      SSMT_CHECK(false, "rotary_embedding (CUDA): unsupported dtype ", dtype_name(p.dtype));
   }
 }
 
@@ -129,7 +136,8 @@ __global__ void dsum_kernel(const T* __restrict__ dout, const T* __restrict__ o,
   const int lane = threadIdx.x & 31;
   if (r >= rows) return;  // whole warps leave together
   A s = 0;
-  for (int64_t d = lane; d < D; d += 32) s += static_cast<A>(arith(dout[r * D + d])) * static_cast<A>(arith(o[r * D + d]));
+  for (int64_t d = lane; d < D; d += 32)
+    s += static_cast<A>(arith(dout[r * D + d])) * static_cast<A>(arith(o[r * D + d]));
   s = warp_sum(s);
   // r = (b Lq + i) H + h in the (B, Lq, H, D) layout; Dsum is (B, H, Lq).
   const int64_t h = r % H, i = (r / H) % Lq, b = r / (H * Lq);
@@ -397,7 +405,7 @@ __device__ __forceinline__ void load_tile(uint16_t* s, const bf16* base, int64_t
 // accumulator times `mul`, as bf16, at dst_row[r] (null: out of range).
 template <int D>
 __device__ __forceinline__ void store_rows(const float (&acc)[D / 8][4], bf16* dst_a, bf16* dst_b, float mul_a,
-                                          float mul_b) {
+                                           float mul_b) {
   const int t = threadIdx.x & 3;
 #pragma unroll
   for (int dn = 0; dn < D / 8; ++dn) {
@@ -434,7 +442,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(AttentionParams p) {
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   const float sl2 = static_cast<float>(p.scale) * kLog2e;  // scores in the exp2 domain
   const int64_t row[2] = {i0 + warp * 16 + g, i0 + warp * 16 + g + 8};
-  const int64_t n_end = imin(p.Lk, i0 + Br + off);  // keys seen by the block's last row
+  const int64_t n_end = imin(p.Lk, i0 + Br + off);        // keys seen by the block's last row
   const int64_t unmasked_end = imin(p.Lk, i0 + off + 1);  // keys seen by every row of the block
   for (int64_t j0 = 0; j0 < n_end; j0 += Bc) {
     __syncthreads();  // the previous tiles are consumed
@@ -534,7 +542,8 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(AttentionParams p, con
   __syncthreads();
   uint32_t qf[KT][4], gf[KT][4];
 #pragma unroll
-  for (int kk = 0; kk < KT; ++kk) load_a(qf[kk], sQ, LD, warp * 16, kk * 16), load_a(gf[kk], sG, LD, warp * 16, kk * 16);
+  for (int kk = 0; kk < KT; ++kk)
+    load_a(qf[kk], sQ, LD, warp * 16, kk * 16), load_a(gf[kk], sG, LD, warp * 16, kk * 16);
   const int64_t row[2] = {i0 + warp * 16 + g, i0 + warp * 16 + g + 8};
   float lse2[2], dsr[2];
 #pragma unroll
@@ -664,7 +673,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(AttentionParams p, co
           const int64_t j = key[e >> 1];
           float pr = exp2f(s[nt][e] * sl2 - sL[qi]);
           if (j >= p.Lk || j > i0 + qi + off) pr = 0.f;
-          s[nt][e] = pr;                       // P^T
+          s[nt][e] = pr;                          // P^T
           dp[nt][e] = pr * (dp[nt][e] - sD[qi]);  // dS^T
         }
 #pragma unroll
@@ -672,8 +681,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(AttentionParams p, co
         const uint32_t pa[4] = {pack(s[2 * kk][0], s[2 * kk][1]), pack(s[2 * kk][2], s[2 * kk][3]),
                                 pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
         const uint32_t da[4] = {pack(dp[2 * kk][0], dp[2 * kk][1]), pack(dp[2 * kk][2], dp[2 * kk][3]),
-                                pack(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
-                                pack(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+                                pack(dp[2 * kk + 1][0], dp[2 * kk + 1][1]), pack(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
 #pragma unroll
         for (int dn = 0; dn < DT; ++dn) {
           uint32_t bf[2];
@@ -704,15 +712,17 @@ __global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(AttentionParams p, co
 // ---------------------------------------------------------------------------------------
 // dispatch
 
-bool rows_aligned(const SeqView& s) { return aligned_to(s.data, 16) && s.batch_stride % 8 == 0 && s.seq_stride % 8 == 0; }
+bool rows_aligned(const SeqView& s) {
+  return aligned_to(s.data, 16) && s.batch_stride % 8 == 0 && s.seq_stride % 8 == 0;
+}
 
 // The tensor-core path takes p: bf16, D = 64 or 128, every operand's rows 16-byte aligned.
 bool tensor_core_path(const AttentionParams& p, bool backward) {
   if (p.dtype != DType::bf16 || (p.D != 64 && p.D != 128)) return false;
   if (!rows_aligned(p.q) || !rows_aligned(p.k) || !rows_aligned(p.v) || !aligned_to(p.o, 16)) return false;
   if (backward)
-    for (const void* q : {p.dout, static_cast<const void*>(p.dq), static_cast<const void*>(p.dk),
-                          static_cast<const void*>(p.dv)})
+    for (const void* q :
+         {p.dout, static_cast<const void*>(p.dq), static_cast<const void*>(p.dk), static_cast<const void*>(p.dv)})
       if (q && !aligned_to(q, 16)) return false;
   return true;
 }
@@ -733,16 +743,27 @@ void with_generic(const AttentionParams& p, F&& f) {
   SSMT_CHECK(p.D <= 256, "causal_attention (CUDA): head dimension ", p.D,
              " is not supported (at most 256; bf16 with 64 or 128 runs on tensor cores)");
   auto by_width = [&](auto tag) {
-    if (p.D <= 32) f(tag, std::integral_constant<int, 1>{});
-    else if (p.D <= 64) f(tag, std::integral_constant<int, 2>{});
-    else if (p.D <= 128) f(tag, std::integral_constant<int, 4>{});
-    else f(tag, std::integral_constant<int, 8>{});
+    if (p.D <= 32)
+      f(tag, std::integral_constant<int, 1>{});
+    else if (p.D <= 64)
+      f(tag, std::integral_constant<int, 2>{});
+    else if (p.D <= 128)
+      f(tag, std::integral_constant<int, 4>{});
+    else
+      f(tag, std::integral_constant<int, 8>{});
   };
   switch (p.dtype) {
-    case DType::bf16: by_width(bf16{}); break;
-    case DType::f32: by_width(float{}); break;
-    case DType::f64: by_width(double{}); break;
-    default: SSMT_CHECK(false, "causal_attention (CUDA): unsupported dtype ", dtype_name(p.dtype));
+    case DType::bf16:
+      by_width(bf16{});
+      break;
+    case DType::f32:
+      by_width(float{});
+      break;
+    case DType::f64:
+      by_width(double{});
+      break;
+    default:
+      SSMT_CHECK(false, "causal_attention (CUDA): unsupported dtype ", dtype_name(p.dtype));
   }
 }
 
@@ -762,8 +783,10 @@ void attention_fwd_cuda(const AttentionParams& p, int device) {
       kernel<<<grid, tc::kThreads, smem, stream>>>(p);
       CUDA_CHECK_LAUNCH();
     };
-    if (p.D == 64) launch(tc::fwd_kernel<64>, tc::smem_bytes<64>());
-    else launch(tc::fwd_kernel<128>, tc::smem_bytes<128>());
+    if (p.D == 64)
+      launch(tc::fwd_kernel<64>, tc::smem_bytes<64>());
+    else
+      launch(tc::fwd_kernel<128>, tc::smem_bytes<128>());
     return;
   }
   with_generic(p, [&](auto tag, auto npl) {
@@ -789,9 +812,8 @@ void attention_bwd_cuda(const AttentionParams& p, int device) {
     Tensor dsum = Tensor::empty({p.B, p.H, p.Lq}, dtype_of<A>::value, Device::cuda(device));
     const int64_t rows = p.B * p.Lq * p.H;
     if (rows > 0) {
-      dsum_kernel<T, A><<<tiles(rows * 32, 256), 256, 0, stream>>>(static_cast<const T*>(p.dout),
-                                                                   static_cast<const T*>(p.o), dsum.data<A>(), rows,
-                                                                   p.Lq, p.H, p.D);
+      dsum_kernel<T, A><<<tiles(rows * 32, 256), 256, 0, stream>>>(
+          static_cast<const T*>(p.dout), static_cast<const T*>(p.o), dsum.data<A>(), rows, p.Lq, p.H, p.D);
       CUDA_CHECK_LAUNCH();
     }
     const A* ds = dsum.data<A>();
@@ -811,8 +833,10 @@ void attention_bwd_cuda(const AttentionParams& p, int device) {
             CUDA_CHECK_LAUNCH();
           }
         };
-        if (p.D == 64) launch(tc::bwd_dq_kernel<64>, tc::bwd_dkv_kernel<64>, tc::smem_bytes<64>());
-        else launch(tc::bwd_dq_kernel<128>, tc::bwd_dkv_kernel<128>, tc::smem_bytes<128>());
+        if (p.D == 64)
+          launch(tc::bwd_dq_kernel<64>, tc::bwd_dkv_kernel<64>, tc::smem_bytes<64>());
+        else
+          launch(tc::bwd_dq_kernel<128>, tc::bwd_dkv_kernel<128>, tc::smem_bytes<128>());
         return;
       }
     }
@@ -837,10 +861,17 @@ void attention_bwd_cuda(const AttentionParams& p, int device) {
     });
   };
   switch (p.dtype) {
-    case DType::bf16: run(bf16{}); break;
-    case DType::f32: run(float{}); break;
-    case DType::f64: run(double{}); break;
-    default: SSMT_CHECK(false, "causal_attention (CUDA): unsupported dtype ", dtype_name(p.dtype));
+    case DType::bf16:
+      run(bf16{});
+      break;
+    case DType::f32:
+      run(float{});
+      break;
+    case DType::f64:
+      run(double{});
+      break;
+    default:
+      SSMT_CHECK(false, "causal_attention (CUDA): unsupported dtype ", dtype_name(p.dtype));
   }
 }
 
