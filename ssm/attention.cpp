@@ -37,13 +37,15 @@ Attention::QKV Attention::split_heads(const Tensor& proj, int64_t offset) const 
   return r;
 }
 
-Tensor Attention::forward(const Tensor& x) {
+Tensor Attention::forward(const Tensor& x) { return forward(x, Tensor()); }
+
+Tensor Attention::forward(const Tensor& x, const Tensor& seq_idx) {
   SSMT_CHECK(x.dim() == 3 && x.size(2) == opt_.d_model, "attention '", path(), "': input ", x.describe(),
              ": expected (B, L, ", opt_.d_model, ")");
   const DType dtp = x.dtype();
   const int64_t Bsz = x.size(0), L = x.size(1);
   const QKV t = split_heads(linear(x, as_dtype(in_proj_->weight(), dtp)), 0);
-  Tensor o = causal_attention(t.q, t.k, t.v, 1.0 / std::sqrt(static_cast<double>(opt_.head_dim)));
+  Tensor o = causal_attention(t.q, t.k, t.v, 1.0 / std::sqrt(static_cast<double>(opt_.head_dim)), seq_idx);
   return linear(o.reshape({Bsz, L, heads_ * opt_.head_dim}), as_dtype(out_proj_->weight(), dtp));
 }
 

@@ -12,6 +12,8 @@
 // (ssm/mlp_mixer.h). Parameter names follow mamba_ssm's MHA: in_proj.weight,
 // out_proj.weight (rescaled by 1/sqrt(n_layer) with the other output projections).
 //
+// Packed documents (seq_idx): the attention mask also separates documents.
+//
 // Generation keeps a KV cache per layer (AttentionState): each step rotates the new q and k
 // at the current position, appends k and v to the cache (grown by doubling) and attends
 // over all cached positions: the same op as the forward, with Lq = 1. Memory grows with the
@@ -65,6 +67,12 @@ class Attention : public Mixer {
   Attention(const AttentionOptions& options, Generator& gen);
 
   Tensor forward(const Tensor& x) override;  // (B, L, D) -> (B, L, D)
+  // Packed documents: a position attends only to earlier positions of its own document
+  // (seq_idx (B, L) i32). Rotary angles stay those of the row's positions: attention scores
+  // depend only on the distance between two positions, so a document's scores are the same
+  // wherever it starts in the row.
+  bool supports_seq_idx() const override { return true; }
+  Tensor forward(const Tensor& x, const Tensor& seq_idx) override;
 
   bool supports_step() const override { return true; }
   std::unique_ptr<MixerState> init_state(int64_t batch, Device device, DType dtype) override;

@@ -35,6 +35,17 @@ A dot(const T* x, const T* y, int64_t n) {
   return s;
 }
 
+// The first key query i sees: 0, or with packed documents the first position of its own
+// document (seq_idx is non-decreasing, so the visible keys are one contiguous range).
+int64_t first_key(const AttentionParams& p, int64_t b, int64_t i) {
+  if (!p.seq_idx) return 0;
+  const int32_t* doc = p.seq_idx + b * p.Lk;
+  const int64_t pos = i + p.offset();
+  int64_t j = pos;
+  while (j > 0 && doc[j - 1] == doc[pos]) --j;
+  return j;
+}
+
 // Per (b, h, i): scores of the visible keys, their max and sum of exponentials, the output.
 template <typename T>
 void attention_forward(const AttentionParams& p) {
@@ -51,15 +62,16 @@ void attention_forward(const AttentionParams& p) {
         const int64_t kh = h / group;
         for (int64_t i = 0; i < Lq; ++i) {
           const T* qi = row_at<T>(p.q, b, i, h, D);
-          const int64_t n = std::min(p.Lk, i + off + 1);  // keys 0 .. i + off
+          const int64_t n = std::min(p.Lk, i + off + 1);  // keys j0 .. i + off
+          const int64_t j0 = first_key(p, b, i);
           A m = -std::numeric_limits<A>::infinity();
-          for (int64_t j = 0; j < n; ++j) {
+          for (int64_t j = j0; j < n; ++j) {
             s[j] = scale * dot<T, A>(qi, row_at<T>(p.k, b, j, kh, D), D);
             m = std::max(m, s[j]);
           }
           A l = 0;
           std::fill(acc.begin(), acc.end(), A(0));
-          for (int64_t j = 0; j < n; ++j) {
+          for (int64_t j = j0; j < n; ++j) {
             const A e = std::exp(s[j] - m);
             l += e;
             const T* vj = row_at<T>(p.v, b, j, kh, D);
@@ -100,8 +112,8 @@ void attention_backward(const AttentionParams& p) {
             const T* gi = row_at<T>(dout, b, i, h, D);
             const A dsum = dot<T, A>(gi, row_at<T>(o, b, i, h, D), D);
             const A l = lse[(b * H + h) * Lq + i];
-            const int64_t n = std::min(Lk, i + off + 1);
-            for (int64_t j = 0; j < n; ++j) {
+            const int64_t n = std::min(Lk, i + off + 1), j0 = first_key(p, b, i);
+            for (int64_t j = j0; j < n; ++j) {
               const T* kj = row_at<T>(p.k, b, j, kh, D);
               const T* vj = row_at<T>(p.v, b, j, kh, D);
               const A pj = std::exp(scale * dot<T, A>(qi, kj, D) - l);
@@ -115,7 +127,7 @@ void attention_backward(const AttentionParams& p) {
             }
             if (p.dq) {
               std::fill(dq_acc.begin(), dq_acc.end(), A(0));
-              for (int64_t j = 0; j < n; ++j) {
+              for (int64_t j = j0; j < n; ++j) {
                 const T* kj = row_at<T>(p.k, b, j, kh, D);
                 for (int64_t d = 0; d < D; ++d) dq_acc[d] += ds[j] * static_cast<A>(kj[d]);
               }
@@ -203,7 +215,8 @@ SeqView heads_view(const Tensor& t) {
 
 }  // namespace
 
-AttentionResult causal_attention_with_lse(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, double scale) {
+AttentionResult causal_attention_with_lse(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, double scale,
+                                          const Tensor& seq_idx_in) {
   using P = AttentionParams;
   check_present(kAttn, "q", q_in);
   check_present(kAttn, "k", k_in);
@@ -223,6 +236,9 @@ AttentionResult causal_attention_with_lse(const Tensor& q_in, const Tensor& k_in
   SSMT_CHECK(Lq <= Lk, kAttn, ": q ", q_in.describe(), " has more positions (", Lq, ") than k ", k_in.describe(), " (",
              Lk, "); queries are the last Lq of the Lk positions");
   SSMT_CHECK(D >= 1, kAttn, ": head dimension of q ", q_in.describe(), " must be positive");
+  SSMT_CHECK(!seq_idx_in.defined() || Lq == Lk, kAttn,
+             ": packed documents (seq_idx) need as many queries as keys, got ", Lq, " and ", Lk);
+  const Tensor seq_idx = checked_seq_idx(kAttn, seq_idx_in, B, Lk, q_in.device(), "q");
   FusedOp<P> op(kAttn, kAttentionKernels, q_in.device());
   const Tensor q = with_contiguous_rows(q_in, 2), k = with_contiguous_rows(k_in, 2), v = with_contiguous_rows(v_in, 2);
   const DType cd = compute_dtype(q.dtype());
@@ -230,6 +246,8 @@ AttentionResult causal_attention_with_lse(const Tensor& q_in, const Tensor& k_in
   p.dtype = q.dtype();
   p.B = B, p.Lq = Lq, p.Lk = Lk, p.H = H, p.Hkv = Hkv, p.D = D, p.scale = scale;
   p.q = heads_view(q), p.k = heads_view(k), p.v = heads_view(v);
+  p.seq_idx = seq_idx.defined() ? seq_idx.data<int32_t>() : nullptr;
+  op.save(seq_idx);  // read by the backward
   op.input(q, &P::dq);
   op.input(k, &P::dk);
   op.input(v, &P::dv);
@@ -244,8 +262,8 @@ AttentionResult causal_attention_with_lse(const Tensor& q_in, const Tensor& k_in
   return {o, lse};
 }
 
-Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
-  return causal_attention_with_lse(q, k, v, scale).o;
+Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale, const Tensor& seq_idx) {
+  return causal_attention_with_lse(q, k, v, scale, seq_idx).o;
 }
 
 Tensor rotary_embedding(const Tensor& x_in, int64_t offset, double base) {

@@ -32,18 +32,22 @@
 namespace ssmtrain {
 
 // q (B, Lq, H, D), k and v (B, Lk, Hkv, D), one float dtype and device, Hkv dividing H,
-// 1 <= Lq <= Lk when Lk > 0. Each tensor's trailing (heads, D) block must be contiguous (a
-// column slice of a fused qkv projection is read in place); batch and sequence strides are
-// free. scale: the score scale, usually 1/sqrt(D). Returns o (B, Lq, H, D) contiguous in
-// q's dtype.
-Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale);
+// Lq <= Lk. Each tensor's trailing (heads, D) block must be contiguous (a column slice of a
+// fused qkv projection is read in place); batch and sequence strides are free. scale: the
+// score scale, usually 1/sqrt(D). Returns o (B, Lq, H, D) contiguous in q's dtype.
+// Packed documents (SPECS section 12): seq_idx (B, L) i32 (Lq = Lk = L), the document of
+// every position, non-decreasing along L, or undefined; a query then sees only the keys of
+// its own document, as if each document were a row of its own.
+Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                        const Tensor& seq_idx = Tensor());
 
 // The output and the log-sum-exp of every score row (B, H, Lq) in the accumulation dtype
 // (f32 for bf16): what causal_attention saves for its backward (exposed for the tests).
 struct AttentionResult {
   Tensor o, lse;
 };
-AttentionResult causal_attention_with_lse(const Tensor& q, const Tensor& k, const Tensor& v, double scale);
+AttentionResult causal_attention_with_lse(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                                          const Tensor& seq_idx = Tensor());
 
 // x (B, L, H, D) float, D even, the trailing (H, D) block contiguous -> (B, L, H, D)
 // contiguous: position t of x rotated as absolute position offset + t.
@@ -58,6 +62,7 @@ struct AttentionParams {
   int64_t B = 0, Lq = 0, Lk = 0, H = 0, Hkv = 0, D = 0;
   double scale = 1.0;
   SeqView q, k, v;                            // (B, Lq, H, D), (B, Lk, Hkv, D), (B, Lk, Hkv, D)
+  const int32_t* seq_idx = nullptr;           // (B, Lk) contiguous documents (Lq = Lk), or null
   void* o = nullptr;                          // (B, Lq, H, D) contiguous, forward output
   void* lse = nullptr;                        // (B, H, Lq) log-sum-exp of the scaled scores (natural log)
   const void* dout = nullptr;                 // (B, Lq, H, D) contiguous, backward input
@@ -66,6 +71,8 @@ struct AttentionParams {
   void* dv = nullptr;                         // (B, Lk, Hkv, D) contiguous, or null
   int64_t offset() const { return Lk - Lq; }  // query i sits at position i + offset
 };
+// Key j is visible to query i when j <= i + offset() and, with seq_idx, both positions hold
+// the same document.
 
 void attention_fwd_cpu(const AttentionParams& p);
 void attention_bwd_cpu(const AttentionParams& p);

@@ -160,6 +160,8 @@ __global__ void __launch_bounds__(kGenWarps * 32) attn_fwd_generic(AttentionPara
   const int64_t b = blockIdx.z, h = blockIdx.y, i0 = static_cast<int64_t>(blockIdx.x) * kGenWarps;
   const int64_t i = i0 + warp, D = p.D, off = p.Lk - p.Lq, kh = h / (p.H / p.Hkv);
   const bool row_ok = i < p.Lq;
+  const int32_t* doc = p.seq_idx ? p.seq_idx + b * p.Lk : nullptr;  // packed documents, or null
+  const int32_t row_doc = doc && row_ok ? doc[i + off] : 0;
   const T* qrow = head_base<T>(p.q, b, h, D) + i * p.q.seq_stride;
   const T* kb = head_base<T>(p.k, b, kh, D);
   const T* vb = head_base<T>(p.v, b, kh, D);
@@ -188,7 +190,7 @@ __global__ void __launch_bounds__(kGenWarps * 32) attn_fwd_generic(AttentionPara
       for (int c = 0; c < NPL; ++c)
         if (lane + 32 * c < D) s += q[c] * static_cast<A>(arith(sK[jj * D + lane + 32 * c]));
       s = warp_sum(s) * scale;
-      if (!row_ok || j0 + jj > i + off) continue;  // uniform over the warp
+      if (!row_ok || j0 + jj > i + off || (doc && doc[j0 + jj] != row_doc)) continue;  // uniform over the warp
       const A m_new = m > s ? m : s, corr = cuda_detail::d_exp(m - m_new), e = cuda_detail::d_exp(s - m_new);
       l = l * corr + e;
 #pragma unroll
@@ -216,6 +218,8 @@ __global__ void __launch_bounds__(kGenWarps * 32) attn_bwd_dq_generic(AttentionP
   const int64_t b = blockIdx.z, h = blockIdx.y, i0 = static_cast<int64_t>(blockIdx.x) * kGenWarps;
   const int64_t i = i0 + warp, D = p.D, off = p.Lk - p.Lq, kh = h / (p.H / p.Hkv);
   const bool row_ok = i < p.Lq;
+  const int32_t* doc = p.seq_idx ? p.seq_idx + b * p.Lk : nullptr;
+  const int32_t row_doc = doc && row_ok ? doc[i + off] : 0;
   const T* qrow = head_base<T>(p.q, b, h, D) + i * p.q.seq_stride;
   const T* grow = static_cast<const T*>(p.dout) + ((b * p.Lq + i) * p.H + h) * D;
   const T* kb = head_base<T>(p.k, b, kh, D);
@@ -250,7 +254,7 @@ __global__ void __launch_bounds__(kGenWarps * 32) attn_bwd_dq_generic(AttentionP
           dp += g[c] * static_cast<A>(arith(sV[jj * D + lane + 32 * c]));
         }
       s = warp_sum(s), dp = warp_sum(dp);
-      if (!row_ok || j0 + jj > i + off) continue;
+      if (!row_ok || j0 + jj > i + off || (doc && doc[j0 + jj] != row_doc)) continue;
       const A ds = cuda_detail::d_exp(s * scale - lse) * (dp - ds_sum);
 #pragma unroll
       for (int c = 0; c < NPL; ++c)
@@ -278,6 +282,8 @@ __global__ void __launch_bounds__(kGenWarps * 32) attn_bwd_dkv_generic(Attention
   const int64_t b = blockIdx.z, kh = blockIdx.y, j0 = static_cast<int64_t>(blockIdx.x) * kGenWarps;
   const int64_t j = j0 + warp, D = p.D, off = p.Lk - p.Lq, group = p.H / p.Hkv;
   const bool row_ok = j < p.Lk;
+  const int32_t* doc = p.seq_idx ? p.seq_idx + b * p.Lk : nullptr;
+  const int32_t key_doc = doc && row_ok ? doc[j] : 0;
   const T* krow = head_base<T>(p.k, b, kh, D) + j * p.k.seq_stride;
   const T* vrow = head_base<T>(p.v, b, kh, D) + j * p.v.seq_stride;
   A k[NPL], v[NPL], dk[NPL], dv[NPL];
@@ -316,7 +322,7 @@ __global__ void __launch_bounds__(kGenWarps * 32) attn_bwd_dkv_generic(Attention
             dp += v[c] * static_cast<A>(arith(sG[ii * D + lane + 32 * c]));
           }
         s = warp_sum(s), dp = warp_sum(dp);
-        if (!row_ok || j > i0 + ii + off) continue;
+        if (!row_ok || j > i0 + ii + off || (doc && doc[i0 + ii + off] != key_doc)) continue;
         const A pr = cuda_detail::d_exp(s * scale - sL[ii]), ds = pr * (dp - sD[ii]);
 #pragma unroll
         for (int c = 0; c < NPL; ++c)
@@ -416,7 +422,37 @@ __device__ __forceinline__ void store_rows(const float (&acc)[D / 8][4], bf16* d
 
 template <int D>
 constexpr int smem_bytes() {
-  return (2 * 64 + 2 * 32) * (D + 8) * 2 + 2 * 32 * 4;  // the largest of the three kernels
+  return (2 * 64 + 2 * 32) * (D + 8) * 2 + 3 * 64 * 4;  // the largest of the three kernels
+}
+
+// The first key tile (of Bc) that can hold a key visible to position `pos` and later ones:
+// 0, or with packed documents the tile of the first position of pos's document (documents
+// are non-decreasing, so earlier keys belong to earlier documents). Uniform over the block.
+template <int Bc>
+__device__ __forceinline__ int64_t tile_start(const int32_t* doc, int64_t pos) {
+  if (!doc) return 0;
+  int64_t lo = 0, hi = pos;  // the first j with doc[j] == doc[pos], by bisection
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (doc[mid] < doc[pos])
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo / Bc * Bc;
+}
+
+// One past the last position of the document of position `key` (<= L).
+__device__ __forceinline__ int64_t query_stop(const int32_t* doc, int64_t key, int64_t L) {
+  int64_t lo = key + 1, hi = L;  // the first j > key with doc[j] > doc[key]
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (doc[mid] <= doc[key])
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
 }
 
 template <int D>
@@ -426,11 +462,13 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(AttentionParams p) {
   uint16_t* sQ = reinterpret_cast<uint16_t*>(smem_raw);
   uint16_t* sK = sQ + Br * LD;
   uint16_t* sV = sK + Bc * LD;
+  int32_t* sDoc = reinterpret_cast<int32_t*>(sV + Bc * LD);  // (Bc) documents of the key tile
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int64_t b = blockIdx.z, h = blockIdx.y, i0 = static_cast<int64_t>(blockIdx.x) * Br;
   const int64_t kh = h / (p.H / p.Hkv), off = p.Lk - p.Lq;
   const bf16* kb = head_base<bf16>(p.k, b, kh, D);
   const bf16* vb = head_base<bf16>(p.v, b, kh, D);
+  const int32_t* doc = p.seq_idx ? p.seq_idx + b * p.Lk : nullptr;  // packed documents, or null
   load_tile<Br, D>(sQ, head_base<bf16>(p.q, b, h, D), p.q.seq_stride, i0, p.Lq);
   __syncthreads();
   uint32_t qf[KT][4];
@@ -442,12 +480,17 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(AttentionParams p) {
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   const float sl2 = static_cast<float>(p.scale) * kLog2e;  // scores in the exp2 domain
   const int64_t row[2] = {i0 + warp * 16 + g, i0 + warp * 16 + g + 8};
+  int32_t row_doc[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) row_doc[r] = doc && row[r] < p.Lq ? doc[row[r] + off] : -1;
   const int64_t n_end = imin(p.Lk, i0 + Br + off);        // keys seen by the block's last row
   const int64_t unmasked_end = imin(p.Lk, i0 + off + 1);  // keys seen by every row of the block
-  for (int64_t j0 = 0; j0 < n_end; j0 += Bc) {
+  for (int64_t j0 = tile_start<Bc>(doc, i0 + off); j0 < n_end; j0 += Bc) {
     __syncthreads();  // the previous tiles are consumed
     load_tile<Bc, D>(sK, kb, p.k.seq_stride, j0, p.Lk);
     load_tile<Bc, D>(sV, vb, p.v.seq_stride, j0, p.Lk);
+    if (doc)
+      for (int e = threadIdx.x; e < Bc; e += kThreads) sDoc[e] = j0 + e < p.Lk ? doc[j0 + e] : -2;
     __syncthreads();
     float s[NT][4];
 #pragma unroll
@@ -460,15 +503,16 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(AttentionParams p) {
         mma(s[nt], qf[kk], bf);
       }
     }
-    const bool masked = j0 + Bc > unmasked_end;
+    const bool masked = doc || j0 + Bc > unmasked_end;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         s[nt][e] *= sl2;
         if (masked) {
-          const int64_t j = j0 + nt * 8 + 2 * t + (e & 1);
-          if (j >= p.Lk || j > row[e >> 1] + off) s[nt][e] = -INFINITY;
+          const int jj = nt * 8 + 2 * t + (e & 1);
+          const int64_t j = j0 + jj;
+          if (j >= p.Lk || j > row[e >> 1] + off || (doc && sDoc[jj] != row_doc[e >> 1])) s[nt][e] = -INFINITY;
         }
       }
 #pragma unroll
@@ -532,11 +576,13 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(AttentionParams p, con
   uint16_t* sG = sQ + Br * LD;
   uint16_t* sK = sG + Br * LD;
   uint16_t* sV = sK + Bc * LD;
+  int32_t* sDoc = reinterpret_cast<int32_t*>(sV + Bc * LD);  // (Bc) documents of the key tile
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int64_t b = blockIdx.z, h = blockIdx.y, i0 = static_cast<int64_t>(blockIdx.x) * Br;
   const int64_t kh = h / (p.H / p.Hkv), off = p.Lk - p.Lq;
   const bf16* kb = head_base<bf16>(p.k, b, kh, D);
   const bf16* vb = head_base<bf16>(p.v, b, kh, D);
+  const int32_t* doc = p.seq_idx ? p.seq_idx + b * p.Lk : nullptr;
   load_tile<Br, D>(sQ, head_base<bf16>(p.q, b, h, D), p.q.seq_stride, i0, p.Lq);
   load_tile<Br, D>(sG, static_cast<const bf16*>(p.dout) + (b * p.Lq * p.H + h) * D, p.H * D, i0, p.Lq);
   __syncthreads();
@@ -546,9 +592,11 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(AttentionParams p, con
     load_a(qf[kk], sQ, LD, warp * 16, kk * 16), load_a(gf[kk], sG, LD, warp * 16, kk * 16);
   const int64_t row[2] = {i0 + warp * 16 + g, i0 + warp * 16 + g + 8};
   float lse2[2], dsr[2];
+  int32_t row_doc[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const bool ok = row[r] < p.Lq;
+    row_doc[r] = doc && ok ? doc[row[r] + off] : -1;
     lse2[r] = ok ? static_cast<const float*>(p.lse)[(b * p.H + h) * p.Lq + row[r]] * kLog2e : INFINITY;
     dsr[r] = ok ? dsum[(b * p.H + h) * p.Lq + row[r]] : 0.f;
   }
@@ -557,10 +605,12 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(AttentionParams p, con
   for (int dn = 0; dn < DT; ++dn) dq[dn][0] = dq[dn][1] = dq[dn][2] = dq[dn][3] = 0.f;
   const float sl2 = static_cast<float>(p.scale) * kLog2e;
   const int64_t n_end = imin(p.Lk, i0 + Br + off);
-  for (int64_t j0 = 0; j0 < n_end; j0 += Bc) {
+  for (int64_t j0 = tile_start<Bc>(doc, i0 + off); j0 < n_end; j0 += Bc) {
     __syncthreads();
     load_tile<Bc, D>(sK, kb, p.k.seq_stride, j0, p.Lk);
     load_tile<Bc, D>(sV, vb, p.v.seq_stride, j0, p.Lk);
+    if (doc)
+      for (int e = threadIdx.x; e < Bc; e += kThreads) sDoc[e] = j0 + e < p.Lk ? doc[j0 + e] : -2;
     __syncthreads();
     float s[NT][4], dp[NT][4];
 #pragma unroll
@@ -580,10 +630,11 @@ __global__ void __launch_bounds__(kThreads) bwd_dq_kernel(AttentionParams p, con
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int64_t j = j0 + nt * 8 + 2 * t + (e & 1);
+        const int jj = nt * 8 + 2 * t + (e & 1);
+        const int64_t j = j0 + jj;
         const int r = e >> 1;
         float pr = exp2f(s[nt][e] * sl2 - lse2[r]);
-        if (j >= p.Lk || j > row[r] + off) pr = 0.f;
+        if (j >= p.Lk || j > row[r] + off || (doc && sDoc[jj] != row_doc[r])) pr = 0.f;
         s[nt][e] = pr * (dp[nt][e] - dsr[r]);  // dS
       }
 #pragma unroll
@@ -619,12 +670,19 @@ __global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(AttentionParams p, co
   uint16_t* sG = sQ + Br * LD;
   float* sL = reinterpret_cast<float*>(sG + Br * LD);
   float* sD = sL + Br;
+  int32_t* sDoc = reinterpret_cast<int32_t*>(sD + Br);  // (Br) documents of the query tile
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int64_t b = blockIdx.z, kh = blockIdx.y, j0 = static_cast<int64_t>(blockIdx.x) * Bc;
   const int64_t off = p.Lk - p.Lq, group = p.H / p.Hkv;
   load_tile<Bc, D>(sK, head_base<bf16>(p.k, b, kh, D), p.k.seq_stride, j0, p.Lk);
   load_tile<Bc, D>(sV, head_base<bf16>(p.v, b, kh, D), p.v.seq_stride, j0, p.Lk);
   const int64_t key[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};
+  const int32_t* doc = p.seq_idx ? p.seq_idx + b * p.Lk : nullptr;
+  int32_t key_doc[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) key_doc[r] = doc && key[r] < p.Lk ? doc[key[r]] : -1;
+  // With packed documents, no query past the last document of the block's keys sees them.
+  const int64_t i_stop = doc ? query_stop(doc, imin(j0 + Bc, p.Lk) - 1, p.Lk) - off : p.Lq;
   float dk[DT][4], dv[DT][4];
 #pragma unroll
   for (int dn = 0; dn < DT; ++dn)
@@ -635,12 +693,13 @@ __global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(AttentionParams p, co
   for (int64_t h = kh * group; h < (kh + 1) * group; ++h) {
     const bf16* qb = head_base<bf16>(p.q, b, h, D);
     const bf16* gb = static_cast<const bf16*>(p.dout) + (b * p.Lq * p.H + h) * D;
-    for (int64_t i0 = i_first; i0 < p.Lq; i0 += Br) {
+    for (int64_t i0 = i_first; i0 < i_stop; i0 += Br) {
       __syncthreads();
       load_tile<Br, D>(sQ, qb, p.q.seq_stride, i0, p.Lq);
       load_tile<Br, D>(sG, gb, p.H * D, i0, p.Lq);
       for (int e = threadIdx.x; e < Br; e += kThreads) {
         const int64_t i = i0 + e;
+        if (doc) sDoc[e] = i < p.Lq ? doc[i + off] : -2;
         // Queries past Lq get lse = +inf: their probabilities are exactly 0.
         sL[e] = i < p.Lq ? static_cast<const float*>(p.lse)[(b * p.H + h) * p.Lq + i] * kLog2e : INFINITY;
         sD[e] = i < p.Lq ? dsum[(b * p.H + h) * p.Lq + i] : 0.f;
@@ -672,7 +731,7 @@ __global__ void __launch_bounds__(kThreads) bwd_dkv_kernel(AttentionParams p, co
           const int qi = nt * 8 + 2 * t + (e & 1);
           const int64_t j = key[e >> 1];
           float pr = exp2f(s[nt][e] * sl2 - sL[qi]);
-          if (j >= p.Lk || j > i0 + qi + off) pr = 0.f;
+          if (j >= p.Lk || j > i0 + qi + off || (doc && sDoc[qi] != key_doc[e >> 1])) pr = 0.f;
           s[nt][e] = pr;                          // P^T
           dp[nt][e] = pr * (dp[nt][e] - sD[qi]);  // dS^T
         }

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/ops.h"
@@ -142,6 +143,25 @@ TEST_CASE("causal_attention gradients equal those of the explicit form") {
   for (int i = 0; i < 3; ++i) check_close(fused[i], naive[i], 1e-11, 1e-12, names[i]);
 }
 
+TEST_CASE("causal_attention with packed documents equals each document attended on its own") {
+  // Row 0 holds documents of 3, 1 and 4 positions, row 1 one document of 8.
+  Generator gen(15);
+  const int64_t B = 2, L = 8, H = 4, Hkv = 2, D = 6;
+  const Tensor seq_idx = Tensor::from_vector<int32_t>({0, 0, 0, 1, 2, 2, 2, 2, 5, 5, 5, 5, 5, 5, 5, 5}, {B, L});
+  Tensor q = grad_leaf({B, L, H, D}, gen, -2, 2), k = grad_leaf({B, L, Hkv, D}, gen, -2, 2),
+         v = grad_leaf({B, L, Hkv, D}, gen);
+  const Tensor o = causal_attention(q, k, v, 0.5, seq_idx);
+  for (auto [b, start, len] : {std::tuple<int64_t, int64_t, int64_t>{0, 0, 3}, {0, 3, 1}, {0, 4, 4}, {1, 0, 8}}) {
+    INFO("row ", b, " document at ", start, " of ", len);
+    auto part = [&](const Tensor& t) { return t.narrow(0, b, 1).narrow(1, start, len); };
+    check_close(part(o), causal_attention(part(q), part(k), part(v), 0.5), 1e-14, 1e-15, "document alone");
+  }
+  check_gradients([&](const std::vector<Tensor>& in) { return causal_attention(in[0], in[1], in[2], 0.5, seq_idx); },
+                  {q, k, v});
+  CHECK(contains(user_error_of([&] { causal_attention(q.narrow(1, 0, 4), k, v, 0.5, seq_idx); }),
+                 "as many queries as keys"));
+}
+
 TEST_CASE("causal_attention in bf16 on the CPU stays within bf16 rounding of the f64 result") {
   Generator gen(9);
   const Tensor q = random_tensor({1, 12, 2, 8}, gen, DType::f64).to(DType::bf16);
@@ -226,6 +246,20 @@ TEST_CASE("attention mixer: generation with the KV cache equals the full forward
     // The same f64 sums in the same order per query row: equal to rounding.
     check_close(cat(steps, 1), full, 1e-11, 1e-13, "stepped vs full output");
   }
+}
+
+TEST_CASE("attention mixer: packed documents give each document's own output") {
+  auto attn = make_attention(8, 2, 1, 4, 41);
+  NoGradGuard ng;
+  Generator gen(43);
+  const Tensor x = random_tensor({1, 7, 8}, gen, DType::f64);
+  const Tensor seq_idx = Tensor::from_vector<int32_t>({0, 0, 0, 0, 1, 1, 1}, {1, 7});
+  REQUIRE(attn->supports_seq_idx());
+  const Tensor packed = attn->forward(x, seq_idx);
+  // The second document moved to the start of a row: rotary embeddings are relative, so the
+  // output is the same up to rounding.
+  check_close(packed.narrow(1, 0, 4), attn->forward(x.narrow(1, 0, 4)), 1e-12, 1e-13, "first document");
+  check_close(packed.narrow(1, 4, 3), attn->forward(x.narrow(1, 4, 3).contiguous()), 1e-12, 1e-13, "second document");
 }
 
 TEST_CASE("attention mixer: gradients of the input and the projections match finite differences") {

@@ -35,6 +35,7 @@
 
 #include <cmath>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cuda_compare.h"
@@ -116,6 +117,28 @@ TEST_CASE("causal_attention CUDA reads q, k, v in place from a fused projection"
         },
         {{"proj", random_tensor({B, L, W}, gen, DType::f64, Device::cpu(), -3, 3), dtype}}, {"o"},
         dtype == DType::bf16 ? kTensorCore : kF32, gen);
+  }
+}
+
+TEST_CASE("causal_attention CUDA with packed documents matches the CPU") {
+  if (!cuda_test_device()) return;
+  Generator gen(117);
+  // Documents of 50, 1, 90 and 59 positions in row 0, 200 in row 1: boundaries inside and
+  // across the 64-position tiles.
+  const int64_t B = 2, L = 200;
+  std::vector<int32_t> docs(static_cast<size_t>(B * L));
+  for (int64_t t = 0; t < L; ++t) docs[t] = t < 50 ? 0 : t < 51 ? 1 : t < 141 ? 2 : 3, docs[L + t] = 7;
+  const Tensor seq_idx = Tensor::from_vector(docs, {B, L});
+  for (const auto& [dtype, D, tol] : {std::tuple<DType, int64_t, Tolerance>{DType::bf16, 64, kTensorCore},
+                                      {DType::bf16, 128, kTensorCore},
+                                      {DType::f32, 64, kF32}}) {
+    INFO(dtype_name(dtype), " D ", D);
+    const Shape s{B, L, L, 4, 2, D};
+    compare_with_cpu(
+        [&](const std::vector<Tensor>& in) {
+          return std::vector<Tensor>{causal_attention(in[0], in[1], in[2], 0.1, seq_idx.to(in[0].device()))};
+        },
+        attention_args(s, dtype, gen), {"o"}, tol, gen);
   }
 }
 
