@@ -6,8 +6,11 @@
 // queries than keys (the KV-cache step), and q, k, v read in place from a fused projection.
 // CUDA cases print a visible skip without a GPU.
 //
-// q and k are drawn from U(-3, 3) so that scores reach |s| ~ 5: the softmax is peaked and
-// the online max changes between key tiles, exercising the rescaling of the running sums.
+// q and k are drawn from U(-2, 2): the scaled scores have a standard deviation of 4/3 and
+// reach |s| ~ 5 over a few hundred keys, so the online max changes between key tiles
+// (exercising the rescaling of the running sums) while the softmax keeps several keys in
+// play (a one-hot softmax would make dQ and dK nearly cancelling sums, whose relative error
+// says little).
 //
 // Tolerances (relative error in the 2-norm; largest elementwise error relative to max |ref|):
 //  - bf16 on tensor cores (head dim 64, 128). The inputs are rounded identically on both
@@ -57,8 +60,8 @@ struct Shape {
 };
 
 std::vector<Arg> attention_args(const Shape& s, DType dtype, Generator& gen) {
-  return {{"q", random_tensor({s.B, s.Lq, s.H, s.D}, gen, DType::f64, Device::cpu(), -3, 3), dtype},
-          {"k", random_tensor({s.B, s.Lk, s.Hkv, s.D}, gen, DType::f64, Device::cpu(), -3, 3), dtype},
+  return {{"q", random_tensor({s.B, s.Lq, s.H, s.D}, gen, DType::f64, Device::cpu(), -2, 2), dtype},
+          {"k", random_tensor({s.B, s.Lk, s.Hkv, s.D}, gen, DType::f64, Device::cpu(), -2, 2), dtype},
           {"v", random_tensor({s.B, s.Lk, s.Hkv, s.D}, gen, DType::f64), dtype}};
 }
 
@@ -115,7 +118,7 @@ TEST_CASE("causal_attention CUDA reads q, k, v in place from a fused projection"
           return std::vector<Tensor>{causal_attention(parts[0].view({B, L, H, D}), parts[1].view({B, L, Hkv, D}),
                                                       parts[2].view({B, L, Hkv, D}), 0.125)};
         },
-        {{"proj", random_tensor({B, L, W}, gen, DType::f64, Device::cpu(), -3, 3), dtype}}, {"o"},
+        {{"proj", random_tensor({B, L, W}, gen, DType::f64, Device::cpu(), -2, 2), dtype}}, {"o"},
         dtype == DType::bf16 ? kTensorCore : kF32, gen);
   }
 }
