@@ -92,6 +92,8 @@ Tensor Attention::step(const Tensor& x_t, MixerState& state) {
 }
 
 void AttentionOptions::validate(const MixerContext& c) const {
+  SSMT_CHECK(every <= c.n_layer, c.key("every"), " is ", every, " but model.n_layer is only ", c.n_layer,
+             ": no layer would be an attention layer (0 turns the rule off)");
   SSMT_CHECK(rope_base == 0 || rope_base > 1, c.key("rope_base"), " is ", rope_base,
              ": expected 0 (no rotary embedding) or a base above 1");
   SSMT_CHECK(rope_base == 0 || head_dim % 2 == 0, c.key("head_dim"), " (", head_dim,

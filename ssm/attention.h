@@ -35,6 +35,7 @@ struct AttentionOptions {
   int64_t kv_heads = 0;   // Hkv; 0: H (multi-head); 1: multi-query; else grouped-query
   int64_t head_dim = 64;  // Dh
   double rope_base = 10000.0;
+  int64_t every = 0;  // with k > 0, layers k-1, 2k-1, ... are attention layers
 
   template <class V>
   void visit(V& v) {
@@ -49,9 +50,17 @@ struct AttentionOptions {
             "attention: rotary embedding base theta (angles t * theta^(-2i/Dh)); 0 = no rotary embedding (as "
             "Jamba's attention layers)",
             ge(0));
+    v.field("every", every,
+            "with k > 0, layers k-1, 2k-1, ... are attention layers, whatever model.mixer / model.layers say "
+            "(hybrids: mixer mamba2 with k = 8 gives one attention layer in 8); 0 = none beyond them",
+            ge(0));
   }
-  // The head geometry against d_model, when a layer is an attention layer.
+  // The head geometry against d_model, when a layer is an attention layer; every <= n_layer.
   void validate(const MixerContext& context) const;
+  // The registry's stacking hook (ssm/mixer_registry.h): layer i is an attention layer when
+  // `every` divides i + 1. Registered after mlp and moe, so this rule wins where theirs also
+  // apply.
+  bool takes_layer(int64_t layer) const { return every > 0 && (layer + 1) % every == 0; }
   bool operator==(const AttentionOptions&) const = default;
 
   // The resolved head counts for a model of width d_model.

@@ -16,6 +16,7 @@
 #include "gradcheck.h"
 #include "ssm/attention.h"
 #include "ssm/kernels/attention.h"
+#include "ssm/mamba2.h"
 #include "ssm/mlp_mixer.h"
 #include "ssm/model.h"
 #include "user_error.h"
@@ -320,6 +321,17 @@ TEST_CASE("attention options: head geometry is checked against d_model, naming t
   // With heads given, the attention width need not equal d_model.
   o.head_dim = 8, o.heads = 2, o.kv_heads = 0;
   CHECK(build_language_model(spec, gen)->n_layer() == 2);
+  // attention.every: one attention layer in k of whatever the stack holds.
+  ModelSpec hybrid;
+  hybrid.model.mixer = "mamba2";
+  hybrid.model.n_layer = 8, hybrid.model.d_model = 16;
+  hybrid.model.mixers.get<AttentionOptions>().every = 4;
+  hybrid.model.mixers.get<Mamba2Options>().headdim = 8;
+  CHECK(layer_mixers(hybrid.model) ==
+        std::vector<std::string>{"mamba2", "mamba2", "mamba2", "attention", "mamba2", "mamba2", "mamba2", "attention"});
+  hybrid.model.mixers.get<AttentionOptions>().every = 9;
+  CHECK(contains(user_error_of([&] { validate(hybrid.model); }),
+                 "model.attention.every is 9 but model.n_layer is only 8"));
   MLPMixerOptions m;
   m.mlp_ratio = 8.0 / 3.0, m.mlp_multiple_of = 64;
   CHECK(mlp_hidden(m, 768) == 2048);
