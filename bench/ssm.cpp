@@ -2,12 +2,18 @@
 // PERF.md shapes, bf16 sequence tensors with fp32 parameters and state (the Mamba and
 // Mamba-2 block settings), timed with CUDA events on the compute stream after warm-up;
 // each row reports the median and its ratio to the official kernels' figure and to our
-// target (docs/perf_ssm.md).
+// target (docs/perf_ssm.md). Then the causal attention of the Transformer++ baseline
+// (bf16, head dim 64, 12 heads) at L 2048 and 8192: the fused kernel (causal_attention)
+// against attention composed from core ops, QK^T and PV as cuBLAS batched GEMMs with the
+// masked softmax between them (the L x L scores materialised), forward and
+// forward+backward, with TFLOP/s counted as FlashAttention-2 does (causal: half of
+// 4 B H L^2 D forward, 2.5x that backward).
 //
 // Inputs are drawn from normal distributions on the device (never zeros) and two input
 // sets are used in turn, so no run finds the previous run's inputs in L2 (each set is
 // larger than the 50 MB L2 at the full shapes).
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <iterator>
 #include <string>
@@ -18,6 +24,7 @@
 #include "core/backend.h"
 #include "core/ops.h"
 #include "core/tensor.h"
+#include "ssm/kernels/attention.h"
 #include "ssm/kernels/selective_scan.h"
 #include "ssm/kernels/ssd.h"
 
@@ -175,6 +182,61 @@ std::vector<Row> bench_ssd(const Options& o, int64_t B, int64_t L, int64_t H, in
   return {make_row(c, ms, 0)};
 }
 
+// Causal attention composed from core ops: per head S = q k^T * scale (cuBLAS batched GEMM),
+// masked_fill above the diagonal, softmax, o = P v (GEMM); q, k, v (B, L, H, D).
+Tensor composed_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& mask, double scale) {
+  const Tensor qh = q.permute({0, 2, 1, 3}).contiguous(), kt = k.permute({0, 2, 3, 1}).contiguous();
+  const Tensor vh = v.permute({0, 2, 1, 3}).contiguous();
+  const Tensor s = masked_fill(mul(matmul(qh, kt), scale), mask, -1e30);
+  return matmul(softmax(s, -1), vh).permute({0, 2, 1, 3});
+}
+
+struct AttnSet {
+  Tensor q, k, v;
+};
+
+// Fused and composed rows of one shape (B, L, H, D), forward or forward+backward.
+std::vector<Row> bench_attention(const Options& o, int64_t B, int64_t L, int64_t H, int64_t D, bool fwd_only) {
+  const Device dev = Device::cuda(o.device);
+  Generator gen(999);
+  std::vector<AttnSet> sets(2);
+  for (AttnSet& s : sets)
+    for (Tensor* t : {&s.q, &s.k, &s.v}) *t = Tensor::randn({B, L, H, D}, gen, DType::bf16, dev);
+  const Tensor dout = Tensor::randn({B, L, H, D}, gen, DType::bf16, dev);
+  std::vector<double> mask_host(static_cast<size_t>(L * L));
+  for (int64_t i = 0; i < L; ++i)
+    for (int64_t j = i + 1; j < L; ++j) mask_host[i * L + j] = 1.0;
+  const Tensor mask = Tensor::from_vector(mask_host, {L, L}).to(DType::bf16).to(dev);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  const int warmup = o.quick ? 1 : 3, reps = o.quick ? 3 : 10;
+  const std::string shape =
+      "B" + std::to_string(B) + " L" + std::to_string(L) + " H" + std::to_string(H) + " D" + std::to_string(D);
+  const double flops = 2.0 * B * H * L * L * D * (fwd_only ? 1.0 : 3.5);  // causal: half of 4 B H L^2 D (x 3.5)
+  auto time = [&](bool fused) {
+    auto op = [&](const AttnSet& s) {
+      return fused ? causal_attention(s.q, s.k, s.v, scale) : composed_attention(s.q, s.k, s.v, mask, scale);
+    };
+    if (fwd_only) {
+      NoGradGuard no_grad;
+      return median_ms(o.device, warmup, reps, [&](int i) { op(sets[i % 2]); });
+    }
+    for (AttnSet& s : sets)
+      for (Tensor* t : {&s.q, &s.k, &s.v}) t->requires_grad_();
+    return median_ms(o.device, warmup, reps, [&](int i) {
+      AttnSet& s = sets[i % 2];
+      backward(op(s), dout);
+      for (Tensor* t : {&s.q, &s.k, &s.v}) t->zero_grad();
+    });
+  };
+  const std::string kind = fwd_only ? "attention fwd" : "attention fwd+bwd";
+  const double fused_ms = time(true), composed_ms = time(false);
+  Row fused{kind + " (fused)", shape, fused_ms, {{"TFLOP/s", flops / (fused_ms * 1e-3) / 1e12}}};
+  fused.fields.push_back({"composed_ms", composed_ms});
+  fused.fields.push_back({"speedup_vs_composed", composed_ms / fused_ms});
+  Row composed{kind + " (composed cuBLAS)", shape, composed_ms, {{"TFLOP/s", flops / (composed_ms * 1e-3) / 1e12}}};
+  return {fused, composed};
+}
+
 std::string scan_shape(int64_t B, int64_t L, int64_t D, int64_t N) {
   return "B" + std::to_string(B) + " L" + std::to_string(L) + " D" + std::to_string(D) + " N" + std::to_string(N);
 }
@@ -260,9 +322,8 @@ std::vector<Row> run_ssm(const Options& o) {
   // the faster end is the reference. The last rows vary d_state and headdim at B8 L2048 (H
   // scaled so that H x P stays 1536), to show the cost of a larger state.
   const SsdCfg ssd_cfgs[] = {
-      {8, 2048, 64, 128, true, 0.64, 0.45},  {8, 2048, 64, 128, false, 3.86, 2.0},
-      {1, 65536, 64, 128, false, 5.32, 3.5}, {8, 2048, 64, 64, false, 0, 0},
-      {8, 2048, 64, 256, false, 0, 0},       {8, 2048, 128, 128, false, 0, 0},
+      {8, 2048, 64, 128, true, 0.64, 0.45}, {8, 2048, 64, 128, false, 3.86, 2.0}, {1, 65536, 64, 128, false, 5.32, 3.5},
+      {8, 2048, 64, 64, false, 0, 0},       {8, 2048, 64, 256, false, 0, 0},      {8, 2048, 128, 128, false, 0, 0},
   };
   for (size_t i = 0; i < (q ? 2 : std::size(ssd_cfgs)); ++i) {
     const SsdCfg& s = ssd_cfgs[i];
@@ -270,6 +331,20 @@ std::vector<Row> run_ssm(const Options& o) {
     const Case c{s.fwd_only ? "ssd_chunked fwd" : "ssd_chunked fwd+bwd", ssd_shape(B, L, Hs, s.P, s.N, Q),
                  q ? 0 : s.official, q ? 0 : s.target};
     if (selected(o, c)) add(bench_ssd(o, B, L, Hs, s.P, s.N, Q, s.fwd_only, c));
+  }
+  // Causal attention, 12 heads of 64 (Transformer++ 125M), 16k tokens per batch; --quick
+  // runs L 512.
+  struct AttnCfg {
+    int64_t B, L;
+  };
+  const AttnCfg attn_cfgs[] = {{8, 2048}, {2, 8192}};
+  for (size_t i = 0; i < (q ? 1 : std::size(attn_cfgs)); ++i) {
+    const int64_t B = q ? 1 : attn_cfgs[i].B, L = q ? 512 : attn_cfgs[i].L;
+    for (bool fwd_only : {true, false}) {
+      const Case c{fwd_only ? "attention fwd" : "attention fwd+bwd",
+                   "B" + std::to_string(B) + " L" + std::to_string(L) + " H12 D64", 0, 0};
+      if (selected(o, c)) add(bench_attention(o, B, L, 12, 64, fwd_only));
+    }
   }
   print_table(rows);
   return rows;

@@ -61,12 +61,11 @@ struct DataSection {
     v.field("task_tokens", task_tokens,
             "selective_copy: data tokens to copy (M); mqar: key-value pairs; induction: unused", ge(1));
     v.field("eval_seq_len", eval_seq_len,
-            "sequence length of evaluation, e.g. longer than training to test extrapolation; 0 = train.seq_len",
-            ge(0));
+            "sequence length of evaluation, e.g. longer than training to test extrapolation; 0 = train.seq_len", ge(0));
     v.field("pack_documents", pack_documents,
             "rows hold several documents, each begun by eot_token: every mixer restarts its state there, so no "
-            "document sees the one before it (SPECS section 12, docs/data.md); mamba, s6, mamba_lti, mamba2, mlp "
-            "and moe layers can, s4 and s4d cannot");
+            "document sees the one before it (SPECS section 12, docs/data.md); mamba, s6, mamba_lti, mamba2, mlp, "
+            "moe and attention layers can, s4 and s4d cannot");
     v.field("eot_token", eot_token,
             "the token that begins each document when pack_documents is on; -1 = the data's own: shards record it "
             "(prepare --eot), else 50256 (GPT-2's end-of-text) unless byte-level; text and synthetic data have "

@@ -13,6 +13,7 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "gradcheck.h"
+#include "ssm/attention.h"
 #include "ssm/mamba.h"
 #include "ssm/mamba2.h"
 #include "ssm/model.h"
@@ -181,6 +182,7 @@ TEST_CASE("the model factory builds every mixer and mixed stacks with the expect
     spec.model.vocab_size = 10, spec.model.d_model = 8, spec.model.n_layer = 2, spec.model.d_state = 4;
     spec.model.mixers.get<Mamba2Options>().headdim = 4;
     spec.model.mixers.get<Mamba2Options>().chunk_size = 4;
+    spec.model.mixers.get<AttentionOptions>().head_dim = 4;
     Generator gen(1);
     auto model = build_language_model(spec, gen);
     Tensor ids = Tensor::from_vector<int64_t>({1, 2, 3, 4, 5, 6}, {1, 6});

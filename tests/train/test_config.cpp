@@ -13,8 +13,8 @@
 #include <set>
 #include <sstream>
 
-#include "core/error.h"
 #include "core/backend.h"
+#include "core/error.h"
 #include "ssm/mamba.h"
 #include "ssm/mamba2.h"
 #include "ssm/mlp_mixer.h"
@@ -225,13 +225,13 @@ TEST_CASE("config out-of-range values and bad choices") {
   CHECK(contains(parse_error("optim:\n  betas: [0.9]\n"), ":2: optim.betas must have 2 elements, got 1"));
 
   const std::string choice = parse_error("model:\n  mixer: mambo\n");
-  CHECK(contains(choice,
-                 ":2: model.mixer must be one of {mamba, s6, mamba_lti, mamba2, s4, s4d, mlp, moe}, got 'mambo'"));
+  CHECK(contains(
+      choice,
+      ":2: model.mixer must be one of {mamba, s6, mamba_lti, mamba2, s4, s4d, mlp, moe, attention}, got 'mambo'"));
   CHECK(contains(choice, "did you mean 'mamba'?"));
-  CHECK(contains(parse_error("model:\n  n_layer: 2\n  layers: [mamba, attention]\n"),
+  CHECK(contains(parse_error("model:\n  n_layer: 2\n  layers: [mamba, retnet]\n"),
                  ":3: model.layers[1] must be one of {mamba,"));
-  CHECK(
-      contains(parse_error("model:\n  n_layer: 2\n  layers:\n    - mamba\n    - attention\n"), ":5: model.layers[1]"));
+  CHECK(contains(parse_error("model:\n  n_layer: 2\n  layers:\n    - mamba\n    - retnet\n"), ":5: model.layers[1]"));
   CHECK(contains(parse_error("train:\n  device: gpu\n"), ":2: train.device: expected cpu, cuda or cuda:N"));
   CHECK(contains(parse_error("train:\n  device: cuda:x\n"), "train.device"));
 }
@@ -391,7 +391,7 @@ TEST_CASE("config differences keys and resolved values") {
   CHECK_FALSE(device_problem("cuda:").empty());
   CHECK_FALSE(device_problem("cuda:-1").empty());
   CHECK_FALSE(device_problem("tpu").empty());
-  CHECK(std::find(mixer_names().begin(), mixer_names().end(), "attention") == mixer_names().end());
+  CHECK(std::find(mixer_names().begin(), mixer_names().end(), "retnet") == mixer_names().end());
 }
 
 TEST_CASE("config docs in docs/config.md match config_docs_markdown") {

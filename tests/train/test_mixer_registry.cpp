@@ -100,23 +100,25 @@ train: {batch_size: 2, seq_len: 16, log_every: 1, eval_every: 0, eval_batches: 1
 }  // namespace
 
 TEST_CASE("mixer registry: the built-in mixers and their options") {
-  CHECK(mixer_names() == std::vector<std::string>{"mamba", "s6", "mamba_lti", "mamba2", "s4", "s4d", "mlp", "moe"});
+  CHECK(mixer_names() ==
+        std::vector<std::string>{"mamba", "s6", "mamba_lti", "mamba2", "s4", "s4d", "mlp", "moe", "attention"});
   for (const auto& name : mixer_names()) {
     INFO(name);
     REQUIRE(find_mixer(name));
     CHECK(contains(mixer_summaries(), name + " ("));
   }
   CHECK(find_mixer("s6") == find_mixer("mamba"));  // one registration, one options struct
-  CHECK_FALSE(find_mixer("attention"));
+  CHECK_FALSE(find_mixer("retnet"));
   // Each registration's keys are config keys, under model or its section.
   const auto keys = config_keys();
-  for (const char* key : {"model.dt_rank", "model.headdim", "model.mlp_ratio", "model.s4.kernel", "model.moe.every"})
+  for (const char* key : {"model.dt_rank", "model.headdim", "model.mlp_ratio", "model.s4.kernel", "model.moe.every",
+                          "model.mlp_every", "model.attention.kv_heads"})
     CHECK_MESSAGE(std::find(keys.begin(), keys.end(), key) != keys.end(), key);
   // A name no registration holds is refused by the builder too.
   ModelSpec spec;
-  spec.model.mixer = "attention";
+  spec.model.mixer = "retnet";
   Generator gen(1);
-  CHECK(contains(user_error_of([&] { build_language_model(spec, gen); }), "unknown mixer 'attention'"));
+  CHECK(contains(user_error_of([&] { build_language_model(spec, gen); }), "unknown mixer 'retnet'"));
 }
 
 TEST_CASE("mixer registry: a mixer registered in a test is a config choice with keys, checks and reference") {
@@ -141,9 +143,10 @@ TEST_CASE("mixer registry: a mixer registered in a test is a config choice with 
         "shift.yaml (with overrides): model.shift.lag (5000) is too long for a shift layer");
   // The check runs for layers that use the mixer: with no shift layer the value is allowed.
   CHECK_NOTHROW(parse_config(kShiftYaml, "shift.yaml", {"model.shift.lag=5000", "model.mixer=mamba"}));
-  CHECK(contains(user_error_of([&] { parse_config(kShiftYaml, "shift.yaml", {"model.mixer=shfit"}); }),
-                 "model.mixer must be one of {mamba, s6, mamba_lti, mamba2, s4, s4d, mlp, moe, shift}, got 'shfit' "
-                 "(did you mean 'shift'?)"));
+  CHECK(contains(
+      user_error_of([&] { parse_config(kShiftYaml, "shift.yaml", {"model.mixer=shfit"}); }),
+      "model.mixer must be one of {mamba, s6, mamba_lti, mamba2, s4, s4d, mlp, moe, attention, shift}, got 'shfit' "
+      "(did you mean 'shift'?)"));
 
   // The reference (ssmtrain config --docs).
   const std::string docs = config_docs_markdown();
