@@ -212,28 +212,48 @@ TEST_CASE("moe_stack_weights CUDA equals the CPU (casts are exact roundings, 70 
   }
 }
 
+const BlockCase kBlockCases[] = {{8, 1, 1.0, DType::f32},  {8, 2, 1.25, DType::f32}, {8, 1, 0.0, DType::f32},
+                                 {32, 2, 0.0, DType::f32}, {8, 1, 0.5, DType::bf16}, {8, 2, 0.0, DType::bf16},
+                                 {32, 1, 1.0, DType::f32}};
+
+// The block cases' input: x (rounded to the device dtype once; the reference runs in f64 on
+// those values), drawn until every token's first k + 1 router probabilities are at least
+// 1e-4 apart, so rounding cannot make the two sides route differently. With 32 experts and
+// 74 tokens an unscaled draw has a gap below 1e-4 most of the time; x scaled by 4 spreads the
+// logits, and a few draws suffice. Returns an undefined tensor when 200 draws all fail.
+Tensor block_input(const BlockCase& c, Generator& gen) {
+  Generator g2(77);
+  MoEOptions o;
+  o.d_model = 16, o.num_experts = c.E, o.d_ff = 24, o.top_k = c.top_k;
+  SwitchMoE probe(o, g2);
+  probe.to(DType::f64);
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    const Tensor x = mul(random_tensor({2, 37, 16}, gen, DType::f64), 4.0).to(c.dtype).to(DType::f64);
+    if (routing_margin(probe, x) > 1e-4) return x;
+  }
+  return Tensor();
+}
+
+TEST_CASE("the Switch MoE block CUDA cases find inputs whose routing has a margin (checked on the CPU)") {
+  for (const BlockCase& c : kBlockCases) {
+    CAPTURE(c.E);
+    CAPTURE(c.top_k);
+    Generator gen(1000 + static_cast<uint64_t>(c.E) * 10 + static_cast<uint64_t>(c.top_k));
+    CHECK(block_input(c, gen).defined());
+  }
+}
+
 TEST_CASE("Switch MoE block CUDA matches the CPU in forward and backward (top-1, top-2, drops, dropless)") {
   if (!cuda_test_device()) return;
-  const BlockCase cases[] = {{8, 1, 1.0, DType::f32},  {8, 2, 1.25, DType::f32}, {8, 1, 0.0, DType::f32},
-                             {32, 2, 0.0, DType::f32}, {8, 1, 0.5, DType::bf16}, {8, 2, 0.0, DType::bf16},
-                             {32, 1, 1.0, DType::f32}};
-  for (const BlockCase& c : cases) {
+  for (const BlockCase& c : kBlockCases) {
     CAPTURE(c.E);
     CAPTURE(c.top_k);
     CAPTURE(c.capacity_factor);
     CAPTURE(dtype_name(c.dtype));
-    // x rounded to the device dtype once; the reference runs in f64 on those values.
     Generator gen(1000 + static_cast<uint64_t>(c.E) * 10 + static_cast<uint64_t>(c.top_k));
-    const Tensor x = random_tensor({2, 37, 16}, gen, DType::f64).to(c.dtype).to(DType::f64);
+    const Tensor x = block_input(c, gen);
+    REQUIRE(x.defined());
     const Tensor w = random_tensor({2, 37, 16}, gen, DType::f64).to(DType::bf16).to(DType::f64);
-    {
-      Generator g2(77);
-      MoEOptions o;
-      o.d_model = 16, o.num_experts = c.E, o.d_ff = 24, o.top_k = c.top_k;
-      SwitchMoE probe(o, g2);
-      probe.to(DType::f64);
-      REQUIRE(routing_margin(probe, x) > 1e-4);
-    }
     const BlockRun ref = run_block(c, Device::cpu(), DType::f64, x, w);
     const BlockRun dev = run_block(c, Device::cuda(), c.dtype, x, w);
     const Tolerance tol = c.dtype == DType::bf16 ? kBlockBf16 : kF32;
