@@ -1,0 +1,146 @@
+// The H3 and Hyena mixers on CUDA against the same mixers on the CPU in f64: forward output,
+// input gradient and every parameter gradient, on random data. Both mixers are compositions
+// of ops with CUDA kernels (linear, causal_conv1d, s4d_vandermonde_kernel, fft_conv by cuFFT,
+// sin and the elementwise ops), so these cases check the composition end to end: shapes
+// (L not a power of two, the FFT path of the H3 shift for widths > 4, several heads, orders
+// 1 to 3) and strided views between ops. Every case prints a visible skip without a GPU.
+//
+// Setup: two instances drawn from one seed in f32 (as in training); the reference is
+// converted to f64 on the CPU (exactly the device's f32 values), the other moved to the
+// GPU. The input is drawn in f64 and rounded once to the device dtype; the reference reads
+// those rounded values. The loss is sum <cast(out, f32), W> with W representable in the
+// output dtype, so both sides see identical output gradients. TF32 is off: f32 GEMMs round
+// like the CPU's.
+//
+// Tolerances (relative 2-norm error, max error relative to max |ref|; cuda_compare.h):
+//  - f32: every op of the chain rounds its result at 2^-24 = 6e-8 relative; the GEMMs over
+//    D <= 16 terms and the kernel generation (double inside, one f32 rounding) stay near that,
+//    and each f32 FFT convolution (n <= 200) adds eps log2(n) ~ 5e-7 of its output's norm
+//    (test_s4_cuda.cpp). A mixer chains at most 3 convolutions (Hyena of order 3) and ~10
+//    roundings; relative errors add through products and sums, ~3e-6 in the norm forward.
+//    Backward runs the transposed chain once more and sums over B L <= 128 positions, where
+//    random signs give sqrt-growth of the rounding but cancellation of the sum itself can
+//    lift the relative error of a small gradient by ~sqrt(B L) ~ 10: ~3e-5 in the worst
+//    parameter. Bounds 1e-4 norm, 1e-3 max (elementwise errors of FFT-based results spread
+//    evenly, a few times the rms relative to max |ref|): >= 3x over the estimate, while a
+//    wrong tap, head or sign is O(1).
+//  - bf16 input: the projections run in bf16 (operands and outputs rounded at 2^-9 = 2e-3,
+//    rms 2^-9 / sqrt(3) ~ 1.1e-3 per rounding) with the SSM part in f32. The forward rounds
+//    the input projection's weight and output, the gated product and the output projection's
+//    weight and output: ~5 independent roundings, sqrt(5) * 1.1e-3 = 2.5e-3 rms; backward
+//    doubles the count: ~3.5e-3. Bounds 1.5e-2 norm, 5e-2 max (the max over ~10^3 elements
+//    of an error with rms 3.5e-3 of rms |ref|, which is itself ~3x below max |ref|).
+#include <doctest/doctest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/backend.h"
+#include "cuda_compare.h"
+#include "gradcheck.h"
+#include "ssm/h3.h"
+#include "ssm/hyena.h"
+
+namespace ssmtrain {
+namespace {
+
+using namespace cuda_compare;
+
+constexpr Tolerance kMixerF32{1e-4, 1e-3};
+constexpr Tolerance kMixerBf16{1.5e-2, 5e-2};
+
+struct MixerPair {
+  std::shared_ptr<Mixer> ref, dev;
+};
+
+template <class M, class O>
+MixerPair mixer_pair(const O& options, uint64_t seed) {
+  Generator g1(seed), g2(seed);
+  MixerPair p{std::make_shared<M>(options, g1), std::make_shared<M>(options, g2)};
+  p.ref->to(DType::f64);
+  p.dev->to(Device::cuda());
+  return p;
+}
+
+void compare_mixers(const MixerPair& m, int64_t B, int64_t L, int64_t D, DType x_dtype, Tolerance tol,
+                    Generator& gen) {
+  set_allow_tf32(false);
+  const Tensor rounded = random_tensor({B, L, D}, gen, DType::f64).to(x_dtype);
+  Tensor xr = rounded.to(DType::f64).detach(), xd = rounded.to(Device::cuda()).detach();
+  xr.requires_grad_(), xd.requires_grad_();
+  m.ref->zero_grad(), m.dev->zero_grad();
+  clear_tape();
+  const Tensor yd = m.dev->forward(xd);
+  CHECK(yd.dtype() == x_dtype);
+  const Tensor W = random_tensor(yd.shape(), gen, DType::f64).to(x_dtype).to(DType::f64);
+  backward(sum(mul(cast(yd, DType::f32), W.to(DType::f32).to(Device::cuda()))));
+  const Tensor yr = m.ref->forward(xr);
+  backward(sum(mul(yr, W)));
+
+  CHECK(yd.device().is_cuda());
+  expect_near(yd.to(Device::cpu()), yr, tol, "out");
+  expect_near(xd.grad().to(Device::cpu()), xr.grad(), tol, "dx");
+  const auto pr = m.ref->named_parameters(), pd = m.dev->named_parameters();
+  REQUIRE(pr.size() == pd.size());
+  for (size_t i = 0; i < pr.size(); ++i) {
+    INFO("parameter ", pr[i].name);
+    REQUIRE(pr[i].tensor.grad().defined());
+    REQUIRE(pd[i].tensor.grad().defined());
+    expect_near(pd[i].tensor.grad().to(Device::cpu()), pr[i].tensor.grad(), tol, "d" + pr[i].name);
+  }
+}
+
+H3Options h3_options(int64_t D, int64_t N, int64_t P, int64_t W) {
+  H3Options o;
+  o.d_model = D, o.d_state = N, o.head_dim = P, o.shift_width = W;
+  return o;
+}
+
+HyenaOptions hyena_options(int64_t D, int64_t order, int64_t l_max) {
+  HyenaOptions o;
+  o.d_model = D, o.order = order, o.l_max = l_max, o.filter_emb_dim = 9, o.filter_width = 16;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("h3 mixer CUDA f32 matches the CPU in forward and backward") {
+  if (!cuda_test_device()) return;
+  Generator gen(1701);
+  struct Case {
+    int64_t B, L, D, N, P, W;
+  };
+  // Elementwise heads on the causal conv shift; 2 and 4 heads; the FFT shift (W = 6, 40).
+  for (const Case& c : {Case{2, 37, 8, 8, 1, 4}, Case{2, 64, 8, 16, 2, 3}, Case{1, 50, 16, 8, 4, 6},
+                        Case{2, 33, 8, 4, 2, 40}}) {
+    CAPTURE(c.L);
+    CAPTURE(c.P);
+    CAPTURE(c.W);
+    compare_mixers(mixer_pair<H3>(h3_options(c.D, c.N, c.P, c.W), 11 + c.L), c.B, c.L, c.D, DType::f32, kMixerF32,
+                   gen);
+  }
+}
+
+TEST_CASE("hyena mixer CUDA f32 matches the CPU in forward and backward") {
+  if (!cuda_test_device()) return;
+  Generator gen(1702);
+  struct Case {
+    int64_t B, L, D, order, l_max;
+  };
+  for (const Case& c : {Case{2, 37, 8, 2, 0}, Case{2, 64, 8, 1, 64}, Case{1, 45, 16, 3, 32}}) {
+    CAPTURE(c.L);
+    CAPTURE(c.order);
+    compare_mixers(mixer_pair<Hyena>(hyena_options(c.D, c.order, c.l_max), 21 + c.L), c.B, c.L, c.D, DType::f32,
+                   kMixerF32, gen);
+  }
+}
+
+TEST_CASE("h3 and hyena mixers CUDA bf16 match the CPU in forward and backward") {
+  if (!cuda_test_device()) return;
+  Generator gen(1703);
+  compare_mixers(mixer_pair<H3>(h3_options(16, 8, 2, 4), 31), 2, 40, 16, DType::bf16, kMixerBf16, gen);
+  compare_mixers(mixer_pair<Hyena>(hyena_options(16, 2, 0), 32), 2, 40, 16, DType::bf16, kMixerBf16, gen);
+}
+
+}  // namespace ssmtrain
