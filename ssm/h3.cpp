@@ -1,6 +1,7 @@
 #include "ssm/h3.h"
 
 #include <cmath>
+#include <complex>
 #include <vector>
 
 #include "core/ops.h"
@@ -64,10 +65,12 @@ Tensor H3::shift(const Tensor& k) {
   // Longer filters: the same taps as an fft_conv kernel. causal_conv1d's tap j multiplies the
   // input j - (W - 1) steps back, fft_conv's tap j the input j steps back: reverse the taps,
   // then cut or zero-pad them to L.
-  std::vector<int64_t> rev(static_cast<size_t>(W));
-  for (int64_t j = 0; j < W; ++j) rev[j] = W - 1 - j;
-  Tensor taps = index_select(as_dtype(shift_weight_, k.dtype()), 1,
-                             Tensor::from_vector(rev, {W}).to(shift_weight_.device()));
+  if (!reversed_taps_.defined() || reversed_taps_.device() != shift_weight_.device()) {
+    std::vector<int64_t> rev(static_cast<size_t>(W));
+    for (int64_t j = 0; j < W; ++j) rev[j] = W - 1 - j;
+    reversed_taps_ = Tensor::from_vector(rev, {W}).to(shift_weight_.device());  // once per device
+  }
+  Tensor taps = index_select(as_dtype(shift_weight_, k.dtype()), 1, reversed_taps_);
   Tensor K = W >= L ? taps.narrow(1, 0, L) : pad(taps, 1, 0, L - W);
   return fft_conv(k, K);
 }
@@ -99,12 +102,70 @@ Tensor H3::forward(const Tensor& x) {
   return linear(y, as_dtype(out_proj_->weight(), x.dtype()), as_dtype(out_proj_->bias(), x.dtype()));
 }
 
+namespace {
+
+struct H3State : MixerState {
+  Tensor keys;                    // (B, W, D) the last W inputs of the shift SSM, oldest first
+  Tensor Ar, Ai, Br, Bi, Cr, Ci;  // (H, 1, N2) Abar, Bbar, C
+  Tensor hr, hi;                  // (B, H, P * P, N2) the diagonal SSM's state
+};
+
+}  // namespace
+
+std::unique_ptr<MixerState> H3::init_state(int64_t batch, Device device, DType dtype) {
+  NoGradGuard ng;
+  (void)dtype;  // the state lives in the parameters' dtype, like the convolution mode
+  const DType pd = log_dt_.dtype();
+  const auto log_dt = log_dt_.to_vector<double>(), lar = log_A_real_.to_vector<double>();
+  const auto aim = A_imag_.to_vector<double>(), Bv = B_.to_vector<double>(), Cv = C_.to_vector<double>();
+  std::vector<double> ar(H_ * N2_), ai(H_ * N2_), br(H_ * N2_), bi(H_ * N2_), cr(H_ * N2_), ci(H_ * N2_);
+  for (int64_t h = 0; h < H_; ++h)
+    for (int64_t n = 0; n < N2_; ++n) {
+      const int64_t i = h * N2_ + n;
+      std::complex<double> z, E;
+      s4_discretize_mode({-std::exp(lar[i]), aim[i]}, std::exp(log_dt[h]), disc_, z, E);
+      const std::complex<double> bbar = E * std::complex<double>(Bv[2 * i], Bv[2 * i + 1]);
+      ar[i] = z.real(), ai[i] = z.imag(), br[i] = bbar.real(), bi[i] = bbar.imag();
+      cr[i] = Cv[2 * i], ci[i] = Cv[2 * i + 1];
+    }
+  auto put = [&](const std::vector<double>& v) { return Tensor::from_vector(v, {H_, 1, N2_}).to(pd).to(device); };
+  auto st = std::make_unique<H3State>();
+  st->Ar = put(ar), st->Ai = put(ai), st->Br = put(br), st->Bi = put(bi), st->Cr = put(cr), st->Ci = put(ci);
+  st->keys = Tensor::zeros({batch, opt_.shift_width, D_model_}, pd, device);
+  st->hr = Tensor::zeros({batch, H_, P_ * P_, N2_}, pd, device);
+  st->hi = Tensor::zeros({batch, H_, P_ * P_, N2_}, pd, device);
+  return st;
+}
+
+Tensor H3::step(const Tensor& x_t, MixerState& state) {
+  auto& s = dynamic_cast<H3State&>(state);
+  SSMT_CHECK(x_t.dim() == 2 && x_t.size(1) == D_model_, "h3: step input ", x_t.describe(), ": expected (B, ", D_model_,
+             ")");
+  NoGradGuard ng;
+  const int64_t Bsz = x_t.size(0), P = P_, H = H_, W = opt_.shift_width;
+  const DType pd = log_dt_.dtype();
+  Tensor qkv = linear(x_t, as_dtype(in_proj_->weight(), x_t.dtype()), as_dtype(in_proj_->bias(), x_t.dtype()));
+  auto parts = as_dtype(qkv, pd).chunk(3, -1);
+  const Tensor &q = parts[0], &v = parts[2];
+  // The shift SSM: the window of the last W keys against the taps (oldest first).
+  s.keys = W == 1 ? parts[1].unsqueeze(1).contiguous() : cat({s.keys.narrow(1, 1, W - 1), parts[1].unsqueeze(1)}, 1);
+  Tensor k = sum(s.keys * as_dtype(shift_weight_, pd).transpose(0, 1), {1});  // (B, D)
+  Tensor u = (k.view({Bsz, H, P, 1}) * v.view({Bsz, H, 1, P})).reshape({Bsz, H, P * P, 1});
+  Tensor hr = s.Ar * s.hr - s.Ai * s.hi + s.Br * u;
+  Tensor hi = s.Ar * s.hi + s.Ai * s.hr + s.Bi * u;
+  s.hr = hr, s.hi = hi;
+  Tensor S = sum(s.Cr * hr - s.Ci * hi, {3}) * 2.0 + D_.view({H, 1}) * u.squeeze(-1);  // (B, H, P * P)
+  Tensor y = sum(q.view({Bsz, H, P, 1}) * S.view({Bsz, H, P, P}), {2}).reshape({Bsz, D_model_});
+  y = as_dtype(y, x_t.dtype());
+  return linear(y, as_dtype(out_proj_->weight(), x_t.dtype()), as_dtype(out_proj_->bias(), x_t.dtype()));
+}
+
 void H3Options::validate(const MixerContext& c) const {
   SSMT_CHECK(dt_min <= dt_max, c.key("dt_min"), " (", format_number(dt_min), ") must not exceed ", c.key("dt_max"),
              " (", format_number(dt_max), ")");
   if (c.name.empty()) return;
-  SSMT_CHECK(c.d_model % head_dim == 0, c.key("head_dim"), " (", head_dim, ") must divide model.d_model (",
-             c.d_model, ") for h3 layers");
+  SSMT_CHECK(c.d_model % head_dim == 0, c.key("head_dim"), " (", head_dim, ") must divide model.d_model (", c.d_model,
+             ") for h3 layers");
   SSMT_CHECK(c.d_state >= 2 && c.d_state % 2 == 0, "model.d_state (", c.d_state,
              ") must be even and >= 2 for h3 layers (d_state / 2 complex modes of the diagonal SSM)");
 }

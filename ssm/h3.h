@@ -22,6 +22,9 @@
 // fft_conv (Eigen FFT / cuFFT) for the long convolution; the init of its modes is
 // s4_init_modes (S4D-Lin by default, as H3's reference code).
 //
+// Generation runs the same layer as a recurrence (step()): a window of the last W keys for
+// the shift SSM and the diagonal SSM's state per memory entry.
+//
 // Every step is an existing differentiable op with CPU and CUDA kernels, so the layer needs no
 // kernel of its own. The SSM part runs in the parameters' dtype (f32 master weights, f64 in
 // gradient checks), like S4; the projections in the input's.
@@ -71,8 +74,7 @@ struct H3Options {
             ge(1));
     v.field("init", init, "h3: init of the diagonal SSM's modes (S4D-Lin, S4D-Inv, S4D-Real or LegS)",
             one_of({"lin", "inv", "real", "legs"}));
-    v.field("discretization", discretization, "h3: discretization of the diagonal SSM",
-            one_of({"zoh", "bilinear"}));
+    v.field("discretization", discretization, "h3: discretization of the diagonal SSM", one_of({"zoh", "bilinear"}));
     v.field("dt_min", dt_min, "h3: log dt of the diagonal SSM is initialised uniform in [log dt_min, log dt_max]",
             gt(0));
     v.field("dt_max", dt_max, "h3: upper end of the dt init range", gt(0));
@@ -91,6 +93,13 @@ class H3 : public Mixer {
 
   Tensor forward(const Tensor& x) override;  // (B, L, D) -> (B, L, D)
 
+  // Generation: the shift SSM keeps its last shift_width inputs, the diagonal SSM the
+  // complex state (B, H, P * P, N2) of every memory entry, h <- Abar h + Bbar (k v^T)_t,
+  // read as 2 Re(C h) (the recurrence whose impulse response is the convolution kernel).
+  bool supports_step() const override { return true; }
+  std::unique_ptr<MixerState> init_state(int64_t batch, Device device, DType dtype) override;
+  Tensor step(const Tensor& x_t, MixerState& state) override;  // (B, D) -> (B, D)
+
   // The diagonal SSM's kernel for length L: (H, L) in the parameters' dtype (differentiable).
   Tensor ssm_kernel(int64_t L);
   // The shift SSM alone: k (B, L, D) -> (B, L, D), in k's dtype.
@@ -105,6 +114,7 @@ class H3 : public Mixer {
   int64_t D_model_, H_, P_, N2_;
   std::shared_ptr<Linear> in_proj_, out_proj_;
   Tensor shift_weight_, log_dt_, log_A_real_, A_imag_, B_, C_, D_;
+  Tensor reversed_taps_;  // (W) i64: W-1 .. 0, the index of the FFT shift path's taps
 };
 
 }  // namespace ssmtrain

@@ -46,8 +46,8 @@ std::vector<double> hyena_window(int64_t L, int64_t Lr, int64_t C, const HyenaOp
 Hyena::Hyena(const HyenaOptions& o, Generator& gen) : opt_(o) {
   SSMT_CHECK(o.d_model > 0, "hyena: d_model must be positive, got ", o.d_model);
   SSMT_CHECK(o.order >= 1, "model.hyena.order must be >= 1, got ", o.order);
-  SSMT_CHECK(o.filter_emb_dim >= 3 && o.filter_emb_dim % 2 == 1, "model.hyena.filter_emb_dim must be odd and >= 3, got ",
-             o.filter_emb_dim);
+  SSMT_CHECK(o.filter_emb_dim >= 3 && o.filter_emb_dim % 2 == 1,
+             "model.hyena.filter_emb_dim must be odd and >= 3, got ", o.filter_emb_dim);
   SSMT_CHECK(o.short_width >= 1 && o.short_width <= 4, "model.hyena.short_width must be in [1, 4], got ",
              o.short_width);
   D_ = o.d_model, N_ = o.order;
@@ -108,12 +108,58 @@ Tensor Hyena::forward(const Tensor& x) {
   Tensor proj = linear(x, as_dtype(in_proj_->weight(), x.dtype()), as_dtype(in_proj_->bias(), x.dtype()));
   Tensor uc = as_dtype(causal_conv1d(proj, short_conv_->weight, short_conv_->bias).out, pd);
   auto streams = uc.chunk(static_cast<int>(N_ + 1), -1);  // x_1 .. x_N, v
-  Tensor K = filters(L);                                   // (N D, L)
+  Tensor K = filters(L);                                  // (N D, L)
   Tensor z = streams[N_];
   for (int64_t n = 0; n < N_; ++n)
     z = streams[n] * (fft_conv(z, K.narrow(0, n * D_, D_)) + z * filter_bias_.select(0, n));
   z = as_dtype(z, x.dtype());
   return linear(z, as_dtype(out_proj_->weight(), x.dtype()), as_dtype(out_proj_->bias(), x.dtype()));
+}
+
+namespace {
+
+struct HyenaState : MixerState {
+  Tensor conv;                  // (B, (N+1) D, short_width - 1) the short conv's window
+  std::vector<Tensor> history;  // per long conv: (B, t, D) its inputs so far, newest first
+  Tensor taps;                  // (T, N D) the filters' first T >= t taps, tap-major
+  int64_t t = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<MixerState> Hyena::init_state(int64_t batch, Device device, DType dtype) {
+  SSMT_CHECK(opt_.l_max > 0,
+             "hyena: generation needs the filters' reference length: set model.hyena.l_max "
+             "(or train.seq_len, which the model builder uses)");
+  auto st = std::make_unique<HyenaState>();
+  st->conv = Tensor::zeros({batch, (N_ + 1) * D_, opt_.short_width - 1}, dtype, device);
+  st->history.resize(static_cast<size_t>(N_));
+  return st;
+}
+
+Tensor Hyena::step(const Tensor& x_t, MixerState& state) {
+  auto& s = dynamic_cast<HyenaState&>(state);
+  SSMT_CHECK(x_t.dim() == 2 && x_t.size(1) == D_, "hyena: step input ", x_t.describe(), ": expected (B, ", D_, ")");
+  NoGradGuard ng;
+  const DType pd = filter_bias_.dtype();
+  Tensor proj = linear(x_t, as_dtype(in_proj_->weight(), x_t.dtype()), as_dtype(in_proj_->bias(), x_t.dtype()));
+  Tensor uc = as_dtype(causal_conv1d_step(proj.contiguous(), s.conv, short_conv_->weight, short_conv_->bias), pd);
+  auto streams = uc.chunk(static_cast<int>(N_ + 1), -1);
+  if (!s.taps.defined() || s.taps.size(0) <= s.t) {  // the filters for twice the length so far
+    const int64_t T = std::max<int64_t>(opt_.l_max, 2 * (s.t + 1));
+    s.taps = filters(T).transpose(0, 1).contiguous();
+  }
+  const int64_t n_taps = s.t + 1;
+  Tensor z = streams[N_];
+  for (int64_t n = 0; n < N_; ++n) {
+    Tensor& hist = s.history[n];
+    hist = hist.defined() ? cat({z.unsqueeze(1), hist}, 1) : z.unsqueeze(1).contiguous();
+    Tensor conv = sum(hist * s.taps.narrow(0, 0, n_taps).narrow(1, n * D_, D_), {1});  // (B, D)
+    z = streams[n] * (conv + z * filter_bias_.select(0, n));
+  }
+  ++s.t;
+  z = as_dtype(z, x_t.dtype());
+  return linear(z, as_dtype(out_proj_->weight(), x_t.dtype()), as_dtype(out_proj_->bias(), x_t.dtype()));
 }
 
 void HyenaOptions::validate(const MixerContext& c) const {

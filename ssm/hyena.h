@@ -52,11 +52,11 @@ namespace ssmtrain {
 // from the model, l_max from train.seq_len when 0.
 struct HyenaOptions {
   int64_t d_model = 0;
-  int64_t order = 2;           // N
-  int64_t short_width = 3;     // taps of the short depthwise conv
-  int64_t filter_emb_dim = 33; // E (odd): t and (E - 1) / 2 cosine / sine bands
-  int64_t filter_width = 64;   // F
-  int64_t filter_layers = 2;   // inner Linear(F, F) + Sin layers
+  int64_t order = 2;            // N
+  int64_t short_width = 3;      // taps of the short depthwise conv
+  int64_t filter_emb_dim = 33;  // E (odd): t and (E - 1) / 2 cosine / sine bands
+  int64_t filter_width = 64;    // F
+  int64_t filter_layers = 2;    // inner Linear(F, F) + Sin layers
   double filter_sine_freq = 1.0;
   double fast_decay_pct = 0.3, slow_decay_pct = 1.5, decay_target = 1e-2;
   double window_shift = 0.0;
@@ -79,8 +79,7 @@ struct HyenaOptions {
             "hyena: the fastest window decays to decay_target after this fraction of l_max", gt(0));
     v.field("slow_decay_pct", slow_decay_pct,
             "hyena: the slowest window decays to decay_target after this fraction of l_max", gt(0));
-    v.field("decay_target", decay_target, "hyena: window value reached at the decay fractions above",
-            gt(0).lt(1));
+    v.field("decay_target", decay_target, "hyena: window value reached at the decay fractions above", gt(0).lt(1));
     v.field("window_shift", window_shift, "hyena: constant added to the exponential window", ge(0));
     v.field("l_max", l_max, "hyena: reference length of the filters' positions; 0 = train.seq_len", ge(0));
   }
@@ -101,6 +100,14 @@ class Hyena : public Mixer {
   Hyena(const HyenaOptions& options, Generator& gen);
 
   Tensor forward(const Tensor& x) override;  // (B, L, D) -> (B, L, D)
+
+  // Generation: the short conv keeps its window (causal_conv1d_step); each long convolution
+  // keeps the inputs it has seen (B, t, D) and sums them against its filter's first t taps,
+  // O(t) per token (the filters are not a recurrence). Needs l_max > 0 (the filters'
+  // reference length; the builder sets it from train.seq_len).
+  bool supports_step() const override { return true; }
+  std::unique_ptr<MixerState> init_state(int64_t batch, Device device, DType dtype) override;
+  Tensor step(const Tensor& x_t, MixerState& state) override;  // (B, D) -> (B, D)
 
   // The implicit long filters for length L: (N D, L), rows n D .. (n+1) D - 1 = h_{n+1}, in
   // the parameters' dtype on their device (differentiable).

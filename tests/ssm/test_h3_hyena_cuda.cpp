@@ -63,8 +63,7 @@ MixerPair mixer_pair(const O& options, uint64_t seed) {
   return p;
 }
 
-void compare_mixers(const MixerPair& m, int64_t B, int64_t L, int64_t D, DType x_dtype, Tolerance tol,
-                    Generator& gen) {
+void compare_mixers(const MixerPair& m, int64_t B, int64_t L, int64_t D, DType x_dtype, Tolerance tol, Generator& gen) {
   set_allow_tf32(false);
   const Tensor rounded = random_tensor({B, L, D}, gen, DType::f64).to(x_dtype);
   Tensor xr = rounded.to(DType::f64).detach(), xd = rounded.to(Device::cuda()).detach();
@@ -112,13 +111,12 @@ TEST_CASE("h3 mixer CUDA f32 matches the CPU in forward and backward") {
     int64_t B, L, D, N, P, W;
   };
   // Elementwise heads on the causal conv shift; 2 and 4 heads; the FFT shift (W = 6, 40).
-  for (const Case& c : {Case{2, 37, 8, 8, 1, 4}, Case{2, 64, 8, 16, 2, 3}, Case{1, 50, 16, 8, 4, 6},
-                        Case{2, 33, 8, 4, 2, 40}}) {
+  for (const Case& c :
+       {Case{2, 37, 8, 8, 1, 4}, Case{2, 64, 8, 16, 2, 3}, Case{1, 50, 16, 8, 4, 6}, Case{2, 33, 8, 4, 2, 40}}) {
     CAPTURE(c.L);
     CAPTURE(c.P);
     CAPTURE(c.W);
-    compare_mixers(mixer_pair<H3>(h3_options(c.D, c.N, c.P, c.W), 11 + c.L), c.B, c.L, c.D, DType::f32, kMixerF32,
-                   gen);
+    compare_mixers(mixer_pair<H3>(h3_options(c.D, c.N, c.P, c.W), 11 + c.L), c.B, c.L, c.D, DType::f32, kMixerF32, gen);
   }
 }
 
@@ -141,6 +139,29 @@ TEST_CASE("h3 and hyena mixers CUDA bf16 match the CPU in forward and backward")
   Generator gen(1703);
   compare_mixers(mixer_pair<H3>(h3_options(16, 8, 2, 4), 31), 2, 40, 16, DType::bf16, kMixerBf16, gen);
   compare_mixers(mixer_pair<Hyena>(hyena_options(16, 2, 0), 32), 2, 40, 16, DType::bf16, kMixerBf16, gen);
+}
+
+// Generation on CUDA: the recurrent H3 step (f32 state, ~L roundings of a decaying sum) and
+// the streaming Hyena step (direct sums over <= L taps) stay within the f32 bounds above.
+TEST_CASE("h3 and hyena step on CUDA match the CPU step") {
+  if (!cuda_test_device()) return;
+  set_allow_tf32(false);
+  Generator gen(1704);
+  const int64_t B = 2, L = 20, D = 8;
+  const std::vector<MixerPair> pairs = {mixer_pair<H3>(h3_options(D, 8, 2, 4), 41),
+                                        mixer_pair<Hyena>(hyena_options(D, 2, 16), 42)};
+  for (const MixerPair& m : pairs) {
+    const Tensor x = random_tensor({B, L, D}, gen, DType::f64).to(DType::f32);
+    auto sr = m.ref->init_state(B, Device::cpu(), DType::f64);
+    auto sd = m.dev->init_state(B, Device::cuda(), DType::f32);
+    std::vector<Tensor> yr, yd;
+    for (int64_t t = 0; t < L; ++t) {
+      const Tensor xt = x.select(1, t).contiguous();
+      yr.push_back(m.ref->step(xt.to(DType::f64), *sr));
+      yd.push_back(m.dev->step(xt.to(Device::cuda()), *sd).to(Device::cpu()));
+    }
+    expect_near(stack(yd, 1), stack(yr, 1), kMixerF32, "step outputs");
+  }
 }
 
 }  // namespace ssmtrain

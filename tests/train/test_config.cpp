@@ -226,7 +226,8 @@ TEST_CASE("config out-of-range values and bad choices") {
 
   const std::string choice = parse_error("model:\n  mixer: mambo\n");
   CHECK(contains(choice,
-                 ":2: model.mixer must be one of {mamba, s6, mamba_lti, mamba2, s4, s4d, mlp, moe}, got 'mambo'"));
+                 ":2: model.mixer must be one of {mamba, s6, mamba_lti, mamba2, s4, s4d, mlp, moe, h3, hyena}, got "
+                 "'mambo'"));
   CHECK(contains(choice, "did you mean 'mamba'?"));
   CHECK(contains(parse_error("model:\n  n_layer: 2\n  layers: [mamba, attention]\n"),
                  ":3: model.layers[1] must be one of {mamba,"));

@@ -100,7 +100,8 @@ train: {batch_size: 2, seq_len: 16, log_every: 1, eval_every: 0, eval_batches: 1
 }  // namespace
 
 TEST_CASE("mixer registry: the built-in mixers and their options") {
-  CHECK(mixer_names() == std::vector<std::string>{"mamba", "s6", "mamba_lti", "mamba2", "s4", "s4d", "mlp", "moe"});
+  CHECK(mixer_names() ==
+        std::vector<std::string>{"mamba", "s6", "mamba_lti", "mamba2", "s4", "s4d", "mlp", "moe", "h3", "hyena"});
   for (const auto& name : mixer_names()) {
     INFO(name);
     REQUIRE(find_mixer(name));
@@ -142,7 +143,7 @@ TEST_CASE("mixer registry: a mixer registered in a test is a config choice with 
   // The check runs for layers that use the mixer: with no shift layer the value is allowed.
   CHECK_NOTHROW(parse_config(kShiftYaml, "shift.yaml", {"model.shift.lag=5000", "model.mixer=mamba"}));
   CHECK(contains(user_error_of([&] { parse_config(kShiftYaml, "shift.yaml", {"model.mixer=shfit"}); }),
-                 "model.mixer must be one of {mamba, s6, mamba_lti, mamba2, s4, s4d, mlp, moe, shift}, got 'shfit' "
+                 "model.mixer must be one of {mamba, s6, mamba_lti, mamba2, s4, s4d, mlp, moe, h3, hyena, shift}, got 'shfit' "
                  "(did you mean 'shift'?)"));
 
   // The reference (ssmtrain config --docs).
