@@ -19,17 +19,20 @@
 //    (test_s4_cuda.cpp). A mixer chains at most 3 convolutions (Hyena of order 3) and ~10
 //    roundings; relative errors add through products and sums, ~3e-6 in the norm forward.
 //    Backward runs the transposed chain once more and sums over B L <= 128 positions, where
-//    random signs give sqrt-growth of the rounding but cancellation of the sum itself can
-//    lift the relative error of a small gradient by ~sqrt(B L) ~ 10: ~3e-5 in the worst
-//    parameter. Bounds 1e-4 norm, 1e-3 max (elementwise errors of FFT-based results spread
-//    evenly, a few times the rms relative to max |ref|): >= 3x over the estimate, while a
-//    wrong tap, head or sign is O(1).
-//  - bf16 input: the projections run in bf16 (operands and outputs rounded at 2^-9 = 2e-3,
-//    rms 2^-9 / sqrt(3) ~ 1.1e-3 per rounding) with the SSM part in f32. The forward rounds
-//    the input projection's weight and output, the gated product and the output projection's
-//    weight and output: ~5 independent roundings, sqrt(5) * 1.1e-3 = 2.5e-3 rms; backward
-//    doubles the count: ~3.5e-3. Bounds 1.5e-2 norm, 5e-2 max (the max over ~10^3 elements
-//    of an error with rms 3.5e-3 of rms |ref|, which is itself ~3x below max |ref|).
+//    cancellation of the sum can lift the relative error of a small gradient by ~sqrt(B L)
+//    ~ 10: ~3e-5 in the worst parameter. Bounds 1e-4 norm, 1e-3 max (elementwise errors of
+//    FFT-based results spread evenly, a few times the rms relative to max |ref|). The same
+//    shapes run with the CPU in f32 as the "device" measured at most 3.3e-6 on both
+//    measures, so the bounds hold >= 30x over rounding, while a wrong tap, head or sign is O(1).
+//  - bf16 input: the projections and the short conv run in bf16 (each rounding 2^-9 = 2e-3 at
+//    worst, ~1.1e-3 rms), the SSM part in f32. The longest path (backward through out_proj,
+//    the gates, the convolutions, the short conv and in_proj, weights cast to bf16 included)
+//    holds ~8 bf16 roundings in series: sqrt(8) * 1.1e-3 = 3e-3 rms; the SSM and filter
+//    parameter gradients are sums over B L positions that cancel to about a third of their
+//    terms' magnitude, which triples their relative error: ~1e-2. The CPU with bf16 inputs
+//    as the "device" measured, over 6 seeds of these two shapes, at most 1.2e-2 norm and
+//    1.5e-2 max (dlog_A_real, dA_imag, dlog_dt of H3; dshort_conv.weight of Hyena). Bounds
+//    3e-2 norm, 5e-2 max: 2.5x and 3.4x over that.
 #include <doctest/doctest.h>
 
 #include <memory>
@@ -48,7 +51,7 @@ namespace {
 using namespace cuda_compare;
 
 constexpr Tolerance kMixerF32{1e-4, 1e-3};
-constexpr Tolerance kMixerBf16{1.5e-2, 5e-2};
+constexpr Tolerance kMixerBf16{3e-2, 5e-2};
 
 struct MixerPair {
   std::shared_ptr<Mixer> ref, dev;
