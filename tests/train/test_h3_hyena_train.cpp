@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "data/synthetic.h"
 #include "ssm/h3.h"
 #include "ssm/hyena.h"
 #include "temp_dir.h"
@@ -61,6 +62,41 @@ TEST_CASE("h3, hyena and a hybrid stack learn a fixed batch") {
     const auto [first, last] = fit_fixed_batch(config);
     // ln 16 = 2.8 at the start; a period-7 sequence is learned far below it.
     CHECK(last < first - 0.5);
+  }
+}
+
+// Multi-query associative recall (SPECS section 7), the task H3's shift-and-diagonal SSM pair
+// was designed for: keys from [1, 8), values from [8, 16), 4 pairs in 32 tokens, fresh
+// batches every step. At the answers the loss starts near ln 16 = 2.77 (the untrained
+// model's ~2.3 already favours the frequent tokens); knowing that a value follows a queried
+// key gives ln 8 = 2.08, which both mixers reach within 150 steps. Recall itself (below
+// ln 8) takes longer training than a unit test affords and is not asserted here.
+TEST_CASE("h3 and hyena learn the layout of associative recall (mqar): the loss falls") {
+  for (const char* mixer : {"h3", "hyena"}) {
+    INFO(mixer);
+    const Config config = parse_config(kYaml, "h3_hyena.yaml",
+                                       {std::string("model.mixer=") + mixer, "model.d_model=32", "optim.lr=0.005"});
+    Generator gen(7);
+    auto model = build_language_model(model_spec(config), gen);
+    auto optimizer = make_optimizer(config, *model);
+    model->train();
+    SyntheticDataset data(SyntheticTask::mqar, 16, 4, 11, false, 0, 1);
+    double first = 0, last = 0;
+    const int steps = 150, window = 15;
+    for (int step = 0; step < steps; ++step) {
+      const Batch b = data.next(16, 32);
+      std::vector<int64_t> ids(b.inputs.begin(), b.inputs.end()), tg(b.targets.begin(), b.targets.end());
+      optimizer->zero_grad();
+      LMLoss out =
+          model->forward_loss(Tensor::from_vector(ids, {16, 32}), Tensor::from_vector(tg, {16, 32}), kIgnoreIndex);
+      backward(out.loss);
+      optimizer->step();
+      if (step < window) first += out.loss.item<double>() / window;
+      if (step >= steps - window) last += out.loss.item<double>() / window;
+    }
+    MESSAGE(std::string(mixer), ": mqar loss ", first, " -> ", last);
+    CHECK(last < first - 0.1);
+    CHECK(last < 2.2);
   }
 }
 
