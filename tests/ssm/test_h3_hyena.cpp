@@ -376,6 +376,20 @@ TEST_CASE("hyena step by step equals the full sequence, past its reference lengt
     for (int64_t t = 0; t < L; ++t) steps.push_back(m->step(x.select(1, t).contiguous(), *state));
     check_close(stack(steps, 1), full, 1e-9, 1e-10, "hyena step vs forward");
   }
+  // A short conv of one tap keeps an empty window.
+  {
+    HyenaOptions o;
+    o.d_model = 3, o.order = 2, o.l_max = 8, o.short_width = 1, o.filter_emb_dim = 5, o.filter_width = 4;
+    Generator g(77);
+    auto m1 = std::make_shared<Hyena>(o, g);
+    m1->to(DType::f64);
+    const Tensor x = random_tensor({1, 6, 3}, gen, DType::f64);
+    const Tensor full = m1->forward(x);
+    auto state = m1->init_state(1, Device::cpu(), DType::f64);
+    std::vector<Tensor> steps;
+    for (int64_t t = 0; t < 6; ++t) steps.push_back(m1->step(x.select(1, t).contiguous(), *state));
+    check_close(stack(steps, 1), full, 1e-9, 1e-10, "hyena step, short_width 1");
+  }
   // Without a reference length the filters of a stream are undefined.
   auto m = make_hyena(3, 2, 0, 75);
   CHECK_THROWS_AS(m->init_state(1, Device::cpu(), DType::f64), UserError);
