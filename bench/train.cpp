@@ -99,11 +99,14 @@ std::vector<TrainCase> full_cases() {
                {"train.recompute=block"}, 153.9e3, 20.0, 0});
   c.push_back({"mamba 48x1024 recompute=block", lm_yaml("mamba", 1024, 48, 50277, 8, 2048, "cuda"), "",
                {"train.recompute=block"}, 69.4e3, 30.1, 0});
+  // The long-convolution baselines (docs/h3_hyena.md) at the 129M Mamba's shape.
+  c.push_back({"h3 24x768", lm_yaml("h3", 768, 24, 50277, 8, 2048, "cuda", "  d_state: 64\n"), "", {}, 0, 0, 0});
+  c.push_back({"hyena 24x768", lm_yaml("hyena", 768, 24, 50277, 8, 2048, "cuda"), "", {}, 0, 0, 0});
   c.push_back({"mamba 12x768", lm_yaml("mamba", 768, 12, 50277, 8, 2048, "cuda"), "", {}, 282.7e3, 0, 0});
   c.push_back({"mamba 1x768", lm_yaml("mamba", 768, 1, 50277, 8, 2048, "cuda"), "", {}, 16384 / 22.4e-3, 0, 0});
   // The shipped configs at their own shapes (data replaced by random tokens of their vocabulary).
   for (const char* f : {"quickstart", "mamba_text", "mamba2_text", "moe_mamba_text", "selective_copy_mamba",
-                        "selective_copy_s6", "selective_copy_s4", "induction_mamba"})
+                        "selective_copy_s6", "selective_copy_s4", "induction_mamba", "h3_text", "hyena_text"})
     c.push_back({std::string("config ") + f, "", std::string("configs/") + f + ".yaml", {"train.device=cuda"}, 0, 0, 0});
   return c;
 }
@@ -121,6 +124,8 @@ std::vector<TrainCase> quick_cases(bool cuda) {
     c.push_back({"quick moe-mamba 2x64 " + d, lm_yaml("mamba", 64, 2, 256, 2, 64, d, moe), "", {}, 0, 0, 0});
     c.push_back({"quick moe-mamba 2x64 top-2 dropless " + d, lm_yaml("mamba", 64, 2, 256, 2, 64, d, moe), "",
                  {"model.moe.top_k=2", "model.moe.capacity_factor=0"}, 0, 0, 0});
+    c.push_back({"quick h3 2x64 " + d, lm_yaml("h3", 64, 2, 256, 2, 64, d, "  h3:\n    head_dim: 2\n"), "", {}, 0, 0, 0});
+    c.push_back({"quick hyena 2x64 " + d, lm_yaml("hyena", 64, 2, 256, 2, 64, d), "", {}, 0, 0, 0});
   }
   return c;
 }

@@ -129,7 +129,8 @@ const char* unary_op_name(UnaryOp op) {
   static const char* names[] = {"neg",        "exp",        "log",         "log1p",       "sqrt",
                                 "rsqrt",      "square",     "abs",         "sigmoid",     "softplus",
                                 "silu",       "gelu",       "tanh",        "relu",        "add_scalar",
-                                "mul_scalar", "rsub_scalar", "rdiv_scalar", "pow_scalar", "clamp"};
+                                "mul_scalar", "rsub_scalar", "rdiv_scalar", "pow_scalar", "clamp",
+                                "sin"};
   return names[static_cast<int>(op)];
 }
 

@@ -27,6 +27,7 @@ enum class UnaryOp : uint8_t {
   rdiv_scalar, // p0 / x
   pow_scalar,  // x ^ p0
   clamp,       // min(max(x, p0), p1)
+  sin,
 };
 const char* unary_op_name(UnaryOp op);
 

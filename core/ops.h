@@ -40,6 +40,7 @@ Tensor silu(const Tensor& x);
 Tensor gelu(const Tensor& x);      // tanh approximation
 Tensor tanh(const Tensor& x);
 Tensor relu(const Tensor& x);
+Tensor sin(const Tensor& x);  // the sine activation of Hyena's implicit filters
 
 // Comparisons: 1/0 in a's dtype, never differentiable.
 Tensor eq(const Tensor& a, const Tensor& b);

@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "ssm/attention.h"
+#include "ssm/h3.h"
+#include "ssm/hyena.h"
 #include "ssm/mamba.h"
 #include "ssm/mamba2.h"
 #include "ssm/mlp_mixer.h"
@@ -16,6 +18,7 @@ namespace {
 // The built-in mixers, in the order the reference lists them: one line per registration.
 MixerEntry (*const kBuiltinMixers[])() = {
     mamba_mixer_entry, mamba2_mixer_entry, s4_mixer_entry, mlp_mixer_entry, moe_mixer_entry, attention_mixer_entry,
+    h3_mixer_entry,    hyena_mixer_entry,
 };
 
 struct Registry {

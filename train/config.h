@@ -95,7 +95,10 @@ struct OptimSection {
             "decoupled weight decay of the weight matrices; biases, norms and SSM parameters get none", ge(0));
     v.field("momentum", momentum, "sgd: momentum", ge(0).lt(1));
     v.field("grad_clip", grad_clip, "clip the global gradient norm to this; 0 = off", ge(0));
-    v.field("ssm_lr", ssm_lr, "learning rate of the SSM parameters of s4/s4d layers; 0 = model.s4.lr", ge(0));
+    v.field("ssm_lr", ssm_lr,
+            "learning rate of the ssm-tagged parameters (s4/s4d SSMs, h3's diagonal SSM, hyena's filters); "
+            "0 = model.s4.lr",
+            ge(0));
   }
   bool operator==(const OptimSection&) const = default;
 };

@@ -40,6 +40,7 @@ void unary_typed(UnaryOp op, const Tensor& x, const Tensor& out, acc_t<T> p0, ac
     case UnaryOp::rdiv_scalar: return run([=](A v) { return p0 / v; });
     case UnaryOp::pow_scalar: return run([=](A v) { return std::pow(v, p0); });
     case UnaryOp::clamp: return run([=](A v) { return std::min(std::max(v, p0), p1); });
+    case UnaryOp::sin: return run([](A v) { return std::sin(v); });
   }
   SSMT_ASSERT(false, "unary: unknown op ", static_cast<int>(op));
 }
@@ -75,6 +76,7 @@ void unary_backward_typed(UnaryOp op, const Tensor& x, const Tensor& gy, const T
     case UnaryOp::rdiv_scalar: return run([=](A v) { return -p0 / (v * v); });
     case UnaryOp::pow_scalar: return run([=](A v) { return p0 * std::pow(v, p0 - A(1)); });
     case UnaryOp::clamp: return run([=](A v) { return v >= p0 && v <= p1 ? A(1) : A(0); });
+    case UnaryOp::sin: return run([](A v) { return std::cos(v); });
   }
   SSMT_ASSERT(false, "unary_backward: unknown op ", static_cast<int>(op));
 }

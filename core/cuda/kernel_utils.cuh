@@ -69,6 +69,10 @@ __device__ __forceinline__ float d_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double d_sqrt(double x) { return sqrt(x); }
 __device__ __forceinline__ float d_tanh(float x) { return tanhf(x); }
 __device__ __forceinline__ double d_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float d_sin(float x) { return sinf(x); }
+__device__ __forceinline__ double d_sin(double x) { return sin(x); }
+__device__ __forceinline__ float d_cos(float x) { return cosf(x); }
+__device__ __forceinline__ double d_cos(double x) { return cos(x); }
 __device__ __forceinline__ float d_pow(float x, float p) { return powf(x, p); }
 __device__ __forceinline__ double d_pow(double x, double p) { return pow(x, p); }
 __device__ __forceinline__ float d_abs(float x) { return fabsf(x); }

@@ -13,7 +13,8 @@ namespace ssmtrain::cuda_detail {
 // Every UnaryOp, for switch generation.
 #define SSMT_CUDA_UNARY_OPS(X)                                                                       \
   X(neg) X(exp) X(log) X(log1p) X(sqrt) X(rsqrt) X(square) X(abs) X(sigmoid) X(softplus) X(silu) \
-  X(gelu) X(tanh) X(relu) X(add_scalar) X(mul_scalar) X(rsub_scalar) X(rdiv_scalar) X(pow_scalar) X(clamp)
+  X(gelu) X(tanh) X(relu) X(add_scalar) X(mul_scalar) X(rsub_scalar) X(rdiv_scalar) X(pow_scalar) X(clamp) \
+  X(sin)
 
 #define SSMT_CUDA_BINARY_OPS(X) X(add) X(sub) X(mul) X(div) X(maximum) X(minimum) X(eq) X(ne) X(lt) X(le) X(gt) X(ge)
 
@@ -40,6 +41,7 @@ __device__ __forceinline__ A unary_value(A x, A p0, A p1) {
   else if constexpr (OP == U::rdiv_scalar) return p0 / x;
   else if constexpr (OP == U::pow_scalar) return d_pow(x, p0);
   else if constexpr (OP == U::clamp) return x < p0 ? p0 : (x > p1 ? p1 : x);
+  else if constexpr (OP == U::sin) return d_sin(x);
 }
 
 // gy * f'(x).
@@ -70,6 +72,7 @@ __device__ __forceinline__ A unary_grad(A x, A gy, A p0, A p1) {
   else if constexpr (OP == U::rdiv_scalar) return -gy * p0 / (x * x);
   else if constexpr (OP == U::pow_scalar) return gy * p0 * d_pow(x, p0 - A(1));
   else if constexpr (OP == U::clamp) return (x >= p0 && x <= p1) ? gy : A(0);
+  else if constexpr (OP == U::sin) return gy * d_cos(x);
 }
 
 // a op b in the compute type; comparisons give 1 or 0.

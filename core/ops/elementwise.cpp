@@ -107,6 +107,7 @@ Tensor silu(const Tensor& x) { return unary_op(UnaryOp::silu, x); }
 Tensor gelu(const Tensor& x) { return unary_op(UnaryOp::gelu, x); }
 Tensor tanh(const Tensor& x) { return unary_op(UnaryOp::tanh, x); }
 Tensor relu(const Tensor& x) { return unary_op(UnaryOp::relu, x); }
+Tensor sin(const Tensor& x) { return unary_op(UnaryOp::sin, x); }
 
 Tensor clamp(const Tensor& x, double lo, double hi) {
   SSMT_CHECK(lo <= hi, "clamp of ", x.describe(), ": lower bound ", lo, " exceeds upper bound ", hi);

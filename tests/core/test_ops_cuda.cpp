@@ -106,6 +106,7 @@ std::vector<DeviceCase> elementwise_cases(Generator& g) {
       {"gelu", u(gelu), {x}},
       {"tanh", u(tanh), {x}},
       {"relu", u(relu), {x}},
+      {"sin", [](const std::vector<Tensor>& in) { return sin(in[0] * 3.0); }, {x}},
       {"pow", [](const std::vector<Tensor>& in) { return pow(in[0], 1.7); }, {pos}},
       {"clamp", [](const std::vector<Tensor>& in) { return clamp(in[0], -0.5, 0.8); }, {x}},
       {"scalar arithmetic", [](const std::vector<Tensor>& in) { return (2.0 - in[0] * 3.0 + 1.0) / 2.0; }, {x}},

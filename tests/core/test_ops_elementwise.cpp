@@ -46,6 +46,7 @@ std::vector<UnaryCase> unary_cases() {
       {"gelu", [](const Tensor& x) { return gelu(x); }, gelu_tanh, -4, 4, {}},
       {"tanh", [](const Tensor& x) { return tanh(x); }, [](double x) { return std::tanh(x); }, -3, 3, {}},
       {"relu", [](const Tensor& x) { return relu(x); }, [](double x) { return x > 0 ? x : 0; }, -2, 2, {0}},
+      {"sin", [](const Tensor& x) { return sin(x); }, [](double x) { return std::sin(x); }, -4, 4, {}},
       {"add scalar", [](const Tensor& x) { return x + 0.75; }, [](double x) { return x + 0.75; }, -2, 2, {}},
       {"sub scalar", [](const Tensor& x) { return x - 0.75; }, [](double x) { return x - 0.75; }, -2, 2, {}},
       {"mul scalar", [](const Tensor& x) { return x * -1.25; }, [](double x) { return x * -1.25; }, -2, 2, {}},

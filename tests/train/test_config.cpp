@@ -225,9 +225,9 @@ TEST_CASE("config out-of-range values and bad choices") {
   CHECK(contains(parse_error("optim:\n  betas: [0.9]\n"), ":2: optim.betas must have 2 elements, got 1"));
 
   const std::string choice = parse_error("model:\n  mixer: mambo\n");
-  CHECK(contains(
-      choice,
-      ":2: model.mixer must be one of {mamba, s6, mamba_lti, mamba2, s4, s4d, mlp, moe, attention}, got 'mambo'"));
+  CHECK(contains(choice,
+                 ":2: model.mixer must be one of {mamba, s6, mamba_lti, mamba2, s4, s4d, mlp, moe, attention, h3, "
+                 "hyena}, got 'mambo'"));
   CHECK(contains(choice, "did you mean 'mamba'?"));
   CHECK(contains(parse_error("model:\n  n_layer: 2\n  layers: [mamba, retnet]\n"),
                  ":3: model.layers[1] must be one of {mamba,"));

@@ -101,7 +101,8 @@ train: {batch_size: 2, seq_len: 16, log_every: 1, eval_every: 0, eval_batches: 1
 
 TEST_CASE("mixer registry: the built-in mixers and their options") {
   CHECK(mixer_names() ==
-        std::vector<std::string>{"mamba", "s6", "mamba_lti", "mamba2", "s4", "s4d", "mlp", "moe", "attention"});
+        std::vector<std::string>{"mamba", "s6", "mamba_lti", "mamba2", "s4", "s4d", "mlp", "moe", "attention", "h3",
+                                 "hyena"});
   for (const auto& name : mixer_names()) {
     INFO(name);
     REQUIRE(find_mixer(name));
@@ -143,10 +144,9 @@ TEST_CASE("mixer registry: a mixer registered in a test is a config choice with 
         "shift.yaml (with overrides): model.shift.lag (5000) is too long for a shift layer");
   // The check runs for layers that use the mixer: with no shift layer the value is allowed.
   CHECK_NOTHROW(parse_config(kShiftYaml, "shift.yaml", {"model.shift.lag=5000", "model.mixer=mamba"}));
-  CHECK(contains(
-      user_error_of([&] { parse_config(kShiftYaml, "shift.yaml", {"model.mixer=shfit"}); }),
-      "model.mixer must be one of {mamba, s6, mamba_lti, mamba2, s4, s4d, mlp, moe, attention, shift}, got 'shfit' "
-      "(did you mean 'shift'?)"));
+  CHECK(contains(user_error_of([&] { parse_config(kShiftYaml, "shift.yaml", {"model.mixer=shfit"}); }),
+                 "model.mixer must be one of {mamba, s6, mamba_lti, mamba2, s4, s4d, mlp, moe, attention, h3, hyena, "
+                 "shift}, got 'shfit' (did you mean 'shift'?)"));
 
   // The reference (ssmtrain config --docs).
   const std::string docs = config_docs_markdown();
