@@ -5,7 +5,7 @@
 
 1. ssmtrain -> transformers: trains a Mamba (configs/quickstart.yaml) and a Mamba-2
    (configs/mamba2_text.yaml, shrunk to 2 layers, 2 groups, chunks shorter than the input)
-   for a few steps on the CPU, exports each with `ssmtrain export --format hf`, loads the
+   for a few steps on the CPU, on the repository's docs as text, exports each with `ssmtrain export --format hf`, loads the
    directory with MambaForCausalLM / Mamba2ForCausalLM.from_pretrained (no missing or
    unexpected tensors allowed) and compares its logits with `ssmtrain logits` on the same
    tokens.
@@ -146,9 +146,22 @@ def mamba_ssm_to_hf(path, dst, hf_config_dir):
     shutil.copy(os.path.join(hf_config_dir, "config.json"), dst)
 
 
-def train_small(ssmtrain, config, run_dir, overrides):
+def training_text(workdir):
+    """The repository's docs as one text file: real text on any checkout, so the check does not
+    depend on the gcide dictionary package the shipped configs read."""
+    path = os.path.join(workdir, "docs.txt")
+    with open(path, "w", encoding="utf-8") as out:
+        docs = os.path.join(ROOT, "docs")
+        for name in sorted(os.listdir(docs)):
+            if name.endswith(".md"):
+                with open(os.path.join(docs, name), encoding="utf-8") as f:
+                    out.write(f.read())
+    return path
+
+
+def train_small(ssmtrain, config, run_dir, overrides, text):
     run([ssmtrain, "train", config, "--run-dir", run_dir, "--quiet", "train.eval_every=0", "train.sample_tokens=0",
-         "train.device=cpu", "train.precision=fp32", "schedule.warmup_steps=2"] + overrides)
+         "train.device=cpu", "train.precision=fp32", "schedule.warmup_steps=2", "data.path=" + text] + overrides)
     ckpts = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
     return os.path.join(run_dir, "checkpoints", ckpts[-1])
 
@@ -164,6 +177,7 @@ def main():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
+    text = training_text(workdir)
 
     # 1 and 2: trained ssmtrain models out.
     exports = [
@@ -174,7 +188,7 @@ def main():
           "model.chunk_size=32"], 2),
     ]
     for mixer, cls, config, overrides, n_layer in exports:
-        ckpt = train_small(ssmtrain, config, os.path.join(workdir, f"run_{mixer}"), overrides)
+        ckpt = train_small(ssmtrain, config, os.path.join(workdir, f"run_{mixer}"), overrides, text)
         ids = rng.integers(0, 256, size=128)  # byte-level models; 128 tokens = 4 SSD chunks of 32
         ours = ours_logits(ssmtrain, ckpt, ids, workdir)
         hf_dir = os.path.join(workdir, f"export_{mixer}_hf")
