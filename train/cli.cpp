@@ -58,7 +58,8 @@ const std::vector<Command>& commands() {
        "[--tokenizer tokenizer.json]",
        "Turn text files (plain or .gz) into token shards (llm.c format) with a train/val split.\n"
        "Tokens are bytes, or with --tokenizer the ids of a byte-level BPE tokenizer.json (GPT-2, GPT-NeoX),\n"
-       "encoded on every core; each file is one document.\n"
+       "encoded on every core; each file is one document. An --input may be a directory (every file\n"
+       "below it, in path order) or @LIST (a file naming one input per line).\n"
        "--eot ID puts that token (a byte without --tokenizer) before every document (each input file's\n"
        "part) and records it in the shard headers, for data.pack_documents (docs/data.md); with a\n"
        "tokenizer its <|endoftext|> is the default.",

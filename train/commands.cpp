@@ -1,5 +1,6 @@
 // The subcommands of `ssmtrain` (train/cli.h): each turns parsed arguments into a call of
 // the trainer, the evaluator, the generator or the data preparation.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -206,10 +207,37 @@ int cmd_prepare(const Args& args) {
              args.positionals.empty() ? "" : args.positionals[0], "' (input files follow --input)");
   SSMT_CHECK(args.has("--input"), "ssmtrain prepare: --input FILE... is required");
   SSMT_CHECK(args.has("--output"), "ssmtrain prepare: --output DIR is required");
+  // Each --input is a file, a directory (every regular file below it, in path order: a source
+  // tree becomes one document per file) or @LIST (a file naming one input per line).
   std::vector<std::string> inputs;
+  auto add = [&](const std::string& path) {
+    std::error_code ec;
+    if (!fs::is_directory(path, ec)) {
+      inputs.push_back(path);
+      return;
+    }
+    std::vector<std::string> files;
+    for (auto it = fs::recursive_directory_iterator(path, fs::directory_options::skip_permission_denied, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
+      if (it->is_regular_file(ec)) files.push_back(it->path().string());
+    SSMT_CHECK(!ec, "--input: cannot list the directory '", path, "': ", ec.message());
+    SSMT_CHECK(!files.empty(), "--input: the directory '", path, "' holds no files");
+    std::sort(files.begin(), files.end());
+    inputs.insert(inputs.end(), files.begin(), files.end());
+  };
   std::istringstream in(args.get("--input"));
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) inputs.push_back(line);
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    if (line[0] != '@') {
+      add(line);
+      continue;
+    }
+    std::ifstream list(line.substr(1));
+    SSMT_CHECK(list.good(), "--input: cannot read the list '", line.substr(1), "'");
+    for (std::string path; std::getline(list, path);)
+      if (!path.empty()) add(path);
+  }
+  SSMT_CHECK(!inputs.empty(), "--input: no input files");
   const int64_t shard_tokens = args.get_int("--shard-tokens", 100'000'000);
   SSMT_CHECK(shard_tokens >= 1, "--shard-tokens: must be >= 1, got ", shard_tokens);
   const double val_fraction = args.get_double("--val-fraction", 0.01);
