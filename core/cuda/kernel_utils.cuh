@@ -8,9 +8,11 @@
 
 #include <cstdint>
 #include <limits>
+#include <string>
 #include <type_traits>
 
 #include "core/dtype.h"
+#include "core/error.h"
 
 namespace ssmtrain::cuda_detail {
 
@@ -141,5 +143,24 @@ constexpr int kRowBlockThreads = 256;  // threads of a block-per-row launch
 constexpr int kWarpRowsPerBlock = 8;   // warps (rows in flight) of a warp-per-row launch
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Calls fn(T{}) with T = bf16, float or double for `dtype`; a UserError naming `op` for any
+// other dtype. The host-side switch of kernels templated on their element type.
+template <typename Fn>
+void with_float_type(DType dtype, const char* op, Fn&& fn) {
+  switch (dtype) {
+    case DType::bf16:
+      fn(bf16{});
+      return;
+    case DType::f32:
+      fn(float{});
+      return;
+    case DType::f64:
+      fn(double{});
+      return;
+    default:
+      throw UserError(std::string(op) + " (CUDA): unsupported dtype " + dtype_name(dtype));
+  }
+}
 
 }  // namespace ssmtrain::cuda_detail

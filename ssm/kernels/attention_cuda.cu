@@ -111,19 +111,7 @@ void rotary_launch(const RotaryParams& p, int device) {
     rotary_kernel<T, kBackward><<<blocks, threads, 0, stream>>>(p);
     CUDA_CHECK_LAUNCH();
   };
-  switch (p.dtype) {
-    case DType::bf16:
-      run(bf16{});
-      break;
-    case DType::f32:
-      run(float{});
-      break;
-    case DType::f64:
-      run(double{});
-      break;
-    default:
-      SSMT_CHECK(false, "rotary_embedding (CUDA): unsupported dtype ", dtype_name(p.dtype));
-  }
+  cuda_detail::with_float_type(p.dtype, "rotary_embedding", run);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -811,19 +799,7 @@ void with_generic(const AttentionParams& p, F&& f) {
     else
       f(tag, std::integral_constant<int, 8>{});
   };
-  switch (p.dtype) {
-    case DType::bf16:
-      by_width(bf16{});
-      break;
-    case DType::f32:
-      by_width(float{});
-      break;
-    case DType::f64:
-      by_width(double{});
-      break;
-    default:
-      SSMT_CHECK(false, "causal_attention (CUDA): unsupported dtype ", dtype_name(p.dtype));
-  }
+  cuda_detail::with_float_type(p.dtype, "causal_attention", by_width);
 }
 
 unsigned tiles(int64_t n, int64_t tile) { return static_cast<unsigned>((n + tile - 1) / tile); }
@@ -919,19 +895,7 @@ void attention_bwd_cuda(const AttentionParams& p, int device) {
       }
     });
   };
-  switch (p.dtype) {
-    case DType::bf16:
-      run(bf16{});
-      break;
-    case DType::f32:
-      run(float{});
-      break;
-    case DType::f64:
-      run(double{});
-      break;
-    default:
-      SSMT_CHECK(false, "causal_attention (CUDA): unsupported dtype ", dtype_name(p.dtype));
-  }
+  cuda_detail::with_float_type(p.dtype, "causal_attention", run);
 }
 
 void rotary_fwd_cuda(const RotaryParams& p, int device) { rotary_launch<false>(p, device); }
