@@ -294,10 +294,30 @@ std::string scaling_fit_problem(const std::vector<ScalingPoint>& points) {
   std::vector<double> ns, ds;
   for (const auto& p : points) ns.push_back(p.n), ds.push_back(p.d);
   const size_t n = distinct(ns, 0.01), d = distinct(ds, 0.01);
-  if (n >= 3 && d >= 3) return "";
-  return "the runs cannot identify L(N, D) = E + A/N^alpha + B/D^beta: it needs at least 3 distinct model sizes N "
-         "and 3 distinct token counts D, these have " +
-         std::to_string(n) + " and " + std::to_string(d) + "; add values to the grid";
+  if (n < 3 || d < 3)
+    return "the runs cannot identify L(N, D) = E + A/N^alpha + B/D^beta: it needs at least 3 distinct model sizes N "
+           "and 3 distinct token counts D, these have " +
+           std::to_string(n) + " and " + std::to_string(d) + "; add values to the grid";
+  // D a power of N (a Chinchilla ladder, D = 20 N): log D is a linear function of log N, so
+  // A/N^alpha and B/D^beta are the same curve along the runs and trade off freely. The
+  // squared correlation of log N and log D says how close to that the runs are.
+  double mn = 0, md = 0;
+  for (const auto& p : points) mn += std::log(p.n), md += std::log(p.d);
+  mn /= static_cast<double>(points.size()), md /= static_cast<double>(points.size());
+  double snn = 0, sdd = 0, snd = 0;
+  for (const auto& p : points) {
+    const double a = std::log(p.n) - mn, b = std::log(p.d) - md;
+    snn += a * a, sdd += b * b, snd += a * b;
+  }
+  const double r2 = snd * snd / (snn * sdd);
+  if (r2 <= 0.99) return "";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.4f", r2);
+  return std::string("the runs cannot identify L(N, D) = E + A/N^alpha + B/D^beta: their token counts follow their "
+                     "sizes (log D against log N has r^2 = ") +
+         buf +
+         ", as in a ladder at a fixed tokens_per_param), so the N and D terms cannot be told apart; add runs at "
+         "other budgets (budget.flops or budget.tokens in the grid)";
 }
 
 std::string scaling_fit_warning(const ScalingLaw& law) {

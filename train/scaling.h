@@ -40,9 +40,10 @@ struct ScalingFitOptions {
 };
 
 // Why these points cannot identify L(N, D) (empty when they can): the law has separate N and
-// D terms, so it needs at least 3 distinct N and 3 distinct D (to a relative 1%); fewer
-// leave exponents and coefficients trading off freely (e.g. a fit of 2 token budgets gives
-// E = 0 and D exponents near 50).
+// D terms, so it needs at least 3 distinct N and 3 distinct D (to a relative 1%), and D must
+// not follow N (log D against log N with r^2 > 0.99, as in a ladder at a fixed tokens per
+// parameter); otherwise exponents and coefficients trade off freely (e.g. a fit of 2 token
+// budgets gives E = 0 and D exponents near 50).
 std::string scaling_fit_problem(const std::vector<ScalingPoint>& points);
 
 // Why a fitted law should not be trusted (empty when nothing stands out): an optimum outside

@@ -170,3 +170,22 @@ TEST_CASE("bootstrap intervals of a fitted law contain the truth and shrink with
   CHECK(tight.alpha.hi - tight.alpha.lo < 0.1 * (ci.alpha.hi - ci.alpha.lo));
   CHECK_THROWS_AS(bootstrap_scaling_law(noisy, fit, 10, 1.5), UserError);
 }
+
+// A Chinchilla ladder (D = 20 N, whatever the number of sizes) cannot separate the N and D
+// terms: the fit is refused with the reason, and the same sizes at three budgets each are
+// accepted.
+TEST_CASE("a ladder at fixed tokens per parameter cannot identify the law") {
+  const ScalingLaw truth = hoffmann();
+  std::vector<ScalingPoint> ladder, grid;
+  for (double n : {1e7, 3e7, 1e8, 3e8, 1e9, 3e9}) {
+    ladder.push_back({n, 20 * n * (1 + 0.001 * n / 3e9), truth.loss(n, 20 * n)});  // D rounded a little
+    for (double tpp : {5.0, 20.0, 80.0}) grid.push_back({n, tpp * n, truth.loss(n, tpp * n)});
+  }
+  const std::string why = scaling_fit_problem(ladder);
+  CHECK(why.find("follow their sizes") != std::string::npos);
+  CHECK(why.find("budget.flops") != std::string::npos);
+  CHECK(scaling_fit_problem(grid).empty());
+  const ScalingLaw fit = fit_scaling_law(grid);
+  CHECK(fit.alpha == doctest::Approx(truth.alpha).epsilon(1e-3));
+  CHECK(fit.beta == doctest::Approx(truth.beta).epsilon(1e-3));
+}
