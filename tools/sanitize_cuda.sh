@@ -17,6 +17,10 @@
 #                     the host with the device, so they fail by design under it (they run in the
 #                     ordinary test suite)
 #   TIMEOUT           seconds per tool and binary (default: 3600; racecheck is the slowest)
+#   PRINT_LIMIT       reports printed per run (default: 1000000, so none is hidden behind others)
+#   LIBRARY_KERNELS   extended regex of kernel names that belong to CUDA libraries (cuBLAS's
+#                     nvjet/xmma/cutlass GEMMs, NCCL); reports naming only such kernels give the
+#                     verdict "library only" (see docs/testing.md), not "FINDINGS"
 #   COMPUTE_SANITIZER the compute-sanitizer executable (default: from PATH or the CUDA toolkit)
 # Exit status: 0 when every run finished with no sanitizer error and no failed test case.
 set -uo pipefail
@@ -28,6 +32,27 @@ tests="${TESTS:-test_core test_optim test_ssm test_train}"
 cases="${CASES:-*cuda*,*CUDA*}"
 exclude="${EXCLUDE:-*does not wait for the device*,*while the device is held*,*while the previous skip flag*}"
 limit="${TIMEOUT:-3600}"
+print_limit="${PRINT_LIMIT:-1000000}"
+library_kernels="${LIBRARY_KERNELS:-^(nvjet_|cutlass|xmma|sm[0-9]+_xmma|ampere_|hopper_|gemv|gemmSN|gemmk|splitKreduce|cublas|nccl)}"
+
+# "COUNT KERNEL" for every kernel the reports of a log name (the first "at NAME+0x" line of
+# each report); reports about host API calls count under "(no kernel named)".
+tally() {
+  awk '
+    /^========= [A-Z]/ {
+      if (open_ && name == "") count["(no kernel named)"]++
+      if ($0 ~ /COMPUTE-SANITIZER|ERROR SUMMARY|RACECHECK SUMMARY|Target application/) { open_ = 0; next }
+      open_ = 1; name = ""; next
+    }
+    open_ && name == "" && match($0, /[ \t]at .*\+0x[0-9a-fA-F]+/) {
+      name = substr($0, RSTART + 4, RLENGTH - 4)
+      sub(/\+0x[0-9a-fA-F]+$/, "", name)
+      sub(/\([^()]*\)$/, "", name)  # the parameter list
+      count[name]++
+    }
+    END { if (open_ && name == "") count["(no kernel named)"]++; for (k in count) print count[k], k }
+  ' "$1" | sort -rn
+}
 
 sanitizer="${COMPUTE_SANITIZER:-}"
 if [ -z "$sanitizer" ]; then
@@ -69,7 +94,7 @@ for tool in $tools; do
     start=$(date +%s)
     # shellcheck disable=SC2046  # tool_options is a list of words on purpose
     timeout "$limit" "$sanitizer" --tool "$tool" $(tool_options "$tool") --target-processes all \
-      --print-limit 100 --error-exitcode 86 "$bin" -tc="$cases" -tce="$exclude" > "$log" 2>&1
+      --print-limit "$print_limit" --error-exitcode 86 "$bin" -tc="$cases" -tce="$exclude" > "$log" 2>&1
     rc=$?
     secs=$(( $(date +%s) - start ))
     # The sanitizer's own count: "ERROR SUMMARY: N errors" (memcheck, synccheck) or
@@ -77,11 +102,17 @@ for tool in $tools; do
     errors=$(grep -oE 'ERROR SUMMARY: [0-9]+ error' "$log" | tail -1 | grep -oE '[0-9]+')
     hazards=$(grep -oE 'RACECHECK SUMMARY: [0-9]+ hazard' "$log" | tail -1 | grep -oE '[0-9]+')
     cases_line=$(grep -E '^\[doctest\] test cases:' "$log" | tail -1 | sed 's/^\[doctest\] //')
+    tally "$log" > "$out/${tool}_${t}.kernels"
+    ours=$(awk -v lib="$library_kernels" '$2 !~ lib { n += $1 } END { print n + 0 }' "$out/${tool}_${t}.kernels")
+    theirs=$(awk -v lib="$library_kernels" '$2 ~ lib { n += $1 } END { print n + 0 }' "$out/${tool}_${t}.kernels")
     verdict="clean"
     if [ "$rc" -eq 124 ]; then
       verdict="TIMED OUT after ${limit}s"
     elif [ -z "$errors" ] && [ -z "$hazards" ]; then
       verdict="NO SANITIZER SUMMARY (exit $rc; see the log)"
+    elif { [ "${errors:-0}" -ne 0 ] || [ "${hazards:-0}" -ne 0 ]; } && [ "$ours" -eq 0 ] && [ "$theirs" -gt 0 ] &&
+         { [ "$rc" -eq 0 ] || [ "$rc" -eq 86 ]; }; then
+      verdict="library only"
     elif [ "${errors:-0}" -ne 0 ] || [ "${hazards:-0}" -ne 0 ]; then
       verdict="FINDINGS"
     elif [ "$rc" -ne 0 ]; then
@@ -90,10 +121,14 @@ for tool in $tools; do
     if [ -z "$cases_line" ] || echo "$cases_line" | grep -qE '^test cases: *0 \|'; then
       cases_line="no CUDA test cases ran"
     fi
-    [ "$verdict" = "clean" ] || status=1
+    [ "$verdict" = "clean" ] || [ "$verdict" = "library only" ] || status=1
     line=$(printf '%-10s %-11s %-22s errors %-4s hazards %-4s %5ss  %s' "$tool" "$t" "$verdict" \
       "${errors:--}" "${hazards:--}" "$secs" "$cases_line")
     echo "$line" | tee -a "$summary"
+    if [ "$ours" -gt 0 ] || [ "$theirs" -gt 0 ]; then
+      echo "           reports: $ours in ssmtrain's kernels, $theirs in library kernels; by kernel: $out/${tool}_${t}.kernels" |
+        tee -a "$summary"
+    fi
   done
 done
 echo "sanitize_cuda: logs in $out; summary in $summary"
