@@ -3,7 +3,8 @@
 // The host's arithmetic of the logged values is kept exactly: the loss sum is the f64 sum
 // of the f32 micro-batch losses from zero, left to right (an f64 add per micro-batch on the
 // device, the same operations as `sum += double(loss)` on the host); the divisions by
-// grad_accum happen on the host when the step is resolved. A sum of f32 values cannot
+// grad_accum happen on the host when the step is resolved (with several ranks, on the device
+// before the ranks' means are summed: the same IEEE division). A sum of f32 values cannot
 // overflow in f64, so the sum is finite exactly when every micro-batch loss is.
 #include "train/step.h"
 
@@ -109,17 +110,13 @@ PendingStep train_step(LanguageModel& model, Optimizer& optimizer, const std::ve
   SSMT_CHECK(!losses.empty(), "train_step: grad_accum must be >= 1, got ", grad_accum);
   const Device device = losses.front().device();
   Tensor loss_sum = sum_f64(losses, device), aux_sum = sum_f64(aux_losses, device);
-  std::optional<double> global_loss;
-  std::optional<bool> global_finite;
   int64_t reduced_world = 0;
-  // ZeRO-1 decides on the host (its update reads the norm there): the loss is read here.
-  const double local_sum = dist.active() && data_parallel.zero ? loss_sum.item<double>() : 0.0;
   if (buckets)
     buckets->finish();
   else
     dist.average_gradients(params);
   Tensor must_be_finite = loss_sum;
-  if (dist.active() && !data_parallel.zero) {
+  if (dist.active()) {
     // Several ranks: each rank's mean loss summed over the ranks on the device, after the
     // gradients' collectives (the same order on every rank), so the host never waits. The
     // sum is non-finite exactly when some rank's loss is (losses are >= 0, never -inf), so
@@ -129,24 +126,17 @@ PendingStep train_step(LanguageModel& model, Optimizer& optimizer, const std::ve
     loss_sum = mean.reshape({});
     must_be_finite = loss_sum;
     reduced_world = dist.world_size();
-  } else if (dist.active()) {
-    global_loss = dist.sum(local_sum / static_cast<double>(grad_accum)) / dist.world_size();
-    global_finite = dist.max(std::isfinite(local_sum) ? 0.0 : 1.0) == 0.0;
-    must_be_finite =
-        Tensor::scalar(*global_finite ? 0.0 : std::numeric_limits<double>::quiet_NaN(), DType::f64, device);
   }
   DeviceClip clip;
   if (data_parallel.zero) {
     // The shard's update; the run's optimizer keeps only the groups and the learning rate.
-    const bool loss_finite = global_finite ? *global_finite : std::isfinite(loss_sum.item<double>());
-    clip = data_parallel.zero->step(optimizer, grad_clip, loss_finite);
+    clip = data_parallel.zero->step(optimizer, grad_clip, must_be_finite);
   } else {
     clip = clip_grad_norm_deferred(params, grad_clip, must_be_finite);
     optimizer.step_clipped(clip);
   }
   Tensor scalars = cat({loss_sum.reshape({1}), aux_sum.reshape({1}), clip.status.to(device)}, 0);
-  PendingStep pending(AsyncRead(scalars), grad_accum, !aux_losses.empty(), global_loss, global_finite,
-                      reduced_world);
+  PendingStep pending(AsyncRead(scalars), grad_accum, !aux_losses.empty(), {}, {}, reduced_world);
   model.zero_grad();
   return pending;
 }

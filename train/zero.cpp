@@ -43,37 +43,50 @@ int64_t ZeroOptimizer::state_elements() const {
   return n;
 }
 
-DeviceClip ZeroOptimizer::step(const Optimizer& full, double max_norm, bool loss_finite) {
+Tensor ZeroOptimizer::clip_status(const Tensor& squares, double max_norm, const Tensor& loss) {
+  NoGradGuard no_grad;
+  const Device device = squares.device();
+  auto f64 = [&](double v) { return Tensor::full({1}, v, DType::f64, device); };
+  // 1 where x is finite: x - x is 0 for finite x and NaN for inf and NaN.
+  auto finite = [&](const Tensor& x) { return eq(sub(x, x), f64(0.0)); };
+  const Tensor norm = sqrt(squares);
+  const Tensor norm_ok = finite(norm);
+  Tensor ok = norm_ok;  // the update goes ahead
+  if (loss.defined()) ok = mul(ok, finite(loss.reshape({1}).to(DType::f64).to(device)));
+  Tensor scale = f64(1.0), clipped = f64(0.0);
+  if (max_norm > 0) {
+    const Tensor coef = div(f64(max_norm), add(norm, 1e-6));  // clip_grad_norm's factor
+    clipped = mul(norm_ok, lt(coef, f64(1.0)));               // as the host: a finite norm clips
+    scale = where(clipped, coef, f64(1.0));
+  }
+  return cat({norm, scale, sub(f64(1.0), ok), clipped}, 0);
+}
+
+DeviceClip ZeroOptimizer::step(const Optimizer& full, double max_norm, const Tensor& loss) {
   NoGradGuard no_grad;
   Dist& dist = buckets_.dist();
   Tensor grad = buckets_.shard_grad();  // (S) f32, zero past N
-  // The global norm: each rank's squared norm in f64, summed over the ranks.
+  // The global norm: each rank's squared norm in f64, summed over the ranks on the device.
   Tensor g64 = grad.to(DType::f64);
-  const double squares = dist.sum(sum(mul(g64, g64)).item<double>());
-  ClipResult r;
-  r.norm = std::sqrt(squares);
-  r.finite = std::isfinite(r.norm);
-  r.skip = !r.finite || !loss_finite;
-  if (r.finite && max_norm > 0) {
-    const double coef = max_norm / (r.norm + 1e-6);  // clip_grad_norm's factor
-    if (coef < 1.0) {
-      grad = mul(grad, coef);
-      r.clipped = true;
-      r.scale = coef;
-    }
+  Tensor squares = sum(mul(g64, g64)).reshape({1});
+  dist.all_reduce_sum_async(squares).wait();
+  DeviceClip clip;
+  clip.status = clip_status(squares, max_norm, loss);
+  clip.grads_scaled = !grad.device().is_cuda();
+  if (clip.grads_scaled) {
+    // The CPU applies the factor here, as the host clip does (no wait: the status is here).
+    const ClipResult r = clip.read();
+    if (r.clipped) grad = mul(grad, r.scale);
   }
   for (const Piece& p : pieces_) {
     Tensor view = p.view;  // a handle sharing the piece
     view.set_grad(grad.narrow(0, p.shard_at, p.numel));
   }
-  DeviceClip clip;
-  clip.status =
-      Tensor::from_vector<double>({r.norm, r.scale, r.skip ? 1.0 : 0.0, r.clipped ? 1.0 : 0.0}, {kClipStatusSize});
-  clip.grads_scaled = true;
   inner_->set_lr(full.lr());
   inner_->step_clipped(clip);
   inner_->zero_grad();
-  if (r.skip) return clip;  // every rank skips alike: the parameters did not change
+  // A skipped update left the shard as it was: gathering it changes nothing, and deciding
+  // that on the host would be a wait for the device.
   Backend& be = backend(param_shard_.device());
   for (const Piece& p : pieces_) be.copy(p.view, param_shard_.narrow(0, p.shard_at, p.numel));
   dist.all_gather_async(param_shard_, param_full_).wait();

@@ -32,10 +32,18 @@ class ZeroOptimizer {
   ZeroOptimizer(GradBuckets& buckets, const AdamW& full);
 
   // After buckets.finish(): clips by the global norm (max_norm <= 0: only measures), skips
-  // when the norm or the loss is not finite (`loss_finite`: the ranks' common verdict),
-  // updates this rank's pieces at full.lr() and all-gathers the parameters. Returns the
-  // clip status (a CPU tensor; the norm is read on the host, a wait on CUDA).
-  DeviceClip step(const Optimizer& full, double max_norm, bool loss_finite);
+  // when the norm or `loss` is not finite (the ranks' common verdict: a value on the
+  // gradients' device, non-finite when some rank's loss is; undefined = finite), updates this
+  // rank's pieces at full.lr() and all-gathers the parameters. The norm's squares are summed
+  // over the ranks on the device and the clip status stays there: on CUDA nothing is read
+  // back (AdamW applies the factor and the skip flag in its kernel); a skipped update
+  // all-gathers unchanged parameters.
+  DeviceClip step(const Optimizer& full, double max_norm, const Tensor& loss);
+
+  // The clip status (optim/clip.h's layout) for the global squared norm `squares` ((1) f64)
+  // and `loss` (may be undefined), computed with tensor ops where they are: exactly the host
+  // clip's arithmetic (sqrt, max_norm / (norm + 1e-6), the factor only below 1).
+  static Tensor clip_status(const Tensor& squares, double max_norm, const Tensor& loss);
 
   // Collective. The main rank's `full` receives the whole state (other ranks' is untouched).
   void gather_state_into(Optimizer& full);

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <limits>
 #include <cstring>
 #include <optional>
 #include <algorithm>
@@ -19,6 +20,7 @@
 #include "train/setup.h"
 #include "train/grad_buckets.h"
 #include "train/step.h"
+#include "optim/clip.h"
 #include "train/zero.h"
 
 using namespace ssmtrain;
@@ -329,4 +331,44 @@ TEST_CASE("CUDA train_step with gradient buckets and ZeRO-1 in a world of one eq
 #else
   MESSAGE("CUDA tests skipped: built without CUDA");
 #endif
+}
+
+// ZeRO-1's clip status, computed with tensor ops on the gradients' device, against the host
+// clip's arithmetic (optim/clip.cpp clip_owned): norm = sqrt(squares), factor max_norm /
+// (norm + 1e-6) applied only below 1, skip on a non-finite norm or loss. Same IEEE f64
+// operations in the same order, so the values are equal, not merely close.
+TEST_CASE("ZeRO-1's device clip status equals the host clip's arithmetic") {
+  struct Case {
+    double squares, max_norm, loss;
+  };
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::nan("");
+  const Case cases[] = {{4.0, 1.0, 2.5},  {0.25, 1.0, 2.5}, {4.0, 0.0, 2.5},  {4.0, -1.0, 2.5},
+                        {inf, 1.0, 2.5},  {nan, 1.0, 2.5},  {4.0, 1.0, nan},  {4.0, 1.0, inf},
+                        {0.0, 1.0, 2.5},  {1e-300, 0.5, 0.1}, {9.0, 3.0000001, 1.0}};
+  for (const std::string& device : devices_under_test()) {
+    const Device dev = Device::parse(device);
+    for (const Case& c : cases) {
+      CAPTURE(device);
+      CAPTURE(c.squares);
+      CAPTURE(c.max_norm);
+      CAPTURE(c.loss);
+      const Tensor status = ZeroOptimizer::clip_status(Tensor::full({1}, c.squares, DType::f64, dev), c.max_norm,
+                                                       Tensor::scalar(c.loss, DType::f64, dev));
+      const std::vector<double> s = status.to_vector<double>();
+      REQUIRE(s.size() == static_cast<size_t>(kClipStatusSize));
+      const double norm = std::sqrt(c.squares);
+      const bool finite = std::isfinite(norm), skip = !finite || !std::isfinite(c.loss);
+      const double coef = c.max_norm / (norm + 1e-6);
+      const bool clipped = finite && c.max_norm > 0 && coef < 1.0;  // the norm's finiteness only, as clip_owned
+      CHECK((s[kClipNorm] == norm || (std::isnan(norm) && std::isnan(s[kClipNorm]))));
+      CHECK(s[kClipScale] == (clipped ? coef : 1.0));
+      CHECK(s[kClipSkip] == (skip ? 1.0 : 0.0));
+      CHECK(s[kClipClipped] == (clipped ? 1.0 : 0.0));
+    }
+    // Without a loss only the norm decides.
+    const std::vector<double> s =
+        ZeroOptimizer::clip_status(Tensor::full({1}, 16.0, DType::f64, dev), 1.0, Tensor()).to_vector<double>();
+    CHECK(s[kClipSkip] == 0.0);
+    CHECK(s[kClipClipped] == 1.0);
+  }
 }
