@@ -569,22 +569,11 @@ CollectiveWork Dist::all_gather_async(const Tensor& shard, const Tensor& full) {
       });
 }
 
-double Dist::sum(double value) {
-#if defined(SSMTRAIN_WITH_MPI)
-  if (active()) {
-    start_watchdog();
-    WaitScope scope("an MPI_Allreduce (sum) of the step's scalars");
-    mpi_check(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
-  }
-#endif
-  return value;
-}
-
 double Dist::max(double value) {
 #if defined(SSMTRAIN_WITH_MPI)
   if (active()) {
     start_watchdog();
-    WaitScope scope("an MPI_Allreduce (max) of the step's flags");
+    WaitScope scope("an MPI_Allreduce (max) of the ranks' flags");
     mpi_check(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
   }
 #endif

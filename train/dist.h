@@ -75,7 +75,6 @@ class Dist {
   // gradient on this rank (an unused expert) takes part with zeros, so every rank runs
   // the same collectives. All tensors must be on one device.
   void average_gradients(const std::vector<Tensor>& params);
-  double sum(double value);               // over ranks
   double max(double value);               // over ranks
   void max(std::vector<double>& values);  // elementwise over ranks, in place
   void barrier();

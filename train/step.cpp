@@ -9,7 +9,6 @@
 #include "train/step.h"
 
 #include <cmath>
-#include <limits>
 
 #include "core/autograd.h"
 #include "core/ops.h"
@@ -35,14 +34,8 @@ Tensor sum_f64(const std::vector<Tensor>& xs, Device device) {
 
 }  // namespace
 
-PendingStep::PendingStep(AsyncRead scalars, int64_t grad_accum, bool has_aux, std::optional<double> global_loss,
-                         std::optional<bool> global_finite, int64_t reduced_world)
-    : scalars_(std::move(scalars)),
-      grad_accum_(grad_accum),
-      has_aux_(has_aux),
-      global_loss_(global_loss),
-      global_finite_(global_finite),
-      reduced_world_(reduced_world) {
+PendingStep::PendingStep(AsyncRead scalars, int64_t grad_accum, bool has_aux, int64_t reduced_world)
+    : scalars_(std::move(scalars)), grad_accum_(grad_accum), has_aux_(has_aux), reduced_world_(reduced_world) {
   SSMT_ASSERT(scalars_.defined() && scalars_.numel() == kStepScalars, "PendingStep: expected ", kStepScalars,
               " scalars");
 }
@@ -54,13 +47,9 @@ const StepResult& PendingStep::resolve() {
   const double n = static_cast<double>(grad_accum_);
   const double loss_sum = scalars_.value(kLossSum);  // the one wait
   StepResult r;
-  if (reduced_world_ > 0) {  // the sum over the ranks of loss_sum / n
-    r.loss = loss_sum / static_cast<double>(reduced_world_);
-    r.finite = std::isfinite(loss_sum);
-  } else {
-    r.loss = global_loss_ ? *global_loss_ : loss_sum / n;
-    r.finite = global_finite_ ? *global_finite_ : std::isfinite(loss_sum);
-  }
+  // Several ranks: loss_sum is already the sum over the ranks of each one's loss_sum / n.
+  r.loss = reduced_world_ > 0 ? loss_sum / static_cast<double>(reduced_world_) : loss_sum / n;
+  r.finite = std::isfinite(loss_sum);
   r.has_aux = has_aux_;
   r.aux_loss = scalars_.value(kAuxSum) / n;
   double status[kClipStatusSize];
@@ -136,7 +125,7 @@ PendingStep train_step(LanguageModel& model, Optimizer& optimizer, const std::ve
     optimizer.step_clipped(clip);
   }
   Tensor scalars = cat({loss_sum.reshape({1}), aux_sum.reshape({1}), clip.status.to(device)}, 0);
-  PendingStep pending(AsyncRead(scalars), grad_accum, !aux_losses.empty(), {}, {}, reduced_world);
+  PendingStep pending(AsyncRead(scalars), grad_accum, !aux_losses.empty(), reduced_world);
   model.zero_grad();
   return pending;
 }

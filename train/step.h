@@ -50,9 +50,8 @@ class PendingStep {
  public:
   // Made by train_step. scalars: the copy of the step's (kStepScalars) f64 values (step.cpp);
   // reduced_world > 0: their loss entry is the sum over that many ranks of each rank's mean
-  // loss (reduced on the device); global_loss / global_finite: reduced on the host (ZeRO-1).
-  PendingStep(AsyncRead scalars, int64_t grad_accum, bool has_aux, std::optional<double> global_loss = {},
-              std::optional<bool> global_finite = {}, int64_t reduced_world = 0);
+  // loss (reduced on the device); 0: this rank's loss sum over its micro-batches.
+  PendingStep(AsyncRead scalars, int64_t grad_accum, bool has_aux, int64_t reduced_world = 0);
   // Whether they have arrived (never waits).
   bool ready() const;
   // Waits for this step's copy alone (not for later work on the stream) and returns the
@@ -63,8 +62,6 @@ class PendingStep {
   AsyncRead scalars_;
   int64_t grad_accum_ = 1;
   bool has_aux_ = false;
-  std::optional<double> global_loss_;
-  std::optional<bool> global_finite_;
   int64_t reduced_world_ = 0;
   std::optional<StepResult> result_;
 };
