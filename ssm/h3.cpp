@@ -33,20 +33,11 @@ H3::H3(const H3Options& o, Generator& gen) : opt_(o) {
   const double bound = 1.0 / std::sqrt(static_cast<double>(o.shift_width));
   init::uniform_(shift_weight_, gen, -bound, bound);
 
-  std::vector<float> log_dt(H_), log_A_real(H_ * N2_), A_imag(H_ * N2_), B(H_ * N2_ * 2);
-  const double lo = std::log(o.dt_min), hi = std::log(o.dt_max);
-  for (auto& v : log_dt) v = static_cast<float>(lo + (hi - lo) * gen.uniform());
-  for (int64_t h = 0; h < H_; ++h)
-    for (int64_t n = 0; n < N2_; ++n) {
-      const int64_t i = h * N2_ + n;
-      log_A_real[i] = static_cast<float>(std::log(-modes.Lambda[n].real()));
-      A_imag[i] = static_cast<float>(modes.Lambda[n].imag());
-      B[2 * i] = static_cast<float>(modes.B[n].real()), B[2 * i + 1] = static_cast<float>(modes.B[n].imag());
-    }
-  log_dt_ = register_parameter("log_dt", Tensor::from_vector(log_dt, {H_}), {param_tag::ssm});
-  log_A_real_ = register_parameter("log_A_real", Tensor::from_vector(log_A_real, {H_, N2_}), {param_tag::ssm});
-  A_imag_ = register_parameter("A_imag", Tensor::from_vector(A_imag, {H_, N2_}), {param_tag::ssm});
-  B_ = register_parameter("B", Tensor::from_vector(B, {H_, N2_, 2}), {param_tag::ssm});
+  const S4DiagInit init = s4_diag_init(modes, H_, o.dt_min, o.dt_max, gen);  // as S4D's
+  log_dt_ = register_parameter("log_dt", Tensor::from_vector(init.log_dt, {H_}), {param_tag::ssm});
+  log_A_real_ = register_parameter("log_A_real", Tensor::from_vector(init.log_A_real, {H_, N2_}), {param_tag::ssm});
+  A_imag_ = register_parameter("A_imag", Tensor::from_vector(init.A_imag, {H_, N2_}), {param_tag::ssm});
+  B_ = register_parameter("B", Tensor::from_vector(init.B, {H_, N2_, 2}), {param_tag::ssm});
   C_ = register_parameter("C", Tensor::empty({H_, N2_, 2}));  // complex normal, unit variance
   init::normal_(C_, gen, 0.0, std::sqrt(0.5));
   D_ = register_parameter("D", Tensor::empty({H_}), {param_tag::no_decay});
@@ -55,8 +46,7 @@ H3::H3(const H3Options& o, Generator& gen) : opt_(o) {
 }
 
 Tensor H3::ssm_kernel(int64_t L) {
-  Tensor A = stack({neg(exp(log_A_real_)), A_imag_}, -1);
-  return s4d_vandermonde_kernel(exp(log_dt_), A, B_, C_, L, disc_);
+  return s4d_vandermonde_kernel(exp(log_dt_), s4_diag_A(log_A_real_, A_imag_), B_, C_, L, disc_);
 }
 
 Tensor H3::shift(const Tensor& k) {

@@ -145,22 +145,12 @@ S4::S4(const S4Options& o, Generator& gen) : opt_(o) {
   N2_ = static_cast<int64_t>(modes.Lambda.size());
   kernel_len_ = o.l_max;
 
-  std::vector<float> log_dt(H_), log_A_real(H_ * N2_), A_imag(H_ * N2_), B(H_ * N2_ * 2), P(H_ * N2_ * 2);
-  const double lo = std::log(o.dt_min), hi = std::log(o.dt_max);
-  for (auto& v : log_dt) v = static_cast<float>(lo + (hi - lo) * gen.uniform());
-  for (int64_t h = 0; h < H_; ++h)
-    for (int64_t n = 0; n < N2_; ++n) {
-      const int64_t i = h * N2_ + n;
-      log_A_real[i] = static_cast<float>(std::log(-modes.Lambda[n].real()));
-      A_imag[i] = static_cast<float>(modes.Lambda[n].imag());
-      B[2 * i] = static_cast<float>(modes.B[n].real()), B[2 * i + 1] = static_cast<float>(modes.B[n].imag());
-      P[2 * i] = static_cast<float>(modes.P[n].real()), P[2 * i + 1] = static_cast<float>(modes.P[n].imag());
-    }
-  log_dt_ = register_parameter("log_dt", Tensor::from_vector(log_dt, {H_}), {param_tag::ssm});
-  log_A_real_ = register_parameter("log_A_real", Tensor::from_vector(log_A_real, {H_, N2_}), {param_tag::ssm});
-  A_imag_ = register_parameter("A_imag", Tensor::from_vector(A_imag, {H_, N2_}), {param_tag::ssm});
-  B_ = register_parameter("B", Tensor::from_vector(B, {H_, N2_, 2}), {param_tag::ssm});
-  if (dplr_) P_ = register_parameter("P", Tensor::from_vector(P, {H_, N2_, 2}), {param_tag::ssm});
+  const S4DiagInit init = s4_diag_init(modes, H_, o.dt_min, o.dt_max, gen);
+  log_dt_ = register_parameter("log_dt", Tensor::from_vector(init.log_dt, {H_}), {param_tag::ssm});
+  log_A_real_ = register_parameter("log_A_real", Tensor::from_vector(init.log_A_real, {H_, N2_}), {param_tag::ssm});
+  A_imag_ = register_parameter("A_imag", Tensor::from_vector(init.A_imag, {H_, N2_}), {param_tag::ssm});
+  B_ = register_parameter("B", Tensor::from_vector(init.B, {H_, N2_, 2}), {param_tag::ssm});
+  if (dplr_) P_ = register_parameter("P", Tensor::from_vector(init.P, {H_, N2_, 2}), {param_tag::ssm});
   // C ~ complex normal (unit variance: each part N(0, 1/2)).
   C_ = register_parameter("C", Tensor::empty({H_, N2_, 2}));
   init::normal_(C_, gen, 0.0, std::sqrt(0.5));
@@ -172,7 +162,31 @@ S4::S4(const S4Options& o, Generator& gen) : opt_(o) {
         register_module("dropout", std::make_shared<Dropout>(o.dropout, static_cast<uint64_t>(gen.below(0xffffffffu))));
 }
 
-Tensor S4::A_complex() const { return stack({neg(exp(log_A_real_)), A_imag_}, -1); }
+S4DiagInit s4_diag_init(const S4InitModes& modes, int64_t H, double dt_min, double dt_max, Generator& gen) {
+  const auto N2 = static_cast<int64_t>(modes.Lambda.size());
+  S4DiagInit r;
+  r.log_dt.resize(static_cast<size_t>(H));
+  r.log_A_real.resize(static_cast<size_t>(H * N2));
+  r.A_imag.resize(static_cast<size_t>(H * N2));
+  r.B.resize(static_cast<size_t>(H * N2 * 2));
+  r.P.resize(static_cast<size_t>(H * N2 * 2));
+  const double lo = std::log(dt_min), hi = std::log(dt_max);
+  for (auto& v : r.log_dt) v = static_cast<float>(lo + (hi - lo) * gen.uniform());
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t n = 0; n < N2; ++n) {
+      const auto i = static_cast<size_t>(h * N2 + n);
+      const auto m = static_cast<size_t>(n);
+      r.log_A_real[i] = static_cast<float>(std::log(-modes.Lambda[m].real()));
+      r.A_imag[i] = static_cast<float>(modes.Lambda[m].imag());
+      r.B[2 * i] = static_cast<float>(modes.B[m].real()), r.B[2 * i + 1] = static_cast<float>(modes.B[m].imag());
+      r.P[2 * i] = static_cast<float>(modes.P[m].real()), r.P[2 * i + 1] = static_cast<float>(modes.P[m].imag());
+    }
+  return r;
+}
+
+Tensor s4_diag_A(const Tensor& log_A_real, const Tensor& A_imag) { return stack({neg(exp(log_A_real)), A_imag}, -1); }
+
+Tensor S4::A_complex() const { return s4_diag_A(log_A_real_, A_imag_); }
 
 void S4::ensure_kernel_length(int64_t L) {
   if (!dplr_) return;

@@ -103,6 +103,17 @@ struct S4InitModes {
 // lin / inv / real: S4D-Lin, S4D-Inv, S4D-Real with B = 1, P = 0.
 S4InitModes s4_init_modes(const std::string& init, int64_t N);
 
+// The diagonal parameters' initial values for H channels with the same `modes` each, shared
+// by S4/S4D and H3: log_dt ~ U(log dt_min, log dt_max) per channel (H draws from `gen`,
+// before anything else), then per (channel, mode) log(-Re Lambda), Im Lambda, and B and P as
+// (re, im) pairs, laid out (H, N2[, 2]).
+struct S4DiagInit {
+  std::vector<float> log_dt, log_A_real, A_imag, B, P;
+};
+S4DiagInit s4_diag_init(const S4InitModes& modes, int64_t H, double dt_min, double dt_max, Generator& gen);
+// A = -exp(log_A_real) + i A_imag as (..., N2, 2) (re, im) pairs.
+Tensor s4_diag_A(const Tensor& log_A_real, const Tensor& A_imag);
+
 class S4 : public Mixer {
  public:
   S4(const S4Options& options, Generator& gen);
