@@ -10,6 +10,7 @@
 
 #include "core/autograd.h"
 #include "data/synthetic.h"
+#include "fixed_batch.h"
 #include "ssm/h3.h"
 #include "ssm/hyena.h"
 #include "temp_dir.h"
@@ -34,20 +35,7 @@ std::pair<double, double> fit_fixed_batch(const Config& config) {
   Generator gen(static_cast<uint64_t>(config.train.seed));
   auto model = build_language_model(model_spec(config), gen);
   auto optimizer = make_optimizer(config, *model);
-  model->train();
-  std::vector<int64_t> ids(32), targets(32);
-  for (size_t i = 0; i < ids.size(); ++i)
-    ids[i] = static_cast<int64_t>(i % 7), targets[i] = static_cast<int64_t>((i + 1) % 7);
-  const Tensor x = Tensor::from_vector(ids, {2, 16}), y = Tensor::from_vector(targets, {2, 16});
-  double first = 0, last = 0;
-  for (int step = 0; step < 20; ++step) {
-    optimizer->zero_grad();
-    LMLoss out = model->forward_loss(x, y);
-    backward(out.loss);
-    optimizer->step();
-    (step == 0 ? first : last) = out.loss.item<double>();
-  }
-  return {first, last};
+  return testing::fit_fixed_batch(*model, *optimizer);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "fixed_batch.h"
 #include "nn/init.h"
 #include "nn/linear.h"
 #include "ssm/mamba.h"
@@ -170,19 +171,7 @@ TEST_CASE("mixer registry: a mixer registered in a test is built and trained by 
 
   // A fixed batch is learned: the loss falls.
   auto optimizer = make_optimizer(config, *model);
-  model->train();
-  std::vector<int64_t> ids(32), targets(32);
-  for (size_t i = 0; i < ids.size(); ++i)
-    ids[i] = static_cast<int64_t>(i % 7), targets[i] = static_cast<int64_t>((i + 1) % 7);
-  const Tensor x = Tensor::from_vector(ids, {2, 16}), y = Tensor::from_vector(targets, {2, 16});
-  double first = 0, last = 0;
-  for (int step = 0; step < 20; ++step) {
-    optimizer->zero_grad();
-    LMLoss out = model->forward_loss(x, y);
-    backward(out.loss);
-    optimizer->step();
-    (step == 0 ? first : last) = out.loss.item<double>();
-  }
+  const auto [first, last] = testing::fit_fixed_batch(*model, *optimizer);
   CHECK(last < first - 0.5);
 
   // And the whole trainer runs it (checkpoint included), a shift-only stack.
