@@ -272,6 +272,8 @@ struct SweepData {
   std::vector<FamilyLaw> laws;        // fitted families (fit.json)
   std::vector<std::string> families;  // in order of first appearance ("" without families)
   std::vector<std::string> run_dirs;  // the runs' directories that hold metrics
+  // Named families get a colour each; a sweep without families draws in black.
+  bool named_families() const { return families.size() > 1 || (families.size() == 1 && !families[0].empty()); }
 };
 
 // sweep.jsonl and fit.json of a sweep directory.
@@ -330,11 +332,10 @@ std::string family_label(const std::string& family) { return family.empty() ? "s
 PlotPanel scaling_panel(const SweepData& s, std::vector<std::pair<std::string, int>>& legend) {
   PlotPanel panel{"final validation loss against compute", "compute C = 6 N D (FLOPs)", "loss (nats/token)", true,
                   true, {}};
-  const bool many = s.families.size() > 1 || (s.families.size() == 1 && !s.families[0].empty());
   double c_lo = std::numeric_limits<double>::infinity(), c_hi = 0;
   for (const auto& p : s.points) c_lo = std::min(c_lo, 6 * p.n * p.d), c_hi = std::max(c_hi, 6 * p.n * p.d);
   for (size_t k = 0; k < s.families.size(); ++k) {
-    const int color = many ? static_cast<int>(k) : -1;
+    const int color = s.named_families() ? static_cast<int>(k) : -1;
     PlotSeries pts;  // dots only: runs of different sizes at similar compute are not one curve
     pts.label = family_label(s.families[k]);
     pts.markers = true;
@@ -365,7 +366,6 @@ PlotPanel scaling_panel(const SweepData& s, std::vector<std::pair<std::string, i
 // sizes, loss against N through those runs. Empty when no budget has 3 sizes.
 PlotPanel isoflop_panel(const SweepData& s, std::vector<std::pair<std::string, int>>& legend) {
   PlotPanel panel{"IsoFLOP profiles (runs of equal compute)", "parameters N", "loss (nats/token)", true, true, {}};
-  const bool many = s.families.size() > 1 || (s.families.size() == 1 && !s.families[0].empty());
   for (size_t k = 0; k < s.families.size(); ++k) {
     std::vector<SweepPoint> pts;
     for (const auto& p : s.points)
@@ -381,7 +381,7 @@ PlotPanel isoflop_panel(const SweepData& s, std::vector<std::pair<std::string, i
         std::snprintf(buf, sizeof buf, "C = %.2g", pts[i].budget);
         line.label = family_label(s.families[k]) + ", " + buf;
         line.markers = true;
-        line.color = many ? static_cast<int>(k) : -1;
+        line.color = s.named_families() ? static_cast<int>(k) : -1;
         std::vector<std::pair<double, double>> xy;
         for (size_t q = i; q < j; ++q) xy.emplace_back(pts[q].n, pts[q].loss);
         std::sort(xy.begin(), xy.end());
