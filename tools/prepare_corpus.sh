@@ -5,7 +5,7 @@
 # documentation) and the GCIDE dictionary (package dict-gcide: about 40 MB of English),
 # tokenized into llm.c shards with a train/val split, one document per file.
 #
-# Usage: tools/prepare_corpus.sh SSMTRAIN OUTDIR [--tokenizer FILE.json | --train-tokenizer VOCAB]
+# Usage: tools/prepare_corpus.sh SSMTRAIN OUTDIR [--tokenizer FILE.json | --train-tokenizer VOCAB] [--sample-mb MB]
 #   SSMTRAIN            the ssmtrain binary
 #   OUTDIR              receives text/ (the extracted files), inputs.txt (the document list),
 #                       shards/ (train_*.bin, val_*.bin) and, with --train-tokenizer, tokenizer.json
@@ -13,27 +13,33 @@
 #   --train-tokenizer V train a byte-level BPE tokenizer of V tokens on a 100 MB sample of the
 #                       corpus with the `tokenizers` Python package (PYTHON, default python3)
 #   neither             bytes as tokens (vocab 256), documents separated by the byte 0
+#   --sample-mb MB      keep a random sample of the documents (fixed seed, so the same sample
+#                       every time) of about MB megabytes instead of the whole corpus: a corpus
+#                       whose every part has the whole corpus's mix, small enough to copy
 # Environment: PYTHON (for --train-tokenizer), SAMPLE_MB (tokenizer training sample, default 100).
 # Installs linux-source and dict-gcide with apt-get when they are missing (as root).
 set -euo pipefail
 
 die() { echo "prepare_corpus: $*" >&2; exit 2; }
-[ $# -ge 2 ] || die "usage: tools/prepare_corpus.sh SSMTRAIN OUTDIR [--tokenizer FILE.json | --train-tokenizer VOCAB]"
+[ $# -ge 2 ] || die "usage: tools/prepare_corpus.sh SSMTRAIN OUTDIR [--tokenizer FILE.json | --train-tokenizer VOCAB] [--sample-mb MB]"
 bin="$1"
 out="$2"
 shift 2
 tokenizer=""
 train_vocab=""
+sample_mb=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --tokenizer) tokenizer="${2:?--tokenizer needs a file}"; shift 2 ;;
     --train-tokenizer) train_vocab="${2:?--train-tokenizer needs a vocabulary size}"; shift 2 ;;
+    --sample-mb) sample_mb="${2:?--sample-mb needs a size in MB}"; shift 2 ;;
     *) die "unknown option '$1'" ;;
   esac
 done
 [ -x "$bin" ] || die "'$bin' is not an executable ssmtrain"
 [ -z "$tokenizer" ] || [ -f "$tokenizer" ] || die "--tokenizer: no file '$tokenizer'"
 [ -z "$tokenizer" ] || [ -z "$train_vocab" ] || die "--tokenizer and --train-tokenizer exclude each other"
+[ -z "$sample_mb" ] || [[ "$sample_mb" =~ ^[1-9][0-9]*$ ]] || die "--sample-mb: '$sample_mb' is not a whole number of MB"
 
 # The packages.
 missing=""
@@ -59,6 +65,14 @@ fi
 # One document per file, in path order; the dictionary last.
 find "$out/text" -type f -size +0 ! -name .done | LC_ALL=C sort > "$out/inputs.txt"
 echo /usr/share/dictd/gcide.dict.dz >> "$out/inputs.txt"
+if [ -n "$sample_mb" ]; then
+  # Documents in a seeded random order, kept until the sample holds MB megabytes.
+  seed() { openssl enc -aes-256-ctr -pass pass:ssmtrain-corpus -nosalt < /dev/zero 2> /dev/null; }
+  shuf --random-source=<(seed) "$out/inputs.txt" | tr '\n' '\0' | xargs -0 stat -c '%s %n' |
+    awk -v max=$((sample_mb * 1000000)) 'total < max { line = $0; sub(/^[0-9]+ /, "", line); total += $1; print line }' \
+    > "$out/inputs.sample"
+  mv "$out/inputs.sample" "$out/inputs.txt"
+fi
 files=$(wc -l < "$out/inputs.txt")
 bytes=$(du -cb --files0-from=<(tr '\n' '\0' < "$out/inputs.txt") | tail -1 | cut -f1)
 echo "prepare_corpus: $files documents, $((bytes / 1000000)) MB (the dictionary compressed)"
