@@ -8,10 +8,11 @@
 #   isoflop               every width at each of three compute budgets (budget.flops), for the
 #                         IsoFLOP profiles
 #   key.path=value        passed to every run (e.g. train.device=cpu for a trial)
+#   --jobs N              train N runs at once (see docs/scaling.md; start CUDA MPS first)
 # The corpus (OUTDIR/corpus, tools/prepare_corpus.sh, bytes as tokens) is built once.
 set -euo pipefail
 die() { echo "reference_sweep: $*" >&2; exit 2; }
-[ $# -ge 2 ] || die "usage: tools/reference_sweep.sh SSMTRAIN OUTDIR [chinchilla|isoflop] [key.path=value ...]"
+[ $# -ge 2 ] || die "usage: tools/reference_sweep.sh SSMTRAIN OUTDIR [chinchilla|isoflop] [--jobs N] [key.path=value ...]"
 bin="$1"
 out="$2"
 shift 2

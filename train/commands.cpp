@@ -279,6 +279,14 @@ int cmd_sweep(const Args& args) {
                "' must be a whole number of resamples in [0, 100000]");
     bootstrap = static_cast<int>(n);
   }
+  if (args.has("--jobs")) {
+    const std::string v = args.get("--jobs");
+    char* end = nullptr;
+    const long n = std::strtol(v.c_str(), &end, 10);
+    SSMT_CHECK(!v.empty() && *end == '\0' && n >= 1 && n <= 256, "ssmtrain sweep: --jobs '", v,
+               "' must be a whole number of runs at once in [1, 256]");
+    o.jobs = static_cast<int>(n);
+  }
   sweep_family_key(o);  // a bad --family fails before any training
   std::vector<SweepRun> runs = run_sweep(o);
   if (stop_requested()) return 0;  // run_sweep said how to continue

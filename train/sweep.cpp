@@ -5,7 +5,15 @@
 #include <filesystem>
 #include <limits>
 #include <fstream>
+#include <map>
 #include <sstream>
+
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
 
 #include "core/error.h"
 #include "train/config.h"
@@ -16,6 +24,8 @@
 #include "train/trainer.h"
 
 namespace fs = std::filesystem;
+
+extern char** environ;
 
 namespace ssmtrain {
 
@@ -55,6 +65,63 @@ std::pair<double, double> final_validation(const std::string& run_dir) {
              "' has no validation record (its data needs a validation split; train.eval_every 0 still evaluates "
              "at the end)");
   return {tokens, loss};
+}
+
+// Runs `<this executable> argv...` for every argv, at most `jobs` at a time, and waits for
+// all. On a stop request every running child is asked to stop too: each saves its
+// checkpoint and exits, and no new one starts. UserError naming the runs that failed.
+void run_children(const std::vector<std::vector<std::string>>& argvs, const std::vector<std::string>& names,
+                  int jobs) {
+  std::error_code ec;
+  const std::string exe = fs::read_symlink("/proc/self/exe", ec).string();
+  SSMT_CHECK(!ec && !exe.empty(), "sweep --jobs: cannot find this program's path (/proc/self/exe)");
+  install_stop_handlers();  // SIGINT/SIGTERM: stop starting runs, stop the running ones, wait
+  std::map<pid_t, size_t> running;
+  std::vector<std::string> failed;
+  size_t next = 0, done = 0;
+  bool forwarded = false;
+  while (next < argvs.size() || !running.empty()) {
+    while (next < argvs.size() && static_cast<int>(running.size()) < jobs && !stop_requested()) {
+      std::vector<char*> argv = {const_cast<char*>(exe.c_str())};
+      for (const std::string& a : argvs[next]) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      pid_t pid = 0;
+      const int err = posix_spawn(&pid, exe.c_str(), nullptr, nullptr, argv.data(), environ);
+      SSMT_CHECK(err == 0, "sweep --jobs: cannot start the run '", names[next], "': ", std::strerror(err));
+      std::fprintf(stderr, "sweep: run %zu of %zu started: %s (pid %d)\n", next + 1, argvs.size(),
+                   names[next].c_str(), static_cast<int>(pid));
+      running[pid] = next++;
+    }
+    if (running.empty()) break;  // stopped before every run started
+    int status = 0;
+    const pid_t pid = waitpid(-1, &status, 0);
+    if (pid < 0) {
+      SSMT_CHECK(errno == EINTR, "sweep --jobs: waitpid failed: ", std::strerror(errno));
+      // A stop signal. Ctrl-C reaches the children through the process group, but `kill PID`
+      // or a scheduler's SIGTERM may reach this process alone: pass it on as SIGTERM, which
+      // asks a run to checkpoint and stop (a second SIGINT would abort it instead).
+      if (stop_requested() && !forwarded) {
+        for (const auto& [child, i] : running) kill(child, SIGTERM);
+        forwarded = true;
+      }
+      continue;
+    }
+    auto it = running.find(pid);
+    if (it == running.end()) continue;
+    const size_t i = it->second;
+    running.erase(it);
+    ++done;
+    const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    std::fprintf(stderr, "sweep: run %s %s (%zu of %zu done)\n", names[i].c_str(),
+                 ok ? "finished" : "FAILED", done, argvs.size());
+    if (!ok)
+      failed.push_back(names[i] + (WIFEXITED(status) ? " (exit code " + std::to_string(WEXITSTATUS(status)) + ")"
+                                                     : " (signal " + std::to_string(WTERMSIG(status)) + ")"));
+  }
+  std::string list;
+  for (const std::string& f : failed) list += (list.empty() ? "" : ", ") + f;
+  SSMT_CHECK(failed.empty(), "sweep: ", failed.size(), " run(s) failed: ", list,
+             "; their train.log says why; fix it and repeat the command");
 }
 
 }  // namespace
@@ -132,6 +199,7 @@ std::vector<SweepRun> run_sweep(const SweepOptions& options) {
   }
   fs::create_directories(options.dir);
   std::vector<SweepRun> runs;
+  std::vector<Config> configs;
   for (size_t i = 0; i < plan.size(); ++i) {
     SweepRun run;
     run.overrides = plan[i].combo;
@@ -143,33 +211,65 @@ std::vector<SweepRun> run_sweep(const SweepOptions& options) {
     for (char& ch : run.name)
       if (ch == '=') ch = '-';
     Config config = plan[i].config;
-    TrainOptions t;
-    t.run_dir = options.dir + "/" + run.name;
-    t.resume = "auto";
-    t.quiet = options.quiet;
     config.run.name = run.name;
-    config.run.dir = t.run_dir;
+    config.run.dir = options.dir + "/" + run.name;
     // A run directory left by an earlier sweep is reused only for the same resolved config:
     // other overrides (optim.lr, train.seq_len, ...) would otherwise silently reuse results
-    // trained under different settings.
-    const std::string saved = t.run_dir + "/config.yaml";
+    // trained under different settings. Checked for every run before any trains.
+    const std::string saved = config.run.dir + "/config.yaml";
     if (fs::exists(saved)) {
       std::string differs;
       for (const auto& d : config_differences(load_config(saved), config))
         if (d.rfind("run.", 0) != 0) differs += (differs.empty() ? "" : "; ") + d;
-      SSMT_CHECK(differs.empty(), "sweep: run directory '", t.run_dir, "' holds a run trained with another config (",
-                 differs, "); remove it, or give this sweep another --run-dir");
+      SSMT_CHECK(differs.empty(), "sweep: run directory '", config.run.dir,
+                 "' holds a run trained with another config (", differs,
+                 "); remove it, or give this sweep another --run-dir");
     }
-    std::fprintf(stderr, "sweep: run %zu of %zu: %s\n", i + 1, plan.size(), run.name.c_str());
-    const int rc = run_training(config, t);
-    SSMT_CHECK(rc == 0, "sweep: run '", t.run_dir, "' failed (exit code ", rc, "); fix it and repeat the command");
+    runs.push_back(run);
+    configs.push_back(config);
+  }
+  if (options.jobs > 1) {
+    std::vector<std::vector<std::string>> argvs;
+    for (size_t i = 0; i < plan.size(); ++i) {
+      // The same config the in-process run would train: the family's file, the sweep's
+      // overrides, the combination's, and the run's name (run.* is not compared on reuse).
+      std::vector<std::string> a = {"train", plan[i].path, "--run-dir", configs[i].run.dir, "--resume", "auto"};
+      if (options.quiet) a.push_back("--quiet");
+      a.insert(a.end(), options.overrides.begin(), options.overrides.end());
+      a.insert(a.end(), plan[i].combo.begin(), plan[i].combo.end());
+      a.push_back("run.name=" + runs[i].name);
+      argvs.push_back(std::move(a));
+    }
+    std::vector<std::string> names;
+    for (const SweepRun& r : runs) names.push_back(r.name);
+    run_children(argvs, names, options.jobs);
     if (stop_requested()) {
-      // Ctrl-C / SIGTERM: the run saved a checkpoint and returned; the sweep stops too.
       std::fprintf(stderr,
-                   "sweep: stopped by signal in run %zu of %zu (%s); repeat the command to continue (finished runs "
-                   "are reused, this one resumes)\n",
-                   i + 1, plan.size(), run.name.c_str());
-      return runs;
+                   "sweep: stopped by signal; repeat the command to continue (finished runs are reused, the "
+                   "others resume)\n");
+      return {};
+    }
+  }
+  for (size_t i = 0; i < plan.size(); ++i) {
+    SweepRun& run = runs[i];
+    const Config& config = configs[i];
+    if (options.jobs <= 1) {
+      TrainOptions t;
+      t.run_dir = config.run.dir;
+      t.resume = "auto";
+      t.quiet = options.quiet;
+      std::fprintf(stderr, "sweep: run %zu of %zu: %s\n", i + 1, plan.size(), run.name.c_str());
+      const int rc = run_training(config, t);
+      SSMT_CHECK(rc == 0, "sweep: run '", t.run_dir, "' failed (exit code ", rc, "); fix it and repeat the command");
+      if (stop_requested()) {
+        // Ctrl-C / SIGTERM: the run saved a checkpoint and returned; the sweep stops too.
+        std::fprintf(stderr,
+                     "sweep: stopped by signal in run %zu of %zu (%s); repeat the command to continue (finished "
+                     "runs are reused, this one resumes)\n",
+                     i + 1, plan.size(), run.name.c_str());
+        runs.resize(i);
+        return runs;
+      }
     }
     // N as the budget counts it, from the model the config builds.
     ModelSpec spec = model_spec(config);
@@ -179,9 +279,8 @@ std::vector<SweepRun> run_sweep(const SweepOptions& options) {
     run.params = static_cast<double>(config.budget.params == "total"    ? counts.total
                                      : config.budget.params == "active" ? counts.active
                                                                         : counts.non_embedding);
-    std::tie(run.tokens, run.val_loss) = final_validation(t.run_dir);
+    std::tie(run.tokens, run.val_loss) = final_validation(config.run.dir);
     run.budget_flops = config.budget.steps == 0 && config.budget.tokens == 0 ? config.budget.flops : 0.0;
-    runs.push_back(run);
   }
   std::string jsonl;
   for (const SweepRun& r : runs) {

@@ -45,13 +45,17 @@ struct SweepOptions {
   // one family whatever the grid.
   std::string family_key;
   bool quiet = true;                   // runs print nothing; the sweep prints a table
+  // Runs trained at once: 1 trains them one after another in this process; N > 1 starts each
+  // run as its own `ssmtrain train` process, N at a time (small models leave a GPU mostly
+  // idle; several of them share it, best under CUDA MPS: docs/scaling.md).
+  int jobs = 1;
 };
 
 // The family key a sweep uses (see SweepOptions::family_key); UserError when the key named is
 // not one of the grid's.
 std::string sweep_family_key(const SweepOptions& options);
 
-// Trains every combination (in order), writes <dir>/sweep.jsonl (one record per run) and
+// Trains every combination (in order; with jobs > 1 as child processes), writes <dir>/sweep.jsonl (one record per run) and
 // returns the runs. A failing run stops the sweep with its exit code in the exception. A
 // stop request (Ctrl-C, SIGTERM: stop_requested()) ends the sweep after the run in flight
 // saved its checkpoint: the finished runs are returned and sweep.jsonl is not written.
