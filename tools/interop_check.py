@@ -15,8 +15,9 @@
    one documented rename (embedding -> embeddings, lm_head dropped after checking it equals
    the embedding) and compared the same way.
 3. transformers -> ssmtrain: random MambaForCausalLM and Mamba2ForCausalLM (vocabularies
-   that are not multiples of 8, dt rank not the default, 2 groups) saved with
-   save_pretrained, imported with `ssmtrain import`, compared through `ssmtrain logits`.
+   that are not multiples of 8, dt rank not the default, Mamba-2 with 2 groups and with 1)
+   saved with save_pretrained, imported with `ssmtrain import`, compared through
+   `ssmtrain logits`.
    The Mamba-2 saved in bf16 too (widened to f32 on import). An untied Mamba-2 head must be
    refused with exit code 2.
 
@@ -28,6 +29,12 @@ growing at most with the square root of the number of terms, gives ~1e-6; 1e-4 l
 for that and still fails by orders of magnitude on any mapping mistake. Each comparison
 also perturbs the reference model (D of layer 0 by 0.05) and requires the difference then
 to exceed the tolerance, so a check that cannot fail would be noticed.
+
+Some transformers releases (5.17 among them) normalise Mamba-2's gated RMSNorm over the whole
+d_inner and ignore n_groups, unlike mamba_ssm, later transformers and ssmtrain. The check
+probes the installed norm; where it ignores the groups, each n_groups > 1 comparison prints
+its difference against that norm and then compares with the per-group norm put in its place
+(the n_groups = 1 import compares unpatched in every version).
 
 Exit codes: 0 all passed, 1 a check failed, 77 transformers or torch is not installed
 (the CTest that runs this skips).
@@ -78,7 +85,60 @@ def rel_diff(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+def mamba2_norm_is_grouped():
+    """Whether this transformers' Mamba-2 gated RMSNorm normalises each of the n_groups groups
+    of d_inner separately, as mamba_ssm's RMSNormGated(group_size=d_inner/ngroups) and ssmtrain
+    do. Some releases (5.17 among them) normalise over the whole d_inner and ignore n_groups,
+    which changes the function of every model with n_groups > 1. Probed on the norm itself:
+    two groups of very different scale give different outputs under the two definitions."""
+    cfg = Mamba2Config(vocab_size=16, hidden_size=32, state_size=8, num_hidden_layers=1, expand=2,
+                       num_heads=4, head_dim=16, n_groups=2)
+    norm = Mamba2ForCausalLM(cfg).backbone.layers[0].mixer.norm
+    x = torch.randn(2, 3, 64)
+    x[..., 32:] *= 10.0
+    with torch.no_grad():
+        y = norm(x, None)
+        g = x.view(2, 3, 2, 32)
+        ref = (g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)).view(2, 3, 64)
+    return bool(torch.allclose(y, ref * norm.weight, rtol=1e-5, atol=1e-6))
+
+
+def group_the_norms(model):
+    """Gives every Mamba-2 layer of `model` the per-group gated RMSNorm (mamba_ssm's definition)."""
+    for layer in model.backbone.layers:
+        mixer = layer.mixer
+        norm, groups = mixer.norm, mixer.n_groups
+
+        def forward(hidden_states, gate=None, norm=norm, groups=groups):
+            h = hidden_states.to(torch.float32)
+            if gate is not None:
+                h = h * torch.nn.functional.silu(gate.to(torch.float32))
+            g = h.view(*h.shape[:-1], groups, h.shape[-1] // groups)
+            g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+            return norm.weight * g.view(h.shape).to(hidden_states.dtype)
+
+        norm.forward = forward
+    model.grouped_norm_patched = True
+    return model
+
+
+GROUPED_NORM = None  # set in main()
+
+
 def compare(name, ours, model, ids):
+    patched = getattr(model, "grouped_norm_patched", False)
+    if isinstance(model, Mamba2ForCausalLM) and model.config.n_groups > 1 and not GROUPED_NORM \
+            and not getattr(model, "grouped_norm_patched", False):
+        # This transformers computes another function for n_groups > 1 (its norm ignores the
+        # groups): show that difference, then compare with the per-group norm, the definition
+        # mamba_ssm and ssmtrain share. The n_groups = 1 cases compare unpatched.
+        r_own = rel_diff(ours, their_logits(model, ids))
+        print(f"note {name}: against this transformers' whole-width gated norm: relative {r_own:.3e} "
+              f"(expected for n_groups = {model.config.n_groups}); compared below with the per-group norm")
+        group_the_norms(model)
+        patched = True
+    if patched:
+        name += " [per-group norm]"
     ref = their_logits(model, ids)
     if ours.shape != ref.shape:
         failures.append(f"{name}: logits shape {ours.shape} vs transformers {ref.shape}")
@@ -177,6 +237,10 @@ def main():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
+    global GROUPED_NORM
+    GROUPED_NORM = mamba2_norm_is_grouped()
+    print("Mamba-2 gated RMSNorm: " + ("per group of d_inner / n_groups, as mamba_ssm and ssmtrain" if GROUPED_NORM else
+          "over the whole d_inner, ignoring n_groups (unlike mamba_ssm and ssmtrain; see docs/interop.md)"))
     text = training_text(workdir)
 
     # 1 and 2: trained ssmtrain models out.
@@ -209,15 +273,19 @@ def main():
         ("mamba2", Mamba2ForCausalLM(Mamba2Config(vocab_size=1003, hidden_size=64, state_size=16,
                                                   num_hidden_layers=2, expand=2, num_heads=8, head_dim=16,
                                                   n_groups=2, chunk_size=16, tie_word_embeddings=True))),
+        ("mamba2", Mamba2ForCausalLM(Mamba2Config(vocab_size=515, hidden_size=48, state_size=16,
+                                                  num_hidden_layers=2, expand=2, num_heads=6, head_dim=16,
+                                                  n_groups=1, chunk_size=16, tie_word_embeddings=True))),
     ]
     for mixer, model in imports:
         model = model.eval()
-        hf_dir = os.path.join(workdir, f"random_{mixer}_hf")
+        hf_dir = os.path.join(workdir, f"random_{mixer}_{model.config.vocab_size}_hf")
         model.save_pretrained(hf_dir)
-        ckpt = os.path.join(workdir, f"imported_{mixer}.h5")
+        ckpt = os.path.join(workdir, f"imported_{mixer}_{model.config.vocab_size}.h5")
         run([ssmtrain, "import", hf_dir, ckpt])
         ids = rng.integers(0, model.config.vocab_size, size=100)
-        compare(f"import transformers {mixer} (random, vocab {model.config.vocab_size})",
+        groups = f", {model.config.n_groups} group(s)" if mixer == "mamba2" else ""
+        compare(f"import transformers {mixer} (random, vocab {model.config.vocab_size}{groups})",
                 ours_logits(ssmtrain, ckpt, ids, workdir), model, ids)
 
     # Half-precision checkpoints are widened to f32 on import: a bf16 save of the Mamba-2
