@@ -26,7 +26,7 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 widths="model.d_model=64,128,192,256,320"
 case "$mode" in
   chinchilla) grid="$widths" ;;
-  isoflop) grid="$widths;budget.flops=3e13,1e14,3e14" ;;
+  isoflop) grid="budget.flops=3e14,1e14,3e13;$widths" ;;  # the longest runs first (--jobs)
   *) die "unknown mode '$mode' (chinchilla or isoflop)" ;;
 esac
 "$bin" sweep "$here/configs/scaling/mamba.yaml" "$here/configs/scaling/mamba2.yaml" \

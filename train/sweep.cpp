@@ -229,8 +229,17 @@ std::vector<SweepRun> run_sweep(const SweepOptions& options) {
     configs.push_back(config);
   }
   if (options.jobs > 1) {
+    // Start order: the grid's order with the families interleaved (plan is family-major), so
+    // that the first runs started are the grid's first combination in every family; a grid
+    // that lists its costliest value first (the largest budget.flops) starts its longest runs
+    // first and the sweep does not wait on one family's long tail.
+    std::vector<size_t> order;
+    const size_t per_family = combos.size();
+    for (size_t c = 0; c < per_family; ++c)
+      for (size_t f = 0; f * per_family < plan.size(); ++f) order.push_back(f * per_family + c);
     std::vector<std::vector<std::string>> argvs;
-    for (size_t i = 0; i < plan.size(); ++i) {
+    std::vector<std::string> names;
+    for (size_t i : order) {
       // The same config the in-process run would train: the family's file, the sweep's
       // overrides, the combination's, and the run's name (run.* is not compared on reuse).
       std::vector<std::string> a = {"train", plan[i].path, "--run-dir", configs[i].run.dir, "--resume", "auto"};
@@ -239,9 +248,8 @@ std::vector<SweepRun> run_sweep(const SweepOptions& options) {
       a.insert(a.end(), plan[i].combo.begin(), plan[i].combo.end());
       a.push_back("run.name=" + runs[i].name);
       argvs.push_back(std::move(a));
+      names.push_back(runs[i].name);
     }
-    std::vector<std::string> names;
-    for (const SweepRun& r : runs) names.push_back(r.name);
     run_children(argvs, names, options.jobs);
     if (stop_requested()) {
       std::fprintf(stderr,

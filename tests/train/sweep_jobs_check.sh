@@ -24,6 +24,10 @@ grid="model.d_model=8,16;budget.steps=2,4"
 "$bin" sweep "$dir/a.yaml" "$dir/b.yaml" --grid "$grid" --run-dir "$dir/par" --bootstrap 0 --jobs 3 \
   > "$dir/par.out" 2>&1 || { cat "$dir/par.out"; fail "the sweep with --jobs 3 failed"; }
 grep -q "started" "$dir/par.out" || fail "--jobs 3 did not start child runs"
+# Started in grid order with the families interleaved: a's first combination, then b's.
+first=$(grep started "$dir/par.out" | head -2 | sed -E 's/.*started: ([^ ]*) .*/\1/' | tr '\n' ' ')
+[ "$first" = "a__model.d_model-8__budget.steps-2 b__model.d_model-8__budget.steps-2 " ] ||
+  fail "the first runs started were '$first', expected each family's first combination"
 [ "$(grep -c '"name"' "$dir/par/sweep.jsonl")" -eq 8 ] || fail "--jobs 3 recorded $(grep -c . "$dir/par/sweep.jsonl") runs, expected 8"
 cmp -s "$dir/seq/sweep.jsonl" "$dir/par/sweep.jsonl" ||
   { diff "$dir/seq/sweep.jsonl" "$dir/par/sweep.jsonl"; fail "--jobs 3 and one run at a time recorded different results"; }
