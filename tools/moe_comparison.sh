@@ -10,6 +10,8 @@
 #
 # Usage: tools/moe_comparison.sh SSMTRAIN OUTDIR [key.path=value ...]
 #   key.path=value  passed to every run (e.g. budget.steps=4000, train.device=cpu)
+# Environment: PARALLEL=1 trains the three runs at once (on one GPU start CUDA MPS first,
+# as tools/gpu_demos.sh does); by default they run one after another.
 set -euo pipefail
 die() { echo "moe_comparison: $*" >&2; exit 2; }
 [ $# -ge 2 ] || die "usage: tools/moe_comparison.sh SSMTRAIN OUTDIR [key.path=value ...]"
@@ -25,9 +27,16 @@ run() {  # run NAME CONFIG overrides...
   shift 2
   "$bin" train "$here/configs/$config" --run-dir "$out/$name" --resume auto --quiet "${common[@]}" "$@"
 }
-run dense mamba_text.yaml
-run moe8 moe_mamba_text.yaml
-run moe32 moe_mamba_text.yaml model.moe.experts=32 model.moe.d_ff=839
+if [ "${PARALLEL:-0}" = 1 ]; then  # the three runs at once (one GPU, best under CUDA MPS)
+  run dense mamba_text.yaml > "$out/dense.out" 2>&1 &
+  run moe8 moe_mamba_text.yaml > "$out/moe8.out" 2>&1 &
+  run moe32 moe_mamba_text.yaml model.moe.experts=32 model.moe.d_ff=839 > "$out/moe32.out" 2>&1 &
+  for job in $(jobs -p); do wait "$job" || die "a run failed (its train.log and $out/*.out say why)"; done
+else
+  run dense mamba_text.yaml
+  run moe8 moe_mamba_text.yaml
+  run moe32 moe_mamba_text.yaml model.moe.experts=32 model.moe.d_ff=839
+fi
 
 # "step loss" of a run's validation records.
 val() { grep '"split": "val"' "$out/$1/metrics.jsonl" | sed -E 's/.*"step": ([0-9]+).*"loss": ([-0-9.eE+]+).*/\1 \2/'; }
