@@ -22,6 +22,9 @@
 #                     nvjet/xmma/cutlass GEMMs, NCCL); reports naming only such kernels give the
 #                     verdict "library only" (see docs/testing.md), not "FINDINGS"
 #   COMPUTE_SANITIZER the compute-sanitizer executable (default: from PATH or the CUDA toolkit)
+#   SANITIZER_ARGS    more compute-sanitizer options for every run, e.g. "--kernel-name-exclude
+#                     kns=nvjet" to leave cuBLAS's Hopper GEMMs uninstrumented (racecheck runs
+#                     many times faster and reports only on the kernels that remain)
 # Exit status: 0 when every run finished with no sanitizer error and no failed test case.
 set -uo pipefail
 
@@ -93,7 +96,7 @@ for tool in $tools; do
     log="$out/${tool}_${t}.log"
     start=$(date +%s)
     # shellcheck disable=SC2046  # tool_options is a list of words on purpose
-    timeout "$limit" "$sanitizer" --tool "$tool" $(tool_options "$tool") --target-processes all \
+    timeout "$limit" "$sanitizer" --tool "$tool" $(tool_options "$tool") ${SANITIZER_ARGS:-} --target-processes all \
       --print-limit "$print_limit" --error-exitcode 86 "$bin" -tc="$cases" -tce="$exclude" > "$log" 2>&1
     rc=$?
     secs=$(( $(date +%s) - start ))
