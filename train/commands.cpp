@@ -270,23 +270,13 @@ int cmd_sweep(const Args& args) {
   }
   o.dir = args.has("--run-dir") ? args.get("--run-dir") : "runs/" + stems + "-sweep";
   if (args.has("--family")) o.family_key = args.get("--family");
-  int bootstrap = 200;
-  if (args.has("--bootstrap")) {
-    const std::string v = args.get("--bootstrap");
-    char* end = nullptr;
-    const long n = std::strtol(v.c_str(), &end, 10);
-    SSMT_CHECK(!v.empty() && *end == '\0' && n >= 0 && n <= 100000, "ssmtrain sweep: --bootstrap '", v,
-               "' must be a whole number of resamples in [0, 100000]");
-    bootstrap = static_cast<int>(n);
-  }
-  if (args.has("--jobs")) {
-    const std::string v = args.get("--jobs");
-    char* end = nullptr;
-    const long n = std::strtol(v.c_str(), &end, 10);
-    SSMT_CHECK(!v.empty() && *end == '\0' && n >= 1 && n <= 256, "ssmtrain sweep: --jobs '", v,
-               "' must be a whole number of runs at once in [1, 256]");
-    o.jobs = static_cast<int>(n);
-  }
+  const int64_t resamples = args.get_int("--bootstrap", 200);
+  SSMT_CHECK(resamples >= 0 && resamples <= 100000, "ssmtrain sweep: --bootstrap ", resamples,
+             " must be a whole number of resamples in [0, 100000]");
+  const int bootstrap = static_cast<int>(resamples);
+  const int64_t jobs = args.get_int("--jobs", 1);
+  SSMT_CHECK(jobs >= 1 && jobs <= 256, "ssmtrain sweep: --jobs ", jobs, " must be a whole number of runs at once in [1, 256]");
+  o.jobs = static_cast<int>(jobs);
   sweep_family_key(o);  // a bad --family fails before any training
   std::vector<SweepRun> runs = run_sweep(o);
   if (stop_requested()) return 0;  // run_sweep said how to continue
