@@ -277,6 +277,7 @@ int cmd_sweep(const Args& args) {
   const int64_t jobs = args.get_int("--jobs", 1);
   SSMT_CHECK(jobs >= 1 && jobs <= 256, "ssmtrain sweep: --jobs ", jobs, " must be a whole number of runs at once in [1, 256]");
   o.jobs = static_cast<int>(jobs);
+  o.fit_only = args.has("--fit-only");
   sweep_family_key(o);  // a bad --family fails before any training
   std::vector<SweepRun> runs = run_sweep(o);
   if (stop_requested()) return 0;  // run_sweep said how to continue
@@ -322,9 +323,13 @@ int cmd_sweep(const Args& args) {
                       law.loss(law.n_opt(c), law.d_opt(c)));
       }
     }
-    if (f.has_isoflop)
+    if (f.has_isoflop) {
       std::printf("  IsoFLOP profiles (%zu budgets): N_opt = %.4g C^%.3f\n", f.isoflop.budgets.size(), f.isoflop.k,
                   f.isoflop.a);
+      for (const std::string& s : f.isoflop.skipped) std::printf("    left out: %s\n", s.c_str());
+    } else if (!f.isoflop_problem.empty() && !f.nominal.empty()) {
+      std::printf("  IsoFLOP profiles: not fitted: %s\n", f.isoflop_problem.c_str());
+    }
   }
   // The fits beside the runs they came from, for the pictures and later comparison.
   const std::string path = o.dir + "/fit.json";

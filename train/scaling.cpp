@@ -219,6 +219,14 @@ ScalingBootstrap bootstrap_scaling_law(const std::vector<ScalingPoint>& points, 
   return out;
 }
 
+namespace {
+std::string format_g(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3g", v);
+  return buf;
+}
+}  // namespace
+
 IsoFlopFit fit_isoflop(const std::vector<ScalingPoint>& points) {
   std::vector<std::pair<double, ScalingPoint>> by_c;
   for (const auto& p : points) {
@@ -242,8 +250,25 @@ IsoFlopFit fit_isoflop(const std::vector<ScalingPoint>& points) {
     }
     std::sort(xs.begin(), xs.end());
     const auto distinct = std::unique(xs.begin(), xs.end()) - xs.begin();
-    SSMT_CHECK(distinct >= 3, "isoflop fit: the budget C = ", by_c[i].first, " has runs at ", distinct,
-               " model size(s); a parabola needs at least 3");
+    const std::string budget = "C = " + format_g(by_c[i].first);
+    const auto best = std::min_element(by_c.begin() + i, by_c.begin() + j, [](const auto& x, const auto& y) {
+      return x.second.loss < y.second.loss;
+    });
+    const double best_x = std::log(best->second.n);
+    const size_t first = i;
+    i = j;
+    if (distinct < 3) {
+      fit.skipped.push_back(budget + ": runs at " + std::to_string(distinct) +
+                            " model size(s); a parabola needs at least 3");
+      continue;
+    }
+    if (best_x <= xs.front() || best_x >= xs[distinct - 1]) {
+      fit.skipped.push_back(budget + ": the lowest loss is at the " +
+                            (best_x <= xs.front() ? "smallest" : "largest") + " size (N = " +
+                            format_g(best->second.n) + "), so the runs do not bracket the minimum; add " +
+                            (best_x <= xs.front() ? "smaller" : "larger") + " models");
+      continue;
+    }
     // Solve [[S0 S1 S2][S1 S2 S3][S2 S3 S4]] c = T by Cramer's rule.
     auto det3 = [](double m[3][3]) {
       return m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
@@ -258,13 +283,17 @@ IsoFlopFit fit_isoflop(const std::vector<ScalingPoint>& points) {
         for (int q = 0; q < 3; ++q) Mc[r][q] = q == col ? T[r] : M[r][q];
       c[col] = det3(Mc) / det;
     }
-    SSMT_CHECK(c[2] > 0, "isoflop fit: the runs at C = ", by_c[i].first,
-               " do not bracket a minimum (the loss parabola in log N opens downwards)");
+    if (!(c[2] > 0)) {
+      fit.skipped.push_back(budget + ": the loss parabola in log N opens downwards (no minimum)");
+      continue;
+    }
     const double x_opt = -c[1] / (2 * c[2]);
-    fit.budgets.push_back({by_c[i].first, std::exp(x_opt), c[0] - c[1] * c[1] / (4 * c[2])});
-    i = j;
+    fit.budgets.push_back({by_c[first].first, std::exp(x_opt), c[0] - c[1] * c[1] / (4 * c[2])});
   }
-  SSMT_CHECK(fit.budgets.size() >= 2, "isoflop fit: needs at least 2 compute budgets, got ", fit.budgets.size());
+  std::string why;
+  for (const std::string& s : fit.skipped) why += "; " + s;
+  SSMT_CHECK(fit.budgets.size() >= 2, "isoflop fit: needs at least 2 compute budgets whose runs bracket a minimum, got ",
+             fit.budgets.size(), why);
   // ln N_opt = ln k + a ln C by least squares.
   double sx = 0, sy = 0, sxx = 0, sxy = 0;
   const double m = static_cast<double>(fit.budgets.size());

@@ -76,7 +76,9 @@ ScalingBootstrap bootstrap_scaling_law(const std::vector<ScalingPoint>& points, 
 
 // IsoFLOP analysis: for each budget, a parabola of loss in log N through its runs (at least 3
 // distinct N) and its minimum; then N_opt = k C^a fitted by least squares in log-log space
-// (at least 2 budgets).
+// (at least 2 budgets). A budget whose runs do not bracket a minimum (the lowest loss at its
+// smallest or largest size, or a parabola that opens downwards) would place N_opt by
+// extrapolation: it is left out and named in `skipped`.
 struct IsoFlopBudget {
   double flops = 0;
   double n_opt = 0;     // the parabola's minimiser
@@ -85,6 +87,7 @@ struct IsoFlopBudget {
 struct IsoFlopFit {
   std::vector<IsoFlopBudget> budgets;
   double k = 0, a = 0;  // N_opt = k C^a
+  std::vector<std::string> skipped;  // the budgets left out, each with the reason
 };
 // points: (N, D, loss) with C = 6 N D; runs are grouped by C to a relative tolerance of 1%.
 IsoFlopFit fit_isoflop(const std::vector<ScalingPoint>& points);

@@ -228,7 +228,7 @@ std::vector<SweepRun> run_sweep(const SweepOptions& options) {
     runs.push_back(run);
     configs.push_back(config);
   }
-  if (options.jobs > 1) {
+  if (options.jobs > 1 && !options.fit_only) {
     // Start order: the grid's order with the families interleaved (plan is family-major), so
     // that the first runs started are the grid's first combination in every family; a grid
     // that lists its costliest value first (the largest budget.flops) starts its longest runs
@@ -261,7 +261,7 @@ std::vector<SweepRun> run_sweep(const SweepOptions& options) {
   for (size_t i = 0; i < plan.size(); ++i) {
     SweepRun& run = runs[i];
     const Config& config = configs[i];
-    if (options.jobs <= 1) {
+    if (options.jobs <= 1 && !options.fit_only) {
       TrainOptions t;
       t.run_dir = config.run.dir;
       t.resume = "auto";
@@ -288,6 +288,12 @@ std::vector<SweepRun> run_sweep(const SweepOptions& options) {
                                      : config.budget.params == "active" ? counts.active
                                                                         : counts.non_embedding);
     std::tie(run.tokens, run.val_loss) = final_validation(config.run.dir);
+    if (options.fit_only) {
+      const Budget planned = compute_budget(counts, budget_spec(config), tokens_per_step(config, 1));
+      SSMT_CHECK(run.tokens >= static_cast<double>(planned.tokens), "sweep --fit-only: run '", config.run.dir,
+                 "' has its last validation record at ", static_cast<int64_t>(run.tokens), " tokens, before its budget's ",
+                 planned.tokens, "; train it to the end first (the same command without --fit-only)");
+    }
     run.budget_flops = config.budget.steps == 0 && config.budget.tokens == 0 ? config.budget.flops : 0.0;
   }
   std::string jsonl;
@@ -376,7 +382,11 @@ std::string sweep_fit_json(const std::vector<FamilyFit>& fits) {
     if (f.has_isoflop) {
       Json budgets = Json::array();
       for (const auto& b : f.isoflop.budgets) budgets.push_back(Json::array({b.flops, b.n_opt, b.loss_opt}));
-      j["isoflop"] = {{"k", f.isoflop.k}, {"a", f.isoflop.a}, {"budgets", budgets}};
+      Json skipped = Json::array();
+      for (const std::string& s : f.isoflop.skipped) skipped.push_back(s);
+      j["isoflop"] = {{"k", f.isoflop.k}, {"a", f.isoflop.a}, {"budgets", budgets}, {"skipped", skipped}};
+    } else if (!f.isoflop_problem.empty() && !f.nominal.empty()) {
+      j["isoflop_problem"] = f.isoflop_problem;
     }
     families.push_back(j);
   }

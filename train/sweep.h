@@ -49,6 +49,9 @@ struct SweepOptions {
   // run as its own `ssmtrain train` process, N at a time (small models leave a GPU mostly
   // idle; several of them share it, best under CUDA MPS: docs/scaling.md).
   int jobs = 1;
+  // Train nothing: gather and fit the runs already in `dir` (each must have finished: its last
+  // validation record at the tokens its budget plans), e.g. when their checkpoints were not kept.
+  bool fit_only = false;
 };
 
 // The family key a sweep uses (see SweepOptions::family_key); UserError when the key named is

@@ -42,6 +42,13 @@ for r in "$dir"/par/*/metrics.jsonl; do
   [ "$(grep -c '"split": "val"' "$r")" -eq 1 ] || fail "$r: a reused run trained or evaluated again"
 done
 
+# --fit-only: trains nothing, and gives the same results from runs whose checkpoints are gone.
+rm -rf "$dir"/par/*/checkpoints
+"$bin" sweep "$dir/a.yaml" "$dir/b.yaml" --grid "$grid" --run-dir "$dir/par" --bootstrap 0 --fit-only \
+  > "$dir/fit.out" 2>&1 || { cat "$dir/fit.out"; fail "--fit-only failed"; }
+cmp -s "$dir/first.jsonl" "$dir/par/sweep.jsonl" || fail "--fit-only changed sweep.jsonl"
+grep -q "started" "$dir/fit.out" && fail "--fit-only started runs"
+
 # A run that fails (its data file does not exist): non-zero exit naming the run; the others finish.
 "$bin" sweep "$dir/a.yaml" --grid "data.kind=synthetic,text" --run-dir "$dir/bad" --bootstrap 0 --jobs 2 \
   data.path="$dir/missing.txt" > "$dir/bad.out" 2>&1
@@ -69,6 +76,13 @@ grep -q FAILED "$dir/stop.out" && { cat "$dir/stop.out"; fail "a stopped run was
 for r in "$dir"/stop/*/; do
   ls "$r" | grep -q '\.h5$' || ls "$r"/* | grep -q '\.h5$' || { ls -R "$r"; fail "$r: the stopped run saved no checkpoint"; }
 done
+
+# --fit-only over runs that were stopped before their budget: exit 2 naming a run.
+"$bin" sweep "$dir/a.yaml" --grid "model.d_model=8,16" --run-dir "$dir/stop" --bootstrap 0 --fit-only \
+  budget.steps=1000000 train.checkpoint_every=0 > "$dir/fit2.out" 2>&1
+rc=$?
+[ "$rc" -eq 2 ] && grep -q "model.d_model-" "$dir/fit2.out" ||
+  { cat "$dir/fit2.out"; fail "--fit-only over unfinished runs exited $rc, expected 2 naming the run"; }
 
 "$bin" sweep "$dir/a.yaml" --grid "$grid" --run-dir "$dir/x" --jobs 0 > "$dir/j.out" 2>&1
 rc=$?

@@ -103,6 +103,27 @@ TEST_CASE("IsoFLOP parabolas find each budget's minimum and the exponent of N_op
   CHECK(fit.a == doctest::Approx(0.28 / 0.62).epsilon(0.02));
 }
 
+TEST_CASE("an IsoFLOP budget whose lowest loss is at the edge of its sizes is left out and named") {
+  // Loss along each budget's sizes; at C2 the sizes stop short of the optimum (the loss still
+  // falls at the largest size), at C1 and C3 they bracket it.
+  auto bowl = [](double n, double n_opt) { return 2.0 + 0.1 * std::pow(std::log(n / n_opt), 2); };
+  std::vector<ScalingPoint> pts;
+  for (double n : {1e6, 2e6, 4e6, 8e6}) pts.push_back({n, 1e13 / (6 * n), bowl(n, 3e6)});
+  for (double n : {1e6, 2e6, 4e6, 8e6}) pts.push_back({n, 1e14 / (6 * n), bowl(n, 2e7)});
+  for (double n : {1e6, 2e6, 4e6, 8e6}) pts.push_back({n, 1e15 / (6 * n), bowl(n, 5e6)});
+  const IsoFlopFit fit = fit_isoflop(pts);
+  REQUIRE(fit.budgets.size() == 2);
+  CHECK(fit.budgets[0].n_opt == doctest::Approx(3e6).epsilon(1e-6));
+  CHECK(fit.budgets[1].n_opt == doctest::Approx(5e6).epsilon(1e-6));
+  REQUIRE(fit.skipped.size() == 1);
+  CHECK(fit.skipped[0].find("C = 1e+14") != std::string::npos);
+  CHECK(fit.skipped[0].find("largest size") != std::string::npos);
+  CHECK(fit.skipped[0].find("add larger models") != std::string::npos);
+  // With one bracketed budget left there is no fit; the message names the budgets left out.
+  std::vector<ScalingPoint> one(pts.begin(), pts.begin() + 8);
+  CHECK_THROWS_WITH_AS(fit_isoflop(one), doctest::Contains("largest size"), UserError);
+}
+
 TEST_CASE("scaling fits reject too few or invalid points by name") {
   std::vector<ScalingPoint> few = {{1e7, 1e9, 3.0}, {1e8, 1e9, 2.8}};
   CHECK_THROWS_WITH_AS(fit_scaling_law(few), doctest::Contains("at least 5"), UserError);
