@@ -62,11 +62,12 @@ grep -q "data.kind-synthetic finished" "$dir/bad.out" || fail "the other run did
 "$bin" sweep "$dir/a.yaml" --grid "model.d_model=8,16" --run-dir "$dir/stop" --bootstrap 0 --jobs 2 \
   budget.steps=1000000 train.checkpoint_every=0 > "$dir/stop.out" 2>&1 &
 pid=$!
-for _ in $(seq 100); do
-  [ "$(ls "$dir"/stop/*/metrics.jsonl 2>/dev/null | wc -l)" -eq 2 ] && break
+# Both runs are in their training loop (stop handlers installed) once they have logged step 1.
+for _ in $(seq 300); do
+  [ "$(find "$dir/stop" -name metrics.jsonl -size +0 2>/dev/null | wc -l)" -eq 2 ] && break
   sleep 0.1
 done
-sleep 0.5
+sleep 0.2
 kill -TERM "$pid"
 ( sleep 60; kill -KILL "$pid" 2>/dev/null ) &  # a watchdog, should the stop hang
 wait "$pid"
