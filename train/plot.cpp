@@ -218,8 +218,9 @@ std::vector<double> log_ticks(double lo, double hi) {
         if (m * d >= lo * (1 - 1e-9) && m * d <= hi * (1 + 1e-9)) out.push_back(m * d);
     if (out.size() <= 8) break;
   }
-  // A range inside one step of those (losses between 2.6 and 2.8): linear ticks.
-  if (out.size() < 2) return nice_ticks(lo, hi, 4);
+  // Two or fewer ticks (losses between 1.3 and 3.1 give 2 and 3), or a range inside one step
+  // of those (between 2.6 and 2.8): linear ticks, which a short log axis shows evenly enough.
+  if (out.size() <= 2) return nice_ticks(lo, hi, 4);
   return out;
 }
 

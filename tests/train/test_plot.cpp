@@ -37,6 +37,11 @@ TEST_CASE("plot: ticks are round numbers covering the range") {
   CHECK(log_ticks(1.7e9, 8.6e10) == std::vector<double>{2e9, 5e9, 1e10, 2e10, 5e10});  // else 1-2-5
   CHECK(log_ticks(2.6, 2.8).size() >= 3);  // inside one integer step: linear ticks
   CHECK(log_ticks(2.6, 2.8).front() >= 2.6);
+  // Two integer ticks only (1.3 .. 3.1 holds 2 and 3): linear ticks instead, at least 3.
+  const std::vector<double> short_range = log_ticks(1.3, 3.1);
+  CHECK(short_range.size() >= 3);
+  CHECK(short_range.front() >= 1.3);
+  CHECK(short_range.back() <= 3.1);
   CHECK(log_ticks(2.6, 2.8).back() <= 2.8 + 1e-12);
 }
 
