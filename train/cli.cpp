@@ -66,7 +66,7 @@ const std::vector<Command>& commands() {
        {"--output", "--val-fraction", "--shard-tokens", "--eot", "--tokenizer"}, {}, cmd_prepare, {"--input"}},
       {"sweep",
        "ssmtrain sweep CONFIG.yaml [CONFIG.yaml ...] --grid \"key.path=v1,v2;key.path=v1,v2\" [--run-dir DIR] "
-       "[--family KEY|none] [--bootstrap N] [--jobs N] [--fit-only] [key.path=value ...]",
+       "[--family KEY|none] [--bootstrap N] [--jobs N [--gpus 0,1,...]] [--fit-only] [key.path=value ...]",
        "Train each config over every combination of the grid (each a run directory under DIR, default\n"
        "runs/<config names>-sweep), write DIR/sweep.jsonl (N, D, C and final validation loss per run),\n"
        "fit L(N, D) = E + A/N^alpha + B/D^beta per model family when its runs identify it, with\n"
@@ -76,9 +76,10 @@ const std::vector<Command>& commands() {
        "file); with one, families are the values of --family KEY, by default model.mixer when the\n"
        "grid varies it. Finished runs are skipped, so an interrupted sweep continues when the\n"
        "command is repeated. --jobs N trains N runs at once, each its own `ssmtrain train` process\n"
-       "(small models share one GPU well, best under CUDA MPS). --fit-only trains nothing: it fits\n"
+       "(small models share one GPU well, best under CUDA MPS); --gpus 0,1,2,3 spreads them over\n"
+       "those GPUs (job slot k on the k-th, round robin). --fit-only trains nothing: it fits\n"
        "and draws the finished runs already in DIR (their checkpoints need not be kept).",
-       {"--grid", "--run-dir", "--family", "--bootstrap", "--jobs"}, {"--fit-only"}, cmd_sweep},
+       {"--grid", "--run-dir", "--family", "--bootstrap", "--jobs", "--gpus"}, {"--fit-only"}, cmd_sweep},
       {"export", "ssmtrain export CKPT.h5 OUTDIR [--format hf|mamba_ssm]",
        "Write a checkpoint's weights for other code: OUTDIR/config.json and OUTDIR/model.safetensors.\n"
        "--format hf (default): a directory transformers' MambaForCausalLM / Mamba2ForCausalLM load with\n"

@@ -278,6 +278,10 @@ int cmd_sweep(const Args& args) {
   SSMT_CHECK(jobs >= 1 && jobs <= 256, "ssmtrain sweep: --jobs ", jobs, " must be a whole number of runs at once in [1, 256]");
   o.jobs = static_cast<int>(jobs);
   o.fit_only = args.has("--fit-only");
+  if (args.has("--gpus")) {
+    o.gpus = parse_sweep_gpus(args.get("--gpus"));
+    SSMT_CHECK(o.jobs > 1, "ssmtrain sweep: --gpus spreads the runs of --jobs N (N > 1) over GPUs; give --jobs too");
+  }
   sweep_family_key(o);  // a bad --family fails before any training
   std::vector<SweepRun> runs = run_sweep(o);
   if (stop_requested()) return 0;  // run_sweep said how to continue

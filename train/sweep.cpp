@@ -68,29 +68,48 @@ std::pair<double, double> final_validation(const std::string& run_dir) {
 }
 
 // Runs `<this executable> argv...` for every argv, at most `jobs` at a time, and waits for
-// all. On a stop request every running child is asked to stop too: each saves its
-// checkpoint and exits, and no new one starts. UserError naming the runs that failed.
+// all. With `gpus`, the runs are spread over those GPUs: job slot k runs on gpus[k % n] (its
+// child sees CUDA_VISIBLE_DEVICES=that id), so each GPU holds an equal share of the slots.
+// On a stop request every running child is asked to stop too: each saves its checkpoint and
+// exits, and no new one starts. UserError naming the runs that failed.
 void run_children(const std::vector<std::vector<std::string>>& argvs, const std::vector<std::string>& names,
-                  int jobs) {
+                  int jobs, const std::vector<std::string>& gpus) {
   std::error_code ec;
   const std::string exe = fs::read_symlink("/proc/self/exe", ec).string();
   SSMT_CHECK(!ec && !exe.empty(), "sweep --jobs: cannot find this program's path (/proc/self/exe)");
   install_stop_handlers();  // SIGINT/SIGTERM: stop starting runs, stop the running ones, wait
-  std::map<pid_t, size_t> running;
+  // The environment of every child, less CUDA_VISIBLE_DEVICES when `gpus` sets it per child.
+  std::vector<std::string> base_env;
+  for (char** e = environ; *e; ++e)
+    if (gpus.empty() || std::strncmp(*e, "CUDA_VISIBLE_DEVICES=", 21) != 0) base_env.emplace_back(*e);
+  std::map<pid_t, std::pair<size_t, int>> running;  // pid -> (run, job slot)
+  std::vector<bool> slot_busy(static_cast<size_t>(jobs), false);
   std::vector<std::string> failed;
   size_t next = 0, done = 0;
   bool forwarded = false;
   while (next < argvs.size() || !running.empty()) {
     while (next < argvs.size() && static_cast<int>(running.size()) < jobs && !stop_requested()) {
+      const int slot = static_cast<int>(std::find(slot_busy.begin(), slot_busy.end(), false) - slot_busy.begin());
       std::vector<char*> argv = {const_cast<char*>(exe.c_str())};
       for (const std::string& a : argvs[next]) argv.push_back(const_cast<char*>(a.c_str()));
       argv.push_back(nullptr);
+      std::vector<std::string> env = base_env;
+      std::string where;
+      if (!gpus.empty()) {
+        const std::string& gpu = gpus[static_cast<size_t>(slot) % gpus.size()];
+        env.push_back("CUDA_VISIBLE_DEVICES=" + gpu);
+        where = " on GPU " + gpu;
+      }
+      std::vector<char*> envp;
+      for (std::string& e : env) envp.push_back(e.data());
+      envp.push_back(nullptr);
       pid_t pid = 0;
-      const int err = posix_spawn(&pid, exe.c_str(), nullptr, nullptr, argv.data(), environ);
+      const int err = posix_spawn(&pid, exe.c_str(), nullptr, nullptr, argv.data(), envp.data());
       SSMT_CHECK(err == 0, "sweep --jobs: cannot start the run '", names[next], "': ", std::strerror(err));
-      std::fprintf(stderr, "sweep: run %zu of %zu started: %s (pid %d)\n", next + 1, argvs.size(),
+      std::fprintf(stderr, "sweep: run %zu of %zu started%s: %s (pid %d)\n", next + 1, argvs.size(), where.c_str(),
                    names[next].c_str(), static_cast<int>(pid));
-      running[pid] = next++;
+      slot_busy[static_cast<size_t>(slot)] = true;
+      running[pid] = {next++, slot};
     }
     if (running.empty()) break;  // stopped before every run started
     int status = 0;
@@ -101,14 +120,15 @@ void run_children(const std::vector<std::vector<std::string>>& argvs, const std:
       // or a scheduler's SIGTERM may reach this process alone: pass it on as SIGTERM, which
       // asks a run to checkpoint and stop (a second SIGINT would abort it instead).
       if (stop_requested() && !forwarded) {
-        for (const auto& [child, i] : running) kill(child, SIGTERM);
+        for (const auto& entry : running) kill(entry.first, SIGTERM);
         forwarded = true;
       }
       continue;
     }
     auto it = running.find(pid);
     if (it == running.end()) continue;
-    const size_t i = it->second;
+    const size_t i = it->second.first;
+    slot_busy[static_cast<size_t>(it->second.second)] = false;
     running.erase(it);
     ++done;
     const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
@@ -125,6 +145,17 @@ void run_children(const std::vector<std::vector<std::string>>& argvs, const std:
 }
 
 }  // namespace
+
+std::vector<std::string> parse_sweep_gpus(const std::string& text) {
+  std::vector<std::string> gpus;
+  for (const std::string& g : split(text, ',')) {
+    const std::string id = trim(g);
+    SSMT_CHECK(!id.empty() && id.find_first_not_of("0123456789") == std::string::npos, "sweep: --gpus '", text,
+               "' must list CUDA device ids, e.g. 0,1,2,3");
+    gpus.push_back(id);
+  }
+  return gpus;
+}
 
 std::vector<SweepAxis> parse_sweep_grid(const std::string& text) {
   std::vector<SweepAxis> axes;
@@ -250,7 +281,7 @@ std::vector<SweepRun> run_sweep(const SweepOptions& options) {
       argvs.push_back(std::move(a));
       names.push_back(runs[i].name);
     }
-    run_children(argvs, names, options.jobs);
+    run_children(argvs, names, options.jobs, options.gpus);
     if (stop_requested()) {
       std::fprintf(stderr,
                    "sweep: stopped by signal; repeat the command to continue (finished runs are reused, the "

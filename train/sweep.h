@@ -22,6 +22,8 @@ struct SweepAxis {
 };
 
 // "a.b=1,2;c.d=x,y" -> axes; UserError naming the offending part.
+// "--gpus 0,1,2,3": CUDA device ids; UserError naming --gpus on anything else.
+std::vector<std::string> parse_sweep_gpus(const std::string& text);
 std::vector<SweepAxis> parse_sweep_grid(const std::string& text);
 
 struct SweepRun {
@@ -49,6 +51,9 @@ struct SweepOptions {
   // run as its own `ssmtrain train` process, N at a time (small models leave a GPU mostly
   // idle; several of them share it, best under CUDA MPS: docs/scaling.md).
   int jobs = 1;
+  // With jobs > 1: the GPUs (CUDA device ids) to spread the runs over, job slot k on
+  // gpus[k % n] through CUDA_VISIBLE_DEVICES; empty = every child sees the same devices.
+  std::vector<std::string> gpus;
   // Train nothing: gather and fit the runs already in `dir` (each must have finished: its last
   // validation record at the tokens its budget plans), e.g. when their checkpoints were not kept.
   bool fit_only = false;

@@ -49,6 +49,19 @@ rm -rf "$dir"/par/*/checkpoints
 cmp -s "$dir/first.jsonl" "$dir/par/sweep.jsonl" || fail "--fit-only changed sweep.jsonl"
 grep -q "started" "$dir/fit.out" && fail "--fit-only started runs"
 
+# --gpus: job slot k runs on the k-th listed GPU, round robin (CUDA_VISIBLE_DEVICES per child;
+# these CPU runs ignore it, the parent says where each run went).
+"$bin" sweep "$dir/a.yaml" --grid "$grid" --run-dir "$dir/gpus" --bootstrap 0 --jobs 3 --gpus 0,1 \
+  > "$dir/gpus.out" 2>&1 || { cat "$dir/gpus.out"; fail "--gpus 0,1 failed"; }
+where=$(grep started "$dir/gpus.out" | head -3 | sed -E 's/.*started on GPU ([0-9]+):.*/\1/' | tr '\n' ' ')
+[ "$where" = "0 1 0 " ] || { cat "$dir/gpus.out"; fail "--jobs 3 --gpus 0,1 placed the first runs on '$where', expected 0 1 0"; }
+[ "$(grep -c "started on GPU" "$dir/gpus.out")" -eq 4 ] || fail "--gpus: not every run was placed on a GPU"
+for bad in "--gpus 0,x --jobs 2" "--gpus 0,1"; do
+  "$bin" sweep "$dir/a.yaml" --grid "$grid" --run-dir "$dir/x" $bad > "$dir/g.out" 2>&1
+  rc=$?
+  [ "$rc" -eq 2 ] && grep -q -- "--gpus" "$dir/g.out" || { cat "$dir/g.out"; fail "'$bad' exited $rc, expected 2 naming --gpus"; }
+done
+
 # A run that fails (its data file does not exist): non-zero exit naming the run; the others finish.
 "$bin" sweep "$dir/a.yaml" --grid "data.kind=synthetic,text" --run-dir "$dir/bad" --bootstrap 0 --jobs 2 \
   data.path="$dir/missing.txt" > "$dir/bad.out" 2>&1
