@@ -11,7 +11,10 @@
 # Usage: tools/moe_comparison.sh SSMTRAIN OUTDIR [key.path=value ...]
 #   key.path=value  passed to every run (e.g. budget.steps=4000, train.device=cpu)
 # Environment: PARALLEL=1 trains the three runs at once (on one GPU start CUDA MPS first,
-# as tools/gpu_demos.sh does); by default they run one after another.
+# as tools/gpu_demos.sh does); by default they run one after another. D_FF8 and D_FF32 (851
+# and 839) are the expert widths that match a Mamba mixer at d_model 256; at another width
+# pass model.d_model=D and the widths (2 D d_ff + D E = the mixer's parameters), e.g. at
+# d_model 512 (13.7M active): D_FF8=1651 D_FF32=1639.
 set -euo pipefail
 die() { echo "moe_comparison: $*" >&2; exit 2; }
 [ $# -ge 2 ] || die "usage: tools/moe_comparison.sh SSMTRAIN OUTDIR [key.path=value ...]"
@@ -27,15 +30,17 @@ run() {  # run NAME CONFIG overrides...
   shift 2
   "$bin" train "$here/configs/$config" --run-dir "$out/$name" --resume auto --quiet "${common[@]}" "$@"
 }
+d_ff8="${D_FF8:-851}"
+d_ff32="${D_FF32:-839}"
 if [ "${PARALLEL:-0}" = 1 ]; then  # the three runs at once (one GPU, best under CUDA MPS)
   run dense mamba_text.yaml > "$out/dense.out" 2>&1 &
-  run moe8 moe_mamba_text.yaml > "$out/moe8.out" 2>&1 &
-  run moe32 moe_mamba_text.yaml model.moe.experts=32 model.moe.d_ff=839 > "$out/moe32.out" 2>&1 &
+  run moe8 moe_mamba_text.yaml model.moe.d_ff="$d_ff8" > "$out/moe8.out" 2>&1 &
+  run moe32 moe_mamba_text.yaml model.moe.experts=32 model.moe.d_ff="$d_ff32" > "$out/moe32.out" 2>&1 &
   for job in $(jobs -p); do wait "$job" || die "a run failed (its train.log and $out/*.out say why)"; done
 else
   run dense mamba_text.yaml
-  run moe8 moe_mamba_text.yaml
-  run moe32 moe_mamba_text.yaml model.moe.experts=32 model.moe.d_ff=839
+  run moe8 moe_mamba_text.yaml model.moe.d_ff="$d_ff8"
+  run moe32 moe_mamba_text.yaml model.moe.experts=32 model.moe.d_ff="$d_ff32"
 fi
 
 # "step loss" of a run's validation records.
