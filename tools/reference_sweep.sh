@@ -3,7 +3,7 @@
 # (configs/scaling/*.yaml) at five widths each on the byte-level Debian corpus, then the
 # per-family fits, bootstrap intervals and pictures that `ssmtrain sweep` writes.
 #
-# Usage: tools/reference_sweep.sh SSMTRAIN OUTDIR [chinchilla|isoflop] [key.path=value ...]
+# Usage: tools/reference_sweep.sh SSMTRAIN OUTDIR [chinchilla|isoflop] [--jobs N] [key.path=value ...]
 #   chinchilla (default)  every width at its Chinchilla budget, D = 20 N
 #   isoflop               every width at each of three compute budgets (budget.flops), for the
 #                         IsoFLOP profiles
