@@ -17,7 +17,7 @@ bin="$1"
 out="$2"
 shift 2
 mode=chinchilla
-if [ $# -gt 0 ] && [ "${1#*=}" = "$1" ]; then
+if [ $# -gt 0 ] && [ "${1#*=}" = "$1" ] && [ "${1#--}" = "$1" ]; then
   mode="$1"
   shift
 fi
