@@ -418,6 +418,9 @@ std::string plot_runs_svg(const std::vector<std::string>& dirs) {
   PlotPanel val{"validation loss", "tokens", "loss (nats/token)", false, false, {}};
   PlotPanel lr{"learning rate", "step", "lr", false, false, {}};
   PlotPanel speed{"throughput", "step", "tokens/s", false, false, {}};
+  // Synthetic tasks (selective copying, induction heads) record the answer accuracy with
+  // each validation: a fifth panel, against step, when any run has it.
+  PlotPanel acc{"validation accuracy", "step", "accuracy", false, false, {}};
   std::vector<std::pair<std::string, int>> legend;
   for (size_t i = 0; i < runs.size(); ++i) {
     const int c = static_cast<int>(i);
@@ -428,8 +431,12 @@ std::string plot_runs_svg(const std::vector<std::string>& dirs) {
     val.series.push_back(v);
     lr.series.push_back(series_of(runs[i].train, "step", "lr", runs[i].name, c));
     speed.series.push_back(series_of(runs[i].train, "step", "tokens_per_s", runs[i].name, c));
+    PlotSeries a = series_of(runs[i].val, "step", "acc", runs[i].name, c);
+    a.markers = true;
+    if (!a.points.empty()) acc.series.push_back(a);
   }
   std::vector<PlotPanel> panels = {loss, val, lr, speed};
+  if (!acc.series.empty()) panels.push_back(acc);
   // With one sweep, its scaling panel (one sweep's families share the run colours' palette
   // only in scaling.svg, where no run curves are drawn).
   if (sweeps.size() == 1) {

@@ -61,6 +61,19 @@ TEST_CASE("plot: a run directory gives one curve per panel; a sweep adds its sca
   const size_t first = svg.find("<polyline"), pts = svg.find("points=\"", first);
   CHECK(count(svg.substr(pts, svg.find('"', pts + 8) - pts), ",") == 2);
   CHECK(contains(svg, ">a</text>"));  // the legend names the run
+  CHECK(!contains(svg, "validation accuracy"));  // no accuracy recorded: no accuracy panel
+
+  // A synthetic task's run records the answer accuracy: a fifth panel, accuracy against step.
+  const std::string task = dir.str() + "/task";
+  write(task + "/metrics.jsonl",
+        "{\"step\": 1, \"tokens\": 100, \"loss\": 2.5, \"lr\": 0.001, \"tokens_per_s\": 10}\n"
+        "{\"step\": 1, \"tokens\": 100, \"split\": \"val\", \"loss\": 2.4, \"acc\": 0.25}\n"
+        "{\"step\": 2, \"tokens\": 200, \"loss\": 1.5, \"lr\": 0.001, \"tokens_per_s\": 10}\n"
+        "{\"step\": 2, \"tokens\": 200, \"split\": \"val\", \"loss\": 1.4, \"acc\": 0.75}\n");
+  const std::string with_acc = plot_runs_svg({task});
+  CHECK(contains(with_acc, "validation accuracy"));
+  CHECK(count(with_acc, "<polyline") == 5);
+  CHECK(count(with_acc, "<circle") == 4);  // two evaluations, in the loss and the accuracy panel
 
   // Two runs: two colours. A sweep directory: its runs plus the compute panel.
   const std::string sweep = dir.str() + "/sw";
