@@ -126,18 +126,15 @@ GROUPED_NORM = None  # set in main()
 
 
 def compare(name, ours, model, ids):
-    patched = getattr(model, "grouped_norm_patched", False)
-    if isinstance(model, Mamba2ForCausalLM) and model.config.n_groups > 1 and not GROUPED_NORM \
-            and not getattr(model, "grouped_norm_patched", False):
+    if isinstance(model, Mamba2ForCausalLM) and model.config.n_groups > 1 and not GROUPED_NORM:
         # This transformers computes another function for n_groups > 1 (its norm ignores the
-        # groups): show that difference, then compare with the per-group norm, the definition
-        # mamba_ssm and ssmtrain share. The n_groups = 1 cases compare unpatched.
-        r_own = rel_diff(ours, their_logits(model, ids))
-        print(f"note {name}: against this transformers' whole-width gated norm: relative {r_own:.3e} "
-              f"(expected for n_groups = {model.config.n_groups}); compared below with the per-group norm")
-        group_the_norms(model)
-        patched = True
-    if patched:
+        # groups): show that difference once per model, then compare with the per-group norm,
+        # the definition mamba_ssm and ssmtrain share. n_groups = 1 compares unpatched.
+        if not getattr(model, "grouped_norm_patched", False):
+            r_own = rel_diff(ours, their_logits(model, ids))
+            print(f"note {name}: against this transformers' whole-width gated norm: relative {r_own:.3e} "
+                  f"(expected for n_groups = {model.config.n_groups}); compared below with the per-group norm")
+            group_the_norms(model)
         name += " [per-group norm]"
     ref = their_logits(model, ids)
     if ours.shape != ref.shape:

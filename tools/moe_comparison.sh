@@ -32,16 +32,13 @@ run() {  # run NAME CONFIG overrides...
 }
 d_ff8="${D_FF8:-851}"
 d_ff32="${D_FF32:-839}"
-if [ "${PARALLEL:-0}" = 1 ]; then  # the three runs at once (one GPU, best under CUDA MPS)
-  run dense mamba_text.yaml > "$out/dense.out" 2>&1 &
-  run moe8 moe_mamba_text.yaml model.moe.d_ff="$d_ff8" > "$out/moe8.out" 2>&1 &
-  run moe32 moe_mamba_text.yaml model.moe.experts=32 model.moe.d_ff="$d_ff32" > "$out/moe32.out" 2>&1 &
-  for job in $(jobs -p); do wait "$job" || die "a run failed (its train.log and $out/*.out say why)"; done
-else
-  run dense mamba_text.yaml
-  run moe8 moe_mamba_text.yaml model.moe.d_ff="$d_ff8"
-  run moe32 moe_mamba_text.yaml model.moe.experts=32 model.moe.d_ff="$d_ff32"
-fi
+launch() {  # launch NAME CONFIG overrides...: in the background with PARALLEL=1
+  if [ "${PARALLEL:-0}" = 1 ]; then run "$@" > "$out/$1.out" 2>&1 & else run "$@"; fi
+}
+launch dense mamba_text.yaml
+launch moe8 moe_mamba_text.yaml model.moe.d_ff="$d_ff8"
+launch moe32 moe_mamba_text.yaml model.moe.experts=32 model.moe.d_ff="$d_ff32"
+for job in $(jobs -p); do wait "$job" || die "a run failed (its train.log and $out/*.out say why)"; done
 
 # "step loss" of a run's validation records.
 val() { grep '"split": "val"' "$out/$1/metrics.jsonl" | sed -E 's/.*"step": ([0-9]+).*"loss": ([-0-9.eE+]+).*/\1 \2/'; }

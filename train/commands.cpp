@@ -331,7 +331,7 @@ int cmd_sweep(const Args& args) {
       std::printf("  IsoFLOP profiles (%zu budgets): N_opt = %.4g C^%.3f\n", f.isoflop.budgets.size(), f.isoflop.k,
                   f.isoflop.a);
       for (const std::string& s : f.isoflop.skipped) std::printf("    left out: %s\n", s.c_str());
-    } else if (!f.isoflop_problem.empty() && !f.nominal.empty()) {
+    } else if (!f.isoflop_problem.empty()) {
       std::printf("  IsoFLOP profiles: not fitted: %s\n", f.isoflop_problem.c_str());
     }
   }

@@ -368,11 +368,17 @@ std::vector<FamilyFit> fit_sweep(const std::vector<SweepRun>& runs, int bootstra
       if (bootstrap > 0)
         f.ci = bootstrap_scaling_law(f.points, f.law, bootstrap, 0.9, 1 + 1000003 * static_cast<uint64_t>(i));
     }
+    // IsoFLOP profiles where runs of equal compute allow them; the reason why not is kept
+    // only for a family budgeted by compute (budget.flops): a sweep over tokens or steps that
+    // forms no IsoFLOP group has nothing to explain.
     try {
       f.isoflop = fit_isoflop(f.nominal);
       f.has_isoflop = true;
     } catch (const UserError& e) {
-      f.isoflop_problem = e.what();
+      const bool by_flops = std::any_of(runs.begin(), runs.end(), [&](const SweepRun& r) {
+        return r.family == f.family && r.budget_flops > 0;
+      });
+      if (by_flops) f.isoflop_problem = e.what();
     }
   }
   return fits;
@@ -416,7 +422,7 @@ std::string sweep_fit_json(const std::vector<FamilyFit>& fits) {
       Json skipped = Json::array();
       for (const std::string& s : f.isoflop.skipped) skipped.push_back(s);
       j["isoflop"] = {{"k", f.isoflop.k}, {"a", f.isoflop.a}, {"budgets", budgets}, {"skipped", skipped}};
-    } else if (!f.isoflop_problem.empty() && !f.nominal.empty()) {
+    } else if (!f.isoflop_problem.empty()) {
       j["isoflop_problem"] = f.isoflop_problem;
     }
     families.push_back(j);

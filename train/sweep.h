@@ -78,7 +78,7 @@ struct FamilyFit {
   std::string problem, warning;
   ScalingLaw law;
   ScalingBootstrap ci;  // bootstrap intervals of the law (ci.used == 0: none)
-  bool has_isoflop = false;  // Approach 2 ran; else `isoflop_problem` says why not
+  bool has_isoflop = false;  // Approach 2 ran; else `isoflop_problem` says why (empty: no run set budget.flops)
   std::string isoflop_problem;
   IsoFlopFit isoflop;
 };

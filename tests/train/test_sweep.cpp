@@ -186,3 +186,31 @@ TEST_CASE("fit_sweep fits each family's law and its IsoFLOP profiles") {
   CHECK(json.find("\"skipped\"") != std::string::npos);
   CHECK(json.find("\"alpha\"") != std::string::npos);
 }
+
+TEST_CASE("fit_sweep says why there is no IsoFLOP fit only for runs that set budget.flops") {
+  ScalingLaw law;
+  law.E = 1.7, law.A = 400, law.B = 410, law.alpha = 0.34, law.beta = 0.28;
+  auto runs_at = [&](double flops) {
+    std::vector<SweepRun> runs;
+    for (double n : {3e7, 1e8, 3e8, 1e9, 3e9}) {
+      SweepRun r;
+      r.params = n;
+      r.tokens = 1e19 / (6 * n);
+      r.val_loss = law.loss(r.params, r.tokens);
+      r.budget_flops = flops;
+      runs.push_back(r);
+    }
+    return runs;
+  };
+  // Budgets set by tokens (budget_flops 0): no IsoFLOP groups, nothing to explain.
+  const std::vector<FamilyFit> by_tokens = fit_sweep(runs_at(0), 0);
+  REQUIRE(by_tokens.size() == 1);
+  CHECK(!by_tokens[0].has_isoflop);
+  CHECK(by_tokens[0].isoflop_problem.empty());
+  CHECK(sweep_fit_json(by_tokens).find("isoflop_problem") == std::string::npos);
+  // One compute budget: IsoFLOP groups that cannot give N_opt ~ C^a; the reason is kept.
+  const std::vector<FamilyFit> one_budget = fit_sweep(runs_at(1e19), 0);
+  CHECK(!one_budget[0].has_isoflop);
+  CHECK(one_budget[0].isoflop_problem.find("at least 2 compute budgets") != std::string::npos);
+  CHECK(sweep_fit_json(one_budget).find("isoflop_problem") != std::string::npos);
+}
