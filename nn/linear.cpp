@@ -31,10 +31,10 @@ Linear::Linear(int64_t in_features, int64_t out_features, Generator& gen, Linear
 Tensor Linear::forward(const Tensor& x) const {
   SSMT_CHECK(x.dim() >= 1 && x.size(-1) == in_features_, "Linear '", path(), "': input ", x.describe(),
              " must end in ", in_features_, " features");
-  // Mixed precision: the f32 master weights take part in the input's compute dtype (bf16
-  // activations -> bf16 GEMM with fp32 accumulation) through a differentiable cast, so their
-  // gradients still arrive in f32.
-  if (x.dtype() != weight_.dtype()) {
+  // Mixed precision: bf16 activations with f32 master weights go to linear as they are (a
+  // bf16 GEMM with fp32 accumulation whose weight and bias gradients arrive in f32); other
+  // dtype pairs take part through a differentiable cast.
+  if (x.dtype() != weight_.dtype() && !(x.dtype() == DType::bf16 && weight_.dtype() == DType::f32)) {
     Tensor w = cast(weight_, x.dtype());
     return linear(x, w, bias_.defined() ? cast(bias_, x.dtype()) : bias_);
   }

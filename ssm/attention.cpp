@@ -44,9 +44,9 @@ Tensor Attention::forward(const Tensor& x, const Tensor& seq_idx) {
              ": expected (B, L, ", opt_.d_model, ")");
   const DType dtp = x.dtype();
   const int64_t Bsz = x.size(0), L = x.size(1);
-  const QKV t = split_heads(linear(x, as_dtype(in_proj_->weight(), dtp)), 0);
+  const QKV t = split_heads(linear(x, linear_weight(in_proj_->weight(), dtp)), 0);
   Tensor o = causal_attention(t.q, t.k, t.v, 1.0 / std::sqrt(static_cast<double>(opt_.head_dim)), seq_idx);
-  return linear(o.reshape({Bsz, L, heads_ * opt_.head_dim}), as_dtype(out_proj_->weight(), dtp));
+  return linear(o.reshape({Bsz, L, heads_ * opt_.head_dim}), linear_weight(out_proj_->weight(), dtp));
 }
 
 namespace {
@@ -74,7 +74,7 @@ Tensor Attention::step(const Tensor& x_t, MixerState& state) {
   const int64_t Bsz = x_t.size(0), Dh = opt_.head_dim;
   SSMT_CHECK(s.k.size(0) == Bsz, "attention '", path(), "': step input ", x_t.describe(), " but the state holds ",
              s.k.size(0), " rows (init_state)");
-  const QKV t = split_heads(linear(x_t, as_dtype(in_proj_->weight(), dtp)).unsqueeze(1), s.len);
+  const QKV t = split_heads(linear(x_t, linear_weight(in_proj_->weight(), dtp)).unsqueeze(1), s.len);
   Backend& be = backend(x_t.device());
   if (s.len == s.k.size(1)) {  // full: double the capacity
     const Dims grown{Bsz, 2 * s.len, kv_heads_, Dh};
@@ -88,7 +88,7 @@ Tensor Attention::step(const Tensor& x_t, MixerState& state) {
   ++s.len;
   Tensor o =
       causal_attention(t.q, s.k.narrow(1, 0, s.len), s.v.narrow(1, 0, s.len), 1.0 / std::sqrt(static_cast<double>(Dh)));
-  return linear(o.reshape({Bsz, heads_ * Dh}), as_dtype(out_proj_->weight(), dtp));
+  return linear(o.reshape({Bsz, heads_ * Dh}), linear_weight(out_proj_->weight(), dtp));
 }
 
 void AttentionOptions::validate(const MixerContext& c) const {

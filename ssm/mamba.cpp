@@ -73,9 +73,9 @@ Tensor Mamba::ssm(const Tensor& xc, const Tensor& z, const Tensor& h0, Tensor* h
   const DType dt = xc.dtype();
   Tensor delta, Bm, Cm;
   if (opt_.selective) {
-    Tensor dbl = linear(xc, as_dtype(x_proj_->weight(), dt));  // (B, L, R + 2N)
+    Tensor dbl = linear(xc, linear_weight(x_proj_->weight(), dt));  // (B, L, R + 2N)
     auto parts = dbl.split({dt_rank_, N, N}, -1);
-    delta = matmul(parts[0], as_dtype(dt_proj_->weight(), dt).transpose(0, 1));  // (B, L, d_inner)
+    delta = linear(parts[0], linear_weight(dt_proj_->weight(), dt));  // (B, L, d_inner)
     Bm = parts[1].reshape({Bsz, L, 1, N});
     Cm = parts[2].reshape({Bsz, L, 1, N});
   } else {
@@ -98,12 +98,12 @@ Tensor Mamba::forward(const Tensor& x, const Tensor& seq_idx) {
   // The two halves of in_proj as two products, so x and z come out as contiguous tensors of
   // their own: no split of a (B, L, 2 d_inner) activation, whose backward would assemble the
   // two gradients into one buffer, and no copy of a strided z for the scan kernel.
-  Tensor w_in = as_dtype(in_proj_->weight(), dt);  // ((1|2) d_inner, d_model)
+  Tensor w_in = linear_weight(in_proj_->weight(), dt);  // ((1|2) d_inner, d_model)
   Tensor xs = linear(x, opt_.gated ? w_in.narrow(0, 0, d_inner_) : w_in), z;
   if (opt_.gated) z = linear(x, w_in.narrow(0, d_inner_, d_inner_));
   Tensor xc = causal_conv1d(xs, conv_->weight, conv_->bias, /*silu=*/true, Tensor(), seq_idx).out;
   Tensor y = ssm(xc, z, Tensor(), nullptr, seq_idx);
-  return linear(y, as_dtype(out_proj_->weight(), dt));
+  return linear(y, linear_weight(out_proj_->weight(), dt));
 }
 
 namespace {
@@ -124,7 +124,7 @@ Tensor Mamba::step(const Tensor& x_t, MixerState& state) {
   auto& s = dynamic_cast<MambaState&>(state);
   NoGradGuard ng;
   const DType dt = x_t.dtype();
-  Tensor xz = linear(x_t, as_dtype(in_proj_->weight(), dt));  // (B, (1|2) d_inner)
+  Tensor xz = linear(x_t, linear_weight(in_proj_->weight(), dt));  // (B, (1|2) d_inner)
   Tensor xs = xz, z;
   if (opt_.gated) {
     auto parts = xz.split({d_inner_, d_inner_}, -1);
@@ -135,7 +135,7 @@ Tensor Mamba::step(const Tensor& x_t, MixerState& state) {
   Tensor h_last;
   Tensor y = ssm(xc.unsqueeze(1), z, s.ssm, &h_last);  // (B, 1, d_inner)
   s.ssm = h_last;
-  return linear(y.squeeze(1), as_dtype(out_proj_->weight(), dt));
+  return linear(y.squeeze(1), linear_weight(out_proj_->weight(), dt));
 }
 
 MixerEntry mamba_mixer_entry() {

@@ -57,11 +57,11 @@ Tensor Mamba2::forward(const Tensor& x, const Tensor& seq_idx) {
   SSMT_CHECK(x.dim() == 3 && x.size(2) == opt_.d_model, "mamba2: input ", x.describe(), ": expected (B, L, ",
              opt_.d_model, ")");
   const DType dtp = x.dtype();
-  Tensor proj = linear(x, as_dtype(in_proj_->weight(), dtp));
+  Tensor proj = linear(x, linear_weight(in_proj_->weight(), dtp));
   auto parts = proj.split({d_inner_, conv_dim_, nheads_}, -1);
   Tensor xBC = causal_conv1d(parts[1], conv_->weight, conv_->bias, /*silu=*/true, Tensor(), seq_idx).out;
   Tensor y = mix(xBC, parts[0], parts[2], Tensor(), nullptr, seq_idx);
-  return linear(y, as_dtype(out_proj_->weight(), dtp));
+  return linear(y, linear_weight(out_proj_->weight(), dtp));
 }
 
 namespace {
@@ -83,13 +83,13 @@ Tensor Mamba2::step(const Tensor& x_t, MixerState& state) {
   auto& s = dynamic_cast<Mamba2State&>(state);
   NoGradGuard ng;
   const DType dtp = x_t.dtype();
-  Tensor proj = linear(x_t, as_dtype(in_proj_->weight(), dtp));  // (B, ...)
+  Tensor proj = linear(x_t, linear_weight(in_proj_->weight(), dtp));  // (B, ...)
   auto parts = proj.split({d_inner_, conv_dim_, nheads_}, -1);
   Tensor xBC = causal_conv1d_step(parts[1].contiguous(), s.conv, conv_->weight, conv_->bias, /*silu=*/true);
   Tensor h_last;
   Tensor y = mix(xBC.unsqueeze(1), parts[0].unsqueeze(1), parts[2].unsqueeze(1), s.ssm, &h_last);
   s.ssm = h_last;
-  return linear(y.squeeze(1), as_dtype(out_proj_->weight(), dtp));
+  return linear(y.squeeze(1), linear_weight(out_proj_->weight(), dtp));
 }
 
 void Mamba2Options::validate(const MixerContext& c) const {

@@ -164,12 +164,19 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   check_floating(x, "linear", "x");
   check_floating(w, "linear", "w");
-  check_compatible(x, w, "linear");
+  // Mixed precision: bf16 activations with f32 master weights (and bias). The product runs
+  // on the weights rounded to bf16, as through a cast, but the weight gradient comes out of
+  // the GEMM in f32 (bf16 operands, f32 accumulation and output): no bf16 copy of it and no
+  // cast back, and no rounding of the gradient to bf16.
+  const bool mixed = x.dtype() == DType::bf16 && w.dtype() == DType::f32;
+  check_compatible(x, w, "linear", !mixed);
   SSMT_CHECK(w.dim() == 2, "linear: weight ", w.describe(), ": expected a matrix (out_features, in_features)");
   SSMT_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1), "linear: x ", x.describe(), " and weight ", w.describe(),
              ": expected x (.., ", w.size(1), ")");
   if (b.defined()) {
-    check_compatible(x, b, "linear");
+    check_compatible(x, b, "linear", false);
+    SSMT_CHECK(b.dtype() == x.dtype() || b.dtype() == w.dtype(), "linear: bias ", b.describe(), ": expected ",
+               dtype_name(x.dtype()), " or ", dtype_name(w.dtype()));
     SSMT_CHECK(b.dim() == 1 && b.size(0) == w.size(0), "linear: bias ", b.describe(), " and weight ",
                w.describe(), ": expected a bias of shape (", w.size(0), ",)");
   }
@@ -177,19 +184,21 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   Dims x_shape = x.shape(), y_shape = x.shape();
   y_shape[y_shape.size() - 1] = out_features;
   int64_t rows = Dims(x_shape.begin(), x_shape.end() - 1).numel();
-  Tensor x_rows, y;
+  Tensor x_rows, y, wc;
   {
     NoGradGuard no_grad;
-    x_rows = x.reshape({rows, in});  // (M, in); copies only when x is not viewable
+    wc = mixed ? w.to(DType::bf16) : w;  // the GEMM operand
+    x_rows = x.reshape({rows, in});      // (M, in); copies only when x is not viewable
     Tensor y_rows = Tensor::empty({rows, out_features}, x.dtype(), x.device());
-    if (b.defined() && y_rows.numel() > 0) backend(x.device()).copy(b.unsqueeze(0).expand(y_rows.shape()), y_rows);
-    gemm_2d(x_rows, w.transpose(0, 1), y_rows, b.defined() ? 1.0 : 0.0);
+    if (b.defined() && y_rows.numel() > 0)
+      backend(x.device()).copy(b.unsqueeze(0).expand(y_rows.shape()), y_rows);  // (converts an f32 bias)
+    gemm_2d(x_rows, wc.transpose(0, 1), y_rows, b.defined() ? 1.0 : 0.0);
     y = y_rows.reshape(y_shape);
   }
   if (any_requires_grad({x, w, b})) {
     bool need_x = x.requires_grad(), need_w = w.requires_grad(), need_b = b.defined() && b.requires_grad();
-    Tensor saved_x = need_w ? x_rows.detach() : Tensor(), saved_w = need_x ? w.detach() : Tensor();
-    DType dt = x.dtype();
+    Tensor saved_x = need_w ? x_rows.detach() : Tensor(), saved_w = need_x ? wc.detach() : Tensor();
+    DType dt = x.dtype(), wdt = w.dtype(), bdt = b.defined() ? b.dtype() : dt;
     Device dev = x.device();
     record("linear", {x, w, b}, {y}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
       Tensor gy = g[0].reshape({rows, out_features});
@@ -199,11 +208,14 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
         gemm_2d(gy, saved_w, gx, 0);
         gx = gx.reshape(x_shape);
       }
-      if (need_w) {  // gW (out, in) = gy^T @ x
-        gw = Tensor::empty({out_features, in}, dt, dev);
+      if (need_w) {  // gW (out, in) = gy^T @ x, in the weight's dtype (f32 from bf16 operands when mixed)
+        gw = Tensor::empty({out_features, in}, wdt, dev);
         gemm_2d(gy.transpose(0, 1), saved_x, gw, 0);
       }
-      if (need_b) gb = sum(gy, {0});
+      if (need_b) {
+        gb = sum(gy, {0});
+        if (gb.dtype() != bdt) gb = gb.to(bdt);
+      }
       return {gx, gw, gb};
     });
   }

@@ -308,8 +308,13 @@ struct TileRegs {
                                       float* sig) const {
     const float xv = static_cast<float>(x[j]) + bias;
     const bool ok = bc.sactive && l0 + bc.rs + j * TPC < p.L;
-    if (sig) *sig = p.softplus ? math::sigmoid_branchless(xv) : 1.f;
-    return ok ? (p.softplus ? math::softplus(xv) : xv) : 0.f;
+    float v = xv, grad = 1.f;
+    if (p.softplus) {
+      if (sig) math::softplus_and_grad(xv, v, grad);  // one exponential for both
+      else v = math::softplus(xv);
+    }
+    if (sig) *sig = grad;
+    return ok ? v : 0.f;
   }
 };
 
@@ -433,12 +438,14 @@ constexpr size_t backward_dynamic_smem() {
   return sizeof(float) * ((kBTile - 1) * NL * kThreads + 2 * (kThreads / 32) * kBTile * TPC * NL);
 }
 
+// At most 128 registers a thread: with the 53 KB of shared memory of NL = 4, four blocks fit
+// on a multiprocessor, and a 129th register would leave room for three.
 template <typename T, int NL, int TPC, bool kSeq>
-__global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
+__global__ void __launch_bounds__(kThreads, 4) scan_backward_kernel(ScanParams p) {
   using G = Geo<TPC, NL, kBTile>;
   constexpr int CH = G::CH, NMAX = G::NMAX, kWarps = kThreads / 32;
   __shared__ float s_u[kBTile][CH], s_dt[kBTile][CH], s_gy[kBTile][CH];
-  __shared__ float s_y[kBTile][CH], s_du[kBTile][CH], s_dd[kBTile][CH];
+  __shared__ float s_y[kBTile][CH], s_dud[2][kBTile][CH];  // d(u), d(delta) before softplus'
   __shared__ __align__(16) float s_B[kBTile][NMAX];
   __shared__ __align__(16) float s_C[kBTile][NMAX];
   __shared__ float s_bias[kThreads];
@@ -464,23 +471,30 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
     g[s] = !ok ? 0.f : !last_seg ? p.seg_init[bds * N + n] : p.dh_last ? p.dh_last[bd * N + n] : 0.f;
     dA_acc[s] = 0.f;
   }
-  const float Dv = bc.active && p.Dskip ? p.Dskip[bc.d] : 0.f;
+  const float Dv = bc.active && p.Dskip ? p.Dskip[bc.d] : 0.f, Dq = bc.q == 0 ? Dv : 0.f;
   const int cs = bc.c0 + bc.cs;
   const float bias_s = bc.sactive && p.delta_bias ? p.delta_bias[cs] : 0.f;
   float dD_acc = 0.f, dbias_acc = 0.f;
 
   TileRegs<T, TPC, NL, kBTile, true, kSeq> next;
-  float cur_sig[G::SEQ], cur_o[G::SEQ], cur_z[G::SEQ];  // for ddelta and dz of the staged elements
-  unsigned cur_resets = 0;                              // the staged tile's restarts (bit t: step t)
+  // Per staged element: softplus' (for ddelta) and dout silu'(z) (dz = that times y).
+  float cur_sig[G::SEQ], cur_dzf[G::SEQ];
+  unsigned cur_resets = 0;  // the staged tile's restarts (bit t: step t)
   auto commit = [&](int l0) {
 #pragma unroll
     for (int j = 0; j < G::SEQ; ++j) {
       const int t = bc.rs + j * TPC;
       s_u[t][bc.cs] = static_cast<float>(next.u[j]);
       s_dt[t][bc.cs] = next.dt(p, bc, l0, j, bias_s, &cur_sig[j]);
-      cur_o[j] = static_cast<float>(next.o[j]);
-      cur_z[j] = static_cast<float>(next.z[j]);
-      s_gy[t][bc.cs] = gate_grad(p, cur_o[j], cur_z[j]);
+      const float o = static_cast<float>(next.o[j]);
+      if (p.z) {
+        const float zz = static_cast<float>(next.z[j]), sz = math::sigmoid_branchless(zz);
+        s_gy[t][bc.cs] = o * zz * sz;
+        cur_dzf[j] = o * math::silu_grad(zz, sz);
+      } else {
+        s_gy[t][bc.cs] = o;
+        cur_dzf[j] = 0.f;
+      }
     }
     cur_resets = next.resets();
     next.store_bc(s_B, s_C);
@@ -524,9 +538,12 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
       // The adjoint recurrence, backwards through the tile. Padded steps (past L) have
       // dt = 0 and gy = 0: they pass lam through unchanged and add nothing to dA or dD. At a
       // restart a = 0: the adjoint stops there and a * hprev adds nothing to ddelta or dA.
+      // Per state: lam = gy C + g, w = lam a hprev; then d(u) = dt sum lam B and
+      // d(delta) = sum A w + u sum lam B (before softplus'), dA += dt w, g <- a lam. Summing
+      // lam B once serves both d(u) and d(delta), which saves two products per state.
 #pragma unroll
       for (int t = kBTile - 1; t >= 0; --t) {
-        const float dt = s_dt[t][bc.cl], uu = s_u[t][bc.cl], gy = s_gy[t][bc.cl];
+        const float dt = s_dt[t][bc.cl], uu = s_u[t][bc.cl], gy = s_gy[t][bc.cl], dtu = dt * uu;
         float Bt[NL], Ct[NL], hprev[NL];
         load_row<NL>(&s_B[t][bc.q * NL], Bt);
         load_row<NL>(&s_C[t][bc.q * NL], Ct);
@@ -534,31 +551,29 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
         else
 #pragma unroll
           for (int s = 0; s < NL; ++s) hprev[s] = h_start[s];
-        float lane_sums[2] = {0.f, 0.f};  // this lane's part of d(u) and d(delta) before softplus'
-        float dBC[2 * NL];                // dB for the states s < NL, then dC
+        float lam_b = 0.f, aw = 0.f;  // this lane's sum of lam B and of A w
+        float dBC[2 * NL];            // dB for the states s < NL, then dC
 #pragma unroll
         for (int s = 0; s < NL; ++s) {
           const float a = decay<kResets>(dt, A2[s], (resets >> t) & 1u);
           const float lam = gy * Ct[s] + g[s];
           dBC[NL + s] = gy * hcur[s];
-          dBC[s] = lam * dt * uu;
-          lane_sums[0] += lam * dt * Bt[s];
-          const float ah = a * hprev[s];
-          lane_sums[1] += lam * (A_r[s] * ah + Bt[s] * uu);
-          dA_acc[s] += lam * dt * ah;
+          dBC[s] = lam * dtu;
+          lam_b += lam * Bt[s];
+          const float w = lam * (a * hprev[s]);
+          aw += A_r[s] * w;
+          dA_acc[s] += dt * w;
           g[s] = a * lam;
           hcur[s] = hprev[s];
         }
-        // Over the channel's lanes: lanes with q even end with d(u), odd with d(delta).
+        // Over the channel's lanes: lanes with q even end with d(u), odd with d(delta); lanes
+        // 0 and 1 write them (lane 0 adds the D skip: Dq is D there and 0 elsewhere).
+        float lane_sums[2] = {dt * lam_b, aw + uu * lam_b};
         int base = 0;
         bool writer = true;
         reduce_scatter<2, 1, TPC>(lane_sums, lane, base, writer);
-        if (bc.q == 0) {
-          s_du[t][bc.cl] = lane_sums[0] + Dv * gy;
-          dD_acc += gy * uu;
-        } else if (bc.q == 1) {
-          s_dd[t][bc.cl] = lane_sums[0];  // times softplus' when stored
-        }
+        if (bc.q < 2) s_dud[bc.q][t][bc.cl] = lane_sums[0] + Dq * gy;
+        dD_acc += gy * uu;  // kept by lane 0 only
         // dB and dC summed over the channels of this warp, then parked in shared memory.
         base = 0;
         writer = true;
@@ -582,14 +597,11 @@ __global__ void __launch_bounds__(kThreads) scan_backward_kernel(ScanParams p) {
       const int t = bc.rs + j * TPC;
       if (bc.sactive && l0 + t < L) {
         const size_t off = (static_cast<size_t>(bc.b) * L + l0 + t) * D + cs;
-        const float dd = s_dd[t][bc.cs] * cur_sig[j];
+        const float dd = s_dud[1][t][bc.cs] * cur_sig[j];
         dbias_acc += dd;
-        store<T>(p.du, off, s_du[t][bc.cs]);
+        store<T>(p.du, off, s_dud[0][t][bc.cs]);
         store<T>(p.ddelta, off, dd);
-        if (p.dz) {
-          const float zz = cur_z[j], sz = math::sigmoid_branchless(zz);
-          store<T>(p.dz, off, cur_o[j] * s_y[t][bc.cs] * sz * (1.f + zz * (1.f - sz)));
-        }
+        if (p.dz) store<T>(p.dz, off, cur_dzf[j] * s_y[t][bc.cs]);
       }
     }
     const size_t part_base = ((static_cast<size_t>(bc.b) * p.G + bc.g) * p.nblocks_per_group + blockIdx.x) * L;

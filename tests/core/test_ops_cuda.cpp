@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <string>
 
@@ -624,6 +625,43 @@ TEST_CASE("cuda indexing kernels match the cpu for every dtype") {
                      },
                      0, 0);
     }
+}
+
+// The device rounds f32 to bf16 with the hardware conversion (cvt.rn.bf16.f32), the host in
+// software; both round to nearest even, so every non-NaN value must give the same bits:
+// values exactly halfway between two bf16 numbers (ties to even, both directions), one f32
+// ulp either side of a tie, subnormals, the largest finite values (which round to inf), inf,
+// zeros of both signs and random values over the whole exponent range. NaN stays NaN.
+TEST_CASE("cuda f32 to bf16 conversion gives the cpu's bits") {
+  if (!cuda_test_device()) return;
+  std::vector<uint32_t> bits = {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x00000001u, 0x807fffffu,
+                                0x00008000u, 0x00018000u, 0x7f7fffffu, 0xff7fffffu, 0x7f7f8000u, 0x3f800000u};
+  Generator g(4242);
+  for (uint32_t hi = 0; hi < 0x10000u; hi += 37) {  // ties to even, both parities, both signs
+    bits.push_back((hi << 16) | 0x8000u);
+    bits.push_back((hi << 16) | 0x7fffu);
+    bits.push_back((hi << 16) | 0x8001u);
+  }
+  for (int i = 0; i < 20000; ++i) bits.push_back(static_cast<uint32_t>(g.uniform() * 4294967296.0));
+  std::vector<float> vals;
+  for (uint32_t b : bits) {
+    float f;
+    std::memcpy(&f, &b, 4);
+    vals.push_back(f);
+  }
+  const int64_t n = static_cast<int64_t>(vals.size());
+  Tensor x = Tensor::from_vector(vals, {n});
+  Tensor on_cpu = x.to(DType::bf16), on_gpu = x.to(Device::cuda(0)).to(DType::bf16).to(Device::cpu());
+  const auto* a = static_cast<const uint16_t*>(on_cpu.data_ptr());
+  const auto* b = static_cast<const uint16_t*>(on_gpu.data_ptr());
+  int64_t mismatches = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const bool nan_a = (a[i] & 0x7f80) == 0x7f80 && (a[i] & 0x7f), nan_b = (b[i] & 0x7f80) == 0x7f80 && (b[i] & 0x7f);
+    if (nan_a || nan_b ? nan_a != nan_b : a[i] != b[i]) {
+      if (++mismatches <= 5) MESSAGE("f32 bits ", bits[i], ": cpu ", a[i], ", cuda ", b[i]);
+    }
+  }
+  CHECK(mismatches == 0);
 }
 
 TEST_CASE("cuda index_add_rows is bitwise reproducible with heavy repeats") {

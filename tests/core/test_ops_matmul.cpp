@@ -2,6 +2,7 @@
 // dimensions) and linear against host triple loops, with finite-difference gradients.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <string>
 
 #include "core/ops.h"
@@ -172,6 +173,63 @@ TEST_CASE("linear gradients match finite differences") {
   Tensor xt = random_tensor({4, 6}, gen, DType::f64).transpose(0, 1).detach().requires_grad_();
   Tensor w = grad_leaf({3, 4}, gen);
   check_gradients([](const std::vector<Tensor>& in) { return linear(in[0], in[1]); }, {xt, w});
+}
+
+// bf16 activations with an f32 weight and bias (mixed precision): the forward and the input
+// gradient are those of the product with the weight rounded to bf16 (the cast path, bitwise:
+// the same GEMM on the same operands), and the weight and bias gradients come back in f32.
+// The weight gradient is the exact product of the bf16 operands accumulated in f32: against
+// the f64 product of the same bf16 values its error is at most about K f32 roundings
+// (K = 64 rows here: 64 * 2^-24 < 4e-6 of the sum of |terms|), and rounded to bf16 it is the
+// cast path's bf16 gradient, up to one bf16 ulp where the f32 sum lies within an f32
+// rounding of a bf16 tie.
+TEST_CASE("linear with bf16 x and f32 weight: the cast path's results, f32 weight gradients") {
+  Generator gen(35);
+  std::vector<Device> devices{Device::cpu()};
+  if (cuda_available()) devices.push_back(Device::cuda(0));  // the same checks for cuBLAS's mixed GEMM
+  for (Device dev : devices) {
+    INFO(dev.str());
+    Tensor x = random_tensor({4, 16, 24}, gen, DType::bf16), gy = random_tensor({4, 16, 10}, gen, DType::bf16);
+    Tensor w = random_tensor({10, 24}, gen, DType::f32), b = random_tensor({10}, gen, DType::f32);
+    Tensor xm = x.to(dev).detach().requires_grad_(), wm = w.to(dev).detach().requires_grad_();
+    Tensor bm = b.to(dev).detach().requires_grad_();
+    Tensor y = linear(xm, wm, bm);
+    CHECK(y.dtype() == DType::bf16);
+    backward(y, gy.to(dev));
+    Tensor xc = x.to(dev).detach().requires_grad_(), wc = w.to(dev).detach().requires_grad_();
+    Tensor bc = b.to(dev).detach().requires_grad_();
+    Tensor yc = linear(xc, cast(wc, DType::bf16), cast(bc, DType::bf16));
+    backward(yc, gy.to(dev));
+    CHECK(ref::host(y) == ref::host(yc));
+    CHECK(ref::host(xm.grad()) == ref::host(xc.grad()));
+    REQUIRE(wm.grad().dtype() == DType::f32);
+    REQUIRE(bm.grad().dtype() == DType::f32);
+    // gW = gy^T x over the 64 rows, in f64 from the same bf16 values.
+    std::vector<double> hx = ref::host(x), hg = ref::host(gy), gw = ref::host(wm.grad());
+    std::vector<double> old = ref::host(wc.grad());
+    int64_t off_by_ulp = 0;
+    for (int64_t o = 0; o < 10; ++o)
+      for (int64_t i = 0; i < 24; ++i) {
+        double exact = 0, mag = 0;
+        for (int64_t r = 0; r < 64; ++r) {
+          exact += hg[r * 10 + o] * hx[r * 24 + i];
+          mag += std::abs(hg[r * 10 + o] * hx[r * 24 + i]);
+        }
+        CHECK(std::abs(gw[o * 24 + i] - exact) <= 4e-6 * mag);
+        const double rounded = static_cast<float>(bf16(static_cast<float>(gw[o * 24 + i])));
+        if (rounded != old[o * 24 + i]) {
+          ++off_by_ulp;
+          CHECK(std::abs(rounded - old[o * 24 + i]) <= std::abs(old[o * 24 + i]) * std::ldexp(1.0, -7));
+        }
+      }
+    CHECK(off_by_ulp <= 2);
+    std::vector<double> gb = ref::host(bm.grad());
+    for (int64_t o = 0; o < 10; ++o) {
+      double exact = 0;
+      for (int64_t r = 0; r < 64; ++r) exact += hg[r * 10 + o];
+      CHECK(std::abs(gb[o] - exact) <= std::abs(exact) * std::ldexp(1.0, -8) + 1e-6);  // summed in bf16's dtype
+    }
+  }
 }
 
 TEST_CASE("linear checks its argument shapes") {
