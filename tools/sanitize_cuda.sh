@@ -22,9 +22,10 @@
 #                     nvjet/xmma/cutlass GEMMs, NCCL); reports naming only such kernels give the
 #                     verdict "library only" (see docs/testing.md), not "FINDINGS"
 #   COMPUTE_SANITIZER the compute-sanitizer executable (default: from PATH or the CUDA toolkit)
-#   SANITIZER_ARGS    more compute-sanitizer options for every run, e.g. "--kernel-name-exclude
-#                     kns=nvjet" to leave cuBLAS's Hopper GEMMs uninstrumented (racecheck runs
-#                     many times faster and reports only on the kernels that remain)
+#   SANITIZER_ARGS    more compute-sanitizer options for every run. Not "--kernel-name-exclude"
+#                     with racecheck: with it the sanitizer stops at the first case with "Internal
+#                     Sanitizer Error ... hardware exception" (seen on an H100, driver 580); narrow
+#                     a racecheck run with CASES instead (docs/testing.md)
 # Exit status: 0 when every run finished with no sanitizer error and no failed test case.
 set -uo pipefail
 
