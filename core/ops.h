@@ -78,7 +78,15 @@ Tensor cumsum(const Tensor& x, int axis, bool reverse = false);
 // NumPy matmul: (.., M, K) @ (.., K, N) with batch broadcasting; 1-D operands promoted.
 Tensor matmul(const Tensor& a, const Tensor& b);
 // y (.., out) = x (.., in) @ W^T (W: (out, in)) + b (out); b may be undefined.
+// Under bf16 x, W may be f32 (master weights): the product uses W rounded to bf16 and the
+// weight gradient comes back in f32 straight from the GEMM (bias: bf16 or f32).
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
+// The products of x with consecutive row blocks of W (sizes sum to W's rows), as separate
+// contiguous tensors (.., sizes[i]): the same values as linear() of each W.narrow, in one
+// tape node whose backward accumulates dx over the blocks inside the GEMMs and writes dW
+// block by block into one tensor (no per-block gradient buffers, zero fills or adds).
+// Same dtype rules as linear; no bias.
+std::vector<Tensor> linear_split(const Tensor& x, const Tensor& w, const std::vector<int64_t>& sizes);
 
 // ---- fused ops (one tape node each, hand-written backward) ----
 Tensor softmax(const Tensor& x, int axis = -1);

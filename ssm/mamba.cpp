@@ -98,9 +98,17 @@ Tensor Mamba::forward(const Tensor& x, const Tensor& seq_idx) {
   // The two halves of in_proj as two products, so x and z come out as contiguous tensors of
   // their own: no split of a (B, L, 2 d_inner) activation, whose backward would assemble the
   // two gradients into one buffer, and no copy of a strided z for the scan kernel.
+  // One tape node for both (linear_split): x's gradient is accumulated inside the GEMMs and
+  // the weight gradient written half by half into one buffer.
   Tensor w_in = linear_weight(in_proj_->weight(), dt);  // ((1|2) d_inner, d_model)
-  Tensor xs = linear(x, opt_.gated ? w_in.narrow(0, 0, d_inner_) : w_in), z;
-  if (opt_.gated) z = linear(x, w_in.narrow(0, d_inner_, d_inner_));
+  Tensor xs, z;
+  if (opt_.gated) {
+    auto xz = linear_split(x, w_in, {d_inner_, d_inner_});
+    xs = xz[0];
+    z = xz[1];
+  } else {
+    xs = linear(x, w_in);
+  }
   Tensor xc = causal_conv1d(xs, conv_->weight, conv_->bias, /*silu=*/true, Tensor(), seq_idx).out;
   Tensor y = ssm(xc, z, Tensor(), nullptr, seq_idx);
   return linear(y, linear_weight(out_proj_->weight(), dt));

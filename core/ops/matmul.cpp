@@ -222,4 +222,62 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   return y;
 }
 
+std::vector<Tensor> linear_split(const Tensor& x, const Tensor& w, const std::vector<int64_t>& sizes) {
+  check_floating(x, "linear_split", "x");
+  check_floating(w, "linear_split", "w");
+  const bool mixed = x.dtype() == DType::bf16 && w.dtype() == DType::f32;
+  check_compatible(x, w, "linear_split", !mixed);
+  SSMT_CHECK(w.dim() == 2, "linear_split: weight ", w.describe(), ": expected a matrix (out_features, in_features)");
+  SSMT_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1), "linear_split: x ", x.describe(), " and weight ", w.describe(),
+             ": expected x (.., ", w.size(1), ")");
+  int64_t total = 0;
+  for (int64_t n : sizes) {
+    SSMT_CHECK(n >= 0, "linear_split: negative block size ", n);
+    total += n;
+  }
+  SSMT_CHECK(!sizes.empty() && total == w.size(0), "linear_split: block sizes sum to ", total, ", weight ",
+             w.describe(), " has ", w.size(0), " rows");
+  const int64_t in = w.size(1), k = static_cast<int64_t>(sizes.size());
+  const Dims x_shape = x.shape();
+  const int64_t rows = Dims(x_shape.begin(), x_shape.end() - 1).numel();
+  Tensor x_rows, wc;
+  std::vector<Tensor> ys;
+  {
+    NoGradGuard no_grad;
+    wc = mixed ? w.to(DType::bf16) : w;  // the GEMM operand
+    x_rows = x.reshape({rows, in});
+    int64_t r0 = 0;
+    for (int64_t n : sizes) {
+      Dims y_shape = x_shape;
+      y_shape[y_shape.size() - 1] = n;
+      Tensor y_rows = Tensor::empty({rows, n}, x.dtype(), x.device());
+      gemm_2d(x_rows, wc.narrow(0, r0, n).transpose(0, 1), y_rows, 0);
+      ys.push_back(y_rows.reshape(y_shape));
+      r0 += n;
+    }
+  }
+  if (any_requires_grad({x, w})) {
+    const bool need_x = x.requires_grad(), need_w = w.requires_grad();
+    Tensor saved_x = need_w ? x_rows.detach() : Tensor(), saved_w = need_x ? wc.detach() : Tensor();
+    const DType dt = x.dtype(), wdt = w.dtype();
+    const Device dev = x.device();
+    const Dims w_shape = w.shape();
+    record("linear_split", {x, w}, ys, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+      Tensor gx, gw;
+      if (need_x) gx = Tensor::empty({rows, in}, dt, dev);
+      if (need_w) gw = Tensor::empty(w_shape, wdt, dev);
+      int64_t r0 = 0;
+      for (int64_t i = 0; i < k; ++i) {
+        const int64_t n = sizes[static_cast<size_t>(i)];
+        Tensor gy = g[static_cast<size_t>(i)].reshape({rows, n});
+        if (need_x) gemm_2d(gy, saved_w.narrow(0, r0, n), gx, i == 0 ? 0.0 : 1.0);  // gx += gy_i @ W_i
+        if (need_w) gemm_2d(gy.transpose(0, 1), saved_x, gw.narrow(0, r0, n), 0);    // dW rows of block i
+        r0 += n;
+      }
+      return {need_x ? gx.reshape(x_shape) : gx, gw};
+    });
+  }
+  return ys;
+}
+
 }  // namespace ssmtrain

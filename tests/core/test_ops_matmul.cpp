@@ -232,6 +232,78 @@ TEST_CASE("linear with bf16 x and f32 weight: the cast path's results, f32 weigh
   }
 }
 
+// linear_split: the products with consecutive row blocks of W equal linear() of each block
+// (the same GEMMs on the same operands: bitwise), its gradients match finite differences in
+// f64 with every block's output in the loss at once (so the backward's accumulation of dx
+// over the blocks is exercised), and a block of size 0 gives an empty output.
+TEST_CASE("linear_split equals linear of each row block, with finite-difference gradients") {
+  Generator gen(36);
+  for (DType dt : {DType::f32, DType::f64, DType::bf16}) {
+    INFO(std::string(dtype_name(dt)));
+    Tensor x = random_tensor({2, 3, 6}, gen, dt), w = random_tensor({9, 6}, gen, dt);
+    auto ys = linear_split(x, w, {4, 0, 5});
+    REQUIRE(ys.size() == 3);
+    CHECK(ys[0].shape() == Dims{2, 3, 4});
+    CHECK(ys[1].shape() == Dims{2, 3, 0});
+    CHECK(ref::host(ys[0]) == ref::host(linear(x, w.narrow(0, 0, 4))));
+    CHECK(ref::host(ys[2]) == ref::host(linear(x, w.narrow(0, 4, 5))));
+  }
+  for (Dims xs : {Dims{5, 6}, Dims{2, 3, 6}, Dims{0, 6}}) {
+    INFO("x ", xs.str());
+    Tensor x = grad_leaf(xs, gen), w = grad_leaf({7, 6}, gen);
+    check_gradients(
+        [](const std::vector<Tensor>& in) {
+          auto ys = linear_split(in[0], in[1], {3, 4});
+          return cat({ys[0], ys[1]}, -1);
+        },
+        {x, w});
+    // A block whose output is not used: its rows of dW are zero, dx comes from the others.
+    check_gradients([](const std::vector<Tensor>& in) { return linear_split(in[0], in[1], {2, 5})[1]; }, {x, w});
+  }
+  CHECK_THROWS_WITH_AS(linear_split(Tensor::zeros({2, 4}), Tensor::zeros({5, 4}), {2, 2}),
+                       doctest::Contains("sum to 4"), UserError);
+}
+
+// Mixed precision: bf16 x with an f32 W gives the cast path's products and input gradient
+// bitwise, and f32 weight gradients equal to linear()'s mixed gradients of each block.
+TEST_CASE("linear_split with bf16 x and f32 weight matches linear per block") {
+  Generator gen(37);
+  std::vector<Device> devices{Device::cpu()};
+  if (cuda_available()) devices.push_back(Device::cuda(0));
+  for (Device dev : devices) {
+    INFO(dev.str());
+    Tensor x = random_tensor({4, 16, 24}, gen, DType::bf16), w = random_tensor({20, 24}, gen, DType::f32);
+    Tensor g0 = random_tensor({4, 16, 8}, gen, DType::bf16), g1 = random_tensor({4, 16, 12}, gen, DType::bf16);
+    Tensor xs = x.to(dev).detach().requires_grad_(), ws = w.to(dev).detach().requires_grad_();
+    auto ys = linear_split(xs, ws, {8, 12});
+    backward({ys[0], ys[1]}, {g0.to(dev), g1.to(dev)});
+    Tensor xl = x.to(dev).detach().requires_grad_(), wl = w.to(dev).detach().requires_grad_();
+    Tensor y0 = linear(xl, wl.narrow(0, 0, 8)), y1 = linear(xl, wl.narrow(0, 8, 12));
+    backward({y0, y1}, {g0.to(dev), g1.to(dev)});
+    CHECK(ref::host(ys[0]) == ref::host(y0));
+    CHECK(ref::host(ys[1]) == ref::host(y1));
+    REQUIRE(ws.grad().dtype() == DType::f32);
+    CHECK(ref::host(ws.grad()) == ref::host(wl.grad()));  // the same GEMM per block
+    // dx = g0 W0 + g1 W1 with W rounded to bf16 (unit roundoff u = 2^-8). The first block's
+    // product is stored in bf16 (at most u |p0|) and the second added onto it and rounded
+    // once more (at most u (|p0| + |p1|) again, whether the backend adds in f32 or rounds
+    // the product first: u |p1| + u |result|); the f32 sums add about K = 20 f32 roundings.
+    // So |dx - exact| <= 2u (|p0| + |p1|) element by element, against the magnitudes of the
+    // two partial products (the result itself may cancel to far less).
+    std::vector<double> hg0 = ref::host(g0), hg1 = ref::host(g1), hw = ref::host(w.to(DType::bf16));
+    std::vector<double> dx = ref::host(xs.grad());
+    int64_t bad = 0;
+    for (int64_t r = 0; r < 64; ++r)
+      for (int64_t i = 0; i < 24; ++i) {
+        double p0 = 0, p1 = 0;
+        for (int64_t o = 0; o < 8; ++o) p0 += hg0[r * 8 + o] * hw[o * 24 + i];
+        for (int64_t o = 0; o < 12; ++o) p1 += hg1[r * 12 + o] * hw[(8 + o) * 24 + i];
+        if (std::abs(dx[r * 24 + i] - (p0 + p1)) > std::ldexp(1.0, -7) * (std::abs(p0) + std::abs(p1)) + 1e-6) ++bad;
+      }
+    CHECK(bad == 0);
+  }
+}
+
 TEST_CASE("linear checks its argument shapes") {
   CHECK_THROWS_WITH_AS(linear(Tensor::zeros({2, 3}), Tensor::zeros({5, 4})), doctest::Contains("expected x (.., 4)"),
                        UserError);
