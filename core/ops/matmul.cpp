@@ -161,18 +161,27 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   return out;
 }
 
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
-  check_floating(x, "linear", "x");
-  check_floating(w, "linear", "w");
-  // Mixed precision: bf16 activations with f32 master weights (and bias). The product runs
-  // on the weights rounded to bf16, as through a cast, but the weight gradient comes out of
-  // the GEMM in f32 (bf16 operands, f32 accumulation and output): no bf16 copy of it and no
-  // cast back, and no rounding of the gradient to bf16.
+namespace {
+
+// The argument checks of linear and linear_split; returns whether the pair is mixed: bf16
+// activations with f32 master weights. The product then runs on the weights rounded to bf16,
+// as through a cast, but the weight gradient comes out of the GEMM in f32 (bf16 operands,
+// f32 accumulation and output): no bf16 copy of it, no cast back, no rounding to bf16.
+bool check_linear_args(const Tensor& x, const Tensor& w, const char* op) {
+  check_floating(x, op, "x");
+  check_floating(w, op, "w");
   const bool mixed = x.dtype() == DType::bf16 && w.dtype() == DType::f32;
-  check_compatible(x, w, "linear", !mixed);
-  SSMT_CHECK(w.dim() == 2, "linear: weight ", w.describe(), ": expected a matrix (out_features, in_features)");
-  SSMT_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1), "linear: x ", x.describe(), " and weight ", w.describe(),
+  check_compatible(x, w, op, !mixed);
+  SSMT_CHECK(w.dim() == 2, op, ": weight ", w.describe(), ": expected a matrix (out_features, in_features)");
+  SSMT_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1), op, ": x ", x.describe(), " and weight ", w.describe(),
              ": expected x (.., ", w.size(1), ")");
+  return mixed;
+}
+
+}  // namespace
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  const bool mixed = check_linear_args(x, w, "linear");
   if (b.defined()) {
     check_compatible(x, b, "linear", false);
     SSMT_CHECK(b.dtype() == x.dtype() || b.dtype() == w.dtype(), "linear: bias ", b.describe(), ": expected ",
@@ -223,13 +232,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
 }
 
 std::vector<Tensor> linear_split(const Tensor& x, const Tensor& w, const std::vector<int64_t>& sizes) {
-  check_floating(x, "linear_split", "x");
-  check_floating(w, "linear_split", "w");
-  const bool mixed = x.dtype() == DType::bf16 && w.dtype() == DType::f32;
-  check_compatible(x, w, "linear_split", !mixed);
-  SSMT_CHECK(w.dim() == 2, "linear_split: weight ", w.describe(), ": expected a matrix (out_features, in_features)");
-  SSMT_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1), "linear_split: x ", x.describe(), " and weight ", w.describe(),
-             ": expected x (.., ", w.size(1), ")");
+  const bool mixed = check_linear_args(x, w, "linear_split");
   int64_t total = 0;
   for (int64_t n : sizes) {
     SSMT_CHECK(n >= 0, "linear_split: negative block size ", n);
