@@ -29,6 +29,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "core/backend.h"
 #include "core/cuda/device.cuh"
@@ -359,7 +360,12 @@ __global__ void __launch_bounds__(kTiledThreads) conv_forward_tiled_kernel(ConvA
 
 // dx over the tile (and d initial_state from tile 0), and the tile's weight/bias partials
 // part[b, tile, c, K + 1]. Grid: (ceil(C / kVec / kThreads), tiles, B). kDocs: with seq_idx.
-template <typename T, int K, bool kDocs>
+// kSteady (without seq_idx; chosen by SSMTRAIN_CONV_STEADY=1 while it is being measured):
+// the steps where every test of the general step holds (u in [t0 + K - 1, min(t1, L)): an
+// input inside the sequence and the tile, its dx inside the tile, no initial or final state)
+// run four at a time with the four steps' loads issued first, as read-only loads; the
+// general step, one step at a time, waits for its loads behind the previous step's stores.
+template <typename T, int K, bool kDocs, bool kSteady = false>
 __global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(ConvArgs a) {
   constexpr int V = VecOf<T>::n;
   const int c = (blockIdx.x * kTiledThreads + threadIdx.x) * V;
@@ -387,8 +393,7 @@ __global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(Conv
   // Tile 0 also produces d xext at the K - 1 initial-state positions (s < 0).
   const int s_first = (blockIdx.y == 0 && a.dstate) ? -(K - 1) : t0;
   const int u_end = min(t1 + K - 1, a.L + K - 1);
-#pragma unroll 4
-  for (int u = t0; u < u_end; ++u) {
+  auto general_step = [&](int u) {
     // dpre[u] (0 past the sequence) into the ring's newest slot.
 #pragma unroll
     for (int k = 0; k < K - 1; ++k) {
@@ -439,7 +444,7 @@ __global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(Conv
     // d xext at s = u - (K - 1): sum_k w[k] dpre[s + K - 1 - k] = sum_k w[k] ring[K - 1 - k],
     // over the outputs in s's document (kDocs: doc[0] is s's, doc[K - 1 - k] the output's).
     const int s = u - (K - 1);
-    if (s < s_first || s >= t1) continue;
+    if (s < s_first || s >= t1) return;
     float d[V];
 #pragma unroll
     for (int j = 0; j < V; ++j) {
@@ -468,7 +473,57 @@ __global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(Conv
 #pragma unroll
       for (int j = 0; j < V; ++j) st<T>(a.dstate, (static_cast<long long>(b) * a.C + c + j) * (K - 1) + (s + K - 1), d[j]);
     }
+  };
+  int u = t0;
+  if constexpr (kSteady && !kDocs) {
+    using Raw = typename VecOf<T>::type;
+    constexpr int kAhead = 4;
+    const int steady_begin = min(t0 + K - 1, u_end), steady_end = max(steady_begin, min(t1, a.L));
+    for (; u < steady_begin; ++u) general_step(u);
+    const Raw* xp = reinterpret_cast<const Raw*>(static_cast<const T*>(a.x) + b * a.x_bs + c);
+    const Raw* gp = reinterpret_cast<const Raw*>(static_cast<const T*>(a.dout) + b * a.d_bs + c);
+    const long long xs = a.x_ss / V, gs = a.d_ss / V;  // strides in vectors (tiled_ok: multiples of V)
+    for (; u + kAhead <= steady_end; u += kAhead) {
+      Raw rx[kAhead], rg[kAhead];
+#pragma unroll
+      for (int r = 0; r < kAhead; ++r) {
+        rx[r] = __ldg(xp + (u + r) * xs);
+        rg[r] = __ldg(gp + (u + r) * gs);
+      }
+#pragma unroll
+      for (int r = 0; r < kAhead; ++r) {
+        const T* ex = reinterpret_cast<const T*>(&rx[r]);
+        const T* eg = reinterpret_cast<const T*>(&rg[r]);
+        float g[V], d[V];
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+#pragma unroll
+          for (int k = 0; k < K - 1; ++k) ring[k][j] = ring[k + 1][j];
+          win[K - 1][j] = static_cast<float>(ex[j]);
+          g[j] = static_cast<float>(eg[j]);
+          if (a.silu) {
+            float v = bias[j];
+#pragma unroll
+            for (int k = 0; k < K; ++k) v += w[k][j] * win[k][j];
+            g[j] *= math::silu_grad(v, math::sigmoid_branchless(v));
+          }
+          ring[K - 1][j] = g[j];
+#pragma unroll
+          for (int k = 0; k < K; ++k) acc[k][j] += g[j] * win[k][j];
+          acc[K][j] += g[j];
+#pragma unroll
+          for (int k = 0; k < K - 1; ++k) win[k][j] = win[k + 1][j];
+          float v = 0.f;
+#pragma unroll
+          for (int k = 0; k < K; ++k) v += w[k][j] * ring[K - 1 - k][j];
+          d[j] = v;
+        }
+        if (a.dx) store_vec<T>(a.dx, (static_cast<long long>(b) * a.L + (u + r - (K - 1))) * a.C + c, d);
+      }
+    }
   }
+#pragma unroll 4
+  for (; u < u_end; ++u) general_step(u);
   if (a.part) {
     float* dst = a.part + ((static_cast<long long>(b) * a.slices + blockIdx.y) * a.C + c) * (K + 1);
 #pragma unroll
@@ -603,8 +658,11 @@ void causal_conv1d_bwd_cuda(const CausalConv1dParams& p, int device) {
       }
       const dim3 grid(static_cast<unsigned>((p.C / VecOf<T>::n + kTiledThreads - 1) / kTiledThreads),
                       static_cast<unsigned>(tiles), static_cast<unsigned>(p.B));
+      const char* steady = std::getenv("SSMTRAIN_CONV_STEADY");
       if (a.seq)
         conv_backward_tiled_kernel<T, K, true><<<grid, kTiledThreads, 0, stream>>>(a);
+      else if (steady && steady[0] == '1')
+        conv_backward_tiled_kernel<T, K, false, true><<<grid, kTiledThreads, 0, stream>>>(a);
       else
         conv_backward_tiled_kernel<T, K, false><<<grid, kTiledThreads, 0, stream>>>(a);
       CONV_CUDA_CHECK(cudaGetLastError());
