@@ -322,8 +322,11 @@ __device__ __forceinline__ void docs_start(const ConvArgs& a, int b, int t0, int
   for (int k = 0; k < K - 1; ++k) doc[k] = doc_of(a, b, t0 - (K - 1) + k);
 }
 
-// Grid: (ceil(C / kVec / kThreads), tiles, B). kDocs: with seq_idx.
-template <typename T, int K, bool kDocs>
+// Grid: (ceil(C / kVec / kThreads), tiles, B). kDocs: with seq_idx. kSteady (without
+// seq_idx; SSMTRAIN_CONV_STEADY=1 while it is being measured): the tile's steps four at a
+// time with the four inputs loaded first, as read-only loads (the general loop loads each
+// step's input only after the previous step's store).
+template <typename T, int K, bool kDocs, bool kSteady = false>
 __global__ void __launch_bounds__(kTiledThreads) conv_forward_tiled_kernel(ConvArgs a) {
   constexpr int V = VecOf<T>::n;
   const int c = (blockIdx.x * kTiledThreads + threadIdx.x) * V;
@@ -333,8 +336,36 @@ __global__ void __launch_bounds__(kTiledThreads) conv_forward_tiled_kernel(ConvA
   [[maybe_unused]] int doc[K];        // kDocs: the document of win[k]'s position
   tile_start<T, K>(a, b, c, t0, w, bias, win);
   if constexpr (kDocs) docs_start<K>(a, b, t0, doc);
+  int t = t0;
+  if constexpr (kSteady && !kDocs) {
+    using Raw = typename VecOf<T>::type;
+    constexpr int kAhead = 4;
+    const Raw* xp = reinterpret_cast<const Raw*>(static_cast<const T*>(a.x) + b * a.x_bs + c);
+    const long long xs = a.x_ss / V;  // the time stride in vectors (tiled_ok: a multiple of V)
+    for (; t + kAhead <= t1; t += kAhead) {
+      Raw rx[kAhead];
+#pragma unroll
+      for (int r = 0; r < kAhead; ++r) rx[r] = __ldg(xp + (t + r) * xs);
+#pragma unroll
+      for (int r = 0; r < kAhead; ++r) {
+        const T* ex = reinterpret_cast<const T*>(&rx[r]);
+        float out[V];
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          win[K - 1][j] = static_cast<float>(ex[j]);
+          float v = bias[j];
+#pragma unroll
+          for (int k = 0; k < K; ++k) v += w[k][j] * win[k][j];
+          out[j] = a.silu ? math::silu_branchless(v) : v;
+#pragma unroll
+          for (int k = 0; k < K - 1; ++k) win[k][j] = win[k + 1][j];
+        }
+        store_vec<T>(a.out, (static_cast<long long>(b) * a.L + t + r) * a.C + c, out);
+      }
+    }
+  }
 #pragma unroll 4
-  for (int t = t0; t < t1; ++t) {
+  for (; t < t1; ++t) {
     load_x<T, K>(a, b, t, c, win[K - 1]);
     if constexpr (kDocs) doc[K - 1] = doc_of(a, b, t);
     float out[V];
@@ -604,8 +635,11 @@ void causal_conv1d_fwd_cuda(const CausalConv1dParams& p, int device) {
       if (tiled_ok<T>(p, false) && p.B <= 65535) {
         const dim3 grid(static_cast<unsigned>((p.C / VecOf<T>::n + kTiledThreads - 1) / kTiledThreads),
                         static_cast<unsigned>((p.L + kTile - 1) / kTile), static_cast<unsigned>(p.B));
+        const char* steady = std::getenv("SSMTRAIN_CONV_STEADY");
         if (a.seq)
           conv_forward_tiled_kernel<T, K, true><<<grid, kTiledThreads, 0, stream>>>(a);
+        else if (steady && steady[0] == '1')
+          conv_forward_tiled_kernel<T, K, false, true><<<grid, kTiledThreads, 0, stream>>>(a);
         else
           conv_forward_tiled_kernel<T, K, false><<<grid, kTiledThreads, 0, stream>>>(a);
       } else {

@@ -456,9 +456,10 @@ TEST_CASE("causal_conv1d CUDA tiled kernels (aligned channel vectors) match the 
   // C and the slice offset multiples of 4 and a row stride of C + 8: the one-pass tiled
   // kernels; L = 150 spans five 32-step tiles, the last one partial, so the halo of dpre
   // between tiles, the initial state (tile 0) and the final-state gradient (last tile) are
-  // all exercised. Both backward kernels: the general one and (SSMTRAIN_CONV_STEADY=1) the
-  // one whose steady steps run four at a time (each tile: 3 general steps, 7 groups of 4,
-  // then general steps again; the last tile's 22 steps end in a partial group).
+  // all exercised. Both forms of the tiled kernels: the general ones and
+  // (SSMTRAIN_CONV_STEADY=1) those whose steady steps run four at a time (backward, each
+  // tile: 3 general steps, 7 groups of 4, then general steps again; forward: 8 groups; the
+  // last tile's 22 steps end in a partial group).
   for (const char* steady : {"0", "1"}) {
     setenv("SSMTRAIN_CONV_STEADY", steady, 1);
     for (DType dtype : {DType::f32, DType::bf16}) {
