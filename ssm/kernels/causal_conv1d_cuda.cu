@@ -389,6 +389,18 @@ __global__ void __launch_bounds__(kTiledThreads) conv_forward_tiled_kernel(ConvA
   }
 }
 
+// The gradient at the pre-activation of channel j: dout g times silu' at bias + sum_k w[k] x[k]
+// (g itself without the activation).
+template <int K, int V>
+__device__ __forceinline__ float grad_pre(const ConvArgs& a, float g, float bias, const float (&w)[K][V],
+                                          const float (&x)[K][V], int j) {
+  if (!a.silu) return g;
+  float v = bias;
+#pragma unroll
+  for (int k = 0; k < K; ++k) v += w[k][j] * x[k][j];
+  return g * math::silu_grad(v, math::sigmoid_branchless(v));
+}
+
 // dx over the tile (and d initial_state from tile 0), and the tile's weight/bias partials
 // part[b, tile, c, K + 1]. Grid: (ceil(C / kVec / kThreads), tiles, B). kDocs: with seq_idx.
 // kSteady (without seq_idx; chosen by SSMTRAIN_CONV_STEADY=1 while it is being measured):
@@ -448,12 +460,7 @@ __global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(Conv
       load_vec<T>(a.dout, b * a.d_bs + static_cast<long long>(u) * a.d_ss + c, g);
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        if (a.silu) {
-          float v = bias[j];
-#pragma unroll
-          for (int k = 0; k < K; ++k) v += w[k][j] * x[k][j];
-          g[j] *= math::silu_grad(v, math::sigmoid_branchless(v));
-        }
+        g[j] = grad_pre<K>(a, g[j], bias[j], w, x, j);
         ring[K - 1][j] = g[j];
       }
       if (u < t1) {
@@ -531,13 +538,7 @@ __global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(Conv
 #pragma unroll
           for (int k = 0; k < K - 1; ++k) ring[k][j] = ring[k + 1][j];
           win[K - 1][j] = static_cast<float>(ex[j]);
-          g[j] = static_cast<float>(eg[j]);
-          if (a.silu) {
-            float v = bias[j];
-#pragma unroll
-            for (int k = 0; k < K; ++k) v += w[k][j] * win[k][j];
-            g[j] *= math::silu_grad(v, math::sigmoid_branchless(v));
-          }
+          g[j] = grad_pre<K>(a, static_cast<float>(eg[j]), bias[j], w, win, j);
           ring[K - 1][j] = g[j];
 #pragma unroll
           for (int k = 0; k < K; ++k) acc[k][j] += g[j] * win[k][j];
