@@ -605,6 +605,14 @@ ConvArgs make_args(const CausalConv1dParams& p) {
   return a;
 }
 
+// Whether the tiled kernels take their steady-state form (SSMTRAIN_CONV_STEADY=1), until it
+// has been timed against the general form and becomes the only one. Read at every launch,
+// so a test can run both forms in one process.
+bool steady_kernels() {
+  const char* v = std::getenv("SSMTRAIN_CONV_STEADY");
+  return v && v[0] == '1';
+}
+
 // Calls fn(T{}, integral_constant<int, K>{}) for the runtime dtype and width.
 template <typename Fn>
 void dispatch(DType dt, int64_t K, Fn&& fn) {
@@ -636,10 +644,9 @@ void causal_conv1d_fwd_cuda(const CausalConv1dParams& p, int device) {
       if (tiled_ok<T>(p, false) && p.B <= 65535) {
         const dim3 grid(static_cast<unsigned>((p.C / VecOf<T>::n + kTiledThreads - 1) / kTiledThreads),
                         static_cast<unsigned>((p.L + kTile - 1) / kTile), static_cast<unsigned>(p.B));
-        const char* steady = std::getenv("SSMTRAIN_CONV_STEADY");
         if (a.seq)
           conv_forward_tiled_kernel<T, K, true><<<grid, kTiledThreads, 0, stream>>>(a);
-        else if (steady && steady[0] == '1')
+        else if (steady_kernels())
           conv_forward_tiled_kernel<T, K, false, true><<<grid, kTiledThreads, 0, stream>>>(a);
         else
           conv_forward_tiled_kernel<T, K, false><<<grid, kTiledThreads, 0, stream>>>(a);
@@ -693,10 +700,9 @@ void causal_conv1d_bwd_cuda(const CausalConv1dParams& p, int device) {
       }
       const dim3 grid(static_cast<unsigned>((p.C / VecOf<T>::n + kTiledThreads - 1) / kTiledThreads),
                       static_cast<unsigned>(tiles), static_cast<unsigned>(p.B));
-      const char* steady = std::getenv("SSMTRAIN_CONV_STEADY");
       if (a.seq)
         conv_backward_tiled_kernel<T, K, true><<<grid, kTiledThreads, 0, stream>>>(a);
-      else if (steady && steady[0] == '1')
+      else if (steady_kernels())
         conv_backward_tiled_kernel<T, K, false, true><<<grid, kTiledThreads, 0, stream>>>(a);
       else
         conv_backward_tiled_kernel<T, K, false><<<grid, kTiledThreads, 0, stream>>>(a);

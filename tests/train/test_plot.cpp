@@ -65,11 +65,14 @@ TEST_CASE("plot: a run directory gives one curve per panel; a sweep adds its sca
 
   // A synthetic task's run records the answer accuracy: a fifth panel, accuracy against step.
   const std::string task = dir.str() + "/task";
-  write(task + "/metrics.jsonl",
-        "{\"step\": 1, \"tokens\": 100, \"loss\": 2.5, \"lr\": 0.001, \"tokens_per_s\": 10}\n"
-        "{\"step\": 1, \"tokens\": 100, \"split\": \"val\", \"loss\": 2.4, \"acc\": 0.25}\n"
-        "{\"step\": 2, \"tokens\": 200, \"loss\": 1.5, \"lr\": 0.001, \"tokens_per_s\": 10}\n"
-        "{\"step\": 2, \"tokens\": 200, \"split\": \"val\", \"loss\": 1.4, \"acc\": 0.75}\n");
+  std::string task_metrics;
+  for (int step : {1, 2})  // a training record and a validation record with acc per step
+    task_metrics += "{\"step\": " + std::to_string(step) + ", \"tokens\": " + std::to_string(100 * step) +
+                    ", \"loss\": " + std::to_string(3.5 - step) + ", \"lr\": 0.001, \"tokens_per_s\": 10}\n" +
+                    "{\"step\": " + std::to_string(step) + ", \"tokens\": " + std::to_string(100 * step) +
+                    ", \"split\": \"val\", \"loss\": " + std::to_string(3.4 - step) +
+                    ", \"acc\": " + std::to_string(0.5 * step - 0.25) + "}\n";
+  write(task + "/metrics.jsonl", task_metrics);
   const std::string with_acc = plot_runs_svg({task});
   CHECK(contains(with_acc, "validation accuracy"));
   CHECK(count(with_acc, "<polyline") == 5);
