@@ -174,6 +174,46 @@ template <typename T, typename Exp = LibExp> SSMT_HD T silu_branchless(T x, Exp 
 __device__ __forceinline__ float gelu_fast(float x) {
   return __fdividef(x, 1.0f + __expf(-2.0f * gelu_inner(x)));
 }
+
+// Device only, for the per-element work of the scan kernels (f32 arithmetic whatever the
+// storage type). The library's log1pf and IEEE division cost about 50 instructions per
+// element there, as much as the recurrence itself; these forms take about 20 and stay within
+// a few ulp of the library's (tests/ssm/test_scan_cuda.cpp checks them against the f64 values).
+//
+// sigmoid(x) = 1 / (1 + e^-x) with the library exponential and the fast reciprocal
+// (__fdividef: within 2 ulp). For x < -87 the denominator passes 2^126 and the result is 0,
+// the limit; e^-x = inf gives 1 / inf = 0 too.
+__device__ __forceinline__ float sigmoid_fast(float x) { return __fdividef(1.0f, 1.0f + expf(-x)); }
+__device__ __forceinline__ float silu_fast(float x) { return __fdividef(x, 1.0f + expf(-x)); }
+// softplus(x) = max(x, 0) + log1p(t), t = e^-|x| in (0, 1], branch-free, with
+// log1p(t) = 2 atanh(s), s = t / (2 + t) <= 1/3, summed to s^15/15 (the first term left
+// out is below 4e-9 of the sum) by Horner's rule. Above the threshold 20 of softplus(),
+// x + log1p(e^-x) rounds to x (e^-20 = 2e-9 is under half an ulp of 20), and the derivative
+// sigmoid(x) = 1 / (1 + t) (x >= 0) or t / (1 + t) (x < 0) rounds to 1: both agree with
+// softplus() and softplus_grad() there, bit for bit.
+__device__ __forceinline__ float log1p_unit(float t, float& inv1p) {  // t in [0, 1]
+  const float s = __fdividef(t, 2.0f + t), s2 = s * s;
+  float q = 1.0f / 15;
+  q = fmaf(q, s2, 1.0f / 13);
+  q = fmaf(q, s2, 1.0f / 11);
+  q = fmaf(q, s2, 1.0f / 9);
+  q = fmaf(q, s2, 1.0f / 7);
+  q = fmaf(q, s2, 1.0f / 5);
+  q = fmaf(q, s2, 1.0f / 3);
+  q = fmaf(q, s2, 1.0f);
+  inv1p = __fdividef(1.0f, 1.0f + t);
+  return 2.0f * s * q;
+}
+__device__ __forceinline__ float softplus_fast(float x) {
+  float unused;
+  return fmaxf(x, 0.0f) + log1p_unit(expf(-fabsf(x)), unused);
+}
+__device__ __forceinline__ void softplus_and_grad_fast(float x, float& value, float& grad) {
+  const float t = expf(-fabsf(x));
+  float r;
+  value = fmaxf(x, 0.0f) + log1p_unit(t, r);
+  grad = x >= 0.0f ? r : t * r;
+}
 #endif
 
 }  // namespace ssmtrain::math

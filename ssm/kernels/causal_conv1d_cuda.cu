@@ -29,7 +29,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
 
 #include "core/backend.h"
 #include "core/cuda/device.cuh"
@@ -322,11 +321,11 @@ __device__ __forceinline__ void docs_start(const ConvArgs& a, int b, int t0, int
   for (int k = 0; k < K - 1; ++k) doc[k] = doc_of(a, b, t0 - (K - 1) + k);
 }
 
-// Grid: (ceil(C / kVec / kThreads), tiles, B). kDocs: with seq_idx. kSteady (without
-// seq_idx; SSMTRAIN_CONV_STEADY=1 while it is being measured): the tile's steps four at a
-// time with the four inputs loaded first, as read-only loads (the general loop loads each
-// step's input only after the previous step's store).
-template <typename T, int K, bool kDocs, bool kSteady = false>
+// Grid: (ceil(C / kVec / kThreads), tiles, B). kDocs: with seq_idx. Without seq_idx the
+// tile's steps run four at a time with the four inputs loaded first, as read-only loads (a
+// loop of single steps loads each step's input only after the previous step's store: one
+// memory round trip per step; docs/perf_train.md). With seq_idx, one step at a time.
+template <typename T, int K, bool kDocs>
 __global__ void __launch_bounds__(kTiledThreads) conv_forward_tiled_kernel(ConvArgs a) {
   constexpr int V = VecOf<T>::n;
   const int c = (blockIdx.x * kTiledThreads + threadIdx.x) * V;
@@ -337,7 +336,7 @@ __global__ void __launch_bounds__(kTiledThreads) conv_forward_tiled_kernel(ConvA
   tile_start<T, K>(a, b, c, t0, w, bias, win);
   if constexpr (kDocs) docs_start<K>(a, b, t0, doc);
   int t = t0;
-  if constexpr (kSteady && !kDocs) {
+  if constexpr (!kDocs) {
     using Raw = typename VecOf<T>::type;
     constexpr int kAhead = 4;
     const Raw* xp = reinterpret_cast<const Raw*>(static_cast<const T*>(a.x) + b * a.x_bs + c);
@@ -403,12 +402,11 @@ __device__ __forceinline__ float grad_pre(const ConvArgs& a, float g, float bias
 
 // dx over the tile (and d initial_state from tile 0), and the tile's weight/bias partials
 // part[b, tile, c, K + 1]. Grid: (ceil(C / kVec / kThreads), tiles, B). kDocs: with seq_idx.
-// kSteady (without seq_idx; chosen by SSMTRAIN_CONV_STEADY=1 while it is being measured):
-// the steps where every test of the general step holds (u in [t0 + K - 1, min(t1, L)): an
+// Without seq_idx, the steps where every test of the general step holds (u in [t0 + K - 1, min(t1, L)): an
 // input inside the sequence and the tile, its dx inside the tile, no initial or final state)
 // run four at a time with the four steps' loads issued first, as read-only loads; the
 // general step, one step at a time, waits for its loads behind the previous step's stores.
-template <typename T, int K, bool kDocs, bool kSteady = false>
+template <typename T, int K, bool kDocs>
 __global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(ConvArgs a) {
   constexpr int V = VecOf<T>::n;
   const int c = (blockIdx.x * kTiledThreads + threadIdx.x) * V;
@@ -513,7 +511,7 @@ __global__ void __launch_bounds__(kTiledThreads) conv_backward_tiled_kernel(Conv
     }
   };
   int u = t0;
-  if constexpr (kSteady && !kDocs) {
+  if constexpr (!kDocs) {
     using Raw = typename VecOf<T>::type;
     constexpr int kAhead = 4;
     const int steady_begin = min(t0 + K - 1, u_end), steady_end = max(steady_begin, min(t1, a.L));
@@ -605,14 +603,6 @@ ConvArgs make_args(const CausalConv1dParams& p) {
   return a;
 }
 
-// Whether the tiled kernels take their steady-state form (SSMTRAIN_CONV_STEADY=1), until it
-// has been timed against the general form and becomes the only one. Read at every launch,
-// so a test can run both forms in one process.
-bool steady_kernels() {
-  const char* v = std::getenv("SSMTRAIN_CONV_STEADY");
-  return v && v[0] == '1';
-}
-
 // Calls fn(T{}, integral_constant<int, K>{}) for the runtime dtype and width.
 template <typename Fn>
 void dispatch(DType dt, int64_t K, Fn&& fn) {
@@ -646,8 +636,6 @@ void causal_conv1d_fwd_cuda(const CausalConv1dParams& p, int device) {
                         static_cast<unsigned>((p.L + kTile - 1) / kTile), static_cast<unsigned>(p.B));
         if (a.seq)
           conv_forward_tiled_kernel<T, K, true><<<grid, kTiledThreads, 0, stream>>>(a);
-        else if (steady_kernels())
-          conv_forward_tiled_kernel<T, K, false, true><<<grid, kTiledThreads, 0, stream>>>(a);
         else
           conv_forward_tiled_kernel<T, K, false><<<grid, kTiledThreads, 0, stream>>>(a);
       } else {
@@ -702,8 +690,6 @@ void causal_conv1d_bwd_cuda(const CausalConv1dParams& p, int device) {
                       static_cast<unsigned>(tiles), static_cast<unsigned>(p.B));
       if (a.seq)
         conv_backward_tiled_kernel<T, K, true><<<grid, kTiledThreads, 0, stream>>>(a);
-      else if (steady_kernels())
-        conv_backward_tiled_kernel<T, K, false, true><<<grid, kTiledThreads, 0, stream>>>(a);
       else
         conv_backward_tiled_kernel<T, K, false><<<grid, kTiledThreads, 0, stream>>>(a);
       CONV_CUDA_CHECK(cudaGetLastError());

@@ -310,8 +310,8 @@ struct TileRegs {
     const bool ok = bc.sactive && l0 + bc.rs + j * TPC < p.L;
     float v = xv, grad = 1.f;
     if (p.softplus) {
-      if (sig) math::softplus_and_grad(xv, v, grad);  // one exponential for both
-      else v = math::softplus(xv);
+      if (sig) math::softplus_and_grad_fast(xv, v, grad);  // one exponential for both
+      else v = math::softplus_fast(xv);
     }
     if (sig) *sig = grad;
     return ok ? v : 0.f;
@@ -320,13 +320,13 @@ struct TileRegs {
 
 // dL/dy before the gate: dout * silu(z) with a gate, else dout.
 __device__ __forceinline__ float gate_grad(const ScanParams& p, float dout, float z) {
-  return p.z ? dout * z * math::sigmoid_branchless(z) : dout;
+  return p.z ? dout * math::silu_fast(z) : dout;
 }
 
 // kSummary: pass 1 of a segmented forward (each segment from zero; its end state and sum of
 // delta only). Otherwise the forward proper.
 template <typename T, int NL, int TPC, bool kSeq, bool kSummary>
-__global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
+__global__ void __launch_bounds__(kThreads, 4) scan_forward_kernel(ScanParams p) {
   using G = Geo<TPC, NL, kTile>;
   constexpr int CH = G::CH, NMAX = G::NMAX;
   __shared__ float s_u[kTile][CH], s_dt[kTile][CH], s_y[kTile][CH];
@@ -411,7 +411,7 @@ __global__ void __launch_bounds__(kThreads) scan_forward_kernel(ScanParams p) {
       const int t = bc.rs + j * TPC;
       if (!kSummary && bc.sactive && l0 + t < L) {
         float y = s_y[t][bc.cs] + Dv_s * cur_u[j];
-        if (p.z) y *= math::silu_branchless(cur_z[j]);
+        if (p.z) y *= math::silu_fast(cur_z[j]);
         store<T>(p.out, (static_cast<size_t>(bc.b) * L + l0 + t) * D + cs, y);
       }
     }
@@ -488,7 +488,7 @@ __global__ void __launch_bounds__(kThreads, 4) scan_backward_kernel(ScanParams p
       s_dt[t][bc.cs] = next.dt(p, bc, l0, j, bias_s, &cur_sig[j]);
       const float o = static_cast<float>(next.o[j]);
       if (p.z) {
-        const float zz = static_cast<float>(next.z[j]), sz = math::sigmoid_branchless(zz);
+        const float zz = static_cast<float>(next.z[j]), sz = math::sigmoid_fast(zz);
         s_gy[t][bc.cs] = o * zz * sz;
         cur_dzf[j] = o * math::silu_grad(zz, sz);
       } else {

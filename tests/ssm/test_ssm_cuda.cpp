@@ -33,7 +33,6 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <functional>
 #include <initializer_list>
 #include <sstream>
@@ -456,29 +455,23 @@ TEST_CASE("causal_conv1d CUDA tiled kernels (aligned channel vectors) match the 
   // C and the slice offset multiples of 4 and a row stride of C + 8: the one-pass tiled
   // kernels; L = 150 spans five 32-step tiles, the last one partial, so the halo of dpre
   // between tiles, the initial state (tile 0) and the final-state gradient (last tile) are
-  // all exercised. Both forms of the tiled kernels: the general ones and
-  // (SSMTRAIN_CONV_STEADY=1) those whose steady steps run four at a time (backward, each
-  // tile: 3 general steps, 7 groups of 4, then general steps again; forward: 8 groups; the
-  // last tile's 22 steps end in a partial group).
-  for (const char* steady : {"0", "1"}) {
-    setenv("SSMTRAIN_CONV_STEADY", steady, 1);
-    for (DType dtype : {DType::f32, DType::bf16}) {
-      for (int64_t K : {1, 2, 3, 4}) {
-        for (int variant = 0; variant < 2; ++variant) {
-          const bool with_options = variant == 1;
-          CAPTURE(steady);
-          CAPTURE(dtype_name(dtype));
-          CAPTURE(K);
-          CAPTURE(with_options);
-          const int64_t B = 2, L = 150, C = 48;
-          const bool state = with_options && K > 1;
-          compare_with_cpu(conv_op(C, with_options, 4), conv_args(B, L, C, K, with_options, state, dtype, gen, 8),
-                           {"out", "final_state"}, tolerance_for(dtype), gen);
-        }
+  // all exercised. In each tile the backward takes 3 single steps, 7 groups of 4 steps
+  // (loads first), then single steps again; the forward 8 groups; the last tile's 22 steps
+  // end in a partial group. (The single-step form alone runs with seq_idx: the seq_idx cases.)
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    for (int64_t K : {1, 2, 3, 4}) {
+      for (int variant = 0; variant < 2; ++variant) {
+        const bool with_options = variant == 1;
+        CAPTURE(dtype_name(dtype));
+        CAPTURE(K);
+        CAPTURE(with_options);
+        const int64_t B = 2, L = 150, C = 48;
+        const bool state = with_options && K > 1;
+        compare_with_cpu(conv_op(C, with_options, 4), conv_args(B, L, C, K, with_options, state, dtype, gen, 8),
+                         {"out", "final_state"}, tolerance_for(dtype), gen);
       }
     }
   }
-  unsetenv("SSMTRAIN_CONV_STEADY");
 }
 
 TEST_CASE("causal_conv1d CUDA with a sequence shorter than the kernel width") {
