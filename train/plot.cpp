@@ -435,7 +435,16 @@ std::string plot_runs_svg(const std::vector<std::string>& dirs) {
     a.markers = true;
     if (!a.points.empty()) acc.series.push_back(a);
   }
-  std::vector<PlotPanel> panels = {loss, val, lr, speed};
+  std::vector<PlotPanel> panels;
+  // Runs whose metrics hold only some kinds of record (e.g. only the evaluations kept from a
+  // long run) get only the panels that have points; with no points at all, the four empty
+  // panels say "no data".
+  auto has_points = [](const PlotPanel& p) {
+    return std::any_of(p.series.begin(), p.series.end(), [](const PlotSeries& s) { return !s.points.empty(); });
+  };
+  for (const PlotPanel* p : {&loss, &val, &lr, &speed})
+    if (has_points(*p)) panels.push_back(*p);
+  if (panels.empty()) panels = {loss, val, lr, speed};
   if (!acc.series.empty()) panels.push_back(acc);
   // With one sweep, its scaling panel (one sweep's families share the run colours' palette
   // only in scaling.svg, where no run curves are drawn).

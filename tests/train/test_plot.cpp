@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "temp_dir.h"
 #include "train/plot.h"
@@ -77,6 +78,19 @@ TEST_CASE("plot: a run directory gives one curve per panel; a sweep adds its sca
   CHECK(contains(with_acc, "validation accuracy"));
   CHECK(count(with_acc, "<polyline") == 5);
   CHECK(count(with_acc, "<circle") == 4);  // two evaluations, in the loss and the accuracy panel
+  // Only the evaluations kept (no training records): the panels without points are left out.
+  const std::string evals = dir.str() + "/evals";
+  std::string eval_metrics;
+  std::istringstream lines(task_metrics);
+  for (std::string line; std::getline(lines, line);)
+    if (contains(line, "\"val\"")) eval_metrics += line + "\n";
+  write(evals + "/metrics.jsonl", eval_metrics);
+  const std::string only_evals = plot_runs_svg({evals});
+  CHECK(contains(only_evals, "validation loss"));
+  CHECK(contains(only_evals, "validation accuracy"));
+  CHECK(!contains(only_evals, "training loss"));
+  CHECK(!contains(only_evals, "no data"));
+  CHECK(count(only_evals, "<polyline") == 2);
 
   // Two runs: two colours. A sweep directory: its runs plus the compute panel.
   const std::string sweep = dir.str() + "/sw";
