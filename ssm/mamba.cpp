@@ -76,8 +76,9 @@ Tensor Mamba::ssm(const Tensor& xc, const Tensor& z, const Tensor& h0, Tensor* h
     Tensor dbl = linear(xc, linear_weight(x_proj_->weight(), dt));  // (B, L, R + 2N)
     auto parts = dbl.split({dt_rank_, N, N}, -1);
     delta = linear(parts[0], linear_weight(dt_proj_->weight(), dt));  // (B, L, d_inner)
-    Bm = parts[1].reshape({Bsz, L, 1, N});
-    Cm = parts[2].reshape({Bsz, L, 1, N});
+    // Views into dbl (rows of R + 2N): the scan reads B and C at dbl's strides, no copy.
+    Bm = parts[1].view({Bsz, L, 1, N});
+    Cm = parts[2].view({Bsz, L, 1, N});
   } else {
     delta = Tensor::zeros({Bsz, L, d_inner_}, dt, xc.device());
     Bm = as_dtype(B_lti_, dt).reshape({1, 1, 1, N}).expand({Bsz, L, 1, N});

@@ -7,6 +7,8 @@
 // Targets equal to ignore_index give loss 0 and a zero gradient row. A target outside
 // [0, V) that is not ignore_index cannot be reported from the device without a
 // synchronisation: its row gets loss 0 and the gradient of the softmax alone (backend.h).
+#include <algorithm>
+
 #include "core/cuda/rows.cuh"
 
 namespace ssmtrain::cuda_detail {
@@ -102,6 +104,67 @@ __global__ void cross_entropy_with_grad_kernel(const T* __restrict__ logits, con
     });
   }
 }
+
+// Rows that fit in shared memory (V * sizeof(T) bytes within the device's opt-in limit, whole
+// 16-byte vectors): one block of kSmemRowThreads per row copies the row from global memory
+// once, every 16-byte piece of it in flight at once, and both walks (logsumexp, then the
+// gradient) read shared memory. The kernel above walks global memory twice; at 50k f32 logits
+// a row (200 KB) the rows of its resident blocks no longer fit in L2, so the second walk went
+// to DRAM again (docs/perf_train.md). One block per multiprocessor at this size.
+constexpr int kSmemRowThreads = 1024;
+
+// dst[0, 16 bytes) = src[0, 16 bytes), asynchronously where the hardware can (sm_80+: the
+// copy needs no registers, so a thread can have all of its pieces in flight).
+__device__ __forceinline__ void copy16_async(void* dst, const void* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+#else
+  *static_cast<uint4*>(dst) = *static_cast<const uint4*>(src);
+#endif
+}
+__device__ __forceinline__ void copy16_wait_all() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
+template <typename T, typename D>
+__global__ void __launch_bounds__(kSmemRowThreads)
+    cross_entropy_with_grad_smem_kernel(const T* __restrict__ logits, const int64_t* __restrict__ targets,
+                                        AnyFloat scale, int64_t m, int64_t v, bool vec_out, int64_t ignore_index,
+                                        AnyFloat loss, AnyFloat lse, D* __restrict__ dlogits) {
+  using A = compute_t<T>;
+  constexpr int VEC = 16 / sizeof(T);
+  extern __shared__ __align__(16) unsigned char smem_row[];
+  __shared__ LseState<A> smem[kWarp];
+  T* srow = reinterpret_cast<T*>(smem_row);
+  const A g = scale.load<A>(0);
+  const int64_t nv = v / VEC;
+  for (int64_t r = blockIdx.x; r < m; r += gridDim.x) {
+    const T* row = logits + r * v;
+    for (int64_t i = threadIdx.x; i < nv; i += blockDim.x) copy16_async(srow + i * VEC, row + i * VEC);
+    copy16_wait_all();
+    __syncthreads();
+    LseState<A> st = lse_init<A>();
+    for_row(srow, v, threadIdx.x, blockDim.x, true, [&](int64_t, T x) { lse_add(st, arith(x)); });
+    st = group_lse<false>(st, smem);
+    const A row_lse = lse_value(st);
+    const int64_t t = targets[r];
+    const bool ignored = t == ignore_index;
+    const bool counted = !ignored && t >= 0 && t < v;
+    if (threadIdx.x == 0) {
+      lse.store<A>(r, row_lse);
+      loss.store<A>(r, counted ? row_lse - arith(srow[t]) : A(0));
+    }
+    write_row(dlogits + r * v, v, threadIdx.x, blockDim.x, vec_out, [&](int64_t i) -> D {
+      if (ignored) return convert<D>(A(0));
+      const A p = d_exp(arith(srow[i]) - row_lse);
+      return convert<D>(i == t ? (p - A(1)) * g : p * g);
+    });
+    __syncthreads();  // every walk of srow done before the next row's copies land in it
+  }
+}
 }  // namespace
 
 void CudaBackend::cross_entropy_forward(const Tensor& logits_in, const Tensor& targets_in, int64_t ignore_index,
@@ -174,10 +237,24 @@ void CudaBackend::cross_entropy_with_grad(const Tensor& logits_in, const Tensor&
     const T* pl = static_cast<const T*>(logits.data_ptr());
     const bool vec_in = rows_vectorizable<T>(pl, v);
     RowLaunch L = row_launch(m, v, ctx);
+    const size_t row_bytes = static_cast<size_t>(v) * sizeof(T);
+    // Rows of 32 KB and more: the generic kernel's resident rows (8 blocks per multiprocessor)
+    // outgrow L2 from about there.
+    const bool smem_rows = !L.warp && vec_in && row_bytes >= (size_t{32} << 10) && row_bytes <= ctx.smem_optin;
     auto launch = [&](auto* pd) {
       using D = std::remove_pointer_t<decltype(pd)>;
       const bool vec_out = rows_vectorizable<D>(pd, v);
-      if (L.warp)
+      if (smem_rows) {
+        auto kernel = cross_entropy_with_grad_smem_kernel<T, D>;
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(row_bytes)));
+        // Rows in flight: as many blocks as fit on the multiprocessors at once.
+        const int per_sm = std::max<int>(1, static_cast<int>(std::min<size_t>(
+                                                2, ctx.smem_optin / std::max<size_t>(row_bytes, 1))));
+        const int grid = static_cast<int>(std::min<int64_t>(m, static_cast<int64_t>(ctx.sm_count) * per_sm));
+        kernel<<<grid, kSmemRowThreads, row_bytes, ctx.stream.get()>>>(pl, pt, ps, m, v, vec_out, ignore_index,
+                                                                      any_float(loss), any_float(lse), pd);
+      } else if (L.warp)
         cross_entropy_with_grad_kernel<true, T, D><<<L.grid, L.block, 0, ctx.stream.get()>>>(
             pl, pt, ps, m, v, vec_in, vec_out, ignore_index, any_float(loss), any_float(lse), pd);
       else

@@ -307,10 +307,12 @@ ScanTensors checked_inputs(const Tensor& u, const Tensor& delta, const Tensor& A
 
   const DType cd = compute_dtype(u.dtype());
   auto param = [&](const Tensor& t) { return t.defined() ? t.to(cd).contiguous() : Tensor(); };
-  // The CUDA kernels index sequence tensors densely; the CPU kernels take strided rows.
+  // The CUDA kernels index u, delta and z densely and take B and C (and the CPU kernels
+  // every sequence tensor) as rows at any batch and sequence stride: the B and C columns of
+  // Mamba's x_proj output go in as views, with no copy.
   auto seq = [&](const Tensor& t, int inner) {
     if (!t.defined()) return Tensor();
-    return on_cuda ? t.contiguous() : with_contiguous_rows(t, inner);
+    return on_cuda && inner == 1 ? t.contiguous() : with_contiguous_rows(t, inner);
   };
   ScanTensors s;
   s.u = seq(u, 1);

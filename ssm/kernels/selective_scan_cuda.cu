@@ -70,8 +70,10 @@ struct ScanParams {
   const void* delta;       // (B, L, D)
   const void* z;           // (B, L, D) or null
   const float* A;          // (D, N)
-  const void* Bm;          // (B, L, G, N)
-  const void* Cm;          // (B, L, G, N)
+  const void* Bm;          // (B, L, G, N), each (G, N) row dense; rows at the strides below
+  const void* Cm;          // (B, L, G, N), likewise
+  long long B_bs, C_bs;    // batch strides of Bm and Cm, in elements
+  int B_ss, C_ss;          // their sequence strides (a row: G N elements or more)
   const float* Dskip;      // (D) or null
   const float* delta_bias; // (D) or null
   const float* h0;         // (B, D, N) or null
@@ -275,13 +277,16 @@ struct TileRegs {
       z[j] = ok && p.z ? static_cast<const T*>(p.z)[off] : T(0.f);
       if constexpr (kBackward) o[j] = ok ? static_cast<const T*>(p.dout)[off] : T(0.f);
     }
+    // The tile's first rows of B and C; the elements' offsets from there fit in 32 bits.
+    const T* Bt = static_cast<const T*>(p.Bm) + bc.b * p.B_bs + static_cast<long long>(l0) * p.B_ss;
+    const T* Ct = static_cast<const T*>(p.Cm) + bc.b * p.C_bs + static_cast<long long>(l0) * p.C_ss;
 #pragma unroll
     for (int j = 0; j < G::NBC; ++j) {
       const int i = threadIdx.x + j * kThreads, t = i / G::NMAX, n = i % G::NMAX;
       const bool ok = G::bc_slot(j) && l0 + t < p.L && n < p.N;
-      const size_t off = ((static_cast<size_t>(bc.b) * p.L + l0 + t) * p.G + bc.g) * p.N + n;
-      Bv[j] = ok ? static_cast<const T*>(p.Bm)[off] : T(0.f);
-      Cv[j] = ok ? static_cast<const T*>(p.Cm)[off] : T(0.f);
+      const int row = bc.g * p.N + n;
+      Bv[j] = ok ? Bt[t * p.B_ss + row] : T(0.f);
+      Cv[j] = ok ? Ct[t * p.C_ss + row] : T(0.f);
     }
   }
   // The restarts of the fetched tile: bit t set when step l0 + t starts a new document (0
@@ -861,6 +866,8 @@ ScanParams make_params(const SelectiveScanParams& s, Variant v) {
   p.A = static_cast<const float*>(s.A);
   p.Bm = s.Bm.data;
   p.Cm = s.Cm.data;
+  p.B_bs = s.Bm.batch_stride, p.B_ss = static_cast<int>(s.Bm.seq_stride);
+  p.C_bs = s.Cm.batch_stride, p.C_ss = static_cast<int>(s.Cm.seq_stride);
   p.Dskip = static_cast<const float*>(s.Dskip);
   p.delta_bias = static_cast<const float*>(s.delta_bias);
   p.h0 = static_cast<const float*>(s.h0);
@@ -871,7 +878,8 @@ ScanParams make_params(const SelectiveScanParams& s, Variant v) {
 }
 
 // v is a dense (B, L, row) tensor (the kernels compute offsets from the shapes); an absent
-// input or an empty sequence is read nowhere.
+// input or an empty sequence is read nowhere. Bm and Cm need only dense rows (their strides
+// go to the kernels): views into a wider projection output need no copy.
 bool dense(const SeqView& v, int64_t B, int64_t L, int64_t row) {
   if (!v.data || B == 0 || L == 0) return true;
   return (B <= 1 || v.batch_stride == L * row) && (L <= 1 || v.seq_stride == row);
@@ -883,8 +891,9 @@ void check_params(const SelectiveScanParams& s) {
   SSMT_ASSERT(s.checkpoint_interval == kScanCheckpoint, "selective_scan (CUDA): interval ", s.checkpoint_interval);
   SSMT_ASSERT(s.G >= 1 && s.D % s.G == 0, "selective_scan (CUDA): D = ", s.D, ", G = ", s.G);
   SSMT_ASSERT(dense(s.u, s.B, s.L, s.D) && dense(s.delta, s.B, s.L, s.D) && dense(s.z, s.B, s.L, s.D) &&
-                  dense(s.Bm, s.B, s.L, s.G * s.N) && dense(s.Cm, s.B, s.L, s.G * s.N),
-              "selective_scan (CUDA): sequence tensors must be dense");
+                  (s.L <= 1 || (s.Bm.seq_stride >= s.G * s.N && s.Cm.seq_stride >= s.G * s.N &&
+                                 s.Bm.seq_stride <= INT32_MAX / kTile && s.Cm.seq_stride <= INT32_MAX / kTile)),
+              "selective_scan (CUDA): u, delta and z must be dense, B and C rows dense");
 }
 
 // Calls fn(T{}, integral_constant<NL>, integral_constant<TPC>, bool_constant<seq>) for the

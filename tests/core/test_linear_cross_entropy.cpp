@@ -368,8 +368,11 @@ TEST_CASE("cuda cross_entropy_with_grad matches the cpu with f32 and bf16 dlogit
   Generator gen(712);
   Device gpu = Device::cuda(0);
   const int64_t m = 37;
-  // V <= 1024: a warp per row; above: a block per row (odd 1031 also disables vector loads).
-  for (int64_t v : {int64_t{100}, int64_t{1000}, int64_t{1031}, int64_t{50280}})
+  // V <= 1024: a warp per row; above: a block per row (odd 1031 also disables vector loads);
+  // rows of 32 KB up to the shared-memory limit (9000 and 50280 f32 logits: two and one
+  // blocks per multiprocessor) are copied into shared memory once; 70000 f32 logits (280 KB)
+  // are past the limit of current GPUs and walk global memory twice again.
+  for (int64_t v : {int64_t{100}, int64_t{1000}, int64_t{1031}, int64_t{9000}, int64_t{50280}, int64_t{70000}})
     for (DType gdt : {DType::f32, DType::bf16}) {
       INFO("V ", v, " dlogits ", std::string(dtype_name(gdt)));
       Tensor logits = random_tensor({m, v}, gen, DType::f32, Device::cpu(), -5, 5);

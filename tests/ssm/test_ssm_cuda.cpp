@@ -273,6 +273,34 @@ TEST_CASE("selective_scan CUDA bf16 matches the CPU in forward and backward") {
   }
 }
 
+// B and C as column blocks of one wider (B, L, R + 2 G N) tensor, as Mamba takes them from
+// its x_proj output: the kernels read them at that tensor's strides (no copy), and their
+// gradients reach it through the split.
+TEST_CASE("selective_scan CUDA reads B and C as strided views of a wider tensor") {
+  if (!cuda_test_device()) return;
+  Generator gen(514);
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    for (const ScanShape& s : {ScanShape{2, 77, 44, 16, 2, true, true, true, true, true},
+                               ScanShape{1, 40, 36, 5, 1, false, false, false, false, false}}) {
+      CAPTURE(dtype_name(dtype));
+      CAPTURE(s.N);
+      const int64_t R = 7, GN = s.G * s.N;
+      std::vector<Arg> args = scan_args(s, dtype, gen);
+      // args: u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0 -> Bm and Cm replaced by one wide tensor
+      args[3] = {"wide", random_tensor({s.B, s.L, R + 2 * GN}, gen, DType::f64), dtype};
+      args.erase(args.begin() + 4);
+      const OpFn op = [s, R, GN](const std::vector<Tensor>& v) {
+        auto parts = v[3].split({R, GN, GN}, -1);
+        const Tensor Bm = parts[1].view({s.B, s.L, s.G, s.N}), Cm = parts[2].view({s.B, s.L, s.G, s.N});
+        CHECK(!Bm.is_contiguous());
+        const SelectiveScanResult r = selective_scan(v[0], v[1], v[2], Bm, Cm, v[4], v[5], v[6], s.softplus, v[7]);
+        return std::vector<Tensor>{r.out, r.h_last};
+      };
+      compare_with_cpu(op, args, {"out", "h_last"}, tolerance_for(dtype), gen);
+    }
+  }
+}
+
 TEST_CASE("selective_scan CUDA gradients are deterministic") {
   if (!cuda_test_device()) return;
   Generator gen(513);
