@@ -9,7 +9,10 @@
 // g = gn * w, xhat = s * rstd, and gy = gh in y's dtype. The weight gradient
 // gw = sum over rows of gn * xhat is a column sum done without atomics: a fixed grid of
 // row slabs (a function of M only) writes one partial row each, and a second kernel adds the
-// partials in slab order, so the result does not depend on scheduling.
+// partials in slab order, so the result does not depend on scheduling. For rows of up to
+// 1024 elements taken 4 wide (the model widths), the slabs' partials are summed inside the
+// row pass itself (add_rms_norm_backward_gw_kernel), which saves a second read of s and gn.
+#include <algorithm>
 #include <type_traits>
 
 #include "core/cuda/rows.cuh"
@@ -152,6 +155,100 @@ __global__ void add_rms_norm_backward_kernel(const float* __restrict__ s, const 
   }
 }
 
+// The backward with the weight gradient's partial sums fused in, for rows of at most 128 kQ
+// elements taken 4 wide (the warp-per-row geometry; model widths up to 1024). Each block of
+// kGwWarps warps takes a fixed run of rows (rows_per_block, a function of M only), a warp
+// every kGwWarps-th row of it; a lane keeps its elements of s and gn in registers between the
+// two walks of a row and its columns' sums of gn xhat over its rows. The block then adds its
+// warps' sums in warp order into one partial row, and add_rms_norm_gw_sum_kernel adds the
+// partial rows in block order: the weight gradient is deterministic, and the separate
+// partial pass, which read s and gn again (75 MB a layer at the 129M model's shape), is gone.
+// gh and gy are bitwise those of add_rms_norm_backward_kernel (same sums in the same order).
+constexpr int kGwWarps = 8;
+constexpr int64_t kGwMaxBlocks = 1024;  // partial rows of the weight gradient, at most
+
+int64_t gw_blocks(int64_t m) { return std::min<int64_t>(kGwMaxBlocks, std::max<int64_t>(1, (m + 31) / 32)); }
+
+template <int kQ, typename TN, typename TY>
+__global__ void __launch_bounds__(kGwWarps * kWarp)
+    add_rms_norm_backward_gw_kernel(const float* __restrict__ s, const float* __restrict__ w,
+                                    const float* __restrict__ rstd, const TN* __restrict__ gn,
+                                    const float* __restrict__ gs, int64_t m, int64_t d, int64_t rows_per_block,
+                                    float* __restrict__ gh, TY* __restrict__ gy, float* __restrict__ partial) {
+  __shared__ float red[kGwWarps][kQ * 4 * kWarp];
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const float inv_d = 1.0f / static_cast<float>(d);
+  float acc[kQ][4];
+#pragma unroll
+  for (int q = 0; q < kQ; ++q)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[q][j] = 0.0f;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_block;
+  const int64_t r1 = r0 + rows_per_block < m ? r0 + rows_per_block : m;
+  for (int64_t r = r0 + warp; r < r1; r += kGwWarps) {
+    const float inv = rstd[r];
+    float sv[kQ][4], gv[kQ][4];
+    float dot = 0.0f;  // sum of g * xhat
+#pragma unroll
+    for (int q = 0; q < kQ; ++q) {
+      const int64_t i = 4 * (lane + kWarp * q);
+      if (i < d) {
+        float wv[4];
+        load4(s + r * d, i, sv[q]);
+        load4(gn + r * d, i, gv[q]);
+        load4(w, i, wv);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) dot += gv[q][j] * wv[j] * (sv[q][j] * inv);
+      }
+    }
+    dot = warp_allreduce(dot, [](float a, float b) { return a + b; }) * inv_d;
+#pragma unroll
+    for (int q = 0; q < kQ; ++q) {
+      const int64_t i = 4 * (lane + kWarp * q);
+      if (i < d) {
+        float wv[4], out[4], gsv[4] = {0.f, 0.f, 0.f, 0.f};
+        load4(w, i, wv);
+        if (gs) load4(gs + r * d, i, gsv);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          out[j] = inv * (gv[q][j] * wv[j] - sv[q][j] * inv * dot) + gsv[j];
+          acc[q][j] += gv[q][j] * (sv[q][j] * inv);
+        }
+        if (gh) store4(gh + r * d, i, out);
+        if (gy) store4(gy + r * d, i, out);
+      }
+    }
+  }
+#pragma unroll
+  for (int q = 0; q < kQ; ++q) {
+    const int i = 4 * (lane + kWarp * q);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) red[warp][i + j] = acc[q][j];
+  }
+  __syncthreads();
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+    float t = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kGwWarps; ++k) t += red[k][c];
+    partial[static_cast<int64_t>(blockIdx.x) * d + c] = t;
+  }
+}
+
+// Calls f(std::integral_constant<int, kQ>{}) with kQ = ceil(d / 128), 1 <= kQ <= 8.
+template <typename F>
+void with_quads(int64_t d, F&& f) {
+  switch ((d + 127) / 128) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
+  }
+}
+
 constexpr int kColThreads = 256;     // columns per block of the weight-gradient pass
 constexpr int64_t kMaxSlabs = 256;   // row slabs (partial rows) of the weight gradient
 
@@ -276,12 +373,37 @@ void CudaBackend::add_rms_norm_backward(const Tensor& s_in, const Tensor& w_in, 
     return;
   }
   const RowLaunch L = row_launch(m, d, ctx);
+  const bool vec = vec_rows(d, {s.data_ptr(), w.data_ptr(), gn.data_ptr(), gs.defined() ? gs.data_ptr() : nullptr,
+                                gh.defined() ? gh.data_ptr() : nullptr, gy.defined() ? gy.data_ptr() : nullptr});
+  if (gw.defined() && vec && L.warp) {
+    // Rows and weight-gradient partials in one pass, then the partials' sum.
+    const int64_t blocks = gw_blocks(m), rows_per_block = ceil_div(m, blocks);
+    Tensor partial = Tensor::empty({blocks, d}, DType::f32, s.device());
+    with_float_type(gn, [&](auto* tn) {
+      using TN = std::remove_pointer_t<decltype(tn)>;
+      with_float_type(gy, [&](auto* ty) {
+        using TY = std::remove_pointer_t<decltype(ty)>;
+        with_quads(d, [&](auto quads) {
+          add_rms_norm_backward_gw_kernel<decltype(quads)::value, TN, TY>
+              <<<static_cast<unsigned>(blocks), kGwWarps * kWarp, 0, ctx.stream.get()>>>(
+                  static_cast<const float*>(s.data_ptr()), static_cast<const float*>(w.data_ptr()),
+                  static_cast<const float*>(rstd.data_ptr()), static_cast<const TN*>(gn.data_ptr()),
+                  data_or_null<const float>(gs), m, d, rows_per_block, data_or_null<float>(gh),
+                  data_or_null<TY>(gy), static_cast<float*>(partial.data_ptr()));
+        });
+        CUDA_CHECK_LAUNCH();
+      });
+    });
+    add_rms_norm_gw_sum_kernel<<<static_cast<unsigned>(ceil_div(d, kColThreads)), kColThreads, 0,
+                                 ctx.stream.get()>>>(static_cast<const float*>(partial.data_ptr()), blocks, d,
+                                                     static_cast<float*>(gw.data_ptr()));
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   with_float_type(gn, [&](auto* tn) {
     using TN = std::remove_pointer_t<decltype(tn)>;
     with_float_type(gy, [&](auto* ty) {
       using TY = std::remove_pointer_t<decltype(ty)>;
-      const bool vec = vec_rows(d, {s.data_ptr(), w.data_ptr(), gn.data_ptr(), gs.defined() ? gs.data_ptr() : nullptr,
-                                    gh.defined() ? gh.data_ptr() : nullptr, gy.defined() ? gy.data_ptr() : nullptr});
       with_row_variant(L.warp, vec, [&](auto warp, auto vec4) {
         add_rms_norm_backward_kernel<decltype(warp)::value, decltype(vec4)::value, TN, TY><<<L.grid, L.block, 0, ctx.stream.get()>>>(
             static_cast<const float*>(s.data_ptr()), static_cast<const float*>(w.data_ptr()),

@@ -343,7 +343,12 @@ void compare_add_norm_kernels(int64_t m, int64_t d, Generator& gen) {
 TEST_CASE("cuda add_rms_norm kernels match the cpu backend forward and backward") {
   if (!cuda_test_device()) return;
   Generator gen(904);
-  for (int64_t d : {int64_t{768}, int64_t{2048}}) compare_add_norm_kernels(1000, d, gen);
+  // d <= 1024 and a multiple of 4: a warp per row, the weight gradient's partials summed in
+  // the row pass (d = 100: lanes without a column; 1000: a partial last quad; M = 1000: a
+  // partial last block of 32 rows); 770: a warp per row, single accesses, the separate
+  // partial pass; 2048: a block per row.
+  for (int64_t d : {int64_t{100}, int64_t{768}, int64_t{770}, int64_t{1000}, int64_t{2048}})
+    compare_add_norm_kernels(1000, d, gen);
 }
 
 // M = 16384 rows: the weight gradient's full grid of 256 row slabs, and many rows per block
