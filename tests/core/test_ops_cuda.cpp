@@ -664,6 +664,45 @@ TEST_CASE("cuda f32 to bf16 conversion gives the cpu's bits") {
   CHECK(mismatches == 0);
 }
 
+// Copies between column slices go through one row-copy kernel whose unit (16, 8, 4, 2 or 1
+// bytes) is the widest dividing the row width, both pitches and both base addresses: every
+// unit size, and the shape of Mamba's x_proj split (16384 rows of 48 + 16 + 16 bf16), must
+// give the CPU's bytes exactly.
+TEST_CASE("cuda copies between column slices give the cpu's bytes for every row unit") {
+  if (!cuda_test_device()) return;
+  Generator g(4243);
+  const Device gpu = Device::cuda(0);
+  struct Case {
+    int64_t rows, width, start, len, dstart;
+    DType dt;
+  };
+  // The unit of the slice-to-slice copy (row width, pitch and the two column offsets in bytes):
+  for (const Case& c : {Case{16384, 80, 48, 16, 0, DType::bf16},   // 16: Mamba's B columns
+                        Case{16384, 80, 0, 48, 32, DType::bf16},   // 16: its dt columns
+                        Case{300, 66, 2, 32, 4, DType::f32},       // 8
+                        Case{300, 65, 1, 31, 3, DType::f32},       // 4
+                        Case{300, 33, 3, 9, 1, DType::bf16},       // 2
+                        Case{7, 10, 2, 6, 1, DType::f64}}) {       // 8
+    CAPTURE(c.rows);
+    CAPTURE(c.width);
+    CAPTURE(c.start);
+    CAPTURE(c.len);
+    Tensor src = random_tensor({c.rows, c.width}, g, c.dt);
+    Tensor dst = random_tensor({c.rows, c.width}, g, c.dt);
+    Tensor src_g = src.to(gpu), dst_g = dst.to(gpu);
+    // Slice to slice (both strided), slice to contiguous, contiguous to slice, on each device.
+    for (auto [s_, d_] : {std::pair<Tensor*, Tensor*>{&src, &dst}, std::pair<Tensor*, Tensor*>{&src_g, &dst_g}}) {
+      Backend& be = backend(s_->device());
+      be.copy(s_->narrow(1, c.start, c.len), d_->narrow(1, c.dstart, c.len));
+      Tensor packed = Tensor::empty({c.rows, c.len}, c.dt, s_->device());
+      be.copy(s_->narrow(1, c.start, c.len), packed);
+      be.copy(packed, d_->narrow(1, c.width - c.len, c.len));
+    }
+    backend(gpu).synchronize();
+    check_close(dst_g.to(Device::cpu()), dst, 0, 0, "column-slice copies");
+  }
+}
+
 TEST_CASE("cuda index_add_rows is bitwise reproducible with heavy repeats") {
   if (!cuda_test_device()) return;
   Generator g(210);
