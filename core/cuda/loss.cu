@@ -240,7 +240,9 @@ void CudaBackend::cross_entropy_with_grad(const Tensor& logits_in, const Tensor&
     const size_t row_bytes = static_cast<size_t>(v) * sizeof(T);
     // Rows of 32 KB and more: the generic kernel's resident rows (8 blocks per multiprocessor)
     // outgrow L2 from about there.
-    const bool smem_rows = !L.warp && vec_in && row_bytes >= (size_t{32} << 10) && row_bytes <= ctx.smem_optin;
+    // (The opt-in limit covers the kernel's static shared memory too: 1 KB is left for it.)
+    const bool smem_rows =
+        !L.warp && vec_in && row_bytes >= (size_t{32} << 10) && row_bytes + (size_t{1} << 10) <= ctx.smem_optin;
     auto launch = [&](auto* pd) {
       using D = std::remove_pointer_t<decltype(pd)>;
       const bool vec_out = rows_vectorizable<D>(pd, v);
