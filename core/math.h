@@ -175,10 +175,11 @@ __device__ __forceinline__ float gelu_fast(float x) {
   return __fdividef(x, 1.0f + __expf(-2.0f * gelu_inner(x)));
 }
 
-// Device only, for the per-element work of the scan kernels (f32 arithmetic whatever the
-// storage type). The library's log1pf and IEEE division cost about 50 instructions per
-// element there, as much as the recurrence itself; these forms take about 20 and stay within
-// a few ulp of the library's (tests/ssm/test_scan_cuda.cpp checks them against the f64 values).
+// Device only, for the per-element work of the fused SSM kernels (selective scan, causal conv,
+// gated RMSNorm; f32 arithmetic whatever the storage type). The library's log1pf and IEEE
+// division cost about 50 instructions per element in the scan, as much as the recurrence
+// itself; these forms take about 20 and stay within a few ulp of the library's
+// (tests/ssm/test_fast_math_cuda.cu checks them against the f64 values).
 //
 // sigmoid(x) = 1 / (1 + e^-x) with the library exponential and the fast reciprocal
 // (__fdividef: within 2 ulp). For x < -87 the denominator passes 2^126 and the result is 0,

@@ -120,7 +120,7 @@ __device__ __forceinline__ float dpre(const ConvArgs& a, int b, int t, int c) {
   float g = ld<T>(a.dout, b * a.d_bs + static_cast<long long>(t) * a.d_ss + c);
   if (a.silu) {
     const float v = pre_act<T, K>(a, b, t, c);
-    g *= math::silu_grad(v, math::sigmoid_branchless(v));
+    g *= math::silu_grad(v, math::sigmoid_fast(v));
   }
   return g;
 }
@@ -134,7 +134,7 @@ __global__ void __launch_bounds__(kThreads) conv_forward_kernel(ConvArgs a) {
     const long long r = i / a.C;
     const int t = static_cast<int>(r % a.L), b = static_cast<int>(r / a.L);
     const float v = pre_act<T, K>(a, b, t, c);
-    st<T>(a.out, i, a.silu ? math::silu_branchless(v) : v);
+    st<T>(a.out, i, a.silu ? math::silu_fast(v) : v);
   }
 }
 
@@ -355,7 +355,7 @@ __global__ void __launch_bounds__(kTiledThreads) conv_forward_tiled_kernel(ConvA
           float v = bias[j];
 #pragma unroll
           for (int k = 0; k < K; ++k) v += w[k][j] * win[k][j];
-          out[j] = a.silu ? math::silu_branchless(v) : v;
+          out[j] = a.silu ? math::silu_fast(v) : v;
 #pragma unroll
           for (int k = 0; k < K - 1; ++k) win[k][j] = win[k + 1][j];
         }
@@ -376,7 +376,7 @@ __global__ void __launch_bounds__(kTiledThreads) conv_forward_tiled_kernel(ConvA
         if constexpr (kDocs) v += w[k][j] * (doc[k] == doc[K - 1] ? win[k][j] : 0.f);
         else v += w[k][j] * win[k][j];
       }
-      out[j] = a.silu ? math::silu_branchless(v) : v;
+      out[j] = a.silu ? math::silu_fast(v) : v;
     }
     store_vec<T>(a.out, (static_cast<long long>(b) * a.L + t) * a.C + c, out);
 #pragma unroll
@@ -397,7 +397,7 @@ __device__ __forceinline__ float grad_pre(const ConvArgs& a, float g, float bias
   float v = bias;
 #pragma unroll
   for (int k = 0; k < K; ++k) v += w[k][j] * x[k][j];
-  return g * math::silu_grad(v, math::sigmoid_branchless(v));
+  return g * math::silu_grad(v, math::sigmoid_fast(v));
 }
 
 // dx over the tile (and d initial_state from tile 0), and the tile's weight/bias partials

@@ -231,7 +231,7 @@ __global__ void __launch_bounds__(kMaxThreads)
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const float zk = static_cast<float>(zv.v[k]);
-      v[k] = static_cast<float>(yv.v[k]) * zk * math::sigmoid_branchless(zk);
+      v[k] = static_cast<float>(yv.v[k]) * zk * math::sigmoid_fast(zk);
       ss += v[k] * v[k];
     }
   } else {
@@ -308,7 +308,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks)
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const float zk = static_cast<float>(cur.z.v[k]), yk = static_cast<float>(cur.y.v[k]);
-      const float sk = math::sigmoid_branchless(zk), go = static_cast<float>(cur.g.v[k]);
+      const float sk = math::sigmoid_fast(zk), go = static_cast<float>(cur.g.v[k]);
       n[k] = yk * zk * sk * cur.inv;
       if (on) dw_acc[k] += go * n[k];
       gn[k] *= go;

@@ -1,6 +1,7 @@
-// The device-only activations of the scan kernels (core/math.h: softplus_fast,
-// softplus_and_grad_fast, sigmoid_fast, silu_fast) against their values in f64, over the
-// whole range the kernels see and past it.
+// The device-only activations of the fused SSM kernels (core/math.h: softplus_fast,
+// softplus_and_grad_fast, sigmoid_fast, silu_fast; the selective scan, causal conv and gated
+// RMSNorm use them) against their values in f64, over the whole range the kernels see and
+// past it.
 //
 // Error bounds, in units of 2^-23 |ref| (an f32 ulp is between 2^-24 and 2^-23 of a value),
 // from the steps of each form: expf is within 2 ulp, __fdividef within 2, each rounding 1/2.
@@ -46,7 +47,7 @@ double sigmoid64(double x) { return x >= 0 ? 1 / (1 + std::exp(-x)) : std::exp(x
 
 }  // namespace
 
-TEST_CASE("cuda fast softplus, sigmoid and silu of the scan kernels are within a few ulp of f64") {
+TEST_CASE("cuda fast softplus, sigmoid and silu of the SSM kernels are within a few ulp of f64") {
   if (!ssmtrain::cuda_available()) {
     MESSAGE("CUDA tests skipped: no GPU");
     return;
