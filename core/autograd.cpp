@@ -29,6 +29,22 @@ struct Tape {
 };
 
 thread_local Tape g_tape;
+// The inputs of the node whose closure is running (for take_input_grad); null outside one.
+thread_local const std::vector<std::shared_ptr<AutogradMeta>>* g_running_inputs = nullptr;
+
+// Sets g_running_inputs for a closure's run, restoring the outer one (nested backwards).
+class RunningNode {
+ public:
+  explicit RunningNode(const std::vector<std::shared_ptr<AutogradMeta>>* inputs) : saved_(g_running_inputs) {
+    g_running_inputs = inputs;
+  }
+  ~RunningNode() { g_running_inputs = saved_; }
+  RunningNode(const RunningNode&) = delete;
+  RunningNode& operator=(const RunningNode&) = delete;
+
+ private:
+  const std::vector<std::shared_ptr<AutogradMeta>>* saved_;
+};
 
 // grad += g, out of place so that a gradient shared with a saved tensor is never mutated.
 void accumulate(AutogradMeta& meta, const Tensor& g) {
@@ -80,6 +96,20 @@ void record(const char* op_name, const std::vector<Tensor>& inputs, const std::v
   g_tape.nodes.push_back(std::move(node));
   // Ops record after launching their kernels: the profiler's span of this op ends here.
   profiler::mark(op_name);
+}
+
+Tensor take_input_grad(size_t i, const Dims& shape, DType dtype) {
+  if (!g_running_inputs || i >= g_running_inputs->size()) return Tensor();
+  const std::shared_ptr<AutogradMeta>& meta = (*g_running_inputs)[i];
+  if (!meta || meta->is_leaf || !meta->grad) return Tensor();
+  const std::shared_ptr<TensorImpl>& impl = meta->grad;
+  // The only reference to the gradient and to its storage is the tape's: nobody can see an
+  // in-place change (a view of the same storage, e.g. a cat's backward, keeps it shared).
+  if (impl.use_count() != 1 || !impl->storage || impl->storage.use_count() != 1) return Tensor();
+  Tensor g(impl);
+  if (g.shape() != shape || g.dtype() != dtype || !g.is_contiguous()) return Tensor();
+  meta->grad.reset();
+  return g;
 }
 
 void backward(const Tensor& root, const Tensor& grad) { backward(std::vector<Tensor>{root}, {grad}); }
@@ -144,7 +174,11 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
                                   : Tensor::zeros(node.output_shapes[i], node.output_dtypes[i], node.device));
       m->grad.reset();  // intermediate gradients die with their node
     }
-    std::vector<Tensor> grads_in = node.fn(grads_out);
+    std::vector<Tensor> grads_in;
+    {
+      RunningNode running(&node.inputs);
+      grads_in = node.fn(grads_out);
+    }
     SSMT_ASSERT(grads_in.size() == node.inputs.size(), node.name, ": backward returned ", grads_in.size(),
                 " gradients for ", node.inputs.size(), " inputs");
     for (size_t i = 0; i < node.inputs.size(); ++i) {

@@ -54,6 +54,14 @@ using BackwardFn = std::function<std::vector<Tensor>(const std::vector<Tensor>& 
 void record(const char* op_name, const std::vector<Tensor>& inputs, const std::vector<Tensor>& outputs,
             BackwardFn backward_fn);
 
+// Inside a backward closure: the gradient already accumulated for input i of the node being
+// run, handed over to the closure when it is of `shape` and `dtype`, contiguous, of a tensor
+// made by the tape (not a leaf's .grad) and held by nothing else (no other reference to it or
+// to its storage). The closure may then add its own contribution in place (e.g. a GEMM with
+// beta = 1, saving an add pass) and must return it as input i's gradient. Undefined otherwise
+// (the closure returns its contribution as usual and the tape adds the two).
+Tensor take_input_grad(size_t i, const Dims& shape, DType dtype);
+
 // Runs the tape backwards from `root` (seed: `grad`, or 1 for a single-element root),
 // accumulating into the .grad of leaves that require grad, then clears the tape.
 void backward(const Tensor& root, const Tensor& grad = Tensor());

@@ -212,10 +212,16 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
     record("linear", {x, w, b}, {y}, [=](const std::vector<Tensor>& g) -> std::vector<Tensor> {
       Tensor gy = g[0].reshape({rows, out_features});
       Tensor gx, gw, gb;
-      if (need_x) {  // gx (M, in) = gy @ W
-        gx = Tensor::empty({rows, in}, dt, dev);
-        gemm_2d(gy, saved_w, gx, 0);
-        gx = gx.reshape(x_shape);
+      if (need_x) {  // gx (M, in) = gy @ W, added in the GEMM to x's gradient so far when the tape hands it over
+        Tensor acc = take_input_grad(0, x_shape, dt);
+        if (acc.defined()) {
+          gemm_2d(gy, saved_w, acc.reshape({rows, in}), 1.0);
+          gx = acc;
+        } else {
+          gx = Tensor::empty({rows, in}, dt, dev);
+          gemm_2d(gy, saved_w, gx, 0);
+          gx = gx.reshape(x_shape);
+        }
       }
       if (need_w) {  // gW (out, in) = gy^T @ x, in the weight's dtype (f32 from bf16 operands when mixed)
         gw = Tensor::empty({out_features, in}, wdt, dev);

@@ -194,3 +194,96 @@ TEST_CASE("the grad-ready hook reports each leaf once, after its last accumulati
   CHECK(ref::host(a.grad()) == grads_seen[1]);
   CHECK_FALSE(w.grad().defined());
 }
+
+// take_input_grad: a closure gets the gradient accumulated so far for an input only when the
+// tape made it and nothing else holds it or its storage; it returns it with its own part added.
+TEST_CASE("a backward closure takes an input's gradient so far only when nothing else holds it") {
+  CHECK_FALSE(take_input_grad(0, Dims{3}, DType::f64).defined());  // outside a closure
+  Tensor a = ref::make({1, -2, 3}, {3}).requires_grad_();
+  Tensor k = ref::make({4, 5}, {2}).requires_grad_();
+  // probe(x) = x, recorded by hand: its closure reports what take_input_grad gave it.
+  struct Seen {
+    bool took = false;
+    std::vector<double> value;
+  };
+  auto probe = [](const Tensor& x, Seen& seen) {
+    Tensor p;
+    {
+      NoGradGuard ng;
+      p = x * 1.0;
+    }
+    const Dims shape = x.shape();
+    const DType dtype = x.dtype();
+    record("probe", {x}, {p}, [&seen, shape, dtype](const std::vector<Tensor>& g) -> std::vector<Tensor> {
+      Tensor acc = take_input_grad(0, shape, dtype);
+      seen.took = acc.defined();
+      if (!seen.took) return {g[0]};
+      seen.value = ref::host(acc);
+      return {add(acc, g[0])};
+    });
+    return p;
+  };
+  SUBCASE("a fresh gradient of an intermediate is handed over") {
+    Seen seen;
+    Tensor h = a * 2.0;
+    Tensor p = probe(h, seen);  // recorded first, so its closure runs after the mul's
+    Tensor u = h * 3.0;
+    backward(sum(p) + sum(u));
+    CHECK(seen.took);
+    CHECK(seen.value == std::vector<double>{3, 3, 3});
+    CHECK(ref::host(a.grad()) == std::vector<double>{8, 8, 8});  // 2 (3 + 1)
+  }
+  SUBCASE("a gradient that shares its storage (a cat's backward views) is not") {
+    Seen seen;
+    Tensor h = a * 2.0;
+    Tensor p = probe(h, seen);
+    Tensor c = cat({h, k * 1.0}, 0);  // its backward gives h and k views of one buffer
+    backward(sum(p) + sum(c * 3.0));
+    CHECK_FALSE(seen.took);
+    CHECK(ref::host(a.grad()) == std::vector<double>{8, 8, 8});
+    CHECK(ref::host(k.grad()) == std::vector<double>{3, 3});
+  }
+  SUBCASE("a leaf's gradient is never handed over") {
+    Seen seen;
+    backward(sum(a * 5.0));  // a.grad = 5 from an earlier backward
+    Tensor p = probe(a, seen);
+    Tensor u = a * 3.0;
+    backward(sum(p) + sum(u));
+    CHECK_FALSE(seen.took);
+    CHECK(ref::host(a.grad()) == std::vector<double>{9, 9, 9});  // 5 + 3 + 1
+  }
+}
+
+// linear's backward adds gy W into x's gradient so far inside the GEMM when the tape hands it
+// over (x's other consumer ran first in the backward), else returns it for the tape to add:
+// the same gradient either way, here against its closed form in f64.
+TEST_CASE("linear's input gradient is right whether or not it is accumulated in the GEMM") {
+  Generator gen(3101);
+  const Tensor W = random_tensor({5, 4}, gen, DType::f64).requires_grad_();
+  const Tensor R = random_tensor({3, 5}, gen, DType::f64), S = random_tensor({3, 4}, gen, DType::f64);
+  // d/da [sum(linear(a, W) o R) + sum(a o S)] = R W + S
+  std::vector<double> want = ref::host(matmul(R, W.detach()) + S);
+  for (bool linear_first : {true, false}) {
+    CAPTURE(linear_first);
+    Tensor a = random_tensor({3, 4}, gen, DType::f64).requires_grad_();
+    Tensor h = a * 1.0;  // an intermediate: its gradient is the tape's to hand over
+    Tensor loss;
+    if (linear_first) {  // recorded first: the mul's closure runs first, linear takes its gradient
+      Tensor y = linear(h, W);
+      Tensor m = h * S;
+      Tensor l1 = sum(m);
+      Tensor l2 = sum(y * R);
+      loss = l1 + l2;
+    } else {  // linear's closure runs first and finds no gradient of h yet
+      Tensor m = h * S;
+      Tensor y = linear(h, W);
+      Tensor l1 = sum(m);
+      Tensor l2 = sum(y * R);
+      loss = l1 + l2;
+    }
+    backward(loss);
+    const std::vector<double> got = ref::host(a.grad());
+    REQUIRE(got.size() == want.size());
+    for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == doctest::Approx(want[i]).epsilon(1e-12));
+  }
+}
