@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU host: build into a folder that survives between calls, then measure whole training
 # steps (ssmtrain-bench train) with the profiler's table for the 129M Mamba step.
-# Usage: tools/perf_train.sh OUTDIR [build] [tests] [before] [profile] [full] [numerics]
+# Usage: tools/perf_train.sh OUTDIR [build] [tests] [before] [profile] [full] [configs] [numerics] [ab]
 #   build     configure + build ssmtrain, ssmtrain-bench and the test binaries
 #   tests     the CUDA test cases of every layer
 #   before    the 129M row with the unfused head (full f32-stat logits + cross-entropy), profiled
@@ -11,6 +11,11 @@
 #             OLD_BUILD's when set): median tokens/s of the logged windows after step 20
 #   numerics  200 steps of configs/mamba_text.yaml at two seeds, with this build and (when
 #             OLD_BUILD names the build folder of an earlier commit) with that one
+#   ab        before/after on one card: the bench rows matching ROWS (default the 129M Mamba
+#             row) with OLD_BUILD's ssmtrain-bench and this build's, alternated REPS times
+#             (default 2). With OLD_SRC (a source tree of the earlier commit, e.g. unpacked
+#             from `git archive REV`), OLD_BUILD (default /tmp/build-old) is built from it
+#             first, beside this build. BENCH_ARGS: more options for the bench (e.g. --quick)
 # BUILD (default /tmp/build-gpu), TARGETS (build only these), TESTS (the test layers) and GCIDE
 # (the quickstart text) may be set.
 set -uo pipefail
@@ -22,10 +27,19 @@ cd "$(dirname "$0")/.."
 build="${BUILD:-/tmp/build-gpu}"
 has() { [[ " $stages " == *" $1 "* ]]; }
 bench="$build/ssmtrain-bench"
+if has ab && [ -n "${OLD_SRC:-}" ]; then
+  OLD_BUILD="${OLD_BUILD:-/tmp/build-old}"
+  ( cmake -S "$OLD_SRC" -B "$OLD_BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSSMTRAIN_TESTS=OFF >/dev/null &&
+    cmake --build "$OLD_BUILD" -j"$(( $(nproc) / 2 ))" --target ssmtrain-bench ) > "$out/build_old.txt" 2>&1 &
+  old_build_pid=$!
+fi
 if has build; then
   { time (cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null &&
           cmake --build "$build" -j"$(nproc)" ${TARGETS:+--target $TARGETS}); } > "$out/build.txt" 2>&1 || { tail -60 "$out/build.txt"; exit 1; }
   tail -3 "$out/build.txt"
+fi
+if [ -n "${old_build_pid:-}" ]; then
+  wait "$old_build_pid" || { tail -30 "$out/build_old.txt"; exit 1; }
 fi
 if has tests; then
   for t in ${TESTS:-core nn optim ssm train}; do
@@ -89,4 +103,15 @@ if has numerics; then
     echo "numerics $name exit $?"
     cp "/tmp/num_$name/metrics.jsonl" "$out/metrics_$name.jsonl" 2>/dev/null
   done
+fi
+if has ab; then
+  [ -x "${OLD_BUILD:-}/ssmtrain-bench" ] || { echo "ab: set OLD_BUILD (or OLD_SRC) to an earlier build"; exit 2; }
+  rows="${ROWS:-mamba 24x768 (129M)}"
+  for i in $(seq "${REPS:-2}"); do
+    for side in old new; do
+      b="$bench"; [ $side = old ] && b="$OLD_BUILD/ssmtrain-bench"
+      timeout 120 "$b" train --only "$rows" ${BENCH_ARGS:-} > "$out/ab_${side}_$i.txt" 2>&1
+      grep -E "^[a-z].*[0-9]x" "$out/ab_${side}_$i.txt" | grep -v "^train step" | sed "s/^/ab $side $i: /"
+    done
+  done | tee "$out/ab.txt"
 fi
