@@ -3,6 +3,7 @@
 #include "ssm/kernels/selective_scan.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "core/autograd.h"
@@ -52,6 +53,17 @@ int64_t backward_channel_slices(const SelectiveScanParams& p) {
   return std::clamp<int64_t>((64 + tasks - 1) / tasks, 1, std::max<int64_t>(per_group, 1));
 }
 
+// A as the kernels use it: p.A itself, or -exp(p.A) when p.A holds log(-A) (in `storage`;
+// std::exp, as the CPU's exp op, so the values are those of the composed -exp(A_log)).
+template <typename C>
+const C* decay_rates(const SelectiveScanParams& p, std::vector<C>& storage) {
+  const C* given = static_cast<const C*>(p.A);
+  if (!p.A_log) return given;
+  storage.resize(static_cast<size_t>(p.D * p.N));
+  for (int64_t i = 0; i < p.D * p.N; ++i) storage[i] = -std::exp(given[i]);
+  return storage.data();
+}
+
 template <typename T>
 void forward_kernel(const SelectiveScanParams& p) {
   using C = acc_t<T>;
@@ -62,7 +74,8 @@ void forward_kernel(const SelectiveScanParams& p) {
   const T* z = static_cast<const T*>(p.z.data);
   const T* Bm = static_cast<const T*>(p.Bm.data);
   const T* Cm = static_cast<const T*>(p.Cm.data);
-  const C* A = static_cast<const C*>(p.A);
+  std::vector<C> A_storage;
+  const C* A = decay_rates<C>(p, A_storage);
   const C* Dskip = static_cast<const C*>(p.Dskip);
   const C* delta_bias = static_cast<const C*>(p.delta_bias);
   const C* h0 = static_cast<const C*>(p.h0);
@@ -121,7 +134,8 @@ void backward_kernel(const SelectiveScanParams& p) {
   const T* Bm = static_cast<const T*>(p.Bm.data);
   const T* Cm = static_cast<const T*>(p.Cm.data);
   const T* dout = static_cast<const T*>(p.dout.data);
-  const C* A = static_cast<const C*>(p.A);
+  std::vector<C> A_storage;
+  const C* A = decay_rates<C>(p, A_storage);
   const C* Dskip = static_cast<const C*>(p.Dskip);
   const C* delta_bias = static_cast<const C*>(p.delta_bias);
   const C* ckpt = static_cast<const C*>(p.checkpoints);
@@ -254,6 +268,10 @@ void backward_kernel(const SelectiveScanParams& p) {
   reduce_bc(dB_part, static_cast<T*>(p.dBm));
   reduce_bc(dC_part, static_cast<T*>(p.dCm));
   sum_batch_partials(dA_part, B, D * N, p.dA);
+  if (p.A_log && p.dA) {  // d/d log(-A) = dA * A (the chain rule of A = -exp(A_log))
+    C* dA = static_cast<C*>(p.dA);
+    for (int64_t i = 0; i < D * N; ++i) dA[i] = dA[i] * A[i];
+  }
   sum_batch_partials(dD_part, B, D, p.dDskip);
   sum_batch_partials(dbias_part, B, D, p.ddelta_bias);
 }
@@ -343,13 +361,14 @@ const FusedKernels<SelectiveScanParams> kKernels = {selective_scan_fwd_cpu, sele
 
 SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
                                    const Tensor& Cm, const Tensor& Dskip, const Tensor& z, const Tensor& delta_bias,
-                                   bool delta_softplus, const Tensor& h0, const Tensor& seq_idx) {
+                                   bool delta_softplus, const Tensor& h0, const Tensor& seq_idx, bool A_is_log) {
   using P = SelectiveScanParams;
   const ScanTensors in = checked_inputs(u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0, seq_idx);
   const bool on_cuda = in.u.device().is_cuda();
   FusedOp<P> op(kOp, kKernels, in.u.device());
   P& p = op.p;
   p = make_params(in, delta_softplus);
+  p.A_log = A_is_log;
   p.checkpoint_interval = on_cuda ? kScanCheckpoint : kSelectiveScanCheckpointInterval;
   op.input(in.u, &P::du);
   op.input(in.delta, &P::ddelta);

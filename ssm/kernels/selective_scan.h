@@ -26,7 +26,7 @@
 //
 // Layout: entry points take any views. On the CPU, sequence tensors are used in place when
 // their trailing axes are contiguous (batch and time strides are free), else copied; the
-// CUDA kernels take them dense. Both backends' kernels are called through
+// CUDA kernels take u, delta and z dense and B and C with their batch and time strides. Both backends' kernels are called through
 // SelectiveScanParams (pointers + strides, no Tensor): the CPU kernels below, the CUDA
 // launchers of selective_scan_cuda.cu.
 #pragma once
@@ -48,10 +48,14 @@ struct SelectiveScanResult {
 // (differentiably). Dskip, z, delta_bias and h0 may be undefined. G must divide D.
 // seq_idx (B, L) i32 on u's device, optional, non-decreasing rows, not differentiable:
 // the packed documents (above); made contiguous when it is not.
+// A_is_log: A holds log(-A) (Mamba's A_log parameter): the kernels use -exp(A) and the
+// gradient is that of the log, bitwise what selective_scan(..., -exp(A_log), ...) gives,
+// without the four small elementwise launches of that expression and its backward.
 SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
                                    const Tensor& Cm, const Tensor& Dskip = Tensor(), const Tensor& z = Tensor(),
                                    const Tensor& delta_bias = Tensor(), bool delta_softplus = false,
-                                   const Tensor& h0 = Tensor(), const Tensor& seq_idx = Tensor());
+                                   const Tensor& h0 = Tensor(), const Tensor& seq_idx = Tensor(),
+                                   bool A_is_log = false);
 
 // ---- kernel interface ----
 
@@ -64,6 +68,7 @@ struct SelectiveScanParams {
   DType dtype = DType::f32;
   int64_t B = 0, L = 0, D = 0, N = 0, G = 1;
   bool delta_softplus = false;
+  bool A_log = false;  // A holds log(-A): the kernels decay with -exp(A), and dA is the gradient of that log
   int64_t checkpoint_interval = kSelectiveScanCheckpointInterval;
 
   // inputs

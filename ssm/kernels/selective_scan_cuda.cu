@@ -66,6 +66,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 struct ScanParams {
   int B, L, D, N, G, nchunks, nckpt, nblocks_per_group;  // forward tiles, checkpoints
   bool softplus;
+  bool A_log;              // A holds log(-A): the decay rate is -exp(A)
   const void* u;           // (B, L, D)
   const void* delta;       // (B, L, D)
   const void* z;           // (B, L, D) or null
@@ -102,6 +103,13 @@ struct ScanParams {
                            // segment (its decay product is 0), else 1; null without seq_idx
   const float* seg_init;   // (B, D, nseg, N): state before (forward) / adjoint after (backward) each segment
 };
+
+// Entry i of A as the recurrence uses it: A itself, or -exp(A) when the params hold log(-A)
+// (expf, as the CUDA exp op, so the values are those of the composed -exp(A_log)).
+__device__ __forceinline__ float decay_rate(const float* A, bool a_log, size_t i) {
+  const float a = A[i];
+  return a_log ? -expf(a) : a;
+}
 
 template <typename T> __device__ __forceinline__ void store(void* p, size_t i, float v) {
   static_cast<T*>(p)[i] = T(v);
@@ -348,7 +356,7 @@ __global__ void __launch_bounds__(kThreads, 4) scan_forward_kernel(ScanParams p)
   for (int s = 0; s < NL; ++s) {
     const int n = bc.q * NL + s;
     const bool ok = bc.active && n < N;
-    A2[s] = ok ? p.A[bc.d * N + n] * kLog2e : 0.f;
+    A2[s] = ok ? decay_rate(p.A, p.A_log, static_cast<size_t>(bc.d) * N + n) * kLog2e : 0.f;
     h[s] = !ok || kSummary ? 0.f : bc.seg > 0 ? p.seg_init[bds * N + n] : p.h0 ? p.h0[bd * N + n] : 0.f;
   }
   const int cs = bc.c0 + bc.cs;
@@ -470,7 +478,7 @@ __global__ void __launch_bounds__(kThreads, 4) scan_backward_kernel(ScanParams p
   for (int s = 0; s < NL; ++s) {
     const int n = bc.q * NL + s;
     const bool ok = bc.active && n < N;
-    A_r[s] = ok ? p.A[bc.d * N + n] : 0.f;
+    A_r[s] = ok ? decay_rate(p.A, p.A_log, static_cast<size_t>(bc.d) * N + n) : 0.f;
     A2[s] = A_r[s] * kLog2e;
     // the adjoint after the segment's last step
     g[s] = !ok ? 0.f : !last_seg ? p.seg_init[bds * N + n] : p.dh_last ? p.dh_last[bd * N + n] : 0.f;
@@ -666,7 +674,7 @@ __global__ void __launch_bounds__(kThreads) adjoint_summary_kernel(ScanParams p)
 #pragma unroll
   for (int s = 0; s < NL; ++s) {
     const int n = bc.q * NL + s;
-    A2[s] = bc.active && n < N ? p.A[bc.d * N + n] * kLog2e : 0.f;
+    A2[s] = bc.active && n < N ? decay_rate(p.A, p.A_log, static_cast<size_t>(bc.d) * N + n) * kLog2e : 0.f;
     g[s] = 0.f;
   }
   const float bias_s = bc.sactive && p.delta_bias ? p.delta_bias[bc.c0 + bc.cs] : 0.f;
@@ -718,14 +726,15 @@ __global__ void __launch_bounds__(kThreads) adjoint_summary_kernel(ScanParams p)
 // local[s]. Backward (reverse): init[nseg - 1] = first (dh_last), init[s - 1] =
 // exp(A dtsum[s]) init[s] + local[s]. With seq_idx, the decay product of a segment in which
 // a document starts (keep[s] == 0) is 0: nothing is carried across it.
-__global__ void carry_segments(const float* A, const float* first, const float* local, const float* dtsum,
-                               const float* keep, float* init, int B, int D, int N, int nseg, bool reverse) {
+__global__ void carry_segments(const float* A, bool a_log, const float* first, const float* local,
+                               const float* dtsum, const float* keep, float* init, int B, int D, int N, int nseg,
+                               bool reverse) {
   const int64_t total = static_cast<int64_t>(B) * D * N;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int n = static_cast<int>(i % N);
     const int64_t bd = i / N;
-    const float a = A[(bd % D) * N + n];
+    const float a = decay_rate(A, a_log, static_cast<size_t>(bd % D) * N + n);
     float v = first ? first[i] : 0.f;
     for (int j = 0; j < nseg; ++j) {
       const int s = reverse ? nseg - 1 - j : j;
@@ -757,12 +766,13 @@ __global__ void reduce_channel_blocks(const float* part, void* out, int B, int L
   }
 }
 
-// out[j] = sum_b part[b, j] for j < M (fixed order).
-__global__ void reduce_batch(const float* part, float* out, int B, int M) {
+// out[j] = sum_b part[b, j] for j < M (fixed order); times A[j] as the recurrence uses it
+// when A_log is given (the gradient of log(-A) from that of A: d/dA_log = dA * A).
+__global__ void reduce_batch(const float* part, float* out, int B, int M, const float* A_log = nullptr) {
   for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < M; j += gridDim.x * blockDim.x) {
     float acc = 0.f;
     for (int b = 0; b < B; ++b) acc += part[static_cast<size_t>(b) * M + j];
-    out[j] = acc;
+    out[j] = A_log ? acc * decay_rate(A_log, true, j) : acc;
   }
 }
 
@@ -860,6 +870,7 @@ ScanParams make_params(const SelectiveScanParams& s, Variant v) {
   const int channels = kThreads / v.tpc;
   p.nblocks_per_group = (p.D / p.G + channels - 1) / channels;
   p.softplus = s.delta_softplus;
+  p.A_log = s.A_log;
   p.u = s.u.data;
   p.delta = s.delta.data;
   p.z = s.z.data;
@@ -935,7 +946,7 @@ void launch_carry(const ScanParams& p, const float* first, const float* local, c
                   const float* keep, float* init, bool reverse, cudaStream_t stream) {
   const int64_t total = static_cast<int64_t>(p.B) * p.D * p.N;
   const int threads = 256, blocks = static_cast<int>(std::clamp<int64_t>((total + threads - 1) / threads, 1, 4096));
-  carry_segments<<<blocks, threads, 0, stream>>>(p.A, first, local, dtsum, keep, init, p.B, p.D, p.N, p.nseg,
+  carry_segments<<<blocks, threads, 0, stream>>>(p.A, p.A_log, first, local, dtsum, keep, init, p.B, p.D, p.N, p.nseg,
                                                   reverse);
   SCAN_CUDA_CHECK(cudaGetLastError());
 }
@@ -1070,8 +1081,8 @@ void selective_scan_bwd_cuda(const SelectiveScanParams& s, int device) {
   reduce_bc(p.dC_part, s.dCm);
   SCAN_CUDA_CHECK(cudaGetLastError());
   if (s.dA)
-    reduce_batch<<<blocks(static_cast<size_t>(p.D) * p.N), threads, 0, stream>>>(p.dA_part, static_cast<float*>(s.dA),
-                                                                                  nparts, p.D * p.N);
+    reduce_batch<<<blocks(static_cast<size_t>(p.D) * p.N), threads, 0, stream>>>(
+        p.dA_part, static_cast<float*>(s.dA), nparts, p.D * p.N, p.A_log ? p.A : nullptr);
   if (s.dDskip) reduce_batch<<<blocks(p.D), threads, 0, stream>>>(p.dD_part, static_cast<float*>(s.dDskip), nparts, p.D);
   if (s.ddelta_bias)
     reduce_batch<<<blocks(p.D), threads, 0, stream>>>(p.dbias_part, static_cast<float*>(s.ddelta_bias), nparts, p.D);

@@ -212,6 +212,50 @@ TEST_CASE("selective_scan gradients of every input match finite differences") {
   }
 }
 
+// A_is_log: the scan takes log(-A) (Mamba's A_log) and applies -exp inside; outputs and every
+// gradient are bitwise those of passing -exp(A_log) (the same std::exp, and dA * (-e) is
+// (-dA) * e exactly), and the gradient of A_log matches finite differences in f64.
+TEST_CASE("selective_scan with A given as log(-A) equals the composed -exp(A_log) bitwise") {
+  Generator gen(16);
+  for (DType dtype : {DType::f64, DType::f32, DType::bf16}) {
+    CAPTURE(dtype_name(dtype));
+    const ScanInputs in = make_inputs(2, 150, 6, 5, 2, {true, true, true, true, true}, gen, dtype);
+    const DType pd = dtype == DType::f64 ? DType::f64 : DType::f32;
+    const Tensor A_log = random_tensor({6, 5}, gen, pd, Device::cpu(), -1.5, 1.0);
+    const Tensor w = random_tensor({2, 150, 6}, gen, pd);
+    std::vector<std::vector<double>> got[2];
+    for (int fused = 0; fused < 2; ++fused) {
+      std::vector<Tensor> x = in.all();
+      x[2] = A_log;
+      for (Tensor& t : x)
+        if (t.defined()) t = t.detach().requires_grad_();
+      const SelectiveScanResult r =
+          fused ? selective_scan(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], true, x[8], Tensor(), true)
+                : selective_scan(x[0], x[1], -exp(x[2]), x[3], x[4], x[5], x[6], x[7], true, x[8]);
+      backward(sum(cast(r.out, pd) * w) + sum(r.h_last));
+      got[fused] = {r.out.to_vector<double>(), r.h_last.to_vector<double>()};
+      for (const Tensor& t : x)
+        if (t.defined()) got[fused].push_back(t.grad().to_vector<double>());
+    }
+    REQUIRE(got[0].size() == got[1].size());
+    for (size_t k = 0; k < got[0].size(); ++k) {
+      CAPTURE(k);  // out, h_last, then the gradients of u, delta, A_log, Bm, Cm, D, z, bias, h0
+      CHECK(got[1][k] == got[0][k]);
+    }
+  }
+  ScanInputs in = make_inputs(2, 37, 6, 5, 2, {true, true, true, true, true}, gen);
+  std::vector<Tensor> leaves = in.all();
+  leaves[2] = random_tensor({6, 5}, gen, DType::f64, Device::cpu(), -1.5, 1.0);
+  for (Tensor& t : leaves) t.requires_grad_();
+  check_gradients(
+      [](const std::vector<Tensor>& x) {
+        const SelectiveScanResult r =
+            selective_scan(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], true, x[8], Tensor(), /*A_is_log=*/true);
+        return cat({r.out.reshape({-1}), r.h_last.reshape({-1})}, 0);
+      },
+      leaves);
+}
+
 TEST_CASE("selective_scan backward recomputes across checkpoint intervals") {
   // L = 150 spans three checkpoint intervals of 64, the last one partial.
   static_assert(kSelectiveScanCheckpointInterval == 64);
