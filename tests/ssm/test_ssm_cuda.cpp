@@ -98,6 +98,18 @@ OpFn scan_op(bool softplus) {
   };
 }
 
+// body(dtype, shape) for f32 and bf16 over `shapes`, both named in any failure.
+template <typename Body>
+void for_each_dtype_and_shape(std::initializer_list<ScanShape> shapes, Body body) {
+  for (DType dtype : {DType::f32, DType::bf16})
+    for (const ScanShape& s : shapes) {
+      CAPTURE(dtype_name(dtype));
+      CAPTURE(s.L);
+      CAPTURE(s.N);
+      body(dtype, s);
+    }
+}
+
 // ---- SSD ----
 
 struct SsdShape {
@@ -279,26 +291,24 @@ TEST_CASE("selective_scan CUDA bf16 matches the CPU in forward and backward") {
 TEST_CASE("selective_scan CUDA reads B and C as strided views of a wider tensor") {
   if (!cuda_test_device()) return;
   Generator gen(514);
-  for (DType dtype : {DType::f32, DType::bf16}) {
-    for (const ScanShape& s : {ScanShape{2, 77, 44, 16, 2, true, true, true, true, true},
-                               ScanShape{1, 40, 36, 5, 1, false, false, false, false, false}}) {
-      CAPTURE(dtype_name(dtype));
-      CAPTURE(s.N);
-      const int64_t R = 7, GN = s.G * s.N;
-      std::vector<Arg> args = scan_args(s, dtype, gen);
-      // args: u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0 -> Bm and Cm replaced by one wide tensor
-      args[3] = {"wide", random_tensor({s.B, s.L, R + 2 * GN}, gen, DType::f64), dtype};
-      args.erase(args.begin() + 4);
-      const OpFn op = [s, R, GN](const std::vector<Tensor>& v) {
-        auto parts = v[3].split({R, GN, GN}, -1);
-        const Tensor Bm = parts[1].view({s.B, s.L, s.G, s.N}), Cm = parts[2].view({s.B, s.L, s.G, s.N});
-        CHECK(!Bm.is_contiguous());
-        const SelectiveScanResult r = selective_scan(v[0], v[1], v[2], Bm, Cm, v[4], v[5], v[6], s.softplus, v[7]);
-        return std::vector<Tensor>{r.out, r.h_last};
-      };
-      compare_with_cpu(op, args, {"out", "h_last"}, tolerance_for(dtype), gen);
-    }
-  }
+  for_each_dtype_and_shape(
+      {ScanShape{2, 77, 44, 16, 2, true, true, true, true, true},
+       ScanShape{1, 40, 36, 5, 1, false, false, false, false, false}},
+      [&](DType dtype, const ScanShape& s) {
+        const int64_t R = 7, GN = s.G * s.N;
+        std::vector<Arg> args = scan_args(s, dtype, gen);
+        // args: u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0 -> Bm and Cm replaced by one wide tensor
+        args[3] = {"wide", random_tensor({s.B, s.L, R + 2 * GN}, gen, DType::f64), dtype};
+        args.erase(args.begin() + 4);
+        const OpFn op = [s, R, GN](const std::vector<Tensor>& v) {
+          auto parts = v[3].split({R, GN, GN}, -1);
+          const Tensor Bm = parts[1].view({s.B, s.L, s.G, s.N}), Cm = parts[2].view({s.B, s.L, s.G, s.N});
+          CHECK(!Bm.is_contiguous());
+          const SelectiveScanResult r = selective_scan(v[0], v[1], v[2], Bm, Cm, v[4], v[5], v[6], s.softplus, v[7]);
+          return std::vector<Tensor>{r.out, r.h_last};
+        };
+        compare_with_cpu(op, args, {"out", "h_last"}, tolerance_for(dtype), gen);
+      });
 }
 
 // A_is_log on the GPU: every kernel that reads A (forward, backward, both summary passes and
@@ -308,40 +318,38 @@ TEST_CASE("selective_scan CUDA reads B and C as strided views of a wider tensor"
 TEST_CASE("selective_scan CUDA with A given as log(-A) equals the composed -exp(A_log) bitwise") {
   if (!cuda_test_device()) return;
   Generator gen(515);
-  for (DType dtype : {DType::f32, DType::bf16}) {
-    for (const ScanShape& s : {ScanShape{2, 100, 40, 16, 2, true, true, true, true, true},
-                               ScanShape{1, 1700, 24, 16, 2, true, true, true, true, true}}) {
-      CAPTURE(dtype_name(dtype));
-      CAPTURE(s.L);
-      std::vector<Arg> args = scan_args(s, dtype, gen);
-      args[2] = {"A_log", random_tensor({s.D, s.N}, gen, DType::f64, Device::cpu(), -1.5, 1.0), DType::f32};
-      const OpFn fused = [softplus = s.softplus](const std::vector<Tensor>& v) {
-        const SelectiveScanResult r =
-            selective_scan(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], softplus, v[8], Tensor(), true);
-        return std::vector<Tensor>{r.out, r.h_last};
-      };
-      compare_with_cpu(fused, args, {"out", "h_last"}, tolerance_for(dtype), gen);
-      std::vector<std::vector<double>> got[2];
-      const Tensor w = random_tensor({s.B, s.L, s.D}, gen, DType::f32).to(Device::cuda());
-      for (int f = 0; f < 2; ++f) {
-        std::vector<Tensor> x;
-        for (const Arg& a : args)
-          x.push_back(a.values.defined() ? a.values.to(a.dtype).to(Device::cuda()).requires_grad_() : Tensor());
-        const SelectiveScanResult r =
-            f ? selective_scan(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], s.softplus, x[8], Tensor(), true)
-              : selective_scan(x[0], x[1], -exp(x[2]), x[3], x[4], x[5], x[6], x[7], s.softplus, x[8]);
-        backward(sum(cast(r.out, DType::f32) * w) + sum(r.h_last));
-        got[f] = {r.out.to(Device::cpu()).to_vector<double>(), r.h_last.to(Device::cpu()).to_vector<double>()};
-        for (const Tensor& t : x)
-          if (t.defined()) got[f].push_back(t.grad().to(Device::cpu()).to_vector<double>());
-      }
-      REQUIRE(got[0].size() == got[1].size());
-      for (size_t k = 0; k < got[0].size(); ++k) {
-        CAPTURE(k);
-        CHECK(got[1][k] == got[0][k]);
-      }
-    }
-  }
+  for_each_dtype_and_shape(
+      {ScanShape{2, 100, 40, 16, 2, true, true, true, true, true},
+       ScanShape{1, 1700, 24, 16, 2, true, true, true, true, true}},
+      [&](DType dtype, const ScanShape& s) {
+        std::vector<Arg> args = scan_args(s, dtype, gen);
+        args[2] = {"A_log", random_tensor({s.D, s.N}, gen, DType::f64, Device::cpu(), -1.5, 1.0), DType::f32};
+        const OpFn fused = [softplus = s.softplus](const std::vector<Tensor>& v) {
+          const SelectiveScanResult r =
+              selective_scan(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], softplus, v[8], Tensor(), true);
+          return std::vector<Tensor>{r.out, r.h_last};
+        };
+        compare_with_cpu(fused, args, {"out", "h_last"}, tolerance_for(dtype), gen);
+        std::vector<std::vector<double>> got[2];
+        const Tensor w = random_tensor({s.B, s.L, s.D}, gen, DType::f32).to(Device::cuda());
+        for (int f = 0; f < 2; ++f) {
+          std::vector<Tensor> x;
+          for (const Arg& a : args)
+            x.push_back(a.values.defined() ? a.values.to(a.dtype).to(Device::cuda()).requires_grad_() : Tensor());
+          const SelectiveScanResult r =
+              f ? selective_scan(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], s.softplus, x[8], Tensor(), true)
+                : selective_scan(x[0], x[1], -exp(x[2]), x[3], x[4], x[5], x[6], x[7], s.softplus, x[8]);
+          backward(sum(cast(r.out, DType::f32) * w) + sum(r.h_last));
+          got[f] = {r.out.to(Device::cpu()).to_vector<double>(), r.h_last.to(Device::cpu()).to_vector<double>()};
+          for (const Tensor& t : x)
+            if (t.defined()) got[f].push_back(t.grad().to(Device::cpu()).to_vector<double>());
+        }
+        REQUIRE(got[0].size() == got[1].size());
+        for (size_t k = 0; k < got[0].size(); ++k) {
+          CAPTURE(k);
+          CHECK(got[1][k] == got[0][k]);
+        }
+      });
 }
 
 TEST_CASE("selective_scan CUDA gradients are deterministic") {
