@@ -110,6 +110,17 @@ class FusedOp {
     if (saved && t.defined()) saved_.push_back(t.detach());
   }
 
+  // An input the node does not keep: the backward computes it again with `remat` (run
+  // inside the backward, recording off) and points its params at the result with `bind`.
+  // For a large activation that is cheap to recompute from tensors kept anyway (Mamba's
+  // delta from the dt_proj product): memory of the forward for one more product in the
+  // backward. remat must give t's values, shape, dtype and layout.
+  void input_recomputed(const Tensor& t, GradSlot grad, std::function<Tensor()> remat,
+                        std::function<void(Params&, const Tensor&)> bind) {
+    input(t, std::move(grad), /*saved=*/false);
+    if (t.defined()) remats_.push_back(Remat{std::move(remat), std::move(bind), t.shape(), t.dtype()});
+  }
+
   // A new tensor the forward kernel writes, its pointer stored in `field`. Outputs the
   // backward reads (`saved`) stay valid in its params; the others are nulled there.
   Tensor output(const Dims& shape, DType dtype, void* Params::*field, bool saved = false) {
@@ -156,9 +167,17 @@ class FusedOp {
     Params q = p;
     for (void* Params::*field : unsaved_outputs_) q.*field = nullptr;
     ::ssmtrain::record(name_, inputs_, outputs,
-                       [q, grads = std::move(grads), saved = saved_, bind, kernels = kernels_, device = device_,
-                        name = name_](const std::vector<Tensor>& grads_out) -> std::vector<Tensor> {
+                       [q, grads = std::move(grads), saved = saved_, remats = remats_, bind, kernels = kernels_,
+                        device = device_, name = name_](const std::vector<Tensor>& grads_out) -> std::vector<Tensor> {
                          Params b = q;
+                         std::vector<Tensor> recomputed;
+                         for (const Remat& r : remats) {
+                           recomputed.push_back(r.remat());
+                           const Tensor& t = recomputed.back();
+                           SSMT_ASSERT(t.shape() == r.shape && t.dtype() == r.dtype, name,
+                                       ": a recomputed input is ", t.describe(), ", expected ", r.shape.str());
+                           r.bind(b, t);
+                         }
                          const std::vector<Tensor> bound = bind(b, grads_out);
                          std::vector<Tensor> result(grads.size());
                          for (size_t i = 0; i < grads.size(); ++i) {
@@ -189,6 +208,13 @@ class FusedOp {
   std::vector<GradSlot> slots_;
   std::vector<Tensor> saved_;
   std::vector<void* Params::*> unsaved_outputs_;
+  struct Remat {
+    std::function<Tensor()> remat;
+    std::function<void(Params&, const Tensor&)> bind;
+    Dims shape;
+    DType dtype;
+  };
+  std::vector<Remat> remats_;
 };
 
 }  // namespace ssmtrain

@@ -72,10 +72,15 @@ Tensor Mamba::ssm(const Tensor& xc, const Tensor& z, const Tensor& h0, Tensor* h
   const int64_t Bsz = xc.size(0), L = xc.size(1), N = opt_.d_state;
   const DType dt = xc.dtype();
   Tensor delta, Bm, Cm;
+  std::function<Tensor()> recompute_delta;
   if (opt_.selective) {
     Tensor dbl = linear(xc, linear_weight(x_proj_->weight(), dt));  // (B, L, R + 2N)
     auto parts = dbl.split({dt_rank_, N, N}, -1);
-    delta = linear(parts[0], linear_weight(dt_proj_->weight(), dt));  // (B, L, d_inner)
+    Tensor w_dt = linear_weight(dt_proj_->weight(), dt);
+    delta = linear(parts[0], w_dt);  // (B, L, d_inner)
+    // The scan does not keep delta (the largest activation of the layer after x and z): its
+    // backward runs this product again from the rank-R input, which dt_proj keeps anyway.
+    recompute_delta = [dt_low = parts[0].detach(), w = w_dt.detach()] { return linear(dt_low, w); };
     // Views into dbl (rows of R + 2N): the scan reads B and C at dbl's strides, no copy.
     Bm = parts[1].view({Bsz, L, 1, N});
     Cm = parts[2].view({Bsz, L, 1, N});
@@ -86,7 +91,7 @@ Tensor Mamba::ssm(const Tensor& xc, const Tensor& z, const Tensor& h0, Tensor* h
   }
   // A = -exp(A_log) inside the scan kernels (bitwise the same, without its four small launches).
   auto r = selective_scan(xc, delta, A_log_, Bm, Cm, D_, z, dt_bias_, /*delta_softplus=*/true, h0, seq_idx,
-                          /*A_is_log=*/true);
+                          /*A_is_log=*/true, recompute_delta);
   if (h_last) *h_last = r.h_last;
   return r.out;
 }

@@ -361,7 +361,8 @@ const FusedKernels<SelectiveScanParams> kKernels = {selective_scan_fwd_cpu, sele
 
 SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
                                    const Tensor& Cm, const Tensor& Dskip, const Tensor& z, const Tensor& delta_bias,
-                                   bool delta_softplus, const Tensor& h0, const Tensor& seq_idx, bool A_is_log) {
+                                   bool delta_softplus, const Tensor& h0, const Tensor& seq_idx, bool A_is_log,
+                                   const std::function<Tensor()>& recompute_delta) {
   using P = SelectiveScanParams;
   const ScanTensors in = checked_inputs(u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0, seq_idx);
   const bool on_cuda = in.u.device().is_cuda();
@@ -371,7 +372,18 @@ SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const T
   p.A_log = A_is_log;
   p.checkpoint_interval = on_cuda ? kScanCheckpoint : kSelectiveScanCheckpointInterval;
   op.input(in.u, &P::du);
-  op.input(in.delta, &P::ddelta);
+  if (recompute_delta) {
+    // delta is not kept: the backward computes it again and lays it out as the forward did.
+    op.input_recomputed(
+        in.delta, &P::ddelta,
+        [f = recompute_delta, on_cuda] {
+          Tensor t = f();
+          return on_cuda ? t.contiguous() : with_contiguous_rows(t, 1);
+        },
+        [](P& q, const Tensor& t) { q.delta = seq_view(t); });
+  } else {
+    op.input(in.delta, &P::ddelta);
+  }
   op.input(in.A, &P::dA);
   op.input(in.Bm, &P::dBm);
   op.input(in.Cm, &P::dCm);

@@ -32,6 +32,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "core/tensor.h"
 #include "ssm/kernels/kernel_common.h"
@@ -51,11 +52,16 @@ struct SelectiveScanResult {
 // A_is_log: A holds log(-A) (Mamba's A_log parameter): the kernels use -exp(A) and the
 // gradient is that of the log, bitwise what selective_scan(..., -exp(A_log), ...) gives,
 // without the four small elementwise launches of that expression and its backward.
+// recompute_delta: when given, the node does not keep delta for its backward but calls this
+// (recording off) to compute it again; it must return delta's values (Mamba passes its
+// dt_proj product, whose input and weight are kept anyway: 2 bytes x B x L x D less memory
+// per layer in bf16 for one more small product in the backward, as the official kernels'
+// default checkpointing does). The gradients are the same as with delta kept.
 SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& Bm,
                                    const Tensor& Cm, const Tensor& Dskip = Tensor(), const Tensor& z = Tensor(),
                                    const Tensor& delta_bias = Tensor(), bool delta_softplus = false,
                                    const Tensor& h0 = Tensor(), const Tensor& seq_idx = Tensor(),
-                                   bool A_is_log = false);
+                                   bool A_is_log = false, const std::function<Tensor()>& recompute_delta = {});
 
 // ---- kernel interface ----
 

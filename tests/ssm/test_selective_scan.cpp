@@ -6,6 +6,8 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstring>
+#include <functional>
 #include <string>
 
 #include "gradcheck.h"
@@ -254,6 +256,53 @@ TEST_CASE("selective_scan with A given as log(-A) equals the composed -exp(A_log
         return cat({r.out.reshape({-1}), r.h_last.reshape({-1})}, 0);
       },
       leaves);
+}
+
+// recompute_delta: the node keeps no delta and its backward computes it again. Outputs and
+// every gradient are bitwise those with delta kept (the same product in the same order), even
+// with delta's storage overwritten by NaN after the forward, which a kept delta would read.
+TEST_CASE("selective_scan with recompute_delta keeps no delta and gives the same gradients") {
+  Generator gen(19);
+  for (DType dtype : {DType::f64, DType::f32, DType::bf16}) {
+    CAPTURE(dtype_name(dtype));
+    const DType pd = dtype == DType::f64 ? DType::f64 : DType::f32;
+    const ScanInputs in = make_inputs(2, 150, 6, 5, 2, {true, true, true, true, true}, gen, dtype);
+    const Tensor dt_low = random_tensor({2, 150, 3}, gen, dtype, Device::cpu(), -1.0, 1.0);
+    const Tensor w_dt = random_tensor({6, 3}, gen, pd, Device::cpu(), -0.5, 0.5);
+    const Tensor w = random_tensor({2, 150, 6}, gen, pd);
+    std::vector<std::vector<double>> got[2];
+    for (int remat = 0; remat < 2; ++remat) {
+      std::vector<Tensor> x = in.all();
+      x[1] = dt_low;
+      x.push_back(w_dt);
+      for (Tensor& t : x)
+        if (t.defined()) t = t.detach().requires_grad_();
+      const Tensor delta = linear(x[1], x[9]);
+      int calls = 0;
+      std::function<Tensor()> again;
+      if (remat)
+        again = [&calls, a = x[1].detach(), b = x[9].detach()] {
+          ++calls;
+          return linear(a, b);
+        };
+      const SelectiveScanResult r =
+          selective_scan(x[0], delta, x[2], x[3], x[4], x[5], x[6], x[7], true, x[8], Tensor(), false, again);
+      got[remat] = {r.out.to_vector<double>(), r.h_last.to_vector<double>()};
+      if (remat) {
+        CHECK(calls == 0);
+        std::memset(delta.data_ptr(), 0xFF, delta.nbytes());  // all-ones bytes: NaN in every float type
+      }
+      backward(sum(cast(r.out, pd) * w) + sum(r.h_last));
+      CHECK(calls == remat);
+      for (const Tensor& t : x)
+        if (t.defined()) got[remat].push_back(t.grad().to_vector<double>());
+    }
+    REQUIRE(got[0].size() == got[1].size());
+    for (size_t k = 0; k < got[0].size(); ++k) {
+      CAPTURE(k);  // out, h_last, then the gradients of u, dt_low, A, Bm, Cm, D, z, bias, h0, w_dt
+      CHECK(got[1][k] == got[0][k]);
+    }
+  }
 }
 
 TEST_CASE("selective_scan backward recomputes across checkpoint intervals") {

@@ -352,6 +352,43 @@ TEST_CASE("selective_scan CUDA with A given as log(-A) equals the composed -exp(
       });
 }
 
+// recompute_delta on the GPU: the backward runs the dt_proj product again (cuBLAS, the same
+// shapes and operands, hence the same algorithm and bits) instead of keeping delta; every
+// output and gradient equals the run that keeps delta, bit for bit.
+TEST_CASE("selective_scan CUDA with recompute_delta equals keeping delta bitwise") {
+  if (!cuda_test_device()) return;
+  Generator gen(516);
+  for_each_dtype_and_shape(
+      {ScanShape{2, 100, 40, 16, 2, true, true, true, true, true},
+       ScanShape{1, 1700, 24, 16, 2, true, true, true, true, true}},
+      [&](DType dtype, const ScanShape& s) {
+        std::vector<Arg> args = scan_args(s, dtype, gen);
+        const int64_t R = 6;
+        args[1] = {"dt_low", random_tensor({s.B, s.L, R}, gen, DType::f64, Device::cpu(), -1.0, 1.0), dtype};
+        args.push_back({"w_dt", random_tensor({s.D, R}, gen, DType::f64, Device::cpu(), -0.5, 0.5), DType::f32});
+        const Tensor w = random_tensor({s.B, s.L, s.D}, gen, DType::f32).to(Device::cuda());
+        std::vector<std::vector<double>> got[2];
+        for (int remat = 0; remat < 2; ++remat) {
+          std::vector<Tensor> x;
+          for (const Arg& a : args)
+            x.push_back(a.values.defined() ? a.values.to(a.dtype).to(Device::cuda()).requires_grad_() : Tensor());
+          std::function<Tensor()> again;
+          if (remat) again = [a = x[1].detach(), b = x[9].detach()] { return linear(a, b); };
+          const SelectiveScanResult r = selective_scan(x[0], linear(x[1], x[9]), x[2], x[3], x[4], x[5], x[6], x[7],
+                                                       s.softplus, x[8], Tensor(), false, again);
+          backward(sum(cast(r.out, DType::f32) * w) + sum(r.h_last));
+          got[remat] = {r.out.to(Device::cpu()).to_vector<double>(), r.h_last.to(Device::cpu()).to_vector<double>()};
+          for (const Tensor& t : x)
+            if (t.defined()) got[remat].push_back(t.grad().to(Device::cpu()).to_vector<double>());
+        }
+        REQUIRE(got[0].size() == got[1].size());
+        for (size_t k = 0; k < got[0].size(); ++k) {
+          CAPTURE(k);  // out, h_last, then the gradients of u, dt_low, A, Bm, Cm, D, z, bias, h0, w_dt
+          CHECK(got[1][k] == got[0][k]);
+        }
+      });
+}
+
 TEST_CASE("selective_scan CUDA gradients are deterministic") {
   if (!cuda_test_device()) return;
   Generator gen(513);
