@@ -270,11 +270,7 @@ __global__ void add_rms_norm_gw_partial_kernel(const float* __restrict__ s, cons
 
 __global__ void add_rms_norm_gw_sum_kernel(const float* __restrict__ partial, int64_t slabs, int64_t d,
                                            float* __restrict__ gw) {
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (j >= d) return;
-  float acc = 0.0f;
-  for (int64_t k = 0; k < slabs; ++k) acc += partial[k * d + j];
-  gw[j] = acc;
+  sum_partial_rows(partial, slabs, d, [gw](int64_t c, float v) { gw[c] = v; });
 }
 
 // Calls f(static_cast<T*>(nullptr)) with T the element type of t (bf16, f32), or with
@@ -394,8 +390,7 @@ void CudaBackend::add_rms_norm_backward(const Tensor& s_in, const Tensor& w_in, 
         CUDA_CHECK_LAUNCH();
       });
     });
-    add_rms_norm_gw_sum_kernel<<<static_cast<unsigned>(ceil_div(d, kColThreads)), kColThreads, 0,
-                                 ctx.stream.get()>>>(static_cast<const float*>(partial.data_ptr()), blocks, d,
+    add_rms_norm_gw_sum_kernel<<<partial_sum_grid(d), partial_sum_block(), 0, ctx.stream.get()>>>(static_cast<const float*>(partial.data_ptr()), blocks, d,
                                                      static_cast<float*>(gw.data_ptr()));
     CUDA_CHECK_LAUNCH();
     return;
@@ -420,8 +415,7 @@ void CudaBackend::add_rms_norm_backward(const Tensor& s_in, const Tensor& w_in, 
         static_cast<const float*>(s.data_ptr()), static_cast<const float*>(rstd.data_ptr()),
         static_cast<const TN*>(gn.data_ptr()), m, d, slab_rows, static_cast<float*>(partial.data_ptr()));
     CUDA_CHECK_LAUNCH();
-    add_rms_norm_gw_sum_kernel<<<static_cast<unsigned>(ceil_div(d, kColThreads)), kColThreads, 0,
-                                 ctx.stream.get()>>>(static_cast<const float*>(partial.data_ptr()), slabs, d,
+    add_rms_norm_gw_sum_kernel<<<partial_sum_grid(d), partial_sum_block(), 0, ctx.stream.get()>>>(static_cast<const float*>(partial.data_ptr()), slabs, d,
                                                      static_cast<float*>(gw.data_ptr()));
     CUDA_CHECK_LAUNCH();
   });

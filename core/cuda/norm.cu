@@ -204,18 +204,15 @@ __global__ void __launch_bounds__(kBackwardWarps * kWarp)
   }
 }
 
-// out column c = sum over p < count of partial[p][c], in order; gw from columns [0, d),
-// gb from [gb_col, gb_col + d).
+// out column c = the sum over p < count of partial[p][c] (sum_partial_rows' fixed order);
+// gw from columns [0, d), gb from [gb_col, gb_col + d).
 template <typename A>
 __global__ void sum_partials_kernel(const A* __restrict__ partial, int64_t count, NormGradLayout lay, int64_t d,
                                     AnyFloat gw, AnyFloat gb) {
-  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < lay.width;
-       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    A s = A(0);
-    for (int64_t p = 0; p < count; ++p) s += partial[p * lay.width + c];
+  sum_partial_rows(partial, count, lay.width, [&](int64_t c, A s) {
     if (lay.want_gw && c < d) gw.store<A>(c, s);
     else gb.store<A>(c - lay.gb_col, s);
-  }
+  });
 }
 
 template <typename T>
@@ -254,9 +251,7 @@ void norm_backward(const Tensor& x, const Tensor& w_in, const Tensor& mean, cons
       any_float(rstd), m, d, vec, lay, smem_acc, pgx, partial.as<A>());
   CUDA_CHECK_LAUNCH();
   if (lay.width == 0) return;
-  const int threads = 256;
-  const int grid = static_cast<int>(std::min<int64_t>(ceil_div(lay.width, threads), ctx.sm_count * 4));
-  sum_partials_kernel<A><<<grid, threads, 0, ctx.stream.get()>>>(partial.as<A>(), partial_rows, lay, d,
+  sum_partials_kernel<A><<<partial_sum_grid(lay.width), partial_sum_block(), 0, ctx.stream.get()>>>(partial.as<A>(), partial_rows, lay, d,
                                                                  lay.want_gw ? any_float(gw) : AnyFloat{},
                                                                  lay.want_gb ? any_float(gb) : AnyFloat{});
   CUDA_CHECK_LAUNCH();

@@ -30,6 +30,37 @@ inline bool rows_vectorizable(const void* p, int64_t k) {
   return aligned_to(p, 16) && (k * static_cast<int64_t>(sizeof(T))) % 16 == 0;
 }
 
+// ---- column sums of partial rows ----
+
+// The weight gradients of the norms are summed in two steps: blocks of rows leave one partial
+// row each, then these column sums add the (count, width) partials, deterministically.
+// A block covers kPartialCols columns with kPartialSlices threads each: thread (x, y) adds
+// rows y, y + kPartialSlices, ... in order, then thread y = 0 adds the slices in y order.
+// (One thread per column, adding `count` rows in a chain of dependent loads, took about
+// 60 us for 512 rows of 768: a latency-bound tail of every norm backward.)
+constexpr int kPartialCols = 32, kPartialSlices = 32;
+
+inline dim3 partial_sum_grid(int64_t width) { return dim3(static_cast<unsigned>(ceil_div(width, kPartialCols))); }
+inline dim3 partial_sum_block() { return dim3(kPartialCols, kPartialSlices); }
+
+// store(c, sum of column c) for the block's columns; launch with partial_sum_grid/_block.
+template <typename A, typename Store>
+__device__ void sum_partial_rows(const A* __restrict__ partial, int64_t count, int64_t width, Store store) {
+  __shared__ A red[kPartialSlices][kPartialCols + 1];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kPartialCols + threadIdx.x;
+  A s = A(0);
+  if (c < width)
+    for (int64_t r = threadIdx.y; r < count; r += kPartialSlices) s += partial[r * width + c];
+  red[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < width) {
+    A t = red[0][threadIdx.x];
+#pragma unroll
+    for (int k = 1; k < kPartialSlices; ++k) t += red[k][threadIdx.x];
+    store(c, t);
+  }
+}
+
 // ---- launch geometry ----
 
 struct RowLaunch {
