@@ -14,9 +14,8 @@
 // Backward, per 16-step tile from the last: recompute the tile's states from its checkpoint
 // into shared memory, then run the adjoint recurrence backwards. The per-state products are
 // summed with butterfly reduce-scatters (over a channel's lanes for d(u) and d(delta); over
-// the warp's channels for dB), the warps' dB partials then go to per-block partials; dC,
-// which needs no adjoint, is summed per block from the tile's state history after the
-// loop; reductions over the batch (dA, dD, ddelta_bias) go to per-(batch, segment)
+// the warp's channels for dB and dC), the warps' dB/dC partials then go to per-block
+// partials; reductions over the batch (dA, dD, ddelta_bias) go to per-(batch, segment)
 // partials; small kernels sum the partials in a fixed order, so the result is deterministic.
 //
 // Time segments: when B x D is too small to fill the GPU, the sequence is cut into segments
@@ -448,8 +447,8 @@ __global__ void __launch_bounds__(kThreads, 4) scan_forward_kernel(ScanParams p)
 
 template <int NL, int TPC>
 constexpr size_t backward_dynamic_smem() {
-  // state history (every step of the tile, for the dC pass) + per-warp partial sums of dB
-  return sizeof(float) * (kBTile * NL * kThreads + (kThreads / 32) * kBTile * TPC * NL);
+  // state history + per-warp partial sums of dB and dC
+  return sizeof(float) * ((kBTile - 1) * NL * kThreads + 2 * (kThreads / 32) * kBTile * TPC * NL);
 }
 
 // At most 128 registers a thread: with the 53 KB of shared memory of NL = 4, four blocks fit
@@ -464,8 +463,9 @@ __global__ void __launch_bounds__(kThreads, 4) scan_backward_kernel(ScanParams p
   __shared__ __align__(16) float s_C[kBTile][NMAX];
   __shared__ float s_bias[kThreads];
   extern __shared__ __align__(16) float dyn[];
-  float* hist = dyn;                           // [kBTile][kThreads][NL]: h_t of every step
-  float* redB = hist + kBTile * NL * kThreads;  // [kWarps][kBTile][NMAX]
+  float* hist = dyn;                               // [kBTile - 1][kThreads][NL]
+  float* redB = hist + (kBTile - 1) * NL * kThreads;  // [kWarps][kBTile][NMAX]
+  float* redC = redB + kWarps * kBTile * NMAX;      // [kWarps][kBTile][NMAX]
 
   const BlockCoords<TPC> bc(p);
   const int N = p.N, L = p.L, D = p.D, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -530,7 +530,8 @@ __global__ void __launch_bounds__(kThreads, 4) scan_backward_kernel(ScanParams p
     const unsigned resets = cur_resets;
     with_resets(resets, [&](auto masked) {
       constexpr bool kResets = decltype(masked)::value;
-      // Recompute the tile's states into the history (and y before the gate, for dz).
+      // Recompute the tile's states into the history (and y before the gate, for dz). The
+      // last state stays in registers: the adjoint starts from it.
       float hcur[NL];
 #pragma unroll
       for (int s = 0; s < NL; ++s) hcur[s] = h_start[s];
@@ -539,7 +540,7 @@ __global__ void __launch_bounds__(kThreads, 4) scan_backward_kernel(ScanParams p
         const float dt = s_dt[t][bc.cl];
         float yp = scan_step<NL, kResets>(hcur, A2, dt, dt * s_u[t][bc.cl], &s_B[t][bc.q * NL], &s_C[t][bc.q * NL],
                                           (resets >> t) & 1u);
-        store_row<NL>(&hist[(t * kThreads + threadIdx.x) * NL], hcur);
+        if (t + 1 < kBTile) store_row<NL>(&hist[(t * kThreads + threadIdx.x) * NL], hcur);
         if (p.z) {
 #pragma unroll
           for (int m = 1; m < TPC; m <<= 1) yp += __shfl_xor_sync(0xffffffffu, yp, m);
@@ -564,17 +565,19 @@ __global__ void __launch_bounds__(kThreads, 4) scan_backward_kernel(ScanParams p
 #pragma unroll
           for (int s = 0; s < NL; ++s) hprev[s] = h_start[s];
         float lam_b = 0.f, aw = 0.f;  // this lane's sum of lam B and of A w
-        float dB[NL];
+        float dBC[2 * NL];            // dB for the states s < NL, then dC
 #pragma unroll
         for (int s = 0; s < NL; ++s) {
           const float a = decay<kResets>(dt, A2[s], (resets >> t) & 1u);
           const float lam = gy * Ct[s] + g[s];
-          dB[s] = lam * dtu;
+          dBC[NL + s] = gy * hcur[s];
+          dBC[s] = lam * dtu;
           lam_b += lam * Bt[s];
           const float w = lam * (a * hprev[s]);
           aw += A_r[s] * w;
           dA_acc[s] += dt * w;
           g[s] = a * lam;
+          hcur[s] = hprev[s];
         }
         // Over the channel's lanes: lanes with q even end with d(u), odd with d(delta); lanes
         // 0 and 1 write them (lane 0 adds the D skip: Dq is D there and 0 elsewhere).
@@ -584,21 +587,24 @@ __global__ void __launch_bounds__(kThreads, 4) scan_backward_kernel(ScanParams p
         reduce_scatter<2, 1, TPC>(lane_sums, lane, base, writer);
         if (bc.q < 2) s_dud[bc.q][t][bc.cl] = lane_sums[0] + Dq * gy;
         dD_acc += gy * uu;  // kept by lane 0 only
-        // dB summed over the channels of this warp, then parked in shared memory (dC, which
-        // needs no adjoint, is summed from the state history after the loop).
+        // dB and dC summed over the channels of this warp, then parked in shared memory.
         base = 0;
         writer = true;
-        reduce_scatter<NL, TPC, 32>(dB, lane, base, writer);
+        reduce_scatter<2 * NL, TPC, 32>(dBC, lane, base, writer);
         if (writer) {
 #pragma unroll
-          for (int i = 0; i < scattered_count<NL, TPC, 32>(); ++i)
-            redB[(warp * kBTile + t) * NMAX + bc.q * NL + base + i] = dB[i];
+          for (int i = 0; i < scattered_count<2 * NL, TPC, 32>(); ++i) {
+            const int o = base + i;
+            float* red = o < NL ? redB : redC;
+            red[(warp * kBTile + t) * NMAX + bc.q * NL + (o < NL ? o : o - NL)] = dBC[i];
+          }
         }
       }
     });
     __syncthreads();
 
-    // The tile's outputs (coalesced) and the block's dB/dC partials.
+    // The tile's outputs (coalesced) and the block's dB/dC partials. The next commit writes
+    // only what the scan reads, none of what is read here, so no barrier is needed before it.
 #pragma unroll
     for (int j = 0; j < G::SEQ; ++j) {
       const int t = bc.rs + j * TPC;
@@ -615,47 +621,16 @@ __global__ void __launch_bounds__(kThreads, 4) scan_backward_kernel(ScanParams p
     for (int i = threadIdx.x; i < kBTile * N; i += kThreads) {
       const int t = i / N, n = i % N;
       if (l0 + t < L) {
-        float sb = 0.f;
+        float sb = 0.f, sc = 0.f;
 #pragma unroll
-        for (int w = 0; w < kWarps; ++w) sb += redB[(w * kBTile + t) * NMAX + n];
-        p.dB_part[(part_base + l0 + t) * N + n] = sb;
-      }
-    }
-    // dC_t[n] = sum over the block's channels of gy_t h_t[n], read from the state history
-    // rather than reduced across lanes inside the adjoint loop: eight threads a step, thread
-    // (lane q, class pc) adding the states of lane q of every P-th channel from pc (the eight
-    // threads of a step read eight consecutive 16-byte rows: no bank conflicts), then the P
-    // classes' sums added by one shuffle.
-    {
-      constexpr int P = 8 / TPC;
-      static_assert(kThreads == 8 * kBTile && P * TPC == 8, "dC pass geometry");
-      const int t = threadIdx.x / 8, j = threadIdx.x % 8, qq = j % TPC, pc = j / TPC;
-      float acc[NL];
-#pragma unroll
-      for (int s = 0; s < NL; ++s) acc[s] = 0.f;
-      // Every channel of the block, unrolled: idle channels (past nch) hold gy = 0 and h = 0.
-#pragma unroll
-      for (int k = 0; k < CH / P; ++k) {
-        const int c = pc + k * P;
-        const float gyc = s_gy[t][c];
-        float hv[NL];
-        load_row<NL>(&hist[(t * kThreads + c * TPC + qq) * NL], hv);
-#pragma unroll
-        for (int s = 0; s < NL; ++s) acc[s] += gyc * hv[s];
-      }
-      if constexpr (P > 1) {
-#pragma unroll
-        for (int s = 0; s < NL; ++s) acc[s] += __shfl_xor_sync(0xffffffffu, acc[s], TPC);
-      }
-      if (pc == 0 && l0 + t < L) {
-#pragma unroll
-        for (int s = 0; s < NL; ++s) {
-          const int n = qq * NL + s;
-          if (n < N) p.dC_part[(part_base + l0 + t) * N + n] = acc[s];
+        for (int w = 0; w < kWarps; ++w) {
+          sb += redB[(w * kBTile + t) * NMAX + n];
+          sc += redC[(w * kBTile + t) * NMAX + n];
         }
+        p.dB_part[(part_base + l0 + t) * N + n] = sb;
+        p.dC_part[(part_base + l0 + t) * N + n] = sc;
       }
     }
-    __syncthreads();  // s_gy and the history read above before the next tile writes them
   }
 
   if (bc.active) {
