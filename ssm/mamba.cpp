@@ -68,6 +68,10 @@ Mamba::Mamba(const MambaOptions& o, Generator& gen) : opt_(o) {
   out_proj_ = register_module("out_proj", std::make_shared<Linear>(d_inner_, o.d_model, gen, nobias));
 }
 
+// delta is recomputed in the scan's backward from this size up (8 MiB: B8 L2048 at d_inner
+// 256 in bf16; the 129M model's is 48 MiB a layer).
+constexpr size_t kRecomputeDeltaMinBytes = size_t{8} << 20;
+
 Tensor Mamba::ssm(const Tensor& xc, const Tensor& z, const Tensor& h0, Tensor* h_last, const Tensor& seq_idx) {
   const int64_t Bsz = xc.size(0), L = xc.size(1), N = opt_.d_state;
   const DType dt = xc.dtype();
@@ -78,9 +82,12 @@ Tensor Mamba::ssm(const Tensor& xc, const Tensor& z, const Tensor& h0, Tensor* h
     auto parts = dbl.split({dt_rank_, N, N}, -1);
     Tensor w_dt = linear_weight(dt_proj_->weight(), dt);
     delta = linear(parts[0], w_dt);  // (B, L, d_inner)
-    // The scan does not keep delta (the largest activation of the layer after x and z): its
+    // When delta is large (the sizes where memory matters), the scan does not keep it: its
     // backward runs this product again from the rank-R input, which dt_proj keeps anyway.
-    recompute_delta = [dt_low = parts[0].detach(), w = w_dt.detach()] { return linear(dt_low, w); };
+    // Small models keep it: there the extra product is one more launch in a launch-bound
+    // step, for memory nobody needs. The gradients are the same either way.
+    if (delta.nbytes() >= kRecomputeDeltaMinBytes)
+      recompute_delta = [dt_low = parts[0].detach(), w = w_dt.detach()] { return linear(dt_low, w); };
     // Views into dbl (rows of R + 2N): the scan reads B and C at dbl's strides, no copy.
     Bm = parts[1].view({Bsz, L, 1, N});
     Cm = parts[2].view({Bsz, L, 1, N});
