@@ -311,6 +311,31 @@ TEST_CASE("selective_scan CUDA reads B and C as strided views of a wider tensor"
       });
 }
 
+// Runs run(x, variant) for variants 0 and 1 on fresh CUDA leaves made from args, takes the
+// same weighted loss of out and h_last back through each, and checks that the outputs and
+// every leaf's gradient agree bit for bit.
+using ScanVariant = std::function<SelectiveScanResult(const std::vector<Tensor>& x, int variant)>;
+void check_scan_variants_bitwise(const std::vector<Arg>& args, const ScanShape& s, const ScanVariant& run,
+                                 Generator& gen) {
+  const Tensor w = random_tensor({s.B, s.L, s.D}, gen, DType::f32).to(Device::cuda());
+  std::vector<std::vector<double>> got[2];
+  for (int v = 0; v < 2; ++v) {
+    std::vector<Tensor> x;
+    for (const Arg& a : args)
+      x.push_back(a.values.defined() ? a.values.to(a.dtype).to(Device::cuda()).requires_grad_() : Tensor());
+    const SelectiveScanResult r = run(x, v);
+    backward(sum(cast(r.out, DType::f32) * w) + sum(r.h_last));
+    got[v] = {r.out.to(Device::cpu()).to_vector<double>(), r.h_last.to(Device::cpu()).to_vector<double>()};
+    for (const Tensor& t : x)
+      if (t.defined()) got[v].push_back(t.grad().to(Device::cpu()).to_vector<double>());
+  }
+  REQUIRE(got[0].size() == got[1].size());
+  for (size_t k = 0; k < got[0].size(); ++k) {
+    CAPTURE(k);  // out, h_last, then the gradients of the leaves in args' order
+    CHECK(got[1][k] == got[0][k]);
+  }
+}
+
 // A_is_log on the GPU: every kernel that reads A (forward, backward, both summary passes and
 // the carry of time segments) applies -exp itself, and the dA reduction multiplies by A:
 // bitwise the composed -exp(A_log) on the same device (expf in both), and within the usual
@@ -330,25 +355,15 @@ TEST_CASE("selective_scan CUDA with A given as log(-A) equals the composed -exp(
           return std::vector<Tensor>{r.out, r.h_last};
         };
         compare_with_cpu(fused, args, {"out", "h_last"}, tolerance_for(dtype), gen);
-        std::vector<std::vector<double>> got[2];
-        const Tensor w = random_tensor({s.B, s.L, s.D}, gen, DType::f32).to(Device::cuda());
-        for (int f = 0; f < 2; ++f) {
-          std::vector<Tensor> x;
-          for (const Arg& a : args)
-            x.push_back(a.values.defined() ? a.values.to(a.dtype).to(Device::cuda()).requires_grad_() : Tensor());
-          const SelectiveScanResult r =
-              f ? selective_scan(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], s.softplus, x[8], Tensor(), true)
-                : selective_scan(x[0], x[1], -exp(x[2]), x[3], x[4], x[5], x[6], x[7], s.softplus, x[8]);
-          backward(sum(cast(r.out, DType::f32) * w) + sum(r.h_last));
-          got[f] = {r.out.to(Device::cpu()).to_vector<double>(), r.h_last.to(Device::cpu()).to_vector<double>()};
-          for (const Tensor& t : x)
-            if (t.defined()) got[f].push_back(t.grad().to(Device::cpu()).to_vector<double>());
-        }
-        REQUIRE(got[0].size() == got[1].size());
-        for (size_t k = 0; k < got[0].size(); ++k) {
-          CAPTURE(k);
-          CHECK(got[1][k] == got[0][k]);
-        }
+        check_scan_variants_bitwise(
+            args, s,
+            [&](const std::vector<Tensor>& x, int fused_form) {
+              return fused_form
+                         ? selective_scan(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], s.softplus, x[8], Tensor(),
+                                          true)
+                         : selective_scan(x[0], x[1], -exp(x[2]), x[3], x[4], x[5], x[6], x[7], s.softplus, x[8]);
+            },
+            gen);
       });
 }
 
@@ -366,26 +381,16 @@ TEST_CASE("selective_scan CUDA with recompute_delta equals keeping delta bitwise
         const int64_t R = 6;
         args[1] = {"dt_low", random_tensor({s.B, s.L, R}, gen, DType::f64, Device::cpu(), -1.0, 1.0), dtype};
         args.push_back({"w_dt", random_tensor({s.D, R}, gen, DType::f64, Device::cpu(), -0.5, 0.5), DType::f32});
-        const Tensor w = random_tensor({s.B, s.L, s.D}, gen, DType::f32).to(Device::cuda());
-        std::vector<std::vector<double>> got[2];
-        for (int remat = 0; remat < 2; ++remat) {
-          std::vector<Tensor> x;
-          for (const Arg& a : args)
-            x.push_back(a.values.defined() ? a.values.to(a.dtype).to(Device::cuda()).requires_grad_() : Tensor());
-          std::function<Tensor()> again;
-          if (remat) again = [a = x[1].detach(), b = x[9].detach()] { return linear(a, b); };
-          const SelectiveScanResult r = selective_scan(x[0], linear(x[1], x[9]), x[2], x[3], x[4], x[5], x[6], x[7],
-                                                       s.softplus, x[8], Tensor(), false, again);
-          backward(sum(cast(r.out, DType::f32) * w) + sum(r.h_last));
-          got[remat] = {r.out.to(Device::cpu()).to_vector<double>(), r.h_last.to(Device::cpu()).to_vector<double>()};
-          for (const Tensor& t : x)
-            if (t.defined()) got[remat].push_back(t.grad().to(Device::cpu()).to_vector<double>());
-        }
-        REQUIRE(got[0].size() == got[1].size());
-        for (size_t k = 0; k < got[0].size(); ++k) {
-          CAPTURE(k);  // out, h_last, then the gradients of u, dt_low, A, Bm, Cm, D, z, bias, h0, w_dt
-          CHECK(got[1][k] == got[0][k]);
-        }
+        // args: u, dt_low, A, Bm, Cm, Dskip, z, delta_bias, h0, w_dt
+        check_scan_variants_bitwise(
+            args, s,
+            [&](const std::vector<Tensor>& x, int remat) {
+              std::function<Tensor()> again;
+              if (remat) again = [a = x[1].detach(), b = x[9].detach()] { return linear(a, b); };
+              return selective_scan(x[0], linear(x[1], x[9]), x[2], x[3], x[4], x[5], x[6], x[7], s.softplus, x[8],
+                                    Tensor(), false, again);
+            },
+            gen);
       });
 }
 
