@@ -390,8 +390,8 @@ void CudaBackend::add_rms_norm_backward(const Tensor& s_in, const Tensor& w_in, 
         CUDA_CHECK_LAUNCH();
       });
     });
-    add_rms_norm_gw_sum_kernel<<<partial_sum_grid(d), partial_sum_block(), 0, ctx.stream.get()>>>(static_cast<const float*>(partial.data_ptr()), blocks, d,
-                                                     static_cast<float*>(gw.data_ptr()));
+    add_rms_norm_gw_sum_kernel<<<partial_sum_grid(d), partial_sum_block(), 0, ctx.stream.get()>>>(
+        static_cast<const float*>(partial.data_ptr()), blocks, d, static_cast<float*>(gw.data_ptr()));
     CUDA_CHECK_LAUNCH();
     return;
   }
@@ -415,8 +415,8 @@ void CudaBackend::add_rms_norm_backward(const Tensor& s_in, const Tensor& w_in, 
         static_cast<const float*>(s.data_ptr()), static_cast<const float*>(rstd.data_ptr()),
         static_cast<const TN*>(gn.data_ptr()), m, d, slab_rows, static_cast<float*>(partial.data_ptr()));
     CUDA_CHECK_LAUNCH();
-    add_rms_norm_gw_sum_kernel<<<partial_sum_grid(d), partial_sum_block(), 0, ctx.stream.get()>>>(static_cast<const float*>(partial.data_ptr()), slabs, d,
-                                                     static_cast<float*>(gw.data_ptr()));
+    add_rms_norm_gw_sum_kernel<<<partial_sum_grid(d), partial_sum_block(), 0, ctx.stream.get()>>>(
+        static_cast<const float*>(partial.data_ptr()), slabs, d, static_cast<float*>(gw.data_ptr()));
     CUDA_CHECK_LAUNCH();
   });
 }

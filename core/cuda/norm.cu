@@ -251,9 +251,9 @@ void norm_backward(const Tensor& x, const Tensor& w_in, const Tensor& mean, cons
       any_float(rstd), m, d, vec, lay, smem_acc, pgx, partial.as<A>());
   CUDA_CHECK_LAUNCH();
   if (lay.width == 0) return;
-  sum_partials_kernel<A><<<partial_sum_grid(lay.width), partial_sum_block(), 0, ctx.stream.get()>>>(partial.as<A>(), partial_rows, lay, d,
-                                                                 lay.want_gw ? any_float(gw) : AnyFloat{},
-                                                                 lay.want_gb ? any_float(gb) : AnyFloat{});
+  sum_partials_kernel<A><<<partial_sum_grid(lay.width), partial_sum_block(), 0, ctx.stream.get()>>>(
+      partial.as<A>(), partial_rows, lay, d, lay.want_gw ? any_float(gw) : AnyFloat{},
+      lay.want_gb ? any_float(gb) : AnyFloat{});
   CUDA_CHECK_LAUNCH();
 }
 
