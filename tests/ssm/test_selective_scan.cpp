@@ -14,10 +14,12 @@
 #include "ssm/kernels/kernel_common.h"
 #include "ssm/kernels/linear_scan.h"
 #include "ssm/kernels/selective_scan.h"
+#include "scan_variants.h"
 #include "ssm_reference.h"
 #include "user_error.h"
 
 namespace ssmtrain {
+using testing::check_scan_variants_bitwise;
 using testing::contains;
 using testing::user_error_of;
 namespace {
@@ -225,25 +227,12 @@ TEST_CASE("selective_scan with A given as log(-A) equals the composed -exp(A_log
     const DType pd = dtype == DType::f64 ? DType::f64 : DType::f32;
     const Tensor A_log = random_tensor({6, 5}, gen, pd, Device::cpu(), -1.5, 1.0);
     const Tensor w = random_tensor({2, 150, 6}, gen, pd);
-    std::vector<std::vector<double>> got[2];
-    for (int fused = 0; fused < 2; ++fused) {
-      std::vector<Tensor> x = in.all();
-      x[2] = A_log;
-      for (Tensor& t : x)
-        if (t.defined()) t = t.detach().requires_grad_();
-      const SelectiveScanResult r =
-          fused ? selective_scan(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], true, x[8], Tensor(), true)
-                : selective_scan(x[0], x[1], -exp(x[2]), x[3], x[4], x[5], x[6], x[7], true, x[8]);
-      backward(sum(cast(r.out, pd) * w) + sum(r.h_last));
-      got[fused] = {r.out.to_vector<double>(), r.h_last.to_vector<double>()};
-      for (const Tensor& t : x)
-        if (t.defined()) got[fused].push_back(t.grad().to_vector<double>());
-    }
-    REQUIRE(got[0].size() == got[1].size());
-    for (size_t k = 0; k < got[0].size(); ++k) {
-      CAPTURE(k);  // out, h_last, then the gradients of u, delta, A_log, Bm, Cm, D, z, bias, h0
-      CHECK(got[1][k] == got[0][k]);
-    }
+    std::vector<Tensor> x = in.all();  // u, delta, A_log, Bm, Cm, D, z, bias, h0
+    x[2] = A_log;
+    check_scan_variants_bitwise(x, w, [](const std::vector<Tensor>& v, int fused) {
+      return fused ? selective_scan(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], true, v[8], Tensor(), true)
+                   : selective_scan(v[0], v[1], -exp(v[2]), v[3], v[4], v[5], v[6], v[7], true, v[8]);
+    });
   }
   ScanInputs in = make_inputs(2, 37, 6, 5, 2, {true, true, true, true, true}, gen);
   std::vector<Tensor> leaves = in.all();
@@ -270,38 +259,27 @@ TEST_CASE("selective_scan with recompute_delta keeps no delta and gives the same
     const Tensor dt_low = random_tensor({2, 150, 3}, gen, dtype, Device::cpu(), -1.0, 1.0);
     const Tensor w_dt = random_tensor({6, 3}, gen, pd, Device::cpu(), -0.5, 0.5);
     const Tensor w = random_tensor({2, 150, 6}, gen, pd);
-    std::vector<std::vector<double>> got[2];
-    for (int remat = 0; remat < 2; ++remat) {
-      std::vector<Tensor> x = in.all();
-      x[1] = dt_low;
-      x.push_back(w_dt);
-      for (Tensor& t : x)
-        if (t.defined()) t = t.detach().requires_grad_();
-      const Tensor delta = linear(x[1], x[9]);
-      int calls = 0;
+    std::vector<Tensor> x = in.all();  // u, dt_low, A, Bm, Cm, D, z, bias, h0, w_dt
+    x[1] = dt_low;
+    x.push_back(w_dt);
+    int calls = 0;
+    check_scan_variants_bitwise(x, w, [&calls](const std::vector<Tensor>& v, int remat) {
+      const Tensor delta = linear(v[1], v[9]);
       std::function<Tensor()> again;
       if (remat)
-        again = [&calls, a = x[1].detach(), b = x[9].detach()] {
+        again = [&calls, a = v[1].detach(), b = v[9].detach()] {
           ++calls;
           return linear(a, b);
         };
-      const SelectiveScanResult r =
-          selective_scan(x[0], delta, x[2], x[3], x[4], x[5], x[6], x[7], true, x[8], Tensor(), false, again);
-      got[remat] = {r.out.to_vector<double>(), r.h_last.to_vector<double>()};
+      SelectiveScanResult r =
+          selective_scan(v[0], delta, v[2], v[3], v[4], v[5], v[6], v[7], true, v[8], Tensor(), false, again);
       if (remat) {
         CHECK(calls == 0);
         std::memset(delta.data_ptr(), 0xFF, delta.nbytes());  // all-ones bytes: NaN in every float type
       }
-      backward(sum(cast(r.out, pd) * w) + sum(r.h_last));
-      CHECK(calls == remat);
-      for (const Tensor& t : x)
-        if (t.defined()) got[remat].push_back(t.grad().to_vector<double>());
-    }
-    REQUIRE(got[0].size() == got[1].size());
-    for (size_t k = 0; k < got[0].size(); ++k) {
-      CAPTURE(k);  // out, h_last, then the gradients of u, dt_low, A, Bm, Cm, D, z, bias, h0, w_dt
-      CHECK(got[1][k] == got[0][k]);
-    }
+      return r;
+    });
+    CHECK(calls == 1);  // once, in the backward of the recomputing form
   }
 }
 

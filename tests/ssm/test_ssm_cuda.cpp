@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "cuda_compare.h"
+#include "scan_variants.h"
 #include "gradcheck.h"
 #include "ssm/kernels/causal_conv1d.h"
 #include "ssm_reference.h"
@@ -52,6 +53,7 @@ namespace ssmtrain {
 namespace {
 
 using namespace cuda_compare;
+using testing::check_scan_variants_bitwise;
 
 constexpr Tolerance kF32{2e-5, 2e-4};
 constexpr Tolerance kBf16{6e-3, 1.2e-2};
@@ -100,7 +102,7 @@ OpFn scan_op(bool softplus) {
 
 // body(dtype, shape) for f32 and bf16 over `shapes`, both named in any failure.
 template <typename Body>
-void for_each_dtype_and_shape(std::initializer_list<ScanShape> shapes, Body body) {
+void for_each_dtype_and_shape(const std::vector<ScanShape>& shapes, Body body) {
   for (DType dtype : {DType::f32, DType::bf16})
     for (const ScanShape& s : shapes) {
       CAPTURE(dtype_name(dtype));
@@ -311,30 +313,16 @@ TEST_CASE("selective_scan CUDA reads B and C as strided views of a wider tensor"
       });
 }
 
-// Runs run(x, variant) for variants 0 and 1 on fresh CUDA leaves made from args, takes the
-// same weighted loss of out and h_last back through each, and checks that the outputs and
-// every leaf's gradient agree bit for bit.
-using ScanVariant = std::function<SelectiveScanResult(const std::vector<Tensor>& x, int variant)>;
-void check_scan_variants_bitwise(const std::vector<Arg>& args, const ScanShape& s, const ScanVariant& run,
-                                 Generator& gen) {
-  const Tensor w = random_tensor({s.B, s.L, s.D}, gen, DType::f32).to(Device::cuda());
-  std::vector<std::vector<double>> got[2];
-  for (int v = 0; v < 2; ++v) {
-    std::vector<Tensor> x;
-    for (const Arg& a : args)
-      x.push_back(a.values.defined() ? a.values.to(a.dtype).to(Device::cuda()).requires_grad_() : Tensor());
-    const SelectiveScanResult r = run(x, v);
-    backward(sum(cast(r.out, DType::f32) * w) + sum(r.h_last));
-    got[v] = {r.out.to(Device::cpu()).to_vector<double>(), r.h_last.to(Device::cpu()).to_vector<double>()};
-    for (const Tensor& t : x)
-      if (t.defined()) got[v].push_back(t.grad().to(Device::cpu()).to_vector<double>());
-  }
-  REQUIRE(got[0].size() == got[1].size());
-  for (size_t k = 0; k < got[0].size(); ++k) {
-    CAPTURE(k);  // out, h_last, then the gradients of the leaves in args' order
-    CHECK(got[1][k] == got[0][k]);
-  }
+// The inputs of args on the GPU, in their dtypes (undefined where args has none), and the
+// shapes the bitwise scan-variant cases run: L = 1700 with 24 channels takes the segmented
+// passes.
+std::vector<Tensor> cuda_inputs(const std::vector<Arg>& args) {
+  std::vector<Tensor> x;
+  for (const Arg& a : args) x.push_back(a.values.defined() ? a.values.to(a.dtype).to(Device::cuda()) : Tensor());
+  return x;
 }
+const std::vector<ScanShape> kVariantShapes = {ScanShape{2, 100, 40, 16, 2, true, true, true, true, true},
+                                               ScanShape{1, 1700, 24, 16, 2, true, true, true, true, true}};
 
 // A_is_log on the GPU: every kernel that reads A (forward, backward, both summary passes and
 // the carry of time segments) applies -exp itself, and the dA reduction multiplies by A:
@@ -344,9 +332,7 @@ TEST_CASE("selective_scan CUDA with A given as log(-A) equals the composed -exp(
   if (!cuda_test_device()) return;
   Generator gen(515);
   for_each_dtype_and_shape(
-      {ScanShape{2, 100, 40, 16, 2, true, true, true, true, true},
-       ScanShape{1, 1700, 24, 16, 2, true, true, true, true, true}},
-      [&](DType dtype, const ScanShape& s) {
+      kVariantShapes, [&](DType dtype, const ScanShape& s) {
         std::vector<Arg> args = scan_args(s, dtype, gen);
         args[2] = {"A_log", random_tensor({s.D, s.N}, gen, DType::f64, Device::cpu(), -1.5, 1.0), DType::f32};
         const OpFn fused = [softplus = s.softplus](const std::vector<Tensor>& v) {
@@ -356,14 +342,13 @@ TEST_CASE("selective_scan CUDA with A given as log(-A) equals the composed -exp(
         };
         compare_with_cpu(fused, args, {"out", "h_last"}, tolerance_for(dtype), gen);
         check_scan_variants_bitwise(
-            args, s,
+            cuda_inputs(args), random_tensor({s.B, s.L, s.D}, gen, DType::f32).to(Device::cuda()),
             [&](const std::vector<Tensor>& x, int fused_form) {
               return fused_form
                          ? selective_scan(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], s.softplus, x[8], Tensor(),
                                           true)
                          : selective_scan(x[0], x[1], -exp(x[2]), x[3], x[4], x[5], x[6], x[7], s.softplus, x[8]);
-            },
-            gen);
+            });
       });
 }
 
@@ -374,23 +359,20 @@ TEST_CASE("selective_scan CUDA with recompute_delta equals keeping delta bitwise
   if (!cuda_test_device()) return;
   Generator gen(516);
   for_each_dtype_and_shape(
-      {ScanShape{2, 100, 40, 16, 2, true, true, true, true, true},
-       ScanShape{1, 1700, 24, 16, 2, true, true, true, true, true}},
-      [&](DType dtype, const ScanShape& s) {
+      kVariantShapes, [&](DType dtype, const ScanShape& s) {
         std::vector<Arg> args = scan_args(s, dtype, gen);
         const int64_t R = 6;
         args[1] = {"dt_low", random_tensor({s.B, s.L, R}, gen, DType::f64, Device::cpu(), -1.0, 1.0), dtype};
         args.push_back({"w_dt", random_tensor({s.D, R}, gen, DType::f64, Device::cpu(), -0.5, 0.5), DType::f32});
         // args: u, dt_low, A, Bm, Cm, Dskip, z, delta_bias, h0, w_dt
         check_scan_variants_bitwise(
-            args, s,
+            cuda_inputs(args), random_tensor({s.B, s.L, s.D}, gen, DType::f32).to(Device::cuda()),
             [&](const std::vector<Tensor>& x, int remat) {
               std::function<Tensor()> again;
               if (remat) again = [a = x[1].detach(), b = x[9].detach()] { return linear(a, b); };
               return selective_scan(x[0], linear(x[1], x[9]), x[2], x[3], x[4], x[5], x[6], x[7], s.softplus, x[8],
                                     Tensor(), false, again);
-            },
-            gen);
+            });
       });
 }
 
