@@ -351,6 +351,8 @@ __global__ void __launch_bounds__(kThreads, 4) scan_forward_kernel(ScanParams p)
   const size_t bd = static_cast<size_t>(bc.b) * D + bc.d, bds = bd * p.nseg + bc.seg;
 
   float A2[NL], h[NL], dtsum = 0.f;
+  [[maybe_unused]] float ybuf[TPC];  // the last TPC steps' partial sums of y
+  const int lane = threadIdx.x & 31;
   [[maybe_unused]] bool seg_resets = false;  // (summary) whether a document starts inside the segment
 #pragma unroll
   for (int s = 0; s < NL; ++s) {
@@ -405,14 +407,21 @@ __global__ void __launch_bounds__(kThreads, 4) scan_forward_kernel(ScanParams p)
           }
         }
         const float dt = s_dt[t][bc.cl];
-        float yp = scan_step<NL, kResets>(h, A2, dt, dt * s_u[t][bc.cl], &s_B[t][bc.q * NL], &s_C[t][bc.q * NL],
-                                          (resets >> t) & 1u);
+        const float yp = scan_step<NL, kResets>(h, A2, dt, dt * s_u[t][bc.cl], &s_B[t][bc.q * NL],
+                                                &s_C[t][bc.q * NL], (resets >> t) & 1u);
         if constexpr (kSummary) {
           dtsum += dt;
         } else {
-#pragma unroll
-          for (int m = 1; m < TPC; m <<= 1) yp += __shfl_xor_sync(0xffffffffu, yp, m);
-          if (bc.q == 0) s_y[t][bc.cl] = yp;
+          // y over the channel's lanes, TPC steps at a time: one reduce-scatter leaves each
+          // lane the sum of one of the steps (TPC - 1 shuffles per TPC steps, not log2(TPC)
+          // per step), and every lane writes one.
+          ybuf[t % TPC] = yp;
+          if (t % TPC == TPC - 1) {
+            int base = 0;
+            bool writer = true;
+            reduce_scatter<TPC, 1, TPC>(ybuf, lane, base, writer);
+            s_y[t - (TPC - 1) + base][bc.cl] = ybuf[0];
+          }
         }
       }
     });
@@ -532,19 +541,24 @@ __global__ void __launch_bounds__(kThreads, 4) scan_backward_kernel(ScanParams p
       constexpr bool kResets = decltype(masked)::value;
       // Recompute the tile's states into the history (and y before the gate, for dz). The
       // last state stays in registers: the adjoint starts from it.
-      float hcur[NL];
+      float hcur[NL], ybuf[TPC];
 #pragma unroll
       for (int s = 0; s < NL; ++s) hcur[s] = h_start[s];
 #pragma unroll
       for (int t = 0; t < kBTile; ++t) {
         const float dt = s_dt[t][bc.cl];
-        float yp = scan_step<NL, kResets>(hcur, A2, dt, dt * s_u[t][bc.cl], &s_B[t][bc.q * NL], &s_C[t][bc.q * NL],
-                                          (resets >> t) & 1u);
+        const float yp = scan_step<NL, kResets>(hcur, A2, dt, dt * s_u[t][bc.cl], &s_B[t][bc.q * NL],
+                                                &s_C[t][bc.q * NL], (resets >> t) & 1u);
         if (t + 1 < kBTile) store_row<NL>(&hist[(t * kThreads + threadIdx.x) * NL], hcur);
-        if (p.z) {
-#pragma unroll
-          for (int m = 1; m < TPC; m <<= 1) yp += __shfl_xor_sync(0xffffffffu, yp, m);
-          if (bc.q == 0) s_y[t][bc.cl] = yp + Dv * s_u[t][bc.cl];
+        if (p.z) {  // y over the lanes, TPC steps at a time (as in the forward)
+          ybuf[t % TPC] = yp;
+          if (t % TPC == TPC - 1) {
+            int base = 0;
+            bool writer = true;
+            reduce_scatter<TPC, 1, TPC>(ybuf, lane, base, writer);
+            const int ty = t - (TPC - 1) + base;
+            s_y[ty][bc.cl] = ybuf[0] + Dv * s_u[ty][bc.cl];
+          }
         }
       }
 
