@@ -67,7 +67,47 @@ struct Arg {
   Tensor values;  // f64, host; undefined for an omitted optional input
   DType dtype = DType::f32;
   bool grad = true;
+  // When >= 0: this input is added to input `sum_of` broadcast over its leading axes (a
+  // bias of the last axis, as dt_bias of dt), so its gradient is that input's gradient
+  // summed over every axis but the last. Such a sum can cancel heavily (sum |g| hundreds of
+  // times |sum g| on random data), so a relative bound on it says nothing about the kernels;
+  // it is checked by what follows from the summands' own check instead (see
+  // expect_bias_gradient).
+  int sum_of = -1;
 };
+
+// The gradient gb (C,) of a bias added over the leading axes of an input whose gradient g
+// (..., C) is checked with `tol`. Per channel c, with n summands:
+//  - against the reference: if g passes, its error e satisfies ||e||_2 <= tol.rel_norm
+//    ||g_ref||_2 over all channels, so by Cauchy-Schwarz |sum_k e_kc| <= sqrt(n) ||e_.c||_2 <=
+//    sqrt(n) tol.rel_norm ||g_ref||_2: the bound that the summands' check implies;
+//  - on the device, the identity gb = sum_k g_k: the device sums its f32 summands before
+//    rounding them to g's dtype (unit roundoff u: 2^-8 relative error each at most for bf16,
+//    2^-24 for f32), so |gb - sum_k g_k| <= (u + (n + 1) 2^-24) sum_k |g_k|, the second term
+//    for the device's f32 summation in any order. A reduction that summed the wrong values
+//    fails this however the data cancel.
+inline void expect_bias_gradient(const Tensor& gb, const Tensor& g_dev, const Tensor& gb_ref, const Tensor& g_ref,
+                                 double rel_norm, const std::string& what) {
+  const std::vector<double> b = gb.to_vector<double>(), br = gb_ref.to_vector<double>();
+  const std::vector<double> gd = g_dev.to_vector<double>(), gr = g_ref.to_vector<double>();
+  const size_t C = b.size(), n = gd.size() / C;
+  REQUIRE(gd.size() == n * C);
+  REQUIRE(gr.size() == n * C);
+  const double u = g_dev.dtype() == DType::bf16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -24);
+  double ref_norm2 = 0;
+  for (double v : gr) ref_norm2 += v * v;
+  for (size_t c = 0; c < C; ++c) {
+    double sum = 0, sum_abs = 0;
+    for (size_t k = 0; k < n; ++k) sum += gd[k * C + c], sum_abs += std::abs(gd[k * C + c]);
+    const double bound_ref = std::sqrt(static_cast<double>(n)) * rel_norm * std::sqrt(ref_norm2);
+    const double bound_sum = (u + static_cast<double>(n + 1) * std::ldexp(1.0, -24)) * sum_abs + 1e-30;
+    INFO(what, "[", c, "]: ", b[c], " vs reference ", br[c], " (bound ", bound_ref, " from the summands' check); vs ",
+         sum, " = the sum of the device's summands (bound ", bound_sum, ")");
+    CHECK(std::isfinite(b[c]));
+    CHECK(std::abs(b[c] - br[c]) <= bound_ref);
+    CHECK(std::abs(b[c] - sum) <= bound_sum);
+  }
+}
 
 using OpFn = std::function<std::vector<Tensor>(const std::vector<Tensor>&)>;
 
@@ -115,6 +155,12 @@ inline void compare_with_cpu(const OpFn& op, const std::vector<Arg>& args, const
     REQUIRE(gr.defined());
     REQUIRE(gd.defined());
     CHECK(gd.device().is_cuda());
+    if (const int src = args[i].sum_of; src >= 0) {
+      REQUIRE(ref_in[src].grad().defined());
+      expect_bias_gradient(gd.to(Device::cpu()), dev_in[src].grad().to(Device::cpu()), gr, ref_in[src].grad(),
+                           tol.rel_norm, "d" + args[i].name);
+      continue;
+    }
     expect_near(gd.to(Device::cpu()), gr, tol, "d" + args[i].name);
   }
 }

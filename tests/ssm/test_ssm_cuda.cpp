@@ -132,7 +132,7 @@ std::vector<Arg> ssd_args(const SsdShape& s, DType dtype, Generator& gen) {
   a.push_back({"Cm", random_tensor({B, L, G, N}, gen, DType::f64), dtype});
   a.push_back({"D", s.options ? random_tensor({H}, gen, DType::f64) : Tensor(), DType::f32});
   a.push_back({"dt_bias", s.options ? random_tensor({H}, gen, DType::f64, Device::cpu(), -0.3, 0.3) : Tensor(),
-               DType::f32});
+               DType::f32, true, /*sum_of=*/1});  // ddt_bias = ddt summed over (B, L)
   a.push_back({"h0", s.options ? random_tensor({B, H, P, N}, gen, DType::f64) : Tensor(), DType::f32});
   return a;
 }
