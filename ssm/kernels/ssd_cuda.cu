@@ -39,6 +39,8 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <cstdint>
 #include <tuple>
 #include <utility>
@@ -568,6 +570,197 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(ScanFwdSmem<PP, NP>::tot
   }
 }
 
+// ---- the chunk-scan forward on mma.sync (register-resident score fragments) ----
+//
+// The same product as chunk_scan_fwd_kernel, with the score tile never leaving registers:
+// 8 warps, warp w owning rows 16 (w % 4) .. + 16 of the l-tile and the half w / 4 of the
+// 64 source columns s (and of the state columns n in the prologue). Per source tile, a warp
+// computes its 16 x 32 block of S = C_l B_s^T (m16n8k16, K = NP), masks and scales it in the
+// accumulators (e^{cs_l - cs_s} dt_s, causal, documents), packs the accumulators into bf16
+// A fragments (the accumulator layout of two n8 tiles is the A layout of one k16 step) and
+// multiplies by its 32 rows of x_s. The two halves' partial 16 x PP outputs are added once,
+// through shared memory, at the end. The prologue e^{cs_l} C_l H_c^T scales the product's
+// rows in f32 instead of rounding e^{cs_l} C_l to bf16 first. Selected by SSMTRAIN_SSD_MMA=1
+// while it is being measured against the WMMA kernel.
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+// Four 8 x 8 b16 matrices; lane l gives the address of row l % 8 of matrix l / 8.
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const bf* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+// c += a b: a 16 x 16 (row), b 16 x 8 (col), bf16 in, f32 accumulators.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// acc[nt] (nt < NT, n8 tiles from column col0) += A[row0 .., k0 .. k0 + K) B^T, where A is
+// row-major [r][k] (ld lda) and B is stored [n][k] (ld ldbm): both read with ldmatrix.
+template <int NT, int K>
+__device__ __forceinline__ void mma_abt(float (&acc)[NT][4], const bf* A, int lda, int row0, const bf* Bt, int ldbm,
+                                        int col0, int k0) {
+  static_assert(NT % 2 == 0, "n8 tiles are loaded in pairs");
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int k = 0; k < K; k += 16) {
+    uint32_t a[4];
+    ldsm_x4(a, A + (row0 + (lane & 15)) * lda + k0 + k + (lane >> 4) * 8);
+#pragma unroll
+    for (int nt = 0; nt < NT; nt += 2) {
+      uint32_t b[4];
+      ldsm_x4(b, Bt + (col0 + nt * 8 + (lane & 7) + ((lane >> 4) << 3)) * ldbm + k0 + k + ((lane >> 3) & 1) * 8);
+      mma_bf16(acc[nt], a, b[0], b[1]);
+      mma_bf16(acc[nt + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+template <int PP, int NP>
+struct ScanFwdMmaSmem {
+  static constexpr size_t sC = 0;
+  // H_c (bf16, prologue); then B_s and x_s (loop); then the f32 partial outputs (epilogue)
+  static constexpr size_t sR = sC + bf_bytes(kT, NP);
+  static constexpr size_t r_bytes =
+      cmax(cmax(bf_bytes(PP, NP), bf_bytes(kT, NP) + bf_bytes(kT, PP)), f_bytes(kT, PP));
+  static constexpr size_t vec = sR + r_bytes;                             // cs_l, cs_s, dt_s
+  static constexpr size_t docs = vec + round_up(3 * kT * sizeof(float));  // doc_l, doc_s
+  static constexpr size_t total = docs + round_up(2 * kT * sizeof(int));
+};
+
+template <int PP, int NP, bool kDocs>
+__global__ void __launch_bounds__(kThreads, 2)
+    chunk_scan_fwd_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* st, bf* y) {
+  using S = ScanFwdMmaSmem<PP, NP>;
+  constexpr int NTO = PP / 8;  // output n8 tiles of a warp (all PP columns, half of the sum)
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf* sC = reinterpret_cast<bf*>(smem + S::sC);
+  bf* sH = reinterpret_cast<bf*>(smem + S::sR);
+  bf* sB = reinterpret_cast<bf*>(smem + S::sR);
+  bf* sX = reinterpret_cast<bf*>(smem + S::sR + bf_bytes(kT, NP));
+  float* sY = reinterpret_cast<float*>(smem + S::sR);
+  float* cs_l = reinterpret_cast<float*>(smem + S::vec);
+  float* cs_s = cs_l + kT;
+  float* dt_s = cs_s + kT;
+  int* doc_l = reinterpret_cast<int*>(smem + S::docs);
+  int* doc_s = doc_l + kT;
+
+  const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
+  const TileRows tl(d, c, i);
+  if (tl.rows <= 0) return;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, strip = warp & 3, half = warp >> 2;
+  const int row0 = strip * 16, gr = lane >> 2, tq = lane & 3;  // fragment row group, column pair
+  const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
+  const int entering = doc_before(p, d, b, c);
+  for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
+  load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
+  stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
+  stage_state<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
+  __syncthreads();
+
+  // Prologue: this half of the state columns of C_l H_c^T, rows scaled by e^{cs_l}.
+  float acc[NTO][4];
+#pragma unroll
+  for (int nt = 0; nt < NTO; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+  mma_abt<NTO, NP / 2>(acc, sC, ldb(NP), row0, sH, ldb(NP), 0, half * (NP / 2));
+  {
+    const int r0 = row0 + gr, r1 = r0 + 8;
+    const float e0 = same_doc<kDocs>(doc_l[r0], entering) ? __expf(cs_l[r0]) : 0.f;
+    const float e1 = same_doc<kDocs>(doc_l[r1], entering) ? __expf(cs_l[r1]) : 0.f;
+#pragma unroll
+    for (int nt = 0; nt < NTO; ++nt) {
+      acc[nt][0] *= e0, acc[nt][1] *= e0;
+      acc[nt][2] *= e1, acc[nt][3] *= e1;
+    }
+  }
+  __syncthreads();  // H_c read by every warp before the source tiles overwrite it
+
+  for (int j = 0; j <= i; ++j) {
+    stage_source_tile<PP, NP, kDocs>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX,
+                                     cs_s, dt_s, c, doc_s);
+    __syncthreads();
+    // On the diagonal tile, a warp whose source columns all lie after its rows adds nothing.
+    if (j < i || half * 32 <= row0 + 15) {
+      float sc[4][4];  // S rows row0 .. + 16, source columns 32 half .. + 32
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+      mma_abt<4, NP>(sc, sC, ldb(NP), row0, sB, ldb(NP), half * 32, 0);
+      // Mask and scale in the accumulators, then pack: n8 tiles 2k, 2k + 1 are the A
+      // fragment of k16 step k of the product with x_s.
+      uint32_t af[2][4];
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        float w[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = row0 + gr + (e >> 1) * 8, s = half * 32 + nt * 8 + tq * 2 + (e & 1);
+          const bool keep = (j < i || s <= r) && same_doc<kDocs>(doc_l[r], doc_s[s]);
+          w[e] = keep ? sc[nt][e] * __expf(cs_l[r] - cs_s[s]) * dt_s[s] : 0.f;
+        }
+        af[nt >> 1][(nt & 1) * 2 + 0] = pack_bf16(w[0], w[1]);
+        af[nt >> 1][(nt & 1) * 2 + 1] = pack_bf16(w[2], w[3]);
+      }
+      // acc += W (16 x 32) x_s[32 half .. + 32][0 .. PP): x_s is [s][p], read transposed.
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const int s0 = half * 32 + k * 16;
+#pragma unroll
+        for (int nt = 0; nt < NTO; nt += 2) {
+          uint32_t bx[4];
+          ldsm_x4_trans(bx, sX + (s0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ldb(PP) + nt * 8 + (lane >> 4) * 8);
+          mma_bf16(acc[nt], af[k], bx[0], bx[1]);
+          mma_bf16(acc[nt + 1], af[k], bx[2], bx[3]);
+        }
+      }
+    }
+    __syncthreads();  // the source tile read by every warp before the next one is staged
+  }
+
+  // The second half's partial sums through shared memory, then y = acc + D x.
+  if (half == 1) {
+#pragma unroll
+    for (int nt = 0; nt < NTO; ++nt) {
+      const int col = nt * 8 + tq * 2;
+      sY[(row0 + gr) * ldf(PP) + col] = acc[nt][0];
+      sY[(row0 + gr) * ldf(PP) + col + 1] = acc[nt][1];
+      sY[(row0 + gr + 8) * ldf(PP) + col] = acc[nt][2];
+      sY[(row0 + gr + 8) * ldf(PP) + col + 1] = acc[nt][3];
+    }
+  }
+  __syncthreads();
+  if (half == 0) {
+    const float Dh = p.D ? p.D[h] : 0.f;
+#pragma unroll
+    for (int nt = 0; nt < NTO; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = row0 + gr + (e >> 1) * 8, pi = nt * 8 + tq * 2 + (e & 1);
+        if (r < tl.rows && pi < d.P) {
+          const int t = tl.t0 + r;
+          const float xv = __bfloat162float(p.x[b * p.x_bs + t * p.x_ss + h * d.P + pi]);
+          y[((static_cast<size_t>(b) * d.L + t) * d.H + h) * d.P + pi] =
+              __float2bfloat16(acc[nt][e] + sY[r * ldf(PP) + pi] + Dh * xv);
+        }
+      }
+    }
+  }
+}
+
 // Shared-memory plan of the l-tile backward (dC, row sums of dcs). Regions are reused by
 // phase so that two blocks fit on a multiprocessor (98 KB at headdim 64, d_state 128):
 // the source tiles (B_s, x_s) overlay H_c, which only the prologue reads, and the f32 dC
@@ -1025,11 +1218,20 @@ void ssd_fwd_cuda(const SsdParams& p, Device device) {
   Tensor cs = Tensor::empty({d.B, d.H, d.nc, d.Qp}, DType::f32, device);
   Tensor st = Tensor::empty({d.B, d.nc, d.H, d.Pp, d.Np}, DType::f32, device);
   entering_states(q, d, dtv.data<float>(), cs.data<float>(), st.data<float>(), static_cast<float*>(p.h_last), stream);
+  const char* mma_env = std::getenv("SSMTRAIN_SSD_MMA");  // read per call: the tests switch it
+  const bool mma_scan = mma_env && std::string(mma_env) == "1";
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
-    launch(q.seq ? chunk_scan_fwd_kernel<PP, NP, true> : chunk_scan_fwd_kernel<PP, NP, false>, dim3(d.nc * d.Qt, d.H, d.B), ScanFwdSmem<PP, NP>::total, stream, q, d,
-           static_cast<const float*>(dtv.data<float>()), static_cast<const float*>(cs.data<float>()),
-           static_cast<const float*>(st.data<float>()), static_cast<bf*>(p.y));
+    const dim3 grid(d.nc * d.Qt, d.H, d.B);
+    const float* pdt = dtv.data<float>();
+    const float* pcs = cs.data<float>();
+    const float* pst = st.data<float>();
+    if (mma_scan)
+      launch(q.seq ? chunk_scan_fwd_mma_kernel<PP, NP, true> : chunk_scan_fwd_mma_kernel<PP, NP, false>, grid,
+             ScanFwdMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pst, static_cast<bf*>(p.y));
+    else
+      launch(q.seq ? chunk_scan_fwd_kernel<PP, NP, true> : chunk_scan_fwd_kernel<PP, NP, false>, grid,
+             ScanFwdSmem<PP, NP>::total, stream, q, d, pdt, pcs, pst, static_cast<bf*>(p.y));
   });
 }
 

@@ -33,6 +33,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <initializer_list>
 #include <sstream>
@@ -487,6 +488,31 @@ TEST_CASE("ssd_chunked CUDA with seq_idx matches the CPU in forward and backward
       },
       DType::bf16, kSsdFused, gen, starts);
   compare_ssd_with_cpu({{2, 45, 4, 8, 2, 8, 16, true}}, DType::f32, kF32, gen, {{1, 16, 30, 31}, {15, 17, 44}});
+}
+
+// The chunk-scan forward on mma.sync (SSMTRAIN_SSD_MMA=1, being measured against the WMMA
+// kernel): the tilings and the packed documents of the two cases above.
+TEST_CASE("ssd_chunked with the mma.sync chunk-scan forward matches the CPU") {
+  if (!cuda_test_device()) return;
+  struct EnvGuard {
+    EnvGuard() { setenv("SSMTRAIN_SSD_MMA", "1", 1); }
+    ~EnvGuard() { unsetenv("SSMTRAIN_SSD_MMA"); }
+  } env;
+  Generator gen(527);
+  compare_ssd_with_cpu(
+      {
+          {2, 300, 4, 64, 2, 128, 256, true},
+          {1, 200, 3, 40, 1, 24, 100, false},
+          {1, 130, 2, 128, 1, 256, 64, true},
+          {2, 77, 4, 96, 2, 160, 128, true},
+      },
+      DType::bf16, kSsdFused, gen);
+  compare_ssd_with_cpu(
+      {
+          {2, 300, 4, 64, 2, 128, 256, true},
+          {2, 77, 4, 96, 2, 160, 128, true},
+      },
+      DType::bf16, kSsdFused, gen, {{1, 63, 64, 150, 151, 256, 299}, {10, 99, 100, 128, 255, 257}});
 }
 
 // Gated RMSNorm on CUDA: rows of 1 and 2 groups, widths below and above a block's 256
