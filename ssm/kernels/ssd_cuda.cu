@@ -869,6 +869,174 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdLSmem<PP, NP>::total,
   }
 }
 
+// The l-tile backward on mma.sync, as chunk_scan_fwd_mma_kernel: warp (strip, half) owns
+// 16 rows of the tile and half of the 64 source columns (half of the head columns p in the
+// prologue). Per source tile: S2 = dy_l x_s^T gives W (masked, scaled) in registers; S1 =
+// C_l B_s^T only enters the row sums of dcs (sum_s S1 o W); dC += W B_s. The halves' partial
+// dC tiles and row sums are added through shared memory at the end. For d_state <= 128 (the
+// dC accumulators of a warp are 16 x NP).
+template <int PP, int NP>
+struct BwdLMmaSmem {
+  static constexpr size_t sC = 0;
+  static constexpr size_t sDy = sC + bf_bytes(kT, NP);
+  static constexpr size_t sR = sDy + bf_bytes(kT, PP);  // H_c; then B_s, x_s; then the f32 dC tile
+  static constexpr size_t r_bytes =
+      cmax(cmax(bf_bytes(PP, NP), bf_bytes(kT, NP) + bf_bytes(kT, PP)), f_bytes(kT, NP));
+  static constexpr size_t vec = sR + r_bytes;                             // cs_l, cs_s, dt_s, row sums
+  static constexpr size_t docs = vec + round_up(4 * kT * sizeof(float));  // doc_l, doc_s
+  static constexpr size_t total = docs + round_up(2 * kT * sizeof(int));
+};
+
+template <int PP, int NP, bool kDocs>
+__global__ void __launch_bounds__(kThreads, 2)
+    bwd_l_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* st, float* dC_part,
+                     float* dcs_row) {
+  static_assert(NP <= 128, "the dC accumulators of a warp are 16 x NP");
+  using S = BwdLMmaSmem<PP, NP>;
+  constexpr int NTC = NP / 8;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf* sC = reinterpret_cast<bf*>(smem + S::sC);
+  bf* sDy = reinterpret_cast<bf*>(smem + S::sDy);
+  bf* sH = reinterpret_cast<bf*>(smem + S::sR);
+  bf* sB = reinterpret_cast<bf*>(smem + S::sR);
+  bf* sX = reinterpret_cast<bf*>(smem + S::sR + bf_bytes(kT, NP));
+  float* sF = reinterpret_cast<float*>(smem + S::sR);
+  float* cs_l = reinterpret_cast<float*>(smem + S::vec);
+  float* cs_s = cs_l + kT;
+  float* dt_s = cs_s + kT;
+  float* rs_half = dt_s + kT;  // the second half's row sums
+  int* doc_l = reinterpret_cast<int*>(smem + S::docs);
+  int* doc_s = doc_l + kT;
+
+  const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
+  const TileRows tl(d, c, i);
+  const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
+  if (tl.rows <= 0) {
+    if (threadIdx.x < kT) dcs_row[cb + i * kT + threadIdx.x] = 0.f;
+    return;
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, strip = warp & 3, half = warp >> 2;
+  const int row0 = strip * 16, gr = lane >> 2, tq = lane & 3;
+  const int r0 = row0 + gr, r1 = r0 + 8;  // this lane's two rows
+  const int entering = doc_before(p, d, b, c);
+  for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
+  load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
+  stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
+  stage_raw<PP>(sDy, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P, p.dy_ss, tl.rows, d.P);
+  stage_state<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
+  __syncthreads();
+
+  // Prologue: dC = e^{cs_l} dy_l H_c over this half of the head columns.
+  float acc[NTC][4];
+#pragma unroll
+  for (int nt = 0; nt < NTC; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+#pragma unroll
+  for (int k = 0; k < PP / 2; k += 16) {
+    const int k0 = half * (PP / 2) + k;
+    uint32_t a[4];
+    ldsm_x4(a, sDy + (row0 + (lane & 15)) * ldb(PP) + k0 + (lane >> 4) * 8);
+#pragma unroll
+    for (int nt = 0; nt < NTC; nt += 2) {
+      uint32_t bh[4];
+      ldsm_x4_trans(bh, sH + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ldb(NP) + nt * 8 + (lane >> 4) * 8);
+      mma_bf16(acc[nt], a, bh[0], bh[1]);
+      mma_bf16(acc[nt + 1], a, bh[2], bh[3]);
+    }
+  }
+  float rs0 = 0.f, rs1 = 0.f;  // this lane's part of the row sums of dcs
+  {
+    const float e0 = same_doc<kDocs>(doc_l[r0], entering) ? __expf(cs_l[r0]) : 0.f;
+    const float e1 = same_doc<kDocs>(doc_l[r1], entering) ? __expf(cs_l[r1]) : 0.f;
+#pragma unroll
+    for (int nt = 0; nt < NTC; ++nt) {
+      const int n = nt * 8 + tq * 2;
+      acc[nt][0] *= e0, acc[nt][1] *= e0;
+      acc[nt][2] *= e1, acc[nt][3] *= e1;
+      rs0 += __bfloat162float(sC[r0 * ldb(NP) + n]) * acc[nt][0] + __bfloat162float(sC[r0 * ldb(NP) + n + 1]) * acc[nt][1];
+      rs1 += __bfloat162float(sC[r1 * ldb(NP) + n]) * acc[nt][2] + __bfloat162float(sC[r1 * ldb(NP) + n + 1]) * acc[nt][3];
+    }
+  }
+  __syncthreads();  // H_c read by every warp before the source tiles overwrite it
+
+  for (int j = 0; j <= i; ++j) {
+    stage_source_tile<PP, NP, kDocs>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX,
+                                     cs_s, dt_s, c, doc_s);
+    __syncthreads();
+    if (j < i || half * 32 <= row0 + 15) {
+      float sw[4][4];  // S2 = dy_l x_s^T, then W
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) sw[nt][0] = sw[nt][1] = sw[nt][2] = sw[nt][3] = 0.f;
+      mma_abt<4, PP>(sw, sDy, ldb(PP), row0, sX, ldb(PP), half * 32, 0);
+      uint32_t af[2][4];
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e < 2 ? r0 : r1, s = half * 32 + nt * 8 + tq * 2 + (e & 1);
+          const bool keep = (j < i || s <= r) && same_doc<kDocs>(doc_l[r], doc_s[s]);
+          sw[nt][e] = keep ? sw[nt][e] * __expf(cs_l[r] - cs_s[s]) * dt_s[s] : 0.f;
+        }
+        af[nt >> 1][(nt & 1) * 2 + 0] = pack_bf16(sw[nt][0], sw[nt][1]);
+        af[nt >> 1][(nt & 1) * 2 + 1] = pack_bf16(sw[nt][2], sw[nt][3]);
+      }
+      {
+        float s1[4][4];  // S1 = C_l B_s^T: the row sums take sum_s S1 o W (W unrounded)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) s1[nt][0] = s1[nt][1] = s1[nt][2] = s1[nt][3] = 0.f;
+        mma_abt<4, NP>(s1, sC, ldb(NP), row0, sB, ldb(NP), half * 32, 0);
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          rs0 += s1[nt][0] * sw[nt][0] + s1[nt][1] * sw[nt][1];
+          rs1 += s1[nt][2] * sw[nt][2] + s1[nt][3] * sw[nt][3];
+        }
+      }
+      // dC += W (16 x 32) B_s[32 half .. + 32][0 .. NP): B_s is [s][n], read transposed.
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const int s0 = half * 32 + k * 16;
+#pragma unroll
+        for (int nt = 0; nt < NTC; nt += 2) {
+          uint32_t bb[4];
+          ldsm_x4_trans(bb, sB + (s0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ldb(NP) + nt * 8 + (lane >> 4) * 8);
+          mma_bf16(acc[nt], af[k], bb[0], bb[1]);
+          mma_bf16(acc[nt + 1], af[k], bb[2], bb[3]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  rs0 = quad_sum(rs0);
+  rs1 = quad_sum(rs1);
+  if (half == 1) {
+#pragma unroll
+    for (int nt = 0; nt < NTC; ++nt) {
+      const int n = nt * 8 + tq * 2;
+      sF[r0 * ldf(NP) + n] = acc[nt][0];
+      sF[r0 * ldf(NP) + n + 1] = acc[nt][1];
+      sF[r1 * ldf(NP) + n] = acc[nt][2];
+      sF[r1 * ldf(NP) + n + 1] = acc[nt][3];
+    }
+    if (tq == 0) rs_half[r0] = rs0, rs_half[r1] = rs1;
+  }
+  __syncthreads();
+  if (half == 0) {
+    if (tq == 0) {
+      dcs_row[cb + i * kT + r0] = rs0 + rs_half[r0];
+      dcs_row[cb + i * kT + r1] = rs1 + rs_half[r1];
+    }
+#pragma unroll
+    for (int nt = 0; nt < NTC; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e < 2 ? r0 : r1, n = nt * 8 + tq * 2 + (e & 1);
+        if (r < tl.rows && n < d.N)
+          dC_part[((static_cast<size_t>(b) * d.L + tl.t0 + r) * d.H + h) * d.N + n] = acc[nt][e] + sF[r * ldf(NP) + n];
+      }
+    }
+  }
+}
+
 // Shared-memory plan of the s-tile backward (dB, dx, ddt terms, column sums of dcs).
 template <int PP, int NP>
 struct BwdSSmem {
@@ -1185,6 +1353,12 @@ void launch(K kernel, dim3 grid, size_t smem, cudaStream_t stream, const auto&..
   CUDA_CHECK_LAUNCH();
 }
 
+// SSMTRAIN_SSD_MMA=1 selects the mma.sync tile kernels (read per call: the tests switch it).
+bool mma_kernels_selected() {
+  const char* v = std::getenv("SSMTRAIN_SSD_MMA");
+  return v && std::string(v) == "1";
+}
+
 // Prep, chunk states and state passing: fills dtv, cs and st (the state entering each chunk).
 void entering_states(const Ptrs& q, const SsdDims& d, float* dtv, float* cs, float* st, float* h_last,
                      cudaStream_t stream) {
@@ -1218,8 +1392,7 @@ void ssd_fwd_cuda(const SsdParams& p, Device device) {
   Tensor cs = Tensor::empty({d.B, d.H, d.nc, d.Qp}, DType::f32, device);
   Tensor st = Tensor::empty({d.B, d.nc, d.H, d.Pp, d.Np}, DType::f32, device);
   entering_states(q, d, dtv.data<float>(), cs.data<float>(), st.data<float>(), static_cast<float*>(p.h_last), stream);
-  const char* mma_env = std::getenv("SSMTRAIN_SSD_MMA");  // read per call: the tests switch it
-  const bool mma_scan = mma_env && std::string(mma_env) == "1";
+  const bool mma_scan = mma_kernels_selected();
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
     const dim3 grid(d.nc * d.Qt, d.H, d.B);
@@ -1265,11 +1438,21 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
   Tensor dcs_row = f32({d.B, d.H, d.nc, d.Qp}), dcs_col = f32({d.B, d.H, d.nc, d.Qp});
   Tensor ddt_dir = f32({d.B, d.H, d.nc, d.Qp});
   Tensor vsum = f32({d.B, d.H, d.nc, d.Qt}), dD_part = f32({d.B, d.H, d.nc, d.Qt});
+  const bool mma_tiles = mma_kernels_selected();
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
-    launch(q.seq ? bwd_l_kernel<PP, NP, true> : bwd_l_kernel<PP, NP, false>, tiles, BwdLSmem<PP, NP>::total, stream, q, d, static_cast<const float*>(dtv_p),
-           static_cast<const float*>(cs_p), static_cast<const float*>(st.data<float>()), dC_part.data<float>(),
-           dcs_row.data<float>());
+    if constexpr (NP <= 128) {
+      if (mma_tiles) {
+        launch(q.seq ? bwd_l_mma_kernel<PP, NP, true> : bwd_l_mma_kernel<PP, NP, false>, tiles,
+               BwdLMmaSmem<PP, NP>::total, stream, q, d, static_cast<const float*>(dtv_p),
+               static_cast<const float*>(cs_p), static_cast<const float*>(st.data<float>()), dC_part.data<float>(),
+               dcs_row.data<float>());
+      }
+    }
+    if (!mma_tiles || NP > 128)
+      launch(q.seq ? bwd_l_kernel<PP, NP, true> : bwd_l_kernel<PP, NP, false>, tiles, BwdLSmem<PP, NP>::total, stream,
+             q, d, static_cast<const float*>(dtv_p), static_cast<const float*>(cs_p),
+             static_cast<const float*>(st.data<float>()), dC_part.data<float>(), dcs_row.data<float>());
     launch(q.seq ? bwd_s_kernel<PP, NP, true> : bwd_s_kernel<PP, NP, false>, tiles, BwdSSmem<PP, NP>::total, stream, q, d, static_cast<const float*>(dtv_p),
            static_cast<const float*>(cs_p), static_cast<const float*>(dS.data<float>()), dB_part.data<float>(),
            static_cast<bf*>(p.dx), ddt_dir.data<float>(), dcs_col.data<float>(), vsum.data<float>(),
