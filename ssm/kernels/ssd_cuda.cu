@@ -1210,6 +1210,340 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdSSmem<PP, NP>::total,
   }
 }
 
+// The s-tile backward on mma.sync, as two kernels so that each warp holds one accumulator
+// tile: bwd_s_x_mma_kernel (d(dt x) -> dx, ddt_dir, dcs_col, and the v_s and dy . x sums;
+// needs S1 = B_s C_l^T for M and S2 = x_s dy_l^T for the row sums) and bwd_s_b_mma_kernel
+// (dB; needs S2 only). Warp (strip, half): 16 rows s of the tile, half of the 64 columns l
+// of each l-tile (of the state / head columns in the prologues); the halves' partials meet
+// through shared memory at the end. For d_state <= 128 (dB accumulators are 16 x NP a warp).
+// Formulas: see bwd_s_kernel.
+template <int PP, int NP>
+struct BwdSXMmaSmem {
+  static constexpr size_t sB = 0;
+  static constexpr size_t sX = sB + bf_bytes(kT, NP);
+  static constexpr size_t sR = sX + bf_bytes(kT, PP);  // G_c; then C_l, dy_l; then the f32 d(dt x) tile
+  static constexpr size_t r_bytes =
+      cmax(cmax(bf_bytes(PP, NP), bf_bytes(kT, NP) + bf_bytes(kT, PP)), f_bytes(kT, PP));
+  // cs_s, dt_s, wlast, cs_l, the second half's csum and vrow, rowv, rowd
+  static constexpr size_t vec = sR + r_bytes;
+  static constexpr size_t docs = vec + round_up(8 * kT * sizeof(float));  // doc_s, doc_l
+  static constexpr size_t total = docs + round_up(2 * kT * sizeof(int));
+};
+
+// The s-tile's cs, dt, wlast = e^{cs_last - cs_s} (0 across a document boundary) and docs.
+template <bool kDocs>
+__device__ __forceinline__ void load_s_tile_scalars(const Ptrs& p, const SsdDims& d, int b, int c, int i,
+                                                    const TileRows& ts, const float* dtv, const float* cs, size_t cb,
+                                                    float* cs_s, float* dt_s, float* wlast, int* doc_s) {
+  const float cs_last = cs[cb + d.Qp - 1];
+  const int last = doc_last(p, d, b, c);
+  load_tile_docs<kDocs>(p, d, b, c, ts, doc_s);
+  __syncthreads();
+  for (int r = threadIdx.x; r < kT; r += kThreads) {
+    cs_s[r] = cs[cb + i * kT + r];
+    dt_s[r] = dtv[cb + i * kT + r];
+    wlast[r] = same_doc<kDocs>(doc_s[r], last) ? __expf(cs_last - cs_s[r]) : 0.f;
+  }
+}
+
+template <int PP, int NP, bool kDocs>
+__global__ void __launch_bounds__(kThreads, 2)
+    bwd_s_x_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* G, bf* dx,
+                       float* ddt_dir, float* dcs_col, float* vsum_part, float* dD_part) {
+  using S = BwdSXMmaSmem<PP, NP>;
+  constexpr int NTX = PP / 8;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf* sB = reinterpret_cast<bf*>(smem + S::sB);
+  bf* sX = reinterpret_cast<bf*>(smem + S::sX);
+  bf* sG = reinterpret_cast<bf*>(smem + S::sR);
+  bf* sC = reinterpret_cast<bf*>(smem + S::sR);
+  bf* sDy = reinterpret_cast<bf*>(smem + S::sR + bf_bytes(kT, NP));
+  float* sF = reinterpret_cast<float*>(smem + S::sR);
+  float* cs_s = reinterpret_cast<float*>(smem + S::vec);
+  float* dt_s = cs_s + kT;
+  float* wlast = dt_s + kT;
+  float* cs_l = wlast + kT;
+  float* csum_h = cs_l + kT;
+  float* vrow_h = csum_h + kT;
+  float* rowv = vrow_h + kT;
+  float* rowd = rowv + kT;
+  int* doc_s = reinterpret_cast<int*>(smem + S::docs);
+  int* doc_l = doc_s + kT;
+
+  const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
+  const TileRows ts(d, c, i);
+  const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
+  const size_t tile_at = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qt + i;
+  if (ts.rows <= 0) {
+    if (threadIdx.x < kT) dcs_col[cb + i * kT + threadIdx.x] = 0.f, ddt_dir[cb + i * kT + threadIdx.x] = 0.f;
+    if (threadIdx.x == 0) vsum_part[tile_at] = 0.f, dD_part[tile_at] = 0.f;
+    return;
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, strip = warp & 3, half = warp >> 2;
+  const int row0 = strip * 16, gr = lane >> 2, tq = lane & 3, r0 = row0 + gr, r1 = r0 + 8;
+  load_s_tile_scalars<kDocs>(p, d, b, c, i, ts, dtv, cs, cb, cs_s, dt_s, wlast, doc_s);
+  stage_raw<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, ts.rows, d.N);
+  stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
+  stage_state<PP, NP>(sG, G + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
+  __syncthreads();
+
+  // Prologue: d(dt x) = wlast B_s G_c^T over this half of the state columns; its part of v_s.
+  float acc[NTX][4];
+#pragma unroll
+  for (int nt = 0; nt < NTX; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+  mma_abt<NTX, NP / 2>(acc, sB, ldb(NP), row0, sG, ldb(NP), 0, half * (NP / 2));
+  float v0 = 0.f, v1 = 0.f;
+  {
+    const float w0 = wlast[r0], w1 = wlast[r1];
+#pragma unroll
+    for (int nt = 0; nt < NTX; ++nt) {
+      const int k = nt * 8 + tq * 2;
+      acc[nt][0] *= w0, acc[nt][1] *= w0;
+      acc[nt][2] *= w1, acc[nt][3] *= w1;
+      v0 += __bfloat162float(sX[r0 * ldb(PP) + k]) * acc[nt][0] + __bfloat162float(sX[r0 * ldb(PP) + k + 1]) * acc[nt][1];
+      v1 += __bfloat162float(sX[r1 * ldb(PP) + k]) * acc[nt][2] + __bfloat162float(sX[r1 * ldb(PP) + k + 1]) * acc[nt][3];
+    }
+  }
+  __syncthreads();  // G_c read by every warp before the l-tiles overwrite it
+
+  float cs0 = 0.f, cs1 = 0.f;  // this lane's part of sum_l S1 W for rows r0, r1
+  for (int j = i; j < d.Qt; ++j) {
+    const TileRows tl(d, c, j);
+    if (tl.rows <= 0) break;
+    stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
+    stage_raw<PP>(sDy, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P, p.dy_ss, tl.rows, d.P);
+    for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + j * kT + r];
+    load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
+    __syncthreads();
+    // On the diagonal tile, a warp whose columns l all lie before its rows s adds nothing.
+    if (j > i || half * 32 + 31 >= row0) {
+      float s1[4][4], s2[4][4];
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s1[nt][e] = s2[nt][e] = 0.f;
+      mma_abt<4, NP>(s1, sB, ldb(NP), row0, sC, ldb(NP), half * 32, 0);
+      mma_abt<4, PP>(s2, sX, ldb(PP), row0, sDy, ldb(PP), half * 32, 0);
+      uint32_t af[2][4];
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        float m[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e < 2 ? r0 : r1, l = half * 32 + nt * 8 + tq * 2 + (e & 1);
+          const bool keep = (j > i || l >= r) && same_doc<kDocs>(doc_l[l], doc_s[r]);
+          const float decay = keep ? __expf(cs_l[l] - cs_s[r]) : 0.f;
+          m[e] = s1[nt][e] * decay;
+          const float w = s2[nt][e] * decay * dt_s[r];
+          if (e < 2) cs0 += s1[nt][e] * w;
+          else cs1 += s1[nt][e] * w;
+        }
+        af[nt >> 1][(nt & 1) * 2 + 0] = pack_bf16(m[0], m[1]);
+        af[nt >> 1][(nt & 1) * 2 + 1] = pack_bf16(m[2], m[3]);
+      }
+      // d(dt x) += M (16 x 32) dy_l[32 half .. + 32][0 .. PP): dy_l is [l][p], read transposed.
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const int l0 = half * 32 + k * 16;
+#pragma unroll
+        for (int nt = 0; nt < NTX; nt += 2) {
+          uint32_t bd[4];
+          ldsm_x4_trans(bd, sDy + (l0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ldb(PP) + nt * 8 + (lane >> 4) * 8);
+          mma_bf16(acc[nt], af[k], bd[0], bd[1]);
+          mma_bf16(acc[nt + 1], af[k], bd[2], bd[3]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  // The halves' sums: the second half's d(dt x), csum and v parts through shared memory.
+  cs0 = quad_sum(cs0), cs1 = quad_sum(cs1), v0 = quad_sum(v0), v1 = quad_sum(v1);
+  if (half == 1) {
+#pragma unroll
+    for (int nt = 0; nt < NTX; ++nt) {
+      const int k = nt * 8 + tq * 2;
+      sF[r0 * ldf(PP) + k] = acc[nt][0];
+      sF[r0 * ldf(PP) + k + 1] = acc[nt][1];
+      sF[r1 * ldf(PP) + k] = acc[nt][2];
+      sF[r1 * ldf(PP) + k + 1] = acc[nt][3];
+    }
+    if (tq == 0) csum_h[r0] = cs0, csum_h[r1] = cs1, vrow_h[r0] = v0, vrow_h[r1] = v1;
+  }
+  __syncthreads();
+  if (half == 0) {
+    const float Dh = p.D ? p.D[h] : 0.f;
+    float vx0 = 0.f, vx1 = 0.f, vd0 = 0.f, vd1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < NTX; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e < 2 ? r0 : r1, k = nt * 8 + tq * 2 + (e & 1);
+        const float f = acc[nt][e] + sF[r * ldf(PP) + k];  // d(dt x)[r][k]
+        const float xv = __bfloat162float(sX[r * ldb(PP) + k]);
+        float dyv = 0.f;
+        if (r < ts.rows && k < d.P) {
+          const int t = ts.t0 + r;
+          dyv = __bfloat162float(p.dy[b * p.dy_bs + t * p.dy_ss + h * d.P + k]);
+          if (dx) dx[((static_cast<size_t>(b) * d.L + t) * d.H + h) * d.P + k] = __float2bfloat16(dt_s[r] * f + Dh * dyv);
+        }
+        if (e < 2) vx0 += xv * f, vd0 += xv * dyv;
+        else vx1 += xv * f, vd1 += xv * dyv;
+      }
+    }
+    vx0 = quad_sum(vx0), vx1 = quad_sum(vx1), vd0 = quad_sum(vd0), vd1 = quad_sum(vd1);
+    if (tq == 0) {
+      const float vr0 = (v0 + vrow_h[r0]) * dt_s[r0], vr1 = (v1 + vrow_h[r1]) * dt_s[r1];
+      ddt_dir[cb + i * kT + r0] = vx0;
+      ddt_dir[cb + i * kT + r1] = vx1;
+      dcs_col[cb + i * kT + r0] = -(cs0 + csum_h[r0]) - vr0;
+      dcs_col[cb + i * kT + r1] = -(cs1 + csum_h[r1]) - vr1;
+      rowv[r0] = vr0, rowv[r1] = vr1, rowd[r0] = vd0, rowd[r1] = vd1;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float sv = 0.f, sd = 0.f;
+    for (int r = 0; r < kT; ++r) sv += rowv[r], sd += rowd[r];
+    vsum_part[tile_at] = sv;
+    dD_part[tile_at] = sd;
+  }
+}
+
+template <int PP, int NP>
+struct BwdSBMmaSmem {
+  static constexpr size_t sX = 0;
+  static constexpr size_t sR = sX + bf_bytes(kT, PP);  // G_c; then C_l, dy_l; then the f32 dB tile
+  static constexpr size_t r_bytes =
+      cmax(cmax(bf_bytes(PP, NP), bf_bytes(kT, NP) + bf_bytes(kT, PP)), f_bytes(kT, NP));
+  static constexpr size_t vec = sR + r_bytes;  // cs_s, dt_s, wlast, cs_l
+  static constexpr size_t docs = vec + round_up(4 * kT * sizeof(float));
+  static constexpr size_t total = docs + round_up(2 * kT * sizeof(int));
+};
+
+template <int PP, int NP, bool kDocs>
+__global__ void __launch_bounds__(kThreads, 2)
+    bwd_s_b_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* G, float* dB_part) {
+  static_assert(NP <= 128, "the dB accumulators of a warp are 16 x NP");
+  using S = BwdSBMmaSmem<PP, NP>;
+  constexpr int NTB = NP / 8;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf* sX = reinterpret_cast<bf*>(smem + S::sX);
+  bf* sG = reinterpret_cast<bf*>(smem + S::sR);
+  bf* sC = reinterpret_cast<bf*>(smem + S::sR);
+  bf* sDy = reinterpret_cast<bf*>(smem + S::sR + bf_bytes(kT, NP));
+  float* sF = reinterpret_cast<float*>(smem + S::sR);
+  float* cs_s = reinterpret_cast<float*>(smem + S::vec);
+  float* dt_s = cs_s + kT;
+  float* wlast = dt_s + kT;
+  float* cs_l = wlast + kT;
+  int* doc_s = reinterpret_cast<int*>(smem + S::docs);
+  int* doc_l = doc_s + kT;
+
+  const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
+  const TileRows ts(d, c, i);
+  if (ts.rows <= 0) return;
+  const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, strip = warp & 3, half = warp >> 2;
+  const int row0 = strip * 16, gr = lane >> 2, tq = lane & 3, r0 = row0 + gr, r1 = r0 + 8;
+  load_s_tile_scalars<kDocs>(p, d, b, c, i, ts, dtv, cs, cb, cs_s, dt_s, wlast, doc_s);
+  stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
+  stage_state<PP, NP>(sG, G + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
+  __syncthreads();
+
+  // Prologue: dB = wlast dt_s x_s G_c over this half of the head columns.
+  float acc[NTB][4];
+#pragma unroll
+  for (int nt = 0; nt < NTB; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+#pragma unroll
+  for (int k = 0; k < PP / 2; k += 16) {
+    const int k0 = half * (PP / 2) + k;
+    uint32_t a[4];
+    ldsm_x4(a, sX + (row0 + (lane & 15)) * ldb(PP) + k0 + (lane >> 4) * 8);
+#pragma unroll
+    for (int nt = 0; nt < NTB; nt += 2) {
+      uint32_t bg[4];
+      ldsm_x4_trans(bg, sG + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ldb(NP) + nt * 8 + (lane >> 4) * 8);
+      mma_bf16(acc[nt], a, bg[0], bg[1]);
+      mma_bf16(acc[nt + 1], a, bg[2], bg[3]);
+    }
+  }
+  {
+    const float w0 = wlast[r0] * dt_s[r0], w1 = wlast[r1] * dt_s[r1];
+#pragma unroll
+    for (int nt = 0; nt < NTB; ++nt) {
+      acc[nt][0] *= w0, acc[nt][1] *= w0;
+      acc[nt][2] *= w1, acc[nt][3] *= w1;
+    }
+  }
+  __syncthreads();
+
+  for (int j = i; j < d.Qt; ++j) {
+    const TileRows tl(d, c, j);
+    if (tl.rows <= 0) break;
+    stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
+    stage_raw<PP>(sDy, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P, p.dy_ss, tl.rows, d.P);
+    for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + j * kT + r];
+    load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
+    __syncthreads();
+    if (j > i || half * 32 + 31 >= row0) {
+      float s2[4][4];
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) s2[nt][0] = s2[nt][1] = s2[nt][2] = s2[nt][3] = 0.f;
+      mma_abt<4, PP>(s2, sX, ldb(PP), row0, sDy, ldb(PP), half * 32, 0);
+      uint32_t af[2][4];
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        float w[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e < 2 ? r0 : r1, l = half * 32 + nt * 8 + tq * 2 + (e & 1);
+          const bool keep = (j > i || l >= r) && same_doc<kDocs>(doc_l[l], doc_s[r]);
+          w[e] = keep ? s2[nt][e] * __expf(cs_l[l] - cs_s[r]) * dt_s[r] : 0.f;
+        }
+        af[nt >> 1][(nt & 1) * 2 + 0] = pack_bf16(w[0], w[1]);
+        af[nt >> 1][(nt & 1) * 2 + 1] = pack_bf16(w[2], w[3]);
+      }
+      // dB += W (16 x 32) C_l[32 half .. + 32][0 .. NP): C_l is [l][n], read transposed.
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const int l0 = half * 32 + k * 16;
+#pragma unroll
+        for (int nt = 0; nt < NTB; nt += 2) {
+          uint32_t bc[4];
+          ldsm_x4_trans(bc, sC + (l0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ldb(NP) + nt * 8 + (lane >> 4) * 8);
+          mma_bf16(acc[nt], af[k], bc[0], bc[1]);
+          mma_bf16(acc[nt + 1], af[k], bc[2], bc[3]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  if (half == 1) {
+#pragma unroll
+    for (int nt = 0; nt < NTB; ++nt) {
+      const int n = nt * 8 + tq * 2;
+      sF[r0 * ldf(NP) + n] = acc[nt][0];
+      sF[r0 * ldf(NP) + n + 1] = acc[nt][1];
+      sF[r1 * ldf(NP) + n] = acc[nt][2];
+      sF[r1 * ldf(NP) + n + 1] = acc[nt][3];
+    }
+  }
+  __syncthreads();
+  if (half == 0) {
+#pragma unroll
+    for (int nt = 0; nt < NTB; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e < 2 ? r0 : r1, n = nt * 8 + tq * 2 + (e & 1);
+        if (r < ts.rows && n < d.N)
+          dB_part[((static_cast<size_t>(b) * d.L + ts.t0 + r) * d.H + h) * d.N + n] = acc[nt][e] + sF[r * ldf(NP) + n];
+      }
+    }
+  }
+}
+
 // Per chunk: dcs -> d(dt A) by a reverse cumsum; ddt = ddt_dir + A d(dt A) (then through
 // the softplus), and the chunk's parts of dA and ddt_bias. ddt (B, L, H) bf16 or null.
 __global__ void __launch_bounds__(kThreads) finalize_dt_kernel(Ptrs p, SsdDims d, const float* dtv, const float* ddt_dir,
@@ -1453,10 +1787,22 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
       launch(q.seq ? bwd_l_kernel<PP, NP, true> : bwd_l_kernel<PP, NP, false>, tiles, BwdLSmem<PP, NP>::total, stream,
              q, d, static_cast<const float*>(dtv_p), static_cast<const float*>(cs_p),
              static_cast<const float*>(st.data<float>()), dC_part.data<float>(), dcs_row.data<float>());
-    launch(q.seq ? bwd_s_kernel<PP, NP, true> : bwd_s_kernel<PP, NP, false>, tiles, BwdSSmem<PP, NP>::total, stream, q, d, static_cast<const float*>(dtv_p),
-           static_cast<const float*>(cs_p), static_cast<const float*>(dS.data<float>()), dB_part.data<float>(),
-           static_cast<bf*>(p.dx), ddt_dir.data<float>(), dcs_col.data<float>(), vsum.data<float>(),
-           dD_part.data<float>());
+    if constexpr (NP <= 128) {
+      if (mma_tiles) {
+        launch(q.seq ? bwd_s_x_mma_kernel<PP, NP, true> : bwd_s_x_mma_kernel<PP, NP, false>, tiles,
+               BwdSXMmaSmem<PP, NP>::total, stream, q, d, static_cast<const float*>(dtv_p),
+               static_cast<const float*>(cs_p), static_cast<const float*>(dS.data<float>()), static_cast<bf*>(p.dx),
+               ddt_dir.data<float>(), dcs_col.data<float>(), vsum.data<float>(), dD_part.data<float>());
+        launch(q.seq ? bwd_s_b_mma_kernel<PP, NP, true> : bwd_s_b_mma_kernel<PP, NP, false>, tiles,
+               BwdSBMmaSmem<PP, NP>::total, stream, q, d, static_cast<const float*>(dtv_p),
+               static_cast<const float*>(cs_p), static_cast<const float*>(dS.data<float>()), dB_part.data<float>());
+      }
+    }
+    if (!mma_tiles || NP > 128)
+      launch(q.seq ? bwd_s_kernel<PP, NP, true> : bwd_s_kernel<PP, NP, false>, tiles, BwdSSmem<PP, NP>::total, stream,
+             q, d, static_cast<const float*>(dtv_p), static_cast<const float*>(cs_p),
+             static_cast<const float*>(dS.data<float>()), dB_part.data<float>(), static_cast<bf*>(p.dx),
+             ddt_dir.data<float>(), dcs_col.data<float>(), vsum.data<float>(), dD_part.data<float>());
   });
   Tensor dA_part = f32({d.B, d.H, d.nc}), dbias_part = f32({d.B, d.H, d.nc});
   finalize_dt_kernel<<<chunks, kThreads, 0, stream>>>(q, d, dtv_p, ddt_dir.data<float>(), dcs_row.data<float>(),
