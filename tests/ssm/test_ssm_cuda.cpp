@@ -490,9 +490,10 @@ TEST_CASE("ssd_chunked CUDA with seq_idx matches the CPU in forward and backward
   compare_ssd_with_cpu({{2, 45, 4, 8, 2, 8, 16, true}}, DType::f32, kF32, gen, {{1, 16, 30, 31}, {15, 17, 44}});
 }
 
-// The chunk-scan forward on mma.sync (SSMTRAIN_SSD_MMA=1, being measured against the WMMA
-// kernel): the tilings and the packed documents of the two cases above.
-TEST_CASE("ssd_chunked with the mma.sync chunk-scan forward matches the CPU") {
+// The mma.sync tile kernels (SSMTRAIN_SSD_MMA=1, being measured against the WMMA kernels:
+// chunk scan forward, l- and s-tile backward for d_state <= 128) over the tilings and packed
+// documents of the two cases above (d_state 160 and 256 keep the WMMA backward).
+TEST_CASE("ssd_chunked with the mma.sync tile kernels matches the CPU") {
   if (!cuda_test_device()) return;
   struct EnvGuard {
     EnvGuard() { setenv("SSMTRAIN_SSD_MMA", "1", 1); }
