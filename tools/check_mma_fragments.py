@@ -58,48 +58,53 @@ def acc_to_matrix(acc, NT):
             M[g, nt*8+2*q:nt*8+2*q+2] = acc[nt, t, 0:2]; M[g+8, nt*8+2*q:nt*8+2*q+2] = acc[nt, t, 2:4]
     return M
 
-rng = np.random.default_rng(0)
-# 1) mma_abt: A (64 x K) rows row0.., Bt (cols x K): result = A[row0:row0+16, k0:k0+K] @ Bt[col0:col0+8NT, k0:k0+K].T
-A = rng.standard_normal((64, 128)); Bt = rng.standard_normal((64, 128))
-for row0, col0, k0, K, NT in [(16, 32, 0, 128, 4), (48, 0, 64, 64, 8)]:
-    acc = np.zeros((NT, 32, 4)); mma_abt(acc, A, row0, Bt, col0, k0, K, NT)
-    ref = A[row0:row0+16, k0:k0+K] @ Bt[col0:col0+8*NT, k0:k0+K].T
-    print("mma_abt", np.abs(acc_to_matrix(acc, NT) - ref).max())
+def main():
+    rng = np.random.default_rng(0)
+    # 1) mma_abt: A (64 x K) rows row0.., Bt (cols x K): result = A[row0:row0+16, k0:k0+K] @ Bt[col0:col0+8NT, k0:k0+K].T
+    A = rng.standard_normal((64, 128)); Bt = rng.standard_normal((64, 128))
+    for row0, col0, k0, K, NT in [(16, 32, 0, 128, 4), (48, 0, 64, 64, 8)]:
+        acc = np.zeros((NT, 32, 4)); mma_abt(acc, A, row0, Bt, col0, k0, K, NT)
+        ref = A[row0:row0+16, k0:k0+K] @ Bt[col0:col0+8*NT, k0:k0+K].T
+        print("mma_abt", np.abs(acc_to_matrix(acc, NT) - ref).max())
 
-# 2) pack S (16 x 32 in 4 n8 tiles) into A fragments, times X[s0 .. s0+32][0..P) via trans ldmatrix
-P = 64
-X = rng.standard_normal((64, P)); S = rng.standard_normal((16, 64)); half = 1
-sc = np.zeros((4, 32, 4))
-for nt in range(4):
-    for t in range(32):
-        g, q = t // 4, t % 4
-        c0 = half*32 + nt*8 + 2*q
-        sc[nt, t] = (S[g, c0], S[g, c0+1], S[g+8, c0], S[g+8, c0+1])
-af = np.zeros((2, 32, 4, 2))
-for nt in range(4):
-    for t in range(32):
-        af[nt >> 1, t, (nt & 1)*2 + 0] = sc[nt, t, 0:2]
-        af[nt >> 1, t, (nt & 1)*2 + 1] = sc[nt, t, 2:4]
-NTO = P // 8
-acc = np.zeros((NTO, 32, 4))
-for k in range(2):
-    s0 = half*32 + k*16
-    for nt in range(0, NTO, 2):
-        bx = ldsm_x4(X, lambda l: (s0 + (l & 7) + ((l >> 3) & 1)*8, nt*8 + (l >> 4)*8), trans=True)
-        mma(acc[nt], af[k], bx[:, 0], bx[:, 1]); mma(acc[nt+1], af[k], bx[:, 2], bx[:, 3])
-ref = S[:, half*32:half*32+32] @ X[half*32:half*32+32, :]
-print("pack + trans product", np.abs(acc_to_matrix(acc, NTO) - ref).max())
+    # 2) pack S (16 x 32 in 4 n8 tiles) into A fragments, times X[s0 .. s0+32][0..P) via trans ldmatrix
+    P = 64
+    X = rng.standard_normal((64, P)); S = rng.standard_normal((16, 64)); half = 1
+    sc = np.zeros((4, 32, 4))
+    for nt in range(4):
+        for t in range(32):
+            g, q = t // 4, t % 4
+            c0 = half*32 + nt*8 + 2*q
+            sc[nt, t] = (S[g, c0], S[g, c0+1], S[g+8, c0], S[g+8, c0+1])
+    af = np.zeros((2, 32, 4, 2))
+    for nt in range(4):
+        for t in range(32):
+            af[nt >> 1, t, (nt & 1)*2 + 0] = sc[nt, t, 0:2]
+            af[nt >> 1, t, (nt & 1)*2 + 1] = sc[nt, t, 2:4]
+    NTO = P // 8
+    acc = np.zeros((NTO, 32, 4))
+    for k in range(2):
+        s0 = half*32 + k*16
+        for nt in range(0, NTO, 2):
+            bx = ldsm_x4(X, lambda l: (s0 + (l & 7) + ((l >> 3) & 1)*8, nt*8 + (l >> 4)*8), trans=True)
+            mma(acc[nt], af[k], bx[:, 0], bx[:, 1]); mma(acc[nt+1], af[k], bx[:, 2], bx[:, 3])
+    ref = S[:, half*32:half*32+32] @ X[half*32:half*32+32, :]
+    print("pack + trans product", np.abs(acc_to_matrix(acc, NTO) - ref).max())
 
-# 3) prologue of bwd_l / bwd_s_b: A = Dy (rows, k over half of PP), B = H [p][n] transposed load
-PP, NP = 64, 128
-Dy = rng.standard_normal((64, PP)); H = rng.standard_normal((PP, NP)); row0 = 32
-NTC = NP // 8
-acc = np.zeros((NTC, 32, 4))
-for half in range(2):
-    for k in range(0, PP // 2, 16):
-        k0 = half*(PP//2) + k
-        a = ldsm_x4(Dy, lambda l: (row0 + (l & 15), k0 + (l >> 4)*8))
-        for nt in range(0, NTC, 2):
-            bh = ldsm_x4(H, lambda l: (k0 + (l & 7) + ((l >> 3) & 1)*8, nt*8 + (l >> 4)*8), trans=True)
-            mma(acc[nt], a, bh[:, 0], bh[:, 1]); mma(acc[nt+1], a, bh[:, 2], bh[:, 3])
-print("prologue dy H", np.abs(acc_to_matrix(acc, NTC) - Dy[row0:row0+16] @ H).max())
+    # 3) prologue of bwd_l / bwd_s_b: A = Dy (rows, k over half of PP), B = H [p][n] transposed load
+    PP, NP = 64, 128
+    Dy = rng.standard_normal((64, PP)); H = rng.standard_normal((PP, NP)); row0 = 32
+    NTC = NP // 8
+    acc = np.zeros((NTC, 32, 4))
+    for half in range(2):
+        for k in range(0, PP // 2, 16):
+            k0 = half*(PP//2) + k
+            a = ldsm_x4(Dy, lambda l: (row0 + (l & 15), k0 + (l >> 4)*8))
+            for nt in range(0, NTC, 2):
+                bh = ldsm_x4(H, lambda l: (k0 + (l & 7) + ((l >> 3) & 1)*8, nt*8 + (l >> 4)*8), trans=True)
+                mma(acc[nt], a, bh[:, 0], bh[:, 1]); mma(acc[nt+1], a, bh[:, 2], bh[:, 3])
+    print("prologue dy H", np.abs(acc_to_matrix(acc, NTC) - Dy[row0:row0+16] @ H).max())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Block-level numpy emulation of the mma.sync SSD tile kernels (ssm/kernels/ssd_cuda.cu:
+chunk_scan_fwd_mma_kernel, bwd_l_mma_kernel, bwd_s_x/b_mma_kernel) against the chunk
+formulas of SPECS section 3, one chunk without documents: each warp's fragments, masks,
+diagonal skips and the two halves' sums as the kernels compute them, with the bf16
+roundings of their operands. Relative errors near 2e-3 (bf16) mean the index logic is right;
+a wrong mask or index gives errors of order 1. No GPU needed:
+
+    python3 tools/check_ssd_mma_kernels.py
+"""
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_mma_fragments import acc_to_matrix, ldsm_x4, mma, mma_abt  # noqa: E402
+
+
+def bf16(x):
+    x = np.asarray(x, dtype=np.float32)
+    b = x.view(np.uint32)
+    r = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) << 16
+    return r.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def quad(v):  # per-lane partials (32,) -> the sums of the four lanes of each row group
+    return v.reshape(8, 4).sum(1)
+
+
+def check_forward():
+    rng = np.random.default_rng(1)
+
+    kT, NP, PP = 64, 64, 64
+    i = 2   # l-tile index: source tiles j = 0..2
+    Qt = 3
+    C = bf16(rng.standard_normal((kT * Qt, NP)))      # rows of the chunk
+    Bm = bf16(rng.standard_normal((kT * Qt, NP)))
+    X = bf16(rng.standard_normal((kT * Qt, PP)))
+    dt = rng.uniform(0.05, 0.5, kT * Qt)
+    cs = np.cumsum(dt * -0.7)
+    Hc = rng.standard_normal((PP, NP))                # entering state (P x N), f32
+    # reference: y_l = sum_{s<=l} (C_l.B_s) e^{cs_l-cs_s} dt_s x_s + e^{cs_l} H C_l
+    L0 = i * kT
+    yref = np.zeros((kT, PP))
+    for r in range(kT):
+        l = L0 + r
+        for s in range(l + 1):
+            yref[r] += (C[l] @ Bm[s]) * np.exp(cs[l] - cs[s]) * dt[s] * X[s]
+        yref[r] += np.exp(cs[l]) * (Hc @ C[l])
+
+    sC = C[L0:L0 + kT]
+    sH = bf16(Hc)
+    cs_l = cs[L0:L0 + kT]
+    NTO = PP // 8
+    accs = {}
+    for warp in range(8):
+        strip, half = warp & 3, warp >> 2
+        row0 = strip * 16
+        acc = np.zeros((NTO, 32, 4))
+        mma_abt(acc, sC, row0, sH, 0, half * (NP // 2), NP // 2, NTO)
+        for t in range(32):
+            g = t // 4
+            e0, e1 = np.exp(cs_l[row0 + g]), np.exp(cs_l[row0 + g + 8])
+            acc[:, t, 0:2] *= e0; acc[:, t, 2:4] *= e1
+        for j in range(i + 1):
+            sB = Bm[j * kT:(j + 1) * kT]; sX = X[j * kT:(j + 1) * kT]
+            cs_s = cs[j * kT:(j + 1) * kT]; dt_s = dt[j * kT:(j + 1) * kT]
+            if not (j < i or half * 32 <= row0 + 15):
+                continue
+            sc = np.zeros((4, 32, 4))
+            mma_abt(sc, sC, row0, sB, half * 32, 0, NP, 4)
+            af = np.zeros((2, 32, 4, 2))
+            for nt in range(4):
+                for t in range(32):
+                    g, tq = t // 4, t % 4
+                    w = np.zeros(4)
+                    for e in range(4):
+                        r = row0 + g + (e >> 1) * 8; s = half * 32 + nt * 8 + tq * 2 + (e & 1)
+                        keep = (j < i) or (s <= r)
+                        w[e] = sc[nt, t, e] * np.exp(cs_l[r] - cs_s[s]) * dt_s[s] if keep else 0.0
+                    w = bf16(w)
+                    af[nt >> 1, t, (nt & 1) * 2 + 0] = w[0:2]
+                    af[nt >> 1, t, (nt & 1) * 2 + 1] = w[2:4]
+            for k in range(2):
+                s0 = half * 32 + k * 16
+                for nt in range(0, NTO, 2):
+                    bx = ldsm_x4(sX, lambda l: (s0 + (l & 7) + ((l >> 3) & 1) * 8, nt * 8 + (l >> 4) * 8), trans=True)
+                    mma(acc[nt], af[k], bx[:, 0], bx[:, 1]); mma(acc[nt + 1], af[k], bx[:, 2], bx[:, 3])
+        accs[warp] = acc
+    Y = np.zeros((kT, PP))
+    for warp in range(8):
+        strip = warp & 3
+        Y[strip * 16:strip * 16 + 16] += acc_to_matrix(accs[warp], NTO)
+    err = np.abs(Y - yref).max() / np.abs(yref).max()
+    print("chunk scan fwd emulation: max rel err", err)
+
+
+def check_backward():
+    rng = np.random.default_rng(2)
+
+    kT, NP, PP, Qt = 64, 64, 64, 2
+    Q = kT * Qt
+    C = bf16(rng.standard_normal((Q, NP))); Bm = bf16(rng.standard_normal((Q, NP)))
+    X = bf16(rng.standard_normal((Q, PP))); dY = bf16(rng.standard_normal((Q, PP)))
+    dt = rng.uniform(0.05, 0.5, Q); cs = np.cumsum(dt * -0.7)
+    Hc = bf16(rng.standard_normal((PP, NP))); Gc = bf16(rng.standard_normal((PP, NP)))
+    cs_last = cs[-1]
+    Wp = lambda l, s: np.exp(cs[l] - cs[s]) * dt[s] * (dY[l] @ X[s])
+
+    # ---- bwd_l, l-tile i = 1 ----
+    i = 1; L0 = i * kT
+    dC_ref = np.zeros((kT, NP)); row_ref = np.zeros(kT)
+    for r in range(kT):
+        l = L0 + r
+        for s in range(l + 1):
+            w = Wp(l, s); dC_ref[r] += w * Bm[s]; row_ref[r] += (C[l] @ Bm[s]) * w
+        dC_ref[r] += np.exp(cs[l]) * (Hc.T @ dY[l]); row_ref[r] += np.exp(cs[l]) * dY[l] @ (Hc @ C[l])
+    sC, sDy, cs_l = C[L0:L0+kT], dY[L0:L0+kT], cs[L0:L0+kT]
+    NTC = NP // 8
+    dC = np.zeros((kT, NP)); rows = np.zeros(kT)
+    for warp in range(8):
+        strip, half = warp & 3, warp >> 2; row0 = strip * 16
+        acc = np.zeros((NTC, 32, 4)); rs = np.zeros((32, 2))
+        for k in range(0, PP // 2, 16):
+            k0 = half * (PP // 2) + k
+            a = ldsm_x4(sDy, lambda l: (row0 + (l & 15), k0 + (l >> 4) * 8))
+            for nt in range(0, NTC, 2):
+                bh = ldsm_x4(Hc, lambda l: (k0 + (l & 7) + ((l >> 3) & 1) * 8, nt * 8 + (l >> 4) * 8), trans=True)
+                mma(acc[nt], a, bh[:, 0], bh[:, 1]); mma(acc[nt+1], a, bh[:, 2], bh[:, 3])
+        for t in range(32):
+            g, tq = t // 4, t % 4; r0, r1 = row0 + g, row0 + g + 8
+            acc[:, t, 0:2] *= np.exp(cs_l[r0]); acc[:, t, 2:4] *= np.exp(cs_l[r1])
+            for nt in range(NTC):
+                n = nt * 8 + tq * 2
+                rs[t, 0] += sC[r0, n] * acc[nt, t, 0] + sC[r0, n+1] * acc[nt, t, 1]
+                rs[t, 1] += sC[r1, n] * acc[nt, t, 2] + sC[r1, n+1] * acc[nt, t, 3]
+        for j in range(i + 1):
+            sB, sX = Bm[j*kT:(j+1)*kT], X[j*kT:(j+1)*kT]; cs_s, dt_s = cs[j*kT:(j+1)*kT], dt[j*kT:(j+1)*kT]
+            if not (j < i or half * 32 <= row0 + 15): continue
+            sw = np.zeros((4, 32, 4)); mma_abt(sw, sDy, row0, sX, half * 32, 0, PP, 4)
+            s1 = np.zeros((4, 32, 4)); mma_abt(s1, sC, row0, sB, half * 32, 0, NP, 4)
+            af = np.zeros((2, 32, 4, 2))
+            for nt in range(4):
+                for t in range(32):
+                    g, tq = t // 4, t % 4
+                    for e in range(4):
+                        r = row0 + g + (e >> 1) * 8; s = half * 32 + nt * 8 + tq * 2 + (e & 1)
+                        keep = (j < i) or (s <= r)
+                        sw[nt, t, e] = sw[nt, t, e] * np.exp(cs_l[r] - cs_s[s]) * dt_s[s] if keep else 0.0
+                    af[nt >> 1, t, (nt & 1) * 2 + 0] = bf16(sw[nt, t, 0:2]); af[nt >> 1, t, (nt & 1) * 2 + 1] = bf16(sw[nt, t, 2:4])
+                    rs[t, 0] += s1[nt, t, 0] * sw[nt, t, 0] + s1[nt, t, 1] * sw[nt, t, 1]
+                    rs[t, 1] += s1[nt, t, 2] * sw[nt, t, 2] + s1[nt, t, 3] * sw[nt, t, 3]
+            for k in range(2):
+                s0 = half * 32 + k * 16
+                for nt in range(0, NTC, 2):
+                    bb = ldsm_x4(sB, lambda l: (s0 + (l & 7) + ((l >> 3) & 1) * 8, nt * 8 + (l >> 4) * 8), trans=True)
+                    mma(acc[nt], af[k], bb[:, 0], bb[:, 1]); mma(acc[nt+1], af[k], bb[:, 2], bb[:, 3])
+        dC[row0:row0+16] += acc_to_matrix(acc, NTC)
+        q0, q1 = quad(rs[:, 0]), quad(rs[:, 1])
+        rows[row0:row0+8] += q0; rows[row0+8:row0+16] += q1
+    print("bwd_l dC rel err", np.abs(dC - dC_ref).max() / np.abs(dC_ref).max(),
+          " row sums rel err", np.abs(rows - row_ref).max() / np.abs(row_ref).max())
+
+    # ---- bwd_s (x and b kernels), s-tile i = 0 ----
+    i = 0; S0 = 0
+    F_ref = np.zeros((kT, PP)); dB_ref = np.zeros((kT, NP)); col_ref = np.zeros(kT); ddt_ref = np.zeros(kT)
+    for r in range(kT):
+        s = S0 + r; wl = np.exp(cs_last - cs[s])
+        csum = 0.0
+        for l in range(s, Q):
+            dec = np.exp(cs[l] - cs[s]); F_ref[r] += (C[l] @ Bm[s]) * dec * dY[l]
+            w = Wp(l, s); dB_ref[r] += w * C[l]; csum += (C[l] @ Bm[s]) * w
+        F_ref[r] += wl * (Gc @ Bm[s]); dB_ref[r] += wl * dt[s] * (Gc.T @ X[s])
+        v = wl * dt[s] * X[s] @ (Gc @ Bm[s])
+        col_ref[r] = -csum - v; ddt_ref[r] = X[s] @ F_ref[r]
+    sB, sX, cs_s, dt_s = Bm[:kT], X[:kT], cs[:kT], dt[:kT]
+    wlast = np.exp(cs_last - cs_s)
+    NTX, NTB = PP // 8, NP // 8
+    F = np.zeros((kT, PP)); dB = np.zeros((kT, NP)); cols = np.zeros(kT); vrow = np.zeros(kT)
+    for warp in range(8):
+        strip, half = warp & 3, warp >> 2; row0 = strip * 16
+        accx = np.zeros((NTX, 32, 4)); mma_abt(accx, sB, row0, Gc, 0, half * (NP // 2), NP // 2, NTX)
+        accb = np.zeros((NTB, 32, 4))
+        for k in range(0, PP // 2, 16):
+            k0 = half * (PP // 2) + k
+            a = ldsm_x4(sX, lambda l: (row0 + (l & 15), k0 + (l >> 4) * 8))
+            for nt in range(0, NTB, 2):
+                bg = ldsm_x4(Gc, lambda l: (k0 + (l & 7) + ((l >> 3) & 1) * 8, nt * 8 + (l >> 4) * 8), trans=True)
+                mma(accb[nt], a, bg[:, 0], bg[:, 1]); mma(accb[nt+1], a, bg[:, 2], bg[:, 3])
+        v = np.zeros((32, 2)); cs2 = np.zeros((32, 2))
+        for t in range(32):
+            g, tq = t // 4, t % 4; r0, r1 = row0 + g, row0 + g + 8
+            accx[:, t, 0:2] *= wlast[r0]; accx[:, t, 2:4] *= wlast[r1]
+            accb[:, t, 0:2] *= wlast[r0] * dt_s[r0]; accb[:, t, 2:4] *= wlast[r1] * dt_s[r1]
+            for nt in range(NTX):
+                kk = nt * 8 + tq * 2
+                v[t, 0] += sX[r0, kk] * accx[nt, t, 0] + sX[r0, kk+1] * accx[nt, t, 1]
+                v[t, 1] += sX[r1, kk] * accx[nt, t, 2] + sX[r1, kk+1] * accx[nt, t, 3]
+        for j in range(i, Qt):
+            sC, sDy, cs_l = C[j*kT:(j+1)*kT], dY[j*kT:(j+1)*kT], cs[j*kT:(j+1)*kT]
+            if not (j > i or half * 32 + 31 >= row0): continue
+            s1 = np.zeros((4, 32, 4)); mma_abt(s1, sB, row0, sC, half * 32, 0, NP, 4)
+            s2 = np.zeros((4, 32, 4)); mma_abt(s2, sX, row0, sDy, half * 32, 0, PP, 4)
+            afm = np.zeros((2, 32, 4, 2)); afw = np.zeros((2, 32, 4, 2))
+            for nt in range(4):
+                for t in range(32):
+                    g, tq = t // 4, t % 4; m = np.zeros(4); ww = np.zeros(4)
+                    for e in range(4):
+                        r = row0 + g + (e >> 1) * 8; l = half * 32 + nt * 8 + tq * 2 + (e & 1)
+                        keep = (j > i) or (l >= r)
+                        dec = np.exp(cs_l[l] - cs_s[r]) if keep else 0.0
+                        m[e] = s1[nt, t, e] * dec; ww[e] = s2[nt, t, e] * dec * dt_s[r]
+                        cs2[t, e >> 1] += s1[nt, t, e] * ww[e]
+                    m, ww = bf16(m), bf16(ww)
+                    afm[nt >> 1, t, (nt & 1) * 2 + 0] = m[0:2]; afm[nt >> 1, t, (nt & 1) * 2 + 1] = m[2:4]
+                    afw[nt >> 1, t, (nt & 1) * 2 + 0] = ww[0:2]; afw[nt >> 1, t, (nt & 1) * 2 + 1] = ww[2:4]
+            for k in range(2):
+                l0 = half * 32 + k * 16
+                for nt in range(0, NTX, 2):
+                    bd = ldsm_x4(sDy, lambda l: (l0 + (l & 7) + ((l >> 3) & 1) * 8, nt * 8 + (l >> 4) * 8), trans=True)
+                    mma(accx[nt], afm[k], bd[:, 0], bd[:, 1]); mma(accx[nt+1], afm[k], bd[:, 2], bd[:, 3])
+                for nt in range(0, NTB, 2):
+                    bc = ldsm_x4(sC, lambda l: (l0 + (l & 7) + ((l >> 3) & 1) * 8, nt * 8 + (l >> 4) * 8), trans=True)
+                    mma(accb[nt], afw[k], bc[:, 0], bc[:, 1]); mma(accb[nt+1], afw[k], bc[:, 2], bc[:, 3])
+        F[row0:row0+16] += acc_to_matrix(accx, NTX); dB[row0:row0+16] += acc_to_matrix(accb, NTB)
+        cols[row0:row0+8] -= quad(cs2[:, 0]); cols[row0+8:row0+16] -= quad(cs2[:, 1])
+        vrow[row0:row0+8] += quad(v[:, 0]); vrow[row0+8:row0+16] += quad(v[:, 1])
+    cols -= vrow * dt_s
+    ddt = np.einsum('rp,rp->r', sX, F)
+    rel = lambda a, b: np.abs(a - b).max() / np.abs(b).max()
+    print("bwd_s d(dt x)", rel(F, F_ref), " dB", rel(dB, dB_ref), " dcs_col", rel(cols, col_ref), " ddt_dir", rel(ddt, ddt_ref))
+
+
+if __name__ == "__main__":
+    check_forward()
+    check_backward()
