@@ -495,9 +495,12 @@ TEST_CASE("ssd_chunked CUDA with seq_idx matches the CPU in forward and backward
 // documents of the two cases above (d_state 160 and 256 keep the WMMA backward).
 TEST_CASE("ssd_chunked with the mma.sync tile kernels matches the CPU") {
   if (!cuda_test_device()) return;
+  // SSMTRAIN_SSD_MMA=0 in the environment runs the same data through the WMMA kernels (for
+  // comparing the two paths' errors with -s); otherwise the case sets it to 1.
   struct EnvGuard {
-    EnvGuard() { setenv("SSMTRAIN_SSD_MMA", "1", 1); }
-    ~EnvGuard() { unsetenv("SSMTRAIN_SSD_MMA"); }
+    bool preset = std::getenv("SSMTRAIN_SSD_MMA") != nullptr;
+    EnvGuard() { if (!preset) setenv("SSMTRAIN_SSD_MMA", "1", 1); }
+    ~EnvGuard() { if (!preset) unsetenv("SSMTRAIN_SSD_MMA"); }
   } env;
   Generator gen(527);
   compare_ssd_with_cpu(
