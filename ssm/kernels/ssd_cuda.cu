@@ -29,8 +29,11 @@
 // needs doc_l == doc_before (the step before the chunk; for the first chunk, step 0).
 // Without seq_idx every index is 0 and the masks keep everything.
 //
-// Products: bf16 operands in shared memory, fp32 accumulators (WMMA 16x16x16). Operands
-// that are scaled (w o B, e^{cs} C, the masked score tiles) are rounded to bf16 after the
+// Products: bf16 operands in shared memory, fp32 accumulators. The chunk scan and (up to
+// d_state 128) the l- and s-tile backward use mma.sync m16n8k16 with the score tiles held in
+// registers (masked, scaled and packed to bf16 A fragments there); the chunk states and the
+// tile backward above d_state 128 use WMMA 16x16x16 with the score tiles in shared memory.
+// Operands that are scaled (w o B, the masked score tiles) are rounded to bf16 after the
 // scaling, as the official kernels do; states and all sums stay fp32.
 #include "ssm/kernels/ssd_cuda.h"
 
@@ -39,8 +42,6 @@
 #include <mma.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <cstdint>
 #include <tuple>
 #include <utility>
@@ -484,104 +485,18 @@ __global__ void __launch_bounds__(kThreads) state_pass_bwd_kernel(Ptrs p, SsdDim
   store_state4(dh0, d, b, h, e, run);
 }
 
-// Shared-memory plan of the chunk-scan forward: H_c (bf16, prologue only), the f32 score
-// tile (loop) and the f32 output tile (epilogue) share one region, so that three blocks fit
-// on a multiprocessor at headdim 64, d_state 128 (71 KB each).
-template <int PP, int NP>
-struct ScanFwdSmem {
-  static constexpr size_t sC = 0;
-  static constexpr size_t sB = sC + bf_bytes(kT, NP);
-  static constexpr size_t sX = sB + bf_bytes(kT, NP);
-  static constexpr size_t sR = sX + bf_bytes(kT, PP);  // H_c (bf16); S (f32); the output tile (f32)
-  static constexpr size_t sW = sR + cmax(cmax(bf_bytes(PP, NP), f_bytes(kT, kT)), f_bytes(kT, PP));
-  static constexpr size_t vec = sW + bf_bytes(kT, kT);  // cs_l, cs_s, dt_s
-  static constexpr size_t docs = vec + round_up(3 * kT * sizeof(float));  // doc_l, doc_s
-  static constexpr size_t total = docs + round_up(2 * kT * sizeof(int));
-};
-
-template <int PP, int NP, bool kDocs>
-__global__ void __launch_bounds__(kThreads, smem_blocks(ScanFwdSmem<PP, NP>::total, 3)) chunk_scan_fwd_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
-                                                                  const float* st, bf* y) {
-  using S = ScanFwdSmem<PP, NP>;
-  extern __shared__ __align__(128) unsigned char smem[];
-  bf* sC = reinterpret_cast<bf*>(smem + S::sC);
-  bf* sB = reinterpret_cast<bf*>(smem + S::sB);
-  bf* sX = reinterpret_cast<bf*>(smem + S::sX);
-  bf* sH = reinterpret_cast<bf*>(smem + S::sR);
-  float* sY = reinterpret_cast<float*>(smem + S::sR);
-  float* sS = reinterpret_cast<float*>(smem + S::sR);
-  bf* sW = reinterpret_cast<bf*>(smem + S::sW);
-  float* cs_l = reinterpret_cast<float*>(smem + S::vec);
-  float* cs_s = cs_l + kT;
-  float* dt_s = cs_s + kT;
-  int* doc_l = reinterpret_cast<int*>(smem + S::docs);
-  int* doc_s = doc_l + kT;
-
-  const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
-  const TileRows tl(d, c, i);
-  if (tl.rows <= 0) return;
-  const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
-  const int entering = doc_before(p, d, b, c);
-  for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
-  load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
-  __syncthreads();
-  const bf* Cl = p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N;
-  stage_raw<NP>(sC, Cl, p.C_ss, tl.rows, d.N);
-  stage<NP>(sB, Cl, p.C_ss, tl.rows, d.N, [&](int r) { return same_doc<kDocs>(doc_l[r], entering) ? __expf(cs_l[r]) : 0.f; });
-  stage_state<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
-  __syncthreads();
-
-  using WY = WarpTile<kT, PP>;
-  const WY wy;
-  const WS ws;
-  Acc acc[WY::NF];
-  zero(acc);
-  // e^{cs_l} C_l H_c^T: (n, p) of H^T is sH[p][n], a col-major operand.
-  mma<WY::NF, NP, wmma::row_major, wmma::col_major>(acc, sB, ldb(NP), sH, ldb(NP), wy.row0, wy.col0);
-  __syncthreads();
-
-  for (int j = 0; j <= i; ++j) {
-    stage_source_tile<PP, NP, kDocs>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX, cs_s, dt_s,
-                              c, doc_s);
-    __syncthreads();
-    const WS ws;
-    Acc sc[WS::NF];
-    zero(sc);
-    mma<WS::NF, NP, wmma::row_major, wmma::col_major>(sc, sC, ldb(NP), sB, ldb(NP), ws.row0, ws.col0);
-    store(sS, ldf(kT), sc, ws.row0, ws.col0);
-    __syncthreads();
-    for (int e = threadIdx.x; e < kT * kT; e += kThreads) {
-      const int r = e / kT, s = e % kT;
-      const bool keep = (j < i || s <= r) && same_doc<kDocs>(doc_l[r], doc_s[s]);
-      const float w = keep ? sS[r * ldf(kT) + s] * __expf(cs_l[r] - cs_s[s]) * dt_s[s] : 0.f;
-      sW[r * ldb(kT) + s] = __float2bfloat16(w);
-    }
-    __syncthreads();
-    mma<WY::NF, kT, wmma::row_major, wmma::row_major>(acc, sW, ldb(kT), sX, ldb(PP), wy.row0, wy.col0);
-    __syncthreads();
-  }
-  store(sY, ldf(PP), acc, wy.row0, wy.col0);
-  __syncthreads();
-  const float Dh = p.D ? p.D[h] : 0.f;
-  for (int e = threadIdx.x; e < tl.rows * d.P; e += kThreads) {
-    const int r = e / d.P, pi = e % d.P, t = tl.t0 + r;
-    const float xv = __bfloat162float(p.x[b * p.x_bs + t * p.x_ss + h * d.P + pi]);
-    y[((static_cast<size_t>(b) * d.L + t) * d.H + h) * d.P + pi] = __float2bfloat16(sY[r * ldf(PP) + pi] + Dh * xv);
-  }
-}
-
 // ---- the chunk-scan forward on mma.sync (register-resident score fragments) ----
 //
-// The same product as chunk_scan_fwd_kernel, with the score tile never leaving registers:
-// 8 warps, warp w owning rows 16 (w % 4) .. + 16 of the l-tile and the half w / 4 of the
+// y_l = e^{cs_l} C_l H_c^T + sum_{s <= l} (C_l B_s^T o decay o dt_s) x_s + D x_l per 64-row
+// tile l, with the score tile never leaving registers (the WMMA version of this kernel
+// passed it through shared memory twice per source tile; docs/perf_ssm.md): 8 warps, warp w owning rows 16 (w % 4) .. + 16 of the l-tile and the half w / 4 of the
 // 64 source columns s (and of the state columns n in the prologue). Per source tile, a warp
 // computes its 16 x 32 block of S = C_l B_s^T (m16n8k16, K = NP), masks and scales it in the
 // accumulators (e^{cs_l - cs_s} dt_s, causal, documents), packs the accumulators into bf16
 // A fragments (the accumulator layout of two n8 tiles is the A layout of one k16 step) and
 // multiplies by its 32 rows of x_s. The two halves' partial 16 x PP outputs are added once,
 // through shared memory, at the end. The prologue e^{cs_l} C_l H_c^T scales the product's
-// rows in f32 instead of rounding e^{cs_l} C_l to bf16 first. Selected by SSMTRAIN_SSD_MMA=1
-// while it is being measured against the WMMA kernel.
+// rows in f32 instead of rounding e^{cs_l} C_l to bf16 first. Every d_state (up to 256).
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
@@ -1687,12 +1602,6 @@ void launch(K kernel, dim3 grid, size_t smem, cudaStream_t stream, const auto&..
   CUDA_CHECK_LAUNCH();
 }
 
-// SSMTRAIN_SSD_MMA=1 selects the mma.sync tile kernels (read per call: the tests switch it).
-bool mma_kernels_selected() {
-  const char* v = std::getenv("SSMTRAIN_SSD_MMA");
-  return v && std::string(v) == "1";
-}
-
 // Prep, chunk states and state passing: fills dtv, cs and st (the state entering each chunk).
 void entering_states(const Ptrs& q, const SsdDims& d, float* dtv, float* cs, float* st, float* h_last,
                      cudaStream_t stream) {
@@ -1726,19 +1635,12 @@ void ssd_fwd_cuda(const SsdParams& p, Device device) {
   Tensor cs = Tensor::empty({d.B, d.H, d.nc, d.Qp}, DType::f32, device);
   Tensor st = Tensor::empty({d.B, d.nc, d.H, d.Pp, d.Np}, DType::f32, device);
   entering_states(q, d, dtv.data<float>(), cs.data<float>(), st.data<float>(), static_cast<float*>(p.h_last), stream);
-  const bool mma_scan = mma_kernels_selected();
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
-    const dim3 grid(d.nc * d.Qt, d.H, d.B);
-    const float* pdt = dtv.data<float>();
-    const float* pcs = cs.data<float>();
-    const float* pst = st.data<float>();
-    if (mma_scan)
-      launch(q.seq ? chunk_scan_fwd_mma_kernel<PP, NP, true> : chunk_scan_fwd_mma_kernel<PP, NP, false>, grid,
-             ScanFwdMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pst, static_cast<bf*>(p.y));
-    else
-      launch(q.seq ? chunk_scan_fwd_kernel<PP, NP, true> : chunk_scan_fwd_kernel<PP, NP, false>, grid,
-             ScanFwdSmem<PP, NP>::total, stream, q, d, pdt, pcs, pst, static_cast<bf*>(p.y));
+    launch(q.seq ? chunk_scan_fwd_mma_kernel<PP, NP, true> : chunk_scan_fwd_mma_kernel<PP, NP, false>,
+           dim3(d.nc * d.Qt, d.H, d.B), ScanFwdMmaSmem<PP, NP>::total, stream, q, d,
+           static_cast<const float*>(dtv.data<float>()), static_cast<const float*>(cs.data<float>()),
+           static_cast<const float*>(st.data<float>()), static_cast<bf*>(p.y));
   });
 }
 
@@ -1772,37 +1674,29 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
   Tensor dcs_row = f32({d.B, d.H, d.nc, d.Qp}), dcs_col = f32({d.B, d.H, d.nc, d.Qp});
   Tensor ddt_dir = f32({d.B, d.H, d.nc, d.Qp});
   Tensor vsum = f32({d.B, d.H, d.nc, d.Qt}), dD_part = f32({d.B, d.H, d.nc, d.Qt});
-  const bool mma_tiles = mma_kernels_selected();
+  // The l- and s-tile backward: mma.sync kernels up to d_state 128 (a warp holds a 16 x NP
+  // accumulator tile), the WMMA kernels above.
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
+    const float* pdt = dtv_p;
+    const float* pcs = cs_p;
+    const float* pst = st.data<float>();
+    const float* pdS = dS.data<float>();
     if constexpr (NP <= 128) {
-      if (mma_tiles) {
-        launch(q.seq ? bwd_l_mma_kernel<PP, NP, true> : bwd_l_mma_kernel<PP, NP, false>, tiles,
-               BwdLMmaSmem<PP, NP>::total, stream, q, d, static_cast<const float*>(dtv_p),
-               static_cast<const float*>(cs_p), static_cast<const float*>(st.data<float>()), dC_part.data<float>(),
-               dcs_row.data<float>());
-      }
+      launch(q.seq ? bwd_l_mma_kernel<PP, NP, true> : bwd_l_mma_kernel<PP, NP, false>, tiles,
+             BwdLMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pst, dC_part.data<float>(), dcs_row.data<float>());
+      launch(q.seq ? bwd_s_x_mma_kernel<PP, NP, true> : bwd_s_x_mma_kernel<PP, NP, false>, tiles,
+             BwdSXMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pdS, static_cast<bf*>(p.dx), ddt_dir.data<float>(),
+             dcs_col.data<float>(), vsum.data<float>(), dD_part.data<float>());
+      launch(q.seq ? bwd_s_b_mma_kernel<PP, NP, true> : bwd_s_b_mma_kernel<PP, NP, false>, tiles,
+             BwdSBMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pdS, dB_part.data<float>());
+    } else {
+      launch(q.seq ? bwd_l_kernel<PP, NP, true> : bwd_l_kernel<PP, NP, false>, tiles, BwdLSmem<PP, NP>::total,
+             stream, q, d, pdt, pcs, pst, dC_part.data<float>(), dcs_row.data<float>());
+      launch(q.seq ? bwd_s_kernel<PP, NP, true> : bwd_s_kernel<PP, NP, false>, tiles, BwdSSmem<PP, NP>::total,
+             stream, q, d, pdt, pcs, pdS, dB_part.data<float>(), static_cast<bf*>(p.dx), ddt_dir.data<float>(),
+             dcs_col.data<float>(), vsum.data<float>(), dD_part.data<float>());
     }
-    if (!mma_tiles || NP > 128)
-      launch(q.seq ? bwd_l_kernel<PP, NP, true> : bwd_l_kernel<PP, NP, false>, tiles, BwdLSmem<PP, NP>::total, stream,
-             q, d, static_cast<const float*>(dtv_p), static_cast<const float*>(cs_p),
-             static_cast<const float*>(st.data<float>()), dC_part.data<float>(), dcs_row.data<float>());
-    if constexpr (NP <= 128) {
-      if (mma_tiles) {
-        launch(q.seq ? bwd_s_x_mma_kernel<PP, NP, true> : bwd_s_x_mma_kernel<PP, NP, false>, tiles,
-               BwdSXMmaSmem<PP, NP>::total, stream, q, d, static_cast<const float*>(dtv_p),
-               static_cast<const float*>(cs_p), static_cast<const float*>(dS.data<float>()), static_cast<bf*>(p.dx),
-               ddt_dir.data<float>(), dcs_col.data<float>(), vsum.data<float>(), dD_part.data<float>());
-        launch(q.seq ? bwd_s_b_mma_kernel<PP, NP, true> : bwd_s_b_mma_kernel<PP, NP, false>, tiles,
-               BwdSBMmaSmem<PP, NP>::total, stream, q, d, static_cast<const float*>(dtv_p),
-               static_cast<const float*>(cs_p), static_cast<const float*>(dS.data<float>()), dB_part.data<float>());
-      }
-    }
-    if (!mma_tiles || NP > 128)
-      launch(q.seq ? bwd_s_kernel<PP, NP, true> : bwd_s_kernel<PP, NP, false>, tiles, BwdSSmem<PP, NP>::total, stream,
-             q, d, static_cast<const float*>(dtv_p), static_cast<const float*>(cs_p),
-             static_cast<const float*>(dS.data<float>()), dB_part.data<float>(), static_cast<bf*>(p.dx),
-             ddt_dir.data<float>(), dcs_col.data<float>(), vsum.data<float>(), dD_part.data<float>());
   });
   Tensor dA_part = f32({d.B, d.H, d.nc}), dbias_part = f32({d.B, d.H, d.nc});
   finalize_dt_kernel<<<chunks, kThreads, 0, stream>>>(q, d, dtv_p, ddt_dir.data<float>(), dcs_row.data<float>(),

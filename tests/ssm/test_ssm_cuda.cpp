@@ -490,35 +490,6 @@ TEST_CASE("ssd_chunked CUDA with seq_idx matches the CPU in forward and backward
   compare_ssd_with_cpu({{2, 45, 4, 8, 2, 8, 16, true}}, DType::f32, kF32, gen, {{1, 16, 30, 31}, {15, 17, 44}});
 }
 
-// The mma.sync tile kernels (SSMTRAIN_SSD_MMA=1, being measured against the WMMA kernels:
-// chunk scan forward, l- and s-tile backward for d_state <= 128) over the tilings and packed
-// documents of the two cases above (d_state 160 and 256 keep the WMMA backward).
-TEST_CASE("ssd_chunked with the mma.sync tile kernels matches the CPU") {
-  if (!cuda_test_device()) return;
-  // SSMTRAIN_SSD_MMA=0 in the environment runs the same data through the WMMA kernels (for
-  // comparing the two paths' errors with -s); otherwise the case sets it to 1.
-  struct EnvGuard {
-    bool preset = std::getenv("SSMTRAIN_SSD_MMA") != nullptr;
-    EnvGuard() { if (!preset) setenv("SSMTRAIN_SSD_MMA", "1", 1); }
-    ~EnvGuard() { if (!preset) unsetenv("SSMTRAIN_SSD_MMA"); }
-  } env;
-  Generator gen(527);
-  compare_ssd_with_cpu(
-      {
-          {2, 300, 4, 64, 2, 128, 256, true},
-          {1, 200, 3, 40, 1, 24, 100, false},
-          {1, 130, 2, 128, 1, 256, 64, true},
-          {2, 77, 4, 96, 2, 160, 128, true},
-      },
-      DType::bf16, kSsdFused, gen);
-  compare_ssd_with_cpu(
-      {
-          {2, 300, 4, 64, 2, 128, 256, true},
-          {2, 77, 4, 96, 2, 160, 128, true},
-      },
-      DType::bf16, kSsdFused, gen, {{1, 63, 64, 150, 151, 256, 299}, {10, 99, 100, 128, 255, 257}});
-}
-
 // Gated RMSNorm on CUDA: rows of 1 and 2 groups, widths below and above a block's 256
 // threads, f32 and bf16 (the weight in f32, as Mamba2 passes it).
 TEST_CASE("gated_rms_norm CUDA matches the CPU in forward and backward") {
