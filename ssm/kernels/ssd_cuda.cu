@@ -546,6 +546,78 @@ __device__ __forceinline__ void mma_abt(float (&acc)[NT][4], const bf* A, int ld
   }
 }
 
+template <int NT>
+__device__ __forceinline__ void zero_acc(float (&acc)[NT][4]) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+}
+
+// acc[nt] (nt < NT, n8 tiles from column 0) += A[row0 .., k0 .. k0 + K) Bm[k0 .. k0 + K, ..),
+// where A is row-major [r][k] (ld lda) and Bm row-major [k][n] (ld ldbm, read transposed).
+template <int NT, int K>
+__device__ __forceinline__ void mma_ab(float (&acc)[NT][4], const bf* A, int lda, int row0, const bf* Bm, int ldbm,
+                                       int k0) {
+  static_assert(NT % 2 == 0, "n8 tiles are loaded in pairs");
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int k = k0; k < k0 + K; k += 16) {
+    uint32_t a[4];
+    ldsm_x4(a, A + (row0 + (lane & 15)) * lda + k + (lane >> 4) * 8);
+#pragma unroll
+    for (int nt = 0; nt < NT; nt += 2) {
+      uint32_t bv[4];
+      ldsm_x4_trans(bv, Bm + (k + (lane & 7) + ((lane >> 3) & 1) * 8) * ldbm + nt * 8 + (lane >> 4) * 8);
+      mma_bf16(acc[nt], a, bv[0], bv[1]);
+      mma_bf16(acc[nt + 1], a, bv[2], bv[3]);
+    }
+  }
+}
+
+// A warp's 16 x 32 block of masked, scaled scores (four n8 accumulator tiles) as the bf16 A
+// fragments of two k16 steps: the accumulator layout of n8 tiles 2k, 2k + 1 is the A layout
+// of step k.
+__device__ __forceinline__ void pack_scores(uint32_t (&af)[2][4], const float (&w)[4][4]) {
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+    af[nt >> 1][(nt & 1) * 2 + 0] = pack_bf16(w[nt][0], w[nt][1]);
+    af[nt >> 1][(nt & 1) * 2 + 1] = pack_bf16(w[nt][2], w[nt][3]);
+  }
+}
+
+// acc[nt] += W T[s0 .. s0 + 32, ..): W the packed 16 x 32 scores, T row-major [s][n] (ld ldt,
+// read transposed).
+template <int NT>
+__device__ __forceinline__ void mma_scores(float (&acc)[NT][4], const uint32_t (&af)[2][4], const bf* T, int ldt,
+                                           int s0) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+#pragma unroll
+    for (int nt = 0; nt < NT; nt += 2) {
+      uint32_t bv[4];
+      ldsm_x4_trans(bv, T + (s0 + k * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * ldt + nt * 8 + (lane >> 4) * 8);
+      mma_bf16(acc[nt], af[k], bv[0], bv[1]);
+      mma_bf16(acc[nt + 1], af[k], bv[2], bv[3]);
+    }
+  }
+}
+
+// The two halves of the warps hold partial sums of the same 16-row strips; half 1 leaves its
+// accumulators (rows r0 and r0 + 8 of this lane) in f32 shared memory (ld floats a row) for
+// half 0 to add after a barrier.
+template <int NT>
+__device__ __forceinline__ void stash_half(float* sF, int ld, const float (&acc)[NT][4], int r0) {
+  const int tq = threadIdx.x & 3;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int n = nt * 8 + tq * 2;
+    sF[r0 * ld + n] = acc[nt][0];
+    sF[r0 * ld + n + 1] = acc[nt][1];
+    sF[(r0 + 8) * ld + n] = acc[nt][2];
+    sF[(r0 + 8) * ld + n + 1] = acc[nt][3];
+  }
+}
+
 template <int PP, int NP>
 struct ScanFwdMmaSmem {
   static constexpr size_t sC = 0;
@@ -590,8 +662,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   // Prologue: this half of the state columns of C_l H_c^T, rows scaled by e^{cs_l}.
   float acc[NTO][4];
-#pragma unroll
-  for (int nt = 0; nt < NTO; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+  zero_acc(acc);
   mma_abt<NTO, NP / 2>(acc, sC, ldb(NP), row0, sH, ldb(NP), 0, half * (NP / 2));
   {
     const int r0 = row0 + gr, r1 = r0 + 8;
@@ -612,51 +683,27 @@ __global__ void __launch_bounds__(kThreads, 2)
     // On the diagonal tile, a warp whose source columns all lie after its rows adds nothing.
     if (j < i || half * 32 <= row0 + 15) {
       float sc[4][4];  // S rows row0 .. + 16, source columns 32 half .. + 32
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+      zero_acc(sc);
       mma_abt<4, NP>(sc, sC, ldb(NP), row0, sB, ldb(NP), half * 32, 0);
-      // Mask and scale in the accumulators, then pack: n8 tiles 2k, 2k + 1 are the A
-      // fragment of k16 step k of the product with x_s.
-      uint32_t af[2][4];
+      // Mask and scale in the accumulators, pack, and acc += W (16 x 32) x_s[32 half ..].
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
-        float w[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = row0 + gr + (e >> 1) * 8, s = half * 32 + nt * 8 + tq * 2 + (e & 1);
           const bool keep = (j < i || s <= r) && same_doc<kDocs>(doc_l[r], doc_s[s]);
-          w[e] = keep ? sc[nt][e] * __expf(cs_l[r] - cs_s[s]) * dt_s[s] : 0.f;
-        }
-        af[nt >> 1][(nt & 1) * 2 + 0] = pack_bf16(w[0], w[1]);
-        af[nt >> 1][(nt & 1) * 2 + 1] = pack_bf16(w[2], w[3]);
-      }
-      // acc += W (16 x 32) x_s[32 half .. + 32][0 .. PP): x_s is [s][p], read transposed.
-#pragma unroll
-      for (int k = 0; k < 2; ++k) {
-        const int s0 = half * 32 + k * 16;
-#pragma unroll
-        for (int nt = 0; nt < NTO; nt += 2) {
-          uint32_t bx[4];
-          ldsm_x4_trans(bx, sX + (s0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ldb(PP) + nt * 8 + (lane >> 4) * 8);
-          mma_bf16(acc[nt], af[k], bx[0], bx[1]);
-          mma_bf16(acc[nt + 1], af[k], bx[2], bx[3]);
+          sc[nt][e] = keep ? sc[nt][e] * __expf(cs_l[r] - cs_s[s]) * dt_s[s] : 0.f;
         }
       }
+      uint32_t af[2][4];
+      pack_scores(af, sc);
+      mma_scores(acc, af, sX, ldb(PP), half * 32);
     }
     __syncthreads();  // the source tile read by every warp before the next one is staged
   }
 
   // The second half's partial sums through shared memory, then y = acc + D x.
-  if (half == 1) {
-#pragma unroll
-    for (int nt = 0; nt < NTO; ++nt) {
-      const int col = nt * 8 + tq * 2;
-      sY[(row0 + gr) * ldf(PP) + col] = acc[nt][0];
-      sY[(row0 + gr) * ldf(PP) + col + 1] = acc[nt][1];
-      sY[(row0 + gr + 8) * ldf(PP) + col] = acc[nt][2];
-      sY[(row0 + gr + 8) * ldf(PP) + col + 1] = acc[nt][3];
-    }
-  }
+  if (half == 1) stash_half(sY, ldf(PP), acc, row0 + gr);
   __syncthreads();
   if (half == 0) {
     const float Dh = p.D ? p.D[h] : 0.f;
@@ -843,21 +890,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   // Prologue: dC = e^{cs_l} dy_l H_c over this half of the head columns.
   float acc[NTC][4];
-#pragma unroll
-  for (int nt = 0; nt < NTC; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
-#pragma unroll
-  for (int k = 0; k < PP / 2; k += 16) {
-    const int k0 = half * (PP / 2) + k;
-    uint32_t a[4];
-    ldsm_x4(a, sDy + (row0 + (lane & 15)) * ldb(PP) + k0 + (lane >> 4) * 8);
-#pragma unroll
-    for (int nt = 0; nt < NTC; nt += 2) {
-      uint32_t bh[4];
-      ldsm_x4_trans(bh, sH + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ldb(NP) + nt * 8 + (lane >> 4) * 8);
-      mma_bf16(acc[nt], a, bh[0], bh[1]);
-      mma_bf16(acc[nt + 1], a, bh[2], bh[3]);
-    }
-  }
+  zero_acc(acc);
+  mma_ab<NTC, PP / 2>(acc, sDy, ldb(PP), row0, sH, ldb(NP), half * (PP / 2));
   float rs0 = 0.f, rs1 = 0.f;  // this lane's part of the row sums of dcs
   {
     const float e0 = same_doc<kDocs>(doc_l[r0], entering) ? __expf(cs_l[r0]) : 0.f;
@@ -879,10 +913,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     __syncthreads();
     if (j < i || half * 32 <= row0 + 15) {
       float sw[4][4];  // S2 = dy_l x_s^T, then W
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) sw[nt][0] = sw[nt][1] = sw[nt][2] = sw[nt][3] = 0.f;
+      zero_acc(sw);
       mma_abt<4, PP>(sw, sDy, ldb(PP), row0, sX, ldb(PP), half * 32, 0);
-      uint32_t af[2][4];
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
@@ -891,13 +923,12 @@ __global__ void __launch_bounds__(kThreads, 2)
           const bool keep = (j < i || s <= r) && same_doc<kDocs>(doc_l[r], doc_s[s]);
           sw[nt][e] = keep ? sw[nt][e] * __expf(cs_l[r] - cs_s[s]) * dt_s[s] : 0.f;
         }
-        af[nt >> 1][(nt & 1) * 2 + 0] = pack_bf16(sw[nt][0], sw[nt][1]);
-        af[nt >> 1][(nt & 1) * 2 + 1] = pack_bf16(sw[nt][2], sw[nt][3]);
       }
+      uint32_t af[2][4];
+      pack_scores(af, sw);
       {
         float s1[4][4];  // S1 = C_l B_s^T: the row sums take sum_s S1 o W (W unrounded)
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) s1[nt][0] = s1[nt][1] = s1[nt][2] = s1[nt][3] = 0.f;
+        zero_acc(s1);
         mma_abt<4, NP>(s1, sC, ldb(NP), row0, sB, ldb(NP), half * 32, 0);
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
@@ -905,18 +936,7 @@ __global__ void __launch_bounds__(kThreads, 2)
           rs1 += s1[nt][2] * sw[nt][2] + s1[nt][3] * sw[nt][3];
         }
       }
-      // dC += W (16 x 32) B_s[32 half .. + 32][0 .. NP): B_s is [s][n], read transposed.
-#pragma unroll
-      for (int k = 0; k < 2; ++k) {
-        const int s0 = half * 32 + k * 16;
-#pragma unroll
-        for (int nt = 0; nt < NTC; nt += 2) {
-          uint32_t bb[4];
-          ldsm_x4_trans(bb, sB + (s0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ldb(NP) + nt * 8 + (lane >> 4) * 8);
-          mma_bf16(acc[nt], af[k], bb[0], bb[1]);
-          mma_bf16(acc[nt + 1], af[k], bb[2], bb[3]);
-        }
-      }
+      mma_scores(acc, af, sB, ldb(NP), half * 32);  // dC += W (16 x 32) B_s[32 half ..]
     }
     __syncthreads();
   }
@@ -924,14 +944,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   rs0 = quad_sum(rs0);
   rs1 = quad_sum(rs1);
   if (half == 1) {
-#pragma unroll
-    for (int nt = 0; nt < NTC; ++nt) {
-      const int n = nt * 8 + tq * 2;
-      sF[r0 * ldf(NP) + n] = acc[nt][0];
-      sF[r0 * ldf(NP) + n + 1] = acc[nt][1];
-      sF[r1 * ldf(NP) + n] = acc[nt][2];
-      sF[r1 * ldf(NP) + n + 1] = acc[nt][3];
-    }
+    stash_half(sF, ldf(NP), acc, r0);
     if (tq == 0) rs_half[r0] = rs0, rs_half[r1] = rs1;
   }
   __syncthreads();
@@ -1204,8 +1217,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   // Prologue: d(dt x) = wlast B_s G_c^T over this half of the state columns; its part of v_s.
   float acc[NTX][4];
-#pragma unroll
-  for (int nt = 0; nt < NTX; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+  zero_acc(acc);
   mma_abt<NTX, NP / 2>(acc, sB, ldb(NP), row0, sG, ldb(NP), 0, half * (NP / 2));
   float v0 = 0.f, v1 = 0.f;
   {
@@ -1233,41 +1245,26 @@ __global__ void __launch_bounds__(kThreads, 2)
     // On the diagonal tile, a warp whose columns l all lie before its rows s adds nothing.
     if (j > i || half * 32 + 31 >= row0) {
       float s1[4][4], s2[4][4];
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s1[nt][e] = s2[nt][e] = 0.f;
+      zero_acc(s1);
+      zero_acc(s2);
       mma_abt<4, NP>(s1, sB, ldb(NP), row0, sC, ldb(NP), half * 32, 0);
       mma_abt<4, PP>(s2, sX, ldb(PP), row0, sDy, ldb(PP), half * 32, 0);
-      uint32_t af[2][4];
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
-        float m[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = e < 2 ? r0 : r1, l = half * 32 + nt * 8 + tq * 2 + (e & 1);
           const bool keep = (j > i || l >= r) && same_doc<kDocs>(doc_l[l], doc_s[r]);
           const float decay = keep ? __expf(cs_l[l] - cs_s[r]) : 0.f;
-          m[e] = s1[nt][e] * decay;
           const float w = s2[nt][e] * decay * dt_s[r];
           if (e < 2) cs0 += s1[nt][e] * w;
           else cs1 += s1[nt][e] * w;
-        }
-        af[nt >> 1][(nt & 1) * 2 + 0] = pack_bf16(m[0], m[1]);
-        af[nt >> 1][(nt & 1) * 2 + 1] = pack_bf16(m[2], m[3]);
-      }
-      // d(dt x) += M (16 x 32) dy_l[32 half .. + 32][0 .. PP): dy_l is [l][p], read transposed.
-#pragma unroll
-      for (int k = 0; k < 2; ++k) {
-        const int l0 = half * 32 + k * 16;
-#pragma unroll
-        for (int nt = 0; nt < NTX; nt += 2) {
-          uint32_t bd[4];
-          ldsm_x4_trans(bd, sDy + (l0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ldb(PP) + nt * 8 + (lane >> 4) * 8);
-          mma_bf16(acc[nt], af[k], bd[0], bd[1]);
-          mma_bf16(acc[nt + 1], af[k], bd[2], bd[3]);
+          s1[nt][e] *= decay;  // M
         }
       }
+      uint32_t af[2][4];
+      pack_scores(af, s1);
+      mma_scores(acc, af, sDy, ldb(PP), half * 32);  // d(dt x) += M (16 x 32) dy_l[32 half ..]
     }
     __syncthreads();
   }
@@ -1275,14 +1272,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   // The halves' sums: the second half's d(dt x), csum and v parts through shared memory.
   cs0 = quad_sum(cs0), cs1 = quad_sum(cs1), v0 = quad_sum(v0), v1 = quad_sum(v1);
   if (half == 1) {
-#pragma unroll
-    for (int nt = 0; nt < NTX; ++nt) {
-      const int k = nt * 8 + tq * 2;
-      sF[r0 * ldf(PP) + k] = acc[nt][0];
-      sF[r0 * ldf(PP) + k + 1] = acc[nt][1];
-      sF[r1 * ldf(PP) + k] = acc[nt][2];
-      sF[r1 * ldf(PP) + k + 1] = acc[nt][3];
-    }
+    stash_half(sF, ldf(PP), acc, r0);
     if (tq == 0) csum_h[r0] = cs0, csum_h[r1] = cs1, vrow_h[r0] = v0, vrow_h[r1] = v1;
   }
   __syncthreads();
@@ -1368,21 +1358,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   // Prologue: dB = wlast dt_s x_s G_c over this half of the head columns.
   float acc[NTB][4];
-#pragma unroll
-  for (int nt = 0; nt < NTB; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
-#pragma unroll
-  for (int k = 0; k < PP / 2; k += 16) {
-    const int k0 = half * (PP / 2) + k;
-    uint32_t a[4];
-    ldsm_x4(a, sX + (row0 + (lane & 15)) * ldb(PP) + k0 + (lane >> 4) * 8);
-#pragma unroll
-    for (int nt = 0; nt < NTB; nt += 2) {
-      uint32_t bg[4];
-      ldsm_x4_trans(bg, sG + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ldb(NP) + nt * 8 + (lane >> 4) * 8);
-      mma_bf16(acc[nt], a, bg[0], bg[1]);
-      mma_bf16(acc[nt + 1], a, bg[2], bg[3]);
-    }
-  }
+  zero_acc(acc);
+  mma_ab<NTB, PP / 2>(acc, sX, ldb(PP), row0, sG, ldb(NP), half * (PP / 2));
   {
     const float w0 = wlast[r0] * dt_s[r0], w1 = wlast[r1] * dt_s[r1];
 #pragma unroll
@@ -1403,48 +1380,25 @@ __global__ void __launch_bounds__(kThreads, 2)
     __syncthreads();
     if (j > i || half * 32 + 31 >= row0) {
       float s2[4][4];
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) s2[nt][0] = s2[nt][1] = s2[nt][2] = s2[nt][3] = 0.f;
+      zero_acc(s2);
       mma_abt<4, PP>(s2, sX, ldb(PP), row0, sDy, ldb(PP), half * 32, 0);
-      uint32_t af[2][4];
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
-        float w[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = e < 2 ? r0 : r1, l = half * 32 + nt * 8 + tq * 2 + (e & 1);
           const bool keep = (j > i || l >= r) && same_doc<kDocs>(doc_l[l], doc_s[r]);
-          w[e] = keep ? s2[nt][e] * __expf(cs_l[l] - cs_s[r]) * dt_s[r] : 0.f;
-        }
-        af[nt >> 1][(nt & 1) * 2 + 0] = pack_bf16(w[0], w[1]);
-        af[nt >> 1][(nt & 1) * 2 + 1] = pack_bf16(w[2], w[3]);
-      }
-      // dB += W (16 x 32) C_l[32 half .. + 32][0 .. NP): C_l is [l][n], read transposed.
-#pragma unroll
-      for (int k = 0; k < 2; ++k) {
-        const int l0 = half * 32 + k * 16;
-#pragma unroll
-        for (int nt = 0; nt < NTB; nt += 2) {
-          uint32_t bc[4];
-          ldsm_x4_trans(bc, sC + (l0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ldb(NP) + nt * 8 + (lane >> 4) * 8);
-          mma_bf16(acc[nt], af[k], bc[0], bc[1]);
-          mma_bf16(acc[nt + 1], af[k], bc[2], bc[3]);
+          s2[nt][e] = keep ? s2[nt][e] * __expf(cs_l[l] - cs_s[r]) * dt_s[r] : 0.f;  // W
         }
       }
+      uint32_t af[2][4];
+      pack_scores(af, s2);
+      mma_scores(acc, af, sC, ldb(NP), half * 32);  // dB += W (16 x 32) C_l[32 half ..]
     }
     __syncthreads();
   }
 
-  if (half == 1) {
-#pragma unroll
-    for (int nt = 0; nt < NTB; ++nt) {
-      const int n = nt * 8 + tq * 2;
-      sF[r0 * ldf(NP) + n] = acc[nt][0];
-      sF[r0 * ldf(NP) + n + 1] = acc[nt][1];
-      sF[r1 * ldf(NP) + n] = acc[nt][2];
-      sF[r1 * ldf(NP) + n + 1] = acc[nt][3];
-    }
-  }
+  if (half == 1) stash_half(sF, ldf(NP), acc, r0);
   __syncthreads();
   if (half == 0) {
 #pragma unroll
