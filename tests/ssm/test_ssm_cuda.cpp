@@ -213,6 +213,41 @@ std::vector<Arg> conv_args(int64_t B, int64_t L, int64_t C, int64_t K, bool bias
 // f64 against the hand-written ops: both are exact algorithms, so they agree to rounding
 // (1e-10 relative leaves 10^5 ulp of margin for the chunk sums, yet any algebra slip fails).
 
+// expect_bias_gradient (cuda_compare.h) on host data, so that CI runs it: a cancelling sum of
+// bf16-rounded summands with its exact f32 total passes; the same total with one summand
+// left out, or off the reference by more than the summands' bound allows, fails.
+namespace {
+struct BiasCase {
+  Tensor g, gb, g_ref, gb_ref;
+};
+BiasCase bias_case(Generator& gen) {
+  const int64_t n = 600, C = 4;
+  BiasCase c;
+  c.g_ref = random_tensor({n, C}, gen, DType::f64);
+  c.g = c.g_ref.to(DType::bf16);  // the device's summands, rounded
+  c.gb_ref = sum(c.g_ref, {0});
+  c.gb = sum(c.g_ref.to(DType::f32), {0}).to(DType::f64);  // summed before the rounding, in f32
+  return c;
+}
+}  // namespace
+
+TEST_CASE("the bias-gradient check passes an exact reduction of the summands") {
+  Generator gen(530);
+  const BiasCase c = bias_case(gen);
+  expect_bias_gradient(c.gb, c.g, c.gb_ref, c.g_ref, kSsdFused.rel_norm, "dbias");
+}
+
+TEST_CASE("the bias-gradient check fails a reduction that drops a summand" * doctest::should_fail()) {
+  Generator gen(530);
+  BiasCase c = bias_case(gen);
+  // A reduction that skips one 64-step tile: off by a sum of 64 uniform(-1, 1) values per
+  // channel (standard deviation sqrt(64 / 3) = 4.6), where the identity's bound is
+  // u sum |g| = 2^-8 x 600 x 0.5 = 1.2; the bound from the summands' check (7.0) does not
+  // see it, the identity does.
+  c.gb = sub(c.gb, sum(c.g_ref.narrow(0, 0, 64).to(DType::f32), {0}).to(DType::f64));
+  expect_bias_gradient(c.gb, c.g, c.gb_ref, c.g_ref, kSsdFused.rel_norm, "dbias");
+}
+
 TEST_CASE("ssd composed chunked algorithm matches the hand-written op on the CPU") {
   Generator gen(501);
   for (bool options : {false, true}) {
