@@ -489,9 +489,10 @@ __global__ void __launch_bounds__(kThreads) state_pass_bwd_kernel(Ptrs p, SsdDim
 //
 // y_l = e^{cs_l} C_l H_c^T + sum_{s <= l} (C_l B_s^T o decay o dt_s) x_s + D x_l per 64-row
 // tile l, with the score tile never leaving registers (the WMMA version of this kernel
-// passed it through shared memory twice per source tile; docs/perf_ssm.md): 8 warps, warp w owning rows 16 (w % 4) .. + 16 of the l-tile and the half w / 4 of the
-// 64 source columns s (and of the state columns n in the prologue). Per source tile, a warp
-// computes its 16 x 32 block of S = C_l B_s^T (m16n8k16, K = NP), masks and scales it in the
+// passed it through shared memory twice per source tile; docs/perf_ssm.md): 8 warps, warp w
+// owning rows 16 (w % 4) .. + 16 of the l-tile and the half w / 4 of the 64 source columns s
+// (and of the state columns n in the prologue). Per source tile, a warp computes its 16 x 32
+// block of S = C_l B_s^T (m16n8k16, K = NP), masks and scales it in the
 // accumulators (e^{cs_l - cs_s} dt_s, causal, documents), packs the accumulators into bf16
 // A fragments (the accumulator layout of two n8 tiles is the A layout of one k16 step) and
 // multiplies by its 32 rows of x_s. The two halves' partial 16 x PP outputs are added once,
