@@ -19,7 +19,8 @@
 // gradient of the state leaving chunk c), then two tile kernels: one per l-tile (dC and the
 // row sums of dcs), one per s-tile (dB, dx, the x . d(dt x) term of ddt and the column sums
 // of dcs); a last block scan per chunk turns dcs into ddt, dA and ddt_bias. dB and dC are
-// kept per head in fp32 and summed over the heads of a group in a fixed order; dA, dD,
+// summed over up to 4 heads of a group inside the tile kernels (d_state <= 128; per head
+// above), kept in fp32 per such part and summed over the parts in a fixed order; dA, dD,
 // ddt_bias per (batch, chunk) likewise: no float atomics, deterministic.
 //
 // Packed documents (seq_idx, ssd.h): every decay factor spanning a document boundary is 0.
@@ -84,6 +85,7 @@ constexpr int smem_blocks(size_t bytes, int most) {
 struct SsdDims {
   int B, L, H, P, G, N, Q, Qp, Qt, nc, hpg;  // hpg: heads per group
   int Pp, Np;                                // padded P and N of the state buffers
+  int hb;  // heads per block of the dB/dC kernels (a divisor of hpg; 1 for the WMMA ones)
 };
 
 // ---- warp-level tensor-core products ----
@@ -619,6 +621,32 @@ __device__ __forceinline__ void stash_half(float* sF, int ld, const float (&acc)
   }
 }
 
+// The dB/dC partial sums (B, L, H / hb, N), one per hb heads of a group: half 0 adds half
+// 1's stashed tile to its own and writes rows r0 and r0 + 8 of the tile t (those before
+// t.rows), two columns at a time.
+template <int NT>
+__device__ __forceinline__ void store_part_rows(float* out, const SsdDims& d, int b, const TileRows& t, int part,
+                                                const float (&acc)[NT][4], const float* sF, int ld, int r0) {
+  const int tq = threadIdx.x & 3, parts = d.H / d.hb;
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int r = r0 + 8 * u;
+    if (r >= t.rows) continue;
+    float* row = out + ((static_cast<size_t>(b) * d.L + t.t0 + r) * parts + part) * d.N;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int n = nt * 8 + tq * 2;
+      const float v0 = acc[nt][2 * u] + sF[r * ld + n], v1 = acc[nt][2 * u + 1] + sF[r * ld + n + 1];
+      if (d.N % 2 == 0) {  // the pair is 8-byte aligned
+        if (n < d.N) *reinterpret_cast<float2*>(row + n) = make_float2(v0, v1);
+      } else {
+        if (n < d.N) row[n] = v0;
+        if (n + 1 < d.N) row[n + 1] = v1;
+      }
+    }
+  }
+}
+
 template <int PP, int NP>
 struct ScanFwdMmaSmem {
   static constexpr size_t sC = 0;
@@ -871,99 +899,108 @@ __global__ void __launch_bounds__(kThreads, 2)
   int* doc_l = reinterpret_cast<int*>(smem + S::docs);
   int* doc_s = doc_l + kT;
 
-  const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
+  // The block takes d.hb heads of one group in turn (blockIdx.y: which d.hb): C_l is staged
+  // once and dC is summed over the heads in the accumulators, so that one f32 dC tile per
+  // d.hb heads leaves the multiprocessor.
+  const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, part = blockIdx.y, b = blockIdx.z;
+  const int g = part * d.hb / d.hpg;
   const TileRows tl(d, c, i);
-  const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
   if (tl.rows <= 0) {
-    if (threadIdx.x < kT) dcs_row[cb + i * kT + threadIdx.x] = 0.f;
+    for (int h = part * d.hb; h < (part + 1) * d.hb; ++h)
+      if (threadIdx.x < kT) dcs_row[((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp + i * kT + threadIdx.x] = 0.f;
     return;
   }
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, strip = warp & 3, half = warp >> 2;
-  const int row0 = strip * 16, gr = lane >> 2, tq = lane & 3;
-  const int r0 = row0 + gr, r1 = r0 + 8;  // this lane's two rows
+  const int warp = threadIdx.x >> 5, strip = warp & 3, half = warp >> 2;
+  const int row0 = strip * 16, tq = threadIdx.x & 3;
+  const int r0 = row0 + ((threadIdx.x & 31) >> 2), r1 = r0 + 8;  // this lane's two rows
   const int entering = doc_before(p, d, b, c);
-  for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
   load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
   stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
-  stage_raw<PP>(sDy, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P, p.dy_ss, tl.rows, d.P);
-  stage_state<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
-  __syncthreads();
 
-  // Prologue: dC = e^{cs_l} dy_l H_c over this half of the head columns.
-  float acc[NTC][4];
+  float acc[NTC][4];  // dC of the heads so far
   zero_acc(acc);
-  mma_ab<NTC, PP / 2>(acc, sDy, ldb(PP), row0, sH, ldb(NP), half * (PP / 2));
-  float rs0 = 0.f, rs1 = 0.f;  // this lane's part of the row sums of dcs
-  {
-    const float e0 = same_doc<kDocs>(doc_l[r0], entering) ? __expf(cs_l[r0]) : 0.f;
-    const float e1 = same_doc<kDocs>(doc_l[r1], entering) ? __expf(cs_l[r1]) : 0.f;
-#pragma unroll
-    for (int nt = 0; nt < NTC; ++nt) {
-      const int n = nt * 8 + tq * 2;
-      acc[nt][0] *= e0, acc[nt][1] *= e0;
-      acc[nt][2] *= e1, acc[nt][3] *= e1;
-      rs0 += __bfloat162float(sC[r0 * ldb(NP) + n]) * acc[nt][0] + __bfloat162float(sC[r0 * ldb(NP) + n + 1]) * acc[nt][1];
-      rs1 += __bfloat162float(sC[r1 * ldb(NP) + n]) * acc[nt][2] + __bfloat162float(sC[r1 * ldb(NP) + n + 1]) * acc[nt][3];
-    }
-  }
-  __syncthreads();  // H_c read by every warp before the source tiles overwrite it
-
-  for (int j = 0; j <= i; ++j) {
-    stage_source_tile<PP, NP, kDocs>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX,
-                                     cs_s, dt_s, c, doc_s);
+#pragma unroll 1
+  for (int h = part * d.hb; h < (part + 1) * d.hb; ++h) {
+    const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
+    for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
+    stage_raw<PP>(sDy, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P, p.dy_ss, tl.rows, d.P);
+    stage_state<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
     __syncthreads();
-    if (j < i || half * 32 <= row0 + 15) {
-      float sw[4][4];  // S2 = dy_l x_s^T, then W
-      zero_acc(sw);
-      mma_abt<4, PP>(sw, sDy, ldb(PP), row0, sX, ldb(PP), half * 32, 0);
+
+    // Prologue: dC += e^{cs_l} dy_l H_c over this half of the head columns, 16 state columns
+    // at a time, the rows scaled in f32 before they join the other heads' sums.
+    float rs0 = 0.f, rs1 = 0.f;  // this lane's part of the head's row sums of dcs
+    {
+      const float e0 = same_doc<kDocs>(doc_l[r0], entering) ? __expf(cs_l[r0]) : 0.f;
+      const float e1 = same_doc<kDocs>(doc_l[r1], entering) ? __expf(cs_l[r1]) : 0.f;
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
+      for (int nt = 0; nt < NTC; nt += 2) {
+        float t[2][4];
+        zero_acc(t);
+        mma_ab<2, PP / 2>(t, sDy, ldb(PP), row0, sH + nt * 8, ldb(NP), half * (PP / 2));
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e < 2 ? r0 : r1, s = half * 32 + nt * 8 + tq * 2 + (e & 1);
-          const bool keep = (j < i || s <= r) && same_doc<kDocs>(doc_l[r], doc_s[s]);
-          sw[nt][e] = keep ? sw[nt][e] * __expf(cs_l[r] - cs_s[s]) * dt_s[s] : 0.f;
+        for (int u = 0; u < 2; ++u) {
+          const int n = (nt + u) * 8 + tq * 2;
+          t[u][0] *= e0, t[u][1] *= e0, t[u][2] *= e1, t[u][3] *= e1;
+          rs0 += __bfloat162float(sC[r0 * ldb(NP) + n]) * t[u][0] + __bfloat162float(sC[r0 * ldb(NP) + n + 1]) * t[u][1];
+          rs1 += __bfloat162float(sC[r1 * ldb(NP) + n]) * t[u][2] + __bfloat162float(sC[r1 * ldb(NP) + n + 1]) * t[u][3];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[nt + u][e] += t[u][e];
         }
       }
-      uint32_t af[2][4];
-      pack_scores(af, sw);
-      {
-        float s1[4][4];  // S1 = C_l B_s^T: the row sums take sum_s S1 o W (W unrounded)
-        zero_acc(s1);
-        mma_abt<4, NP>(s1, sC, ldb(NP), row0, sB, ldb(NP), half * 32, 0);
+    }
+    __syncthreads();  // H_c read by every warp before the source tiles overwrite it
+
+    for (int j = 0; j <= i; ++j) {
+      stage_source_tile<PP, NP, kDocs>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX,
+                                       cs_s, dt_s, c, doc_s);
+      __syncthreads();
+      if (j < i || half * 32 <= row0 + 15) {
+        float sw[4][4];  // S2 = dy_l x_s^T, then W
+        zero_acc(sw);
+        mma_abt<4, PP>(sw, sDy, ldb(PP), row0, sX, ldb(PP), half * 32, 0);
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
-          rs0 += s1[nt][0] * sw[nt][0] + s1[nt][1] * sw[nt][1];
-          rs1 += s1[nt][2] * sw[nt][2] + s1[nt][3] * sw[nt][3];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = e < 2 ? r0 : r1, s = half * 32 + nt * 8 + tq * 2 + (e & 1);
+            const bool keep = (j < i || s <= r) && same_doc<kDocs>(doc_l[r], doc_s[s]);
+            sw[nt][e] = keep ? sw[nt][e] * __expf(cs_l[r] - cs_s[s]) * dt_s[s] : 0.f;
+          }
         }
+        uint32_t af[2][4];
+        pack_scores(af, sw);
+        {
+          float s1[4][4];  // S1 = C_l B_s^T: the row sums take sum_s S1 o W (W unrounded)
+          zero_acc(s1);
+          mma_abt<4, NP>(s1, sC, ldb(NP), row0, sB, ldb(NP), half * 32, 0);
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) {
+            rs0 += s1[nt][0] * sw[nt][0] + s1[nt][1] * sw[nt][1];
+            rs1 += s1[nt][2] * sw[nt][2] + s1[nt][3] * sw[nt][3];
+          }
+        }
+        mma_scores(acc, af, sB, ldb(NP), half * 32);  // dC += W (16 x 32) B_s[32 half ..]
       }
-      mma_scores(acc, af, sB, ldb(NP), half * 32);  // dC += W (16 x 32) B_s[32 half ..]
+      __syncthreads();  // the source tile read by every warp before the next is staged
     }
-    __syncthreads();
-  }
 
-  rs0 = quad_sum(rs0);
-  rs1 = quad_sum(rs1);
-  if (half == 1) {
-    stash_half(sF, ldf(NP), acc, r0);
-    if (tq == 0) rs_half[r0] = rs0, rs_half[r1] = rs1;
-  }
-  __syncthreads();
-  if (half == 0) {
-    if (tq == 0) {
+    // The head's row sums of dcs, the second half's through shared memory (rs_half is
+    // written again only after the next head's barriers).
+    rs0 = quad_sum(rs0);
+    rs1 = quad_sum(rs1);
+    if (half == 1 && tq == 0) rs_half[r0] = rs0, rs_half[r1] = rs1;
+    __syncthreads();
+    if (half == 0 && tq == 0) {
       dcs_row[cb + i * kT + r0] = rs0 + rs_half[r0];
       dcs_row[cb + i * kT + r1] = rs1 + rs_half[r1];
     }
-#pragma unroll
-    for (int nt = 0; nt < NTC; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e < 2 ? r0 : r1, n = nt * 8 + tq * 2 + (e & 1);
-        if (r < tl.rows && n < d.N)
-          dC_part[((static_cast<size_t>(b) * d.L + tl.t0 + r) * d.H + h) * d.N + n] = acc[nt][e] + sF[r * ldf(NP) + n];
-      }
-    }
   }
+
+  // dC of the block's heads; sF overlays the source tiles, released by the last barrier.
+  if (half == 1) stash_half(sF, ldf(NP), acc, r0);
+  __syncthreads();
+  if (half == 0) store_part_rows(dC_part, d, b, tl, part, acc, sF, ldf(NP), r0);
 }
 
 // Shared-memory plan of the s-tile backward (dB, dx, ddt terms, column sums of dcs).
@@ -1346,72 +1383,75 @@ __global__ void __launch_bounds__(kThreads, 2)
   int* doc_s = reinterpret_cast<int*>(smem + S::docs);
   int* doc_l = doc_s + kT;
 
-  const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
+  // d.hb heads of one group in turn, dB summed over them in the accumulators (as the l-tile
+  // backward does for dC).
+  const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, part = blockIdx.y, b = blockIdx.z;
+  const int g = part * d.hb / d.hpg;
   const TileRows ts(d, c, i);
   if (ts.rows <= 0) return;
-  const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, strip = warp & 3, half = warp >> 2;
-  const int row0 = strip * 16, gr = lane >> 2, tq = lane & 3, r0 = row0 + gr, r1 = r0 + 8;
-  load_s_tile_scalars<kDocs>(p, d, b, c, i, ts, dtv, cs, cb, cs_s, dt_s, wlast, doc_s);
-  stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
-  stage_state<PP, NP>(sG, G + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
-  __syncthreads();
+  const int warp = threadIdx.x >> 5, strip = warp & 3, half = warp >> 2;
+  const int row0 = strip * 16, tq = threadIdx.x & 3, r0 = row0 + ((threadIdx.x & 31) >> 2), r1 = r0 + 8;
 
-  // Prologue: dB = wlast dt_s x_s G_c over this half of the head columns.
-  float acc[NTB][4];
+  float acc[NTB][4];  // dB of the heads so far
   zero_acc(acc);
-  mma_ab<NTB, PP / 2>(acc, sX, ldb(PP), row0, sG, ldb(NP), half * (PP / 2));
-  {
-    const float w0 = wlast[r0] * dt_s[r0], w1 = wlast[r1] * dt_s[r1];
-#pragma unroll
-    for (int nt = 0; nt < NTB; ++nt) {
-      acc[nt][0] *= w0, acc[nt][1] *= w0;
-      acc[nt][2] *= w1, acc[nt][3] *= w1;
-    }
-  }
-  __syncthreads();
-
-  for (int j = i; j < d.Qt; ++j) {
-    const TileRows tl(d, c, j);
-    if (tl.rows <= 0) break;
-    stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
-    stage_raw<PP>(sDy, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P, p.dy_ss, tl.rows, d.P);
-    for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + j * kT + r];
-    load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
+#pragma unroll 1
+  for (int h = part * d.hb; h < (part + 1) * d.hb; ++h) {
+    const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
+    load_s_tile_scalars<kDocs>(p, d, b, c, i, ts, dtv, cs, cb, cs_s, dt_s, wlast, doc_s);
+    stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
+    stage_state<PP, NP>(sG, G + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
     __syncthreads();
-    if (j > i || half * 32 + 31 >= row0) {
-      float s2[4][4];
-      zero_acc(s2);
-      mma_abt<4, PP>(s2, sX, ldb(PP), row0, sDy, ldb(PP), half * 32, 0);
+
+    // Prologue: dB += wlast dt_s x_s G_c over this half of the head columns, 16 state
+    // columns at a time, the rows scaled in f32 before they join the other heads' sums.
+    {
+      const float w0 = wlast[r0] * dt_s[r0], w1 = wlast[r1] * dt_s[r1];
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
+      for (int nt = 0; nt < NTB; nt += 2) {
+        float t[2][4];
+        zero_acc(t);
+        mma_ab<2, PP / 2>(t, sX, ldb(PP), row0, sG + nt * 8, ldb(NP), half * (PP / 2));
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e < 2 ? r0 : r1, l = half * 32 + nt * 8 + tq * 2 + (e & 1);
-          const bool keep = (j > i || l >= r) && same_doc<kDocs>(doc_l[l], doc_s[r]);
-          s2[nt][e] = keep ? s2[nt][e] * __expf(cs_l[l] - cs_s[r]) * dt_s[r] : 0.f;  // W
+        for (int u = 0; u < 2; ++u) {
+          acc[nt + u][0] += t[u][0] * w0, acc[nt + u][1] += t[u][1] * w0;
+          acc[nt + u][2] += t[u][2] * w1, acc[nt + u][3] += t[u][3] * w1;
         }
       }
-      uint32_t af[2][4];
-      pack_scores(af, s2);
-      mma_scores(acc, af, sC, ldb(NP), half * 32);  // dB += W (16 x 32) C_l[32 half ..]
     }
-    __syncthreads();
+    __syncthreads();  // G_c read by every warp before the l-tiles overwrite it
+
+    for (int j = i; j < d.Qt; ++j) {
+      const TileRows tl(d, c, j);
+      if (tl.rows <= 0) break;
+      stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
+      stage_raw<PP>(sDy, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P, p.dy_ss, tl.rows, d.P);
+      for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + j * kT + r];
+      load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
+      __syncthreads();
+      if (j > i || half * 32 + 31 >= row0) {
+        float s2[4][4];
+        zero_acc(s2);
+        mma_abt<4, PP>(s2, sX, ldb(PP), row0, sDy, ldb(PP), half * 32, 0);
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = e < 2 ? r0 : r1, l = half * 32 + nt * 8 + tq * 2 + (e & 1);
+            const bool keep = (j > i || l >= r) && same_doc<kDocs>(doc_l[l], doc_s[r]);
+            s2[nt][e] = keep ? s2[nt][e] * __expf(cs_l[l] - cs_s[r]) * dt_s[r] : 0.f;  // W
+          }
+        }
+        uint32_t af[2][4];
+        pack_scores(af, s2);
+        mma_scores(acc, af, sC, ldb(NP), half * 32);  // dB += W (16 x 32) C_l[32 half ..]
+      }
+      __syncthreads();  // the l-tile read by every warp before the next is staged
+    }
   }
 
   if (half == 1) stash_half(sF, ldf(NP), acc, r0);
   __syncthreads();
-  if (half == 0) {
-#pragma unroll
-    for (int nt = 0; nt < NTB; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e < 2 ? r0 : r1, n = nt * 8 + tq * 2 + (e & 1);
-        if (r < ts.rows && n < d.N)
-          dB_part[((static_cast<size_t>(b) * d.L + ts.t0 + r) * d.H + h) * d.N + n] = acc[nt][e] + sF[r * ldf(NP) + n];
-      }
-    }
-  }
+  if (half == 0) store_part_rows(dB_part, d, b, ts, part, acc, sF, ldf(NP), r0);
 }
 
 // Per chunk: dcs -> d(dt A) by a reverse cumsum; ddt = ddt_dir + A d(dt A) (then through
@@ -1471,8 +1511,10 @@ __global__ void __launch_bounds__(kThreads) finalize_dt_kernel(Ptrs p, SsdDims d
   }
 }
 
-// out (B, L, G, N) bf16 = sum over the heads of each group of part (B, L, H, N), in order.
+// out (B, L, G, N) bf16 = sum over the parts of each group of part (B, L, H / hb, N), in
+// order (a part: the sum over hb heads, taken by the tile kernel).
 __global__ void sum_heads_kernel(const float* part, bf* out, SsdDims d) {
+  const int parts = d.H / d.hb, per_group = d.hpg / d.hb;
   const size_t total = static_cast<size_t>(d.B) * d.L * d.G * d.N;
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
@@ -1480,9 +1522,9 @@ __global__ void sum_heads_kernel(const float* part, bf* out, SsdDims d) {
     const size_t r = i / d.N;
     const int g = static_cast<int>(r % d.G);
     const size_t bt = r / d.G;
-    const float* src = part + (bt * d.H + static_cast<size_t>(g) * d.hpg) * d.N + n;
+    const float* src = part + (bt * parts + static_cast<size_t>(g) * per_group) * d.N + n;
     float acc = 0.f;
-    for (int k = 0; k < d.hpg; ++k) acc += src[static_cast<size_t>(k) * d.N];
+    for (int k = 0; k < per_group; ++k) acc += src[static_cast<size_t>(k) * d.N];
     out[i] = __float2bfloat16(acc);
   }
 }
@@ -1515,6 +1557,15 @@ SsdDims make_dims(const SsdParams& p) {
   d.hpg = d.H / d.G;
   d.Pp = pad_state_dim(p.P, kSsdCudaMaxHeaddim);
   d.Np = pad_state_dim(p.N, kSsdCudaMaxState);
+  // The mma.sync dB/dC kernels (d_state <= 128) sum up to 4 heads of a group in a block:
+  // 4x less f32 partial traffic at H 24, and still (chunks x 4, H / 4, B) blocks to spread.
+  d.hb = 1;
+  if (d.Np <= 128)
+    for (int hb : {4, 3, 2})
+      if (d.hpg % hb == 0) {
+        d.hb = hb;
+        break;
+      }
   static_assert(64 * 64 % kPassElems == 0, "state passing covers whole blocks");
   return d;
 }
@@ -1613,7 +1664,7 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
   float* cs_p = cs.data<float>();
   entering_states(q, d, dtv_p, cs_p, st.data<float>(), nullptr, stream);
 
-  const dim3 chunks(d.nc, d.H, d.B), tiles(d.nc * d.Qt, d.H, d.B);
+  const dim3 chunks(d.nc, d.H, d.B), tiles(d.nc * d.Qt, d.H, d.B), head_parts(d.nc * d.Qt, d.H / d.hb, d.B);
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
     launch(q.seq ? chunk_state_kernel<PP, NP, true, true> : chunk_state_kernel<PP, NP, true, false>, chunks, bf_bytes(kT, PP) + bf_bytes(kT, NP), stream, q, d,
@@ -1625,7 +1676,7 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
                                                                       static_cast<float*>(p.dh0), gdot.data<float>());
   CUDA_CHECK_LAUNCH();
 
-  Tensor dC_part = f32({d.B, d.L, d.H, d.N}), dB_part = f32({d.B, d.L, d.H, d.N});
+  Tensor dC_part = f32({d.B, d.L, d.H / d.hb, d.N}), dB_part = f32({d.B, d.L, d.H / d.hb, d.N});
   Tensor dcs_row = f32({d.B, d.H, d.nc, d.Qp}), dcs_col = f32({d.B, d.H, d.nc, d.Qp});
   Tensor ddt_dir = f32({d.B, d.H, d.nc, d.Qp});
   Tensor vsum = f32({d.B, d.H, d.nc, d.Qt}), dD_part = f32({d.B, d.H, d.nc, d.Qt});
@@ -1638,12 +1689,12 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
     const float* pst = st.data<float>();
     const float* pdS = dS.data<float>();
     if constexpr (NP <= 128) {
-      launch(q.seq ? bwd_l_mma_kernel<PP, NP, true> : bwd_l_mma_kernel<PP, NP, false>, tiles,
+      launch(q.seq ? bwd_l_mma_kernel<PP, NP, true> : bwd_l_mma_kernel<PP, NP, false>, head_parts,
              BwdLMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pst, dC_part.data<float>(), dcs_row.data<float>());
       launch(q.seq ? bwd_s_x_mma_kernel<PP, NP, true> : bwd_s_x_mma_kernel<PP, NP, false>, tiles,
              BwdSXMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pdS, static_cast<bf*>(p.dx), ddt_dir.data<float>(),
              dcs_col.data<float>(), vsum.data<float>(), dD_part.data<float>());
-      launch(q.seq ? bwd_s_b_mma_kernel<PP, NP, true> : bwd_s_b_mma_kernel<PP, NP, false>, tiles,
+      launch(q.seq ? bwd_s_b_mma_kernel<PP, NP, true> : bwd_s_b_mma_kernel<PP, NP, false>, head_parts,
              BwdSBMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pdS, dB_part.data<float>());
     } else {
       launch(q.seq ? bwd_l_kernel<PP, NP, true> : bwd_l_kernel<PP, NP, false>, tiles, BwdLSmem<PP, NP>::total,

@@ -506,6 +506,8 @@ TEST_CASE("ssd_chunked fused CUDA kernels (bf16) match the CPU over their tiling
           {1, 200, 3, 40, 1, 24, 100, false},  // Q = 100: tiles of 64 + 36; P, N padded
           {1, 130, 2, 128, 1, 256, 64, true},  // the largest headdim and state
           {2, 77, 4, 96, 2, 160, 128, true},   // a single short chunk; padded to 128 x 256
+          {1, 150, 8, 32, 1, 64, 128, false},  // 8 heads in one group: dB, dC summed 4 heads a block
+          {1, 90, 8, 64, 2, 128, 64, true},    // 4 heads per group, one block's part per group
       },
       DType::bf16, kSsdFused, gen);
 }
