@@ -279,10 +279,10 @@ __device__ __forceinline__ void load_tile_docs(const Ptrs& p, const SsdDims& d, 
 template <int PP, int NP, bool kDocs>
 __device__ __forceinline__ void stage_source_tile(const Ptrs& p, const SsdDims& d, int b, int h, const TileRows& ts,
                                                   const float* cs_tile, const float* dt_tile, bf* sB, bf* sX,
-                                                  float* cs_s, float* dt_s, int c, int* doc_s) {
+                                                  float* cs_s, float* dt_s, int c, int* doc_s, bool with_B = true) {
   const int g = h / d.hpg;
   load_tile_docs<kDocs>(p, d, b, c, ts, doc_s);
-  stage_raw<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, ts.rows, d.N);
+  if (with_B) stage_raw<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, ts.rows, d.N);
   stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
   for (int r = threadIdx.x; r < kT; r += kThreads) {
     cs_s[r] = cs_tile[r];
@@ -647,6 +647,67 @@ __device__ __forceinline__ void store_part_rows(float* out, const SsdDims& d, in
   }
 }
 
+// ---- C B^T once per (batch, chunk, group) ----
+//
+// The score tile S1 = C_l B_s^T depends on the group, not on the head: it is computed once
+// per (batch, chunk, group) and tile pair (l-tile i, s-tile j <= i) and read by every head
+// of the group. Each 64 x 64 tile is stored in the mma.sync accumulator layout of the
+// kernels that read it (warp w owns rows 16 (w % 4) .. + 16 and columns 32 (w / 4) .. + 32
+// as four n8 tiles; lane `lane` holds 4 floats of each), so that a lane reads its 16
+// accumulator values as four float4, coalesced: [pair][warp][nt][lane][4], 4096 floats a
+// pair. `rows_s` = false: rows l, columns s (the forward and the l-tile backward);
+// true: the transpose B_s C_l^T, rows s, columns l (the s-tile backward).
+constexpr int kPairFloats = kT * kT;
+__host__ __device__ constexpr int tile_pair(int i, int j) { return i * (i + 1) / 2 + j; }  // j <= i
+
+__device__ __forceinline__ size_t cb_pair_at(const SsdDims& d, int b, int c, int g, int pair) {
+  return ((static_cast<size_t>(b) * d.nc + c) * d.G + g) * (static_cast<size_t>(d.Qt) * (d.Qt + 1) / 2) + pair;
+}
+
+// A warp's 16 x 32 block of a stored tile pair, as its accumulators.
+__device__ __forceinline__ void load_cb(float (&acc)[4][4], const float* cb, size_t pair_at) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const float4* src = reinterpret_cast<const float4*>(cb + pair_at * kPairFloats) + warp * 4 * 32 + lane;
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+    const float4 v = src[nt * 32];
+    acc[nt][0] = v.x, acc[nt][1] = v.y, acc[nt][2] = v.z, acc[nt][3] = v.w;
+  }
+}
+
+// grid (nc x pairs, G, B): C_i B_j^T into cb_l (rows l) and, when cb_s is given, B_j C_i^T
+// into cb_s (rows s) for the tile pair (i, j <= i) of chunk c and group g.
+template <int NP>
+__global__ void __launch_bounds__(kThreads) cb_tiles_kernel(Ptrs p, SsdDims d, float* cb_l, float* cb_s) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf* sC = reinterpret_cast<bf*>(smem);
+  bf* sB = reinterpret_cast<bf*>(smem + bf_bytes(kT, NP));
+  const int npairs = d.Qt * (d.Qt + 1) / 2;
+  const int c = blockIdx.x / npairs, pair = blockIdx.x % npairs, g = blockIdx.y, b = blockIdx.z;
+  int i = 0;
+  while (tile_pair(i + 1, 0) <= pair) ++i;
+  const int j = pair - tile_pair(i, 0);
+  const TileRows tl(d, c, i), ts(d, c, j);
+  stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, max(tl.rows, 0), d.N);
+  stage_raw<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, max(ts.rows, 0), d.N);
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, row0 = (warp & 3) * 16, half = warp >> 2;
+  const size_t at = cb_pair_at(d, b, c, g, pair);
+  float acc[4][4];
+  zero_acc(acc);
+  mma_abt<4, NP>(acc, sC, ldb(NP), row0, sB, ldb(NP), half * 32, 0);
+  float4* dst = reinterpret_cast<float4*>(cb_l + at * kPairFloats) + warp * 4 * 32 + lane;
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) dst[nt * 32] = make_float4(acc[nt][0], acc[nt][1], acc[nt][2], acc[nt][3]);
+  if (cb_s) {
+    zero_acc(acc);
+    mma_abt<4, NP>(acc, sB, ldb(NP), row0, sC, ldb(NP), half * 32, 0);
+    dst = reinterpret_cast<float4*>(cb_s + at * kPairFloats) + warp * 4 * 32 + lane;
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) dst[nt * 32] = make_float4(acc[nt][0], acc[nt][1], acc[nt][2], acc[nt][3]);
+  }
+}
+
 template <int PP, int NP>
 struct ScanFwdMmaSmem {
   static constexpr size_t sC = 0;
@@ -661,7 +722,8 @@ struct ScanFwdMmaSmem {
 
 template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, 2)
-    chunk_scan_fwd_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* st, bf* y) {
+    chunk_scan_fwd_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* st, const float* cbl,
+                              bf* y) {
   using S = ScanFwdMmaSmem<PP, NP>;
   constexpr int NTO = PP / 8;  // output n8 tiles of a warp (all PP columns, half of the sum)
   extern __shared__ __align__(128) unsigned char smem[];
@@ -706,14 +768,14 @@ __global__ void __launch_bounds__(kThreads, 2)
   __syncthreads();  // H_c read by every warp before the source tiles overwrite it
 
   for (int j = 0; j <= i; ++j) {
+    // (B_s is not staged: S = C_l B_s^T comes from cbl, computed once per group)
     stage_source_tile<PP, NP, kDocs>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX,
-                                     cs_s, dt_s, c, doc_s);
+                                     cs_s, dt_s, c, doc_s, false);
     __syncthreads();
     // On the diagonal tile, a warp whose source columns all lie after its rows adds nothing.
     if (j < i || half * 32 <= row0 + 15) {
       float sc[4][4];  // S rows row0 .. + 16, source columns 32 half .. + 32
-      zero_acc(sc);
-      mma_abt<4, NP>(sc, sC, ldb(NP), row0, sB, ldb(NP), half * 32, 0);
+      load_cb(sc, cbl, cb_pair_at(d, b, c, g, tile_pair(i, j)));
       // Mask and scale in the accumulators, pack, and acc += W (16 x 32) x_s[32 half ..].
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
@@ -880,8 +942,8 @@ struct BwdLMmaSmem {
 
 template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, 2)
-    bwd_l_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* st, float* dC_part,
-                     float* dcs_row) {
+    bwd_l_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* st, const float* cbl,
+                     float* dC_part, float* dcs_row) {
   static_assert(NP <= 128, "the dC accumulators of a warp are 16 x NP");
   using S = BwdLMmaSmem<PP, NP>;
   constexpr int NTC = NP / 8;
@@ -971,9 +1033,8 @@ __global__ void __launch_bounds__(kThreads, 2)
         uint32_t af[2][4];
         pack_scores(af, sw);
         {
-          float s1[4][4];  // S1 = C_l B_s^T: the row sums take sum_s S1 o W (W unrounded)
-          zero_acc(s1);
-          mma_abt<4, NP>(s1, sC, ldb(NP), row0, sB, ldb(NP), half * 32, 0);
+          float s1[4][4];  // S1 = C_l B_s^T (from cbl): the row sums take sum_s S1 o W (W unrounded)
+          load_cb(s1, cbl, cb_pair_at(d, b, c, g, tile_pair(i, j)));
 #pragma unroll
           for (int nt = 0; nt < 4; ++nt) {
             rs0 += s1[nt][0] * sw[nt][0] + s1[nt][1] * sw[nt][1];
@@ -1214,15 +1275,14 @@ __device__ __forceinline__ void load_s_tile_scalars(const Ptrs& p, const SsdDims
 
 template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, 2)
-    bwd_s_x_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* G, bf* dx,
-                       float* ddt_dir, float* dcs_col, float* vsum_part, float* dD_part) {
+    bwd_s_x_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* G, const float* cbs,
+                       bf* dx, float* ddt_dir, float* dcs_col, float* vsum_part, float* dD_part) {
   using S = BwdSXMmaSmem<PP, NP>;
   constexpr int NTX = PP / 8;
   extern __shared__ __align__(128) unsigned char smem[];
   bf* sB = reinterpret_cast<bf*>(smem + S::sB);
   bf* sX = reinterpret_cast<bf*>(smem + S::sX);
   bf* sG = reinterpret_cast<bf*>(smem + S::sR);
-  bf* sC = reinterpret_cast<bf*>(smem + S::sR);
   bf* sDy = reinterpret_cast<bf*>(smem + S::sR + bf_bytes(kT, NP));
   float* sF = reinterpret_cast<float*>(smem + S::sR);
   float* cs_s = reinterpret_cast<float*>(smem + S::vec);
@@ -1275,7 +1335,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   for (int j = i; j < d.Qt; ++j) {
     const TileRows tl(d, c, j);
     if (tl.rows <= 0) break;
-    stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
+    // (C_l is not staged: S1 = B_s C_l^T comes from cbs, computed once per group)
     stage_raw<PP>(sDy, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P, p.dy_ss, tl.rows, d.P);
     for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + j * kT + r];
     load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
@@ -1283,9 +1343,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     // On the diagonal tile, a warp whose columns l all lie before its rows s adds nothing.
     if (j > i || half * 32 + 31 >= row0) {
       float s1[4][4], s2[4][4];
-      zero_acc(s1);
+      load_cb(s1, cbs, cb_pair_at(d, b, c, g, tile_pair(j, i)));
       zero_acc(s2);
-      mma_abt<4, NP>(s1, sB, ldb(NP), row0, sC, ldb(NP), half * 32, 0);
       mma_abt<4, PP>(s2, sX, ldb(PP), row0, sDy, ldb(PP), half * 32, 0);
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
@@ -1608,6 +1667,23 @@ void launch(K kernel, dim3 grid, size_t smem, cudaStream_t stream, const auto&..
   CUDA_CHECK_LAUNCH();
 }
 
+// C B^T of every (batch, chunk, group) and causal tile pair, in the tile kernels' fragment
+// layout: rows l (first); with `transposed`, also B C^T with rows s (second). f32, 16 KB a
+// tile pair: 10 MB a layer at B8 L2048 Q256 G1 (per group, not per head).
+std::pair<Tensor, Tensor> cb_tiles(const Ptrs& q, const SsdDims& d, bool transposed, Device device,
+                                   cudaStream_t stream) {
+  const int npairs = d.Qt * (d.Qt + 1) / 2;
+  const Dims shape{d.B, d.nc, d.G, npairs, kPairFloats};
+  Tensor cbl = Tensor::empty(shape, DType::f32, device);
+  Tensor cbs = transposed ? Tensor::empty(shape, DType::f32, device) : Tensor();
+  with_sizes(d, [&](auto, auto np) {
+    constexpr int NP = decltype(np)::value;
+    launch(cb_tiles_kernel<NP>, dim3(d.nc * npairs, d.G, d.B), 2 * bf_bytes(kT, NP), stream, q, d,
+           cbl.data<float>(), transposed ? cbs.data<float>() : static_cast<float*>(nullptr));
+  });
+  return {cbl, cbs};
+}
+
 // Prep, chunk states and state passing: fills dtv, cs and st (the state entering each chunk).
 void entering_states(const Ptrs& q, const SsdDims& d, float* dtv, float* cs, float* st, float* h_last,
                      cudaStream_t stream) {
@@ -1643,10 +1719,12 @@ void ssd_fwd_cuda(const SsdParams& p, Device device) {
   entering_states(q, d, dtv.data<float>(), cs.data<float>(), st.data<float>(), static_cast<float*>(p.h_last), stream);
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
+    Tensor cbl = cb_tiles(q, d, false, device, stream).first;
     launch(q.seq ? chunk_scan_fwd_mma_kernel<PP, NP, true> : chunk_scan_fwd_mma_kernel<PP, NP, false>,
            dim3(d.nc * d.Qt, d.H, d.B), ScanFwdMmaSmem<PP, NP>::total, stream, q, d,
            static_cast<const float*>(dtv.data<float>()), static_cast<const float*>(cs.data<float>()),
-           static_cast<const float*>(st.data<float>()), static_cast<bf*>(p.y));
+           static_cast<const float*>(st.data<float>()), static_cast<const float*>(cbl.data<float>()),
+           static_cast<bf*>(p.y));
   });
 }
 
@@ -1689,11 +1767,14 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
     const float* pst = st.data<float>();
     const float* pdS = dS.data<float>();
     if constexpr (NP <= 128) {
+      const auto [cbl, cbs] = cb_tiles(q, d, true, device, stream);
       launch(q.seq ? bwd_l_mma_kernel<PP, NP, true> : bwd_l_mma_kernel<PP, NP, false>, head_parts,
-             BwdLMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pst, dC_part.data<float>(), dcs_row.data<float>());
+             BwdLMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pst, static_cast<const float*>(cbl.data<float>()),
+             dC_part.data<float>(), dcs_row.data<float>());
       launch(q.seq ? bwd_s_x_mma_kernel<PP, NP, true> : bwd_s_x_mma_kernel<PP, NP, false>, tiles,
-             BwdSXMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pdS, static_cast<bf*>(p.dx), ddt_dir.data<float>(),
-             dcs_col.data<float>(), vsum.data<float>(), dD_part.data<float>());
+             BwdSXMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pdS, static_cast<const float*>(cbs.data<float>()),
+             static_cast<bf*>(p.dx), ddt_dir.data<float>(), dcs_col.data<float>(), vsum.data<float>(),
+             dD_part.data<float>());
       launch(q.seq ? bwd_s_b_mma_kernel<PP, NP, true> : bwd_s_b_mma_kernel<PP, NP, false>, head_parts,
              BwdSBMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pdS, dB_part.data<float>());
     } else {
