@@ -38,14 +38,11 @@ Mamba2::Mamba2(const Mamba2Options& o, Generator& gen) : opt_(o) {
 
 Tensor Mamba2::mix(const Tensor& xBC, const Tensor& z, const Tensor& dt, const Tensor& h0, Tensor* h_last,
                    const Tensor& seq_idx) {
-  const int64_t Bsz = xBC.size(0), L = xBC.size(1), G = opt_.ngroups, N = opt_.d_state, P = opt_.headdim;
-  // Column slices of xBC, viewed in place: the SSD kernels read rows at xBC's stride.
-  auto parts = xBC.split({d_inner_, G * N, G * N}, -1);
-  Tensor x = parts[0].view({Bsz, L, nheads_, P});
-  Tensor Bm = parts[1].view({Bsz, L, G, N});
-  Tensor Cm = parts[2].view({Bsz, L, G, N});
-  auto r = ssd_chunked(x, dt, -exp(A_log_), Bm, Cm, D_, dt_bias_, /*dt_softplus=*/true, opt_.chunk_size, h0,
-                       seq_idx);
+  const int64_t Bsz = xBC.size(0), L = xBC.size(1), G = opt_.ngroups;
+  // x, Bm, Cm are column slices of xBC, read in place; the backward writes their gradients
+  // into one gradient of xBC.
+  auto r = ssd_chunked_packed(xBC, nheads_, G, opt_.d_state, dt, -exp(A_log_), D_, dt_bias_, /*dt_softplus=*/true,
+                              opt_.chunk_size, h0, seq_idx);
   if (h_last) *h_last = r.h_last;
   // Gated RMSNorm: y * silu(z), normalised per group of d_inner / G channels, then the weight.
   return gated_rms_norm(r.y.reshape({Bsz, L, d_inner_}), z, norm_weight_, d_inner_ / G, opt_.norm_eps);

@@ -285,7 +285,7 @@ void backward_kernel(const SsdParams& p) {
               dbias_acc += d_in;
               if (ddt_out) ddt_out[(b * L + t0 + l) * H + h] = static_cast<T>(d_in);
               if (dx) {
-                T* row = dx + ((b * L + t0 + l) * H + h) * P;
+                T* row = dx + (b * L + t0 + l) * p.dx_row() + h * P;
                 for (int64_t i = 0; i < P; ++i) row[i] = static_cast<T>(dX(l, i));
               }
             }
@@ -294,7 +294,7 @@ void backward_kernel(const SsdParams& p) {
             dD_part[(b * nc + c) * H + h] = dY.cwiseProduct(ch.X).sum();
           }
           for (int64_t l = 0; l < len; ++l) {
-            const int64_t row = ((b * L + t0 + l) * G + g) * N;
+            const int64_t row = (b * L + t0 + l) * p.dbc_row() + g * N;
             for (int64_t n = 0; n < N; ++n) {
               if (dBm) dBm[row + n] = static_cast<T>(dBc(l, n));
               if (dCm) dCm[row + n] = static_cast<T>(dCc(l, n));
@@ -386,10 +386,24 @@ void ssd_bwd_cpu(const SsdParams& p) {
 
 namespace {
 
+// The backward's params with packed gradients resolved (SsdParams::packed): dx holds the
+// gradient of xBC, whose column slices after x's H P columns are dBm and dCm.
+SsdParams unpacked(const SsdParams& p) {
+  if (!p.packed || !p.dx) return p;
+  SsdParams q = p;
+  const int64_t es = dtype_size(p.dtype);
+  q.dBm = static_cast<char*>(p.dx) + p.H * p.P * es;
+  q.dCm = static_cast<char*>(q.dBm) + p.G * p.N * es;
+  q.grad_row = p.H * p.P + 2 * p.G * p.N;
+  return q;
+}
+
+void ssd_bwd_entry(const SsdParams& p) { ssd_bwd_cpu(unpacked(p)); }
+
 #if defined(SSMTRAIN_WITH_CUDA)
 // The fused CUDA launchers (ssd_cuda.h) take the Device; the kernel table passes its index.
 void ssd_fwd_on_cuda(const SsdParams& p, int device) { ssd_fwd_cuda(p, Device::cuda(device)); }
-void ssd_bwd_on_cuda(const SsdParams& p, int device) { ssd_bwd_cuda(p, Device::cuda(device)); }
+void ssd_bwd_on_cuda(const SsdParams& p, int device) { ssd_bwd_cuda(unpacked(p), Device::cuda(device)); }
 
 // Whether the fused CUDA kernels take a call on the GPU: bf16 inputs within their size
 // limits. Other CUDA calls take the composed path below.
@@ -400,7 +414,7 @@ bool fused_on_device(const SsdTensors& in, int64_t chunk_size) {
 bool fused_on_device(const SsdTensors&, int64_t) { return false; }
 #endif
 
-const FusedKernels<SsdParams> kKernels = {ssd_fwd_cpu, ssd_bwd_cpu, SSMT_CUDA_KERNEL(ssd_fwd_on_cuda),
+const FusedKernels<SsdParams> kKernels = {ssd_fwd_cpu, ssd_bwd_entry, SSMT_CUDA_KERNEL(ssd_fwd_on_cuda),
                                           SSMT_CUDA_KERNEL(ssd_bwd_on_cuda)};
 
 // The other CUDA calls (f32 and f64 inputs, sizes past the fused kernels' limits): the
@@ -422,26 +436,32 @@ SsdResult ssd_on_device(const SsdTensors& in, bool dt_softplus, int64_t chunk_si
 
 }  // namespace
 
-SsdResult ssd_chunked(const Tensor& x_in, const Tensor& dt_in, const Tensor& A_in, const Tensor& Bm_in,
-                      const Tensor& Cm_in, const Tensor& D_in, const Tensor& dt_bias_in, bool dt_softplus,
-                      int64_t chunk_size, const Tensor& h0_in, const Tensor& seq_idx_in) {
+namespace {
+
+// The tape node of both entry points. xBC: the packed input when the call came through
+// ssd_chunked_packed (x, Bm, Cm are then its slices and get no gradients of their own), or
+// undefined.
+SsdResult ssd_node(const SsdTensors& in, const Tensor& xBC, bool dt_softplus, int64_t chunk_size,
+                   const Tensor& seq_idx) {
   using P = SsdParams;
-  check_args(x_in, dt_in, A_in, Bm_in, Cm_in, D_in, dt_bias_in, h0_in, chunk_size);
-  const Tensor seq_idx = checked_seq_idx(kOp, seq_idx_in, x_in.size(0), x_in.size(1), x_in.device());
-  FusedOp<P> op(kOp, kKernels, x_in.device());
-  const SsdTensors in = converted(x_in, dt_in, A_in, Bm_in, Cm_in, D_in, dt_bias_in, h0_in);
-  if (op.device().is_cuda() && !fused_on_device(in, chunk_size))
-    return ssd_on_device(in, dt_softplus, chunk_size, seq_idx);
+  FusedOp<P> op(kOp, kKernels, in.x.device());
   op.p = make_params(in, dt_softplus, chunk_size);
   if (seq_idx.defined()) {
     op.p.seq_idx = static_cast<const int32_t*>(seq_idx.data_ptr());
     op.save(seq_idx);
   }
-  op.input(in.x, &P::dx);
+  if (xBC.defined()) {
+    op.p.packed = true;
+    op.input(xBC, &P::dx);
+  } else {
+    op.input(in.x, &P::dx);
+  }
   op.input(in.dt, &P::ddt);
   op.input(in.A, &P::dA);
-  op.input(in.Bm, &P::dBm);
-  op.input(in.Cm, &P::dCm);
+  if (!xBC.defined()) {
+    op.input(in.Bm, &P::dBm);
+    op.input(in.Cm, &P::dCm);
+  }
   op.input(in.D, &P::dD);
   op.input(in.dt_bias, &P::ddt_bias);
   op.input(in.h0, &P::dh0);
@@ -456,6 +476,49 @@ SsdResult ssd_chunked(const Tensor& x_in, const Tensor& dt_in, const Tensor& A_i
     return std::vector<Tensor>{dy, dh_last};
   });
   return {y, h_last};
+}
+
+}  // namespace
+
+SsdResult ssd_chunked(const Tensor& x_in, const Tensor& dt_in, const Tensor& A_in, const Tensor& Bm_in,
+                      const Tensor& Cm_in, const Tensor& D_in, const Tensor& dt_bias_in, bool dt_softplus,
+                      int64_t chunk_size, const Tensor& h0_in, const Tensor& seq_idx_in) {
+  check_args(x_in, dt_in, A_in, Bm_in, Cm_in, D_in, dt_bias_in, h0_in, chunk_size);
+  const Tensor seq_idx = checked_seq_idx(kOp, seq_idx_in, x_in.size(0), x_in.size(1), x_in.device());
+  if (x_in.device().is_cuda() && !kKernels.forward_cuda) throw_cuda_not_built(kOp, x_in.device());
+  const SsdTensors in = converted(x_in, dt_in, A_in, Bm_in, Cm_in, D_in, dt_bias_in, h0_in);
+  if (in.x.device().is_cuda() && !fused_on_device(in, chunk_size))
+    return ssd_on_device(in, dt_softplus, chunk_size, seq_idx);
+  return ssd_node(in, Tensor(), dt_softplus, chunk_size, seq_idx);
+}
+
+SsdResult ssd_chunked_packed(const Tensor& xBC_in, int64_t heads, int64_t groups, int64_t d_state, const Tensor& dt,
+                             const Tensor& A, const Tensor& D, const Tensor& dt_bias, bool dt_softplus,
+                             int64_t chunk_size, const Tensor& h0, const Tensor& seq_idx_in) {
+  check_present(kOp, "xBC", xBC_in);
+  check_rank(kOp, "xBC", xBC_in, 3, "(B, L, H P + 2 G N)");
+  const int64_t Bsz = xBC_in.size(0), L = xBC_in.size(1), W = xBC_in.size(2);
+  SSMT_CHECK(heads > 0 && groups > 0 && d_state > 0 && W > 2 * groups * d_state &&
+                 (W - 2 * groups * d_state) % heads == 0,
+             kOp, ": xBC ", xBC_in.shape().str(), ": the last axis must be H P + 2 G N with H = ", heads,
+             " heads, G = ", groups, " groups and N = ", d_state, " (d_state)");
+  const int64_t P = (W - 2 * groups * d_state) / heads, GN = groups * d_state;
+  // with_contiguous_rows keeps xBC itself (the tape input) when its rows are contiguous.
+  const Tensor xBC = with_contiguous_rows(xBC_in, 1);
+  auto parts = xBC.detach().split({heads * P, GN, GN}, -1);
+  const Tensor x = parts[0].view({Bsz, L, heads, P});
+  const Tensor Bm = parts[1].view({Bsz, L, groups, d_state}), Cm = parts[2].view({Bsz, L, groups, d_state});
+  check_args(x, dt, A, Bm, Cm, D, dt_bias, h0, chunk_size);
+  const Tensor seq_idx = checked_seq_idx(kOp, seq_idx_in, Bsz, L, xBC.device());
+  if (xBC.device().is_cuda() && !kKernels.forward_cuda) throw_cuda_not_built(kOp, xBC.device());
+  const SsdTensors in = converted(x, dt, A, Bm, Cm, D, dt_bias, h0);
+  if (in.x.device().is_cuda() && !fused_on_device(in, chunk_size)) {
+    // The composed path differentiates through the slices of xBC itself.
+    auto s = xBC.split({heads * P, GN, GN}, -1);
+    return ssd_chunked(s[0].view({Bsz, L, heads, P}), dt, A, s[1].view({Bsz, L, groups, d_state}),
+                       s[2].view({Bsz, L, groups, d_state}), D, dt_bias, dt_softplus, chunk_size, h0, seq_idx);
+  }
+  return ssd_node(in, xBC, dt_softplus, chunk_size, seq_idx);
 }
 
 }  // namespace ssmtrain

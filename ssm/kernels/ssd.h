@@ -57,6 +57,15 @@ SsdResult ssd_chunked(const Tensor& x, const Tensor& dt, const Tensor& A, const 
                       const Tensor& D = Tensor(), const Tensor& dt_bias = Tensor(), bool dt_softplus = false,
                       int64_t chunk_size = 256, const Tensor& h0 = Tensor(), const Tensor& seq_idx = Tensor());
 
+// The same op on Mamba-2's packed activation xBC (B, L, H P + 2 G N), whose column slices are
+// x (H P), Bm (G N) and Cm (G N): read in place, and differentiated as one tensor, so the
+// backward writes the three gradients into one (B, L, H P + 2 G N) gradient of xBC instead
+// of a split's backward assembling them. Equal, bitwise, to ssd_chunked on the slices.
+SsdResult ssd_chunked_packed(const Tensor& xBC, int64_t heads, int64_t groups, int64_t d_state, const Tensor& dt,
+                             const Tensor& A, const Tensor& D = Tensor(), const Tensor& dt_bias = Tensor(),
+                             bool dt_softplus = false, int64_t chunk_size = 256, const Tensor& h0 = Tensor(),
+                             const Tensor& seq_idx = Tensor());
+
 // ---- kernel interface ----
 
 struct SsdParams {
@@ -78,16 +87,24 @@ struct SsdParams {
 
   SeqView dy;                      // (B, L, H, P)
   const void* dh_last = nullptr;   // (B, H, P, N), or null (zero)
-  void* dx = nullptr;              // (B, L, H, P) contiguous, or null
+  void* dx = nullptr;              // (B, L, H, P), rows dx_row() apart, or null
   void* ddt = nullptr;             // (B, L, H) contiguous, or null
-  void* dBm = nullptr;             // (B, L, G, N) contiguous, or null
-  void* dCm = nullptr;             // (B, L, G, N) contiguous, or null
+  void* dBm = nullptr;             // (B, L, G, N), rows dbc_row() apart, or null
+  void* dCm = nullptr;             // (B, L, G, N), rows dbc_row() apart, or null
   void* dA = nullptr;              // (H), or null
   void* dD = nullptr;              // (H), or null
   void* ddt_bias = nullptr;        // (H), or null
   void* dh0 = nullptr;             // (B, H, P, N), or null
 
+  // Packed gradients (ssd_chunked_packed): the backward receives dx as the (B, L, H P + 2 G N)
+  // gradient of the packed input; the op's backward entry points then set dBm and dCm to its
+  // column slices and grad_row to its row length before the kernels run.
+  bool packed = false;
+  int64_t grad_row = 0;  // elements between the (b, l) rows of dx, dBm and dCm; 0: each contiguous
+
   int64_t num_chunks() const { return (L + chunk_size - 1) / chunk_size; }
+  int64_t dx_row() const { return grad_row ? grad_row : H * P; }
+  int64_t dbc_row() const { return grad_row ? grad_row : G * N; }
 };
 
 // Forward: stages 1-4, OpenMP over (b, h, chunk) except the inter-chunk pass (over (b, h)).

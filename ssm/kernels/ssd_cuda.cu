@@ -86,6 +86,7 @@ struct SsdDims {
   int B, L, H, P, G, N, Q, Qp, Qt, nc, hpg;  // hpg: heads per group
   int Pp, Np;                                // padded P and N of the state buffers
   int hb;  // heads per block of the dB/dC kernels (a divisor of hpg; 1 for the WMMA ones)
+  int dx_row, dbc_row;                       // elements between (b, t) rows of dx and of dBm, dCm
 };
 
 // ---- warp-level tensor-core products ----
@@ -1218,7 +1219,7 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdSSmem<PP, NP>::total,
     for (int e = threadIdx.x; e < ts.rows * d.P; e += kThreads) {
       const int r = e / d.P, k = e % d.P, t = ts.t0 + r;
       const float dyv = __bfloat162float(p.dy[b * p.dy_bs + t * p.dy_ss + h * d.P + k]);
-      dx[((static_cast<size_t>(b) * d.L + t) * d.H + h) * d.P + k] =
+      dx[(static_cast<size_t>(b) * d.L + t) * d.dx_row + h * d.P + k] =
           __float2bfloat16(dt_s[r] * sF[r * ldf(PP) + k] + Dh * dyv);
     }
   }
@@ -1387,7 +1388,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         if (r < ts.rows && k < d.P) {
           const int t = ts.t0 + r;
           dyv = __bfloat162float(p.dy[b * p.dy_bs + t * p.dy_ss + h * d.P + k]);
-          if (dx) dx[((static_cast<size_t>(b) * d.L + t) * d.H + h) * d.P + k] = __float2bfloat16(dt_s[r] * f + Dh * dyv);
+          if (dx) dx[(static_cast<size_t>(b) * d.L + t) * d.dx_row + h * d.P + k] = __float2bfloat16(dt_s[r] * f + Dh * dyv);
         }
         if (e < 2) vx0 += xv * f, vd0 += xv * dyv;
         else vx1 += xv * f, vd1 += xv * dyv;
@@ -1570,8 +1571,8 @@ __global__ void __launch_bounds__(kThreads) finalize_dt_kernel(Ptrs p, SsdDims d
   }
 }
 
-// out (B, L, G, N) bf16 = sum over the parts of each group of part (B, L, H / hb, N), in
-// order (a part: the sum over hb heads, taken by the tile kernel).
+// out (B, L, G, N) bf16, rows d.dbc_row apart, = sum over the parts of each group of part
+// (B, L, H / hb, N), in order (a part: the sum over hb heads, taken by the tile kernel).
 __global__ void sum_heads_kernel(const float* part, bf* out, SsdDims d) {
   const int parts = d.H / d.hb, per_group = d.hpg / d.hb;
   const size_t total = static_cast<size_t>(d.B) * d.L * d.G * d.N;
@@ -1584,7 +1585,7 @@ __global__ void sum_heads_kernel(const float* part, bf* out, SsdDims d) {
     const float* src = part + (bt * parts + static_cast<size_t>(g) * per_group) * d.N + n;
     float acc = 0.f;
     for (int k = 0; k < per_group; ++k) acc += src[static_cast<size_t>(k) * d.N];
-    out[i] = __float2bfloat16(acc);
+    out[bt * d.dbc_row + static_cast<size_t>(g) * d.N + n] = __float2bfloat16(acc);
   }
 }
 
@@ -1625,6 +1626,8 @@ SsdDims make_dims(const SsdParams& p) {
         d.hb = hb;
         break;
       }
+  d.dx_row = static_cast<int>(p.dx_row());
+  d.dbc_row = static_cast<int>(p.dbc_row());
   static_assert(64 * 64 % kPassElems == 0, "state passing covers whole blocks");
   return d;
 }

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "gradcheck.h"
+#include "ssd_packed_check.h"
 #include "ssm/kernels/selective_scan.h"
 #include "ssm/kernels/ssd.h"
 #include "ssm/kernels/ssd_composed.h"
@@ -378,6 +379,32 @@ TEST_CASE("ssd names a bad seq_idx") {
   std::vector<int32_t> v(32, 1);
   v[16 + 9] = 0;  // row 1 goes back from document 1 to 0 at position 9
   CHECK(contains(user_error_of([&] { run(Tensor::from_vector(v, {2, 16})); }), "row 1 decreases at position 9"));
+}
+
+// ---- the packed entry point (Mamba-2's xBC) ----
+
+TEST_CASE("ssd on a packed xBC equals ssd on its slices, forward and gradients, bitwise") {
+  Generator gen(52);
+  for (DType dtype : {DType::f64, DType::f32, DType::bf16}) {
+    CAPTURE(dtype_name(dtype));
+    for (int64_t G : {1, 2}) {
+      CAPTURE(G);
+      testing::check_ssd_packed_matches_slices({2, 37, 4, 3, G, 5, 8}, dtype, Device::cpu(), gen);
+      testing::check_ssd_packed_matches_slices({2, 37, 4, 3, G, 5, 16}, dtype, Device::cpu(), gen,
+                                               packed_seq_idx());
+    }
+  }
+}
+
+TEST_CASE("ssd on a packed xBC names a width that does not split") {
+  Generator gen(53);
+  const Tensor xBC = random_tensor({2, 16, 4 * 3 + 2 * 5 + 1}, gen);
+  const Tensor dt = random_tensor({2, 16, 4}, gen), A = random_tensor({4}, gen, DType::f32, Device::cpu(), -1, -0.5);
+  CHECK(user_error_of([&] { ssd_chunked_packed(xBC, 4, 1, 5, dt, A); }) ==
+        "ssd_chunked: xBC (2, 16, 23): the last axis must be H P + 2 G N with H = 4 heads, G = 1 groups and N = 5 "
+        "(d_state)");
+  CHECK(user_error_of([&] { ssd_chunked_packed(xBC.narrow(2, 0, 22), 4, 1, 5, dt, A.narrow(0, 0, 3)); }) ==
+        "ssd_chunked: A (3,) f32 cpu: expected (H) = (4,)");
 }
 
 }  // namespace ssmtrain

@@ -41,6 +41,7 @@
 
 #include "cuda_compare.h"
 #include "scan_variants.h"
+#include "ssd_packed_check.h"
 #include "gradcheck.h"
 #include "ssm/kernels/causal_conv1d.h"
 #include "ssm_reference.h"
@@ -527,6 +528,22 @@ TEST_CASE("ssd_chunked CUDA with seq_idx matches the CPU in forward and backward
       },
       DType::bf16, kSsdFused, gen, starts);
   compare_ssd_with_cpu({{2, 45, 4, 8, 2, 8, 16, true}}, DType::f32, kF32, gen, {{1, 16, 30, 31}, {15, 17, 44}});
+}
+
+// The packed entry point (Mamba-2's xBC) runs the same kernels as the sliced one, writing
+// dx, dBm and dCm into one gradient: bitwise equal results on the fused bf16 path, mma.sync
+// (N 128) and WMMA (N 160) backward, with and without seq_idx, and on the composed f32 path.
+TEST_CASE("ssd_chunked_packed CUDA equals ssd_chunked on the slices, bitwise") {
+  if (!cuda_test_device()) return;
+  Generator gen(531);
+  const Tensor seq = packed_seq_idx(2, 300, {{1, 63, 64, 150, 256}, {10, 100, 255, 257}});
+  for (const testing::SsdPackedShape& s :
+       {testing::SsdPackedShape{2, 300, 4, 64, 2, 128, 256}, testing::SsdPackedShape{2, 300, 4, 96, 1, 160, 128}}) {
+    CAPTURE(s.N);
+    testing::check_ssd_packed_matches_slices(s, DType::bf16, Device::cuda(), gen);
+    testing::check_ssd_packed_matches_slices(s, DType::bf16, Device::cuda(), gen, seq);
+  }
+  testing::check_ssd_packed_matches_slices({2, 45, 4, 8, 2, 8, 16}, DType::f32, Device::cuda(), gen);
 }
 
 // Gated RMSNorm on CUDA: rows of 1 and 2 groups, widths below and above a block's 256
