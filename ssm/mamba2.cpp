@@ -54,8 +54,10 @@ Tensor Mamba2::forward(const Tensor& x, const Tensor& seq_idx) {
   SSMT_CHECK(x.dim() == 3 && x.size(2) == opt_.d_model, "mamba2: input ", x.describe(), ": expected (B, L, ",
              opt_.d_model, ")");
   const DType dtp = x.dtype();
-  Tensor proj = linear(x, linear_weight(in_proj_->weight(), dtp));
-  auto parts = proj.split({d_inner_, conv_dim_, nheads_}, -1);
+  // in_proj as three products (z, xBC, dt), one tape node (linear_split): each part comes out
+  // contiguous, and the backward accumulates x's gradient inside the GEMMs instead of
+  // assembling the three parts' gradients into one (B, L, 2 d_inner + 2 G N + H) buffer.
+  auto parts = linear_split(x, linear_weight(in_proj_->weight(), dtp), {d_inner_, conv_dim_, nheads_});
   Tensor xBC = causal_conv1d(parts[1], conv_->weight, conv_->bias, /*silu=*/true, Tensor(), seq_idx).out;
   Tensor y = mix(xBC, parts[0], parts[2], Tensor(), nullptr, seq_idx);
   return linear(y, linear_weight(out_proj_->weight(), dtp));
