@@ -280,10 +280,10 @@ __device__ __forceinline__ void load_tile_docs(const Ptrs& p, const SsdDims& d, 
 template <int PP, int NP, bool kDocs>
 __device__ __forceinline__ void stage_source_tile(const Ptrs& p, const SsdDims& d, int b, int h, const TileRows& ts,
                                                   const float* cs_tile, const float* dt_tile, bf* sB, bf* sX,
-                                                  float* cs_s, float* dt_s, int c, int* doc_s, bool with_B = true) {
+                                                  float* cs_s, float* dt_s, int c, int* doc_s) {
   const int g = h / d.hpg;
   load_tile_docs<kDocs>(p, d, b, c, ts, doc_s);
-  if (with_B) stage_raw<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, ts.rows, d.N);
+  stage_raw<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, ts.rows, d.N);
   stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
   for (int r = threadIdx.x; r < kT; r += kThreads) {
     cs_s[r] = cs_tile[r];
@@ -709,16 +709,146 @@ __global__ void __launch_bounds__(kThreads) cb_tiles_kernel(Ptrs p, SsdDims d, f
   }
 }
 
+// ---- tiles staged through cp.async, double-buffered ----
+//
+// Each mma.sync tile kernel walks a list of 64-step tiles of the chunk (the forward and the
+// l-tile backward the source tiles s <= l, the s-tile backward the l-tiles l >= s): each is
+// staged while the previous one is multiplied, by cp.async into the other of two buffers,
+// so that the loads overlap the products of the same block.
+
+// 16 bytes from global to shared memory, asynchronously; zero-filled when !valid (src is then
+// not read, but must be a valid address).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// stage_raw by cp.async (rows that can move as 16-byte vectors), else synchronously.
+template <int W>
+__device__ __forceinline__ void stage_raw_async(bf* dst, const bf* src, int64_t stride, int rows, int cols) {
+  if (!vector_rows(src, stride, cols)) {
+    stage_raw<W>(dst, src, stride, rows, cols);
+    return;
+  }
+  for (int i = threadIdx.x; i < kT * W / 8; i += kThreads) {
+    const int r = i / (W / 8), j = (i % (W / 8)) * 8;
+    const bool valid = r < rows && j < cols;
+    cp_async16(dst + r * ldb(W) + j, valid ? src + r * stride + j : src, valid);
+  }
+}
+// n floats (a multiple of 4, 16-byte aligned at both ends) by cp.async.
+__device__ __forceinline__ void copy_floats_async(float* dst, const float* src, int n) {
+  for (int k = threadIdx.x; k < n / 4; k += kThreads) cp_async16(dst + 4 * k, src + 4 * k, true);
+}
+
+// One buffer: a head-wide tile `head` [kT][ldb(PP)] (x_s or dy_l), with kWide a d_state-wide
+// tile `wide` [kT][ldb(NP)] (B_s or C_l; the kernels that read C B^T from the per-group
+// tiles instead need no B_s or C_l of their own to form it), and the tile's cs, dt and
+// document indices.
+template <int PP, int NP, bool kWide>
+struct StagedTile {
+  static constexpr size_t wide_bytes = kWide ? bf_bytes(kT, NP) : 0;
+  static constexpr size_t bytes =
+      wide_bytes + bf_bytes(kT, PP) + round_up(2 * kT * sizeof(float)) + round_up(kT * sizeof(int));
+  bf *wide, *head;
+  float *cs, *dt;
+  int* doc;
+  __device__ explicit StagedTile(unsigned char* at)
+      : wide(reinterpret_cast<bf*>(at)),
+        head(reinterpret_cast<bf*>(at + wide_bytes)),
+        cs(reinterpret_cast<float*>(at + wide_bytes + bf_bytes(kT, PP))),
+        dt(cs + kT),
+        doc(reinterpret_cast<int*>(at + wide_bytes + bf_bytes(kT, PP) + round_up(2 * kT * sizeof(float)))) {}
+};
+
+// Issues the loads of tile j of chunk c (head h) into t: x_s (and B_s) when kSource, else
+// dy_l (and C_l), with cs and dt (64 floats each at a 256-byte aligned offset of
+// (B, H, nc, Qp)); the caller commits.
+template <int PP, int NP, bool kWide, bool kDocs, bool kSource>
+__device__ __forceinline__ void issue_tile(const Ptrs& p, const SsdDims& d, int b, int h, int c, int j, size_t cb,
+                                           const float* cs, const float* dtv, const StagedTile<PP, NP, kWide>& t) {
+  const TileRows tr(d, c, j);
+  const int g = h / d.hpg;
+  load_tile_docs<kDocs>(p, d, b, c, tr, t.doc);
+  if constexpr (kSource) {
+    if constexpr (kWide) stage_raw_async<NP>(t.wide, p.Bm + b * p.B_bs + tr.t0 * p.B_ss + g * d.N, p.B_ss, tr.rows, d.N);
+    stage_raw_async<PP>(t.head, p.x + b * p.x_bs + tr.t0 * p.x_ss + h * d.P, p.x_ss, tr.rows, d.P);
+  } else {
+    if constexpr (kWide) stage_raw_async<NP>(t.wide, p.Cm + b * p.C_bs + tr.t0 * p.C_ss + g * d.N, p.C_ss, tr.rows, d.N);
+    stage_raw_async<PP>(t.head, p.dy + b * p.dy_bs + tr.t0 * p.dy_ss + h * d.P, p.dy_ss, tr.rows, d.P);
+  }
+  copy_floats_async(t.cs, cs + cb + j * kT, kT);
+  copy_floats_async(t.dt, dtv + cb + j * kT, kT);
+}
+
+// for j = first .. last: body(j, tile j), the tile staged and visible to every thread. Two
+// buffers when kDouble (tile j + 1 loads while body(j) runs), else one (each tile loaded,
+// then used). With `primed`, the caller has issued and committed tile `first` into buf0
+// already (before its prologue). The buffers are two shared-memory addresses and the tile
+// views are built per use: an array of views indexed by j & 1 would live in local memory.
+template <int PP, int NP, bool kWide, bool kDocs, bool kSource, bool kDouble, typename Body>
+__device__ __forceinline__ void tile_loop(const Ptrs& p, const SsdDims& d, int b, int h, int c, int first, int last,
+                                          size_t cb, const float* cs, const float* dtv, unsigned char* buf0,
+                                          unsigned char* buf1, bool primed, Body&& body) {
+  using Tile = StagedTile<PP, NP, kWide>;
+  for (int j = first; j <= last; ++j) {
+    const bool odd = (j - first) & 1;
+    if constexpr (kDouble) {
+      if (!primed && j == first) {
+        issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j, cb, cs, dtv, Tile(buf0));
+        cp_async_commit();
+      }
+      if (j < last) issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j + 1, cb, cs, dtv, Tile(odd ? buf0 : buf1));
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j, cb, cs, dtv, Tile(buf0));
+      cp_async_commit();
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    body(j, Tile(kDouble && odd ? buf1 : buf0));
+    __syncthreads();  // the tile read by every warp before its buffer is loaded again
+  }
+}
+
+// The last 64-step tile of chunk c that holds a step (tiles past L hold none).
+__device__ __forceinline__ int last_tile(const SsdDims& d, int c) {
+  return (min(d.Q, d.L - c * d.Q) - 1) / kT;
+}
+
+// The shared-memory plan common to the four mma.sync tile kernels: `fixed` bytes of their own
+// first, then two tile buffers (the f32 output tile of `out_w` columns overlays the first at
+// the end, the bf16 state H_c or G_c the second in the prologue), then `rest` bytes of row
+// vectors. Double buffering when two blocks still fit on a multiprocessor (113 KB each),
+// else one buffer that the state and the output overlay.
+template <int PP, int NP, bool kWide, size_t fixed, int out_w, size_t rest>
+struct TilePlan {
+  using Tile = StagedTile<PP, NP, kWide>;
+  static constexpr size_t buf0 = fixed;
+  static constexpr size_t b0_bytes = round_up(cmax(Tile::bytes, f_bytes(kT, out_w)));
+  static constexpr size_t b1_bytes = round_up(cmax(Tile::bytes, bf_bytes(PP, NP)));
+  static constexpr bool kDouble = buf0 + b0_bytes + b1_bytes + rest <= 113 * 1024;
+  static constexpr size_t buf1 = kDouble ? buf0 + b0_bytes : buf0;
+  static constexpr size_t vec = kDouble ? buf1 + b1_bytes : buf0 + cmax(b0_bytes, b1_bytes);
+};
+
+// Shared-memory plan of the forward: C_l, the two buffers of the source tiles (x_s; S comes
+// from the per-group C B^T tiles), cs_l, doc_l.
 template <int PP, int NP>
 struct ScanFwdMmaSmem {
   static constexpr size_t sC = 0;
-  // H_c (bf16, prologue); then B_s and x_s (loop); then the f32 partial outputs (epilogue)
-  static constexpr size_t sR = sC + bf_bytes(kT, NP);
-  static constexpr size_t r_bytes =
-      cmax(cmax(bf_bytes(PP, NP), bf_bytes(kT, NP) + bf_bytes(kT, PP)), f_bytes(kT, PP));
-  static constexpr size_t vec = sR + r_bytes;                             // cs_l, cs_s, dt_s
-  static constexpr size_t docs = vec + round_up(3 * kT * sizeof(float));  // doc_l, doc_s
-  static constexpr size_t total = docs + round_up(2 * kT * sizeof(int));
+  using Plan = TilePlan<PP, NP, false, bf_bytes(kT, NP), PP, round_up(kT * sizeof(float)) + round_up(kT * sizeof(int))>;
+  static constexpr bool kDouble = Plan::kDouble;
+  static constexpr size_t buf0 = Plan::buf0, buf1 = Plan::buf1, vec = Plan::vec;  // cs_l at vec
+  static constexpr size_t docs = vec + round_up(kT * sizeof(float));              // doc_l
+  static constexpr size_t total = docs + round_up(kT * sizeof(int));
 };
 
 template <int PP, int NP, bool kDocs>
@@ -726,18 +856,14 @@ __global__ void __launch_bounds__(kThreads, 2)
     chunk_scan_fwd_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* st, const float* cbl,
                               bf* y) {
   using S = ScanFwdMmaSmem<PP, NP>;
+  using Tile = StagedTile<PP, NP, false>;
   constexpr int NTO = PP / 8;  // output n8 tiles of a warp (all PP columns, half of the sum)
   extern __shared__ __align__(128) unsigned char smem[];
   bf* sC = reinterpret_cast<bf*>(smem + S::sC);
-  bf* sH = reinterpret_cast<bf*>(smem + S::sR);
-  bf* sB = reinterpret_cast<bf*>(smem + S::sR);
-  bf* sX = reinterpret_cast<bf*>(smem + S::sR + bf_bytes(kT, NP));
-  float* sY = reinterpret_cast<float*>(smem + S::sR);
+  bf* sH = reinterpret_cast<bf*>(smem + S::buf1);
+  float* sY = reinterpret_cast<float*>(smem + S::buf0);
   float* cs_l = reinterpret_cast<float*>(smem + S::vec);
-  float* cs_s = cs_l + kT;
-  float* dt_s = cs_s + kT;
   int* doc_l = reinterpret_cast<int*>(smem + S::docs);
-  int* doc_s = doc_l + kT;
 
   const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
   const TileRows tl(d, c, i);
@@ -746,6 +872,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int row0 = strip * 16, gr = lane >> 2, tq = lane & 3;  // fragment row group, column pair
   const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
   const int entering = doc_before(p, d, b, c);
+  if constexpr (S::kDouble) {  // source tile 0 loads during the prologue
+    issue_tile<PP, NP, false, kDocs, true>(p, d, b, h, c, 0, cb, cs, dtv, Tile(smem + S::buf0));
+    cp_async_commit();
+  }
   for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
   load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
   stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
@@ -768,31 +898,28 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
   __syncthreads();  // H_c read by every warp before the source tiles overwrite it
 
-  for (int j = 0; j <= i; ++j) {
-    // (B_s is not staged: S = C_l B_s^T comes from cbl, computed once per group)
-    stage_source_tile<PP, NP, kDocs>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX,
-                                     cs_s, dt_s, c, doc_s, false);
-    __syncthreads();
-    // On the diagonal tile, a warp whose source columns all lie after its rows adds nothing.
-    if (j < i || half * 32 <= row0 + 15) {
-      float sc[4][4];  // S rows row0 .. + 16, source columns 32 half .. + 32
-      load_cb(sc, cbl, cb_pair_at(d, b, c, g, tile_pair(i, j)));
-      // Mask and scale in the accumulators, pack, and acc += W (16 x 32) x_s[32 half ..].
+  // (B_s is not staged: S = C_l B_s^T comes from cbl, computed once per group)
+  tile_loop<PP, NP, false, kDocs, true, S::kDouble>(
+      p, d, b, h, c, 0, i, cb, cs, dtv, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
+        // On the diagonal tile, a warp whose source columns all lie after its rows adds nothing.
+        if (j < i || half * 32 <= row0 + 15) {
+          float sc[4][4];  // S rows row0 .. + 16, source columns 32 half .. + 32
+          load_cb(sc, cbl, cb_pair_at(d, b, c, g, tile_pair(i, j)));
+          // Mask and scale in the accumulators, pack, and acc += W (16 x 32) x_s[32 half ..].
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
+          for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = row0 + gr + (e >> 1) * 8, s = half * 32 + nt * 8 + tq * 2 + (e & 1);
-          const bool keep = (j < i || s <= r) && same_doc<kDocs>(doc_l[r], doc_s[s]);
-          sc[nt][e] = keep ? sc[nt][e] * __expf(cs_l[r] - cs_s[s]) * dt_s[s] : 0.f;
+            for (int e = 0; e < 4; ++e) {
+              const int r = row0 + gr + (e >> 1) * 8, s = half * 32 + nt * 8 + tq * 2 + (e & 1);
+              const bool keep = (j < i || s <= r) && same_doc<kDocs>(doc_l[r], t.doc[s]);
+              sc[nt][e] = keep ? sc[nt][e] * __expf(cs_l[r] - t.cs[s]) * t.dt[s] : 0.f;
+            }
+          }
+          uint32_t af[2][4];
+          pack_scores(af, sc);
+          mma_scores(acc, af, t.head, ldb(PP), half * 32);
         }
-      }
-      uint32_t af[2][4];
-      pack_scores(af, sc);
-      mma_scores(acc, af, sX, ldb(PP), half * 32);
-    }
-    __syncthreads();  // the source tile read by every warp before the next one is staged
-  }
+      });
 
   // The second half's partial sums through shared memory, then y = acc + D x.
   if (half == 1) stash_half(sY, ldf(PP), acc, row0 + gr);
@@ -929,16 +1056,19 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdLSmem<PP, NP>::total,
 // C_l B_s^T only enters the row sums of dcs (sum_s S1 o W); dC += W B_s. The halves' partial
 // dC tiles and row sums are added through shared memory at the end. For d_state <= 128 (the
 // dC accumulators of a warp are 16 x NP).
+// Shared memory: C_l, dy_l, the two buffers of the source tiles (B_s, x_s; the f32 dC tile
+// overlays the first at the end, H_c the second in the prologue), cs_l, the second half's
+// row sums, doc_l.
 template <int PP, int NP>
 struct BwdLMmaSmem {
   static constexpr size_t sC = 0;
   static constexpr size_t sDy = sC + bf_bytes(kT, NP);
-  static constexpr size_t sR = sDy + bf_bytes(kT, PP);  // H_c; then B_s, x_s; then the f32 dC tile
-  static constexpr size_t r_bytes =
-      cmax(cmax(bf_bytes(PP, NP), bf_bytes(kT, NP) + bf_bytes(kT, PP)), f_bytes(kT, NP));
-  static constexpr size_t vec = sR + r_bytes;                             // cs_l, cs_s, dt_s, row sums
-  static constexpr size_t docs = vec + round_up(4 * kT * sizeof(float));  // doc_l, doc_s
-  static constexpr size_t total = docs + round_up(2 * kT * sizeof(int));
+  using Plan = TilePlan<PP, NP, true, sDy + bf_bytes(kT, PP), NP,
+                        round_up(2 * kT * sizeof(float)) + round_up(kT * sizeof(int))>;
+  static constexpr bool kDouble = Plan::kDouble;
+  static constexpr size_t buf0 = Plan::buf0, buf1 = Plan::buf1, vec = Plan::vec;  // cs_l, row sums at vec
+  static constexpr size_t docs = vec + round_up(2 * kT * sizeof(float));          // doc_l
+  static constexpr size_t total = docs + round_up(kT * sizeof(int));
 };
 
 template <int PP, int NP, bool kDocs>
@@ -947,20 +1077,16 @@ __global__ void __launch_bounds__(kThreads, 2)
                      float* dC_part, float* dcs_row) {
   static_assert(NP <= 128, "the dC accumulators of a warp are 16 x NP");
   using S = BwdLMmaSmem<PP, NP>;
+  using Tile = StagedTile<PP, NP, true>;
   constexpr int NTC = NP / 8;
   extern __shared__ __align__(128) unsigned char smem[];
   bf* sC = reinterpret_cast<bf*>(smem + S::sC);
   bf* sDy = reinterpret_cast<bf*>(smem + S::sDy);
-  bf* sH = reinterpret_cast<bf*>(smem + S::sR);
-  bf* sB = reinterpret_cast<bf*>(smem + S::sR);
-  bf* sX = reinterpret_cast<bf*>(smem + S::sR + bf_bytes(kT, NP));
-  float* sF = reinterpret_cast<float*>(smem + S::sR);
+  bf* sH = reinterpret_cast<bf*>(smem + S::buf1);
+  float* sF = reinterpret_cast<float*>(smem + S::buf0);
   float* cs_l = reinterpret_cast<float*>(smem + S::vec);
-  float* cs_s = cs_l + kT;
-  float* dt_s = cs_s + kT;
-  float* rs_half = dt_s + kT;  // the second half's row sums
+  float* rs_half = cs_l + kT;  // the second half's row sums
   int* doc_l = reinterpret_cast<int*>(smem + S::docs);
-  int* doc_s = doc_l + kT;
 
   // The block takes d.hb heads of one group in turn (blockIdx.y: which d.hb): C_l is staged
   // once and dC is summed over the heads in the accumulators, so that one f32 dC tile per
@@ -985,6 +1111,10 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll 1
   for (int h = part * d.hb; h < (part + 1) * d.hb; ++h) {
     const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
+    if constexpr (S::kDouble) {  // source tile 0 loads during the prologue
+      issue_tile<PP, NP, true, kDocs, true>(p, d, b, h, c, 0, cb, cs, dtv, Tile(smem + S::buf0));
+      cp_async_commit();
+    }
     for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
     stage_raw<PP>(sDy, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P, p.dy_ss, tl.rows, d.P);
     stage_state<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
@@ -1014,38 +1144,35 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     __syncthreads();  // H_c read by every warp before the source tiles overwrite it
 
-    for (int j = 0; j <= i; ++j) {
-      stage_source_tile<PP, NP, kDocs>(p, d, b, h, TileRows(d, c, j), cs + cb + j * kT, dtv + cb + j * kT, sB, sX,
-                                       cs_s, dt_s, c, doc_s);
-      __syncthreads();
-      if (j < i || half * 32 <= row0 + 15) {
-        float sw[4][4];  // S2 = dy_l x_s^T, then W
-        zero_acc(sw);
-        mma_abt<4, PP>(sw, sDy, ldb(PP), row0, sX, ldb(PP), half * 32, 0);
+    tile_loop<PP, NP, true, kDocs, true, S::kDouble>(
+        p, d, b, h, c, 0, i, cb, cs, dtv, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
+          if (j < i || half * 32 <= row0 + 15) {
+            float sw[4][4];  // S2 = dy_l x_s^T, then W
+            zero_acc(sw);
+            mma_abt<4, PP>(sw, sDy, ldb(PP), row0, t.head, ldb(PP), half * 32, 0);
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
+            for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = e < 2 ? r0 : r1, s = half * 32 + nt * 8 + tq * 2 + (e & 1);
-            const bool keep = (j < i || s <= r) && same_doc<kDocs>(doc_l[r], doc_s[s]);
-            sw[nt][e] = keep ? sw[nt][e] * __expf(cs_l[r] - cs_s[s]) * dt_s[s] : 0.f;
+              for (int e = 0; e < 4; ++e) {
+                const int r = e < 2 ? r0 : r1, s = half * 32 + nt * 8 + tq * 2 + (e & 1);
+                const bool keep = (j < i || s <= r) && same_doc<kDocs>(doc_l[r], t.doc[s]);
+                sw[nt][e] = keep ? sw[nt][e] * __expf(cs_l[r] - t.cs[s]) * t.dt[s] : 0.f;
+              }
+            }
+            uint32_t af[2][4];
+            pack_scores(af, sw);
+            {
+              float s1[4][4];  // S1 = C_l B_s^T (from cbl): the row sums take sum_s S1 o W (W unrounded)
+              load_cb(s1, cbl, cb_pair_at(d, b, c, g, tile_pair(i, j)));
+#pragma unroll
+              for (int nt = 0; nt < 4; ++nt) {
+                rs0 += s1[nt][0] * sw[nt][0] + s1[nt][1] * sw[nt][1];
+                rs1 += s1[nt][2] * sw[nt][2] + s1[nt][3] * sw[nt][3];
+              }
+            }
+            mma_scores(acc, af, t.wide, ldb(NP), half * 32);  // dC += W (16 x 32) B_s[32 half ..]
           }
-        }
-        uint32_t af[2][4];
-        pack_scores(af, sw);
-        {
-          float s1[4][4];  // S1 = C_l B_s^T (from cbl): the row sums take sum_s S1 o W (W unrounded)
-          load_cb(s1, cbl, cb_pair_at(d, b, c, g, tile_pair(i, j)));
-#pragma unroll
-          for (int nt = 0; nt < 4; ++nt) {
-            rs0 += s1[nt][0] * sw[nt][0] + s1[nt][1] * sw[nt][1];
-            rs1 += s1[nt][2] * sw[nt][2] + s1[nt][3] * sw[nt][3];
-          }
-        }
-        mma_scores(acc, af, sB, ldb(NP), half * 32);  // dC += W (16 x 32) B_s[32 half ..]
-      }
-      __syncthreads();  // the source tile read by every warp before the next is staged
-    }
+        });
 
     // The head's row sums of dcs, the second half's through shared memory (rs_half is
     // written again only after the next head's barriers).
@@ -1245,17 +1372,20 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdSSmem<PP, NP>::total,
 // of each l-tile (of the state / head columns in the prologues); the halves' partials meet
 // through shared memory at the end. For d_state <= 128 (dB accumulators are 16 x NP a warp).
 // Formulas: see bwd_s_kernel.
+// Shared memory: B_s, x_s, the two buffers of the l-tiles (dy_l; S1 comes from the per-group
+// B C^T tiles; the f32 d(dt x) tile overlays the first at the end, G_c the second in the
+// prologue), the row vectors (cs_s, dt_s, wlast, the second half's csum and vrow, rowv,
+// rowd), doc_s.
 template <int PP, int NP>
 struct BwdSXMmaSmem {
   static constexpr size_t sB = 0;
   static constexpr size_t sX = sB + bf_bytes(kT, NP);
-  static constexpr size_t sR = sX + bf_bytes(kT, PP);  // G_c; then C_l, dy_l; then the f32 d(dt x) tile
-  static constexpr size_t r_bytes =
-      cmax(cmax(bf_bytes(PP, NP), bf_bytes(kT, NP) + bf_bytes(kT, PP)), f_bytes(kT, PP));
-  // cs_s, dt_s, wlast, cs_l, the second half's csum and vrow, rowv, rowd
-  static constexpr size_t vec = sR + r_bytes;
-  static constexpr size_t docs = vec + round_up(8 * kT * sizeof(float));  // doc_s, doc_l
-  static constexpr size_t total = docs + round_up(2 * kT * sizeof(int));
+  using Plan = TilePlan<PP, NP, false, sX + bf_bytes(kT, PP), PP,
+                        round_up(7 * kT * sizeof(float)) + round_up(kT * sizeof(int))>;
+  static constexpr bool kDouble = Plan::kDouble;
+  static constexpr size_t buf0 = Plan::buf0, buf1 = Plan::buf1, vec = Plan::vec;
+  static constexpr size_t docs = vec + round_up(7 * kT * sizeof(float));
+  static constexpr size_t total = docs + round_up(kT * sizeof(int));
 };
 
 // The s-tile's cs, dt, wlast = e^{cs_last - cs_s} (0 across a document boundary) and docs.
@@ -1279,23 +1409,21 @@ __global__ void __launch_bounds__(kThreads, 2)
     bwd_s_x_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* G, const float* cbs,
                        bf* dx, float* ddt_dir, float* dcs_col, float* vsum_part, float* dD_part) {
   using S = BwdSXMmaSmem<PP, NP>;
+  using Tile = StagedTile<PP, NP, false>;
   constexpr int NTX = PP / 8;
   extern __shared__ __align__(128) unsigned char smem[];
   bf* sB = reinterpret_cast<bf*>(smem + S::sB);
   bf* sX = reinterpret_cast<bf*>(smem + S::sX);
-  bf* sG = reinterpret_cast<bf*>(smem + S::sR);
-  bf* sDy = reinterpret_cast<bf*>(smem + S::sR + bf_bytes(kT, NP));
-  float* sF = reinterpret_cast<float*>(smem + S::sR);
+  bf* sG = reinterpret_cast<bf*>(smem + S::buf1);
+  float* sF = reinterpret_cast<float*>(smem + S::buf0);
   float* cs_s = reinterpret_cast<float*>(smem + S::vec);
   float* dt_s = cs_s + kT;
   float* wlast = dt_s + kT;
-  float* cs_l = wlast + kT;
-  float* csum_h = cs_l + kT;
+  float* csum_h = wlast + kT;
   float* vrow_h = csum_h + kT;
   float* rowv = vrow_h + kT;
   float* rowd = rowv + kT;
   int* doc_s = reinterpret_cast<int*>(smem + S::docs);
-  int* doc_l = doc_s + kT;
 
   const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
   const TileRows ts(d, c, i);
@@ -1308,6 +1436,11 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, strip = warp & 3, half = warp >> 2;
   const int row0 = strip * 16, gr = lane >> 2, tq = lane & 3, r0 = row0 + gr, r1 = r0 + 8;
+  const int last = last_tile(d, c);
+  if constexpr (S::kDouble) {  // l-tile i loads during the prologue
+    issue_tile<PP, NP, false, kDocs, false>(p, d, b, h, c, i, cb, cs, dtv, Tile(smem + S::buf0));
+    cp_async_commit();
+  }
   load_s_tile_scalars<kDocs>(p, d, b, c, i, ts, dtv, cs, cb, cs_s, dt_s, wlast, doc_s);
   stage_raw<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, ts.rows, d.N);
   stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
@@ -1333,39 +1466,33 @@ __global__ void __launch_bounds__(kThreads, 2)
   __syncthreads();  // G_c read by every warp before the l-tiles overwrite it
 
   float cs0 = 0.f, cs1 = 0.f;  // this lane's part of sum_l S1 W for rows r0, r1
-  for (int j = i; j < d.Qt; ++j) {
-    const TileRows tl(d, c, j);
-    if (tl.rows <= 0) break;
-    // (C_l is not staged: S1 = B_s C_l^T comes from cbs, computed once per group)
-    stage_raw<PP>(sDy, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P, p.dy_ss, tl.rows, d.P);
-    for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + j * kT + r];
-    load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
-    __syncthreads();
-    // On the diagonal tile, a warp whose columns l all lie before its rows s adds nothing.
-    if (j > i || half * 32 + 31 >= row0) {
-      float s1[4][4], s2[4][4];
-      load_cb(s1, cbs, cb_pair_at(d, b, c, g, tile_pair(j, i)));
-      zero_acc(s2);
-      mma_abt<4, PP>(s2, sX, ldb(PP), row0, sDy, ldb(PP), half * 32, 0);
+  // (C_l is not staged: S1 = B_s C_l^T comes from cbs, computed once per group)
+  tile_loop<PP, NP, false, kDocs, false, S::kDouble>(
+      p, d, b, h, c, i, last, cb, cs, dtv, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
+        // On the diagonal tile, a warp whose columns l all lie before its rows s adds nothing.
+        if (j > i || half * 32 + 31 >= row0) {
+          float s1[4][4], s2[4][4];
+          load_cb(s1, cbs, cb_pair_at(d, b, c, g, tile_pair(j, i)));
+          zero_acc(s2);
+          mma_abt<4, PP>(s2, sX, ldb(PP), row0, t.head, ldb(PP), half * 32, 0);
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
+          for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e < 2 ? r0 : r1, l = half * 32 + nt * 8 + tq * 2 + (e & 1);
-          const bool keep = (j > i || l >= r) && same_doc<kDocs>(doc_l[l], doc_s[r]);
-          const float decay = keep ? __expf(cs_l[l] - cs_s[r]) : 0.f;
-          const float w = s2[nt][e] * decay * dt_s[r];
-          if (e < 2) cs0 += s1[nt][e] * w;
-          else cs1 += s1[nt][e] * w;
-          s1[nt][e] *= decay;  // M
+            for (int e = 0; e < 4; ++e) {
+              const int r = e < 2 ? r0 : r1, l = half * 32 + nt * 8 + tq * 2 + (e & 1);
+              const bool keep = (j > i || l >= r) && same_doc<kDocs>(t.doc[l], doc_s[r]);
+              const float decay = keep ? __expf(t.cs[l] - cs_s[r]) : 0.f;
+              const float w = s2[nt][e] * decay * dt_s[r];
+              if (e < 2) cs0 += s1[nt][e] * w;
+              else cs1 += s1[nt][e] * w;
+              s1[nt][e] *= decay;  // M
+            }
+          }
+          uint32_t af[2][4];
+          pack_scores(af, s1);
+          mma_scores(acc, af, t.head, ldb(PP), half * 32);  // d(dt x) += M (16 x 32) dy_l[32 half ..]
         }
-      }
-      uint32_t af[2][4];
-      pack_scores(af, s1);
-      mma_scores(acc, af, sDy, ldb(PP), half * 32);  // d(dt x) += M (16 x 32) dy_l[32 half ..]
-    }
-    __syncthreads();
-  }
+      });
 
   // The halves' sums: the second half's d(dt x), csum and v parts through shared memory.
   cs0 = quad_sum(cs0), cs1 = quad_sum(cs1), v0 = quad_sum(v0), v1 = quad_sum(v1);
@@ -1413,15 +1540,17 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 }
 
+// Shared memory: x_s, the two buffers of the l-tiles (C_l, dy_l; the f32 dB tile overlays the
+// first at the end, G_c the second in the prologue), cs_s, dt_s, wlast, doc_s.
 template <int PP, int NP>
 struct BwdSBMmaSmem {
   static constexpr size_t sX = 0;
-  static constexpr size_t sR = sX + bf_bytes(kT, PP);  // G_c; then C_l, dy_l; then the f32 dB tile
-  static constexpr size_t r_bytes =
-      cmax(cmax(bf_bytes(PP, NP), bf_bytes(kT, NP) + bf_bytes(kT, PP)), f_bytes(kT, NP));
-  static constexpr size_t vec = sR + r_bytes;  // cs_s, dt_s, wlast, cs_l
-  static constexpr size_t docs = vec + round_up(4 * kT * sizeof(float));
-  static constexpr size_t total = docs + round_up(2 * kT * sizeof(int));
+  using Plan = TilePlan<PP, NP, true, sX + bf_bytes(kT, PP), NP,
+                        round_up(3 * kT * sizeof(float)) + round_up(kT * sizeof(int))>;
+  static constexpr bool kDouble = Plan::kDouble;
+  static constexpr size_t buf0 = Plan::buf0, buf1 = Plan::buf1, vec = Plan::vec;
+  static constexpr size_t docs = vec + round_up(3 * kT * sizeof(float));
+  static constexpr size_t total = docs + round_up(kT * sizeof(int));
 };
 
 template <int PP, int NP, bool kDocs>
@@ -1429,34 +1558,35 @@ __global__ void __launch_bounds__(kThreads, 2)
     bwd_s_b_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* G, float* dB_part) {
   static_assert(NP <= 128, "the dB accumulators of a warp are 16 x NP");
   using S = BwdSBMmaSmem<PP, NP>;
+  using Tile = StagedTile<PP, NP, true>;
   constexpr int NTB = NP / 8;
   extern __shared__ __align__(128) unsigned char smem[];
   bf* sX = reinterpret_cast<bf*>(smem + S::sX);
-  bf* sG = reinterpret_cast<bf*>(smem + S::sR);
-  bf* sC = reinterpret_cast<bf*>(smem + S::sR);
-  bf* sDy = reinterpret_cast<bf*>(smem + S::sR + bf_bytes(kT, NP));
-  float* sF = reinterpret_cast<float*>(smem + S::sR);
+  bf* sG = reinterpret_cast<bf*>(smem + S::buf1);
+  float* sF = reinterpret_cast<float*>(smem + S::buf0);
   float* cs_s = reinterpret_cast<float*>(smem + S::vec);
   float* dt_s = cs_s + kT;
   float* wlast = dt_s + kT;
-  float* cs_l = wlast + kT;
   int* doc_s = reinterpret_cast<int*>(smem + S::docs);
-  int* doc_l = doc_s + kT;
 
   // d.hb heads of one group in turn, dB summed over them in the accumulators (as the l-tile
   // backward does for dC).
   const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, part = blockIdx.y, b = blockIdx.z;
-  const int g = part * d.hb / d.hpg;
   const TileRows ts(d, c, i);
   if (ts.rows <= 0) return;
   const int warp = threadIdx.x >> 5, strip = warp & 3, half = warp >> 2;
   const int row0 = strip * 16, tq = threadIdx.x & 3, r0 = row0 + ((threadIdx.x & 31) >> 2), r1 = r0 + 8;
+  const int last = last_tile(d, c);
 
   float acc[NTB][4];  // dB of the heads so far
   zero_acc(acc);
 #pragma unroll 1
   for (int h = part * d.hb; h < (part + 1) * d.hb; ++h) {
     const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
+    if constexpr (S::kDouble) {  // l-tile i loads during the prologue
+      issue_tile<PP, NP, true, kDocs, false>(p, d, b, h, c, i, cb, cs, dtv, Tile(smem + S::buf0));
+      cp_async_commit();
+    }
     load_s_tile_scalars<kDocs>(p, d, b, c, i, ts, dtv, cs, cb, cs_s, dt_s, wlast, doc_s);
     stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
     stage_state<PP, NP>(sG, G + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
@@ -1480,33 +1610,26 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     __syncthreads();  // G_c read by every warp before the l-tiles overwrite it
 
-    for (int j = i; j < d.Qt; ++j) {
-      const TileRows tl(d, c, j);
-      if (tl.rows <= 0) break;
-      stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
-      stage_raw<PP>(sDy, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P, p.dy_ss, tl.rows, d.P);
-      for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + j * kT + r];
-      load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
-      __syncthreads();
-      if (j > i || half * 32 + 31 >= row0) {
-        float s2[4][4];
-        zero_acc(s2);
-        mma_abt<4, PP>(s2, sX, ldb(PP), row0, sDy, ldb(PP), half * 32, 0);
+    tile_loop<PP, NP, true, kDocs, false, S::kDouble>(
+        p, d, b, h, c, i, last, cb, cs, dtv, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
+          if (j > i || half * 32 + 31 >= row0) {
+            float s2[4][4];
+            zero_acc(s2);
+            mma_abt<4, PP>(s2, sX, ldb(PP), row0, t.head, ldb(PP), half * 32, 0);
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
+            for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = e < 2 ? r0 : r1, l = half * 32 + nt * 8 + tq * 2 + (e & 1);
-            const bool keep = (j > i || l >= r) && same_doc<kDocs>(doc_l[l], doc_s[r]);
-            s2[nt][e] = keep ? s2[nt][e] * __expf(cs_l[l] - cs_s[r]) * dt_s[r] : 0.f;  // W
+              for (int e = 0; e < 4; ++e) {
+                const int r = e < 2 ? r0 : r1, l = half * 32 + nt * 8 + tq * 2 + (e & 1);
+                const bool keep = (j > i || l >= r) && same_doc<kDocs>(t.doc[l], doc_s[r]);
+                s2[nt][e] = keep ? s2[nt][e] * __expf(t.cs[l] - cs_s[r]) * dt_s[r] : 0.f;  // W
+              }
+            }
+            uint32_t af[2][4];
+            pack_scores(af, s2);
+            mma_scores(acc, af, t.wide, ldb(NP), half * 32);  // dB += W (16 x 32) C_l[32 half ..]
           }
-        }
-        uint32_t af[2][4];
-        pack_scores(af, s2);
-        mma_scores(acc, af, sC, ldb(NP), half * 32);  // dB += W (16 x 32) C_l[32 half ..]
-      }
-      __syncthreads();  // the l-tile read by every warp before the next is staged
-    }
+        });
   }
 
   if (half == 1) stash_half(sF, ldf(NP), acc, r0);
