@@ -818,6 +818,15 @@ __device__ __forceinline__ void tile_loop(const Ptrs& p, const SsdDims& d, int b
   }
 }
 
+// The decay e^{cs_l - cs_s} from column s of the staged source tile j to row l = r of l-tile
+// i: 0 where s follows l or a document boundary lies between them.
+template <bool kDocs, typename Tile>
+__device__ __forceinline__ float l_tile_decay(const Tile& t, const float* cs_l, const int* doc_l, int i, int j, int r,
+                                              int s) {
+  const bool keep = (j < i || s <= r) && same_doc<kDocs>(doc_l[r], t.doc[s]);
+  return keep ? __expf(cs_l[r] - t.cs[s]) : 0.f;
+}
+
 // The last 64-step tile of chunk c that holds a step (tiles past L hold none).
 __device__ __forceinline__ int last_tile(const SsdDims& d, int c) {
   return (min(d.Q, d.L - c * d.Q) - 1) / kT;
@@ -911,8 +920,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = row0 + gr + (e >> 1) * 8, s = half * 32 + nt * 8 + tq * 2 + (e & 1);
-              const bool keep = (j < i || s <= r) && same_doc<kDocs>(doc_l[r], t.doc[s]);
-              sc[nt][e] = keep ? sc[nt][e] * __expf(cs_l[r] - t.cs[s]) * t.dt[s] : 0.f;
+              sc[nt][e] = sc[nt][e] * l_tile_decay<kDocs>(t, cs_l, doc_l, i, j, r, s) * t.dt[s];
             }
           }
           uint32_t af[2][4];
@@ -1155,8 +1163,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = e < 2 ? r0 : r1, s = half * 32 + nt * 8 + tq * 2 + (e & 1);
-                const bool keep = (j < i || s <= r) && same_doc<kDocs>(doc_l[r], t.doc[s]);
-                sw[nt][e] = keep ? sw[nt][e] * __expf(cs_l[r] - t.cs[s]) * t.dt[s] : 0.f;
+                sw[nt][e] = sw[nt][e] * l_tile_decay<kDocs>(t, cs_l, doc_l, i, j, r, s) * t.dt[s];
               }
             }
             uint32_t af[2][4];
@@ -1388,6 +1395,15 @@ struct BwdSXMmaSmem {
   static constexpr size_t total = docs + round_up(kT * sizeof(int));
 };
 
+// The decay e^{cs_l - cs_s} from row s = r of s-tile i to column l of the staged l-tile j: 0
+// where l precedes s or a document boundary lies between them.
+template <bool kDocs, typename Tile>
+__device__ __forceinline__ float s_tile_decay(const Tile& t, const float* cs_s, const int* doc_s, int i, int j, int r,
+                                              int l) {
+  const bool keep = (j > i || l >= r) && same_doc<kDocs>(t.doc[l], doc_s[r]);
+  return keep ? __expf(t.cs[l] - cs_s[r]) : 0.f;
+}
+
 // The s-tile's cs, dt, wlast = e^{cs_last - cs_s} (0 across a document boundary) and docs.
 template <bool kDocs>
 __device__ __forceinline__ void load_s_tile_scalars(const Ptrs& p, const SsdDims& d, int b, int c, int i,
@@ -1480,8 +1496,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
               const int r = e < 2 ? r0 : r1, l = half * 32 + nt * 8 + tq * 2 + (e & 1);
-              const bool keep = (j > i || l >= r) && same_doc<kDocs>(t.doc[l], doc_s[r]);
-              const float decay = keep ? __expf(t.cs[l] - cs_s[r]) : 0.f;
+              const float decay = s_tile_decay<kDocs>(t, cs_s, doc_s, i, j, r, l);
               const float w = s2[nt][e] * decay * dt_s[r];
               if (e < 2) cs0 += s1[nt][e] * w;
               else cs1 += s1[nt][e] * w;
@@ -1621,8 +1636,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
               for (int e = 0; e < 4; ++e) {
                 const int r = e < 2 ? r0 : r1, l = half * 32 + nt * 8 + tq * 2 + (e & 1);
-                const bool keep = (j > i || l >= r) && same_doc<kDocs>(t.doc[l], doc_s[r]);
-                s2[nt][e] = keep ? s2[nt][e] * __expf(t.cs[l] - cs_s[r]) * dt_s[r] : 0.f;  // W
+                s2[nt][e] = s2[nt][e] * s_tile_decay<kDocs>(t, cs_s, doc_s, i, j, r, l) * dt_s[r];  // W
               }
             }
             uint32_t af[2][4];
