@@ -8,11 +8,12 @@
 // A chunk is processed in tiles of 64 steps ("rows"); Q is padded up to Qp = 64 * ceil(Q/64)
 // with dt = 0 and zero inputs, and so is the tail past L: padded steps change nothing.
 //
-// Forward (4 launches): prep (dt, cs per chunk: one block scan), chunk states (X^T (w o B)
+// Forward (5 launches): prep (dt, cs per chunk: one block scan), chunk states (X^T (w o B)
 // per chunk on tensor cores), state passing (H_c entering every chunk, one thread per state
-// element, sequential over chunks), chunk scan (per 64-row tile of l: e^{cs} C H_c^T plus the
-// masked (C B^T o decay o dt) x products over the tiles s <= l; the Q x Q scores never leave
-// shared memory). Nothing is saved for the backward but the inputs.
+// element, sequential over chunks), the C B^T tiles per group (below), chunk scan (per
+// 64-row tile of l: e^{cs} C H_c^T plus the masked (C B^T o decay o dt) x products over the
+// tiles s <= l; the per-head Q x Q scores never leave the multiprocessor). Nothing is saved
+// for the backward but the inputs.
 //
 // Backward: prep, chunk states and state passing again (the H_c), the chunk states of the
 // output gradient (dS_c = sum_l e^{cs_l} dy_l C_l^T), the reverse state passing (G_c, the
@@ -34,8 +35,13 @@
 // d_state 128) the l- and s-tile backward use mma.sync m16n8k16 with the score tiles held in
 // registers (masked, scaled and packed to bf16 A fragments there); the chunk states and the
 // tile backward above d_state 128 use WMMA 16x16x16 with the score tiles in shared memory.
-// Operands that are scaled (w o B, the masked score tiles) are rounded to bf16 after the
-// scaling, as the official kernels do; states and all sums stay fp32.
+// The mma.sync kernels take C_l B_s^T, which depends on the group and not the head, from
+// f32 tiles computed once per (batch, chunk, group) by cb_tiles_kernel, in their accumulator
+// layout (16 KB per 64 x 64 tile pair: 640 bytes per token and group at Q = 256, and as much
+// again for the transpose in the backward), and stage their source or l-tiles by cp.async
+// into two buffers, the next tile loading while the current one is multiplied. Operands
+// that are scaled (w o B, the masked score tiles) are rounded to bf16 after the scaling, as
+// the official kernels do; states and all sums stay fp32.
 #include "ssm/kernels/ssd_cuda.h"
 
 #include <cuda_bf16.h>
