@@ -838,32 +838,31 @@ __device__ __forceinline__ int last_tile(const SsdDims& d, int c) {
   return (min(d.Q, d.L - c * d.Q) - 1) / kT;
 }
 
-// The shared-memory plan common to the four mma.sync tile kernels: `fixed` bytes of their own
-// first, then two tile buffers (the f32 output tile of `out_w` columns overlays the first at
-// the end, the bf16 state H_c or G_c the second in the prologue), then `rest` bytes of row
-// vectors. Double buffering when two blocks still fit on a multiprocessor (113 KB each),
-// else one buffer that the state and the output overlay.
-template <int PP, int NP, bool kWide, size_t fixed, int out_w, size_t rest>
+// The shared-memory plan common to the four mma.sync tile kernels (each derives from it and
+// names its own regions in the first `fixed` bytes): those bytes, then two tile buffers (the
+// f32 output tile of `out_w` columns overlays the first at the end, the bf16 state H_c or G_c
+// the second in the prologue), then `vecs` row vectors of kT floats at `vec` and one of kT
+// document indices at `docs`. Double buffering when two blocks still fit on a multiprocessor
+// (113 KB each), else one buffer that the state and the output overlay.
+template <int PP, int NP, bool kWide, size_t fixed, int out_w, int vecs>
 struct TilePlan {
   using Tile = StagedTile<PP, NP, kWide>;
+  static constexpr size_t vec_bytes = round_up(vecs * kT * sizeof(float)), doc_bytes = round_up(kT * sizeof(int));
   static constexpr size_t buf0 = fixed;
   static constexpr size_t b0_bytes = round_up(cmax(Tile::bytes, f_bytes(kT, out_w)));
   static constexpr size_t b1_bytes = round_up(cmax(Tile::bytes, bf_bytes(PP, NP)));
-  static constexpr bool kDouble = buf0 + b0_bytes + b1_bytes + rest <= 113 * 1024;
+  static constexpr bool kDouble = buf0 + b0_bytes + b1_bytes + vec_bytes + doc_bytes <= 113 * 1024;
   static constexpr size_t buf1 = kDouble ? buf0 + b0_bytes : buf0;
   static constexpr size_t vec = kDouble ? buf1 + b1_bytes : buf0 + cmax(b0_bytes, b1_bytes);
+  static constexpr size_t docs = vec + vec_bytes;
+  static constexpr size_t total = docs + doc_bytes;
 };
 
 // Shared-memory plan of the forward: C_l, the two buffers of the source tiles (x_s; S comes
 // from the per-group C B^T tiles), cs_l, doc_l.
 template <int PP, int NP>
-struct ScanFwdMmaSmem {
+struct ScanFwdMmaSmem : TilePlan<PP, NP, false, bf_bytes(kT, NP), PP, 1> {  // vec: cs_l; docs: doc_l
   static constexpr size_t sC = 0;
-  using Plan = TilePlan<PP, NP, false, bf_bytes(kT, NP), PP, round_up(kT * sizeof(float)) + round_up(kT * sizeof(int))>;
-  static constexpr bool kDouble = Plan::kDouble;
-  static constexpr size_t buf0 = Plan::buf0, buf1 = Plan::buf1, vec = Plan::vec;  // cs_l at vec
-  static constexpr size_t docs = vec + round_up(kT * sizeof(float));              // doc_l
-  static constexpr size_t total = docs + round_up(kT * sizeof(int));
 };
 
 template <int PP, int NP, bool kDocs>
@@ -1074,15 +1073,8 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdLSmem<PP, NP>::total,
 // overlays the first at the end, H_c the second in the prologue), cs_l, the second half's
 // row sums, doc_l.
 template <int PP, int NP>
-struct BwdLMmaSmem {
-  static constexpr size_t sC = 0;
-  static constexpr size_t sDy = sC + bf_bytes(kT, NP);
-  using Plan = TilePlan<PP, NP, true, sDy + bf_bytes(kT, PP), NP,
-                        round_up(2 * kT * sizeof(float)) + round_up(kT * sizeof(int))>;
-  static constexpr bool kDouble = Plan::kDouble;
-  static constexpr size_t buf0 = Plan::buf0, buf1 = Plan::buf1, vec = Plan::vec;  // cs_l, row sums at vec
-  static constexpr size_t docs = vec + round_up(2 * kT * sizeof(float));          // doc_l
-  static constexpr size_t total = docs + round_up(kT * sizeof(int));
+struct BwdLMmaSmem : TilePlan<PP, NP, true, bf_bytes(kT, NP) + bf_bytes(kT, PP), NP, 2> {  // vec: cs_l, row sums
+  static constexpr size_t sC = 0, sDy = bf_bytes(kT, NP);
 };
 
 template <int PP, int NP, bool kDocs>
@@ -1390,15 +1382,8 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdSSmem<PP, NP>::total,
 // prologue), the row vectors (cs_s, dt_s, wlast, the second half's csum and vrow, rowv,
 // rowd), doc_s.
 template <int PP, int NP>
-struct BwdSXMmaSmem {
-  static constexpr size_t sB = 0;
-  static constexpr size_t sX = sB + bf_bytes(kT, NP);
-  using Plan = TilePlan<PP, NP, false, sX + bf_bytes(kT, PP), PP,
-                        round_up(7 * kT * sizeof(float)) + round_up(kT * sizeof(int))>;
-  static constexpr bool kDouble = Plan::kDouble;
-  static constexpr size_t buf0 = Plan::buf0, buf1 = Plan::buf1, vec = Plan::vec;
-  static constexpr size_t docs = vec + round_up(7 * kT * sizeof(float));
-  static constexpr size_t total = docs + round_up(kT * sizeof(int));
+struct BwdSXMmaSmem : TilePlan<PP, NP, false, bf_bytes(kT, NP) + bf_bytes(kT, PP), PP, 7> {
+  static constexpr size_t sB = 0, sX = bf_bytes(kT, NP);
 };
 
 // The decay e^{cs_l - cs_s} from row s = r of s-tile i to column l of the staged l-tile j: 0
@@ -1564,14 +1549,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 // Shared memory: x_s, the two buffers of the l-tiles (C_l, dy_l; the f32 dB tile overlays the
 // first at the end, G_c the second in the prologue), cs_s, dt_s, wlast, doc_s.
 template <int PP, int NP>
-struct BwdSBMmaSmem {
+struct BwdSBMmaSmem : TilePlan<PP, NP, true, bf_bytes(kT, PP), NP, 3> {  // vec: cs_s, dt_s, wlast
   static constexpr size_t sX = 0;
-  using Plan = TilePlan<PP, NP, true, sX + bf_bytes(kT, PP), NP,
-                        round_up(3 * kT * sizeof(float)) + round_up(kT * sizeof(int))>;
-  static constexpr bool kDouble = Plan::kDouble;
-  static constexpr size_t buf0 = Plan::buf0, buf1 = Plan::buf1, vec = Plan::vec;
-  static constexpr size_t docs = vec + round_up(3 * kT * sizeof(float));
-  static constexpr size_t total = docs + round_up(kT * sizeof(int));
 };
 
 template <int PP, int NP, bool kDocs>
