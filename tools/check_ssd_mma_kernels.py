@@ -28,6 +28,58 @@ def quad(v):  # per-lane partials (32,) -> the sums of the four lanes of each ro
     return v.reshape(8, 4).sum(1)
 
 
+KT = 64
+
+
+def prep_w(cs, dt):
+    """prep_kernel's tile-local factors: w_src = e^{cs_end - cs_s} dt_s, w_l = e^{cs_l - cs_start}."""
+    t0 = (np.arange(len(cs)) // KT) * KT
+    return np.exp(cs[t0 + KT - 1] - cs) * dt, np.exp(cs - cs[t0])
+
+
+def pair_decay(rows_l, cs, dt, w, i, j, r, col, mono=True):
+    """pair_decay of the kernels at row r of the block's tile i and column col of the staged
+    tile j (chunk-wide cs, dt; w from prep_w): rows_l, e^{cs_l - cs_s} dt_s with l in tile i;
+    else e^{cs_l - cs_s} with s in tile i. Off the diagonal (mono), through the staged
+    tile's edge; on it, directly."""
+    w_src, w_l = w
+    if rows_l:
+        l, s, off = i * KT + r, j * KT + col, j < i
+    else:
+        s, l, off = i * KT + r, j * KT + col, j > i
+    if off and mono:
+        if rows_l:
+            return np.exp(cs[l] - cs[j * KT + KT - 1]) * w_src[s]
+        return np.exp(cs[j * KT] - cs[s]) * w_l[l]
+    keep = off or (col <= r if rows_l else col >= r)
+    v = np.exp(cs[l] - cs[s]) if keep else 0.0
+    return v * dt[s] if rows_l else v
+
+
+def check_factored_decay():
+    """The factored decays equal the direct ones over every tile pair of a 4-tile chunk, and
+    stay finite in float32 on a chunk whose cs falls by thousands (where e^{cs_l - m} or
+    e^{m - cs_s} alone, taken the other way round, would overflow)."""
+    rng = np.random.default_rng(3)
+    for slope in (0.7, 40.0):
+        dt = rng.uniform(0.05, 0.5, 4 * KT).astype(np.float32)
+        cs = np.cumsum(dt * np.float32(-slope), dtype=np.float32)
+        w = prep_w(cs, dt)
+        worst = 0.0
+        with np.errstate(over="raise", invalid="raise"):
+            for rows_l in (True, False):
+                for i in range(4):
+                    for j in (range(i + 1) if rows_l else range(i, 4)):
+                        for r in range(KT):
+                            for col in range(KT):
+                                a = pair_decay(rows_l, cs, dt, w, i, j, r, col)
+                                b = pair_decay(rows_l, cs, dt, w, i, j, r, col, mono=False)
+                                assert np.isfinite(a)
+                                worst = max(worst, abs(a - b) / max(abs(b), 1e-30))
+        print(f"factored decay, cs slope {slope}: range {cs[0]:.0f} .. {cs[-1]:.0f}, max rel diff {worst:.1e}")
+        assert worst < 1e-5, worst
+
+
 def check_forward():
     rng = np.random.default_rng(1)
 
@@ -52,6 +104,7 @@ def check_forward():
     sC = C[L0:L0 + kT]
     sH = bf16(Hc)
     cs_l = cs[L0:L0 + kT]
+    w = prep_w(cs, dt)
     NTO = PP // 8
     accs = {}
     for warp in range(8):
@@ -74,14 +127,13 @@ def check_forward():
             for nt in range(4):
                 for t in range(32):
                     g, tq = t // 4, t % 4
-                    w = np.zeros(4)
+                    sw = np.zeros(4)
                     for e in range(4):
                         r = row0 + g + (e >> 1) * 8; s = half * 32 + nt * 8 + tq * 2 + (e & 1)
-                        keep = (j < i) or (s <= r)
-                        w[e] = sc[nt, t, e] * np.exp(cs_l[r] - cs_s[s]) * dt_s[s] if keep else 0.0
-                    w = bf16(w)
-                    af[nt >> 1, t, (nt & 1) * 2 + 0] = w[0:2]
-                    af[nt >> 1, t, (nt & 1) * 2 + 1] = w[2:4]
+                        sw[e] = sc[nt, t, e] * pair_decay(True, cs, dt, w, i, j, r, s)
+                    sw = bf16(sw)
+                    af[nt >> 1, t, (nt & 1) * 2 + 0] = sw[0:2]
+                    af[nt >> 1, t, (nt & 1) * 2 + 1] = sw[2:4]
             for k in range(2):
                 s0 = half * 32 + k * 16
                 for nt in range(0, NTO, 2):
@@ -106,6 +158,7 @@ def check_backward():
     dt = rng.uniform(0.05, 0.5, Q); cs = np.cumsum(dt * -0.7)
     Hc = bf16(rng.standard_normal((PP, NP))); Gc = bf16(rng.standard_normal((PP, NP)))
     cs_last = cs[-1]
+    wf = prep_w(cs, dt)
     Wp = lambda l, s: np.exp(cs[l] - cs[s]) * dt[s] * (dY[l] @ X[s])
 
     # ---- bwd_l, l-tile i = 1 ----
@@ -146,8 +199,7 @@ def check_backward():
                     g, tq = t // 4, t % 4
                     for e in range(4):
                         r = row0 + g + (e >> 1) * 8; s = half * 32 + nt * 8 + tq * 2 + (e & 1)
-                        keep = (j < i) or (s <= r)
-                        sw[nt, t, e] = sw[nt, t, e] * np.exp(cs_l[r] - cs_s[s]) * dt_s[s] if keep else 0.0
+                        sw[nt, t, e] = sw[nt, t, e] * pair_decay(True, cs, dt, wf, i, j, r, s)
                     af[nt >> 1, t, (nt & 1) * 2 + 0] = bf16(sw[nt, t, 0:2]); af[nt >> 1, t, (nt & 1) * 2 + 1] = bf16(sw[nt, t, 2:4])
                     rs[t, 0] += s1[nt, t, 0] * sw[nt, t, 0] + s1[nt, t, 1] * sw[nt, t, 1]
                     rs[t, 1] += s1[nt, t, 2] * sw[nt, t, 2] + s1[nt, t, 3] * sw[nt, t, 3]
@@ -208,8 +260,7 @@ def check_backward():
                     g, tq = t // 4, t % 4; m = np.zeros(4); ww = np.zeros(4)
                     for e in range(4):
                         r = row0 + g + (e >> 1) * 8; l = half * 32 + nt * 8 + tq * 2 + (e & 1)
-                        keep = (j > i) or (l >= r)
-                        dec = np.exp(cs_l[l] - cs_s[r]) if keep else 0.0
+                        dec = pair_decay(False, cs, dt, wf, i, j, r, l)
                         m[e] = s1[nt, t, e] * dec; ww[e] = s2[nt, t, e] * dec * dt_s[r]
                         cs2[t, e >> 1] += s1[nt, t, e] * ww[e]
                     m, ww = bf16(m), bf16(ww)
@@ -233,5 +284,6 @@ def check_backward():
 
 
 if __name__ == "__main__":
+    check_factored_decay()
     check_forward()
     check_backward()

@@ -8,7 +8,9 @@
 // A chunk is processed in tiles of 64 steps ("rows"); Q is padded up to Qp = 64 * ceil(Q/64)
 // with dt = 0 and zero inputs, and so is the tail past L: padded steps change nothing.
 //
-// Forward (5 launches): prep (dt, cs per chunk: one block scan), chunk states (X^T (w o B)
+// Forward (5 launches): prep (dt, cs per chunk: one block scan; and each step's decay to
+// the edge of its 64-row tile, from which the tile kernels form the decays of tile pairs
+// off the diagonal: pair_decay), chunk states (X^T (w o B)
 // per chunk on tensor cores), state passing (H_c entering every chunk, one thread per state
 // element, sequential over chunks), the C B^T tiles per group (below), chunk scan (per
 // 64-row tile of l: e^{cs} C H_c^T plus the masked (C B^T o decay o dt) x products over the
@@ -298,8 +300,14 @@ __device__ __forceinline__ void stage_source_tile(const Ptrs& p, const SsdDims& 
 }
 
 // dt and cs of every (b, h, chunk): dtv, cs (B, H, nc, Qp). One block of 256 threads.
-__global__ void __launch_bounds__(kThreads) prep_kernel(Ptrs p, SsdDims d, float* dtv, float* cs) {
+// With w (2, B, H, nc, Qp) and mono (B, H, nc), also the tile-local decay factors of the
+// tile kernels (see pair_decay): w[0] = e^{cs_end - cs_s} dt_s (cs_end: the last row of the
+// 64-row tile of s) and w[1] = e^{cs_l - cs_start} (cs_start: the first row of the tile of
+// l), and whether the chunk's cs never rises (dt A <= 0 at every step, as with A < 0 and a
+// softplus dt), which keeps every factor <= 1.
+__global__ void __launch_bounds__(kThreads) prep_kernel(Ptrs p, SsdDims d, float* dtv, float* cs, float* w, int* mono) {
   __shared__ float warp_tot[kWarps];
+  __shared__ float cs_row[kThreads];
   const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t = threadIdx.x;
   const int pos = c * d.Q + t;
   const bool valid = t < d.Q && pos < d.L;
@@ -309,22 +317,33 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(Ptrs p, SsdDims d, float
     dtval = p.softplus ? math::softplus(raw) : raw;
   }
   float v = dtval * p.A[h];
-  const int lane = t & 31, w = t >> 5;
+  const bool falls = v <= 0.f;
+  const int lane = t & 31, wp = t >> 5;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
     const float u = __shfl_up_sync(0xffffffffu, v, o);
     if (lane >= o) v += u;
   }
-  if (lane == 31) warp_tot[w] = v;
+  if (lane == 31) warp_tot[wp] = v;
   __syncthreads();
   float before = 0.f;
-  for (int i = 0; i < w; ++i) before += warp_tot[i];
+  for (int i = 0; i < wp; ++i) before += warp_tot[i];
   v += before;
+  const size_t chunk = (static_cast<size_t>(b) * d.H + h) * d.nc + c, at = chunk * d.Qp + t;
   if (t < d.Qp) {
-    const size_t at = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp + t;
     dtv[at] = dtval;
     cs[at] = v;
   }
+  if (!w) return;
+  cs_row[t] = v;
+  const int all_fall = __syncthreads_and(falls);
+  if (t < d.Qp) {
+    const int t0 = t / kT * kT;
+    const size_t plane = static_cast<size_t>(d.B) * d.H * d.nc * d.Qp;
+    w[at] = __expf(cs_row[t0 + kT - 1] - v) * dtval;
+    w[plane + at] = __expf(v - cs_row[t0]);
+  }
+  if (t == 0) mono[chunk] = all_fall;
 }
 
 // Per chunk: out (P x N, padded) = X^T (w o Y) summed over the chunk's steps.
@@ -742,43 +761,50 @@ __device__ __forceinline__ void stage_raw_async(bf* dst, const bf* src, int64_t 
     stage_raw<W>(dst, src, stride, rows, cols);
     return;
   }
-  for (int i = threadIdx.x; i < kT * W / 8; i += kThreads) {
+  static_assert(kT * W / 8 % kThreads == 0, "whole vectors per thread");
+#pragma unroll
+  for (int k = 0; k < kT * W / 8 / kThreads; ++k) {  // straight-line: no loop for the compiler to peel
+    const int i = static_cast<int>(threadIdx.x) + k * kThreads;
     const int r = i / (W / 8), j = (i % (W / 8)) * 8;
     const bool valid = r < rows && j < cols;
     cp_async16(dst + r * ldb(W) + j, valid ? src + r * stride + j : src, valid);
   }
 }
-// n floats (a multiple of 4, 16-byte aligned at both ends) by cp.async.
-__device__ __forceinline__ void copy_floats_async(float* dst, const float* src, int n) {
-  for (int k = threadIdx.x; k < n / 4; k += kThreads) cp_async16(dst + 4 * k, src + 4 * k, true);
+// kT floats (16-byte aligned) by cp.async, one vector on each of the first kT / 4 threads.
+__device__ __forceinline__ void copy_row_async(float* dst, const float* src) {
+  static_assert(kT / 4 <= kThreads, "one vector per thread");
+  if (threadIdx.x < kT / 4) cp_async16(dst + 4 * threadIdx.x, src + 4 * threadIdx.x, true);
 }
 
 // One buffer: a head-wide tile `head` [kT][ldb(PP)] (x_s or dy_l), with kWide a d_state-wide
 // tile `wide` [kT][ldb(NP)] (B_s or C_l; the kernels that read C B^T from the per-group
 // tiles instead need no B_s or C_l of their own to form it), and the tile's cs, dt and
-// document indices.
+// document indices, and its tile-local decay factors w (prep_kernel: e^{cs_end - cs_s} dt_s
+// for a source tile, e^{cs_l - cs_start} for an l-tile).
 template <int PP, int NP, bool kWide>
 struct StagedTile {
   static constexpr size_t wide_bytes = kWide ? bf_bytes(kT, NP) : 0;
-  static constexpr size_t bytes =
-      wide_bytes + bf_bytes(kT, PP) + round_up(2 * kT * sizeof(float)) + round_up(kT * sizeof(int));
+  static constexpr size_t vec_bytes = round_up(3 * kT * sizeof(float));
+  static constexpr size_t bytes = wide_bytes + bf_bytes(kT, PP) + vec_bytes + round_up(kT * sizeof(int));
   bf *wide, *head;
-  float *cs, *dt;
+  float *cs, *dt, *w;
   int* doc;
   __device__ explicit StagedTile(unsigned char* at)
       : wide(reinterpret_cast<bf*>(at)),
         head(reinterpret_cast<bf*>(at + wide_bytes)),
         cs(reinterpret_cast<float*>(at + wide_bytes + bf_bytes(kT, PP))),
         dt(cs + kT),
-        doc(reinterpret_cast<int*>(at + wide_bytes + bf_bytes(kT, PP) + round_up(2 * kT * sizeof(float)))) {}
+        w(dt + kT),
+        doc(reinterpret_cast<int*>(at + wide_bytes + bf_bytes(kT, PP) + vec_bytes)) {}
 };
 
 // Issues the loads of tile j of chunk c (head h) into t: x_s (and B_s) when kSource, else
-// dy_l (and C_l), with cs and dt (64 floats each at a 256-byte aligned offset of
+// dy_l (and C_l), with cs, dt and w (64 floats each at a 256-byte aligned offset of
 // (B, H, nc, Qp)); the caller commits.
 template <int PP, int NP, bool kWide, bool kDocs, bool kSource>
 __device__ __forceinline__ void issue_tile(const Ptrs& p, const SsdDims& d, int b, int h, int c, int j, size_t cb,
-                                           const float* cs, const float* dtv, const StagedTile<PP, NP, kWide>& t) {
+                                           const float* cs, const float* dtv, const float* w,
+                                           const StagedTile<PP, NP, kWide>& t) {
   const TileRows tr(d, c, j);
   const int g = h / d.hpg;
   load_tile_docs<kDocs>(p, d, b, c, tr, t.doc);
@@ -789,8 +815,9 @@ __device__ __forceinline__ void issue_tile(const Ptrs& p, const SsdDims& d, int 
     if constexpr (kWide) stage_raw_async<NP>(t.wide, p.Cm + b * p.C_bs + tr.t0 * p.C_ss + g * d.N, p.C_ss, tr.rows, d.N);
     stage_raw_async<PP>(t.head, p.dy + b * p.dy_bs + tr.t0 * p.dy_ss + h * d.P, p.dy_ss, tr.rows, d.P);
   }
-  copy_floats_async(t.cs, cs + cb + j * kT, kT);
-  copy_floats_async(t.dt, dtv + cb + j * kT, kT);
+  copy_row_async(t.cs, cs + cb + j * kT);
+  copy_row_async(t.dt, dtv + cb + j * kT);
+  copy_row_async(t.w, w + cb + j * kT);
 }
 
 // for j = first .. last: body(j, tile j), the tile staged and visible to every thread. Two
@@ -800,21 +827,21 @@ __device__ __forceinline__ void issue_tile(const Ptrs& p, const SsdDims& d, int 
 // views are built per use: an array of views indexed by j & 1 would live in local memory.
 template <int PP, int NP, bool kWide, bool kDocs, bool kSource, bool kDouble, typename Body>
 __device__ __forceinline__ void tile_loop(const Ptrs& p, const SsdDims& d, int b, int h, int c, int first, int last,
-                                          size_t cb, const float* cs, const float* dtv, unsigned char* buf0,
+                                          size_t cb, const float* cs, const float* dtv, const float* w, unsigned char* buf0,
                                           unsigned char* buf1, bool primed, Body&& body) {
   using Tile = StagedTile<PP, NP, kWide>;
   for (int j = first; j <= last; ++j) {
     const bool odd = (j - first) & 1;
     if constexpr (kDouble) {
       if (!primed && j == first) {
-        issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j, cb, cs, dtv, Tile(buf0));
+        issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j, cb, cs, dtv, w, Tile(buf0));
         cp_async_commit();
       }
-      if (j < last) issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j + 1, cb, cs, dtv, Tile(odd ? buf0 : buf1));
+      if (j < last) issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j + 1, cb, cs, dtv, w, Tile(odd ? buf0 : buf1));
       cp_async_commit();
       cp_async_wait<1>();
     } else {
-      issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j, cb, cs, dtv, Tile(buf0));
+      issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j, cb, cs, dtv, w, Tile(buf0));
       cp_async_commit();
       cp_async_wait<0>();
     }
@@ -824,13 +851,51 @@ __device__ __forceinline__ void tile_loop(const Ptrs& p, const SsdDims& d, int b
   }
 }
 
-// The decay e^{cs_l - cs_s} from column s of the staged source tile j to row l = r of l-tile
-// i: 0 where s follows l or a document boundary lies between them.
-template <bool kDocs, typename Tile>
-__device__ __forceinline__ float l_tile_decay(const Tile& t, const float* cs_l, const int* doc_l, int i, int j, int r,
-                                              int s) {
-  const bool keep = (j < i || s <= r) && same_doc<kDocs>(doc_l[r], t.doc[s]);
-  return keep ? __expf(cs_l[r] - t.cs[s]) : 0.f;
+// f(nt, e, decay) for the 16 accumulator values [nt][e] of a lane, with the decay between the
+// block's own tile i (the lane's rows r0 and r0 + 8) and the staged tile j (the lane's
+// columns col0 + 8 nt + 2 tq + {0, 1}), 0 where the causal order or a document boundary
+// cuts it:
+//   kRowsL (rows l, staged source columns s: the forward, the l-tile backward): e^{cs_l - cs_s} dt_s
+//   else   (rows s, staged l-tile columns: the s-tile backward):               e^{cs_l - cs_s}
+// Off the diagonal, in a chunk whose cs never rises (mono), it is factored through the
+// staged tile's edge m (the last row's cs of a source tile, the first row's of an l-tile):
+// e^{cs_l - cs_s} = e^{cs_l - m} e^{m - cs_s}, two exponentials a lane for its rows and the
+// column factors t.w made once per tile by prep_kernel. Both factors are <= 1 (s <= m-row <
+// l), so neither overflows, and one underflows only where the decay itself is below the
+// smallest float. Else (the diagonal, or a rising cs) one exponential per value.
+// (f is called from either branch, so that no array of decays is live across them.)
+template <bool kRowsL, bool kDocs, typename Tile, typename F>
+__device__ __forceinline__ void pair_decay(const Tile& t, const float* cs_r, const int* doc_r, int i, int j, bool mono,
+                                           int r0, int col0, F&& f) {
+  const int tq = threadIdx.x & 3;
+  const bool off = kRowsL ? j < i : j > i;
+  if (off && mono) {
+    const float m = kRowsL ? t.cs[kT - 1] : t.cs[0];
+    float rf[2];
+#pragma unroll
+    for (int u = 0; u < 2; ++u) rf[u] = __expf(kRowsL ? cs_r[r0 + 8 * u] - m : m - cs_r[r0 + 8 * u]);
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = r0 + (e >> 1) * 8, col = col0 + nt * 8 + tq * 2 + (e & 1);
+        f(nt, e, same_doc<kDocs>(doc_r[r], t.doc[col]) ? rf[e >> 1] * t.w[col] : 0.f);
+      }
+    }
+    return;
+  }
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = r0 + (e >> 1) * 8, col = col0 + nt * 8 + tq * 2 + (e & 1);
+      const bool keep = (off || (kRowsL ? col <= r : col >= r)) && same_doc<kDocs>(doc_r[r], t.doc[col]);
+      // A cut value's exponent is -inf (e^-inf = 0): a select, where a conditional
+      // exponential would become a branch around each.
+      const float v = __expf(keep ? (kRowsL ? cs_r[r] - t.cs[col] : t.cs[col] - cs_r[r]) : -INFINITY);
+      f(nt, e, kRowsL ? v * t.dt[col] : v);
+    }
+  }
 }
 
 // The last 64-step tile of chunk c that holds a step (tiles past L hold none).
@@ -867,8 +932,8 @@ struct ScanFwdMmaSmem : TilePlan<PP, NP, false, bf_bytes(kT, NP), PP, 1> {  // v
 
 template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, 2)
-    chunk_scan_fwd_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* st, const float* cbl,
-                              bf* y) {
+    chunk_scan_fwd_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* w, const int* mono,
+                              const float* st, const float* cbl, bf* y) {
   using S = ScanFwdMmaSmem<PP, NP>;
   using Tile = StagedTile<PP, NP, false>;
   constexpr int NTO = PP / 8;  // output n8 tiles of a warp (all PP columns, half of the sum)
@@ -886,8 +951,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int row0 = strip * 16, gr = lane >> 2, tq = lane & 3;  // fragment row group, column pair
   const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
   const int entering = doc_before(p, d, b, c);
+  const bool mono_c = mono[cb / d.Qp];
   if constexpr (S::kDouble) {  // source tile 0 loads during the prologue
-    issue_tile<PP, NP, false, kDocs, true>(p, d, b, h, c, 0, cb, cs, dtv, Tile(smem + S::buf0));
+    issue_tile<PP, NP, false, kDocs, true>(p, d, b, h, c, 0, cb, cs, dtv, w, Tile(smem + S::buf0));
     cp_async_commit();
   }
   for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
@@ -914,20 +980,14 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   // (B_s is not staged: S = C_l B_s^T comes from cbl, computed once per group)
   tile_loop<PP, NP, false, kDocs, true, S::kDouble>(
-      p, d, b, h, c, 0, i, cb, cs, dtv, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
+      p, d, b, h, c, 0, i, cb, cs, dtv, w, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
         // On the diagonal tile, a warp whose source columns all lie after its rows adds nothing.
         if (j < i || half * 32 <= row0 + 15) {
           float sc[4][4];  // S rows row0 .. + 16, source columns 32 half .. + 32
           load_cb(sc, cbl, cb_pair_at(d, b, c, g, tile_pair(i, j)));
           // Mask and scale in the accumulators, pack, and acc += W (16 x 32) x_s[32 half ..].
-#pragma unroll
-          for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = row0 + gr + (e >> 1) * 8, s = half * 32 + nt * 8 + tq * 2 + (e & 1);
-              sc[nt][e] = sc[nt][e] * l_tile_decay<kDocs>(t, cs_l, doc_l, i, j, r, s) * t.dt[s];
-            }
-          }
+          pair_decay<true, kDocs>(t, cs_l, doc_l, i, j, mono_c, row0 + gr, half * 32,
+                                  [&](int nt, int e, float decay) { sc[nt][e] *= decay; });
           uint32_t af[2][4];
           pack_scores(af, sc);
           mma_scores(acc, af, t.head, ldb(PP), half * 32);
@@ -1079,8 +1139,8 @@ struct BwdLMmaSmem : TilePlan<PP, NP, true, bf_bytes(kT, NP) + bf_bytes(kT, PP),
 
 template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, 2)
-    bwd_l_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* st, const float* cbl,
-                     float* dC_part, float* dcs_row) {
+    bwd_l_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* w, const int* mono,
+                     const float* st, const float* cbl, float* dC_part, float* dcs_row) {
   static_assert(NP <= 128, "the dC accumulators of a warp are 16 x NP");
   using S = BwdLMmaSmem<PP, NP>;
   using Tile = StagedTile<PP, NP, true>;
@@ -1117,8 +1177,9 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll 1
   for (int h = part * d.hb; h < (part + 1) * d.hb; ++h) {
     const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
+    const bool mono_c = mono[cb / d.Qp];
     if constexpr (S::kDouble) {  // source tile 0 loads during the prologue
-      issue_tile<PP, NP, true, kDocs, true>(p, d, b, h, c, 0, cb, cs, dtv, Tile(smem + S::buf0));
+      issue_tile<PP, NP, true, kDocs, true>(p, d, b, h, c, 0, cb, cs, dtv, w, Tile(smem + S::buf0));
       cp_async_commit();
     }
     for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
@@ -1151,19 +1212,13 @@ __global__ void __launch_bounds__(kThreads, 2)
     __syncthreads();  // H_c read by every warp before the source tiles overwrite it
 
     tile_loop<PP, NP, true, kDocs, true, S::kDouble>(
-        p, d, b, h, c, 0, i, cb, cs, dtv, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
+        p, d, b, h, c, 0, i, cb, cs, dtv, w, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
           if (j < i || half * 32 <= row0 + 15) {
             float sw[4][4];  // S2 = dy_l x_s^T, then W
             zero_acc(sw);
             mma_abt<4, PP>(sw, sDy, ldb(PP), row0, t.head, ldb(PP), half * 32, 0);
-#pragma unroll
-            for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = e < 2 ? r0 : r1, s = half * 32 + nt * 8 + tq * 2 + (e & 1);
-                sw[nt][e] = sw[nt][e] * l_tile_decay<kDocs>(t, cs_l, doc_l, i, j, r, s) * t.dt[s];
-              }
-            }
+            pair_decay<true, kDocs>(t, cs_l, doc_l, i, j, mono_c, r0, half * 32,
+                                    [&](int nt, int e, float decay) { sw[nt][e] *= decay; });
             uint32_t af[2][4];
             pack_scores(af, sw);
             {
@@ -1386,15 +1441,6 @@ struct BwdSXMmaSmem : TilePlan<PP, NP, false, bf_bytes(kT, NP) + bf_bytes(kT, PP
   static constexpr size_t sB = 0, sX = bf_bytes(kT, NP);
 };
 
-// The decay e^{cs_l - cs_s} from row s = r of s-tile i to column l of the staged l-tile j: 0
-// where l precedes s or a document boundary lies between them.
-template <bool kDocs, typename Tile>
-__device__ __forceinline__ float s_tile_decay(const Tile& t, const float* cs_s, const int* doc_s, int i, int j, int r,
-                                              int l) {
-  const bool keep = (j > i || l >= r) && same_doc<kDocs>(t.doc[l], doc_s[r]);
-  return keep ? __expf(t.cs[l] - cs_s[r]) : 0.f;
-}
-
 // The s-tile's cs, dt, wlast = e^{cs_last - cs_s} (0 across a document boundary) and docs.
 template <bool kDocs>
 __device__ __forceinline__ void load_s_tile_scalars(const Ptrs& p, const SsdDims& d, int b, int c, int i,
@@ -1413,8 +1459,8 @@ __device__ __forceinline__ void load_s_tile_scalars(const Ptrs& p, const SsdDims
 
 template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, 2)
-    bwd_s_x_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* G, const float* cbs,
-                       bf* dx, float* ddt_dir, float* dcs_col, float* vsum_part, float* dD_part) {
+    bwd_s_x_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* w, const int* mono,
+                       const float* G, const float* cbs, bf* dx, float* ddt_dir, float* dcs_col, float* vsum_part, float* dD_part) {
   using S = BwdSXMmaSmem<PP, NP>;
   using Tile = StagedTile<PP, NP, false>;
   constexpr int NTX = PP / 8;
@@ -1436,6 +1482,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const TileRows ts(d, c, i);
   const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
   const size_t tile_at = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qt + i;
+  const bool mono_c = mono[cb / d.Qp];
   if (ts.rows <= 0) {
     if (threadIdx.x < kT) dcs_col[cb + i * kT + threadIdx.x] = 0.f, ddt_dir[cb + i * kT + threadIdx.x] = 0.f;
     if (threadIdx.x == 0) vsum_part[tile_at] = 0.f, dD_part[tile_at] = 0.f;
@@ -1445,7 +1492,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int row0 = strip * 16, gr = lane >> 2, tq = lane & 3, r0 = row0 + gr, r1 = r0 + 8;
   const int last = last_tile(d, c);
   if constexpr (S::kDouble) {  // l-tile i loads during the prologue
-    issue_tile<PP, NP, false, kDocs, false>(p, d, b, h, c, i, cb, cs, dtv, Tile(smem + S::buf0));
+    issue_tile<PP, NP, false, kDocs, false>(p, d, b, h, c, i, cb, cs, dtv, w, Tile(smem + S::buf0));
     cp_async_commit();
   }
   load_s_tile_scalars<kDocs>(p, d, b, c, i, ts, dtv, cs, cb, cs_s, dt_s, wlast, doc_s);
@@ -1475,25 +1522,20 @@ __global__ void __launch_bounds__(kThreads, 2)
   float cs0 = 0.f, cs1 = 0.f;  // this lane's part of sum_l S1 W for rows r0, r1
   // (C_l is not staged: S1 = B_s C_l^T comes from cbs, computed once per group)
   tile_loop<PP, NP, false, kDocs, false, S::kDouble>(
-      p, d, b, h, c, i, last, cb, cs, dtv, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
+      p, d, b, h, c, i, last, cb, cs, dtv, w, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
         // On the diagonal tile, a warp whose columns l all lie before its rows s adds nothing.
         if (j > i || half * 32 + 31 >= row0) {
           float s1[4][4], s2[4][4];
           load_cb(s1, cbs, cb_pair_at(d, b, c, g, tile_pair(j, i)));
           zero_acc(s2);
           mma_abt<4, PP>(s2, sX, ldb(PP), row0, t.head, ldb(PP), half * 32, 0);
-#pragma unroll
-          for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int r = e < 2 ? r0 : r1, l = half * 32 + nt * 8 + tq * 2 + (e & 1);
-              const float decay = s_tile_decay<kDocs>(t, cs_s, doc_s, i, j, r, l);
-              const float w = s2[nt][e] * decay * dt_s[r];
-              if (e < 2) cs0 += s1[nt][e] * w;
-              else cs1 += s1[nt][e] * w;
-              s1[nt][e] *= decay;  // M
-            }
-          }
+          const float dt0 = dt_s[r0], dt1 = dt_s[r1];
+          pair_decay<false, kDocs>(t, cs_s, doc_s, i, j, mono_c, r0, half * 32, [&](int nt, int e, float decay) {
+            const float w = s2[nt][e] * decay * (e < 2 ? dt0 : dt1);
+            if (e < 2) cs0 += s1[nt][e] * w;
+            else cs1 += s1[nt][e] * w;
+            s1[nt][e] *= decay;  // M
+          });
           uint32_t af[2][4];
           pack_scores(af, s1);
           mma_scores(acc, af, t.head, ldb(PP), half * 32);  // d(dt x) += M (16 x 32) dy_l[32 half ..]
@@ -1555,7 +1597,8 @@ struct BwdSBMmaSmem : TilePlan<PP, NP, true, bf_bytes(kT, PP), NP, 3> {  // vec:
 
 template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, 2)
-    bwd_s_b_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* G, float* dB_part) {
+    bwd_s_b_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* w, const int* mono,
+                       const float* G, float* dB_part) {
   static_assert(NP <= 128, "the dB accumulators of a warp are 16 x NP");
   using S = BwdSBMmaSmem<PP, NP>;
   using Tile = StagedTile<PP, NP, true>;
@@ -1575,7 +1618,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const TileRows ts(d, c, i);
   if (ts.rows <= 0) return;
   const int warp = threadIdx.x >> 5, strip = warp & 3, half = warp >> 2;
-  const int row0 = strip * 16, tq = threadIdx.x & 3, r0 = row0 + ((threadIdx.x & 31) >> 2), r1 = r0 + 8;
+  const int row0 = strip * 16, r0 = row0 + ((threadIdx.x & 31) >> 2), r1 = r0 + 8;
   const int last = last_tile(d, c);
 
   float acc[NTB][4];  // dB of the heads so far
@@ -1583,8 +1626,9 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll 1
   for (int h = part * d.hb; h < (part + 1) * d.hb; ++h) {
     const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
+    const bool mono_c = mono[cb / d.Qp];
     if constexpr (S::kDouble) {  // l-tile i loads during the prologue
-      issue_tile<PP, NP, true, kDocs, false>(p, d, b, h, c, i, cb, cs, dtv, Tile(smem + S::buf0));
+      issue_tile<PP, NP, true, kDocs, false>(p, d, b, h, c, i, cb, cs, dtv, w, Tile(smem + S::buf0));
       cp_async_commit();
     }
     load_s_tile_scalars<kDocs>(p, d, b, c, i, ts, dtv, cs, cb, cs_s, dt_s, wlast, doc_s);
@@ -1611,19 +1655,15 @@ __global__ void __launch_bounds__(kThreads, 2)
     __syncthreads();  // G_c read by every warp before the l-tiles overwrite it
 
     tile_loop<PP, NP, true, kDocs, false, S::kDouble>(
-        p, d, b, h, c, i, last, cb, cs, dtv, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
+        p, d, b, h, c, i, last, cb, cs, dtv, w, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
           if (j > i || half * 32 + 31 >= row0) {
             float s2[4][4];
             zero_acc(s2);
             mma_abt<4, PP>(s2, sX, ldb(PP), row0, t.head, ldb(PP), half * 32, 0);
-#pragma unroll
-            for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                const int r = e < 2 ? r0 : r1, l = half * 32 + nt * 8 + tq * 2 + (e & 1);
-                s2[nt][e] = s2[nt][e] * s_tile_decay<kDocs>(t, cs_s, doc_s, i, j, r, l) * dt_s[r];  // W
-              }
-            }
+            const float dt0 = dt_s[r0], dt1 = dt_s[r1];
+            pair_decay<false, kDocs>(t, cs_s, doc_s, i, j, mono_c, r0, half * 32, [&](int nt, int e, float decay) {
+              s2[nt][e] *= decay * (e < 2 ? dt0 : dt1);  // W
+            });
             uint32_t af[2][4];
             pack_scores(af, s2);
             mma_scores(acc, af, t.wide, ldb(NP), half * 32);  // dB += W (16 x 32) C_l[32 half ..]
@@ -1711,14 +1751,27 @@ __global__ void sum_heads_kernel(const float* part, bf* out, SsdDims d) {
   }
 }
 
-// out[h] = sum over (b, j < per) of part[(b * H + h) * per + j], in order (null out: skip).
-__global__ void sum_per_head_kernel(const float* part, float* out, int B, int H, int per) {
-  const int h = blockIdx.x * blockDim.x + threadIdx.x;
-  if (h >= H || !out) return;
+// out[h] = sum over (b, j < per) of part[(b * H + h) * per + j] (null out: skip). One block
+// per head: thread t sums the terms t, t + 256, ... in order, then a fixed tree over the
+// threads, so the result does not depend on the run (B x per is 8k terms at B1 L65536).
+__global__ void __launch_bounds__(kThreads) sum_per_head_kernel(const float* part, float* out, int B, int H, int per) {
+  __shared__ float red[kWarps];
+  const int h = blockIdx.x;
+  if (!out) return;
   float acc = 0.f;
-  for (int b = 0; b < B; ++b)
-    for (int j = 0; j < per; ++j) acc += part[(static_cast<size_t>(b) * H + h) * per + j];
-  out[h] = acc;
+  for (int i = threadIdx.x; i < B * per; i += kThreads) {
+    const int b = i / per, j = i - b * per;
+    acc += part[(static_cast<size_t>(b) * H + h) * per + j];
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float s = 0.f;
+    for (int w = 0; w < kWarps; ++w) s += red[w];
+    out[h] = s;
+  }
 }
 
 // ---- host side ----
@@ -1809,11 +1862,25 @@ std::pair<Tensor, Tensor> cb_tiles(const Ptrs& q, const SsdDims& d, bool transpo
   return {cbl, cbs};
 }
 
-// Prep, chunk states and state passing: fills dtv, cs and st (the state entering each chunk).
-void entering_states(const Ptrs& q, const SsdDims& d, float* dtv, float* cs, float* st, float* h_last,
-                     cudaStream_t stream) {
+// What prep_kernel makes per (batch, head, chunk): dt and cs (B, H, nc, Qp), the tile-local
+// decay factors w (2, B, H, nc, Qp: of source tiles, then of l-tiles) and mono (B, H, nc).
+struct ChunkVecs {
+  Tensor dt, cs, w, mono;
+  ChunkVecs(const SsdDims& d, Device device)
+      : dt(Tensor::empty({d.B, d.H, d.nc, d.Qp}, DType::f32, device)),
+        cs(Tensor::empty({d.B, d.H, d.nc, d.Qp}, DType::f32, device)),
+        w(Tensor::empty({2, d.B, d.H, d.nc, d.Qp}, DType::f32, device)),
+        mono(Tensor::empty({d.B, d.H, d.nc}, DType::i32, device)) {}
+  const float* w_source() const { return w.data<float>(); }
+  const float* w_l() const { return w.data<float>() + dt.numel(); }
+};
+
+// Prep, chunk states and state passing: fills v and st (the state entering each chunk).
+void entering_states(const Ptrs& q, const SsdDims& d, ChunkVecs& v, float* st, float* h_last, cudaStream_t stream) {
   const dim3 chunks(d.nc, d.H, d.B);
-  prep_kernel<<<chunks, kThreads, 0, stream>>>(q, d, dtv, cs);
+  float* dtv = v.dt.data<float>();
+  float* cs = v.cs.data<float>();
+  prep_kernel<<<chunks, kThreads, 0, stream>>>(q, d, dtv, cs, v.w.data<float>(), v.mono.data<int32_t>());
   CUDA_CHECK_LAUNCH();
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
@@ -1838,17 +1905,16 @@ void ssd_fwd_cuda(const SsdParams& p, Device device) {
   const Ptrs q = make_ptrs(p);
   cuda_detail::DeviceGuard guard(device.index);
   auto stream = static_cast<cudaStream_t>(cuda::compute_stream(device.index));
-  Tensor dtv = Tensor::empty({d.B, d.H, d.nc, d.Qp}, DType::f32, device);
-  Tensor cs = Tensor::empty({d.B, d.H, d.nc, d.Qp}, DType::f32, device);
+  ChunkVecs v(d, device);
   Tensor st = Tensor::empty({d.B, d.nc, d.H, d.Pp, d.Np}, DType::f32, device);
-  entering_states(q, d, dtv.data<float>(), cs.data<float>(), st.data<float>(), static_cast<float*>(p.h_last), stream);
+  entering_states(q, d, v, st.data<float>(), static_cast<float*>(p.h_last), stream);
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
     Tensor cbl = cb_tiles(q, d, false, device, stream).first;
     launch(q.seq ? chunk_scan_fwd_mma_kernel<PP, NP, true> : chunk_scan_fwd_mma_kernel<PP, NP, false>,
            dim3(d.nc * d.Qt, d.H, d.B), ScanFwdMmaSmem<PP, NP>::total, stream, q, d,
-           static_cast<const float*>(dtv.data<float>()), static_cast<const float*>(cs.data<float>()),
-           static_cast<const float*>(st.data<float>()), static_cast<const float*>(cbl.data<float>()),
+           static_cast<const float*>(v.dt.data<float>()), static_cast<const float*>(v.cs.data<float>()),
+           v.w_source(), static_cast<const int*>(v.mono.data<int32_t>()), static_cast<const float*>(st.data<float>()), static_cast<const float*>(cbl.data<float>()),
            static_cast<bf*>(p.y));
   });
 }
@@ -1861,11 +1927,12 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
   cuda_detail::DeviceGuard guard(device.index);
   auto stream = static_cast<cudaStream_t>(cuda::compute_stream(device.index));
   auto f32 = [&](const Dims& shape) { return Tensor::empty(shape, DType::f32, device); };
-  Tensor dtv = f32({d.B, d.H, d.nc, d.Qp}), cs = f32({d.B, d.H, d.nc, d.Qp});
+  ChunkVecs v(d, device);
   Tensor st = f32({d.B, d.nc, d.H, d.Pp, d.Np}), dS = f32({d.B, d.nc, d.H, d.Pp, d.Np});
-  float* dtv_p = dtv.data<float>();
-  float* cs_p = cs.data<float>();
-  entering_states(q, d, dtv_p, cs_p, st.data<float>(), nullptr, stream);
+  float* dtv_p = v.dt.data<float>();
+  float* cs_p = v.cs.data<float>();
+  const int* mono = v.mono.data<int32_t>();
+  entering_states(q, d, v, st.data<float>(), nullptr, stream);
 
   const dim3 chunks(d.nc, d.H, d.B), tiles(d.nc * d.Qt, d.H, d.B), head_parts(d.nc * d.Qt, d.H / d.hb, d.B);
   with_sizes(d, [&](auto pp, auto np) {
@@ -1894,14 +1961,16 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
     if constexpr (NP <= 128) {
       const auto [cbl, cbs] = cb_tiles(q, d, true, device, stream);
       launch(q.seq ? bwd_l_mma_kernel<PP, NP, true> : bwd_l_mma_kernel<PP, NP, false>, head_parts,
-             BwdLMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pst, static_cast<const float*>(cbl.data<float>()),
+             BwdLMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, v.w_source(), mono, pst,
+             static_cast<const float*>(cbl.data<float>()),
              dC_part.data<float>(), dcs_row.data<float>());
       launch(q.seq ? bwd_s_x_mma_kernel<PP, NP, true> : bwd_s_x_mma_kernel<PP, NP, false>, tiles,
-             BwdSXMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pdS, static_cast<const float*>(cbs.data<float>()),
+             BwdSXMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, v.w_l(), mono, pdS,
+             static_cast<const float*>(cbs.data<float>()),
              static_cast<bf*>(p.dx), ddt_dir.data<float>(), dcs_col.data<float>(), vsum.data<float>(),
              dD_part.data<float>());
       launch(q.seq ? bwd_s_b_mma_kernel<PP, NP, true> : bwd_s_b_mma_kernel<PP, NP, false>, head_parts,
-             BwdSBMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pdS, dB_part.data<float>());
+             BwdSBMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, v.w_l(), mono, pdS, dB_part.data<float>());
     } else {
       launch(q.seq ? bwd_l_kernel<PP, NP, true> : bwd_l_kernel<PP, NP, false>, tiles, BwdLSmem<PP, NP>::total,
              stream, q, d, pdt, pcs, pst, dC_part.data<float>(), dcs_row.data<float>());
@@ -1923,11 +1992,10 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
     sum_heads_kernel<<<blocks, 256, 0, stream>>>(part->data<float>(), static_cast<bf*>(out), d);
     CUDA_CHECK_LAUNCH();
   }
-  const int hblocks = (d.H + 127) / 128;
   for (auto [part, out, per] : {std::tuple{&dA_part, p.dA, d.nc}, std::tuple{&dbias_part, p.ddt_bias, d.nc},
                                 std::tuple{&dD_part, p.dD, d.nc * d.Qt}}) {
     if (!out) continue;
-    sum_per_head_kernel<<<hblocks, 128, 0, stream>>>(part->data<float>(), static_cast<float*>(out), d.B, d.H, per);
+    sum_per_head_kernel<<<d.H, kThreads, 0, stream>>>(part->data<float>(), static_cast<float*>(out), d.B, d.H, per);
     CUDA_CHECK_LAUNCH();
   }
 }

@@ -32,6 +32,7 @@
 //    are computed in f32 and only y is rounded, so the bf16 bounds apply.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <initializer_list>
@@ -120,7 +121,8 @@ void for_each_dtype_and_shape(const std::vector<ScanShape>& shapes, Body body) {
 
 struct SsdShape {
   int64_t B, L, H, P, G, N, Q;
-  bool options;  // D, dt_bias, softplus and h0
+  bool options;         // D, dt_bias, softplus and h0
+  bool rising = false;  // A in (-0.1, 0.1): heads whose cs rises (A > 0) beside falling ones
 };
 
 std::vector<Arg> ssd_args(const SsdShape& s, DType dtype, Generator& gen) {
@@ -131,7 +133,12 @@ std::vector<Arg> ssd_args(const SsdShape& s, DType dtype, Generator& gen) {
                s.options ? random_tensor({B, L, H}, gen, DType::f64, Device::cpu(), -1.5, 0.5)
                          : random_tensor({B, L, H}, gen, DType::f64, Device::cpu(), 0.05, 0.6),
                dtype});
-  a.push_back({"A", random_tensor({H}, gen, DType::f64, Device::cpu(), -1.5, -0.2), DType::f32});
+  a.push_back({"A", random_tensor({H}, gen, DType::f64, Device::cpu(), s.rising ? -0.1 : -1.5, s.rising ? 0.1 : -0.2),
+               DType::f32});
+  if (s.rising) {  // the case is meant to hold heads of both signs
+    const std::vector<double> A = a.back().values.to_vector<double>();
+    REQUIRE((*std::min_element(A.begin(), A.end()) < 0 && *std::max_element(A.begin(), A.end()) > 0));
+  }
   a.push_back({"Bm", random_tensor({B, L, G, N}, gen, DType::f64), dtype});
   a.push_back({"Cm", random_tensor({B, L, G, N}, gen, DType::f64), dtype});
   a.push_back({"D", s.options ? random_tensor({H}, gen, DType::f64) : Tensor(), DType::f32});
@@ -509,6 +516,9 @@ TEST_CASE("ssd_chunked fused CUDA kernels (bf16) match the CPU over their tiling
           {2, 77, 4, 96, 2, 160, 128, true},   // a single short chunk; padded to 128 x 256
           {1, 150, 8, 32, 1, 64, 128, false},  // 8 heads in one group: dB, dC summed 4 heads a block
           {1, 90, 8, 64, 2, 128, 64, true},    // 4 heads per group, one block's part per group
+          // A of either sign (and dt without softplus, > 0): the chunks whose cs rises take the
+          // unfactored decay off the diagonal (pair_decay), the others the factored one.
+          {2, 300, 6, 64, 2, 128, 256, false, true},
       },
       DType::bf16, kSsdFused, gen);
 }
