@@ -13,6 +13,18 @@ Nsight Compute serialises the kernels, so the total leaves out the overlap and l
 of the real step; the shares are what it is good for. Kernels are grouped by name (template
 arguments kept, argument lists dropped), then by name and launch geometry. --per divides
 the times by a number of steps (e.g. when the launch window spans several).
+
+Where the CSV also holds the utilisation metrics below (add them to --metrics), the
+per-geometry table shows their launch means, which say what bounds a kernel: the tensor
+pipe, the issue slots, the XU pipe (exponentials), achieved occupancy, DRAM throughput:
+
+    sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_elapsed,
+    sm__issue_active.avg.pct_of_peak_sustained_active,
+    sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,
+    sm__warps_active.avg.pct_of_peak_sustained_active,
+    dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__registers_per_thread
+
+(docs/perf_ssm.md, "Factored decays, straight-line tile staging", has such a table.)
 """
 import argparse
 import collections
@@ -21,6 +33,13 @@ import re
 import sys
 
 TO_US = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}
+# Utilisation metrics shown when present: (metric, column title).
+UTIL = [("sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_elapsed", "tensor%"),
+        ("sm__issue_active.avg.pct_of_peak_sustained_active", "issue%"),
+        ("sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active", "xu%"),
+        ("sm__warps_active.avg.pct_of_peak_sustained_active", "occup%"),
+        ("dram__throughput.avg.pct_of_peak_sustained_elapsed", "dram%"),
+        ("launch__registers_per_thread", "regs")]
 
 
 def read(path):
@@ -55,6 +74,8 @@ def main():
         sys.exit(f"ncu_summary: no kernel rows in {args.csv} (was ncu run with --csv?)")
     by_name = collections.defaultdict(lambda: [0, 0.0])
     by_grid = collections.defaultdict(lambda: [0, 0.0])
+    util = collections.defaultdict(lambda: collections.defaultdict(list))  # geometry key -> metric -> values
+    present = [(m, t) for m, t in UTIL if any(m in k[1] for k in kernels.values())]
     for name, m in kernels.values():
         us = m.get("us", 0.0)
         by_name[name][0] += 1
@@ -62,12 +83,22 @@ def main():
         key = f"{name[:70]}  grid {m.get('launch__grid_size', '?')} block {m.get('launch__block_size', '?')}"
         by_grid[key][0] += 1
         by_grid[key][1] += us
+        for metric, _ in present:
+            try:
+                util[key][metric].append(float(m[metric]))
+            except (KeyError, ValueError):
+                pass
     total = sum(t for _, t in by_name.values())
     print(f"{len(kernels)} launches, {total / 1e3 / args.per:.3f} ms of kernel time (per step: / {args.per:g})")
     for title, table in (("by kernel", by_name), ("by kernel and launch geometry", by_grid)):
-        print(f"--- {title}: ms, launches, share")
+        cols = present if table is by_grid else []
+        print(f"--- {title}: ms, launches, share" + "".join(f", {t}" for _, t in cols))
         for key, (n, us) in sorted(table.items(), key=lambda kv: -kv[1][1])[: args.top]:
-            print(f"{us / 1e3 / args.per:9.3f} {n / args.per:7.1f} {100 * us / total:5.1f}%  {key}")
+            means = ""
+            for metric, _ in cols:
+                v = util[key].get(metric)
+                means += f" {sum(v) / len(v):7.1f}" if v else "       -"
+            print(f"{us / 1e3 / args.per:9.3f} {n / args.per:7.1f} {100 * us / total:5.1f}%{means}  {key}")
 
 
 if __name__ == "__main__":
