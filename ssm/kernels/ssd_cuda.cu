@@ -860,9 +860,9 @@ __device__ __forceinline__ void tile_loop(const Ptrs& p, const SsdDims& d, int b
 // Off the diagonal, in a chunk whose cs never rises (mono), it is factored through the
 // staged tile's edge m (the last row's cs of a source tile, the first row's of an l-tile):
 // e^{cs_l - cs_s} = e^{cs_l - m} e^{m - cs_s}, two exponentials a lane for its rows and the
-// column factors t.w made once per tile by prep_kernel. Both factors are <= 1 (s <= m-row <
-// l), so neither overflows, and one underflows only where the decay itself is below the
-// smallest float. Else (the diagonal, or a rising cs) one exponential per value.
+// column factors t.w made once per tile by prep_kernel. Both factors are <= 1 (m's step lies
+// between s and l), so neither overflows, and one underflows only where the decay itself is
+// below the smallest float. Else (the diagonal, or a rising cs) one exponential per value.
 // (f is called from either branch, so that no array of decays is live across them.)
 template <bool kRowsL, bool kDocs, typename Tile, typename F>
 __device__ __forceinline__ void pair_decay(const Tile& t, const float* cs_r, const int* doc_r, int i, int j, bool mono,
