@@ -8,9 +8,7 @@
 // A chunk is processed in tiles of 64 steps ("rows"); Q is padded up to Qp = 64 * ceil(Q/64)
 // with dt = 0 and zero inputs, and so is the tail past L: padded steps change nothing.
 //
-// Forward (5 launches): prep (dt, cs per chunk: one block scan; and each step's decay to
-// the edge of its 64-row tile, from which the tile kernels form the decays of tile pairs
-// off the diagonal: pair_decay), chunk states (X^T (w o B)
+// Forward (5 launches): prep (dt, cs per chunk: one block scan), chunk states (X^T (w o B)
 // per chunk on tensor cores), state passing (H_c entering every chunk, one thread per state
 // element, sequential over chunks), the C B^T tiles per group (below), chunk scan (per
 // 64-row tile of l: e^{cs} C H_c^T plus the masked (C B^T o decay o dt) x products over the
@@ -35,8 +33,9 @@
 //
 // Products: bf16 operands in shared memory, fp32 accumulators. The chunk scan and (up to
 // d_state 128) the l- and s-tile backward use mma.sync m16n8k16 with the score tiles held in
-// registers (masked, scaled and packed to bf16 A fragments there); the chunk states and the
-// tile backward above d_state 128 use WMMA 16x16x16 with the score tiles in shared memory.
+// registers (masked, scaled and packed to bf16 A fragments there), and so do the chunk
+// states (tiles staged by cp.async; chunk_state_mma_kernel); the tile backward above d_state
+// 128 and the chunk states at headdim 128 with d_state 256 use WMMA 16x16x16.
 // The mma.sync kernels take C_l B_s^T, which depends on the group and not the head, from
 // f32 tiles computed once per (batch, chunk, group) by cb_tiles_kernel, in their accumulator
 // layout (16 KB per 64 x 64 tile pair: 640 bytes per token and group at Q = 256, and as much
@@ -87,6 +86,15 @@ constexpr size_t cmax(size_t a, size_t b) { return a > b ? a : b; }
 constexpr int smem_blocks(size_t bytes, int most) {
   const int fit = static_cast<int>((228 * 1024) / (bytes + 1024));
   return fit < 1 ? 1 : fit > most ? most : fit;
+}
+// The minimum-blocks bound of the forward and d(dt x) tile kernels (their plan: `bytes`): at
+// headdim 64 three blocks a multiprocessor where shared memory admits them (80 registers;
+// the d(dt x) kernel spills a few to L1): 24 warps instead of 16 for kernels that wait on
+// latency, measured 11% (forward) and 1.5% (fwd+bwd) faster. At headdim 128 their
+// accumulators need the 128 registers of two blocks.
+template <int PP>
+constexpr int tile_min_blocks(size_t bytes) {
+  return PP == 64 ? smem_blocks(bytes, 3) : 2;
 }
 
 
@@ -300,14 +308,8 @@ __device__ __forceinline__ void stage_source_tile(const Ptrs& p, const SsdDims& 
 }
 
 // dt and cs of every (b, h, chunk): dtv, cs (B, H, nc, Qp). One block of 256 threads.
-// With w (2, B, H, nc, Qp) and mono (B, H, nc), also the tile-local decay factors of the
-// tile kernels (see pair_decay): w[0] = e^{cs_end - cs_s} dt_s (cs_end: the last row of the
-// 64-row tile of s) and w[1] = e^{cs_l - cs_start} (cs_start: the first row of the tile of
-// l), and whether the chunk's cs never rises (dt A <= 0 at every step, as with A < 0 and a
-// softplus dt), which keeps every factor <= 1.
-__global__ void __launch_bounds__(kThreads) prep_kernel(Ptrs p, SsdDims d, float* dtv, float* cs, float* w, int* mono) {
+__global__ void __launch_bounds__(kThreads) prep_kernel(Ptrs p, SsdDims d, float* dtv, float* cs) {
   __shared__ float warp_tot[kWarps];
-  __shared__ float cs_row[kThreads];
   const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t = threadIdx.x;
   const int pos = c * d.Q + t;
   const bool valid = t < d.Q && pos < d.L;
@@ -317,7 +319,6 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(Ptrs p, SsdDims d, float
     dtval = p.softplus ? math::softplus(raw) : raw;
   }
   float v = dtval * p.A[h];
-  const bool falls = v <= 0.f;
   const int lane = t & 31, wp = t >> 5;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
@@ -329,21 +330,11 @@ __global__ void __launch_bounds__(kThreads) prep_kernel(Ptrs p, SsdDims d, float
   float before = 0.f;
   for (int i = 0; i < wp; ++i) before += warp_tot[i];
   v += before;
-  const size_t chunk = (static_cast<size_t>(b) * d.H + h) * d.nc + c, at = chunk * d.Qp + t;
   if (t < d.Qp) {
+    const size_t at = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp + t;
     dtv[at] = dtval;
     cs[at] = v;
   }
-  if (!w) return;
-  cs_row[t] = v;
-  const int all_fall = __syncthreads_and(falls);
-  if (t < d.Qp) {
-    const int t0 = t / kT * kT;
-    const size_t plane = static_cast<size_t>(d.B) * d.H * d.nc * d.Qp;
-    w[at] = __expf(cs_row[t0 + kT - 1] - v) * dtval;
-    w[plane + at] = __expf(v - cs_row[t0]);
-  }
-  if (t == 0) mono[chunk] = all_fall;
 }
 
 // Per chunk: out (P x N, padded) = X^T (w o Y) summed over the chunk's steps.
@@ -776,34 +767,136 @@ __device__ __forceinline__ void copy_row_async(float* dst, const float* src) {
   if (threadIdx.x < kT / 4) cp_async16(dst + 4 * threadIdx.x, src + 4 * threadIdx.x, true);
 }
 
+// The last 64-step tile of chunk c that holds a step (tiles past L hold none).
+__device__ __forceinline__ int last_tile(const SsdDims& d, int c) {
+  return (min(d.Q, d.L - c * d.Q) - 1) / kT;
+}
+
+// ---- chunk states on mma.sync ----
+//
+// out (PP x NP) = X^T (w o Y) over the chunk's steps, as chunk_state_kernel computes it, with
+// the 64-step tiles of X and Y staged by cp.async into two buffers (tile j + 1 loads while
+// tile j is multiplied) and mma.sync m16n8k16: A = X^T read from the [step][head] tile by
+// ldmatrix.trans and its fragments scaled by the step weights w (4 per lane and k-step)
+// before the product, which rounds w o x to bf16 (the WMMA kernel rounded w o Y); B = Y read
+// by ldmatrix.trans. Warp w owns rows 16 (w % S) .. + 16 of the PP rows (S = PP / 16 strips)
+// and NP / (8 / S) columns. The weights of the chunk's Qp steps are made once, before the
+// loop. Serves all sizes but PP 128 with NP 256 (128 accumulators a lane; WMMA there).
+template <int PP, int NP>
+struct ChunkStateMmaPlan {
+  static constexpr int kStrips = PP / 16, kPerStrip = kWarps / kStrips, kCols = NP / kPerStrip, NT = kCols / 8;
+  static_assert(kWarps % kStrips == 0 && NT % 2 == 0 && NT <= 16, "chunk-state warp tiling");
+  static constexpr size_t x_bytes = bf_bytes(kT, PP), buf_bytes = x_bytes + bf_bytes(kT, NP);
+  static constexpr size_t w_row = 2 * buf_bytes;
+  static constexpr size_t total = w_row + round_up(kSsdCudaMaxChunk * sizeof(float));
+  // Three blocks a multiprocessor (80 registers) hold 8 accumulator tiles a lane without
+  // spilling; 16 need the registers of two (and spill a few address registers to L1).
+  static constexpr int kMinBlocks = NT > 8 ? 2 : 3;
+};
+
+template <int PP, int NP, bool kGrad, bool kDocs>
+__global__ void __launch_bounds__(kThreads, ChunkStateMmaPlan<PP, NP>::kMinBlocks)
+    chunk_state_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, float* out) {
+  using S = ChunkStateMmaPlan<PP, NP>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* w_row = reinterpret_cast<float*>(smem + S::w_row);
+  const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, g = h / d.hpg;
+  const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
+  const int last = last_tile(d, c);
+  auto issue = [&](int j) {
+    const TileRows tr(d, c, j);
+    bf* sX = reinterpret_cast<bf*>(smem + (j & 1) * S::buf_bytes);
+    bf* sY = reinterpret_cast<bf*>(smem + (j & 1) * S::buf_bytes + S::x_bytes);
+    if constexpr (kGrad) {
+      stage_raw_async<PP>(sX, p.dy + b * p.dy_bs + tr.t0 * p.dy_ss + h * d.P, p.dy_ss, tr.rows, d.P);
+      stage_raw_async<NP>(sY, p.Cm + b * p.C_bs + tr.t0 * p.C_ss + g * d.N, p.C_ss, tr.rows, d.N);
+    } else {
+      stage_raw_async<PP>(sX, p.x + b * p.x_bs + tr.t0 * p.x_ss + h * d.P, p.x_ss, tr.rows, d.P);
+      stage_raw_async<NP>(sY, p.Bm + b * p.B_bs + tr.t0 * p.B_ss + g * d.N, p.B_ss, tr.rows, d.N);
+    }
+    cp_async_commit();
+  };
+  issue(0);
+  // The step weights (0 for steps of another document than the state's, as chunk_state_kernel).
+  {
+    const float cs_last = cs[cb + d.Qp - 1];
+    [[maybe_unused]] const int doc_keep = !kDocs ? 0 : kGrad ? doc_before(p, d, b, c) : doc_last(p, d, b, c);
+    for (int t = threadIdx.x; t < d.Qp; t += kThreads) {
+      float v = kGrad ? __expf(cs[cb + t]) : __expf(cs_last - cs[cb + t]) * dtv[cb + t];
+      if constexpr (kDocs) v = doc_at(p, d, b, c * d.Q + t) == doc_keep ? v : 0.f;
+      w_row[t] = v;
+    }
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, tq = lane & 3;
+  const int row0 = (warp % S::kStrips) * 16, col0 = (warp / S::kStrips) * S::kCols;
+  float acc[S::NT][4];
+  zero_acc(acc);
+  for (int j = 0; j <= last; ++j) {
+    if (j < last) issue(j + 1);
+    else cp_async_commit();  // an empty group keeps the wait count uniform
+    cp_async_wait<1>();
+    __syncthreads();  // tile j (and, the first time, the weights) visible to every warp
+    const bf* sX = reinterpret_cast<const bf*>(smem + (j & 1) * S::buf_bytes);
+    const bf* sY = reinterpret_cast<const bf*>(smem + (j & 1) * S::buf_bytes + S::x_bytes);
+    const float* wt = w_row + j * kT;
+#pragma unroll
+    for (int k = 0; k < kT; k += 16) {
+      // A = X^T rows row0 .., steps k ..: the [step][head] tile read transposed.
+      uint32_t a[4];
+      ldsm_x4_trans(a, sX + (k + (lane & 7) + ((lane >> 4) & 1) * 8) * ldb(PP) + row0 + ((lane >> 3) & 1) * 8);
+      // Registers 0, 1 hold steps k + 2 tq, + 1; registers 2, 3 the same + 8.
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int st = k + 2 * tq + (u >> 1) * 8;
+        const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[u]));
+        a[u] = pack_bf16(f.x * wt[st], f.y * wt[st + 1]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < S::NT; nt += 2) {
+        uint32_t bv[4];
+        ldsm_x4_trans(bv, sY + (k + (lane & 7) + ((lane >> 3) & 1) * 8) * ldb(NP) + col0 + nt * 8 + (lane >> 4) * 8);
+        mma_bf16(acc[nt], a, bv[0], bv[1]);
+        mma_bf16(acc[nt + 1], a, bv[2], bv[3]);
+      }
+    }
+    __syncthreads();  // buffer j & 1 read by every warp before tile j + 2 is issued into it
+  }
+  float* o = out + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP;
+  const int r0 = row0 + (lane >> 2);
+#pragma unroll
+  for (int nt = 0; nt < S::NT; ++nt) {
+    const int n = col0 + nt * 8 + tq * 2;
+    *reinterpret_cast<float2*>(o + r0 * NP + n) = make_float2(acc[nt][0], acc[nt][1]);
+    *reinterpret_cast<float2*>(o + (r0 + 8) * NP + n) = make_float2(acc[nt][2], acc[nt][3]);
+  }
+}
+
 // One buffer: a head-wide tile `head` [kT][ldb(PP)] (x_s or dy_l), with kWide a d_state-wide
 // tile `wide` [kT][ldb(NP)] (B_s or C_l; the kernels that read C B^T from the per-group
 // tiles instead need no B_s or C_l of their own to form it), and the tile's cs, dt and
-// document indices, and its tile-local decay factors w (prep_kernel: e^{cs_end - cs_s} dt_s
-// for a source tile, e^{cs_l - cs_start} for an l-tile).
+// document indices.
 template <int PP, int NP, bool kWide>
 struct StagedTile {
   static constexpr size_t wide_bytes = kWide ? bf_bytes(kT, NP) : 0;
-  static constexpr size_t vec_bytes = round_up(3 * kT * sizeof(float));
+  static constexpr size_t vec_bytes = round_up(2 * kT * sizeof(float));
   static constexpr size_t bytes = wide_bytes + bf_bytes(kT, PP) + vec_bytes + round_up(kT * sizeof(int));
   bf *wide, *head;
-  float *cs, *dt, *w;
+  float *cs, *dt;
   int* doc;
   __device__ explicit StagedTile(unsigned char* at)
       : wide(reinterpret_cast<bf*>(at)),
         head(reinterpret_cast<bf*>(at + wide_bytes)),
         cs(reinterpret_cast<float*>(at + wide_bytes + bf_bytes(kT, PP))),
         dt(cs + kT),
-        w(dt + kT),
         doc(reinterpret_cast<int*>(at + wide_bytes + bf_bytes(kT, PP) + vec_bytes)) {}
 };
 
 // Issues the loads of tile j of chunk c (head h) into t: x_s (and B_s) when kSource, else
-// dy_l (and C_l), with cs, dt and w (64 floats each at a 256-byte aligned offset of
+// dy_l (and C_l), with cs and dt (64 floats each at a 256-byte aligned offset of
 // (B, H, nc, Qp)); the caller commits.
 template <int PP, int NP, bool kWide, bool kDocs, bool kSource>
 __device__ __forceinline__ void issue_tile(const Ptrs& p, const SsdDims& d, int b, int h, int c, int j, size_t cb,
-                                           const float* cs, const float* dtv, const float* w,
+                                           const float* cs, const float* dtv,
                                            const StagedTile<PP, NP, kWide>& t) {
   const TileRows tr(d, c, j);
   const int g = h / d.hpg;
@@ -817,7 +910,6 @@ __device__ __forceinline__ void issue_tile(const Ptrs& p, const SsdDims& d, int 
   }
   copy_row_async(t.cs, cs + cb + j * kT);
   copy_row_async(t.dt, dtv + cb + j * kT);
-  copy_row_async(t.w, w + cb + j * kT);
 }
 
 // for j = first .. last: body(j, tile j), the tile staged and visible to every thread. Two
@@ -827,21 +919,21 @@ __device__ __forceinline__ void issue_tile(const Ptrs& p, const SsdDims& d, int 
 // views are built per use: an array of views indexed by j & 1 would live in local memory.
 template <int PP, int NP, bool kWide, bool kDocs, bool kSource, bool kDouble, typename Body>
 __device__ __forceinline__ void tile_loop(const Ptrs& p, const SsdDims& d, int b, int h, int c, int first, int last,
-                                          size_t cb, const float* cs, const float* dtv, const float* w, unsigned char* buf0,
+                                          size_t cb, const float* cs, const float* dtv, unsigned char* buf0,
                                           unsigned char* buf1, bool primed, Body&& body) {
   using Tile = StagedTile<PP, NP, kWide>;
   for (int j = first; j <= last; ++j) {
     const bool odd = (j - first) & 1;
     if constexpr (kDouble) {
       if (!primed && j == first) {
-        issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j, cb, cs, dtv, w, Tile(buf0));
+        issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j, cb, cs, dtv, Tile(buf0));
         cp_async_commit();
       }
-      if (j < last) issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j + 1, cb, cs, dtv, w, Tile(odd ? buf0 : buf1));
+      if (j < last) issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j + 1, cb, cs, dtv, Tile(odd ? buf0 : buf1));
       cp_async_commit();
       cp_async_wait<1>();
     } else {
-      issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j, cb, cs, dtv, w, Tile(buf0));
+      issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j, cb, cs, dtv, Tile(buf0));
       cp_async_commit();
       cp_async_wait<0>();
     }
@@ -857,50 +949,23 @@ __device__ __forceinline__ void tile_loop(const Ptrs& p, const SsdDims& d, int b
 // cuts it:
 //   kRowsL (rows l, staged source columns s: the forward, the l-tile backward): e^{cs_l - cs_s} dt_s
 //   else   (rows s, staged l-tile columns: the s-tile backward):               e^{cs_l - cs_s}
-// Off the diagonal, in a chunk whose cs never rises (mono), it is factored through the
-// staged tile's edge m (the last row's cs of a source tile, the first row's of an l-tile):
-// e^{cs_l - cs_s} = e^{cs_l - m} e^{m - cs_s}, two exponentials a lane for its rows and the
-// column factors t.w made once per tile by prep_kernel. Both factors are <= 1 (m's step lies
-// between s and l), so neither overflows, and one underflows only where the decay itself is
-// below the smallest float. Else (the diagonal, or a rising cs) one exponential per value.
-// (f is called from either branch, so that no array of decays is live across them.)
+// A cut value's exponent is -inf (e^-inf = 0): a select, where a conditional exponential
+// would become a branch around each.
 template <bool kRowsL, bool kDocs, typename Tile, typename F>
-__device__ __forceinline__ void pair_decay(const Tile& t, const float* cs_r, const int* doc_r, int i, int j, bool mono,
-                                           int r0, int col0, F&& f) {
+__device__ __forceinline__ void pair_decay(const Tile& t, const float* cs_r, const int* doc_r, int i, int j, int r0,
+                                           int col0, F&& f) {
   const int tq = threadIdx.x & 3;
   const bool off = kRowsL ? j < i : j > i;
-  if (off && mono) {
-    const float m = kRowsL ? t.cs[kT - 1] : t.cs[0];
-    float rf[2];
-#pragma unroll
-    for (int u = 0; u < 2; ++u) rf[u] = __expf(kRowsL ? cs_r[r0 + 8 * u] - m : m - cs_r[r0 + 8 * u]);
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = r0 + (e >> 1) * 8, col = col0 + nt * 8 + tq * 2 + (e & 1);
-        f(nt, e, same_doc<kDocs>(doc_r[r], t.doc[col]) ? rf[e >> 1] * t.w[col] : 0.f);
-      }
-    }
-    return;
-  }
 #pragma unroll
   for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int r = r0 + (e >> 1) * 8, col = col0 + nt * 8 + tq * 2 + (e & 1);
       const bool keep = (off || (kRowsL ? col <= r : col >= r)) && same_doc<kDocs>(doc_r[r], t.doc[col]);
-      // A cut value's exponent is -inf (e^-inf = 0): a select, where a conditional
-      // exponential would become a branch around each.
       const float v = __expf(keep ? (kRowsL ? cs_r[r] - t.cs[col] : t.cs[col] - cs_r[r]) : -INFINITY);
       f(nt, e, kRowsL ? v * t.dt[col] : v);
     }
   }
-}
-
-// The last 64-step tile of chunk c that holds a step (tiles past L hold none).
-__device__ __forceinline__ int last_tile(const SsdDims& d, int c) {
-  return (min(d.Q, d.L - c * d.Q) - 1) / kT;
 }
 
 // The shared-memory plan common to the four mma.sync tile kernels (each derives from it and
@@ -931,8 +996,8 @@ struct ScanFwdMmaSmem : TilePlan<PP, NP, false, bf_bytes(kT, NP), PP, 1> {  // v
 };
 
 template <int PP, int NP, bool kDocs>
-__global__ void __launch_bounds__(kThreads, 2)
-    chunk_scan_fwd_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* w, const int* mono,
+__global__ void __launch_bounds__(kThreads, tile_min_blocks<PP>(ScanFwdMmaSmem<PP, NP>::total))
+    chunk_scan_fwd_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
                               const float* st, const float* cbl, bf* y) {
   using S = ScanFwdMmaSmem<PP, NP>;
   using Tile = StagedTile<PP, NP, false>;
@@ -951,9 +1016,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int row0 = strip * 16, gr = lane >> 2, tq = lane & 3;  // fragment row group, column pair
   const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
   const int entering = doc_before(p, d, b, c);
-  const bool mono_c = mono[cb / d.Qp];
   if constexpr (S::kDouble) {  // source tile 0 loads during the prologue
-    issue_tile<PP, NP, false, kDocs, true>(p, d, b, h, c, 0, cb, cs, dtv, w, Tile(smem + S::buf0));
+    issue_tile<PP, NP, false, kDocs, true>(p, d, b, h, c, 0, cb, cs, dtv, Tile(smem + S::buf0));
     cp_async_commit();
   }
   for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
@@ -980,13 +1044,13 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   // (B_s is not staged: S = C_l B_s^T comes from cbl, computed once per group)
   tile_loop<PP, NP, false, kDocs, true, S::kDouble>(
-      p, d, b, h, c, 0, i, cb, cs, dtv, w, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
+      p, d, b, h, c, 0, i, cb, cs, dtv, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
         // On the diagonal tile, a warp whose source columns all lie after its rows adds nothing.
         if (j < i || half * 32 <= row0 + 15) {
           float sc[4][4];  // S rows row0 .. + 16, source columns 32 half .. + 32
           load_cb(sc, cbl, cb_pair_at(d, b, c, g, tile_pair(i, j)));
           // Mask and scale in the accumulators, pack, and acc += W (16 x 32) x_s[32 half ..].
-          pair_decay<true, kDocs>(t, cs_l, doc_l, i, j, mono_c, row0 + gr, half * 32,
+          pair_decay<true, kDocs>(t, cs_l, doc_l, i, j, row0 + gr, half * 32,
                                   [&](int nt, int e, float decay) { sc[nt][e] *= decay; });
           uint32_t af[2][4];
           pack_scores(af, sc);
@@ -1139,7 +1203,7 @@ struct BwdLMmaSmem : TilePlan<PP, NP, true, bf_bytes(kT, NP) + bf_bytes(kT, PP),
 
 template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, 2)
-    bwd_l_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* w, const int* mono,
+    bwd_l_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
                      const float* st, const float* cbl, float* dC_part, float* dcs_row) {
   static_assert(NP <= 128, "the dC accumulators of a warp are 16 x NP");
   using S = BwdLMmaSmem<PP, NP>;
@@ -1177,9 +1241,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll 1
   for (int h = part * d.hb; h < (part + 1) * d.hb; ++h) {
     const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
-    const bool mono_c = mono[cb / d.Qp];
     if constexpr (S::kDouble) {  // source tile 0 loads during the prologue
-      issue_tile<PP, NP, true, kDocs, true>(p, d, b, h, c, 0, cb, cs, dtv, w, Tile(smem + S::buf0));
+      issue_tile<PP, NP, true, kDocs, true>(p, d, b, h, c, 0, cb, cs, dtv, Tile(smem + S::buf0));
       cp_async_commit();
     }
     for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
@@ -1212,12 +1275,12 @@ __global__ void __launch_bounds__(kThreads, 2)
     __syncthreads();  // H_c read by every warp before the source tiles overwrite it
 
     tile_loop<PP, NP, true, kDocs, true, S::kDouble>(
-        p, d, b, h, c, 0, i, cb, cs, dtv, w, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
+        p, d, b, h, c, 0, i, cb, cs, dtv, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
           if (j < i || half * 32 <= row0 + 15) {
             float sw[4][4];  // S2 = dy_l x_s^T, then W
             zero_acc(sw);
             mma_abt<4, PP>(sw, sDy, ldb(PP), row0, t.head, ldb(PP), half * 32, 0);
-            pair_decay<true, kDocs>(t, cs_l, doc_l, i, j, mono_c, r0, half * 32,
+            pair_decay<true, kDocs>(t, cs_l, doc_l, i, j, r0, half * 32,
                                     [&](int nt, int e, float decay) { sw[nt][e] *= decay; });
             uint32_t af[2][4];
             pack_scores(af, sw);
@@ -1458,8 +1521,8 @@ __device__ __forceinline__ void load_s_tile_scalars(const Ptrs& p, const SsdDims
 }
 
 template <int PP, int NP, bool kDocs>
-__global__ void __launch_bounds__(kThreads, 2)
-    bwd_s_x_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* w, const int* mono,
+__global__ void __launch_bounds__(kThreads, tile_min_blocks<PP>(BwdSXMmaSmem<PP, NP>::total))
+    bwd_s_x_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
                        const float* G, const float* cbs, bf* dx, float* ddt_dir, float* dcs_col, float* vsum_part, float* dD_part) {
   using S = BwdSXMmaSmem<PP, NP>;
   using Tile = StagedTile<PP, NP, false>;
@@ -1482,7 +1545,6 @@ __global__ void __launch_bounds__(kThreads, 2)
   const TileRows ts(d, c, i);
   const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
   const size_t tile_at = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qt + i;
-  const bool mono_c = mono[cb / d.Qp];
   if (ts.rows <= 0) {
     if (threadIdx.x < kT) dcs_col[cb + i * kT + threadIdx.x] = 0.f, ddt_dir[cb + i * kT + threadIdx.x] = 0.f;
     if (threadIdx.x == 0) vsum_part[tile_at] = 0.f, dD_part[tile_at] = 0.f;
@@ -1492,7 +1554,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int row0 = strip * 16, gr = lane >> 2, tq = lane & 3, r0 = row0 + gr, r1 = r0 + 8;
   const int last = last_tile(d, c);
   if constexpr (S::kDouble) {  // l-tile i loads during the prologue
-    issue_tile<PP, NP, false, kDocs, false>(p, d, b, h, c, i, cb, cs, dtv, w, Tile(smem + S::buf0));
+    issue_tile<PP, NP, false, kDocs, false>(p, d, b, h, c, i, cb, cs, dtv, Tile(smem + S::buf0));
     cp_async_commit();
   }
   load_s_tile_scalars<kDocs>(p, d, b, c, i, ts, dtv, cs, cb, cs_s, dt_s, wlast, doc_s);
@@ -1522,7 +1584,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   float cs0 = 0.f, cs1 = 0.f;  // this lane's part of sum_l S1 W for rows r0, r1
   // (C_l is not staged: S1 = B_s C_l^T comes from cbs, computed once per group)
   tile_loop<PP, NP, false, kDocs, false, S::kDouble>(
-      p, d, b, h, c, i, last, cb, cs, dtv, w, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
+      p, d, b, h, c, i, last, cb, cs, dtv, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
         // On the diagonal tile, a warp whose columns l all lie before its rows s adds nothing.
         if (j > i || half * 32 + 31 >= row0) {
           float s1[4][4], s2[4][4];
@@ -1530,7 +1592,7 @@ __global__ void __launch_bounds__(kThreads, 2)
           zero_acc(s2);
           mma_abt<4, PP>(s2, sX, ldb(PP), row0, t.head, ldb(PP), half * 32, 0);
           const float dt0 = dt_s[r0], dt1 = dt_s[r1];
-          pair_decay<false, kDocs>(t, cs_s, doc_s, i, j, mono_c, r0, half * 32, [&](int nt, int e, float decay) {
+          pair_decay<false, kDocs>(t, cs_s, doc_s, i, j, r0, half * 32, [&](int nt, int e, float decay) {
             const float w = s2[nt][e] * decay * (e < 2 ? dt0 : dt1);
             if (e < 2) cs0 += s1[nt][e] * w;
             else cs1 += s1[nt][e] * w;
@@ -1597,7 +1659,7 @@ struct BwdSBMmaSmem : TilePlan<PP, NP, true, bf_bytes(kT, PP), NP, 3> {  // vec:
 
 template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, 2)
-    bwd_s_b_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* w, const int* mono,
+    bwd_s_b_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs,
                        const float* G, float* dB_part) {
   static_assert(NP <= 128, "the dB accumulators of a warp are 16 x NP");
   using S = BwdSBMmaSmem<PP, NP>;
@@ -1626,9 +1688,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll 1
   for (int h = part * d.hb; h < (part + 1) * d.hb; ++h) {
     const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
-    const bool mono_c = mono[cb / d.Qp];
     if constexpr (S::kDouble) {  // l-tile i loads during the prologue
-      issue_tile<PP, NP, true, kDocs, false>(p, d, b, h, c, i, cb, cs, dtv, w, Tile(smem + S::buf0));
+      issue_tile<PP, NP, true, kDocs, false>(p, d, b, h, c, i, cb, cs, dtv, Tile(smem + S::buf0));
       cp_async_commit();
     }
     load_s_tile_scalars<kDocs>(p, d, b, c, i, ts, dtv, cs, cb, cs_s, dt_s, wlast, doc_s);
@@ -1655,13 +1716,13 @@ __global__ void __launch_bounds__(kThreads, 2)
     __syncthreads();  // G_c read by every warp before the l-tiles overwrite it
 
     tile_loop<PP, NP, true, kDocs, false, S::kDouble>(
-        p, d, b, h, c, i, last, cb, cs, dtv, w, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
+        p, d, b, h, c, i, last, cb, cs, dtv, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
           if (j > i || half * 32 + 31 >= row0) {
             float s2[4][4];
             zero_acc(s2);
             mma_abt<4, PP>(s2, sX, ldb(PP), row0, t.head, ldb(PP), half * 32, 0);
             const float dt0 = dt_s[r0], dt1 = dt_s[r1];
-            pair_decay<false, kDocs>(t, cs_s, doc_s, i, j, mono_c, r0, half * 32, [&](int nt, int e, float decay) {
+            pair_decay<false, kDocs>(t, cs_s, doc_s, i, j, r0, half * 32, [&](int nt, int e, float decay) {
               s2[nt][e] *= decay * (e < 2 ? dt0 : dt1);  // W
             });
             uint32_t af[2][4];
@@ -1862,17 +1923,26 @@ std::pair<Tensor, Tensor> cb_tiles(const Ptrs& q, const SsdDims& d, bool transpo
   return {cbl, cbs};
 }
 
-// What prep_kernel makes per (batch, head, chunk): dt and cs (B, H, nc, Qp), the tile-local
-// decay factors w (2, B, H, nc, Qp: of source tiles, then of l-tiles) and mono (B, H, nc).
+// Chunk states (kGrad: of the output gradient) of every (batch, chunk, head) into out: on
+// mma.sync with cp.async staging, but at headdim 128 with d_state 256 (WMMA).
+template <int PP, int NP, bool kGrad>
+void chunk_states(const Ptrs& q, const SsdDims& d, const float* dtv, const float* cs, float* out, cudaStream_t stream) {
+  const dim3 chunks(d.nc, d.H, d.B);
+  if constexpr (PP == 128 && NP == 256) {
+    launch(q.seq ? chunk_state_kernel<PP, NP, kGrad, true> : chunk_state_kernel<PP, NP, kGrad, false>, chunks,
+           bf_bytes(kT, PP) + bf_bytes(kT, NP), stream, q, d, dtv, cs, out);
+  } else {
+    launch(q.seq ? chunk_state_mma_kernel<PP, NP, kGrad, true> : chunk_state_mma_kernel<PP, NP, kGrad, false>, chunks,
+           ChunkStateMmaPlan<PP, NP>::total, stream, q, d, dtv, cs, out);
+  }
+}
+
+// What prep_kernel makes per (batch, head, chunk): dt and cs (B, H, nc, Qp).
 struct ChunkVecs {
-  Tensor dt, cs, w, mono;
+  Tensor dt, cs;
   ChunkVecs(const SsdDims& d, Device device)
       : dt(Tensor::empty({d.B, d.H, d.nc, d.Qp}, DType::f32, device)),
-        cs(Tensor::empty({d.B, d.H, d.nc, d.Qp}, DType::f32, device)),
-        w(Tensor::empty({2, d.B, d.H, d.nc, d.Qp}, DType::f32, device)),
-        mono(Tensor::empty({d.B, d.H, d.nc}, DType::i32, device)) {}
-  const float* w_source() const { return w.data<float>(); }
-  const float* w_l() const { return w.data<float>() + dt.numel(); }
+        cs(Tensor::empty({d.B, d.H, d.nc, d.Qp}, DType::f32, device)) {}
 };
 
 // Prep, chunk states and state passing: fills v and st (the state entering each chunk).
@@ -1880,12 +1950,11 @@ void entering_states(const Ptrs& q, const SsdDims& d, ChunkVecs& v, float* st, f
   const dim3 chunks(d.nc, d.H, d.B);
   float* dtv = v.dt.data<float>();
   float* cs = v.cs.data<float>();
-  prep_kernel<<<chunks, kThreads, 0, stream>>>(q, d, dtv, cs, v.w.data<float>(), v.mono.data<int32_t>());
+  prep_kernel<<<chunks, kThreads, 0, stream>>>(q, d, dtv, cs);
   CUDA_CHECK_LAUNCH();
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
-    launch(q.seq ? chunk_state_kernel<PP, NP, false, true> : chunk_state_kernel<PP, NP, false, false>, chunks, bf_bytes(kT, PP) + bf_bytes(kT, NP), stream, q, d,
-           static_cast<const float*>(dtv), static_cast<const float*>(cs), st);
+    chunk_states<PP, NP, false>(q, d, dtv, cs, st, stream);
   });
   state_pass_fwd_kernel<<<dim3(d.Pp * d.Np / kPassElems, d.H, d.B), kThreads, 0, stream>>>(q, d, cs, st, h_last);
   CUDA_CHECK_LAUNCH();
@@ -1914,7 +1983,7 @@ void ssd_fwd_cuda(const SsdParams& p, Device device) {
     launch(q.seq ? chunk_scan_fwd_mma_kernel<PP, NP, true> : chunk_scan_fwd_mma_kernel<PP, NP, false>,
            dim3(d.nc * d.Qt, d.H, d.B), ScanFwdMmaSmem<PP, NP>::total, stream, q, d,
            static_cast<const float*>(v.dt.data<float>()), static_cast<const float*>(v.cs.data<float>()),
-           v.w_source(), static_cast<const int*>(v.mono.data<int32_t>()), static_cast<const float*>(st.data<float>()), static_cast<const float*>(cbl.data<float>()),
+           static_cast<const float*>(st.data<float>()), static_cast<const float*>(cbl.data<float>()),
            static_cast<bf*>(p.y));
   });
 }
@@ -1931,14 +2000,12 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
   Tensor st = f32({d.B, d.nc, d.H, d.Pp, d.Np}), dS = f32({d.B, d.nc, d.H, d.Pp, d.Np});
   float* dtv_p = v.dt.data<float>();
   float* cs_p = v.cs.data<float>();
-  const int* mono = v.mono.data<int32_t>();
   entering_states(q, d, v, st.data<float>(), nullptr, stream);
 
   const dim3 chunks(d.nc, d.H, d.B), tiles(d.nc * d.Qt, d.H, d.B), head_parts(d.nc * d.Qt, d.H / d.hb, d.B);
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
-    launch(q.seq ? chunk_state_kernel<PP, NP, true, true> : chunk_state_kernel<PP, NP, true, false>, chunks, bf_bytes(kT, PP) + bf_bytes(kT, NP), stream, q, d,
-           static_cast<const float*>(dtv_p), static_cast<const float*>(cs_p), dS.data<float>());
+    chunk_states<PP, NP, true>(q, d, dtv_p, cs_p, dS.data<float>(), stream);
   });
   const int ngdot = d.Pp * d.Np / kPassElems;
   Tensor gdot = f32({d.B, d.H, d.nc, ngdot});
@@ -1961,16 +2028,16 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
     if constexpr (NP <= 128) {
       const auto [cbl, cbs] = cb_tiles(q, d, true, device, stream);
       launch(q.seq ? bwd_l_mma_kernel<PP, NP, true> : bwd_l_mma_kernel<PP, NP, false>, head_parts,
-             BwdLMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, v.w_source(), mono, pst,
+             BwdLMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pst,
              static_cast<const float*>(cbl.data<float>()),
              dC_part.data<float>(), dcs_row.data<float>());
       launch(q.seq ? bwd_s_x_mma_kernel<PP, NP, true> : bwd_s_x_mma_kernel<PP, NP, false>, tiles,
-             BwdSXMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, v.w_l(), mono, pdS,
+             BwdSXMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pdS,
              static_cast<const float*>(cbs.data<float>()),
              static_cast<bf*>(p.dx), ddt_dir.data<float>(), dcs_col.data<float>(), vsum.data<float>(),
              dD_part.data<float>());
       launch(q.seq ? bwd_s_b_mma_kernel<PP, NP, true> : bwd_s_b_mma_kernel<PP, NP, false>, head_parts,
-             BwdSBMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, v.w_l(), mono, pdS, dB_part.data<float>());
+             BwdSBMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pdS, dB_part.data<float>());
     } else {
       launch(q.seq ? bwd_l_kernel<PP, NP, true> : bwd_l_kernel<PP, NP, false>, tiles, BwdLSmem<PP, NP>::total,
              stream, q, d, pdt, pcs, pst, dC_part.data<float>(), dcs_row.data<float>());
