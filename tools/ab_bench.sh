@@ -13,7 +13,10 @@
 #   TESTS       test_ssm case filter run on v0 before any timing (default: the SSD and
 #               Mamba-2 cases; empty: none)
 #   BUILD       build directory (default /tmp/ab-build, outside the tree so that it survives
-#               a re-copied tree on the same host)
+#               a re-copied tree on the same host). It is left holding the last variant's
+#               objects, newer than the restored sources: before building v0 from it again
+#               (another call on a re-copied tree), touch the patched files, or ninja keeps
+#               the last variant's code.
 # Example (docs/perf_ssm.md, "Factored decays, straight-line tile staging"):
 #   git diff > /tmp/staging.patch   # the change under test, in the working tree
 #   tools/ab_bench.sh /tmp/ab /tmp/staging.patch
