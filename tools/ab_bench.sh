@@ -12,6 +12,8 @@
 #               (default "mamba2 24x768 (129M)"; empty: no train rows)
 #   TESTS       test_ssm case filter run on v0 before any timing (default: the SSD and
 #               Mamba-2 cases; empty: none)
+#   RACECHECK   test_ssm case filter run on v0 under `compute-sanitizer --tool racecheck`
+#               after the tests (default: none; e.g. '*over their tilings*')
 #   BUILD       build directory (default /tmp/ab-build, outside the tree so that it survives
 #               a re-copied tree on the same host). It is left holding the last variant's
 #               objects, newer than the restored sources: before building v0 from it again
@@ -38,13 +40,18 @@ cd "$(dirname "$0")/.."
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 cmake -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release > "$out/configure.txt" 2>&1 || { tail -20 "$out/configure.txt"; exit 1; }
+racecheck="${RACECHECK:-}"
 targets=(ssmtrain-bench)
-[ -n "$tests" ] && targets+=(test_ssm)
+[ -n "$tests$racecheck" ] && targets+=(test_ssm)
 { time cmake --build "$build" -j"$(nproc)" --target "${targets[@]}"; } > "$out/build_v0.txt" 2>&1 || { tail -30 "$out/build_v0.txt"; exit 1; }
 mkdir -p "$out/v0" && cp "$build/ssmtrain-bench" "$out/v0/"
 if [ -n "$tests" ]; then
   timeout "${TEST_LIMIT:-300}" "$build/test_ssm" -tc="$tests" > "$out/tests_v0.txt" 2>&1
   echo "v0 tests ($tests): exit $?; $(grep -E 'test cases' "$out/tests_v0.txt" | tail -1)"
+fi
+if [ -n "$racecheck" ]; then
+  timeout "${TEST_LIMIT:-300}" compute-sanitizer --tool racecheck --error-exitcode 1 "$build/test_ssm" -tc="$racecheck" > "$out/racecheck_v0.txt" 2>&1
+  echo "v0 racecheck ($racecheck): exit $?; $(grep -E 'RACECHECK SUMMARY' "$out/racecheck_v0.txt" | tail -1)"
 fi
 
 variants=(v0)
