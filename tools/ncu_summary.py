@@ -24,6 +24,12 @@ pipe, the issue slots, the XU pipe (exponentials), achieved occupancy, DRAM thro
     sm__warps_active.avg.pct_of_peak_sustained_active,
     dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__registers_per_thread
 
+and, for a kernel that leaves issue slots idle, why its warps wait: the stall reasons as
+warps stalled per issue-active cycle (smsp__average_warps_issue_stalled_<reason>_per_issue_active.ratio
+for reason = barrier, long_scoreboard (global/L2 loads), short_scoreboard (shared memory,
+MUFU), mio_throttle, wait (fixed-latency dependences), math_pipe_throttle, not_selected);
+`python3 tools/ncu_summary.py --stall-metrics` prints them ready for --metrics.
+
 (docs/perf_ssm.md, "Factored decays, straight-line tile staging", has such a table.)
 """
 import argparse
@@ -40,6 +46,11 @@ UTIL = [("sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_elapse
         ("sm__warps_active.avg.pct_of_peak_sustained_active", "occup%"),
         ("dram__throughput.avg.pct_of_peak_sustained_elapsed", "dram%"),
         ("launch__registers_per_thread", "regs")]
+STALL_REASONS = [("barrier", "bar"), ("long_scoreboard", "longsb"), ("short_scoreboard", "shortsb"),
+                 ("mio_throttle", "mio"), ("wait", "wait"), ("math_pipe_throttle", "mathth"),
+                 ("not_selected", "notsel")]
+UTIL += [(f"smsp__average_warps_issue_stalled_{r}_per_issue_active.ratio", t) for r, t in STALL_REASONS]
+STALL_METRICS = ",".join(m for m, _ in UTIL[-len(STALL_REASONS):])
 
 
 def read(path):
@@ -65,10 +76,16 @@ def read(path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("csv")
+    ap.add_argument("csv", nargs="?")
     ap.add_argument("--per", type=float, default=1.0, help="divide times by this many steps")
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--stall-metrics", action="store_true", help="print the stall metrics' names for --metrics and exit")
     args = ap.parse_args()
+    if args.stall_metrics:
+        print(STALL_METRICS)
+        return
+    if not args.csv:
+        ap.error("the CSV file is required")
     kernels = read(args.csv)
     if not kernels:
         sys.exit(f"ncu_summary: no kernel rows in {args.csv} (was ncu run with --csv?)")
