@@ -3,7 +3,9 @@
 chunk_scan_fwd_mma_kernel, bwd_l_mma_kernel, bwd_s_x/b_mma_kernel) against the chunk
 formulas of SPECS section 3, one chunk without documents: each warp's fragments, masks,
 diagonal skips and the two halves' sums as the kernels compute them, with the bf16
-roundings of their operands; and chunk_state_mma_kernel's fragments. Relative errors near
+roundings of their operands (the l-tile and dB kernels: two heads of a group together, W
+summed over them and handed between the warps of a row strip through a shared tile, read
+only where written); and chunk_state_mma_kernel's fragments. Relative errors near
 2e-3 (bf16) mean the index logic is right; a wrong mask or index gives errors of order 1.
 Exits 1 on an error above TOL, 77 (skipped) without numpy. No GPU needed; a CTest case:
 
@@ -128,139 +130,209 @@ def check_forward():
     check("chunk scan fwd", np.abs(Y - yref).max() / np.abs(yref).max())
 
 
+def mma_ab(acc, A, row0, Bm, n0, k_begin, k_end, NT):
+    """mma_ab / mma_ab_range of the kernels: acc (NT, 32, 4) += A[row0 .. + 16, k_begin ..
+    k_end) Bm[k_begin .. k_end, n0 .. n0 + 8 NT), A row-major, Bm row-major read by
+    ldmatrix.trans."""
+    for k in range(k_begin, k_end, 16):
+        a = ldsm_x4(A, lambda l: (row0 + (l & 15), k + (l >> 4) * 8))
+        for nt in range(0, NT, 2):
+            b = ldsm_x4(Bm, lambda l: (k + (l & 7) + ((l >> 3) & 1) * 8, n0 + nt * 8 + (l >> 4) * 8), trans=True)
+            mma(acc[nt], a, b[:, 0], b[:, 1]); mma(acc[nt+1], a, b[:, 2], b[:, 3])
+
+
+def put_scores(sW, w, row0, col0):
+    """put_scores: a warp's 16 x 32 block of W (accumulator layout) into the bf16 strip tile."""
+    for nt in range(4):
+        for t in range(32):
+            g, tq = t // 4, t % 4; c = col0 + nt * 8 + tq * 2
+            sW[row0 + g, c:c+2] = bf16(w[nt, t, 0:2]); sW[row0 + g + 8, c:c+2] = bf16(w[nt, t, 2:4])
+
+
 def check_backward():
     rng = np.random.default_rng(2)
 
     kT, NP, PP, Qt = 64, 64, 64, 2
     Q = kT * Qt
     C = bf16(rng.standard_normal((Q, NP))); Bm = bf16(rng.standard_normal((Q, NP)))
-    X = bf16(rng.standard_normal((Q, PP))); dY = bf16(rng.standard_normal((Q, PP)))
-    dt = rng.uniform(0.05, 0.5, Q); cs = np.cumsum(dt * -0.7)
-    Hc = bf16(rng.standard_normal((PP, NP))); Gc = bf16(rng.standard_normal((PP, NP)))
+    # Two heads of one group (the l-tile and dB kernels take them together): their own x, dy,
+    # dt, cs, H_c and G_c; B and C are the group's. The d(dt x) kernel takes head 0.
+    NH = 2
+    Xh = [bf16(rng.standard_normal((Q, PP))) for _ in range(NH)]
+    dYh = [bf16(rng.standard_normal((Q, PP))) for _ in range(NH)]
+    dth = [rng.uniform(0.05, 0.5, Q) for _ in range(NH)]
+    csh = [np.cumsum(dth[k] * a) for k, a in enumerate((-0.7, -0.3))]
+    Hch = [bf16(rng.standard_normal((PP, NP))) for _ in range(NH)]
+    Gch = [bf16(rng.standard_normal((PP, NP))) for _ in range(NH)]
+    X, dY, dt, cs, Gc = Xh[0], dYh[0], dth[0], csh[0], Gch[0]
     cs_last = cs[-1]
-    Wp = lambda l, s: np.exp(cs[l] - cs[s]) * dt[s] * (dY[l] @ X[s])
+    Wp = lambda k, l, s: np.exp(csh[k][l] - csh[k][s]) * dth[k][s] * (dYh[k][l] @ Xh[k][s])
 
-    # ---- bwd_l, l-tile i = 1 ----
+    # ---- bwd_l, l-tile i = 1, two heads: dC summed over them, row sums per head ----
     i = 1; L0 = i * kT
-    dC_ref = np.zeros((kT, NP)); row_ref = np.zeros(kT)
-    for r in range(kT):
-        l = L0 + r
-        for s in range(l + 1):
-            w = Wp(l, s); dC_ref[r] += w * Bm[s]; row_ref[r] += (C[l] @ Bm[s]) * w
-        dC_ref[r] += np.exp(cs[l]) * (Hc.T @ dY[l]); row_ref[r] += np.exp(cs[l]) * dY[l] @ (Hc @ C[l])
-    sC, sDy, cs_l = C[L0:L0+kT], dY[L0:L0+kT], cs[L0:L0+kT]
-    NTC = NP // 8
-    dC = np.zeros((kT, NP)); rows = np.zeros(kT)
-    for warp in range(8):
-        strip, half = warp & 3, warp >> 2; row0 = strip * 16
-        acc = np.zeros((NTC, 32, 4)); rs = np.zeros((32, 2))
-        for k in range(0, PP // 2, 16):
-            k0 = half * (PP // 2) + k
-            a = ldsm_x4(sDy, lambda l: (row0 + (l & 15), k0 + (l >> 4) * 8))
+    dC_ref = np.zeros((kT, NP)); row_ref = np.zeros((NH, kT))
+    for k in range(NH):
+        for r in range(kT):
+            l = L0 + r
+            for s in range(l + 1):
+                w = Wp(k, l, s); dC_ref[r] += w * Bm[s]; row_ref[k, r] += (C[l] @ Bm[s]) * w
+            e = np.exp(csh[k][l])
+            dC_ref[r] += e * (Hch[k].T @ dYh[k][l]); row_ref[k, r] += e * dYh[k][l] @ (Hch[k] @ C[l])
+    sC = C[L0:L0+kT]
+    NTC = NP // 16  # a warp's half of the state columns
+    acc = np.zeros((8, NTC, 32, 4)); rs = np.zeros((8, NH, 32, 2))
+    for warp in range(8):  # prologue, a head at a time
+        strip, half = warp & 3, warp >> 2; row0, n0 = strip * 16, half * (NP // 2)
+        for k in range(NH):
+            sDy, cs_l = dYh[k][L0:L0+kT], csh[k][L0:L0+kT]
             for nt in range(0, NTC, 2):
-                bh = ldsm_x4(Hc, lambda l: (k0 + (l & 7) + ((l >> 3) & 1) * 8, nt * 8 + (l >> 4) * 8), trans=True)
-                mma(acc[nt], a, bh[:, 0], bh[:, 1]); mma(acc[nt+1], a, bh[:, 2], bh[:, 3])
-        for t in range(32):
-            g, tq = t // 4, t % 4; r0, r1 = row0 + g, row0 + g + 8
-            acc[:, t, 0:2] *= np.exp(cs_l[r0]); acc[:, t, 2:4] *= np.exp(cs_l[r1])
-            for nt in range(NTC):
-                n = nt * 8 + tq * 2
-                rs[t, 0] += sC[r0, n] * acc[nt, t, 0] + sC[r0, n+1] * acc[nt, t, 1]
-                rs[t, 1] += sC[r1, n] * acc[nt, t, 2] + sC[r1, n+1] * acc[nt, t, 3]
-        for j in range(i + 1):
-            sB, sX = Bm[j*kT:(j+1)*kT], X[j*kT:(j+1)*kT]; cs_s, dt_s = cs[j*kT:(j+1)*kT], dt[j*kT:(j+1)*kT]
-            if not (j < i or half * 32 <= row0 + 15): continue
-            sw = np.zeros((4, 32, 4)); mma_abt(sw, sDy, row0, sX, half * 32, 0, PP, 4)
-            s1 = np.zeros((4, 32, 4)); mma_abt(s1, sC, row0, sB, half * 32, 0, NP, 4)
-            af = np.zeros((2, 32, 4, 2))
-            for nt in range(4):
+                t2 = np.zeros((2, 32, 4)); mma_ab(t2, sDy, row0, Hch[k], n0 + nt * 8, 0, PP, 2)
                 for t in range(32):
-                    g, tq = t // 4, t % 4
-                    for e in range(4):
-                        r = row0 + g + (e >> 1) * 8; s = half * 32 + nt * 8 + tq * 2 + (e & 1)
-                        sw[nt, t, e] = sw[nt, t, e] * pair_decay(True, cs, dt, i, j, r, s)
-                    af[nt >> 1, t, (nt & 1) * 2 + 0] = bf16(sw[nt, t, 0:2]); af[nt >> 1, t, (nt & 1) * 2 + 1] = bf16(sw[nt, t, 2:4])
-                    rs[t, 0] += s1[nt, t, 0] * sw[nt, t, 0] + s1[nt, t, 1] * sw[nt, t, 1]
-                    rs[t, 1] += s1[nt, t, 2] * sw[nt, t, 2] + s1[nt, t, 3] * sw[nt, t, 3]
-            for k in range(2):
-                s0 = half * 32 + k * 16
-                for nt in range(0, NTC, 2):
-                    bb = ldsm_x4(sB, lambda l: (s0 + (l & 7) + ((l >> 3) & 1) * 8, nt * 8 + (l >> 4) * 8), trans=True)
-                    mma(acc[nt], af[k], bb[:, 0], bb[:, 1]); mma(acc[nt+1], af[k], bb[:, 2], bb[:, 3])
-        dC[row0:row0+16] += acc_to_matrix(acc, NTC)
-        q0, q1 = quad(rs[:, 0]), quad(rs[:, 1])
-        rows[row0:row0+8] += q0; rows[row0+8:row0+16] += q1
-    check("bwd_l dC", np.abs(dC - dC_ref).max() / np.abs(dC_ref).max())
-    check("bwd_l row sums of dcs", np.abs(rows - row_ref).max() / np.abs(row_ref).max())
+                    g, tq = t // 4, t % 4; r0, r1 = row0 + g, row0 + g + 8
+                    t2[:, t, 0:2] *= np.exp(cs_l[r0]); t2[:, t, 2:4] *= np.exp(cs_l[r1])
+                    for u in range(2):
+                        n = n0 + (nt + u) * 8 + tq * 2
+                        rs[warp, k, t, 0] += sC[r0, n] * t2[u, t, 0] + sC[r0, n+1] * t2[u, t, 1]
+                        rs[warp, k, t, 1] += sC[r1, n] * t2[u, t, 2] + sC[r1, n+1] * t2[u, t, 3]
+                acc[warp, nt:nt+2] += t2
+    for j in range(i + 1):
+        sB = Bm[j*kT:(j+1)*kT]
+        sW = np.full((kT, kT), np.nan)  # a read of a block no warp wrote shows as NaN
+        for warp in range(8):  # W of the two heads, summed, into the strip tile
+            strip, half = warp & 3, warp >> 2; row0 = strip * 16
+            if not (j < i or half * 32 <= row0 + 15): continue
+            s1 = np.zeros((4, 32, 4)); mma_abt(s1, sC, row0, sB, half * 32, 0, NP, 4)
+            w = np.zeros((4, 32, 4))
+            for k in range(NH):
+                sDy, sX = dYh[k][L0:L0+kT], Xh[k][j*kT:(j+1)*kT]
+                sw = np.zeros((4, 32, 4)); mma_abt(sw, sDy, row0, sX, half * 32, 0, PP, 4)
+                for nt in range(4):
+                    for t in range(32):
+                        g, tq = t // 4, t % 4
+                        for e in range(4):
+                            r = row0 + g + (e >> 1) * 8; s = half * 32 + nt * 8 + tq * 2 + (e & 1)
+                            sw[nt, t, e] *= pair_decay(True, csh[k], dth[k], i, j, r, s)
+                        rs[warp, k, t, 0] += s1[nt, t, 0] * sw[nt, t, 0] + s1[nt, t, 1] * sw[nt, t, 1]
+                        rs[warp, k, t, 1] += s1[nt, t, 2] * sw[nt, t, 2] + s1[nt, t, 3] * sw[nt, t, 3]
+                w += sw
+            put_scores(sW, w, row0, half * 32)
+        for warp in range(8):  # after the strip's barrier: its rows of W times B_s, its state columns
+            strip, half = warp & 3, warp >> 2; row0, n0 = strip * 16, half * (NP // 2)
+            mma_ab(acc[warp], sW, row0, sB, n0, 0, kT if j < i else row0 + 16, NTC)
+    dC = np.zeros((kT, NP)); rows = np.zeros((NH, kT))
+    for warp in range(8):
+        strip, half = warp & 3, warp >> 2; row0, n0 = strip * 16, half * (NP // 2)
+        dC[row0:row0+16, n0:n0+NP//2] = acc_to_matrix(acc[warp], NTC)
+        for k in range(NH):
+            rows[k, row0:row0+8] += quad(rs[warp, k, :, 0]); rows[k, row0+8:row0+16] += quad(rs[warp, k, :, 1])
+    assert np.isfinite(dC).all(), "bwd_l read a W block no warp wrote"
+    check("bwd_l dC (two heads)", np.abs(dC - dC_ref).max() / np.abs(dC_ref).max())
+    check("bwd_l row sums of dcs (two heads)", np.abs(rows - row_ref).max() / np.abs(row_ref).max())
 
-    # ---- bwd_s (x and b kernels), s-tile i = 0 ----
+    # ---- bwd_s_x (head 0), s-tile i = 0 ----
     i = 0; S0 = 0
-    F_ref = np.zeros((kT, PP)); dB_ref = np.zeros((kT, NP)); col_ref = np.zeros(kT); ddt_ref = np.zeros(kT)
+    F_ref = np.zeros((kT, PP)); col_ref = np.zeros(kT); ddt_ref = np.zeros(kT)
     for r in range(kT):
         s = S0 + r; wl = np.exp(cs_last - cs[s])
         csum = 0.0
         for l in range(s, Q):
             dec = np.exp(cs[l] - cs[s]); F_ref[r] += (C[l] @ Bm[s]) * dec * dY[l]
-            w = Wp(l, s); dB_ref[r] += w * C[l]; csum += (C[l] @ Bm[s]) * w
-        F_ref[r] += wl * (Gc @ Bm[s]); dB_ref[r] += wl * dt[s] * (Gc.T @ X[s])
+            w = Wp(0, l, s); csum += (C[l] @ Bm[s]) * w
+        F_ref[r] += wl * (Gc @ Bm[s])
         v = wl * dt[s] * X[s] @ (Gc @ Bm[s])
         col_ref[r] = -csum - v; ddt_ref[r] = X[s] @ F_ref[r]
     sB, sX, cs_s, dt_s = Bm[:kT], X[:kT], cs[:kT], dt[:kT]
     wlast = np.exp(cs_last - cs_s)
-    NTX, NTB = PP // 8, NP // 8
-    F = np.zeros((kT, PP)); dB = np.zeros((kT, NP)); cols = np.zeros(kT); vrow = np.zeros(kT)
+    NTX = PP // 8
+    F = np.zeros((kT, PP)); cols = np.zeros(kT); vrow = np.zeros(kT)
     for warp in range(8):
         strip, half = warp & 3, warp >> 2; row0 = strip * 16
         accx = np.zeros((NTX, 32, 4)); mma_abt(accx, sB, row0, Gc, 0, half * (NP // 2), NP // 2, NTX)
-        accb = np.zeros((NTB, 32, 4))
-        for k in range(0, PP // 2, 16):
-            k0 = half * (PP // 2) + k
-            a = ldsm_x4(sX, lambda l: (row0 + (l & 15), k0 + (l >> 4) * 8))
-            for nt in range(0, NTB, 2):
-                bg = ldsm_x4(Gc, lambda l: (k0 + (l & 7) + ((l >> 3) & 1) * 8, nt * 8 + (l >> 4) * 8), trans=True)
-                mma(accb[nt], a, bg[:, 0], bg[:, 1]); mma(accb[nt+1], a, bg[:, 2], bg[:, 3])
         v = np.zeros((32, 2)); cs2 = np.zeros((32, 2))
         for t in range(32):
             g, tq = t // 4, t % 4; r0, r1 = row0 + g, row0 + g + 8
             accx[:, t, 0:2] *= wlast[r0]; accx[:, t, 2:4] *= wlast[r1]
-            accb[:, t, 0:2] *= wlast[r0] * dt_s[r0]; accb[:, t, 2:4] *= wlast[r1] * dt_s[r1]
             for nt in range(NTX):
                 kk = nt * 8 + tq * 2
                 v[t, 0] += sX[r0, kk] * accx[nt, t, 0] + sX[r0, kk+1] * accx[nt, t, 1]
                 v[t, 1] += sX[r1, kk] * accx[nt, t, 2] + sX[r1, kk+1] * accx[nt, t, 3]
         for j in range(i, Qt):
-            sC, sDy, cs_l = C[j*kT:(j+1)*kT], dY[j*kT:(j+1)*kT], cs[j*kT:(j+1)*kT]
+            sC, sDy = C[j*kT:(j+1)*kT], dY[j*kT:(j+1)*kT]
             if not (j > i or half * 32 + 31 >= row0): continue
             s1 = np.zeros((4, 32, 4)); mma_abt(s1, sB, row0, sC, half * 32, 0, NP, 4)
             s2 = np.zeros((4, 32, 4)); mma_abt(s2, sX, row0, sDy, half * 32, 0, PP, 4)
-            afm = np.zeros((2, 32, 4, 2)); afw = np.zeros((2, 32, 4, 2))
+            afm = np.zeros((2, 32, 4, 2))
             for nt in range(4):
                 for t in range(32):
-                    g, tq = t // 4, t % 4; m = np.zeros(4); ww = np.zeros(4)
+                    g, tq = t // 4, t % 4; m = np.zeros(4)
                     for e in range(4):
                         r = row0 + g + (e >> 1) * 8; l = half * 32 + nt * 8 + tq * 2 + (e & 1)
                         dec = pair_decay(False, cs, dt, i, j, r, l)
-                        m[e] = s1[nt, t, e] * dec; ww[e] = s2[nt, t, e] * dec * dt_s[r]
-                        cs2[t, e >> 1] += s1[nt, t, e] * ww[e]
-                    m, ww = bf16(m), bf16(ww)
+                        m[e] = s1[nt, t, e] * dec
+                        cs2[t, e >> 1] += s1[nt, t, e] * s2[nt, t, e] * dec * dt_s[r]
+                    m = bf16(m)
                     afm[nt >> 1, t, (nt & 1) * 2 + 0] = m[0:2]; afm[nt >> 1, t, (nt & 1) * 2 + 1] = m[2:4]
-                    afw[nt >> 1, t, (nt & 1) * 2 + 0] = ww[0:2]; afw[nt >> 1, t, (nt & 1) * 2 + 1] = ww[2:4]
             for k in range(2):
                 l0 = half * 32 + k * 16
                 for nt in range(0, NTX, 2):
                     bd = ldsm_x4(sDy, lambda l: (l0 + (l & 7) + ((l >> 3) & 1) * 8, nt * 8 + (l >> 4) * 8), trans=True)
                     mma(accx[nt], afm[k], bd[:, 0], bd[:, 1]); mma(accx[nt+1], afm[k], bd[:, 2], bd[:, 3])
-                for nt in range(0, NTB, 2):
-                    bc = ldsm_x4(sC, lambda l: (l0 + (l & 7) + ((l >> 3) & 1) * 8, nt * 8 + (l >> 4) * 8), trans=True)
-                    mma(accb[nt], afw[k], bc[:, 0], bc[:, 1]); mma(accb[nt+1], afw[k], bc[:, 2], bc[:, 3])
-        F[row0:row0+16] += acc_to_matrix(accx, NTX); dB[row0:row0+16] += acc_to_matrix(accb, NTB)
+        F[row0:row0+16] += acc_to_matrix(accx, NTX)
         cols[row0:row0+8] -= quad(cs2[:, 0]); cols[row0+8:row0+16] -= quad(cs2[:, 1])
         vrow[row0:row0+8] += quad(v[:, 0]); vrow[row0+8:row0+16] += quad(v[:, 1])
     cols -= vrow * dt_s
     ddt = np.einsum('rp,rp->r', sX, F)
     rel = lambda a, b: np.abs(a - b).max() / np.abs(b).max()
-    for name, a, b in (("d(dt x)", F, F_ref), ("dB", dB, dB_ref), ("dcs_col", cols, col_ref), ("ddt_dir", ddt, ddt_ref)):
-        check("bwd_s " + name, rel(a, b))
+    for name, a, b in (("d(dt x)", F, F_ref), ("dcs_col", cols, col_ref), ("ddt_dir", ddt, ddt_ref)):
+        check("bwd_s_x " + name, rel(a, b))
+
+    # ---- bwd_s_b, s-tile i = 0, two heads: dB summed over them ----
+    dB_ref = np.zeros((kT, NP))
+    for k in range(NH):
+        for r in range(kT):
+            s = S0 + r
+            for l in range(s, Q):
+                dB_ref[r] += Wp(k, l, s) * C[l]
+            dB_ref[r] += np.exp(csh[k][-1] - csh[k][s]) * dth[k][s] * (Gch[k].T @ Xh[k][s])
+    NTB = NP // 16
+    accb = np.zeros((8, NTB, 32, 4))
+    for warp in range(8):  # prologue, a head at a time
+        strip, half = warp & 3, warp >> 2; row0, n0 = strip * 16, half * (NP // 2)
+        for k in range(NH):
+            sXk, wl = Xh[k][:kT], np.exp(csh[k][-1] - csh[k][:kT]) * dth[k][:kT]
+            for nt in range(0, NTB, 2):
+                t2 = np.zeros((2, 32, 4)); mma_ab(t2, sXk, row0, Gch[k], n0 + nt * 8, 0, PP, 2)
+                for t in range(32):
+                    g = t // 4
+                    t2[:, t, 0:2] *= wl[row0 + g]; t2[:, t, 2:4] *= wl[row0 + g + 8]
+                accb[warp, nt:nt+2] += t2
+    for j in range(i, Qt):
+        sC = C[j*kT:(j+1)*kT]
+        sW = np.full((kT, kT), np.nan)
+        for warp in range(8):
+            strip, half = warp & 3, warp >> 2; row0 = strip * 16
+            if not (j > i or half * 32 + 31 >= row0): continue
+            w = np.zeros((4, 32, 4))
+            for k in range(NH):
+                sXk, sDy = Xh[k][:kT], dYh[k][j*kT:(j+1)*kT]
+                s2 = np.zeros((4, 32, 4)); mma_abt(s2, sXk, row0, sDy, half * 32, 0, PP, 4)
+                for nt in range(4):
+                    for t in range(32):
+                        g, tq = t // 4, t % 4
+                        for e in range(4):
+                            r = row0 + g + (e >> 1) * 8; l = half * 32 + nt * 8 + tq * 2 + (e & 1)
+                            s2[nt, t, e] *= pair_decay(False, csh[k], dth[k], i, j, r, l) * dth[k][r]
+                w += s2
+            put_scores(sW, w, row0, half * 32)
+        for warp in range(8):
+            strip, half = warp & 3, warp >> 2; row0, n0 = strip * 16, half * (NP // 2)
+            mma_ab(accb[warp], sW, row0, sC, n0, 0 if j > i else row0, kT, NTB)
+    dB = np.zeros((kT, NP))
+    for warp in range(8):
+        strip, half = warp & 3, warp >> 2; row0, n0 = strip * 16, half * (NP // 2)
+        dB[row0:row0+16, n0:n0+NP//2] = acc_to_matrix(accb[warp], NTB)
+    assert np.isfinite(dB).all(), "bwd_s_b read a W block no warp wrote"
+    check("bwd_s_b dB (two heads)", rel(dB, dB_ref))
 
 
 def check_chunk_state():

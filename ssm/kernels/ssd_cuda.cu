@@ -87,15 +87,6 @@ constexpr int smem_blocks(size_t bytes, int most) {
   const int fit = static_cast<int>((228 * 1024) / (bytes + 1024));
   return fit < 1 ? 1 : fit > most ? most : fit;
 }
-// The minimum-blocks bound of the forward and d(dt x) tile kernels (their plan: `bytes`): at
-// headdim 64 three blocks a multiprocessor where shared memory admits them (80 registers;
-// the d(dt x) kernel spills a few to L1): 24 warps instead of 16 for kernels that wait on
-// latency, measured 11% (forward) and 1.5% (fwd+bwd) faster. At headdim 128 their
-// accumulators need the 128 registers of two blocks.
-template <int PP>
-constexpr int tile_min_blocks(size_t bytes) {
-  return PP == 64 ? smem_blocks(bytes, 3) : 2;
-}
 
 
 struct SsdDims {
@@ -424,13 +415,23 @@ __device__ __forceinline__ void store_state4(float* h, const SsdDims& d, int b, 
     if (n0 + k < d.N) dst[n0 + k] = a[k];
 }
 
-// Forward, in place: st (B, nc, H, Pp, Np) holds each chunk's own state on entry and the
-// state entering the chunk on exit; h_last (B, H, P, N) the final state.
+// The 4 values at e .. e + 3 of a bf16 state (8 bytes).
+__device__ __forceinline__ void store_bf4(bf* at, float4 v) {
+  __nv_bfloat162 o[2] = {__floats2bfloat162_rn(v.x, v.y), __floats2bfloat162_rn(v.z, v.w)};
+  *reinterpret_cast<uint2*>(at) = *reinterpret_cast<const uint2*>(o);
+}
+
+// Forward: st (B, nc, H, Pp, Np) holds each chunk's own state on entry; the state entering
+// each chunk goes to st_bf (same layout, bf16: what the tile kernels multiply with) and, with
+// keep_f32, back into st (the backward's reverse pass reads it); h_last (B, H, P, N) the
+// final state.
 __global__ void __launch_bounds__(kThreads) state_pass_fwd_kernel(Ptrs p, SsdDims d, const float* cs, float* st,
-                                                                  float* h_last) {
+                                                                  bf* st_bf, bool keep_f32, float* h_last) {
   const int e = (blockIdx.x * kThreads + threadIdx.x) * 4, h = blockIdx.y, b = blockIdx.z;
   const size_t step = static_cast<size_t>(d.H) * d.Pp * d.Np / 4;  // float4s from one chunk to the next
-  float4* s = reinterpret_cast<float4*>(st + (static_cast<size_t>(b) * d.nc * d.H + h) * d.Pp * d.Np + e);
+  const size_t base = (static_cast<size_t>(b) * d.nc * d.H + h) * d.Pp * d.Np + e;
+  float4* s = reinterpret_cast<float4*>(st + base);
+  bf* sb = st_bf + base;
   const float* cs_last = cs + (static_cast<size_t>(b) * d.H + h) * d.nc * d.Qp + d.Qp - 1;
   float4 run = load_state4(p.h0, d, b, h, e);
   for (int c0 = 0; c0 < d.nc; c0 += kAhead) {
@@ -445,7 +446,8 @@ __global__ void __launch_bounds__(kThreads) state_pass_fwd_kernel(Ptrs p, SsdDim
 #pragma unroll
     for (int k = 0; k < kAhead; ++k) {
       if (c0 + k >= d.nc) break;
-      s[(c0 + k) * step] = run;
+      if (keep_f32) s[(c0 + k) * step] = run;
+      store_bf4(sb + (c0 + k) * step * 4, run);
       run = fma4(decay[k], run, own[k]);
     }
   }
@@ -453,10 +455,11 @@ __global__ void __launch_bounds__(kThreads) state_pass_fwd_kernel(Ptrs p, SsdDim
 }
 
 // Reverse, in place: dS (B, nc, H, Pp, Np) holds dS_c on entry and G_c (the gradient of the
-// state leaving chunk c) on exit; dh0 the gradient of h0. gdot (B, H, nc, gridDim.x)
-// receives each block's part of e^{cs_last} <G_c, H_c> (a term of dcs_last).
+// state leaving chunk c) on exit, and G_bf the same G_c in bf16; dh0 the gradient of h0.
+// gdot (B, H, nc, gridDim.x) receives each block's part of e^{cs_last} <G_c, H_c> (a term of
+// dcs_last).
 __global__ void __launch_bounds__(kThreads) state_pass_bwd_kernel(Ptrs p, SsdDims d, const float* cs, const float* st,
-                                                                  float* dS, float* dh0, float* gdot) {
+                                                                  float* dS, bf* G_bf, float* dh0, float* gdot) {
   __shared__ float red[kAhead][kWarps];
   const int e = (blockIdx.x * kThreads + threadIdx.x) * 4, h = blockIdx.y, b = blockIdx.z;
   const size_t step = static_cast<size_t>(d.H) * d.Pp * d.Np / 4;
@@ -484,6 +487,7 @@ __global__ void __launch_bounds__(kThreads) state_pass_bwd_kernel(Ptrs p, SsdDim
       const int c = top - k;
       if (c < 0) continue;
       g[c * step] = run;
+      store_bf4(G_bf + base + c * step * 4, run);
       dot[k] = decay[k] * dot4(run, hc[k]);
       run = fma4(decay[k], run, ds[k]);
     }
@@ -638,12 +642,12 @@ __device__ __forceinline__ void stash_half(float* sF, int ld, const float (&acc)
   }
 }
 
-// The dB/dC partial sums (B, L, H / hb, N), one per hb heads of a group: half 0 adds half
-// 1's stashed tile to its own and writes rows r0 and r0 + 8 of the tile t (those before
-// t.rows), two columns at a time.
+// The dB/dC partial sums (B, L, H / hb, N), one per hb heads of a group: this lane's
+// accumulators, rows r0 and r0 + 8 of the tile t (those before t.rows) and columns n0 + 8 nt +
+// 2 tq + {0, 1} (those before N), two columns at a time.
 template <int NT>
-__device__ __forceinline__ void store_part_rows(float* out, const SsdDims& d, int b, const TileRows& t, int part,
-                                                const float (&acc)[NT][4], const float* sF, int ld, int r0) {
+__device__ __forceinline__ void store_part_cols(float* out, const SsdDims& d, int b, const TileRows& t, int part,
+                                                const float (&acc)[NT][4], int r0, int n0) {
   const int tq = threadIdx.x & 3, parts = d.H / d.hb;
 #pragma unroll
   for (int u = 0; u < 2; ++u) {
@@ -652,14 +656,54 @@ __device__ __forceinline__ void store_part_rows(float* out, const SsdDims& d, in
     float* row = out + ((static_cast<size_t>(b) * d.L + t.t0 + r) * parts + part) * d.N;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
-      const int n = nt * 8 + tq * 2;
-      const float v0 = acc[nt][2 * u] + sF[r * ld + n], v1 = acc[nt][2 * u + 1] + sF[r * ld + n + 1];
+      const int n = n0 + nt * 8 + tq * 2;
+      const float v0 = acc[nt][2 * u], v1 = acc[nt][2 * u + 1];
       if (d.N % 2 == 0) {  // the pair is 8-byte aligned
         if (n < d.N) *reinterpret_cast<float2*>(row + n) = make_float2(v0, v1);
       } else {
         if (n < d.N) row[n] = v0;
         if (n + 1 < d.N) row[n + 1] = v1;
       }
+    }
+  }
+}
+
+// The l-tile and dB backward hand the score tile W between the two warps of a row strip
+// through shared memory: each computes W for 16 rows and its 32 of the 64 columns (half the
+// work of S = A B^T), rounds it to bf16 into the strip's rows of sW [kT][ldb(kT)], and after
+// the strip's barrier multiplies all 64 columns of its rows by the wide tile's half of the
+// state columns, so that a warp holds 16 x NP / 2 accumulators rather than 16 x NP.
+__device__ __forceinline__ void put_scores(bf* sW, const float (&w)[4][4], int r0, int col0) {
+  const int tq = threadIdx.x & 3;
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+    const int col = col0 + nt * 8 + tq * 2;
+    *reinterpret_cast<uint32_t*>(sW + r0 * ldb(kT) + col) = pack_bf16(w[nt][0], w[nt][1]);
+    *reinterpret_cast<uint32_t*>(sW + (r0 + 8) * ldb(kT) + col) = pack_bf16(w[nt][2], w[nt][3]);
+  }
+}
+// The two warps (strip, 0) and (strip, 1) of a row strip meet: named barrier 1 + strip.
+__device__ __forceinline__ void strip_sync(int strip) {
+  asm volatile("bar.sync %0, 64;\n" ::"r"(1 + strip) : "memory");
+}
+// acc[nt] (nt < NT, n8 tiles from column 0) += A[row0 .., k) Bm[k, ..) over the 16-steps k of
+// [k_begin, k_end) (at most 4 of them, k_begin a multiple of 16): mma_ab with a run-time range.
+template <int NT>
+__device__ __forceinline__ void mma_ab_range(float (&acc)[NT][4], const bf* A, int lda, int row0, const bf* Bm,
+                                             int ldbm, int k_begin, int k_end) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const int k = k_begin + 16 * u;
+    if (k >= k_end) break;
+    uint32_t a[4];
+    ldsm_x4(a, A + (row0 + (lane & 15)) * lda + k + (lane >> 4) * 8);
+#pragma unroll
+    for (int nt = 0; nt < NT; nt += 2) {
+      uint32_t bv[4];
+      ldsm_x4_trans(bv, Bm + (k + (lane & 7) + ((lane >> 3) & 1) * 8) * ldbm + nt * 8 + (lane >> 4) * 8);
+      mma_bf16(acc[nt], a, bv[0], bv[1]);
+      mma_bf16(acc[nt + 1], a, bv[2], bv[3]);
     }
   }
 }
@@ -743,6 +787,19 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// A padded (Pp x Np) bf16 state into a bf16 tile [Pp][ldb(Np)] by cp.async (the caller
+// commits): 16-byte copies, no conversion (the state passes write the bf16 copy).
+template <int PP, int NP>
+__device__ __forceinline__ void stage_state_async(bf* dst, const bf* src) {
+  static_assert(PP * NP / 8 % kThreads == 0, "whole vectors per thread");
+#pragma unroll
+  for (int k = 0; k < PP * NP / 8 / kThreads; ++k) {
+    const int i = static_cast<int>(threadIdx.x) + k * kThreads;
+    const int r = i / (NP / 8), j = (i % (NP / 8)) * 8;
+    cp_async16(dst + r * ldb(NP) + j, src + r * NP + j, true);
+  }
 }
 
 // stage_raw by cp.async (rows that can move as 16-byte vectors), else synchronously.
@@ -874,72 +931,92 @@ __global__ void __launch_bounds__(kThreads, ChunkStateMmaPlan<PP, NP>::kMinBlock
 // One buffer: a head-wide tile `head` [kT][ldb(PP)] (x_s or dy_l), with kWide a d_state-wide
 // tile `wide` [kT][ldb(NP)] (B_s or C_l; the kernels that read C B^T from the per-group
 // tiles instead need no B_s or C_l of their own to form it), and the tile's cs, dt and
-// document indices.
-template <int PP, int NP, bool kWide>
+// document indices. With kHeads > 1 the buffer holds the head-wide tile, cs and dt of that
+// many heads of one group, which share `wide` and the documents: StagedTile(at, k) (or
+// t.of(k)) views head k.
+template <int PP, int NP, bool kWide, int kHeads = 1>
 struct StagedTile {
   static constexpr size_t wide_bytes = kWide ? bf_bytes(kT, NP) : 0;
   static constexpr size_t vec_bytes = round_up(2 * kT * sizeof(float));
-  static constexpr size_t bytes = wide_bytes + bf_bytes(kT, PP) + vec_bytes + round_up(kT * sizeof(int));
+  static constexpr size_t head_bytes = bf_bytes(kT, PP) + vec_bytes;  // one head's tile, cs and dt
+  static constexpr size_t bytes = wide_bytes + kHeads * head_bytes + round_up(kT * sizeof(int));
+  unsigned char* base;
   bf *wide, *head;
   float *cs, *dt;
   int* doc;
-  __device__ explicit StagedTile(unsigned char* at)
-      : wide(reinterpret_cast<bf*>(at)),
-        head(reinterpret_cast<bf*>(at + wide_bytes)),
-        cs(reinterpret_cast<float*>(at + wide_bytes + bf_bytes(kT, PP))),
+  __device__ explicit StagedTile(unsigned char* at, int k = 0)
+      : base(at),
+        wide(reinterpret_cast<bf*>(at)),
+        head(reinterpret_cast<bf*>(at + wide_bytes + k * head_bytes)),
+        cs(reinterpret_cast<float*>(at + wide_bytes + k * head_bytes + bf_bytes(kT, PP))),
         dt(cs + kT),
-        doc(reinterpret_cast<int*>(at + wide_bytes + bf_bytes(kT, PP) + vec_bytes)) {}
+        doc(reinterpret_cast<int*>(at + wide_bytes + kHeads * head_bytes)) {}
+  __device__ StagedTile of(int k) const { return StagedTile(base, k); }
 };
 
-// Issues the loads of tile j of chunk c (head h) into t: x_s (and B_s) when kSource, else
-// dy_l (and C_l), with cs and dt (64 floats each at a 256-byte aligned offset of
-// (B, H, nc, Qp)); the caller commits.
-template <int PP, int NP, bool kWide, bool kDocs, bool kSource>
-__device__ __forceinline__ void issue_tile(const Ptrs& p, const SsdDims& d, int b, int h, int c, int j, size_t cb,
-                                           const float* cs, const float* dtv, const StagedTile<PP, NP, kWide>& t) {
+// Issues the loads of tile j of chunk c into t for heads h .. h + nh - 1 (nh <= kHeads): x_s
+// (and B_s) when kSource, else dy_l (and C_l), with cs and dt (64 floats each at a 256-byte
+// aligned offset of (B, H, nc, Qp); cb is head h's chunk offset); the caller commits.
+template <int PP, int NP, bool kWide, bool kDocs, bool kSource, int kHeads>
+__device__ __forceinline__ void issue_tile(const Ptrs& p, const SsdDims& d, int b, int h, int nh, int c, int j,
+                                           size_t cb, const float* cs, const float* dtv,
+                                           const StagedTile<PP, NP, kWide, kHeads>& t) {
   const TileRows tr(d, c, j);
   const int g = h / d.hpg;
   load_tile_docs<kDocs>(p, d, b, c, tr, t.doc);
-  if constexpr (kSource) {
-    if constexpr (kWide) stage_raw_async<NP>(t.wide, p.Bm + b * p.B_bs + tr.t0 * p.B_ss + g * d.N, p.B_ss, tr.rows, d.N);
-    stage_raw_async<PP>(t.head, p.x + b * p.x_bs + tr.t0 * p.x_ss + h * d.P, p.x_ss, tr.rows, d.P);
-  } else {
-    if constexpr (kWide) stage_raw_async<NP>(t.wide, p.Cm + b * p.C_bs + tr.t0 * p.C_ss + g * d.N, p.C_ss, tr.rows, d.N);
-    stage_raw_async<PP>(t.head, p.dy + b * p.dy_bs + tr.t0 * p.dy_ss + h * d.P, p.dy_ss, tr.rows, d.P);
+  if constexpr (kWide) {
+    if constexpr (kSource) stage_raw_async<NP>(t.wide, p.Bm + b * p.B_bs + tr.t0 * p.B_ss + g * d.N, p.B_ss, tr.rows, d.N);
+    else stage_raw_async<NP>(t.wide, p.Cm + b * p.C_bs + tr.t0 * p.C_ss + g * d.N, p.C_ss, tr.rows, d.N);
   }
-  copy_row_async(t.cs, cs + cb + j * kT);
-  copy_row_async(t.dt, dtv + cb + j * kT);
+  const size_t head_step = static_cast<size_t>(d.nc) * d.Qp;  // from one head's cs, dt to the next's
+#pragma unroll
+  for (int k = 0; k < kHeads; ++k) {
+    if (k > 0 && k >= nh) break;
+    const StagedTile<PP, NP, kWide, kHeads> tk = t.of(k);
+    if constexpr (kSource)
+      stage_raw_async<PP>(tk.head, p.x + b * p.x_bs + tr.t0 * p.x_ss + (h + k) * d.P, p.x_ss, tr.rows, d.P);
+    else stage_raw_async<PP>(tk.head, p.dy + b * p.dy_bs + tr.t0 * p.dy_ss + (h + k) * d.P, p.dy_ss, tr.rows, d.P);
+    copy_row_async(tk.cs, cs + cb + k * head_step + j * kT);
+    copy_row_async(tk.dt, dtv + cb + k * head_step + j * kT);
+  }
 }
 
-// for j = first .. last: body(j, tile j), the tile staged and visible to every thread. Two
-// buffers when kDouble (tile j + 1 loads while body(j) runs), else one (each tile loaded,
-// then used). With `primed`, the caller has issued and committed tile `first` into buf0
-// already (before its prologue). The buffers are two shared-memory addresses and the tile
-// views are built per use: an array of views indexed by j & 1 would live in local memory.
-template <int PP, int NP, bool kWide, bool kDocs, bool kSource, bool kDouble, typename Body>
-__device__ __forceinline__ void tile_loop(const Ptrs& p, const SsdDims& d, int b, int h, int c, int first, int last,
-                                          size_t cb, const float* cs, const float* dtv, unsigned char* buf0,
-                                          unsigned char* buf1, bool primed, Body&& body) {
-  using Tile = StagedTile<PP, NP, kWide>;
+// for j = first .. last: body(j, tile j), the tile staged and visible to every thread, with
+// kBufs buffers of `stride` bytes from buf0 (tile j in buffer (j - first) % kBufs):
+//   1: each tile loaded, then used; a barrier before the next load overwrites it.
+//   2: tile j + 1 loads while body(j) runs; a second barrier after body(j), since tile j + 2
+//      goes into the buffer body(j) reads.
+//   3: tile j + 1 loads while body(j) runs, into the buffer of tile j - 2, which every warp
+//      has left before passing iteration j - 1's barrier: one barrier an iteration, and one
+//      after the loop (the callers overlay the buffers afterwards).
+// The bodies only read shared memory. With `primed`, the caller has issued and committed tile
+// `first` into buf0 already (before its prologue). Tile views are built per use: an array of
+// views indexed by j would live in local memory.
+template <int PP, int NP, bool kWide, bool kDocs, bool kSource, int kBufs, int kHeads = 1, typename Body>
+__device__ __forceinline__ void tile_loop(const Ptrs& p, const SsdDims& d, int b, int h, int nh, int c, int first,
+                                          int last, size_t cb, const float* cs, const float* dtv, unsigned char* buf0,
+                                          size_t stride, bool primed, Body&& body) {
+  using Tile = StagedTile<PP, NP, kWide, kHeads>;
+  auto buf = [&](int j) { return buf0 + ((j - first) % kBufs) * stride; };
   for (int j = first; j <= last; ++j) {
-    const bool odd = (j - first) & 1;
-    if constexpr (kDouble) {
+    if constexpr (kBufs > 1) {
       if (!primed && j == first) {
-        issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j, cb, cs, dtv, Tile(buf0));
+        issue_tile<PP, NP, kWide, kDocs, kSource, kHeads>(p, d, b, h, nh, c, j, cb, cs, dtv, Tile(buf0));
         cp_async_commit();
       }
-      if (j < last) issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j + 1, cb, cs, dtv, Tile(odd ? buf0 : buf1));
+      if (j < last) issue_tile<PP, NP, kWide, kDocs, kSource, kHeads>(p, d, b, h, nh, c, j + 1, cb, cs, dtv, Tile(buf(j + 1)));
       cp_async_commit();
       cp_async_wait<1>();
     } else {
-      issue_tile<PP, NP, kWide, kDocs, kSource>(p, d, b, h, c, j, cb, cs, dtv, Tile(buf0));
+      issue_tile<PP, NP, kWide, kDocs, kSource, kHeads>(p, d, b, h, nh, c, j, cb, cs, dtv, Tile(buf0));
       cp_async_commit();
       cp_async_wait<0>();
     }
     __syncthreads();
-    body(j, Tile(kDouble && odd ? buf1 : buf0));
-    __syncthreads();  // the tile read by every warp before its buffer is loaded again
+    body(j, Tile(buf(j)));
+    if constexpr (kBufs < 3) __syncthreads();  // the tile read by every warp before its buffer is loaded again
   }
+  if constexpr (kBufs == 3) __syncthreads();
 }
 
 // f(nt, e, decay) for the 16 accumulator values [nt][e] of a lane, with the decay between the
@@ -968,35 +1045,48 @@ __device__ __forceinline__ void pair_decay(const Tile& t, const float* cs_r, con
 }
 
 // The shared-memory plan common to the four mma.sync tile kernels (each derives from it and
-// names its own regions in the first `fixed` bytes): those bytes, then two tile buffers (the
-// f32 output tile of `out_w` columns overlays the first at the end, the bf16 state H_c or G_c
-// the second in the prologue), then `vecs` row vectors of kT floats at `vec` and one of kT
-// document indices at `docs`. Double buffering when two blocks still fit on a multiprocessor
-// (113 KB each), else one buffer that the state and the output overlay.
-template <int PP, int NP, bool kWide, size_t fixed, int out_w, int vecs>
-struct TilePlan {
-  using Tile = StagedTile<PP, NP, kWide>;
+// names its own regions in the first `fixed` bytes): those bytes, then kBufs tile buffers
+// back to back, each holding kHeads heads' tiles (the f32 output tile of `out_w` columns, if
+// any, overlays them from the first at the end; the bf16 state H_c or G_c of one head from
+// the second in the prologue, while the first receives the loop's first tile), then `vecs`
+// row vectors of kT floats at `vec` and one of kT document indices at `docs`. kBlocks blocks
+// a multiprocessor: kMinBlocks (3 or 2) where two buffers still fit, else 2; then as many
+// buffers, up to 3, as fit at that count (three let the tile loop drop its second barrier,
+// see tile_loop).
+template <int PP, int NP, bool kWide, size_t fixed, int out_w, int vecs, int kMinBlocks = 2, int kHeads = 1>
+struct TileBudget {  // the sizes and counts; TilePlan adds the regions' offsets
+  using Tile = StagedTile<PP, NP, kWide, kHeads>;
   static constexpr size_t vec_bytes = round_up(vecs * kT * sizeof(float)), doc_bytes = round_up(kT * sizeof(int));
+  static constexpr size_t tile_bytes = round_up(Tile::bytes), state_bytes = bf_bytes(PP, NP);
+  static constexpr size_t region(int bufs) {
+    return cmax(cmax(bufs * tile_bytes, (bufs > 1 ? tile_bytes : 0) + state_bytes), f_bytes(kT, out_w));
+  }
+  static constexpr size_t with(int bufs) { return fixed + region(bufs) + vec_bytes + doc_bytes; }
+  static constexpr size_t limit(int blocks) { return (228 * 1024) / blocks - 1024; }  // 1 KB reserved a block
+  static constexpr int kBlocks = kMinBlocks >= 3 && with(2) <= limit(3) ? 3 : 2;
+  static constexpr int kBufs = with(3) <= limit(kBlocks) ? 3 : with(2) <= limit(kBlocks) ? 2 : 1;
+  static constexpr size_t total = with(kBufs);
+  static constexpr bool fits() { return total <= limit(kBlocks); }
+};
+template <int PP, int NP, bool kWide, size_t fixed, int out_w, int vecs, int kMinBlocks = 2, int kHeads = 1>
+struct TilePlan : TileBudget<PP, NP, kWide, fixed, out_w, vecs, kMinBlocks, kHeads> {
+  using Budget = TileBudget<PP, NP, kWide, fixed, out_w, vecs, kMinBlocks, kHeads>;
   static constexpr size_t buf0 = fixed;
-  static constexpr size_t b0_bytes = round_up(cmax(Tile::bytes, f_bytes(kT, out_w)));
-  static constexpr size_t b1_bytes = round_up(cmax(Tile::bytes, bf_bytes(PP, NP)));
-  static constexpr bool kDouble = buf0 + b0_bytes + b1_bytes + vec_bytes + doc_bytes <= 113 * 1024;
-  static constexpr size_t buf1 = kDouble ? buf0 + b0_bytes : buf0;
-  static constexpr size_t vec = kDouble ? buf1 + b1_bytes : buf0 + cmax(b0_bytes, b1_bytes);
-  static constexpr size_t docs = vec + vec_bytes;
-  static constexpr size_t total = docs + doc_bytes;
+  static constexpr size_t buf1 = Budget::kBufs > 1 ? buf0 + Budget::tile_bytes : buf0;  // where the state goes
+  static constexpr size_t vec = fixed + Budget::region(Budget::kBufs);
+  static constexpr size_t docs = vec + Budget::vec_bytes;
 };
 
 // Shared-memory plan of the forward: C_l, the two buffers of the source tiles (x_s; S comes
 // from the per-group C B^T tiles), cs_l, doc_l.
 template <int PP, int NP>
-struct ScanFwdMmaSmem : TilePlan<PP, NP, false, bf_bytes(kT, NP), PP, 1> {  // vec: cs_l; docs: doc_l
+struct ScanFwdMmaSmem : TilePlan<PP, NP, false, bf_bytes(kT, NP), PP, 1, PP == 64 ? 3 : 2> {  // vec: cs_l; docs: doc_l
   static constexpr size_t sC = 0;
 };
 
 template <int PP, int NP, bool kDocs>
-__global__ void __launch_bounds__(kThreads, tile_min_blocks<PP>(ScanFwdMmaSmem<PP, NP>::total))
-    chunk_scan_fwd_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* st, const float* cbl,
+__global__ void __launch_bounds__(kThreads, ScanFwdMmaSmem<PP, NP>::kBlocks)
+    chunk_scan_fwd_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const bf* st, const float* cbl,
                               bf* y) {
   using S = ScanFwdMmaSmem<PP, NP>;
   using Tile = StagedTile<PP, NP, false>;
@@ -1015,14 +1105,18 @@ __global__ void __launch_bounds__(kThreads, tile_min_blocks<PP>(ScanFwdMmaSmem<P
   const int row0 = strip * 16, gr = lane >> 2, tq = lane & 3;  // fragment row group, column pair
   const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
   const int entering = doc_before(p, d, b, c);
-  if constexpr (S::kDouble) {  // source tile 0 loads during the prologue
-    issue_tile<PP, NP, false, kDocs, true>(p, d, b, h, c, 0, cb, cs, dtv, Tile(smem + S::buf0));
+  // H_c, then (double buffering) source tile 0, load while the prologue's own rows are staged.
+  stage_state_async<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
+  cp_async_commit();
+  if constexpr (S::kBufs > 1) {
+    issue_tile<PP, NP, false, kDocs, true>(p, d, b, h, 1, c, 0, cb, cs, dtv, Tile(smem + S::buf0));
     cp_async_commit();
   }
   for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
   load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
   stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
-  stage_state<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
+  if constexpr (S::kBufs > 1) cp_async_wait<1>();  // H_c in (tile 0 may still be in flight)
+  else cp_async_wait<0>();
   __syncthreads();
 
   // Prologue: this half of the state columns of C_l H_c^T, rows scaled by e^{cs_l}.
@@ -1042,8 +1136,8 @@ __global__ void __launch_bounds__(kThreads, tile_min_blocks<PP>(ScanFwdMmaSmem<P
   __syncthreads();  // H_c read by every warp before the source tiles overwrite it
 
   // (B_s is not staged: S = C_l B_s^T comes from cbl, computed once per group)
-  tile_loop<PP, NP, false, kDocs, true, S::kDouble>(
-      p, d, b, h, c, 0, i, cb, cs, dtv, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
+  tile_loop<PP, NP, false, kDocs, true, S::kBufs>(
+      p, d, b, h, 1, c, 0, i, cb, cs, dtv, smem + S::buf0, S::tile_bytes, S::kBufs > 1, [&](int j, const Tile& t) {
         // On the diagonal tile, a warp whose source columns all lie after its rows adds nothing.
         if (j < i || half * 32 <= row0 + 15) {
           float sc[4][4];  // S rows row0 .. + 16, source columns 32 half .. + 32
@@ -1192,126 +1286,177 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdLSmem<PP, NP>::total,
 // C_l B_s^T only enters the row sums of dcs (sum_s S1 o W); dC += W B_s. The halves' partial
 // dC tiles and row sums are added through shared memory at the end. For d_state <= 128 (the
 // dC accumulators of a warp are 16 x NP).
-// Shared memory: C_l, dy_l, the two buffers of the source tiles (B_s, x_s; the f32 dC tile
-// overlays the first at the end, H_c the second in the prologue), cs_l, the second half's
-// row sums, doc_l.
+// Shared memory: C_l (the prologue's; the loop's W strips overlay it), dy_l of kHeads heads,
+// the tile buffers (B_s and the heads' x_s; one head's H_c overlays the second in the
+// prologue), each head's cs_l and second-half row sums, doc_l.
+template <int PP, int NP, int kHeads, template <int, int, bool, size_t, int, int, int, int> class Plan = TilePlan>
+using BwdLPlan = Plan<PP, NP, true, bf_bytes(kT, NP) + kHeads * bf_bytes(kT, PP), 0, 2 * kHeads, 2, kHeads>;
+// Heads of a group taken together in the l-tile and dB backward (see bwd_l_mma_kernel): two
+// where the plan still admits two blocks a multiprocessor with two buffers (headdim 64).
+template <typename Budget2>
+constexpr int heads_together() {
+  return Budget2::fits() && Budget2::kBufs >= 2 ? 2 : 1;
+}
 template <int PP, int NP>
-struct BwdLMmaSmem : TilePlan<PP, NP, true, bf_bytes(kT, NP) + bf_bytes(kT, PP), NP, 2> {  // vec: cs_l, row sums
-  static constexpr size_t sC = 0, sDy = bf_bytes(kT, NP);
+struct BwdLMmaSmem : BwdLPlan<PP, NP, heads_together<BwdLPlan<PP, NP, 2, TileBudget>>()> {
+  static constexpr int kHeads = heads_together<BwdLPlan<PP, NP, 2, TileBudget>>();
+  static constexpr size_t sC = 0, sW = 0, sDy = bf_bytes(kT, NP);  // head k's dy_l at sDy + k bf_bytes(kT, PP)
+  static_assert(bf_bytes(kT, kT) <= bf_bytes(kT, NP), "W overlays C_l");
 };
 
+// dC_l = sum over the block's heads of [e^{cs_l} dy_l H_c + sum_{s <= l} W B_s], W = (dy_l
+// x_s^T) o decay o dt_s per head, and each head's row sums of dcs. B_s belongs to the group,
+// so the heads taken together (kHeads) add their W tiles in f32 before one product with
+// B_s: per tile pair a warp runs 16 mma.sync per head for W and 32 for W B_s, where a head
+// at a time ran 48 per head, and B_s is staged once for them. The W tile is shared by the two
+// warps of a row strip (put_scores), each warp holding dC for half the state columns.
 template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, 2)
-    bwd_l_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* st, const float* cbl,
+    bwd_l_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const bf* st, const float* cbl,
                      float* dC_part, float* dcs_row) {
   static_assert(NP <= 128, "the dC accumulators of a warp are 16 x NP");
   using S = BwdLMmaSmem<PP, NP>;
-  using Tile = StagedTile<PP, NP, true>;
-  constexpr int NTC = NP / 8;
+  constexpr int kH = S::kHeads;
+  static_assert(S::fits(), "the l-tile backward's plan fits two blocks");
+  using Tile = StagedTile<PP, NP, true, kH>;
+  constexpr int NTC = NP / 16;  // n8 tiles of a warp's dC: its half of the state columns
+  constexpr int kDyStride = static_cast<int>(bf_bytes(kT, PP) / sizeof(bf));
   extern __shared__ __align__(128) unsigned char smem[];
   bf* sC = reinterpret_cast<bf*>(smem + S::sC);
+  bf* sW = reinterpret_cast<bf*>(smem + S::sW);
   bf* sDy = reinterpret_cast<bf*>(smem + S::sDy);
   bf* sH = reinterpret_cast<bf*>(smem + S::buf1);
-  float* sF = reinterpret_cast<float*>(smem + S::buf0);
-  float* cs_l = reinterpret_cast<float*>(smem + S::vec);
-  float* rs_half = cs_l + kT;  // the second half's row sums
+  float* cs_l = reinterpret_cast<float*>(smem + S::vec);  // head k's at cs_l + k kT
+  float* rs_half = cs_l + kH * kT;                        // the second half's row sums, likewise
   int* doc_l = reinterpret_cast<int*>(smem + S::docs);
 
-  // The block takes d.hb heads of one group in turn (blockIdx.y: which d.hb): C_l is staged
-  // once and dC is summed over the heads in the accumulators, so that one f32 dC tile per
-  // d.hb heads leaves the multiprocessor.
+  // The block takes d.hb heads of one group (blockIdx.y: which d.hb), kH at a time; dC is
+  // summed over the heads in the accumulators, so that one f32 dC tile per d.hb heads leaves
+  // the multiprocessor.
   const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, part = blockIdx.y, b = blockIdx.z;
-  const int g = part * d.hb / d.hpg;
+  const int g = part * d.hb / d.hpg, h_end = (part + 1) * d.hb;
   const TileRows tl(d, c, i);
   if (tl.rows <= 0) {
-    for (int h = part * d.hb; h < (part + 1) * d.hb; ++h)
+    for (int h = part * d.hb; h < h_end; ++h)
       if (threadIdx.x < kT) dcs_row[((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp + i * kT + threadIdx.x] = 0.f;
     return;
   }
   const int warp = threadIdx.x >> 5, strip = warp & 3, half = warp >> 2;
-  const int row0 = strip * 16, tq = threadIdx.x & 3;
+  const int row0 = strip * 16, tq = threadIdx.x & 3, n0 = half * (NP / 2);
   const int r0 = row0 + ((threadIdx.x & 31) >> 2), r1 = r0 + 8;  // this lane's two rows
   const int entering = doc_before(p, d, b, c);
+  const size_t head_step = static_cast<size_t>(d.nc) * d.Qp;  // from one head's cs to the next's
   load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
-  stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
 
   float acc[NTC][4];  // dC of the heads so far
   zero_acc(acc);
 #pragma unroll 1
-  for (int h = part * d.hb; h < (part + 1) * d.hb; ++h) {
-    const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
-    if constexpr (S::kDouble) {  // source tile 0 loads during the prologue
-      issue_tile<PP, NP, true, kDocs, true>(p, d, b, h, c, 0, cb, cs, dtv, Tile(smem + S::buf0));
+  for (int h = part * d.hb; h < h_end; h += kH) {
+    const int nh = min(kH, h_end - h);
+    const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;  // head h's; h + k's at + k head_step
+    float rs[kH][2] = {};  // this lane's part of each head's row sums of dcs (rows r0, r1)
+    // Prologue, a head at a time: dC += e^{cs_l} dy_l H_c over this warp's half of the state
+    // columns, 16 at a time, the rows scaled in f32 before they join the other heads' sums.
+    // Source tile 0 (double buffering) loads behind the first head's H_c; C_l (for the row
+    // sums) is staged again for each kH heads, as the loop's W strips overlay it.
+#pragma unroll
+    for (int k = 0; k < kH; ++k) {
+      if (k > 0 && k >= nh) break;
+      stage_state_async<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h + k) * PP * NP);
       cp_async_commit();
-    }
-    for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
-    stage_raw<PP>(sDy, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + h * d.P, p.dy_ss, tl.rows, d.P);
-    stage_state<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
-    __syncthreads();
-
-    // Prologue: dC += e^{cs_l} dy_l H_c over this half of the head columns, 16 state columns
-    // at a time, the rows scaled in f32 before they join the other heads' sums.
-    float rs0 = 0.f, rs1 = 0.f;  // this lane's part of the head's row sums of dcs
-    {
-      const float e0 = same_doc<kDocs>(doc_l[r0], entering) ? __expf(cs_l[r0]) : 0.f;
-      const float e1 = same_doc<kDocs>(doc_l[r1], entering) ? __expf(cs_l[r1]) : 0.f;
+      if (k == 0) {
+        if constexpr (S::kBufs > 1) {
+          issue_tile<PP, NP, true, kDocs, true>(p, d, b, h, nh, c, 0, cb, cs, dtv, Tile(smem + S::buf0));
+          cp_async_commit();
+        }
+        stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
+        for (int u = 0; u < nh; ++u) {
+          for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[u * kT + r] = cs[cb + u * head_step + i * kT + r];
+          stage_raw<PP>(sDy + u * kDyStride, p.dy + b * p.dy_bs + tl.t0 * p.dy_ss + (h + u) * d.P, p.dy_ss, tl.rows,
+                        d.P);
+        }
+      }
+      if (k == 0 && S::kBufs > 1) cp_async_wait<1>();  // H_c in (tile 0 may still be in flight)
+      else cp_async_wait<0>();
+      __syncthreads();
+      const bf* dyk = sDy + k * kDyStride;
+      const float e0 = same_doc<kDocs>(doc_l[r0], entering) ? __expf(cs_l[k * kT + r0]) : 0.f;
+      const float e1 = same_doc<kDocs>(doc_l[r1], entering) ? __expf(cs_l[k * kT + r1]) : 0.f;
 #pragma unroll
       for (int nt = 0; nt < NTC; nt += 2) {
         float t[2][4];
         zero_acc(t);
-        mma_ab<2, PP / 2>(t, sDy, ldb(PP), row0, sH + nt * 8, ldb(NP), half * (PP / 2));
+        mma_ab<2, PP>(t, dyk, ldb(PP), row0, sH + n0 + nt * 8, ldb(NP), 0);
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int n = (nt + u) * 8 + tq * 2;
+          const int n = n0 + (nt + u) * 8 + tq * 2;
           t[u][0] *= e0, t[u][1] *= e0, t[u][2] *= e1, t[u][3] *= e1;
-          rs0 += __bfloat162float(sC[r0 * ldb(NP) + n]) * t[u][0] + __bfloat162float(sC[r0 * ldb(NP) + n + 1]) * t[u][1];
-          rs1 += __bfloat162float(sC[r1 * ldb(NP) + n]) * t[u][2] + __bfloat162float(sC[r1 * ldb(NP) + n + 1]) * t[u][3];
+          rs[k][0] += __bfloat162float(sC[r0 * ldb(NP) + n]) * t[u][0] + __bfloat162float(sC[r0 * ldb(NP) + n + 1]) * t[u][1];
+          rs[k][1] += __bfloat162float(sC[r1 * ldb(NP) + n]) * t[u][2] + __bfloat162float(sC[r1 * ldb(NP) + n + 1]) * t[u][3];
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc[nt + u][e] += t[u][e];
         }
       }
+      __syncthreads();  // H_c read by every warp before the next head's (or a source tile) overwrites it
     }
-    __syncthreads();  // H_c read by every warp before the source tiles overwrite it
 
-    tile_loop<PP, NP, true, kDocs, true, S::kDouble>(
-        p, d, b, h, c, 0, i, cb, cs, dtv, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
+    tile_loop<PP, NP, true, kDocs, true, S::kBufs, kH>(
+        p, d, b, h, nh, c, 0, i, cb, cs, dtv, smem + S::buf0, S::tile_bytes, S::kBufs > 1, [&](int j, const Tile& t) {
+          // On the diagonal tile, a warp whose source columns all lie after its rows has W = 0
+          // (and its strip's product skips those columns).
           if (j < i || half * 32 <= row0 + 15) {
-            float sw[4][4];  // S2 = dy_l x_s^T, then W
-            zero_acc(sw);
-            mma_abt<4, PP>(sw, sDy, ldb(PP), row0, t.head, ldb(PP), half * 32, 0);
-            pair_decay<true, kDocs>(t, cs_l, doc_l, i, j, r0, half * 32,
-                                    [&](int nt, int e, float decay) { sw[nt][e] *= decay; });
-            uint32_t af[2][4];
-            pack_scores(af, sw);
-            {
-              float s1[4][4];  // S1 = C_l B_s^T (from cbl): the row sums take sum_s S1 o W (W unrounded)
-              load_cb(s1, cbl, cb_pair_at(d, b, c, g, tile_pair(i, j)));
+            float w[4][4];  // W of the heads, summed
 #pragma unroll
-              for (int nt = 0; nt < 4; ++nt) {
-                rs0 += s1[nt][0] * sw[nt][0] + s1[nt][1] * sw[nt][1];
-                rs1 += s1[nt][2] * sw[nt][2] + s1[nt][3] * sw[nt][3];
+            for (int k = 0; k < kH; ++k) {
+              if (k > 0 && k >= nh) break;
+              const Tile tk = t.of(k);
+              float sw[4][4];  // S2 = dy_l x_s^T, then this head's W
+              zero_acc(sw);
+              mma_abt<4, PP>(sw, sDy + k * kDyStride, ldb(PP), row0, tk.head, ldb(PP), half * 32, 0);
+              pair_decay<true, kDocs>(tk, cs_l + k * kT, doc_l, i, j, r0, half * 32,
+                                      [&](int nt, int e, float decay) { sw[nt][e] *= decay; });
+              {
+                float s1[4][4];  // S1 = C_l B_s^T (from cbl): the row sums take sum_s S1 o W (W unrounded)
+                load_cb(s1, cbl, cb_pair_at(d, b, c, g, tile_pair(i, j)));
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt) {
+                  rs[k][0] += s1[nt][0] * sw[nt][0] + s1[nt][1] * sw[nt][1];
+                  rs[k][1] += s1[nt][2] * sw[nt][2] + s1[nt][3] * sw[nt][3];
+                }
               }
+#pragma unroll
+              for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) w[nt][e] = k == 0 ? sw[nt][e] : w[nt][e] + sw[nt][e];
             }
-            mma_scores(acc, af, t.wide, ldb(NP), half * 32);  // dC += W (16 x 32) B_s[32 half ..]
+            put_scores(sW, w, r0, half * 32);
           }
+          strip_sync(strip);
+          // dC[:, n0 ..] += W (16 x 64, rounded to bf16) B_s[:, n0 .. n0 + NP / 2)
+          mma_ab_range(acc, sW, ldb(kT), row0, t.wide + n0, ldb(NP), 0, j < i ? kT : row0 + 16);
         });
 
-    // The head's row sums of dcs, the second half's through shared memory (rs_half is
-    // written again only after the next head's barriers).
-    rs0 = quad_sum(rs0);
-    rs1 = quad_sum(rs1);
-    if (half == 1 && tq == 0) rs_half[r0] = rs0, rs_half[r1] = rs1;
+    // The heads' row sums of dcs, the second half's through shared memory (rs_half is written
+    // again only after the next heads' barriers).
+#pragma unroll
+    for (int k = 0; k < kH; ++k) {
+      rs[k][0] = quad_sum(rs[k][0]);
+      rs[k][1] = quad_sum(rs[k][1]);
+      if (half == 1 && tq == 0) rs_half[k * kT + r0] = rs[k][0], rs_half[k * kT + r1] = rs[k][1];
+    }
     __syncthreads();
     if (half == 0 && tq == 0) {
-      dcs_row[cb + i * kT + r0] = rs0 + rs_half[r0];
-      dcs_row[cb + i * kT + r1] = rs1 + rs_half[r1];
+#pragma unroll
+      for (int k = 0; k < kH; ++k) {
+        if (k > 0 && k >= nh) break;
+        float* row = dcs_row + cb + k * head_step + i * kT;
+        row[r0] = rs[k][0] + rs_half[k * kT + r0];
+        row[r1] = rs[k][1] + rs_half[k * kT + r1];
+      }
     }
   }
 
-  // dC of the block's heads; sF overlays the source tiles, released by the last barrier.
-  if (half == 1) stash_half(sF, ldf(NP), acc, r0);
-  __syncthreads();
-  if (half == 0) store_part_rows(dC_part, d, b, tl, part, acc, sF, ldf(NP), r0);
+  store_part_cols(dC_part, d, b, tl, part, acc, r0, n0);  // dC of the block's heads
 }
 
 // Shared-memory plan of the s-tile backward (dB, dx, ddt terms, column sums of dcs).
@@ -1499,29 +1644,35 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdSSmem<PP, NP>::total,
 // prologue), the row vectors (cs_s, dt_s, wlast, the second half's csum and vrow, rowv,
 // rowd), doc_s.
 template <int PP, int NP>
-struct BwdSXMmaSmem : TilePlan<PP, NP, false, bf_bytes(kT, NP) + bf_bytes(kT, PP), PP, 7> {
+struct BwdSXMmaSmem : TilePlan<PP, NP, false, bf_bytes(kT, NP) + bf_bytes(kT, PP), PP, 7, PP == 64 ? 3 : 2> {
   static constexpr size_t sB = 0, sX = bf_bytes(kT, NP);
 };
 
-// The s-tile's cs, dt, wlast = e^{cs_last - cs_s} (0 across a document boundary) and docs.
+// The s-tile's cs, dt, wlast = e^{cs_last - cs_s} (0 across a document boundary) and docs, of
+// heads h .. h + nh - 1 (cb: head h's chunk offset; head k's vectors at + k vec_step).
 template <bool kDocs>
 __device__ __forceinline__ void load_s_tile_scalars(const Ptrs& p, const SsdDims& d, int b, int c, int i,
                                                     const TileRows& ts, const float* dtv, const float* cs, size_t cb,
-                                                    float* cs_s, float* dt_s, float* wlast, int* doc_s) {
-  const float cs_last = cs[cb + d.Qp - 1];
+                                                    float* cs_s, float* dt_s, float* wlast, int* doc_s, int nh = 1,
+                                                    int vec_step = 0) {
   const int last = doc_last(p, d, b, c);
   load_tile_docs<kDocs>(p, d, b, c, ts, doc_s);
   __syncthreads();
-  for (int r = threadIdx.x; r < kT; r += kThreads) {
-    cs_s[r] = cs[cb + i * kT + r];
-    dt_s[r] = dtv[cb + i * kT + r];
-    wlast[r] = same_doc<kDocs>(doc_s[r], last) ? __expf(cs_last - cs_s[r]) : 0.f;
+  for (int k = 0; k < nh; ++k) {
+    const size_t at = cb + static_cast<size_t>(k) * d.nc * d.Qp;
+    const float cs_last = cs[at + d.Qp - 1];
+    for (int r = threadIdx.x; r < kT; r += kThreads) {
+      const float csv = cs[at + i * kT + r];
+      cs_s[k * vec_step + r] = csv;
+      dt_s[k * vec_step + r] = dtv[at + i * kT + r];
+      wlast[k * vec_step + r] = same_doc<kDocs>(doc_s[r], last) ? __expf(cs_last - csv) : 0.f;
+    }
   }
 }
 
 template <int PP, int NP, bool kDocs>
-__global__ void __launch_bounds__(kThreads, tile_min_blocks<PP>(BwdSXMmaSmem<PP, NP>::total))
-    bwd_s_x_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* G, const float* cbs, bf* dx,
+__global__ void __launch_bounds__(kThreads, BwdSXMmaSmem<PP, NP>::kBlocks)
+    bwd_s_x_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const bf* G, const float* cbs, bf* dx,
                        float* ddt_dir, float* dcs_col, float* vsum_part, float* dD_part) {
   using S = BwdSXMmaSmem<PP, NP>;
   using Tile = StagedTile<PP, NP, false>;
@@ -1552,14 +1703,18 @@ __global__ void __launch_bounds__(kThreads, tile_min_blocks<PP>(BwdSXMmaSmem<PP,
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, strip = warp & 3, half = warp >> 2;
   const int row0 = strip * 16, gr = lane >> 2, tq = lane & 3, r0 = row0 + gr, r1 = r0 + 8;
   const int last = last_tile(d, c);
-  if constexpr (S::kDouble) {  // l-tile i loads during the prologue
-    issue_tile<PP, NP, false, kDocs, false>(p, d, b, h, c, i, cb, cs, dtv, Tile(smem + S::buf0));
+  // G_c, then (double buffering) l-tile i, load while the s-tile's own rows are staged.
+  stage_state_async<PP, NP>(sG, G + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
+  cp_async_commit();
+  if constexpr (S::kBufs > 1) {
+    issue_tile<PP, NP, false, kDocs, false>(p, d, b, h, 1, c, i, cb, cs, dtv, Tile(smem + S::buf0));
     cp_async_commit();
   }
   load_s_tile_scalars<kDocs>(p, d, b, c, i, ts, dtv, cs, cb, cs_s, dt_s, wlast, doc_s);
   stage_raw<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, ts.rows, d.N);
   stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
-  stage_state<PP, NP>(sG, G + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
+  if constexpr (S::kBufs > 1) cp_async_wait<1>();
+  else cp_async_wait<0>();
   __syncthreads();
 
   // Prologue: d(dt x) = wlast B_s G_c^T over this half of the state columns; its part of v_s.
@@ -1582,8 +1737,8 @@ __global__ void __launch_bounds__(kThreads, tile_min_blocks<PP>(BwdSXMmaSmem<PP,
 
   float cs0 = 0.f, cs1 = 0.f;  // this lane's part of sum_l S1 W for rows r0, r1
   // (C_l is not staged: S1 = B_s C_l^T comes from cbs, computed once per group)
-  tile_loop<PP, NP, false, kDocs, false, S::kDouble>(
-      p, d, b, h, c, i, last, cb, cs, dtv, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
+  tile_loop<PP, NP, false, kDocs, false, S::kBufs>(
+      p, d, b, h, 1, c, i, last, cb, cs, dtv, smem + S::buf0, S::tile_bytes, S::kBufs > 1, [&](int j, const Tile& t) {
         // On the diagonal tile, a warp whose columns l all lie before its rows s adds nothing.
         if (j > i || half * 32 + 31 >= row0) {
           float s1[4][4], s2[4][4];
@@ -1649,90 +1804,123 @@ __global__ void __launch_bounds__(kThreads, tile_min_blocks<PP>(BwdSXMmaSmem<PP,
   }
 }
 
-// Shared memory: x_s, the two buffers of the l-tiles (C_l, dy_l; the f32 dB tile overlays the
-// first at the end, G_c the second in the prologue), cs_s, dt_s, wlast, doc_s.
+// Shared memory: x_s of kHeads heads, the W strips, the tile buffers (C_l and the heads' dy_l;
+// one head's G_c overlays the second in the prologue), each head's cs_s, dt_s, wlast, doc_s.
+template <int PP, int NP, int kHeads, template <int, int, bool, size_t, int, int, int, int> class Plan = TilePlan>
+using BwdSBPlan = Plan<PP, NP, true, kHeads * bf_bytes(kT, PP) + bf_bytes(kT, kT), 0, 3 * kHeads, 2, kHeads>;
 template <int PP, int NP>
-struct BwdSBMmaSmem : TilePlan<PP, NP, true, bf_bytes(kT, PP), NP, 3> {  // vec: cs_s, dt_s, wlast
-  static constexpr size_t sX = 0;
+struct BwdSBMmaSmem : BwdSBPlan<PP, NP, heads_together<BwdSBPlan<PP, NP, 2, TileBudget>>()> {
+  static constexpr int kHeads = heads_together<BwdSBPlan<PP, NP, 2, TileBudget>>();
+  static constexpr size_t sX = 0, sW = kHeads * bf_bytes(kT, PP);  // head k's x_s at k bf_bytes(kT, PP)
 };
 
+// dB_s = sum over the block's heads of [wlast dt_s x_s G_c + sum_{l >= s} W C_l], W = (x_s
+// dy_l^T) o decay o dt_s per head: as in the l-tile backward, the heads taken together add
+// their W in f32 before one product with the group's C_l, and the two warps of a row strip
+// share W (put_scores), each holding dB for half the state columns.
 template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, 2)
-    bwd_s_b_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const float* G, float* dB_part) {
+    bwd_s_b_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const bf* G, float* dB_part) {
   static_assert(NP <= 128, "the dB accumulators of a warp are 16 x NP");
   using S = BwdSBMmaSmem<PP, NP>;
-  using Tile = StagedTile<PP, NP, true>;
-  constexpr int NTB = NP / 8;
+  constexpr int kH = S::kHeads;
+  static_assert(S::fits(), "the dB backward's plan fits two blocks");
+  using Tile = StagedTile<PP, NP, true, kH>;
+  constexpr int NTB = NP / 16;  // n8 tiles of a warp's dB: its half of the state columns
+  constexpr int kXStride = static_cast<int>(bf_bytes(kT, PP) / sizeof(bf));
   extern __shared__ __align__(128) unsigned char smem[];
   bf* sX = reinterpret_cast<bf*>(smem + S::sX);
+  bf* sW = reinterpret_cast<bf*>(smem + S::sW);
   bf* sG = reinterpret_cast<bf*>(smem + S::buf1);
-  float* sF = reinterpret_cast<float*>(smem + S::buf0);
-  float* cs_s = reinterpret_cast<float*>(smem + S::vec);
+  float* cs_s = reinterpret_cast<float*>(smem + S::vec);  // head k's cs_s, dt_s, wlast at + 3 k kT
   float* dt_s = cs_s + kT;
   float* wlast = dt_s + kT;
   int* doc_s = reinterpret_cast<int*>(smem + S::docs);
 
-  // d.hb heads of one group in turn, dB summed over them in the accumulators (as the l-tile
-  // backward does for dC).
+  // d.hb heads of one group, kH at a time, dB summed over them in the accumulators (as the
+  // l-tile backward does for dC).
   const int c = blockIdx.x / d.Qt, i = blockIdx.x % d.Qt, part = blockIdx.y, b = blockIdx.z;
+  const int h_end = (part + 1) * d.hb;
   const TileRows ts(d, c, i);
   if (ts.rows <= 0) return;
   const int warp = threadIdx.x >> 5, strip = warp & 3, half = warp >> 2;
-  const int row0 = strip * 16, r0 = row0 + ((threadIdx.x & 31) >> 2), r1 = r0 + 8;
+  const int row0 = strip * 16, r0 = row0 + ((threadIdx.x & 31) >> 2), r1 = r0 + 8, n0 = half * (NP / 2);
   const int last = last_tile(d, c);
 
   float acc[NTB][4];  // dB of the heads so far
   zero_acc(acc);
 #pragma unroll 1
-  for (int h = part * d.hb; h < (part + 1) * d.hb; ++h) {
-    const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
-    if constexpr (S::kDouble) {  // l-tile i loads during the prologue
-      issue_tile<PP, NP, true, kDocs, false>(p, d, b, h, c, i, cb, cs, dtv, Tile(smem + S::buf0));
+  for (int h = part * d.hb; h < h_end; h += kH) {
+    const int nh = min(kH, h_end - h);
+    const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;  // head h's
+    // Prologue, a head at a time: dB += wlast dt_s x_s G_c over this warp's half of the state
+    // columns, 16 at a time, the rows scaled in f32 before they join the other
+    // heads' sums. l-tile i (double buffering) loads behind the first head's G_c.
+#pragma unroll
+    for (int k = 0; k < kH; ++k) {
+      if (k > 0 && k >= nh) break;
+      stage_state_async<PP, NP>(sG, G + ((static_cast<size_t>(b) * d.nc + c) * d.H + h + k) * PP * NP);
       cp_async_commit();
-    }
-    load_s_tile_scalars<kDocs>(p, d, b, c, i, ts, dtv, cs, cb, cs_s, dt_s, wlast, doc_s);
-    stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
-    stage_state<PP, NP>(sG, G + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
-    __syncthreads();
-
-    // Prologue: dB += wlast dt_s x_s G_c over this half of the head columns, 16 state
-    // columns at a time, the rows scaled in f32 before they join the other heads' sums.
-    {
-      const float w0 = wlast[r0] * dt_s[r0], w1 = wlast[r1] * dt_s[r1];
+      if (k == 0) {
+        if constexpr (S::kBufs > 1) {
+          issue_tile<PP, NP, true, kDocs, false>(p, d, b, h, nh, c, i, cb, cs, dtv, Tile(smem + S::buf0));
+          cp_async_commit();
+        }
+        load_s_tile_scalars<kDocs>(p, d, b, c, i, ts, dtv, cs, cb, cs_s, dt_s, wlast, doc_s, nh, 3 * kT);
+        for (int u = 0; u < nh; ++u)
+          stage_raw<PP>(sX + u * kXStride, p.x + b * p.x_bs + ts.t0 * p.x_ss + (h + u) * d.P, p.x_ss, ts.rows, d.P);
+      }
+      if (k == 0 && S::kBufs > 1) cp_async_wait<1>();
+      else cp_async_wait<0>();
+      __syncthreads();
+      const float w0 = wlast[3 * k * kT + r0] * dt_s[3 * k * kT + r0];
+      const float w1 = wlast[3 * k * kT + r1] * dt_s[3 * k * kT + r1];
 #pragma unroll
       for (int nt = 0; nt < NTB; nt += 2) {
         float t[2][4];
         zero_acc(t);
-        mma_ab<2, PP / 2>(t, sX, ldb(PP), row0, sG + nt * 8, ldb(NP), half * (PP / 2));
+        mma_ab<2, PP>(t, sX + k * kXStride, ldb(PP), row0, sG + n0 + nt * 8, ldb(NP), 0);
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
           acc[nt + u][0] += t[u][0] * w0, acc[nt + u][1] += t[u][1] * w0;
           acc[nt + u][2] += t[u][2] * w1, acc[nt + u][3] += t[u][3] * w1;
         }
       }
+      __syncthreads();  // G_c read by every warp before the next head's (or an l-tile) overwrites it
     }
-    __syncthreads();  // G_c read by every warp before the l-tiles overwrite it
 
-    tile_loop<PP, NP, true, kDocs, false, S::kDouble>(
-        p, d, b, h, c, i, last, cb, cs, dtv, smem + S::buf0, smem + S::buf1, S::kDouble, [&](int j, const Tile& t) {
+    tile_loop<PP, NP, true, kDocs, false, S::kBufs, kH>(
+        p, d, b, h, nh, c, i, last, cb, cs, dtv, smem + S::buf0, S::tile_bytes, S::kBufs > 1, [&](int j, const Tile& t) {
+          // On the diagonal tile, a warp whose columns l all lie before its rows s has W = 0
+          // (and its strip's product skips those columns).
           if (j > i || half * 32 + 31 >= row0) {
-            float s2[4][4];
-            zero_acc(s2);
-            mma_abt<4, PP>(s2, sX, ldb(PP), row0, t.head, ldb(PP), half * 32, 0);
-            const float dt0 = dt_s[r0], dt1 = dt_s[r1];
-            pair_decay<false, kDocs>(t, cs_s, doc_s, i, j, r0, half * 32, [&](int nt, int e, float decay) {
-              s2[nt][e] *= decay * (e < 2 ? dt0 : dt1);  // W
-            });
-            uint32_t af[2][4];
-            pack_scores(af, s2);
-            mma_scores(acc, af, t.wide, ldb(NP), half * 32);  // dB += W (16 x 32) C_l[32 half ..]
+            float w[4][4];  // W of the heads, summed
+#pragma unroll
+            for (int k = 0; k < kH; ++k) {
+              if (k > 0 && k >= nh) break;
+              const Tile tk = t.of(k);
+              float s2[4][4];
+              zero_acc(s2);
+              mma_abt<4, PP>(s2, sX + k * kXStride, ldb(PP), row0, tk.head, ldb(PP), half * 32, 0);
+              const float dt0 = dt_s[3 * k * kT + r0], dt1 = dt_s[3 * k * kT + r1];
+              pair_decay<false, kDocs>(tk, cs_s + 3 * k * kT, doc_s, i, j, r0, half * 32,
+                                       [&](int nt, int e, float decay) {
+                                         s2[nt][e] *= decay * (e < 2 ? dt0 : dt1);  // this head's W
+                                       });
+#pragma unroll
+              for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) w[nt][e] = k == 0 ? s2[nt][e] : w[nt][e] + s2[nt][e];
+            }
+            put_scores(sW, w, r0, half * 32);
           }
+          strip_sync(strip);
+          // dB[:, n0 ..] += W (16 x 64, rounded to bf16) C_l[:, n0 .. n0 + NP / 2)
+          mma_ab_range(acc, sW, ldb(kT), row0, t.wide + n0, ldb(NP), j > i ? 0 : row0, kT);
         });
   }
 
-  if (half == 1) stash_half(sF, ldf(NP), acc, r0);
-  __syncthreads();
-  if (half == 0) store_part_rows(dB_part, d, b, ts, part, acc, sF, ldf(NP), r0);
+  store_part_cols(dB_part, d, b, ts, part, acc, r0, n0);
 }
 
 // Per chunk: dcs -> d(dt A) by a reverse cumsum; ddt = ddt_dir + A d(dt A) (then through
@@ -1943,7 +2131,10 @@ struct ChunkVecs {
 };
 
 // Prep, chunk states and state passing: fills v and st (the state entering each chunk).
-void entering_states(const Ptrs& q, const SsdDims& d, ChunkVecs& v, float* st, float* h_last, cudaStream_t stream) {
+// st: each chunk's own state, then (keep_f32) the state entering it; st_bf: the entering
+// states in bf16 for the tile kernels.
+void entering_states(const Ptrs& q, const SsdDims& d, ChunkVecs& v, float* st, bf* st_bf, bool keep_f32, float* h_last,
+                     cudaStream_t stream) {
   const dim3 chunks(d.nc, d.H, d.B);
   float* dtv = v.dt.data<float>();
   float* cs = v.cs.data<float>();
@@ -1953,7 +2144,7 @@ void entering_states(const Ptrs& q, const SsdDims& d, ChunkVecs& v, float* st, f
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
     chunk_states<PP, NP, false>(q, d, dtv, cs, st, stream);
   });
-  state_pass_fwd_kernel<<<dim3(d.Pp * d.Np / kPassElems, d.H, d.B), kThreads, 0, stream>>>(q, d, cs, st, h_last);
+  state_pass_fwd_kernel<<<dim3(d.Pp * d.Np / kPassElems, d.H, d.B), kThreads, 0, stream>>>(q, d, cs, st, st_bf, keep_f32, h_last);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -1973,14 +2164,16 @@ void ssd_fwd_cuda(const SsdParams& p, Device device) {
   auto stream = static_cast<cudaStream_t>(cuda::compute_stream(device.index));
   ChunkVecs v(d, device);
   Tensor st = Tensor::empty({d.B, d.nc, d.H, d.Pp, d.Np}, DType::f32, device);
-  entering_states(q, d, v, st.data<float>(), static_cast<float*>(p.h_last), stream);
+  Tensor st_bf = Tensor::empty({d.B, d.nc, d.H, d.Pp, d.Np}, DType::bf16, device);
+  entering_states(q, d, v, st.data<float>(), static_cast<bf*>(st_bf.data_ptr()), false, static_cast<float*>(p.h_last),
+                  stream);
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
     Tensor cbl = cb_tiles(q, d, false, device, stream).first;
     launch(q.seq ? chunk_scan_fwd_mma_kernel<PP, NP, true> : chunk_scan_fwd_mma_kernel<PP, NP, false>,
            dim3(d.nc * d.Qt, d.H, d.B), ScanFwdMmaSmem<PP, NP>::total, stream, q, d,
            static_cast<const float*>(v.dt.data<float>()), static_cast<const float*>(v.cs.data<float>()),
-           static_cast<const float*>(st.data<float>()), static_cast<const float*>(cbl.data<float>()),
+           static_cast<const bf*>(st_bf.data_ptr()), static_cast<const float*>(cbl.data<float>()),
            static_cast<bf*>(p.y));
   });
 }
@@ -1995,9 +2188,11 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
   auto f32 = [&](const Dims& shape) { return Tensor::empty(shape, DType::f32, device); };
   ChunkVecs v(d, device);
   Tensor st = f32({d.B, d.nc, d.H, d.Pp, d.Np}), dS = f32({d.B, d.nc, d.H, d.Pp, d.Np});
+  Tensor st_bf = Tensor::empty({d.B, d.nc, d.H, d.Pp, d.Np}, DType::bf16, device);
+  Tensor G_bf = Tensor::empty({d.B, d.nc, d.H, d.Pp, d.Np}, DType::bf16, device);
   float* dtv_p = v.dt.data<float>();
   float* cs_p = v.cs.data<float>();
-  entering_states(q, d, v, st.data<float>(), nullptr, stream);
+  entering_states(q, d, v, st.data<float>(), static_cast<bf*>(st_bf.data_ptr()), true, nullptr, stream);
 
   const dim3 chunks(d.nc, d.H, d.B), tiles(d.nc * d.Qt, d.H, d.B), head_parts(d.nc * d.Qt, d.H / d.hb, d.B);
   with_sizes(d, [&](auto pp, auto np) {
@@ -2007,6 +2202,7 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
   const int ngdot = d.Pp * d.Np / kPassElems;
   Tensor gdot = f32({d.B, d.H, d.nc, ngdot});
   state_pass_bwd_kernel<<<dim3(ngdot, d.H, d.B), kThreads, 0, stream>>>(q, d, cs_p, st.data<float>(), dS.data<float>(),
+                                                                      static_cast<bf*>(G_bf.data_ptr()),
                                                                       static_cast<float*>(p.dh0), gdot.data<float>());
   CUDA_CHECK_LAUNCH();
 
@@ -2022,17 +2218,21 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
     const float* pcs = cs_p;
     const float* pst = st.data<float>();
     const float* pdS = dS.data<float>();
+    const bf* pst_bf = static_cast<const bf*>(st_bf.data_ptr());
+    const bf* pG_bf = static_cast<const bf*>(G_bf.data_ptr());
     if constexpr (NP <= 128) {
       const auto [cbl, cbs] = cb_tiles(q, d, true, device, stream);
       launch(q.seq ? bwd_l_mma_kernel<PP, NP, true> : bwd_l_mma_kernel<PP, NP, false>, head_parts,
-             BwdLMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pst, static_cast<const float*>(cbl.data<float>()),
+             BwdLMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pst_bf,
+             static_cast<const float*>(cbl.data<float>()),
              dC_part.data<float>(), dcs_row.data<float>());
       launch(q.seq ? bwd_s_x_mma_kernel<PP, NP, true> : bwd_s_x_mma_kernel<PP, NP, false>, tiles,
-             BwdSXMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pdS, static_cast<const float*>(cbs.data<float>()),
+             BwdSXMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pG_bf,
+             static_cast<const float*>(cbs.data<float>()),
              static_cast<bf*>(p.dx), ddt_dir.data<float>(), dcs_col.data<float>(), vsum.data<float>(),
              dD_part.data<float>());
       launch(q.seq ? bwd_s_b_mma_kernel<PP, NP, true> : bwd_s_b_mma_kernel<PP, NP, false>, head_parts,
-             BwdSBMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pdS, dB_part.data<float>());
+             BwdSBMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pG_bf, dB_part.data<float>());
     } else {
       launch(q.seq ? bwd_l_kernel<PP, NP, true> : bwd_l_kernel<PP, NP, false>, tiles, BwdLSmem<PP, NP>::total,
              stream, q, d, pdt, pcs, pst, dC_part.data<float>(), dcs_row.data<float>());

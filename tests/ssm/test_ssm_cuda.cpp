@@ -516,6 +516,7 @@ TEST_CASE("ssd_chunked fused CUDA kernels (bf16) match the CPU over their tiling
           {2, 77, 4, 96, 2, 160, 128, true},   // a single short chunk; padded to 128 x 256
           {1, 150, 8, 32, 1, 64, 128, false},  // 8 heads in one group: dB, dC summed 4 heads a block
           {1, 90, 8, 64, 2, 128, 64, true},    // 4 heads per group, one block's part per group
+          {1, 200, 4, 128, 1, 128, 128, true},  // headdim 128 at d_state 128: the mma.sync backward a head at a time
           // A of either sign (and dt without softplus, > 0): heads whose cs rises have decays
           // above 1 off the diagonal, beside heads whose decays fall.
           {2, 300, 6, 64, 2, 128, 256, false, true},
