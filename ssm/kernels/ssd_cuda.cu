@@ -40,7 +40,10 @@
 // f32 tiles computed once per (batch, chunk, group) by cb_tiles_kernel, in their accumulator
 // layout (16 KB per 64 x 64 tile pair: 640 bytes per token and group at Q = 256, and as much
 // again for the transpose in the backward), and stage their source or l-tiles by cp.async
-// into two buffers, the next tile loading while the current one is multiplied. Operands
+// into two or three buffers, the next tile loading while the current one is multiplied; the
+// entering states and G_c reach them in bf16, written by the state passes beside the f32
+// states. The dC and dB kernels take two heads of a group per tile iteration at headdim 64
+// and add their score tiles before the one product with the group's B_s or C_l. Operands
 // that are scaled (w o B, the masked score tiles) are rounded to bf16 after the scaling, as
 // the official kernels do; states and all sums stay fp32.
 #include "ssm/kernels/ssd_cuda.h"
