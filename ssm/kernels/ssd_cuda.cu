@@ -581,23 +581,27 @@ __device__ __forceinline__ void zero_acc(float (&acc)[NT][4]) {
 
 // acc[nt] (nt < NT, n8 tiles from column 0) += A[row0 .., k0 .. k0 + K) Bm[k0 .. k0 + K, ..),
 // where A is row-major [r][k] (ld lda) and Bm row-major [k][n] (ld ldbm, read transposed).
+// One 16-step k of it (mma_ab_range below runs a range of them known only at run time).
+template <int NT>
+__device__ __forceinline__ void mma_ab_step(float (&acc)[NT][4], const bf* A, int lda, int row0, const bf* Bm,
+                                            int ldbm, int k) {
+  static_assert(NT % 2 == 0, "n8 tiles are loaded in pairs");
+  const int lane = threadIdx.x & 31;
+  uint32_t a[4];
+  ldsm_x4(a, A + (row0 + (lane & 15)) * lda + k + (lane >> 4) * 8);
+#pragma unroll
+  for (int nt = 0; nt < NT; nt += 2) {
+    uint32_t bv[4];
+    ldsm_x4_trans(bv, Bm + (k + (lane & 7) + ((lane >> 3) & 1) * 8) * ldbm + nt * 8 + (lane >> 4) * 8);
+    mma_bf16(acc[nt], a, bv[0], bv[1]);
+    mma_bf16(acc[nt + 1], a, bv[2], bv[3]);
+  }
+}
 template <int NT, int K>
 __device__ __forceinline__ void mma_ab(float (&acc)[NT][4], const bf* A, int lda, int row0, const bf* Bm, int ldbm,
                                        int k0) {
-  static_assert(NT % 2 == 0, "n8 tiles are loaded in pairs");
-  const int lane = threadIdx.x & 31;
 #pragma unroll
-  for (int k = k0; k < k0 + K; k += 16) {
-    uint32_t a[4];
-    ldsm_x4(a, A + (row0 + (lane & 15)) * lda + k + (lane >> 4) * 8);
-#pragma unroll
-    for (int nt = 0; nt < NT; nt += 2) {
-      uint32_t bv[4];
-      ldsm_x4_trans(bv, Bm + (k + (lane & 7) + ((lane >> 3) & 1) * 8) * ldbm + nt * 8 + (lane >> 4) * 8);
-      mma_bf16(acc[nt], a, bv[0], bv[1]);
-      mma_bf16(acc[nt + 1], a, bv[2], bv[3]);
-    }
-  }
+  for (int k = k0; k < k0 + K; k += 16) mma_ab_step(acc, A, lda, row0, Bm, ldbm, k);
 }
 
 // A warp's 16 x 32 block of masked, scaled scores (four n8 accumulator tiles) as the bf16 A
@@ -694,20 +698,11 @@ __device__ __forceinline__ void strip_sync(int strip) {
 template <int NT>
 __device__ __forceinline__ void mma_ab_range(float (&acc)[NT][4], const bf* A, int lda, int row0, const bf* Bm,
                                              int ldbm, int k_begin, int k_end) {
-  const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int u = 0; u < 4; ++u) {
     const int k = k_begin + 16 * u;
     if (k >= k_end) break;
-    uint32_t a[4];
-    ldsm_x4(a, A + (row0 + (lane & 15)) * lda + k + (lane >> 4) * 8);
-#pragma unroll
-    for (int nt = 0; nt < NT; nt += 2) {
-      uint32_t bv[4];
-      ldsm_x4_trans(bv, Bm + (k + (lane & 7) + ((lane >> 3) & 1) * 8) * ldbm + nt * 8 + (lane >> 4) * 8);
-      mma_bf16(acc[nt], a, bv[0], bv[1]);
-      mma_bf16(acc[nt + 1], a, bv[2], bv[3]);
-    }
+    mma_ab_step(acc, A, lda, row0, Bm, ldbm, k);
   }
 }
 
