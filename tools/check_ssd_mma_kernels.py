@@ -141,6 +141,15 @@ def mma_ab(acc, A, row0, Bm, n0, k_begin, k_end, NT):
             mma(acc[nt], a, b[:, 0], b[:, 1]); mma(acc[nt+1], a, b[:, 2], b[:, 3])
 
 
+def scale_block(acc, row0, col0, f):
+    """A warp's 16 x 32 block (accumulator layout, (4, 32, 4)): each value times f(row, col)."""
+    for nt in range(4):
+        for t in range(32):
+            g, tq = t // 4, t % 4
+            for e in range(4):
+                acc[nt, t, e] *= f(row0 + g + (e >> 1) * 8, col0 + nt * 8 + tq * 2 + (e & 1))
+
+
 def put_scores(sW, w, row0, col0):
     """put_scores: a warp's 16 x 32 block of W (accumulator layout) into the bf16 strip tile."""
     for nt in range(4):
@@ -206,14 +215,9 @@ def check_backward():
             for k in range(NH):
                 sDy, sX = dYh[k][L0:L0+kT], Xh[k][j*kT:(j+1)*kT]
                 sw = np.zeros((4, 32, 4)); mma_abt(sw, sDy, row0, sX, half * 32, 0, PP, 4)
-                for nt in range(4):
-                    for t in range(32):
-                        g, tq = t // 4, t % 4
-                        for e in range(4):
-                            r = row0 + g + (e >> 1) * 8; s = half * 32 + nt * 8 + tq * 2 + (e & 1)
-                            sw[nt, t, e] *= pair_decay(True, csh[k], dth[k], i, j, r, s)
-                        rs[warp, k, t, 0] += s1[nt, t, 0] * sw[nt, t, 0] + s1[nt, t, 1] * sw[nt, t, 1]
-                        rs[warp, k, t, 1] += s1[nt, t, 2] * sw[nt, t, 2] + s1[nt, t, 3] * sw[nt, t, 3]
+                scale_block(sw, row0, half * 32, lambda r, s: pair_decay(True, csh[k], dth[k], i, j, r, s))
+                rs[warp, k, :, 0] += (s1[:, :, 0:2] * sw[:, :, 0:2]).sum(axis=(0, 2))
+                rs[warp, k, :, 1] += (s1[:, :, 2:4] * sw[:, :, 2:4]).sum(axis=(0, 2))
                 w += sw
             put_scores(sW, w, row0, half * 32)
         for warp in range(8):  # after the strip's barrier: its rows of W times B_s, its state columns
@@ -316,12 +320,7 @@ def check_backward():
             for k in range(NH):
                 sXk, sDy = Xh[k][:kT], dYh[k][j*kT:(j+1)*kT]
                 s2 = np.zeros((4, 32, 4)); mma_abt(s2, sXk, row0, sDy, half * 32, 0, PP, 4)
-                for nt in range(4):
-                    for t in range(32):
-                        g, tq = t // 4, t % 4
-                        for e in range(4):
-                            r = row0 + g + (e >> 1) * 8; l = half * 32 + nt * 8 + tq * 2 + (e & 1)
-                            s2[nt, t, e] *= pair_decay(False, csh[k], dth[k], i, j, r, l) * dth[k][r]
+                scale_block(s2, row0, half * 32, lambda r, l: pair_decay(False, csh[k], dth[k], i, j, r, l) * dth[k][r])
                 w += s2
             put_scores(sW, w, row0, half * 32)
         for warp in range(8):
