@@ -1312,7 +1312,7 @@ template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, 2)
     bwd_l_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const bf* st, const float* cbl,
                      float* dC_part, float* dcs_row) {
-  static_assert(NP <= 128, "the dC accumulators of a warp are 16 x NP");
+  static_assert(NP <= 128, "the mma.sync dC kernel serves d_state <= 128 (the WMMA one above)");
   using S = BwdLMmaSmem<PP, NP>;
   constexpr int kH = S::kHeads;
   static_assert(S::fits(), "the l-tile backward's plan fits two blocks");
@@ -1819,7 +1819,7 @@ struct BwdSBMmaSmem : BwdSBPlan<PP, NP, heads_together<BwdSBPlan<PP, NP, 2, Tile
 template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, 2)
     bwd_s_b_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const bf* G, float* dB_part) {
-  static_assert(NP <= 128, "the dB accumulators of a warp are 16 x NP");
+  static_assert(NP <= 128, "the mma.sync dB kernel serves d_state <= 128 (the WMMA one above)");
   using S = BwdSBMmaSmem<PP, NP>;
   constexpr int kH = S::kHeads;
   static_assert(S::fits(), "the dB backward's plan fits two blocks");
