@@ -1278,12 +1278,12 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdLSmem<PP, NP>::total,
   }
 }
 
-// The l-tile backward on mma.sync, as chunk_scan_fwd_mma_kernel: warp (strip, half) owns
-// 16 rows of the tile and half of the 64 source columns (half of the head columns p in the
-// prologue). Per source tile: S2 = dy_l x_s^T gives W (masked, scaled) in registers; S1 =
-// C_l B_s^T only enters the row sums of dcs (sum_s S1 o W); dC += W B_s. The halves' partial
-// dC tiles and row sums are added through shared memory at the end. For d_state <= 128 (the
-// dC accumulators of a warp are 16 x NP).
+// The l-tile backward on mma.sync: warp (strip, half) owns 16 rows of the tile. Per source
+// tile it forms S2 = dy_l x_s^T over half of the 64 source columns, giving W (masked,
+// scaled) in registers; S1 = C_l B_s^T only enters the row sums of dcs (sum_s S1 o W), whose
+// halves meet through shared memory at the end of each head. dC += W B_s runs over all 64
+// columns and half of the state columns (W handed through the strip tile, put_scores), as
+// does the prologue. For d_state <= 128.
 // Shared memory: C_l (the prologue's; the loop's W strips overlay it), dy_l of kHeads heads,
 // the tile buffers (B_s and the heads' x_s; one head's H_c overlays the second in the
 // prologue), each head's cs_l and second-half row sums, doc_l.
@@ -1634,8 +1634,10 @@ __global__ void __launch_bounds__(kThreads, smem_blocks(BwdSSmem<PP, NP>::total,
 // tile: bwd_s_x_mma_kernel (d(dt x) -> dx, ddt_dir, dcs_col, and the v_s and dy . x sums;
 // needs S1 = B_s C_l^T for M and S2 = x_s dy_l^T for the row sums) and bwd_s_b_mma_kernel
 // (dB; needs S2 only). Warp (strip, half): 16 rows s of the tile, half of the 64 columns l
-// of each l-tile (of the state / head columns in the prologues); the halves' partials meet
-// through shared memory at the end. For d_state <= 128 (dB accumulators are 16 x NP a warp).
+// of each l-tile; in the d(dt x) kernel (and its prologue, over half the state columns) the
+// halves' partials meet through shared memory at the end, in the dB kernel W is handed
+// through the strip tile and each warp holds half the state columns of dB (as the l-tile
+// backward). For d_state <= 128.
 // Formulas: see bwd_s_kernel.
 // Shared memory: B_s, x_s, the two buffers of the l-tiles (dy_l; S1 comes from the per-group
 // B C^T tiles; the f32 d(dt x) tile overlays the first at the end, G_c the second in the
@@ -2208,8 +2210,7 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
   Tensor dcs_row = f32({d.B, d.H, d.nc, d.Qp}), dcs_col = f32({d.B, d.H, d.nc, d.Qp});
   Tensor ddt_dir = f32({d.B, d.H, d.nc, d.Qp});
   Tensor vsum = f32({d.B, d.H, d.nc, d.Qt}), dD_part = f32({d.B, d.H, d.nc, d.Qt});
-  // The l- and s-tile backward: mma.sync kernels up to d_state 128 (a warp holds a 16 x NP
-  // accumulator tile), the WMMA kernels above.
+  // The l- and s-tile backward: mma.sync kernels up to d_state 128, the WMMA kernels above.
   with_sizes(d, [&](auto pp, auto np) {
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
     const float* pdt = dtv_p;
