@@ -963,7 +963,8 @@ __device__ __forceinline__ void issue_tile(const Ptrs& p, const SsdDims& d, int 
   const int g = h / d.hpg;
   load_tile_docs<kDocs>(p, d, b, c, tr, t.doc);
   if constexpr (kWide) {
-    if constexpr (kSource) stage_raw_async<NP>(t.wide, p.Bm + b * p.B_bs + tr.t0 * p.B_ss + g * d.N, p.B_ss, tr.rows, d.N);
+    if constexpr (kSource)
+      stage_raw_async<NP>(t.wide, p.Bm + b * p.B_bs + tr.t0 * p.B_ss + g * d.N, p.B_ss, tr.rows, d.N);
     else stage_raw_async<NP>(t.wide, p.Cm + b * p.C_bs + tr.t0 * p.C_ss + g * d.N, p.C_ss, tr.rows, d.N);
   }
   const size_t head_step = static_cast<size_t>(d.nc) * d.Qp;  // from one head's cs, dt to the next's
@@ -1002,7 +1003,8 @@ __device__ __forceinline__ void tile_loop(const Ptrs& p, const SsdDims& d, int b
         issue_tile<PP, NP, kWide, kDocs, kSource, kHeads>(p, d, b, h, nh, c, j, cb, cs, dtv, Tile(buf0));
         cp_async_commit();
       }
-      if (j < last) issue_tile<PP, NP, kWide, kDocs, kSource, kHeads>(p, d, b, h, nh, c, j + 1, cb, cs, dtv, Tile(buf(j + 1)));
+      if (j < last)
+        issue_tile<PP, NP, kWide, kDocs, kSource, kHeads>(p, d, b, h, nh, c, j + 1, cb, cs, dtv, Tile(buf(j + 1)));
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -1336,7 +1338,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   const TileRows tl(d, c, i);
   if (tl.rows <= 0) {
     for (int h = part * d.hb; h < h_end; ++h)
-      if (threadIdx.x < kT) dcs_row[((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp + i * kT + threadIdx.x] = 0.f;
+      if (threadIdx.x < kT)
+        dcs_row[((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp + i * kT + threadIdx.x] = 0.f;
     return;
   }
   const int warp = threadIdx.x >> 5, strip = warp & 3, half = warp >> 2;
@@ -1389,8 +1392,10 @@ __global__ void __launch_bounds__(kThreads, 2)
         for (int u = 0; u < 2; ++u) {
           const int n = n0 + (nt + u) * 8 + tq * 2;
           t[u][0] *= e0, t[u][1] *= e0, t[u][2] *= e1, t[u][3] *= e1;
-          rs[k][0] += __bfloat162float(sC[r0 * ldb(NP) + n]) * t[u][0] + __bfloat162float(sC[r0 * ldb(NP) + n + 1]) * t[u][1];
-          rs[k][1] += __bfloat162float(sC[r1 * ldb(NP) + n]) * t[u][2] + __bfloat162float(sC[r1 * ldb(NP) + n + 1]) * t[u][3];
+          const bf* c0 = sC + r0 * ldb(NP) + n;
+          const bf* c1 = sC + r1 * ldb(NP) + n;
+          rs[k][0] += __bfloat162float(c0[0]) * t[u][0] + __bfloat162float(c0[1]) * t[u][1];
+          rs[k][1] += __bfloat162float(c1[0]) * t[u][2] + __bfloat162float(c1[1]) * t[u][3];
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc[nt + u][e] += t[u][e];
         }

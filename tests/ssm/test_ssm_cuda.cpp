@@ -510,13 +510,14 @@ TEST_CASE("ssd_chunked fused CUDA kernels (bf16) match the CPU over their tiling
   Generator gen(523);
   compare_ssd_with_cpu(
       {
-          {2, 300, 4, 64, 2, 128, 256, true},  // 1 chunk + a tail of 44, 4 tiles per chunk, 2 groups
-          {1, 200, 3, 40, 1, 24, 100, false},  // Q = 100: tiles of 64 + 36; P, N padded
+          {2, 300, 4, 64, 2, 128, 256, true},  // 1 chunk + a tail of 44, 4 tiles per chunk, 2 groups (a head pair)
+          {1, 200, 3, 40, 1, 24, 100, false},  // Q = 100: tiles of 64 + 36; P, N padded; a pair and a lone head
           {1, 130, 2, 128, 1, 256, 64, true},  // the largest headdim and state
           {2, 77, 4, 96, 2, 160, 128, true},   // a single short chunk; padded to 128 x 256
-          {1, 150, 8, 32, 1, 64, 128, false},  // 8 heads in one group: dB, dC summed 4 heads a block
+          {1, 150, 8, 32, 1, 64, 128, false},  // 8 heads in one group: dB, dC summed 4 heads a block, 2 at a time
           {1, 90, 8, 64, 2, 128, 64, true},    // 4 heads per group, one block's part per group
-          {1, 200, 4, 128, 1, 128, 128, true},  // headdim 128 at d_state 128: the mma.sync backward a head at a time
+          // headdim 128 at d_state 128: the mma.sync dB, dC kernels a head at a time
+          {1, 200, 4, 128, 1, 128, 128, true},
           // A of either sign (and dt without softplus, > 0): heads whose cs rises have decays
           // above 1 off the diagonal, beside heads whose decays fall.
           {2, 300, 6, 64, 2, 128, 256, false, true},
