@@ -4,7 +4,9 @@
 # the `git diff` of one change, applied to the tree). Only the files a patch touches are
 # rebuilt for the next variant, and each variant's ssmtrain-bench is kept aside; then the
 # bench rows of all variants run alternately, twice, so that drift of the machine falls on
-# all of them alike. A table of the rows prints last; the tree is restored at the end.
+# all of them alike. A table of the rows prints last; the tree is restored at the end. Stopped
+# by SIGTERM (e.g. `timeout` inside a limited call), it restores the tree and prints the table
+# of the rows measured so far, and exits 124.
 #
 # Usage: tools/ab_bench.sh OUTDIR [PATCH...]
 #   SSM_ONLY    `ssmtrain-bench ssm --only` filter (default "ssd_chunked"; empty: no ssm rows)
@@ -54,6 +56,39 @@ if [ -n "$racecheck" ]; then
   echo "v0 racecheck ($racecheck): exit $?; $(grep -E 'RACECHECK SUMMARY' "$out/racecheck_v0.txt" | tail -1)"
 fi
 
+# Re-applies the reversed patches (once), so that the tree is as it was.
+restore() {
+  for p in "${applied[@]}"; do git apply "$p" || echo "ab_bench: could not re-apply $p: restore the tree by hand"; done
+  [ "${#applied[@]}" -gt 0 ] && touch $(for p in "${patches[@]}"; do grep '^+++ b/' "$p" | sed 's#^+++ b/##'; done) 2>/dev/null
+  applied=()
+}
+# The table of what has been measured (also on SIGTERM, with the rows timed so far).
+table() {
+  echo "== ms per row, rounds 1 | 2, variants ${variants[*]}"
+  if [ -n "$ssm_only" ] && [ -f "$out/ssm_v0_1.txt" ]; then
+    # The progress lines "  <bench> <shape>: <ms> ms" of the first round name the rows.
+    grep -E '^  .*: [0-9.]+ ms$' "$out/ssm_v0_1.txt" | sed 's/^  \(.*\): [0-9.]* ms$/\1/' | while read -r row; do
+      line="$row:"
+      for r in 1 2; do
+        for v in "${variants[@]}"; do
+          line="$line $(grep -F "  $row: " "$out/ssm_${v}_$r.txt" 2>/dev/null | head -1 | sed 's/.*: \([0-9.]*\) ms$/\1/')"
+        done
+        line="$line |"
+      done
+      echo "$line"
+    done
+  fi
+  if [ -n "$train_only" ]; then
+    for f in "$out"/train_*.txt; do
+      [ -f "$f" ] && echo "$(basename "$f" .txt): $(grep -F "$train_only" "$f" | tail -1)"
+    done
+  fi
+}
+# A trap runs inside whatever redirection the interrupted command had: it writes to fd 3, the
+# script's own standard output.
+exec 3>&1
+trap 'echo "ab_bench: stopped (SIGTERM) while building the variants" >&3; restore >&3 2>&1; exit 124' TERM
+
 variants=(v0)
 applied=()
 n=0
@@ -67,10 +102,10 @@ for p in "${patches[@]}"; do
   mkdir -p "$out/v$n" && cp "$build/ssmtrain-bench" "$out/v$n/"
   variants+=("v$n")
 done
-for p in "${applied[@]}"; do git apply "$p" || echo "ab_bench: could not re-apply $p: restore the tree by hand"; done
-touch $(for p in "${patches[@]}"; do grep '^+++ b/' "$p" | sed 's#^+++ b/##'; done) 2>/dev/null
+restore
 
 last="${variants[-1]}"
+trap 'echo "ab_bench: stopped (SIGTERM); the rows measured so far:" >&3; table >&3 2>&1; exit 124' TERM
 for r in 1 2; do
   for v in "${variants[@]}"; do
     [ -n "$ssm_only" ] && timeout 300 "$out/$v/ssmtrain-bench" ssm --only "$ssm_only" > "$out/ssm_${v}_$r.txt" 2>&1
@@ -80,20 +115,4 @@ for r in 1 2; do
   done
 done
 
-echo "== ms per row, rounds 1 | 2, variants ${variants[*]}"
-if [ -n "$ssm_only" ]; then
-  # The progress lines "  <bench> <shape>: <ms> ms" of the first round name the rows.
-  grep -E '^  .*: [0-9.]+ ms$' "$out/ssm_v0_1.txt" | sed 's/^  \(.*\): [0-9.]* ms$/\1/' | while read -r row; do
-    line="$row:"
-    for r in 1 2; do
-      for v in "${variants[@]}"; do
-        line="$line $(grep -F "  $row: " "$out/ssm_${v}_$r.txt" | head -1 | sed 's/.*: \([0-9.]*\) ms$/\1/')"
-      done
-      line="$line |"
-    done
-    echo "$line"
-  done
-fi
-if [ -n "$train_only" ]; then
-  for f in "$out"/train_*.txt; do echo "$(basename "$f" .txt): $(grep -F "$train_only" "$f" | tail -1)"; done
-fi
+table
