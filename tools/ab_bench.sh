@@ -59,7 +59,8 @@ fi
 # Re-applies the reversed patches (once), so that the tree is as it was.
 restore() {
   for p in "${applied[@]}"; do git apply "$p" || echo "ab_bench: could not re-apply $p: restore the tree by hand"; done
-  [ "${#applied[@]}" -gt 0 ] && touch $(for p in "${patches[@]}"; do grep '^+++ b/' "$p" | sed 's#^+++ b/##'; done) 2>/dev/null
+  [ "${#applied[@]}" -gt 0 ] &&
+    touch $(for p in "${patches[@]}"; do grep '^+++ b/' "$p" | sed 's#^+++ b/##'; done) 2>/dev/null
   applied=()
 }
 # The table of what has been measured (also on SIGTERM, with the rows timed so far).
@@ -71,7 +72,8 @@ table() {
       line="$row:"
       for r in 1 2; do
         for v in "${variants[@]}"; do
-          line="$line $(grep -F "  $row: " "$out/ssm_${v}_$r.txt" 2>/dev/null | head -1 | sed 's/.*: \([0-9.]*\) ms$/\1/')"
+          ms=$(grep -F "  $row: " "$out/ssm_${v}_$r.txt" 2>/dev/null | head -1 | sed 's/.*: \([0-9.]*\) ms$/\1/')
+          line="$line $ms"
         done
         line="$line |"
       done

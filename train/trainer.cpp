@@ -262,8 +262,9 @@ class Run {
       auto found = newest_valid_checkpoint(dir, &skipped);
       for (const auto& m : skipped) std::fprintf(stderr, "warning: skipping checkpoint: %s\n", m.c_str());
       if (!found)
-        std::fprintf(stderr, "--resume auto: no valid checkpoint in '%s'; starting %s\n", dir.c_str(),
-                     options_.init_from.empty() ? "from scratch" : ("from the weights of " + options_.init_from).c_str());
+        std::fprintf(
+            stderr, "--resume auto: no valid checkpoint in '%s'; starting %s\n", dir.c_str(),
+            options_.init_from.empty() ? "from scratch" : ("from the weights of " + options_.init_from).c_str());
       return found;
     }
     SSMT_CHECK(fs::exists(options_.resume), "--resume: checkpoint '", options_.resume, "' does not exist");
