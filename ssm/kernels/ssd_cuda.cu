@@ -267,9 +267,17 @@ __device__ __forceinline__ int doc_before(const Ptrs& p, const SsdDims& d, int b
 __device__ __forceinline__ int doc_last(const Ptrs& p, const SsdDims& d, int b, int c) {
   return doc_at(p, d, b, c * d.Q + d.Q - 1);
 }
-// The chunk carries the state entering it to its end (no document starts inside it).
+// The chunk carries the state entering it to its end (no document starts inside it). For
+// kernels instantiated with (kDocs: seq_idx given, both indices loaded without a branch) and
+// without documents (always).
+template <bool kDocs>
 __device__ __forceinline__ bool chunk_carries(const Ptrs& p, const SsdDims& d, int b, int c) {
-  return !p.seq || doc_before(p, d, b, c) == doc_last(p, d, b, c);
+  if constexpr (!kDocs) {
+    return true;
+  } else {
+    const int32_t* row = p.seq + static_cast<size_t>(b) * d.L;
+    return row[max(c * d.Q - 1, 0)] == row[min(c * d.Q + d.Q - 1, d.L - 1)];
+  }
 }
 // The tile kernels come in two instantiations: kDocs (with seq_idx) compares document
 // indices, the plain one compiles the comparisons away (the index arrays are not loaded).
@@ -425,44 +433,52 @@ __device__ __forceinline__ void store_bf4(bf* at, float4 v) {
 }
 
 // Forward: st (B, nc, H, Pp, Np) holds each chunk's own state on entry; the state entering
-// each chunk goes to st_bf (same layout, bf16: what the tile kernels multiply with) and, with
-// keep_f32, back into st (the backward's reverse pass reads it); h_last (B, H, P, N) the
-// final state.
+// each chunk goes to st_bf unless null (same layout, bf16: what the mma.sync tile kernels
+// multiply with) and, with keep_f32, back into st (the backward's reverse pass and the WMMA
+// backward read it); h_last (B, H, P, N) the final state.
+template <bool kDocs>
 __global__ void __launch_bounds__(kThreads) state_pass_fwd_kernel(Ptrs p, SsdDims d, const float* cs, float* st,
                                                                   bf* st_bf, bool keep_f32, float* h_last) {
   const int e = (blockIdx.x * kThreads + threadIdx.x) * 4, h = blockIdx.y, b = blockIdx.z;
   const size_t step = static_cast<size_t>(d.H) * d.Pp * d.Np / 4;  // float4s from one chunk to the next
   const size_t base = (static_cast<size_t>(b) * d.nc * d.H + h) * d.Pp * d.Np + e;
   float4* s = reinterpret_cast<float4*>(st + base);
-  bf* sb = st_bf + base;
   const float* cs_last = cs + (static_cast<size_t>(b) * d.H + h) * d.nc * d.Qp + d.Qp - 1;
   float4 run = load_state4(p.h0, d, b, h, e);
   for (int c0 = 0; c0 < d.nc; c0 += kAhead) {
     float4 own[kAhead];
-    float decay[kAhead];
+    float csl[kAhead];
+    bool carry[kAhead];
+    // All the batch's loads first, without a branch between them (a chunk past the end reads
+    // the last one again, unused): a `break` here, or an exponential of a loaded value, made
+    // each chunk wait for its loads before the next chunk's were issued.
 #pragma unroll
     for (int k = 0; k < kAhead; ++k) {
-      if (c0 + k >= d.nc) break;
-      own[k] = s[(c0 + k) * step];
-      decay[k] = chunk_carries(p, d, b, c0 + k) ? __expf(cs_last[static_cast<size_t>(c0 + k) * d.Qp]) : 0.f;
+      const int c = min(c0 + k, d.nc - 1);
+      own[k] = s[c * step];
+      csl[k] = cs_last[static_cast<size_t>(c) * d.Qp];
+      carry[k] = chunk_carries<kDocs>(p, d, b, c);
     }
 #pragma unroll
     for (int k = 0; k < kAhead; ++k) {
       if (c0 + k >= d.nc) break;
       if (keep_f32) s[(c0 + k) * step] = run;
-      store_bf4(sb + (c0 + k) * step * 4, run);
-      run = fma4(decay[k], run, own[k]);
+      if (st_bf) store_bf4(st_bf + base + (c0 + k) * step * 4, run);
+      run = fma4(carry[k] ? __expf(csl[k]) : 0.f, run, own[k]);
     }
   }
   store_state4(h_last, d, b, h, e, run);
 }
 
-// Reverse, in place: dS (B, nc, H, Pp, Np) holds dS_c on entry and G_c (the gradient of the
-// state leaving chunk c) on exit, and G_bf the same G_c in bf16; dh0 the gradient of h0.
+// Reverse: dS (B, nc, H, Pp, Np) holds dS_c on entry and, with keep_f32, G_c (the gradient
+// of the state leaving chunk c) on exit, in place (what the WMMA backward reads); G_bf, unless
+// null, receives G_c in bf16 (what the mma.sync backward reads); dh0 the gradient of h0.
 // gdot (B, H, nc, gridDim.x) receives each block's part of e^{cs_last} <G_c, H_c> (a term of
 // dcs_last).
+template <bool kDocs>
 __global__ void __launch_bounds__(kThreads) state_pass_bwd_kernel(Ptrs p, SsdDims d, const float* cs, const float* st,
-                                                                  float* dS, bf* G_bf, float* dh0, float* gdot) {
+                                                                  float* dS, bf* G_bf, bool keep_f32, float* dh0,
+                                                                  float* gdot) {
   __shared__ float red[kAhead][kWarps];
   const int e = (blockIdx.x * kThreads + threadIdx.x) * 4, h = blockIdx.y, b = blockIdx.z;
   const size_t step = static_cast<size_t>(d.H) * d.Pp * d.Np / 4;
@@ -475,24 +491,28 @@ __global__ void __launch_bounds__(kThreads) state_pass_bwd_kernel(Ptrs p, SsdDim
   float4 run = load_state4(p.dh_last, d, b, h, e);
   for (int top = d.nc - 1; top >= 0; top -= kAhead) {
     float4 ds[kAhead], hc[kAhead];
-    float decay[kAhead], dot[kAhead];
+    float csl[kAhead], dot[kAhead];
+    bool carry[kAhead];
+    // All the batch's loads first, without a branch between them (see state_pass_fwd_kernel;
+    // a chunk before the first reads chunk 0 again, unused).
 #pragma unroll
     for (int k = 0; k < kAhead; ++k) {
-      const int c = top - k;
-      if (c < 0) break;
+      const int c = max(top - k, 0);
       ds[k] = g[c * step];
       hc[k] = hs[c * step];
-      decay[k] = chunk_carries(p, d, b, c) ? __expf(cs_last[static_cast<size_t>(c) * d.Qp]) : 0.f;
+      csl[k] = cs_last[static_cast<size_t>(c) * d.Qp];
+      carry[k] = chunk_carries<kDocs>(p, d, b, c);
     }
 #pragma unroll
     for (int k = 0; k < kAhead; ++k) {
       dot[k] = 0.f;
       const int c = top - k;
       if (c < 0) continue;
-      g[c * step] = run;
-      store_bf4(G_bf + base + c * step * 4, run);
-      dot[k] = decay[k] * dot4(run, hc[k]);
-      run = fma4(decay[k], run, ds[k]);
+      const float decay = carry[k] ? __expf(csl[k]) : 0.f;
+      if (keep_f32) g[c * step] = run;
+      if (G_bf) store_bf4(G_bf + base + c * step * 4, run);
+      dot[k] = decay * dot4(run, hc[k]);
+      run = fma4(decay, run, ds[k]);
     }
 #pragma unroll
     for (int k = 0; k < kAhead; ++k) {
@@ -604,25 +624,26 @@ __device__ __forceinline__ void mma_ab(float (&acc)[NT][4], const bf* A, int lda
   for (int k = k0; k < k0 + K; k += 16) mma_ab_step(acc, A, lda, row0, Bm, ldbm, k);
 }
 
-// A warp's 16 x 32 block of masked, scaled scores (four n8 accumulator tiles) as the bf16 A
-// fragments of two k16 steps: the accumulator layout of n8 tiles 2k, 2k + 1 is the A layout
-// of step k.
-__device__ __forceinline__ void pack_scores(uint32_t (&af)[2][4], const float (&w)[4][4]) {
+// A warp's 16 x 8 NT block of masked, scaled scores (NT n8 accumulator tiles) as the bf16 A
+// fragments of NT / 2 k16 steps: the accumulator layout of n8 tiles 2k, 2k + 1 is the A
+// layout of step k.
+template <int NT>
+__device__ __forceinline__ void pack_scores(uint32_t (&af)[NT / 2][4], const float (&w)[NT][4]) {
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt) {
+  for (int nt = 0; nt < NT; ++nt) {
     af[nt >> 1][(nt & 1) * 2 + 0] = pack_bf16(w[nt][0], w[nt][1]);
     af[nt >> 1][(nt & 1) * 2 + 1] = pack_bf16(w[nt][2], w[nt][3]);
   }
 }
 
-// acc[nt] += W T[s0 .. s0 + 32, ..): W the packed 16 x 32 scores, T row-major [s][n] (ld ldt,
-// read transposed).
-template <int NT>
-__device__ __forceinline__ void mma_scores(float (&acc)[NT][4], const uint32_t (&af)[2][4], const bf* T, int ldt,
+// acc[nt] += W T[s0 .. s0 + 16 KS, ..): W the packed 16 x 16 KS scores, T row-major [s][n]
+// (ld ldt, read transposed).
+template <int NT, int KS>
+__device__ __forceinline__ void mma_scores(float (&acc)[NT][4], const uint32_t (&af)[KS][4], const bf* T, int ldt,
                                            int s0) {
   const int lane = threadIdx.x & 31;
 #pragma unroll
-  for (int k = 0; k < 2; ++k) {
+  for (int k = 0; k < KS; ++k) {
 #pragma unroll
     for (int nt = 0; nt < NT; nt += 2) {
       uint32_t bv[4];
@@ -680,10 +701,11 @@ __device__ __forceinline__ void store_part_cols(float* out, const SsdDims& d, in
 // work of S = A B^T), rounds it to bf16 into the strip's rows of sW [kT][ldb(kT)], and after
 // the strip's barrier multiplies all 64 columns of its rows by the wide tile's half of the
 // state columns, so that a warp holds 16 x NP / 2 accumulators rather than 16 x NP.
-__device__ __forceinline__ void put_scores(bf* sW, const float (&w)[4][4], int r0, int col0) {
+template <int NT = 4>
+__device__ __forceinline__ void put_scores(bf* sW, const float (&w)[NT][4], int r0, int col0) {
   const int tq = threadIdx.x & 3;
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt) {
+  for (int nt = 0; nt < NT; ++nt) {
     const int col = col0 + nt * 8 + tq * 2;
     *reinterpret_cast<uint32_t*>(sW + r0 * ldb(kT) + col) = pack_bf16(w[nt][0], w[nt][1]);
     *reinterpret_cast<uint32_t*>(sW + (r0 + 8) * ldb(kT) + col) = pack_bf16(w[nt][2], w[nt][3]);
@@ -723,12 +745,14 @@ __device__ __forceinline__ size_t cb_pair_at(const SsdDims& d, int b, int c, int
   return ((static_cast<size_t>(b) * d.nc + c) * d.G + g) * (static_cast<size_t>(d.Qt) * (d.Qt + 1) / 2) + pair;
 }
 
-// A warp's 16 x 32 block of a stored tile pair, as its accumulators.
-__device__ __forceinline__ void load_cb(float (&acc)[4][4], const float* cb, size_t pair_at) {
+// A warp's 16 x 32 block of a stored tile pair, as its accumulators: NT of its four n8 tiles
+// from tile nt0.
+template <int NT = 4>
+__device__ __forceinline__ void load_cb(float (&acc)[NT][4], const float* cb, size_t pair_at, int nt0 = 0) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const float4* src = reinterpret_cast<const float4*>(cb + pair_at * kPairFloats) + warp * 4 * 32 + lane;
+  const float4* src = reinterpret_cast<const float4*>(cb + pair_at * kPairFloats) + (warp * 4 + nt0) * 32 + lane;
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt) {
+  for (int nt = 0; nt < NT; ++nt) {
     const float4 v = src[nt * 32];
     acc[nt][0] = v.x, acc[nt][1] = v.y, acc[nt][2] = v.z, acc[nt][3] = v.w;
   }
@@ -1027,13 +1051,13 @@ __device__ __forceinline__ void tile_loop(const Ptrs& p, const SsdDims& d, int b
 //   else   (rows s, staged l-tile columns: the s-tile backward):               e^{cs_l - cs_s}
 // A cut value's exponent is -inf (e^-inf = 0): a select, where a conditional exponential
 // would become a branch around each.
-template <bool kRowsL, bool kDocs, typename Tile, typename F>
+template <bool kRowsL, bool kDocs, int NT = 4, typename Tile, typename F>
 __device__ __forceinline__ void pair_decay(const Tile& t, const float* cs_r, const int* doc_r, int i, int j, int r0,
                                            int col0, F&& f) {
   const int tq = threadIdx.x & 3;
   const bool off = kRowsL ? j < i : j > i;
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt) {
+  for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int r = r0 + (e >> 1) * 8, col = col0 + nt * 8 + tq * 2 + (e & 1);
@@ -1105,8 +1129,10 @@ __global__ void __launch_bounds__(kThreads, ScanFwdMmaSmem<PP, NP>::kBlocks)
   const int row0 = strip * 16, gr = lane >> 2, tq = lane & 3;  // fragment row group, column pair
   const size_t cb = ((static_cast<size_t>(b) * d.H + h) * d.nc + c) * d.Qp;
   const int entering = doc_before(p, d, b, c);
-  // H_c, then (double buffering) source tile 0, load while the prologue's own rows are staged.
+  // H_c and C_l, then (double buffering) source tile 0: all copies issued before the block
+  // waits for any, while the row vectors load.
   stage_state_async<PP, NP>(sH, st + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
+  stage_raw_async<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
   cp_async_commit();
   if constexpr (S::kBufs > 1) {
     issue_tile<PP, NP, false, kDocs, true>(p, d, b, h, 1, c, 0, cb, cs, dtv, Tile(smem + S::buf0));
@@ -1114,7 +1140,6 @@ __global__ void __launch_bounds__(kThreads, ScanFwdMmaSmem<PP, NP>::kBlocks)
   }
   for (int r = threadIdx.x; r < kT; r += kThreads) cs_l[r] = cs[cb + i * kT + r];
   load_tile_docs<kDocs>(p, d, b, c, tl, doc_l);
-  stage_raw<NP>(sC, p.Cm + b * p.C_bs + tl.t0 * p.C_ss + g * d.N, p.C_ss, tl.rows, d.N);
   if constexpr (S::kBufs > 1) cp_async_wait<1>();  // H_c in (tile 0 may still be in flight)
   else cp_async_wait<0>();
   __syncthreads();
@@ -1156,18 +1181,30 @@ __global__ void __launch_bounds__(kThreads, ScanFwdMmaSmem<PP, NP>::kBlocks)
   __syncthreads();
   if (half == 0) {
     const float Dh = p.D ? p.D[h] : 0.f;
+    // Four n8 tiles at a time, their x loads (for D x) issued before any of their y stores:
+    // y and x may alias as far as the compiler knows, so it keeps each load after the stores
+    // before it, and one load, wait and store an element made 32 round trips a thread.
 #pragma unroll
-    for (int nt = 0; nt < NTO; ++nt) {
+    for (int nb = 0; nb < NTO; nb += 4) {
+      float xv[4][4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = row0 + gr + (e >> 1) * 8, pi = nt * 8 + tq * 2 + (e & 1);
-        if (r < tl.rows && pi < d.P) {
-          const int t = tl.t0 + r;
-          const float xv = __bfloat162float(p.x[b * p.x_bs + t * p.x_ss + h * d.P + pi]);
-          y[((static_cast<size_t>(b) * d.L + t) * d.H + h) * d.P + pi] =
-              __float2bfloat16(acc[nt][e] + sY[r * ldf(PP) + pi] + Dh * xv);
+      for (int u = 0; u < 4; ++u)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = row0 + gr + (e >> 1) * 8, pi = (nb + u) * 8 + tq * 2 + (e & 1);
+          xv[u][e] = p.D && r < tl.rows && pi < d.P
+                         ? __bfloat162float(p.x[b * p.x_bs + (tl.t0 + r) * p.x_ss + h * d.P + pi])
+                         : 0.f;
         }
-      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = row0 + gr + (e >> 1) * 8, pi = (nb + u) * 8 + tq * 2 + (e & 1);
+          if (r < tl.rows && pi < d.P)
+            y[((static_cast<size_t>(b) * d.L + tl.t0 + r) * d.H + h) * d.P + pi] =
+                __float2bfloat16(acc[nb + u][e] + sY[r * ldf(PP) + pi] + Dh * xv[u][e]);
+        }
     }
   }
 }
@@ -1405,34 +1442,40 @@ __global__ void __launch_bounds__(kThreads, 2)
 
     tile_loop<PP, NP, true, kDocs, true, S::kBufs, kH>(
         p, d, b, h, nh, c, 0, i, cb, cs, dtv, smem + S::buf0, S::tile_bytes, S::kBufs > 1, [&](int j, const Tile& t) {
-          // On the diagonal tile, a warp whose source columns all lie after its rows has W = 0
-          // (and its strip's product skips those columns).
-          if (j < i || half * 32 <= row0 + 15) {
-            float w[4][4];  // W of the heads, summed
+          const size_t pair = cb_pair_at(d, b, c, g, tile_pair(i, j));
+          // The warp's 32 source columns, 16 at a time (half the score registers live). On the
+          // diagonal tile, 16 columns that all lie after the warp's rows have W = 0 (and its
+          // strip's product skips them).
 #pragma unroll
-            for (int k = 0; k < kH; ++k) {
-              if (k > 0 && k >= nh) break;
-              const Tile tk = t.of(k);
-              float sw[4][4];  // S2 = dy_l x_s^T, then this head's W
-              zero_acc(sw);
-              mma_abt<4, PP>(sw, sDy + k * kDyStride, ldb(PP), row0, tk.head, ldb(PP), half * 32, 0);
-              pair_decay<true, kDocs>(tk, cs_l + k * kT, doc_l, i, j, r0, half * 32,
-                                      [&](int nt, int e, float decay) { sw[nt][e] *= decay; });
-              {
-                float s1[4][4];  // S1 = C_l B_s^T (from cbl): the row sums take sum_s S1 o W (W unrounded)
-                load_cb(s1, cbl, cb_pair_at(d, b, c, g, tile_pair(i, j)));
+          for (int q = 0; q < 2; ++q) {
+            const int col0 = half * 32 + q * 16;
+            if (j < i || col0 <= row0 + 15) {
+              float w[2][4];  // W of the heads, summed
 #pragma unroll
-                for (int nt = 0; nt < 4; ++nt) {
-                  rs[k][0] += s1[nt][0] * sw[nt][0] + s1[nt][1] * sw[nt][1];
-                  rs[k][1] += s1[nt][2] * sw[nt][2] + s1[nt][3] * sw[nt][3];
+              for (int k = 0; k < kH; ++k) {
+                if (k > 0 && k >= nh) break;
+                const Tile tk = t.of(k);
+                float sw[2][4];  // S2 = dy_l x_s^T, then this head's W
+                zero_acc(sw);
+                mma_abt<2, PP>(sw, sDy + k * kDyStride, ldb(PP), row0, tk.head, ldb(PP), col0, 0);
+                pair_decay<true, kDocs, 2>(tk, cs_l + k * kT, doc_l, i, j, r0, col0,
+                                           [&](int nt, int e, float decay) { sw[nt][e] *= decay; });
+                {
+                  float s1[2][4];  // S1 = C_l B_s^T (from cbl): the row sums take sum_s S1 o W (W unrounded)
+                  load_cb<2>(s1, cbl, pair, 2 * q);
+#pragma unroll
+                  for (int nt = 0; nt < 2; ++nt) {
+                    rs[k][0] += s1[nt][0] * sw[nt][0] + s1[nt][1] * sw[nt][1];
+                    rs[k][1] += s1[nt][2] * sw[nt][2] + s1[nt][3] * sw[nt][3];
+                  }
                 }
+#pragma unroll
+                for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+                  for (int e = 0; e < 4; ++e) w[nt][e] = k == 0 ? sw[nt][e] : w[nt][e] + sw[nt][e];
               }
-#pragma unroll
-              for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) w[nt][e] = k == 0 ? sw[nt][e] : w[nt][e] + sw[nt][e];
+              put_scores(sW, w, r0, col0);
             }
-            put_scores(sW, w, r0, half * 32);
           }
           strip_sync(strip);
           // dC[:, n0 ..] += W (16 x 64, rounded to bf16) B_s[:, n0 .. n0 + NP / 2)
@@ -1708,16 +1751,17 @@ __global__ void __launch_bounds__(kThreads, BwdSXMmaSmem<PP, NP>::kBlocks)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, strip = warp & 3, half = warp >> 2;
   const int row0 = strip * 16, gr = lane >> 2, tq = lane & 3, r0 = row0 + gr, r1 = r0 + 8;
   const int last = last_tile(d, c);
-  // G_c, then (double buffering) l-tile i, load while the s-tile's own rows are staged.
+  // G_c and the s-tile's B_s, x_s, then (double buffering) l-tile i: all copies issued before
+  // the block waits for any, while the row vectors load.
   stage_state_async<PP, NP>(sG, G + ((static_cast<size_t>(b) * d.nc + c) * d.H + h) * PP * NP);
+  stage_raw_async<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, ts.rows, d.N);
+  stage_raw_async<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
   cp_async_commit();
   if constexpr (S::kBufs > 1) {
     issue_tile<PP, NP, false, kDocs, false>(p, d, b, h, 1, c, i, cb, cs, dtv, Tile(smem + S::buf0));
     cp_async_commit();
   }
   load_s_tile_scalars<kDocs>(p, d, b, c, i, ts, dtv, cs, cb, cs_s, dt_s, wlast, doc_s);
-  stage_raw<NP>(sB, p.Bm + b * p.B_bs + ts.t0 * p.B_ss + g * d.N, p.B_ss, ts.rows, d.N);
-  stage_raw<PP>(sX, p.x + b * p.x_bs + ts.t0 * p.x_ss + h * d.P, p.x_ss, ts.rows, d.P);
   if constexpr (S::kBufs > 1) cp_async_wait<1>();
   else cp_async_wait<0>();
   __syncthreads();
@@ -1744,22 +1788,29 @@ __global__ void __launch_bounds__(kThreads, BwdSXMmaSmem<PP, NP>::kBlocks)
   // (C_l is not staged: S1 = B_s C_l^T comes from cbs, computed once per group)
   tile_loop<PP, NP, false, kDocs, false, S::kBufs>(
       p, d, b, h, 1, c, i, last, cb, cs, dtv, smem + S::buf0, S::tile_bytes, S::kBufs > 1, [&](int j, const Tile& t) {
-        // On the diagonal tile, a warp whose columns l all lie before its rows s adds nothing.
-        if (j > i || half * 32 + 31 >= row0) {
-          float s1[4][4], s2[4][4];
-          load_cb(s1, cbs, cb_pair_at(d, b, c, g, tile_pair(j, i)));
-          zero_acc(s2);
-          mma_abt<4, PP>(s2, sX, ldb(PP), row0, t.head, ldb(PP), half * 32, 0);
-          const float dt0 = dt_s[r0], dt1 = dt_s[r1];
-          pair_decay<false, kDocs>(t, cs_s, doc_s, i, j, r0, half * 32, [&](int nt, int e, float decay) {
-            const float w = s2[nt][e] * decay * (e < 2 ? dt0 : dt1);
-            if (e < 2) cs0 += s1[nt][e] * w;
-            else cs1 += s1[nt][e] * w;
-            s1[nt][e] *= decay;  // M
-          });
-          uint32_t af[2][4];
-          pack_scores(af, s1);
-          mma_scores(acc, af, t.head, ldb(PP), half * 32);  // d(dt x) += M (16 x 32) dy_l[32 half ..]
+        const size_t pair = cb_pair_at(d, b, c, g, tile_pair(j, i));
+        const float dt0 = dt_s[r0], dt1 = dt_s[r1];
+        // The warp's 32 columns l, 16 at a time (half the score registers live: at three
+        // blocks a multiprocessor, 32 held at once spilled in this loop). On the diagonal tile,
+        // 16 columns that all lie before the warp's rows s add nothing.
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const int col0 = half * 32 + q * 16;
+          if (j > i || col0 + 15 >= row0) {
+            float s1[2][4], s2[2][4];
+            load_cb<2>(s1, cbs, pair, 2 * q);
+            zero_acc(s2);
+            mma_abt<2, PP>(s2, sX, ldb(PP), row0, t.head, ldb(PP), col0, 0);
+            pair_decay<false, kDocs, 2>(t, cs_s, doc_s, i, j, r0, col0, [&](int nt, int e, float decay) {
+              const float w = s2[nt][e] * decay * (e < 2 ? dt0 : dt1);
+              if (e < 2) cs0 += s1[nt][e] * w;
+              else cs1 += s1[nt][e] * w;
+              s1[nt][e] *= decay;  // M
+            });
+            uint32_t af[1][4];
+            pack_scores(af, s1);
+            mma_scores(acc, af, t.head, ldb(PP), col0);  // d(dt x) += M (16 x 16) dy_l[col0 ..]
+          }
         }
       });
 
@@ -1773,22 +1824,33 @@ __global__ void __launch_bounds__(kThreads, BwdSXMmaSmem<PP, NP>::kBlocks)
   if (half == 0) {
     const float Dh = p.D ? p.D[h] : 0.f;
     float vx0 = 0.f, vx1 = 0.f, vd0 = 0.f, vd1 = 0.f;
+    // Four n8 tiles at a time, their dy loads issued before any of their dx stores (as in
+    // the forward's epilogue: dx and dy may alias as far as the compiler knows).
 #pragma unroll
-    for (int nt = 0; nt < NTX; ++nt) {
+    for (int nb = 0; nb < NTX; nb += 4) {
+      float dyv[4][4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e < 2 ? r0 : r1, k = nt * 8 + tq * 2 + (e & 1);
-        const float f = acc[nt][e] + sF[r * ldf(PP) + k];  // d(dt x)[r][k]
-        const float xv = __bfloat162float(sX[r * ldb(PP) + k]);
-        float dyv = 0.f;
-        if (r < ts.rows && k < d.P) {
-          const int t = ts.t0 + r;
-          dyv = __bfloat162float(p.dy[b * p.dy_bs + t * p.dy_ss + h * d.P + k]);
-          if (dx) dx[(static_cast<size_t>(b) * d.L + t) * d.dx_row + h * d.P + k] = __float2bfloat16(dt_s[r] * f + Dh * dyv);
+      for (int u = 0; u < 4; ++u)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e < 2 ? r0 : r1, k = (nb + u) * 8 + tq * 2 + (e & 1);
+          dyv[u][e] = r < ts.rows && k < d.P
+                          ? __bfloat162float(p.dy[b * p.dy_bs + (ts.t0 + r) * p.dy_ss + h * d.P + k])
+                          : 0.f;
         }
-        if (e < 2) vx0 += xv * f, vd0 += xv * dyv;
-        else vx1 += xv * f, vd1 += xv * dyv;
-      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e < 2 ? r0 : r1, k = (nb + u) * 8 + tq * 2 + (e & 1);
+          const float f = acc[nb + u][e] + sF[r * ldf(PP) + k];  // d(dt x)[r][k]
+          const float xv = __bfloat162float(sX[r * ldb(PP) + k]);
+          if (dx && r < ts.rows && k < d.P)
+            dx[(static_cast<size_t>(b) * d.L + ts.t0 + r) * d.dx_row + h * d.P + k] =
+                __float2bfloat16(dt_s[r] * f + Dh * dyv[u][e]);
+          if (e < 2) vx0 += xv * f, vd0 += xv * dyv[u][e];
+          else vx1 += xv * f, vd1 += xv * dyv[u][e];
+        }
     }
     vx0 = quad_sum(vx0), vx1 = quad_sum(vx1), vd0 = quad_sum(vd0), vd1 = quad_sum(vd1);
     if (tq == 0) {
@@ -2043,11 +2105,12 @@ SsdDims make_dims(const SsdParams& p) {
   d.hpg = d.H / d.G;
   d.Pp = pad_state_dim(p.P, kSsdCudaMaxHeaddim);
   d.Np = pad_state_dim(p.N, kSsdCudaMaxState);
-  // The mma.sync dB/dC kernels (d_state <= 128) sum up to 4 heads of a group in a block:
-  // 4x less f32 partial traffic at H 24, and still (chunks x 4, H / 4, B) blocks to spread.
+  // The mma.sync dB/dC kernels (d_state <= 128) sum up to 8 heads of a group in a block (two
+  // at a time): 8x less f32 partial traffic at H 24, and still (chunks x 4, H / 8, B) blocks
+  // to spread.
   d.hb = 1;
   if (d.Np <= 128)
-    for (int hb : {4, 3, 2})
+    for (int hb : {8, 6, 4, 3, 2})
       if (d.hpg % hb == 0) {
         d.hb = hb;
         break;
@@ -2149,7 +2212,9 @@ void entering_states(const Ptrs& q, const SsdDims& d, ChunkVecs& v, float* st, b
     constexpr int PP = decltype(pp)::value, NP = decltype(np)::value;
     chunk_states<PP, NP, false>(q, d, dtv, cs, st, stream);
   });
-  state_pass_fwd_kernel<<<dim3(d.Pp * d.Np / kPassElems, d.H, d.B), kThreads, 0, stream>>>(q, d, cs, st, st_bf, keep_f32, h_last);
+  (q.seq ? state_pass_fwd_kernel<true> : state_pass_fwd_kernel<false>)<<<dim3(d.Pp * d.Np / kPassElems, d.H, d.B),
+                                                                         kThreads, 0, stream>>>(q, d, cs, st, st_bf,
+                                                                                                keep_f32, h_last);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -2193,11 +2258,19 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
   auto f32 = [&](const Dims& shape) { return Tensor::empty(shape, DType::f32, device); };
   ChunkVecs v(d, device);
   Tensor st = f32({d.B, d.nc, d.H, d.Pp, d.Np}), dS = f32({d.B, d.nc, d.H, d.Pp, d.Np});
-  Tensor st_bf = Tensor::empty({d.B, d.nc, d.H, d.Pp, d.Np}, DType::bf16, device);
-  Tensor G_bf = Tensor::empty({d.B, d.nc, d.H, d.Pp, d.Np}, DType::bf16, device);
+  // The states in bf16 for the mma.sync backward (d_state <= 128); the WMMA one above reads
+  // the f32 H_c and G_c instead.
+  const bool mma_bwd = d.Np <= 128;
+  Tensor st_bf, G_bf;
+  if (mma_bwd) {
+    st_bf = Tensor::empty({d.B, d.nc, d.H, d.Pp, d.Np}, DType::bf16, device);
+    G_bf = Tensor::empty({d.B, d.nc, d.H, d.Pp, d.Np}, DType::bf16, device);
+  }
+  bf* st_bf_p = mma_bwd ? static_cast<bf*>(st_bf.data_ptr()) : nullptr;
+  bf* G_bf_p = mma_bwd ? static_cast<bf*>(G_bf.data_ptr()) : nullptr;
   float* dtv_p = v.dt.data<float>();
   float* cs_p = v.cs.data<float>();
-  entering_states(q, d, v, st.data<float>(), static_cast<bf*>(st_bf.data_ptr()), true, nullptr, stream);
+  entering_states(q, d, v, st.data<float>(), st_bf_p, true, nullptr, stream);
 
   const dim3 chunks(d.nc, d.H, d.B), tiles(d.nc * d.Qt, d.H, d.B), head_parts(d.nc * d.Qt, d.H / d.hb, d.B);
   with_sizes(d, [&](auto pp, auto np) {
@@ -2206,9 +2279,8 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
   });
   const int ngdot = d.Pp * d.Np / kPassElems;
   Tensor gdot = f32({d.B, d.H, d.nc, ngdot});
-  state_pass_bwd_kernel<<<dim3(ngdot, d.H, d.B), kThreads, 0, stream>>>(q, d, cs_p, st.data<float>(), dS.data<float>(),
-                                                                      static_cast<bf*>(G_bf.data_ptr()),
-                                                                      static_cast<float*>(p.dh0), gdot.data<float>());
+  (q.seq ? state_pass_bwd_kernel<true> : state_pass_bwd_kernel<false>)<<<dim3(ngdot, d.H, d.B), kThreads, 0, stream>>>(
+      q, d, cs_p, st.data<float>(), dS.data<float>(), G_bf_p, !mma_bwd, static_cast<float*>(p.dh0), gdot.data<float>());
   CUDA_CHECK_LAUNCH();
 
   Tensor dC_part = f32({d.B, d.L, d.H / d.hb, d.N}), dB_part = f32({d.B, d.L, d.H / d.hb, d.N});
@@ -2222,8 +2294,8 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
     const float* pcs = cs_p;
     const float* pst = st.data<float>();
     const float* pdS = dS.data<float>();
-    const bf* pst_bf = static_cast<const bf*>(st_bf.data_ptr());
-    const bf* pG_bf = static_cast<const bf*>(G_bf.data_ptr());
+    const bf* pst_bf = st_bf_p;
+    const bf* pG_bf = G_bf_p;
     if constexpr (NP <= 128) {
       const auto [cbl, cbs] = cb_tiles(q, d, true, device, stream);
       launch(q.seq ? bwd_l_mma_kernel<PP, NP, true> : bwd_l_mma_kernel<PP, NP, false>, head_parts,
