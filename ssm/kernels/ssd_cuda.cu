@@ -20,8 +20,9 @@
 // gradient of the state leaving chunk c), then two tile kernels: one per l-tile (dC and the
 // row sums of dcs), one per s-tile (dB, dx, the x . d(dt x) term of ddt and the column sums
 // of dcs); a last block scan per chunk turns dcs into ddt, dA and ddt_bias. dB and dC are
-// summed over up to 4 heads of a group inside the tile kernels (d_state <= 128; per head
-// above), kept in fp32 per such part and summed over the parts in a fixed order; dA, dD,
+// summed over the heads of a block inside the tile kernels (d_state <= 128; per head above:
+// heads_per_block); where a block holds a whole group they are final there, else kept in
+// fp32 per such part and summed over the parts in a fixed order; dA, dD,
 // ddt_bias per (batch, chunk) likewise: no float atomics, deterministic.
 //
 // Packed documents (seq_idx, ssd.h): every decay factor spanning a document boundary is 0.
@@ -54,6 +55,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <tuple>
 #include <utility>
 
@@ -670,27 +672,65 @@ __device__ __forceinline__ void stash_half(float* sF, int ld, const float (&acc)
   }
 }
 
-// The dB/dC partial sums (B, L, H / hb, N), one per hb heads of a group: this lane's
-// accumulators, rows r0 and r0 + 8 of the tile t (those before t.rows) and columns n0 + 8 nt +
-// 2 tq + {0, 1} (those before N), two columns at a time.
+// Four n8 tiles of a bf16 row-major matrix (rows `stride` apart from `base`) at this lane's
+// accumulator positions: rows r0 + 8 (e >> 1), columns (nt0 + u) 8 + 2 tq + (e & 1); 0 past
+// rows or cols, or when not `on`. The epilogues load these before any of their stores: the
+// output may alias the input as far as the compiler knows, so a load after a store waits for
+// it, and one load, wait and store an element made 32 round trips a thread.
+__device__ __forceinline__ void load_n8x4(float (&v)[4][4], const bf* base, int64_t stride, int r0, int rows,
+                                          int nt0, int cols, bool on) {
+  const int tq = threadIdx.x & 3;
+#pragma unroll
+  for (int u = 0; u < 4; ++u)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = r0 + (e >> 1) * 8, k = (nt0 + u) * 8 + tq * 2 + (e & 1);
+      v[u][e] = on && r < rows && k < cols ? __bfloat162float(base[r * stride + k]) : 0.f;
+    }
+}
+
+// A dB/dC tile kernel's result: this lane's accumulators, rows r0 and r0 + 8 of the tile t
+// (those before t.rows) and columns n0 + 8 nt + 2 tq + {0, 1} (those before N), two columns at a
+// time. When the block's hb heads are the whole group (H / hb == G: `part` is the group), the
+// sum is final and goes to `out` (B, L, G, N) in bf16, rows d.dbc_row apart; otherwise to the
+// f32 partial sums `parts_out` (B, L, H / hb, N), one per hb heads of a group, which
+// sum_heads_kernel adds in order. Both null: nothing to store (the gradient is not wanted).
 template <int NT>
-__device__ __forceinline__ void store_part_cols(float* out, const SsdDims& d, int b, const TileRows& t, int part,
-                                                const float (&acc)[NT][4], int r0, int n0) {
+__device__ __forceinline__ void store_dbc_cols(float* parts_out, bf* out, const SsdDims& d, int b, const TileRows& t,
+                                               int part, const float (&acc)[NT][4], int r0, int n0) {
   const int tq = threadIdx.x & 3, parts = d.H / d.hb;
+  // bf16 pairs as one 4-byte store where every pair is 4-byte aligned.
+  const bool pairs = out && d.N % 2 == 0 && d.dbc_row % 2 == 0 && (reinterpret_cast<uintptr_t>(out) & 3) == 0;
 #pragma unroll
   for (int u = 0; u < 2; ++u) {
     const int r = r0 + 8 * u;
     if (r >= t.rows) continue;
-    float* row = out + ((static_cast<size_t>(b) * d.L + t.t0 + r) * parts + part) * d.N;
+    const size_t bt = static_cast<size_t>(b) * d.L + t.t0 + r;
+    if (out) {
+      bf* row = out + bt * d.dbc_row + static_cast<size_t>(part) * d.N;
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const int n = n0 + nt * 8 + tq * 2;
-      const float v0 = acc[nt][2 * u], v1 = acc[nt][2 * u + 1];
-      if (d.N % 2 == 0) {  // the pair is 8-byte aligned
-        if (n < d.N) *reinterpret_cast<float2*>(row + n) = make_float2(v0, v1);
-      } else {
-        if (n < d.N) row[n] = v0;
-        if (n + 1 < d.N) row[n + 1] = v1;
+      for (int nt = 0; nt < NT; ++nt) {
+        const int n = n0 + nt * 8 + tq * 2;
+        const float v0 = acc[nt][2 * u], v1 = acc[nt][2 * u + 1];
+        if (pairs) {
+          if (n < d.N) *reinterpret_cast<__nv_bfloat162*>(row + n) = __floats2bfloat162_rn(v0, v1);
+        } else {
+          if (n < d.N) row[n] = __float2bfloat16(v0);
+          if (n + 1 < d.N) row[n + 1] = __float2bfloat16(v1);
+        }
+      }
+    } else if (parts_out) {
+      float* row = parts_out + (bt * parts + part) * d.N;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int n = n0 + nt * 8 + tq * 2;
+        const float v0 = acc[nt][2 * u], v1 = acc[nt][2 * u + 1];
+        if (d.N % 2 == 0) {  // the pair is 8-byte aligned
+          if (n < d.N) *reinterpret_cast<float2*>(row + n) = make_float2(v0, v1);
+        } else {
+          if (n < d.N) row[n] = v0;
+          if (n + 1 < d.N) row[n + 1] = v1;
+        }
       }
     }
   }
@@ -1181,21 +1221,11 @@ __global__ void __launch_bounds__(kThreads, ScanFwdMmaSmem<PP, NP>::kBlocks)
   __syncthreads();
   if (half == 0) {
     const float Dh = p.D ? p.D[h] : 0.f;
-    // Four n8 tiles at a time, their x loads (for D x) issued before any of their y stores:
-    // y and x may alias as far as the compiler knows, so it keeps each load after the stores
-    // before it, and one load, wait and store an element made 32 round trips a thread.
+    // Four n8 tiles at a time, their x loads (for D x) issued before any of their y stores.
 #pragma unroll
     for (int nb = 0; nb < NTO; nb += 4) {
       float xv[4][4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = row0 + gr + (e >> 1) * 8, pi = (nb + u) * 8 + tq * 2 + (e & 1);
-          xv[u][e] = p.D && r < tl.rows && pi < d.P
-                         ? __bfloat162float(p.x[b * p.x_bs + (tl.t0 + r) * p.x_ss + h * d.P + pi])
-                         : 0.f;
-        }
+      load_n8x4(xv, p.x + b * p.x_bs + tl.t0 * p.x_ss + h * d.P, p.x_ss, row0 + gr, tl.rows, nb, d.P, p.D != nullptr);
 #pragma unroll
       for (int u = 0; u < 4; ++u)
 #pragma unroll
@@ -1350,7 +1380,7 @@ struct BwdLMmaSmem : BwdLPlan<PP, NP, heads_together<BwdLPlan<PP, NP, 2, TileBud
 template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, 2)
     bwd_l_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const bf* st, const float* cbl,
-                     float* dC_part, float* dcs_row) {
+                     float* dC_part, bf* dC_out, float* dcs_row) {
   static_assert(NP <= 128, "the mma.sync dC kernel serves d_state <= 128 (the WMMA one above)");
   using S = BwdLMmaSmem<PP, NP>;
   constexpr int kH = S::kHeads;
@@ -1502,7 +1532,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
   }
 
-  store_part_cols(dC_part, d, b, tl, part, acc, r0, n0);  // dC of the block's heads
+  store_dbc_cols(dC_part, dC_out, d, b, tl, part, acc, r0, n0);  // dC of the block's heads
 }
 
 // Shared-memory plan of the s-tile backward (dB, dx, ddt terms, column sums of dcs).
@@ -1824,20 +1854,11 @@ __global__ void __launch_bounds__(kThreads, BwdSXMmaSmem<PP, NP>::kBlocks)
   if (half == 0) {
     const float Dh = p.D ? p.D[h] : 0.f;
     float vx0 = 0.f, vx1 = 0.f, vd0 = 0.f, vd1 = 0.f;
-    // Four n8 tiles at a time, their dy loads issued before any of their dx stores (as in
-    // the forward's epilogue: dx and dy may alias as far as the compiler knows).
+    // Four n8 tiles at a time, their dy loads issued before any of their dx stores.
 #pragma unroll
     for (int nb = 0; nb < NTX; nb += 4) {
       float dyv[4][4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e < 2 ? r0 : r1, k = (nb + u) * 8 + tq * 2 + (e & 1);
-          dyv[u][e] = r < ts.rows && k < d.P
-                          ? __bfloat162float(p.dy[b * p.dy_bs + (ts.t0 + r) * p.dy_ss + h * d.P + k])
-                          : 0.f;
-        }
+      load_n8x4(dyv, p.dy + b * p.dy_bs + ts.t0 * p.dy_ss + h * d.P, p.dy_ss, r0, ts.rows, nb, d.P, true);
 #pragma unroll
       for (int u = 0; u < 4; ++u)
 #pragma unroll
@@ -1887,7 +1908,8 @@ struct BwdSBMmaSmem : BwdSBPlan<PP, NP, heads_together<BwdSBPlan<PP, NP, 2, Tile
 // share W (put_scores), each holding dB for half the state columns.
 template <int PP, int NP, bool kDocs>
 __global__ void __launch_bounds__(kThreads, 2)
-    bwd_s_b_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const bf* G, float* dB_part) {
+    bwd_s_b_mma_kernel(Ptrs p, SsdDims d, const float* dtv, const float* cs, const bf* G, float* dB_part,
+                       bf* dB_out) {
   static_assert(NP <= 128, "the mma.sync dB kernel serves d_state <= 128 (the WMMA one above)");
   using S = BwdSBMmaSmem<PP, NP>;
   constexpr int kH = S::kHeads;
@@ -1987,7 +2009,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         });
   }
 
-  store_part_cols(dB_part, d, b, ts, part, acc, r0, n0);
+  store_dbc_cols(dB_part, dB_out, d, b, ts, part, acc, r0, n0);
 }
 
 // Per chunk: dcs -> d(dt A) by a reverse cumsum; ddt = ddt_dir + A d(dt A) (then through
@@ -2105,20 +2127,32 @@ SsdDims make_dims(const SsdParams& p) {
   d.hpg = d.H / d.G;
   d.Pp = pad_state_dim(p.P, kSsdCudaMaxHeaddim);
   d.Np = pad_state_dim(p.N, kSsdCudaMaxState);
-  // The mma.sync dB/dC kernels (d_state <= 128) sum up to 8 heads of a group in a block (two
-  // at a time): 8x less f32 partial traffic at H 24, and still (chunks x 4, H / 8, B) blocks
-  // to spread.
-  d.hb = 1;
-  if (d.Np <= 128)
-    for (int hb : {8, 6, 4, 3, 2})
-      if (d.hpg % hb == 0) {
-        d.hb = hb;
-        break;
-      }
+  d.hb = 1;  // the backward chooses (heads_per_block)
   d.dx_row = static_cast<int>(p.dx_row());
   d.dbc_row = static_cast<int>(p.dbc_row());
   static_assert(64 * 64 % kPassElems == 0, "state passing covers whole blocks");
   return d;
+}
+
+// Heads per block of the mma.sync dB/dC kernels (d_state <= 128; 1 above, where the WMMA
+// kernels take a head a block). A block sums its heads' dB and dC in its accumulators, two
+// heads at a time; up to 8 heads a block keep (chunks x 4, H / 8, B) blocks to spread. Where
+// that is a whole group (H / G <= 8), the block's sum is final: the kernels write dB and dC
+// in bf16, with no f32 partials to write, read and add (sum_heads_kernel). A whole group of
+// 24 heads a block did not pay at B1 L65536 (1024 blocks; 5.315-5.325 ms against 5.304-5.313
+// with 8 heads and the sum, H100) and lost 1% at B8 L2048 (256 blocks, under one wave):
+// docs/perf_ssm.md. SSMTRAIN_SSD_HEADS_PER_BLOCK = k (a divisor of H / G) sets it, for tuning.
+int heads_per_block(const SsdDims& d) {
+  if (d.Np > 128) return 1;
+  if (const char* v = std::getenv("SSMTRAIN_SSD_HEADS_PER_BLOCK"); v && *v) {
+    const int k = std::atoi(v);
+    SSMT_CHECK(k >= 1 && d.hpg % k == 0, "ssd_chunked (CUDA): SSMTRAIN_SSD_HEADS_PER_BLOCK = '", v,
+               "' must divide the heads per group (", d.hpg, ")");
+    return k;
+  }
+  for (int hb : {8, 6, 4, 3, 2})
+    if (d.hpg % hb == 0) return hb;
+  return 1;
 }
 
 Ptrs make_ptrs(const SsdParams& p) {
@@ -2251,8 +2285,9 @@ void ssd_fwd_cuda(const SsdParams& p, Device device) {
 void ssd_bwd_cuda(const SsdParams& p, Device device) {
   SSMT_CHECK(ssd_cuda_supports(p.dtype, p.P, p.N, p.chunk_size), "ssd_chunked (CUDA): unsupported call");
   if (p.B == 0 || p.L == 0 || p.H == 0) return;
-  const SsdDims d = make_dims(p);
+  SsdDims d = make_dims(p);
   const Ptrs q = make_ptrs(p);
+  d.hb = heads_per_block(d);
   cuda_detail::DeviceGuard guard(device.index);
   auto stream = static_cast<cudaStream_t>(cuda::compute_stream(device.index));
   auto f32 = [&](const Dims& shape) { return Tensor::empty(shape, DType::f32, device); };
@@ -2283,7 +2318,15 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
       q, d, cs_p, st.data<float>(), dS.data<float>(), G_bf_p, !mma_bwd, static_cast<float*>(p.dh0), gdot.data<float>());
   CUDA_CHECK_LAUNCH();
 
-  Tensor dC_part = f32({d.B, d.L, d.H / d.hb, d.N}), dB_part = f32({d.B, d.L, d.H / d.hb, d.N});
+  // One block's heads make a whole group (mma.sync kernels): dB and dC leave the tile kernels
+  // final, in bf16; else f32 partial sums per hb heads, added by sum_heads_kernel.
+  const bool direct = mma_bwd && d.H / d.hb == d.G;
+  Tensor dC_part, dB_part;
+  if (!direct) dC_part = f32({d.B, d.L, d.H / d.hb, d.N}), dB_part = f32({d.B, d.L, d.H / d.hb, d.N});
+  float* dC_part_p = direct ? nullptr : dC_part.data<float>();
+  float* dB_part_p = direct ? nullptr : dB_part.data<float>();
+  bf* dC_out = direct ? static_cast<bf*>(p.dCm) : nullptr;
+  bf* dB_out = direct ? static_cast<bf*>(p.dBm) : nullptr;
   Tensor dcs_row = f32({d.B, d.H, d.nc, d.Qp}), dcs_col = f32({d.B, d.H, d.nc, d.Qp});
   Tensor ddt_dir = f32({d.B, d.H, d.nc, d.Qp});
   Tensor vsum = f32({d.B, d.H, d.nc, d.Qt}), dD_part = f32({d.B, d.H, d.nc, d.Qt});
@@ -2300,15 +2343,15 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
       const auto [cbl, cbs] = cb_tiles(q, d, true, device, stream);
       launch(q.seq ? bwd_l_mma_kernel<PP, NP, true> : bwd_l_mma_kernel<PP, NP, false>, head_parts,
              BwdLMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pst_bf,
-             static_cast<const float*>(cbl.data<float>()),
-             dC_part.data<float>(), dcs_row.data<float>());
+             static_cast<const float*>(cbl.data<float>()), dC_part_p, dC_out, dcs_row.data<float>());
       launch(q.seq ? bwd_s_x_mma_kernel<PP, NP, true> : bwd_s_x_mma_kernel<PP, NP, false>, tiles,
              BwdSXMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pG_bf,
              static_cast<const float*>(cbs.data<float>()),
              static_cast<bf*>(p.dx), ddt_dir.data<float>(), dcs_col.data<float>(), vsum.data<float>(),
              dD_part.data<float>());
-      launch(q.seq ? bwd_s_b_mma_kernel<PP, NP, true> : bwd_s_b_mma_kernel<PP, NP, false>, head_parts,
-             BwdSBMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pG_bf, dB_part.data<float>());
+      if (p.dBm)  // the dB kernel computes nothing else
+        launch(q.seq ? bwd_s_b_mma_kernel<PP, NP, true> : bwd_s_b_mma_kernel<PP, NP, false>, head_parts,
+               BwdSBMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pG_bf, dB_part_p, dB_out);
     } else {
       launch(q.seq ? bwd_l_kernel<PP, NP, true> : bwd_l_kernel<PP, NP, false>, tiles, BwdLSmem<PP, NP>::total,
              stream, q, d, pdt, pcs, pst, dC_part.data<float>(), dcs_row.data<float>());
@@ -2326,7 +2369,7 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
   const size_t nBC = static_cast<size_t>(d.B) * d.L * d.G * d.N;
   const int blocks = static_cast<int>(std::clamp<size_t>((nBC + 255) / 256, 1, 4096));
   for (auto [part, out] : {std::pair{&dB_part, p.dBm}, std::pair{&dC_part, p.dCm}}) {
-    if (!out) continue;
+    if (!out || direct) continue;
     sum_heads_kernel<<<blocks, 256, 0, stream>>>(part->data<float>(), static_cast<bf*>(out), d);
     CUDA_CHECK_LAUNCH();
   }

@@ -514,8 +514,10 @@ TEST_CASE("ssd_chunked fused CUDA kernels (bf16) match the CPU over their tiling
           {1, 200, 3, 40, 1, 24, 100, false},  // Q = 100: tiles of 64 + 36; P, N padded; a pair and a lone head
           {1, 130, 2, 128, 1, 256, 64, true},  // the largest headdim and state
           {2, 77, 4, 96, 2, 160, 128, true},   // a single short chunk; padded to 128 x 256
-          {1, 150, 8, 32, 1, 64, 128, false},  // 8 heads in one group: dB, dC summed 8 heads a block, 2 at a time
-          {1, 90, 8, 64, 2, 128, 64, true},    // 4 heads per group, one block's part per group
+          // 8 heads in one group: dB, dC summed 8 heads a block, 2 at a time, final in the block (bf16)
+          {1, 150, 8, 32, 1, 64, 128, false},
+          {1, 90, 8, 64, 2, 128, 64, true},    // 4 heads per group, one block per group
+          {1, 140, 12, 32, 1, 64, 128, true},  // 12 heads in one group: 6 a block, two f32 parts summed
           // headdim 128 at d_state 128: the mma.sync dB, dC kernels a head at a time
           {1, 200, 4, 128, 1, 128, 128, true},
           // A of either sign (and dt without softplus, > 0): heads whose cs rises have decays
