@@ -57,6 +57,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include "core/backend.h"
@@ -689,50 +690,49 @@ __device__ __forceinline__ void load_n8x4(float (&v)[4][4], const bf* base, int6
     }
 }
 
+// One row of a dB/dC result (`row` f32 or bf16): this lane's two columns n0 + 8 nt + 2 tq + {0, 1}
+// of each n8 tile, the values v(nt, 0) and v(nt, 1), those before N; a pair as one store when
+// `paired` (every pair aligned to its size).
+template <int NT, typename T, typename V>
+__device__ __forceinline__ void store_row_pairs(T* row, int N, int n0, bool paired, V&& v) {
+  const int tq = threadIdx.x & 3;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int n = n0 + nt * 8 + tq * 2;
+    const float v0 = v(nt, 0), v1 = v(nt, 1);
+    if (paired) {
+      if (n < N) {
+        if constexpr (std::is_same_v<T, float>) *reinterpret_cast<float2*>(row + n) = make_float2(v0, v1);
+        else *reinterpret_cast<__nv_bfloat162*>(row + n) = __floats2bfloat162_rn(v0, v1);
+      }
+    } else {
+      if (n < N) row[n] = T(v0);
+      if (n + 1 < N) row[n + 1] = T(v1);
+    }
+  }
+}
+
 // A dB/dC tile kernel's result: this lane's accumulators, rows r0 and r0 + 8 of the tile t
-// (those before t.rows) and columns n0 + 8 nt + 2 tq + {0, 1} (those before N), two columns at a
-// time. When the block's hb heads are the whole group (H / hb == G: `part` is the group), the
-// sum is final and goes to `out` (B, L, G, N) in bf16, rows d.dbc_row apart; otherwise to the
-// f32 partial sums `parts_out` (B, L, H / hb, N), one per hb heads of a group, which
-// sum_heads_kernel adds in order. Both null: nothing to store (the gradient is not wanted).
+// (those before t.rows) and columns n0 + 8 nt + 2 tq + {0, 1} (those before N). When the
+// block's hb heads are the whole group (H / hb == G: `part` is the group), the sum is final
+// and goes to `out` (B, L, G, N) in bf16, rows d.dbc_row apart; otherwise to the f32 partial
+// sums `parts_out` (B, L, H / hb, N), one per hb heads of a group, which sum_heads_kernel adds
+// in order. Both null: nothing to store (the gradient is not wanted).
 template <int NT>
 __device__ __forceinline__ void store_dbc_cols(float* parts_out, bf* out, const SsdDims& d, int b, const TileRows& t,
                                                int part, const float (&acc)[NT][4], int r0, int n0) {
-  const int tq = threadIdx.x & 3, parts = d.H / d.hb;
-  // bf16 pairs as one 4-byte store where every pair is 4-byte aligned.
-  const bool pairs = out && d.N % 2 == 0 && d.dbc_row % 2 == 0 && (reinterpret_cast<uintptr_t>(out) & 3) == 0;
+  const int parts = d.H / d.hb;
+  const bool out_pairs = d.N % 2 == 0 && d.dbc_row % 2 == 0 && (reinterpret_cast<uintptr_t>(out) & 3) == 0;
 #pragma unroll
   for (int u = 0; u < 2; ++u) {
     const int r = r0 + 8 * u;
     if (r >= t.rows) continue;
     const size_t bt = static_cast<size_t>(b) * d.L + t.t0 + r;
-    if (out) {
-      bf* row = out + bt * d.dbc_row + static_cast<size_t>(part) * d.N;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const int n = n0 + nt * 8 + tq * 2;
-        const float v0 = acc[nt][2 * u], v1 = acc[nt][2 * u + 1];
-        if (pairs) {
-          if (n < d.N) *reinterpret_cast<__nv_bfloat162*>(row + n) = __floats2bfloat162_rn(v0, v1);
-        } else {
-          if (n < d.N) row[n] = __float2bfloat16(v0);
-          if (n + 1 < d.N) row[n + 1] = __float2bfloat16(v1);
-        }
-      }
-    } else if (parts_out) {
-      float* row = parts_out + (bt * parts + part) * d.N;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const int n = n0 + nt * 8 + tq * 2;
-        const float v0 = acc[nt][2 * u], v1 = acc[nt][2 * u + 1];
-        if (d.N % 2 == 0) {  // the pair is 8-byte aligned
-          if (n < d.N) *reinterpret_cast<float2*>(row + n) = make_float2(v0, v1);
-        } else {
-          if (n < d.N) row[n] = v0;
-          if (n + 1 < d.N) row[n + 1] = v1;
-        }
-      }
-    }
+    auto v = [&](int nt, int k) { return acc[nt][2 * u + k]; };
+    if (out)
+      store_row_pairs<NT>(out + bt * d.dbc_row + static_cast<size_t>(part) * d.N, d.N, n0, out_pairs, v);
+    else if (parts_out)
+      store_row_pairs<NT>(parts_out + (bt * parts + part) * d.N, d.N, n0, d.N % 2 == 0, v);
   }
 }
 
@@ -2144,9 +2144,10 @@ SsdDims make_dims(const SsdParams& p) {
 // docs/perf_ssm.md. SSMTRAIN_SSD_HEADS_PER_BLOCK = k (a divisor of H / G) sets it, for tuning.
 int heads_per_block(const SsdDims& d) {
   if (d.Np > 128) return 1;
-  if (const char* v = std::getenv("SSMTRAIN_SSD_HEADS_PER_BLOCK"); v && *v) {
-    const int k = std::atoi(v);
-    SSMT_CHECK(k >= 1 && d.hpg % k == 0, "ssd_chunked (CUDA): SSMTRAIN_SSD_HEADS_PER_BLOCK = '", v,
+  static const char* const env = std::getenv("SSMTRAIN_SSD_HEADS_PER_BLOCK");  // read once
+  if (env && *env) {
+    const int k = std::atoi(env);
+    SSMT_CHECK(k >= 1 && d.hpg % k == 0, "ssd_chunked (CUDA): SSMTRAIN_SSD_HEADS_PER_BLOCK = '", env,
                "' must divide the heads per group (", d.hpg, ")");
     return k;
   }
@@ -2337,21 +2338,19 @@ void ssd_bwd_cuda(const SsdParams& p, Device device) {
     const float* pcs = cs_p;
     const float* pst = st.data<float>();
     const float* pdS = dS.data<float>();
-    const bf* pst_bf = st_bf_p;
-    const bf* pG_bf = G_bf_p;
     if constexpr (NP <= 128) {
       const auto [cbl, cbs] = cb_tiles(q, d, true, device, stream);
       launch(q.seq ? bwd_l_mma_kernel<PP, NP, true> : bwd_l_mma_kernel<PP, NP, false>, head_parts,
-             BwdLMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pst_bf,
+             BwdLMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, st_bf_p,
              static_cast<const float*>(cbl.data<float>()), dC_part_p, dC_out, dcs_row.data<float>());
       launch(q.seq ? bwd_s_x_mma_kernel<PP, NP, true> : bwd_s_x_mma_kernel<PP, NP, false>, tiles,
-             BwdSXMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pG_bf,
+             BwdSXMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, G_bf_p,
              static_cast<const float*>(cbs.data<float>()),
              static_cast<bf*>(p.dx), ddt_dir.data<float>(), dcs_col.data<float>(), vsum.data<float>(),
              dD_part.data<float>());
       if (p.dBm)  // the dB kernel computes nothing else
         launch(q.seq ? bwd_s_b_mma_kernel<PP, NP, true> : bwd_s_b_mma_kernel<PP, NP, false>, head_parts,
-               BwdSBMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, pG_bf, dB_part_p, dB_out);
+               BwdSBMmaSmem<PP, NP>::total, stream, q, d, pdt, pcs, G_bf_p, dB_part_p, dB_out);
     } else {
       launch(q.seq ? bwd_l_kernel<PP, NP, true> : bwd_l_kernel<PP, NP, false>, tiles, BwdLSmem<PP, NP>::total,
              stream, q, d, pdt, pcs, pst, dC_part.data<float>(), dcs_row.data<float>());
