@@ -21,6 +21,7 @@ struct Options {
   std::string only;       // non-empty: run only the rows whose name contains it
   bool profile = false;   // train: record two steps per row with the profiler, print its table
   bool unfused_head = false;  // train: full logits + cross_entropy instead of the fused head
+  int ssd_chunk = 256;        // ssm: the SSD rows' chunk length (official figures only at 256)
 };
 
 // One measured row; `fields` are extra key/value pairs printed and written as JSON numbers.

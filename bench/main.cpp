@@ -27,12 +27,15 @@ void write_json(const std::string& path, const std::vector<bench::Row>& rows) {
 int usage(FILE* to) {
   std::fprintf(to,
                "usage: ssmtrain-bench core|ssm|train|all [--json FILE] [--quick] [--device N] [--only TEXT] [--profile] [--unfused-head]\n"
+               "       [--ssd-chunk Q]\n"
                "  core  elementwise GB/s vs copy, GEMM TFLOP/s vs cuBLAS, cross-entropy and rms_norm\n"
                "  ssm   selective_scan and SSD forward and forward+backward at the PERF.md shapes\n"
                "  train whole training steps of the 129M/370M Mamba ladder and the shipped configs: ms,\n"
                "        tokens/s, peak memory, MFU and the ratio to the official stack (PERF.md)\n"
                "  --quick     tiny shapes (CPU rows too); --profile  profiler table per train row\n"
-               "  --unfused-head  train: full logits + cross-entropy (the form before the fused head)\n");
+               "  --unfused-head  train: full logits + cross-entropy (the form before the fused head)\n"
+               "  --ssd-chunk Q   ssm: the SSD rows at chunk length Q (a multiple of 64; default 256, the\n"
+               "                  official kernels' length, the only one with official figures)\n");
   return to == stderr ? 2 : 0;
 }
 
@@ -51,6 +54,13 @@ int main(int argc, char** argv) {
     else if (a == "--only" && i + 1 < argc) options.only = argv[++i];
     else if (a == "--profile") options.profile = true;
     else if (a == "--unfused-head") options.unfused_head = true;
+    else if (a == "--ssd-chunk" && i + 1 < argc) {
+      options.ssd_chunk = std::atoi(argv[++i]);
+      if (options.ssd_chunk < 64 || options.ssd_chunk % 64 != 0) {
+        std::fprintf(stderr, "ssmtrain-bench: --ssd-chunk must be a positive multiple of 64, got %s\n", argv[i]);
+        return 2;
+      }
+    }
     else {
       std::fprintf(stderr, "ssmtrain-bench: unknown argument '%s'\n", a.c_str());
       return usage(stderr);
