@@ -327,10 +327,15 @@ ScanTensors checked_inputs(const Tensor& u, const Tensor& delta, const Tensor& A
   auto param = [&](const Tensor& t) { return t.defined() ? t.to(cd).contiguous() : Tensor(); };
   // The CUDA kernels index u, delta and z densely and take B and C (and the CPU kernels
   // every sequence tensor) as rows at any batch and sequence stride: the B and C columns of
-  // Mamba's x_proj output go in as views, with no copy.
+  // Mamba's x_proj output go in as views, with no copy. The CUDA kernels' rows of B and C
+  // must not overlap, though: a B or C broadcast along the sequence (stride 0, the LTI
+  // block's) is copied out.
   auto seq = [&](const Tensor& t, int inner) {
     if (!t.defined()) return Tensor();
-    return on_cuda && inner == 1 ? t.contiguous() : with_contiguous_rows(t, inner);
+    if (!on_cuda) return with_contiguous_rows(t, inner);
+    if (inner == 1) return t.contiguous();
+    const Tensor r = with_contiguous_rows(t, inner);
+    return r.size(1) > 1 && r.strides()[1] < r.size(2) * r.size(3) ? r.contiguous() : r;
   };
   ScanTensors s;
   s.u = seq(u, 1);

@@ -422,6 +422,40 @@ TEST_CASE("selective_scan CUDA with recompute_delta equals keeping delta bitwise
       });
 }
 
+// The LTI block (mixer mamba_lti) passes B and C as one (N) vector expanded over batch and
+// sequence: strides 0, which the CUDA kernels' row reads cannot take as they are. In f32
+// against the CPU; in both dtypes bitwise against the same values materialised densely.
+// (bf16 is not held to the CPU here: the gradient of the broadcast rows is a sum over every
+// position, which random data makes cancel; the per-position gradients are checked above.)
+TEST_CASE("selective_scan CUDA takes B and C broadcast over batch and sequence") {
+  if (!cuda_test_device()) return;
+  Generator gen(517);
+  for_each_dtype_and_shape(
+      {ScanShape{2, 77, 44, 16, 1, true, true, true, true, true}, ScanShape{3, 40, 36, 5, 2, false, false, false, false, false}},
+      [&](DType dtype, const ScanShape& s) {
+        std::vector<Arg> args = scan_args(s, dtype, gen);
+        // args: u, delta, A, Bm, Cm, Dskip, z, delta_bias, h0 -> Bm and Cm replaced by (G, N) rows
+        args[3] = {"B_rows", random_tensor({s.G, s.N}, gen, DType::f64), dtype};
+        args[4] = {"C_rows", random_tensor({s.G, s.N}, gen, DType::f64), dtype};
+        auto run = [s](const std::vector<Tensor>& v, bool dense) {
+          Tensor Bm = v[3].reshape({1, 1, s.G, s.N}).expand({s.B, s.L, s.G, s.N});
+          Tensor Cm = v[4].reshape({1, 1, s.G, s.N}).expand({s.B, s.L, s.G, s.N});
+          if (dense) Bm = Bm.contiguous(), Cm = Cm.contiguous();
+          else CHECK(Bm.strides()[1] == 0);
+          return selective_scan(v[0], v[1], v[2], Bm, Cm, v[5], v[6], v[7], s.softplus, v[8]);
+        };
+        if (dtype == DType::f32) {
+          const OpFn op = [run](const std::vector<Tensor>& v) {
+            const SelectiveScanResult r = run(v, false);
+            return std::vector<Tensor>{r.out, r.h_last};
+          };
+          compare_with_cpu(op, args, {"out", "h_last"}, kF32, gen);
+        }
+        check_scan_variants_bitwise(cuda_inputs(args), random_tensor({s.B, s.L, s.D}, gen, DType::f32).to(Device::cuda()),
+                                    [&](const std::vector<Tensor>& x, int dense) { return run(x, dense != 0); });
+      });
+}
+
 TEST_CASE("selective_scan CUDA gradients are deterministic") {
   if (!cuda_test_device()) return;
   Generator gen(513);
