@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # On a GPU host: build, run every CUDA test, the benchmarks and the quickstart on the GPU.
-# Usage: tools/gpu_check.sh OUTDIR [build|tests|bench|train]...   (default: all four)
+# Usage: tools/gpu_check.sh OUTDIR [build|tests|bench|train|configs]...   (default: all five)
+# configs: every shipped config (configs/*.yaml) trains 10 steps on the GPU, so that a mixer
+# whose CUDA path a change broke (the op tests cover ops, not every block) stops the check.
 # Each stage has its own time limit so one slow stage cannot starve the others.
 set -uo pipefail
 out="${1:?usage: tools/gpu_check.sh OUTDIR [stages...]}"
 shift
-stages="${*:-build tests bench train}"
+stages="${*:-build tests bench train configs}"
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 has() { [[ " $stages " == *" $1 "* ]]; }
@@ -40,4 +42,15 @@ if has train; then
   { time timeout 240 ./build-gpu/ssmtrain train configs/mamba2_text.yaml "$text" budget.steps=${MAMBA2_STEPS:-400} --run-dir /tmp/m2; } >> "$out/train.txt" 2>&1
   echo "mamba2 text exit $?" >> "$out/train.txt"
   grep -E "exit|budget:|eval step|done|real|resume check|error" "$out/train.txt"
+fi
+if has configs; then
+  text="data.path=${GCIDE:-/usr/share/dictd/gcide.dict.dz}"
+  for c in configs/*.yaml; do
+    name=$(basename "$c" .yaml)
+    args=(train.device=cuda budget.steps=10 schedule.warmup_steps=2 train.eval_every=10 train.checkpoint_every=10)
+    grep -q '^  path:' "$c" && args+=("$text")
+    rm -rf "/tmp/smoke_$name"
+    timeout 120 ./build-gpu/ssmtrain train "$c" "${args[@]}" --quiet --run-dir "/tmp/smoke_$name" > "$out/config_$name.txt" 2>&1
+    echo "$name: exit $?" | tee -a "$out/configs.txt"
+  done
 fi
