@@ -2,7 +2,8 @@
 # On a GPU host: build, run every CUDA test, the benchmarks and the quickstart on the GPU.
 # Usage: tools/gpu_check.sh OUTDIR [build|tests|bench|train|configs]...   (default: all five)
 # configs: every shipped config (configs/*.yaml) trains 10 steps on the GPU, so that a mixer
-# whose CUDA path a change broke (the op tests cover ops, not every block) stops the check.
+# whose CUDA path a change broke (the op tests cover ops, not every block) shows as a nonzero
+# exit in OUTDIR/configs.txt (the run's output in OUTDIR/config_NAME.txt).
 # Each stage has its own time limit so one slow stage cannot starve the others.
 set -uo pipefail
 out="${1:?usage: tools/gpu_check.sh OUTDIR [stages...]}"
