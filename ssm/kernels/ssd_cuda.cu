@@ -2116,24 +2116,6 @@ int pad_state_dim(int64_t v, int64_t max) {
   return v <= 64 ? 64 : v <= 128 ? 128 : 256;
 }
 
-SsdDims make_dims(const SsdParams& p) {
-  SsdDims d{};
-  d.B = static_cast<int>(p.B), d.L = static_cast<int>(p.L), d.H = static_cast<int>(p.H);
-  d.P = static_cast<int>(p.P), d.G = static_cast<int>(p.G), d.N = static_cast<int>(p.N);
-  d.Q = static_cast<int>(p.chunk_size);
-  d.Qt = (d.Q + kT - 1) / kT;
-  d.Qp = d.Qt * kT;
-  d.nc = static_cast<int>(p.num_chunks());
-  d.hpg = d.H / d.G;
-  d.Pp = pad_state_dim(p.P, kSsdCudaMaxHeaddim);
-  d.Np = pad_state_dim(p.N, kSsdCudaMaxState);
-  d.hb = 1;  // the backward chooses (heads_per_block)
-  d.dx_row = static_cast<int>(p.dx_row());
-  d.dbc_row = static_cast<int>(p.dbc_row());
-  static_assert(64 * 64 % kPassElems == 0, "state passing covers whole blocks");
-  return d;
-}
-
 // Heads per block of the mma.sync dB/dC kernels (d_state <= 128; 1 above, where the WMMA
 // kernels take a head a block). A block sums its heads' dB and dC in its accumulators, two
 // heads at a time; up to 8 heads a block keep (chunks x 4, H / 8, B) blocks to spread. Where
@@ -2154,6 +2136,24 @@ int heads_per_block(const SsdDims& d) {
   for (int hb : {8, 6, 4, 3, 2})
     if (d.hpg % hb == 0) return hb;
   return 1;
+}
+
+SsdDims make_dims(const SsdParams& p) {
+  SsdDims d{};
+  d.B = static_cast<int>(p.B), d.L = static_cast<int>(p.L), d.H = static_cast<int>(p.H);
+  d.P = static_cast<int>(p.P), d.G = static_cast<int>(p.G), d.N = static_cast<int>(p.N);
+  d.Q = static_cast<int>(p.chunk_size);
+  d.Qt = (d.Q + kT - 1) / kT;
+  d.Qp = d.Qt * kT;
+  d.nc = static_cast<int>(p.num_chunks());
+  d.hpg = d.H / d.G;
+  d.Pp = pad_state_dim(p.P, kSsdCudaMaxHeaddim);
+  d.Np = pad_state_dim(p.N, kSsdCudaMaxState);
+  d.dx_row = static_cast<int>(p.dx_row());
+  d.dbc_row = static_cast<int>(p.dbc_row());
+  d.hb = heads_per_block(d);
+  static_assert(64 * 64 % kPassElems == 0, "state passing covers whole blocks");
+  return d;
 }
 
 Ptrs make_ptrs(const SsdParams& p) {
@@ -2286,9 +2286,8 @@ void ssd_fwd_cuda(const SsdParams& p, Device device) {
 void ssd_bwd_cuda(const SsdParams& p, Device device) {
   SSMT_CHECK(ssd_cuda_supports(p.dtype, p.P, p.N, p.chunk_size), "ssd_chunked (CUDA): unsupported call");
   if (p.B == 0 || p.L == 0 || p.H == 0) return;
-  SsdDims d = make_dims(p);
+  const SsdDims d = make_dims(p);
   const Ptrs q = make_ptrs(p);
-  d.hb = heads_per_block(d);
   cuda_detail::DeviceGuard guard(device.index);
   auto stream = static_cast<cudaStream_t>(cuda::compute_stream(device.index));
   auto f32 = [&](const Dims& shape) { return Tensor::empty(shape, DType::f32, device); };
